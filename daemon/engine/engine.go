@@ -1,0 +1,91 @@
+package engine
+
+import (
+	"github.com/google/uuid"
+)
+
+// Engine is the lease engine. Create it with New; it is not safe for
+// concurrent use.
+type Engine struct {
+	cfg Config
+
+	agents    map[string]*agent
+	leases    map[string]*lease
+	resources map[string]*resource // keys with leases, waiters or a freeze
+	ended     map[SessionRef]struct{}
+
+	leaseDeadlines  leaseHeap
+	waiterDeadlines waiterHeap
+	waiters         map[WaiterID]*waiter
+
+	fence      uint64 // last fencing token issued
+	lastAuto   int64  // last priority assigned from the clock
+	nextWaiter WaiterID
+	registered int // agents registered (not counting leftovers)
+
+	grants, waits, dies, expirations uint64
+
+	records []Record
+	dirty   []*resource // keys whose queue must be decided again
+}
+
+// agent is a registered agent with its indexes.
+type agent struct {
+	id           string
+	priority     int64
+	registeredAt int64
+	uid          uint32
+	unregistered bool // kept only for leases not yet removed
+
+	leases  []*lease  // present leases (expired ones too, until removed)
+	waiters []*waiter // queued requests
+	idem    map[string]*idemEntry
+}
+
+// lease is a lease with its places in the indexes.
+type lease struct {
+	Lease
+	agent    *agent
+	res      *resource
+	resIdx   int // index in res.leases
+	agentIdx int // index in agent.leases
+	heapIdx  int // index in Engine.leaseDeadlines
+	idem     *idemEntry
+}
+
+// idemEntry is the set of leases granted under one idempotency key.
+type idemEntry struct {
+	key    string
+	leases []*lease // present leases, in intent order
+}
+
+// resource is one resource key: its present leases, its queue and whether
+// it is frozen.
+type resource struct {
+	key     string
+	leases  []*lease
+	queue   []queued // sorted by priority, then arrival
+	frozen  bool
+	isDirty bool
+}
+
+// New returns an empty engine with the given limits.
+func New(cfg Config) *Engine {
+	if cfg.MaxTTL <= 0 {
+		cfg.MaxTTL = DefaultMaxTTL
+	}
+	return &Engine{
+		cfg:       cfg,
+		agents:    make(map[string]*agent),
+		leases:    make(map[string]*lease),
+		resources: make(map[string]*resource),
+		ended:     make(map[SessionRef]struct{}),
+		waiters:   make(map[WaiterID]*waiter),
+	}
+}
+
+func init() {
+	// Lease ids come from a buffered pool of randomness instead of one
+	// crypto/rand read per grant.
+	uuid.EnableRandPool()
+}

@@ -1,0 +1,222 @@
+package engine
+
+import (
+	"strings"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// Predicate says how a lease uses its resource.
+type Predicate uint8
+
+// The six predicates. The zero value is not a valid predicate.
+const (
+	Provides Predicate = iota + 1
+	Consumes
+	Mutates
+	Deletes
+	DependsOn
+	Renames
+)
+
+var predicateNames = [...]string{
+	Provides:  "PROVIDES",
+	Consumes:  "CONSUMES",
+	Mutates:   "MUTATES",
+	Deletes:   "DELETES",
+	DependsOn: "DEPENDS_ON",
+	Renames:   "RENAMES",
+}
+
+const predicateList = "PROVIDES, CONSUMES, MUTATES, DELETES, DEPENDS_ON, RENAMES"
+
+// String returns the predicate's wire name (upper case), or "INVALID".
+func (p Predicate) String() string {
+	if p < Provides || p > Renames {
+		return "INVALID"
+	}
+	return predicateNames[p]
+}
+
+// ParsePredicate parses a predicate name, ignoring case. An unknown name is
+// an INVALID_ARGUMENT *Error naming the allowed values.
+func ParsePredicate(s string) (Predicate, error) {
+	for p := Provides; p <= Renames; p++ {
+		if strings.EqualFold(s, predicateNames[p]) {
+			return p, nil
+		}
+	}
+	return 0, invalidf("klock: predicate %q is not one of %s", s, predicateList)
+}
+
+// compatible marks the predicate pairs that may share a resource:
+// PROVIDES, CONSUMES and DEPENDS_ON coexist except PROVIDES with PROVIDES.
+var compatible = [7][7]bool{
+	Provides:  {Consumes: true, DependsOn: true},
+	Consumes:  {Provides: true, Consumes: true, DependsOn: true},
+	DependsOn: {Provides: true, Consumes: true, DependsOn: true},
+}
+
+// Conflicts reports whether leases with predicates p and q may not hold one
+// resource at the same time (DESIGN.md "Conflict matrix"; symmetric).
+func Conflicts(p, q Predicate) bool {
+	if p > Renames || q > Renames {
+		return true
+	}
+	return !compatible[p][q]
+}
+
+// ResourceType says what kind of thing a resource path names.
+type ResourceType uint8
+
+// The five resource types. The zero value is not a valid type.
+const (
+	File ResourceType = iota + 1
+	Symbol
+	APIEndpoint
+	DatabaseTable
+	ConfigKey
+)
+
+var resourceTypeNames = [...]string{
+	File:          "FILE",
+	Symbol:        "SYMBOL",
+	APIEndpoint:   "API_ENDPOINT",
+	DatabaseTable: "DATABASE_TABLE",
+	ConfigKey:     "CONFIG_KEY",
+}
+
+const resourceTypeList = "FILE, SYMBOL, API_ENDPOINT, DATABASE_TABLE, CONFIG_KEY"
+
+// String returns the type's wire name (upper case), or "INVALID".
+func (t ResourceType) String() string {
+	if t < File || t > ConfigKey {
+		return "INVALID"
+	}
+	return resourceTypeNames[t]
+}
+
+// ParseResourceType parses a resource type name, ignoring case. An unknown
+// name is an INVALID_ARGUMENT *Error naming the allowed values.
+func ParseResourceType(s string) (ResourceType, error) {
+	for t := File; t <= ConfigKey; t++ {
+		if strings.EqualFold(s, resourceTypeNames[t]) {
+			return t, nil
+		}
+	}
+	return 0, invalidf("klock: resource_type %q is not one of %s", s, resourceTypeList)
+}
+
+// DefaultMaxTTL is the longest lease ttl when Config.MaxTTL is 0: 24 hours.
+const DefaultMaxTTL int64 = 24 * 60 * 60 * 1000
+
+// Config sets the engine's limits.
+type Config struct {
+	MaxLeases  int    // 0 = unlimited; reached -> RESOURCE_EXHAUSTED
+	MaxWaiters int    // 0 = unlimited; reached -> RESOURCE_EXHAUSTED
+	MaxTTL     int64  // longest ttl and wait_timeout in ms; 0 = DefaultMaxTTL
+	AdminUID   uint32 // besides uid 0, the uid allowed revoke/freeze/thaw (the daemon's uid)
+	Journal    bool   // when true, every state change is appended as a Record (see Records)
+}
+
+// Caller is the peer credential of the request's connection; uid 0 is root.
+type Caller struct {
+	UID uint32
+	PID int32
+}
+
+// Error is the type of every error the engine returns: a PROTOCOL.md error
+// code plus a lower-case "klock: ..." message for humans.
+type Error struct {
+	Code    protocol.Code
+	Message string
+}
+
+// Error returns the message.
+func (e *Error) Error() string { return e.Message }
+
+// Lease is one granted lease. Tags are the short msgpack keys used in
+// records and snapshots.
+type Lease struct {
+	ID         string    `msgpack:"id"` // random UUID
+	AgentID    string    `msgpack:"a"`
+	SessionID  string    `msgpack:"s"`
+	Resource   string    `msgpack:"r"` // resource key "TYPE:path"
+	Predicate  Predicate `msgpack:"p"`
+	AcquiredAt int64     `msgpack:"at"` // Unix ms
+	ExpiresAt  int64     `msgpack:"ex"` // Unix ms; active while now < ExpiresAt
+	TTL        int64     `msgpack:"ttl"`
+	Fence      uint64    `msgpack:"f"` // fencing token, unique and increasing
+	OwnerUID   uint32    `msgpack:"u"` // uid of the connection that acquired it
+	OwnerPID   int32     `msgpack:"pid"`
+}
+
+// Denial is a refused acquire: why, when to retry, who decided it and a
+// sentence for humans.
+type Denial struct {
+	Reason   protocol.Reason
+	WaitTime int64  // suggested delay before retrying, ms, 1..1000
+	HeldBy   string // agent whose lease or queued request decided it ("" if none)
+	Message  string
+}
+
+// WaiterID names a queued request.
+type WaiterID uint64
+
+// Result is the answer to Acquire or AcquireMany. When Granted, Leases has
+// one entry per intent, in order. Otherwise Denial says why; Queued means
+// the verdict is WAIT and the request is parked (only when WaitTimeout > 0):
+// its final answer comes later as a Wakeup for Waiter.
+type Result struct {
+	Granted bool
+	Leases  []Lease
+	Denial  Denial
+	Queued  bool
+	Waiter  WaiterID
+}
+
+// Wakeup is the final answer to a queued request: a grant or a denial (DIE,
+// WAIT on timeout, RESOURCE_LOCKED on freeze, SESSION_EXPIRED on
+// end_session); never Queued.
+type Wakeup struct {
+	Waiter WaiterID
+	Result Result
+}
+
+// Intent is one resource an acquire asks for, as given on the wire.
+type Intent struct {
+	ResourceType, ResourcePath, Predicate string
+}
+
+// AcquireRequest is an acquire or acquire_many request. Acquire takes
+// exactly one intent, AcquireMany 1..64.
+type AcquireRequest struct {
+	AgentID, SessionID string
+	Intents            []Intent
+	TTL                int64  // lease lifetime, ms, 1..MaxTTL
+	WaitTimeout        int64  // 0 = answer at once; else park a WAIT this long (ms)
+	Idem               string // idempotency key, ≤ 64 bytes, "" = none
+}
+
+// Agent is a registered agent as listed by ListAgents.
+type Agent struct {
+	ID           string
+	Priority     int64 // lower = older = higher precedence
+	RegisteredAt int64
+	OwnerUID     uint32
+	Leases       int // active leases
+	Waiting      int // queued requests
+}
+
+// LeaseFilter selects leases for ListLeases. Limit 0 means 1000; above
+// 10000 is INVALID_ARGUMENT.
+type LeaseFilter struct {
+	AgentID, ResourcePrefix string
+	Limit                   int
+}
+
+// Stats are the engine's counters: current counts and totals since New.
+type Stats struct {
+	Agents, Leases, Waiters                 int
+	Grants, Waits, Dies, Expirations, Fence uint64
+}
