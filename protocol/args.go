@@ -1,0 +1,150 @@
+package protocol
+
+// Arg names one request argument; Args.Has reports which were present.
+type Arg uint16
+
+// The arguments any operation may take. An operation ignores the ones it
+// does not use, as it ignores unknown keys.
+const (
+	ArgAgentID Arg = 1 << iota
+	ArgSessionID
+	ArgResourceType
+	ArgResourcePath
+	ArgPredicate
+	ArgTTL
+	ArgWaitTimeout
+	ArgIdem
+	ArgIntents
+	ArgLeaseID
+	ArgPriority
+	ArgClient
+	ArgResourcePrefix
+	ArgLimit
+)
+
+// MaxIntents is the most intents one acquire_many may carry.
+const MaxIntents = 64
+
+// argKind is the wire type an argument must have.
+type argKind uint8
+
+const (
+	kindString argKind = iota
+	kindUint           // a non-negative integer
+	kindIntents        // an array of intent maps
+)
+
+// argSpec describes one argument key.
+type argSpec struct {
+	key  string
+	arg  Arg
+	kind argKind
+}
+
+// argSpecs lists every argument key, in encoding order.
+var argSpecs = [...]argSpec{
+	{"agent_id", ArgAgentID, kindString},
+	{"session_id", ArgSessionID, kindString},
+	{"resource_type", ArgResourceType, kindString},
+	{"resource_path", ArgResourcePath, kindString},
+	{"predicate", ArgPredicate, kindString},
+	{"ttl", ArgTTL, kindUint},
+	{"wait_timeout", ArgWaitTimeout, kindUint},
+	{"idem", ArgIdem, kindString},
+	{"intents", ArgIntents, kindIntents},
+	{"lease_id", ArgLeaseID, kindString},
+	{"priority", ArgPriority, kindUint},
+	{"client", ArgClient, kindString},
+	{"resource_prefix", ArgResourcePrefix, kindString},
+	{"limit", ArgLimit, kindUint},
+}
+
+// Intent is one element of acquire_many's intents.
+type Intent struct {
+	ResourceType string `msgpack:"resource_type"`
+	ResourcePath string `msgpack:"resource_path"`
+	Predicate    string `msgpack:"predicate"`
+}
+
+// Args holds the arguments of any operation. The decoder checks each
+// present argument's wire type (strings are UTF-8 strings, numbers are
+// non-negative integers that fit in int64); the meaning of the values
+// (lengths, ranges, vocabulary) is checked by whoever serves the op.
+// Times and durations are milliseconds.
+type Args struct {
+	AgentID        string
+	SessionID      string
+	ResourceType   string
+	ResourcePath   string
+	Predicate      string
+	TTL            int64
+	WaitTimeout    int64
+	Idem           string
+	Intents        []Intent
+	LeaseID        string
+	Priority       int64
+	Client         string
+	ResourcePrefix string
+	Limit          int64
+
+	present Arg
+}
+
+// Has reports whether arg was present (and not nil) in the request.
+func (a *Args) Has(arg Arg) bool { return a.present&arg != 0 }
+
+// Set marks arg as present, for a client building a request.
+func (a *Args) Set(arg Arg) { a.present |= arg }
+
+// Reset clears a for reuse.
+func (a *Args) Reset() {
+	intents := a.Intents[:0]
+	*a = Args{Intents: intents}
+}
+
+func (a *Args) stringField(arg Arg) *string {
+	switch arg {
+	case ArgAgentID:
+		return &a.AgentID
+	case ArgSessionID:
+		return &a.SessionID
+	case ArgResourceType:
+		return &a.ResourceType
+	case ArgResourcePath:
+		return &a.ResourcePath
+	case ArgPredicate:
+		return &a.Predicate
+	case ArgIdem:
+		return &a.Idem
+	case ArgLeaseID:
+		return &a.LeaseID
+	case ArgClient:
+		return &a.Client
+	case ArgResourcePrefix:
+		return &a.ResourcePrefix
+	}
+	return nil
+}
+
+func (a *Args) uintField(arg Arg) *int64 {
+	switch arg {
+	case ArgTTL:
+		return &a.TTL
+	case ArgWaitTimeout:
+		return &a.WaitTimeout
+	case ArgPriority:
+		return &a.Priority
+	case ArgLimit:
+		return &a.Limit
+	}
+	return nil
+}
+
+func lookupArg(key string) (argSpec, bool) {
+	for _, s := range argSpecs {
+		if s.key == key {
+			return s, true
+		}
+	}
+	return argSpec{}, false
+}
