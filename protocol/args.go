@@ -29,9 +29,9 @@ const MaxIntents = 64
 type argKind uint8
 
 const (
-	kindString argKind = iota
-	kindUint           // a non-negative integer
-	kindIntents        // an array of intent maps
+	kindString  argKind = iota
+	kindUint            // a non-negative integer
+	kindIntents         // an array of intent maps
 )
 
 // argSpec describes one argument key.

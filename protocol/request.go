@@ -36,55 +36,51 @@ func DecodeRequest(body []byte, req *Request) error {
 	if err != nil {
 		return &Error{Code: CodeBadRequest, Message: "klock: request body is not a msgpack map"}
 	}
-	var haveOp bool
-	for i := 0; i < n && badReq == ""; i++ {
+	// Keep reading after a bad value, so the id can still be found and
+	// answered; stop only when the msgpack itself is broken.
+	var haveOp, broken bool
+	for i := 0; i < n && !broken; i++ {
 		key, isKey, err := decodeKey(d)
 		if err != nil {
-			badReq = malformed(err)
+			badReq, broken = malformed(err), true
 			break
 		}
 		if !isKey {
 			continue
 		}
+		var msg string
 		switch key {
 		case "id":
-			id, msg, err := decodeID(d)
-			if err != nil {
-				badReq = malformed(err)
-			} else if msg != "" {
-				badReq = msg
-			}
-			req.ID = id
+			req.ID, msg, err = decodeID(d)
 		case "op":
-			c, err := d.dec.PeekCode()
+			var c byte
+			c, err = d.dec.PeekCode()
 			switch {
 			case err != nil:
-				badReq = malformed(err)
 			case c == msgpcode.Nil:
 				err = d.dec.Skip()
 			case !isStringCode(c):
-				badReq = fmt.Sprintf("klock: request op must be a string, got %s", kindName(c))
+				msg = fmt.Sprintf("klock: request op must be a string, got %s", kindName(c))
+				err = d.dec.Skip()
 			default:
 				req.Op, err = d.decodeString()
 				haveOp = true
 			}
-			if err != nil && badReq == "" {
-				badReq = malformed(err)
-			}
 		case "args":
-			msg, err := decodeArgs(d, &req.Args)
-			if err != nil {
-				badReq = malformed(err)
-			} else if msg != "" && argErr == "" {
-				argErr = msg
-			}
-			if msg == errArgsNotMap {
-				badReq, argErr = msg, ""
+			var m string
+			m, err = decodeArgs(d, &req.Args)
+			if m == errArgsNotMap {
+				msg = m
+			} else if m != "" && argErr == "" {
+				argErr = m
 			}
 		default:
-			if err := d.dec.Skip(); err != nil {
-				badReq = malformed(err)
-			}
+			err = d.dec.Skip()
+		}
+		if err != nil {
+			badReq, broken = malformed(err), true
+		} else if msg != "" && badReq == "" {
+			badReq = msg
 		}
 	}
 	switch {
