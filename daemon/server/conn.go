@@ -1,0 +1,245 @@
+package server
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// readBufSize is the size of a connection's read buffer: many pipelined
+// requests fit, so they are decoded and answered as one batch.
+const readBufSize = 64 << 10
+
+// keepBufCap is the largest buffer a connection keeps for reuse; a bigger
+// one (a long list_leases answer) is dropped after use.
+const keepBufCap = 256 << 10
+
+// conn is one client connection. Its reader goroutine decodes requests and
+// answers them inline; answers are appended to out and written with one
+// write(2) per batch. Wake-ups for its parked acquires come from other
+// goroutines, which append to out and kick a flush.
+type conn struct {
+	s      *Server
+	nc     *net.UnixConn
+	caller engine.Caller
+	br     *bufio.Reader
+	rbuf   []byte           // frame body buffer, reused
+	req    protocol.Request // decoded request, reused
+
+	// waiters are this connection's parked acquires; guarded by Server.mu.
+	waiters map[engine.WaiterID]struct{}
+
+	// writeMu serialises writers, so a final flush writes everything.
+	writeMu sync.Mutex
+
+	// outMu guards the fields that follow.
+	outMu  sync.Mutex
+	out    []byte // framed answers not yet written
+	spare  []byte // the other buffer, while out is being written
+	outSeq uint64 // journal sequence the answers in out depend on
+	kicked bool   // a flush goroutine has been started and not yet run
+	dead   bool   // closed or dropped: answers are discarded
+}
+
+func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
+	return &conn{
+		s:      s,
+		nc:     nc,
+		caller: engine.Caller{UID: p.UID, PID: p.PID},
+		br:     bufio.NewReaderSize(nc, readBufSize),
+	}
+}
+
+// serve is the connection's reader loop.
+func (c *conn) serve() {
+	defer c.finish()
+	for {
+		body, err := protocol.ReadFrame(c.br, c.rbuf, c.s.cfg.MaxFrame)
+		if err != nil {
+			var fe *protocol.FrameError
+			switch {
+			case errors.As(err, &fe):
+				c.s.log.Warn("bad frame; closing connection", "uid", c.caller.UID, "pid", c.caller.PID, "err", err)
+				c.appendError(0, protocol.CodeBadFrame, fe.Error(), 0)
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+			default:
+				c.s.log.Debug("connection read ended", "uid", c.caller.UID, "pid", c.caller.PID, "err", err)
+			}
+			return
+		}
+		if cap(body) > cap(c.rbuf) && cap(body) <= keepBufCap {
+			c.rbuf = body[:0]
+		}
+		c.s.handle(c, body)
+		if !c.frameBuffered() {
+			if err := c.flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// frameBuffered reports whether a whole frame is already buffered, so its
+// answer can join the current batch without waiting for the network.
+func (c *conn) frameBuffered() bool {
+	n := c.br.Buffered()
+	if n < protocol.HeaderSize {
+		return false
+	}
+	hdr, _ := c.br.Peek(protocol.HeaderSize)
+	return n-protocol.HeaderSize >= int(binary.BigEndian.Uint32(hdr))
+}
+
+// finish ends the connection: it writes what is pending, cancels the
+// connection's parked acquires (which may wake others) and closes it.
+func (c *conn) finish() {
+	c.flush()
+	s := c.s
+	s.mu.Lock()
+	if len(c.waiters) > 0 {
+		now := s.nowMS()
+		for id := range c.waiters {
+			delete(s.waiters, id)
+			wakes := s.eng.Cancel(now, id)
+			s.wakeLocked(wakes, s.journalLocked(), nil)
+		}
+		c.waiters = nil
+		s.armLocked(now)
+	}
+	s.mu.Unlock()
+	c.outMu.Lock()
+	c.dead = true
+	c.out, c.spare = nil, nil
+	c.outMu.Unlock()
+	c.nc.Close()
+	s.forget(c)
+	s.log.Debug("connection closed", "uid", c.caller.UID, "pid", c.caller.PID)
+}
+
+// dropWaiterLocked forgets a parked acquire of c; the caller holds Server.mu.
+func (c *conn) dropWaiterLocked(id engine.WaiterID) {
+	delete(c.waiters, id)
+}
+
+// appendResult appends a success answer. An answer that cannot be encoded
+// (a bug) is answered INTERNAL instead.
+func (c *conn) appendResult(id uint64, result any, seq uint64) {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.dead {
+		return
+	}
+	out, err := protocol.AppendResult(c.out, id, result)
+	if err != nil {
+		c.s.log.Error("encoding an answer failed", "id", id, "err", err)
+		out = protocol.AppendError(out, id, protocol.CodeInternal, "klock: internal error encoding the answer; the daemon logged it")
+	}
+	c.appendedLocked(out, seq)
+}
+
+// appendError appends an error answer.
+func (c *conn) appendError(id uint64, code protocol.Code, msg string, seq uint64) {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.dead {
+		return
+	}
+	c.appendedLocked(protocol.AppendError(c.out, id, code, msg), seq)
+}
+
+// appendedLocked stores the grown output buffer and enforces MaxOutbound:
+// a peer that lets answers pile up unread is dropped.
+func (c *conn) appendedLocked(out []byte, seq uint64) {
+	c.out = out
+	c.s.ops.Add(1)
+	if seq > c.outSeq {
+		c.outSeq = seq
+	}
+	if len(c.out) > c.s.cfg.MaxOutbound {
+		c.s.log.Warn("dropping a connection that does not read its answers",
+			"uid", c.caller.UID, "pid", c.caller.PID, "unsent_bytes", len(c.out))
+		c.dead = true
+		c.out = nil
+		c.nc.Close()
+	}
+}
+
+// kick makes sure answers appended by another goroutine get written: it
+// starts a flush goroutine unless one is already pending.
+func (c *conn) kick() {
+	c.outMu.Lock()
+	if c.kicked || c.dead || len(c.out) == 0 {
+		c.outMu.Unlock()
+		return
+	}
+	c.kicked = true
+	c.outMu.Unlock()
+	go func() {
+		c.outMu.Lock()
+		c.kicked = false
+		c.outMu.Unlock()
+		c.flush()
+	}()
+}
+
+// flush writes pending answers, after waiting for the journal records they
+// acknowledge. A failed write (peer gone, or blocked past WriteTimeout)
+// closes the connection and is returned.
+func (c *conn) flush() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	for {
+		c.outMu.Lock()
+		if c.dead {
+			c.outMu.Unlock()
+			return net.ErrClosed
+		}
+		buf, seq := c.out, c.outSeq
+		if len(buf) == 0 {
+			c.outMu.Unlock()
+			return nil
+		}
+		c.out, c.spare, c.outSeq = c.spare[:0], nil, 0
+		c.outMu.Unlock()
+
+		if seq > 0 && c.s.cfg.Journal != nil {
+			if err := c.s.cfg.Journal.Wait(seq); err != nil {
+				c.s.log.Error("journal write failed; closing the connection instead of acknowledging", "err", err)
+				c.kill()
+				return err
+			}
+		}
+		c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.WriteTimeout))
+		_, err := c.nc.Write(buf)
+
+		c.outMu.Lock()
+		if cap(buf) <= keepBufCap {
+			c.spare = buf[:0]
+		}
+		c.outMu.Unlock()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				c.s.log.Warn("dropping a connection: writing answers failed",
+					"uid", c.caller.UID, "pid", c.caller.PID, "err", err)
+			}
+			c.kill()
+			return err
+		}
+	}
+}
+
+// kill marks the connection dead and closes its socket; the reader then
+// ends and cleans up.
+func (c *conn) kill() {
+	c.outMu.Lock()
+	c.dead = true
+	c.out = nil
+	c.outMu.Unlock()
+	c.nc.Close()
+}

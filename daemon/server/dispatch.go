@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// handle decodes one request body and answers it on c. A panic while
+// serving it is logged with its stack and answered INTERNAL; the
+// connection and the daemon keep serving.
+func (s *Server) handle(c *conn, body []byte) {
+	req := &c.req
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic while serving a request", "op", req.Op, "id", req.ID,
+				"uid", c.caller.UID, "panic", r, "stack", string(debug.Stack()))
+			c.appendError(req.ID, protocol.CodeInternal, "klock: internal error; the daemon logged it and keeps serving", 0)
+		}
+	}()
+	if err := protocol.DecodeRequest(body, req); err != nil {
+		var pe *protocol.Error
+		if !errors.As(err, &pe) {
+			pe = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
+		}
+		c.appendError(req.ID, pe.Code, pe.Message, 0)
+		return
+	}
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("request", "op", req.Op, "id", req.ID, "uid", c.caller.UID, "pid", c.caller.PID)
+	}
+	if s.shutting.Load() {
+		c.appendError(req.ID, protocol.CodeShuttingDown, "klock: the daemon is shutting down; retry after reconnecting", 0)
+		return
+	}
+	s.dispatch(c, req)
+}
+
+// dispatch serves a decoded request.
+func (s *Server) dispatch(c *conn, req *protocol.Request) {
+	a := &req.Args
+	switch req.Op {
+	case protocol.OpHello:
+		c.appendResult(req.ID, &protocol.HelloResult{
+			Server:    "klockd " + s.cfg.Version,
+			Protocol:  protocol.Version,
+			PID:       pid,
+			MaxFrame:  s.cfg.MaxFrame,
+			StartedAt: s.startedAt.UnixMilli(),
+		}, 0)
+	case protocol.OpRegisterAgent:
+		s.register(c, req.ID, a)
+	case protocol.OpUnregisterAgent:
+		s.unregister(c, req.ID, a)
+	case protocol.OpAcquire:
+		s.acquire(c, req.ID, a, false)
+	case protocol.OpAcquireMany:
+		s.acquire(c, req.ID, a, true)
+	case protocol.OpRelease:
+		s.release(c, req.ID, a)
+	case protocol.OpHeartbeat:
+		s.heartbeat(c, req.ID, a)
+	case protocol.OpEndSession:
+		s.endSession(c, req.ID, a)
+	case protocol.OpActiveLeaseCount:
+		s.activeLeaseCount(c, req.ID)
+	case protocol.OpEvictExpired:
+		s.evictExpired(c, req.ID)
+	case protocol.OpListLeases:
+		s.listLeases(c, req.ID, a)
+	case protocol.OpListAgents:
+		s.listAgents(c, req.ID, a)
+	case protocol.OpRevoke:
+		s.revoke(c, req.ID, a)
+	case protocol.OpFreeze:
+		s.freeze(c, req.ID, a, true)
+	case protocol.OpThaw:
+		s.freeze(c, req.ID, a, false)
+	case protocol.OpStats:
+		s.stats(c, req.ID)
+	default:
+		c.appendError(req.ID, protocol.CodeUnknownOp, "klock: unknown op "+quote(req.Op)+"; see PROTOCOL.md for the operations", 0)
+	}
+}
+
+// answerErr answers an engine (or other) error with its code.
+func (c *conn) answerErr(id uint64, err error, seq uint64) {
+	var ee *engine.Error
+	if errors.As(err, &ee) {
+		c.appendError(id, ee.Code, ee.Message, seq)
+		return
+	}
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		c.appendError(id, pe.Code, pe.Message, seq)
+		return
+	}
+	c.s.log.Error("unexpected error from the engine", "id", id, "err", err)
+	c.appendError(id, protocol.CodeInternal, "klock: internal error; the daemon logged it", seq)
+}
+
+// grant converts an engine lease to its wire form.
+func grant(l *engine.Lease) protocol.Grant {
+	return protocol.Grant{
+		Success:    true,
+		LeaseID:    l.ID,
+		AgentID:    l.AgentID,
+		SessionID:  l.SessionID,
+		Resource:   l.Resource,
+		Predicate:  l.Predicate.String(),
+		AcquiredAt: l.AcquiredAt,
+		ExpiresAt:  l.ExpiresAt,
+		Fence:      l.Fence,
+	}
+}
+
+// acquireAnswer converts an engine acquire result (not Queued) to its wire
+// form: a Grant, an AcquireManyGrant or a Denial.
+func acquireAnswer(r *engine.Result, many bool) any {
+	switch {
+	case r.Granted && many:
+		g := &protocol.AcquireManyGrant{Success: true, Leases: make([]protocol.Grant, len(r.Leases))}
+		for i := range r.Leases {
+			g.Leases[i] = grant(&r.Leases[i])
+		}
+		return g
+	case r.Granted && len(r.Leases) > 0:
+		g := grant(&r.Leases[0])
+		return &g
+	default:
+		return &protocol.Denial{
+			Reason:   r.Denial.Reason,
+			WaitTime: r.Denial.WaitTime,
+			HeldBy:   r.Denial.HeldBy,
+			Message:  r.Denial.Message,
+		}
+	}
+}
+
+// quote bounds and quotes a client-supplied name for an error message.
+func quote(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	b := make([]byte, 0, len(s)+2)
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f {
+			ch = '?'
+		}
+		b = append(b, ch)
+	}
+	return string(append(b, '"'))
+}
+
+// uptime returns how long the server has run, in ms.
+func (s *Server) uptime() int64 {
+	return int64(s.now().Sub(s.startedAt) / time.Millisecond)
+}

@@ -1,0 +1,344 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// Defaults for the limits in Config.
+const (
+	DefaultMaxConns     = 4096
+	DefaultMaxInflight  = 1024
+	DefaultMaxOutbound  = 4 << 20 // bytes of unsent responses per connection
+	DefaultWriteTimeout = 10 * time.Second
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("klock: server closed")
+
+// Journal makes state changes durable before they are acknowledged.
+// Append is called under the engine lock with the records of one operation
+// and returns a sequence number; Wait blocks until every record up to seq
+// has been written, and is called once per batch of responses before they
+// are sent (group commit). A Wait error means the records may be lost: the
+// connection is closed instead of acknowledging them.
+type Journal interface {
+	Append(recs []engine.Record) (seq uint64)
+	Wait(seq uint64) error
+}
+
+// Config configures a Server. Engine is required; zero limits take the
+// defaults above.
+type Config struct {
+	Engine       *engine.Engine
+	Journal      Journal // nil: state lives in memory only
+	Version      string  // reported by hello as "klockd <Version>"
+	MaxFrame     int     // largest frame body accepted; 0 = protocol.DefaultMaxFrame
+	MaxConns     int     // open connections; 0 = DefaultMaxConns
+	MaxInflight  int     // requests awaiting an answer per connection; 0 = DefaultMaxInflight
+	MaxOutbound  int     // unsent response bytes per connection; 0 = DefaultMaxOutbound
+	WriteTimeout time.Duration
+	Logger       *slog.Logger     // nil = slog.Default()
+	Now          func() time.Time // clock; nil = time.Now
+}
+
+// Server serves the klock protocol on any number of listeners.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	now       func() time.Time
+	startedAt time.Time
+
+	ops         atomic.Uint64 // requests answered
+	nconns      atomic.Int64  // open connections
+	shutting    atomic.Bool   // Shutdown or Close has begun
+	connsDone   sync.WaitGroup
+	shutdownReq sync.Once
+
+	// mu guards the engine and the fields that follow.
+	mu      sync.Mutex
+	eng     *engine.Engine
+	waiters map[engine.WaiterID]waiter
+	lastSeq uint64      // journal sequence of the last state change
+	timer   *time.Timer // fires at armed, the engine's next deadline
+	armed   int64       // Unix ms the timer is set for; 0 = not set
+	closed  bool
+
+	// lnMu guards the listeners and connections.
+	lnMu  sync.Mutex
+	lns   map[net.Listener]struct{}
+	conns map[*conn]struct{}
+}
+
+// waiter is a parked acquire: its connection, request id and shape.
+type waiter struct {
+	c    *conn
+	id   uint64
+	many bool
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = protocol.DefaultMaxFrame
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = DefaultMaxInflight
+	}
+	if cfg.MaxOutbound <= 0 {
+		cfg.MaxOutbound = DefaultMaxOutbound
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		eng:     cfg.Engine,
+		waiters: make(map[engine.WaiterID]waiter),
+		lns:     make(map[net.Listener]struct{}),
+		conns:   make(map[*conn]struct{}),
+	}
+	s.startedAt = s.now()
+	s.timer = time.AfterFunc(time.Hour, s.onTimer)
+	s.timer.Stop()
+	// Leases recovered from the store may already have deadlines.
+	s.mu.Lock()
+	s.armLocked(s.nowMS())
+	s.mu.Unlock()
+	return s
+}
+
+// nowMS is the engine's clock: Unix milliseconds.
+func (s *Server) nowMS() int64 { return s.now().UnixMilli() }
+
+// Serve accepts connections on ln and serves each on its own goroutine
+// until Shutdown or Close, when it returns ErrServerClosed; other accept
+// errors are returned as they are. When ctx ends, Serve starts a graceful
+// Shutdown bounded by five seconds. Serve may be called for several
+// listeners; each is closed when Serve returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.lnMu.Lock()
+	if s.shutting.Load() {
+		s.lnMu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	s.lnMu.Unlock()
+	defer func() {
+		s.lnMu.Lock()
+		delete(s.lns, ln)
+		s.lnMu.Unlock()
+		ln.Close()
+	}()
+
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(sctx)
+	})
+	defer stop()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.shutting.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				// Out of descriptors and the like: wait, do not spin.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		uc, ok := nc.(*net.UnixConn)
+		if !ok {
+			s.log.Warn("refusing a connection that is not a Unix socket", "remote", nc.RemoteAddr())
+			nc.Close()
+			continue
+		}
+		s.accept(uc)
+	}
+}
+
+// isTemporary reports whether an accept error is worth retrying.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// accept registers a new connection and starts its reader, or refuses it
+// with RESOURCE_EXHAUSTED when MaxConns connections are open.
+func (s *Server) accept(uc *net.UnixConn) {
+	if s.nconns.Add(1) > int64(s.cfg.MaxConns) {
+		s.nconns.Add(-1)
+		s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns)
+		msg := "klock: too many connections; the daemon allows " + itoa(s.cfg.MaxConns)
+		uc.SetWriteDeadline(s.now().Add(100 * time.Millisecond))
+		uc.Write(protocol.AppendError(nil, 0, protocol.CodeResourceExhausted, msg))
+		uc.Close()
+		return
+	}
+	peer, err := peerCred(uc)
+	if err != nil {
+		s.nconns.Add(-1)
+		s.log.Warn("connection refused: no peer credentials", "err", err)
+		uc.Close()
+		return
+	}
+	c := newConn(s, uc, peer)
+	s.lnMu.Lock()
+	if s.shutting.Load() {
+		s.lnMu.Unlock()
+		s.nconns.Add(-1)
+		uc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.connsDone.Add(1)
+	s.lnMu.Unlock()
+	s.log.Debug("connection opened", "uid", peer.UID, "pid", peer.PID)
+	go c.serve()
+}
+
+// forget removes a finished connection.
+func (s *Server) forget(c *conn) {
+	s.lnMu.Lock()
+	delete(s.conns, c)
+	s.lnMu.Unlock()
+	s.nconns.Add(-1)
+	s.connsDone.Done()
+}
+
+// Shutdown stops the server gracefully: it stops accepting, answers every
+// parked acquire SHUTTING_DOWN, lets each connection finish the requests it
+// has already read (answering any later ones SHUTTING_DOWN), sends what is
+// pending and closes it. It returns when every connection is closed, or
+// closes the rest at once and returns ctx.Err() when ctx ends first.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.beginShutdown()
+
+	// Parked acquires are answered now; nothing will wake them later.
+	s.mu.Lock()
+	for _, id := range s.eng.CancelAll(s.nowMS()) {
+		w, ok := s.waiters[id]
+		if !ok {
+			continue
+		}
+		delete(s.waiters, id)
+		w.c.dropWaiterLocked(id)
+		w.c.appendError(w.id, protocol.CodeShuttingDown, "klock: the daemon is shutting down; retry after reconnecting", s.lastSeq)
+		w.c.kick()
+	}
+	s.closed = true
+	s.timer.Stop()
+	s.mu.Unlock()
+
+	// Half-close each connection: its reader serves what it has already
+	// received, then sees end of stream, flushes and closes.
+	s.lnMu.Lock()
+	for c := range s.conns {
+		c.nc.CloseRead()
+	}
+	s.lnMu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.connsDone.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.closeConns()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops the server at once: listeners and connections are closed
+// without answering parked acquires. It waits for connection goroutines.
+func (s *Server) Close() error {
+	s.beginShutdown()
+	s.mu.Lock()
+	s.closed = true
+	s.timer.Stop()
+	s.mu.Unlock()
+	s.closeConns()
+	s.connsDone.Wait()
+	return nil
+}
+
+// beginShutdown marks the server as stopping and closes its listeners.
+func (s *Server) beginShutdown() {
+	s.lnMu.Lock()
+	s.shutting.Store(true)
+	for ln := range s.lns {
+		ln.Close()
+	}
+	s.lnMu.Unlock()
+}
+
+// closeConns closes every open connection.
+func (s *Server) closeConns() {
+	s.lnMu.Lock()
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.lnMu.Unlock()
+}
+
+// Connections returns the number of open connections.
+func (s *Server) Connections() int { return int(s.nconns.Load()) }
+
+// itoa formats n without fmt on hot paths.
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	if n == 0 {
+		return "0"
+	}
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	if neg {
+		i--
+		b[i] = '-'
+	}
+	return string(b[i:])
+}
+
+var pid = os.Getpid()
