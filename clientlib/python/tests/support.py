@@ -1,0 +1,250 @@
+"""Test helpers: a scripted fake daemon (wire tests) and a real klockd runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+from typing import Any, Callable, Dict, List, Optional
+
+import msgpack
+
+try:
+    import klock
+except ImportError:  # run from a checkout without PYTHONPATH=clientlib/python
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import klock
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Polls cond until it returns something truthy; fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def short_tempdir(test: unittest.TestCase) -> str:
+    """A fresh directory with a short path (Unix socket paths are limited to 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="klk", dir="/tmp")
+    test.addCleanup(shutil.rmtree, d, True)
+    return d
+
+
+# ----- fake daemon ----------------------------------------------------------------
+
+
+class FakeConn:
+    """One accepted connection of the fake daemon."""
+
+    def __init__(self, server: "FakeDaemon", sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self._wlock = threading.Lock()
+
+    def send(self, msg: Dict[str, Any]) -> None:
+        body = msgpack.packb(msg, use_bin_type=True)
+        with self._wlock:
+            try:
+                self.sock.sendall(len(body).to_bytes(4, "big") + body)
+            except OSError:
+                pass
+
+    def send_raw(self, data: bytes) -> None:
+        with self._wlock:
+            self.sock.sendall(data)
+
+    def ok(self, req: Dict[str, Any], result: Dict[str, Any]) -> None:
+        self.send({"id": req["id"], "ok": True, "result": result})
+
+    def error(self, req: Dict[str, Any], code: str, message: str) -> None:
+        self.send({"id": req["id"], "ok": False, "error": {"code": code, "message": message}})
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class FakeDaemon:
+    """A scripted stand-in for klockd on a temp socket, for wire-level tests.
+
+    handler(conn, request) is called for each request frame, in the
+    connection's thread; it answers with conn.ok / conn.error / conn.send,
+    or later from another thread. Every request is recorded in .requests
+    and every raw frame length in .frame_lengths.
+    """
+
+    def __init__(self, path: str, handler: Callable[[FakeConn, Dict[str, Any]], None]) -> None:
+        self.path = path
+        self.handler = handler
+        self.requests: List[Dict[str, Any]] = []
+        self.raw_bodies: List[bytes] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._conns: List[FakeConn] = []
+        self._listener: Optional[socket.socket] = None
+        self.start()
+
+    def start(self) -> None:
+        ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ln.bind(self.path)
+        ln.listen(16)
+        self._listener = ln
+        threading.Thread(target=self._accept, args=(ln,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Closes the listener and every connection, and removes the socket."""
+        ln, self._listener = self._listener, None
+        if ln is not None:
+            try:
+                ln.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            ln.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            c.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def ops(self) -> List[str]:
+        with self._lock:
+            return [r.get("op") for r in self.requests]
+
+    def _accept(self, ln: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = ln.accept()
+            except OSError:
+                return
+            conn = FakeConn(self, sock)
+            with self._lock:
+                self.connections += 1
+                self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: FakeConn) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = conn.sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 4:
+                n = int.from_bytes(buf[:4], "big")
+                if len(buf) < 4 + n:
+                    break
+                body, buf = buf[4 : 4 + n], buf[4 + n :]
+                req = msgpack.unpackb(body, raw=False)
+                with self._lock:
+                    self.requests.append(req)
+                    self.raw_bodies.append(body)
+                self.handler(conn, req)
+        conn.sock.close()
+
+
+# ----- real daemon -----------------------------------------------------------------
+
+
+class Klockd:
+    """A real klockd process on a temp socket, for end-to-end tests.
+
+    state_dir None runs in memory (--state-dir ''); otherwise leases survive
+    restart() on the same socket and state dir.
+    """
+
+    def __init__(self, binary: str, socket_path: str, state_dir: Optional[str],
+                 log_path: str, extra_args: Optional[List[str]] = None) -> None:
+        self.binary = binary
+        self.socket_path = socket_path
+        self.state_dir = state_dir
+        self.log_path = log_path
+        self.extra_args = list(extra_args or [])
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        args = [self.binary, "--socket", self.socket_path,
+                "--state-dir", self.state_dir if self.state_dir is not None else ""]
+        args += self.extra_args
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError("klockd exited with %s before answering:\n%s"
+                                     % (self.proc.returncode, self.logs()))
+            try:
+                with klock.KlockClient(self.socket_path, timeout=2.0) as c:
+                    c.hello()
+                return
+            except klock.KlockError:
+                pass
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise AssertionError("klockd did not answer on %s within %.0fs:\n%s"
+                                     % (self.socket_path, timeout, self.logs()))
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        """SIGTERM, wait for exit; returns the exit code."""
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("klockd did not stop on SIGTERM:\n" + self.logs())
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, wait."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self) -> str:
+        try:
+            with open(self.log_path, "r", errors="replace") as f:
+                return f.read()[-8000:]
+        except OSError:
+            return ""
+
+
+def klockd_binary() -> Optional[str]:
+    """The klockd binary under test (env KLOCKD_BIN), or None."""
+    path = os.environ.get("KLOCKD_BIN", "")
+    return path or None

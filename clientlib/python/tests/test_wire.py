@@ -1,0 +1,416 @@
+"""Wire-level tests of the client against a scripted fake daemon (no klockd needed)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import unittest
+from typing import Any, Dict
+
+import msgpack
+from support import FakeConn, FakeDaemon, short_tempdir, wait_until
+
+import klock
+from klock.connection import DEFAULT_MAX_FRAME
+
+
+def grant(req: Dict[str, Any]) -> Dict[str, Any]:
+    a = req["args"]
+    return {"success": True, "lease_id": "L-" + a.get("idem", ""), "agent_id": a["agent_id"],
+            "session_id": a["session_id"], "resource": a["resource_type"] + ":" + a["resource_path"],
+            "predicate": a["predicate"], "acquired_at": 1, "expires_at": 2, "fence": 7}
+
+
+def echo(conn: FakeConn, req: Dict[str, Any]) -> None:
+    if req["op"] == "acquire":
+        conn.ok(req, grant(req))
+    else:
+        conn.ok(req, {"op": req["op"], "args": req.get("args")})
+
+
+class WireTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = short_tempdir(self)
+        self.path = os.path.join(self.dir, "d.sock")
+
+    def serve(self, handler) -> FakeDaemon:
+        d = FakeDaemon(self.path, handler)
+        self.addCleanup(d.stop)
+        return d
+
+    def client(self, timeout: float = 10.0) -> klock.KlockClient:
+        c = klock.KlockClient(self.path, timeout=timeout)
+        self.addCleanup(c.close)
+        return c
+
+    def test_request_encoding(self) -> None:
+        d = self.serve(echo)
+        c = self.client()
+        self.assertEqual(c.active_lease_count(), 0)  # result lacks "count": 0
+        c.register_agent("a", 5)
+        c.register_agent("b")
+        reqs = d.requests
+        self.assertEqual(reqs[0]["op"], "active_lease_count")
+        self.assertNotIn("args", reqs[0], "an op without arguments sends no args map")
+        self.assertEqual(reqs[1], {"id": reqs[1]["id"], "op": "register_agent",
+                                   "args": {"agent_id": "a", "priority": 5}})
+        self.assertEqual(reqs[2]["args"], {"agent_id": "b"}, "priority=None is omitted")
+        ids = [r["id"] for r in reqs]
+        self.assertTrue(all(isinstance(i, int) and i > 0 for i in ids), ids)
+        self.assertEqual(len(set(ids)), len(ids), "ids are unique")
+        # the body is exactly one msgpack map
+        self.assertIsInstance(msgpack.unpackb(d.raw_bodies[0]), dict)
+
+    def test_acquire_carries_fresh_idem(self) -> None:
+        d = self.serve(echo)
+        c = self.client()
+        r1 = c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000)
+        r2 = c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000)
+        self.assertTrue(r1["success"])
+        k1, k2 = d.requests[0]["args"]["idem"], d.requests[1]["args"]["idem"]
+        self.assertNotEqual(k1, k2)
+        self.assertLessEqual(len(k1.encode()), 64)
+        self.assertNotIn("wait_timeout", d.requests[0]["args"])
+        c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000, wait_timeout=250, idem="k")
+        self.assertEqual(d.requests[2]["args"]["wait_timeout"], 250)
+        self.assertEqual(d.requests[2]["args"]["idem"], "k")
+
+    def test_acquire_many_intents(self) -> None:
+        d = self.serve(lambda conn, req: conn.ok(req, {"success": True, "leases": []}))
+        c = self.client()
+        c.acquire_many("a", "s", [("FILE", "/a", "MUTATES"),
+                                  {"resource_type": "SYMBOL", "resource_path": "f",
+                                   "predicate": "CONSUMES"}], 500)
+        args = d.requests[0]["args"]
+        self.assertEqual(args["intents"], [
+            {"resource_type": "FILE", "resource_path": "/a", "predicate": "MUTATES"},
+            {"resource_type": "SYMBOL", "resource_path": "f", "predicate": "CONSUMES"}])
+        self.assertEqual(args["ttl"], 500)
+        self.assertIn("idem", args)
+
+    def test_out_of_order_responses_reach_their_callers(self) -> None:
+        held = []
+        lock = threading.Lock()
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            with lock:
+                held.append((conn, req))
+                if len(held) < 3:
+                    return
+                batch = list(reversed(held))
+            for cn, r in batch:  # answer the last first
+                cn.ok(r, {"count": r["args"]["limit"]})
+
+        self.serve(handler)
+        c = self.client()
+        got: Dict[int, int] = {}
+
+        def worker(n: int) -> None:
+            got[n] = c._call("active_lease_count", {"limit": n})["count"]
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        self.assertEqual(got, {1: 1, 2: 2, 3: 3})
+
+    def test_many_threads_share_one_connection(self) -> None:
+        d = self.serve(echo)
+        c = self.client()
+        errors = []
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(50):
+                    r = c._call("stats", {"n": n, "i": i})
+                    assert r["args"] == {"n": n, "i": i}, r
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(errors, [])
+        self.assertEqual(d.connections, 1)
+        self.assertEqual(len(d.requests), 400)
+
+    def test_error_codes_map_to_classes(self) -> None:
+        cases = {
+            "INVALID_ARGUMENT": klock.InvalidArgumentError,
+            "UNKNOWN_AGENT": klock.UnknownAgentError,
+            "PRIORITY_CONFLICT": klock.PriorityConflictError,
+            "NOT_FOUND": klock.NotFoundError,
+            "PERMISSION_DENIED": klock.PermissionDeniedError,
+            "RESOURCE_EXHAUSTED": klock.ResourceExhaustedError,
+            "UNKNOWN_OP": klock.UnknownOpError,
+            "BAD_REQUEST": klock.BadRequestError,
+            "INTERNAL": klock.InternalError,
+        }
+        self.serve(lambda conn, req: conn.error(req, req["args"]["lease_id"], "klock: it is wrong"))
+        c = self.client()
+        for code, cls in cases.items():
+            with self.subTest(code=code):
+                with self.assertRaises(cls) as cm:
+                    c.release_lease(code)
+                self.assertEqual(cm.exception.code, code)
+                self.assertIsInstance(cm.exception, klock.KlockError)
+                self.assertIn("it is wrong", str(cm.exception))
+        with self.assertRaises(klock.KlockError) as cm:
+            c.release_lease("SOMETHING_NEW")
+        self.assertEqual(type(cm.exception), klock.KlockError)
+        self.assertEqual(cm.exception.code, "SOMETHING_NEW")
+
+    def test_daemon_not_running(self) -> None:
+        with self.assertRaises(klock.DaemonNotRunningError) as cm:
+            klock.KlockClient(self.path)
+        e = cm.exception
+        self.assertIsNone(e.code)
+        self.assertIsInstance(e, ConnectionError)
+        self.assertEqual(e.socket_path, self.path)
+        self.assertIn(self.path, str(e))
+        self.assertIn("go run ./cmd/klockd", str(e))
+        self.assertIn("klockd", str(e))
+
+    def test_socket_from_environment(self) -> None:
+        self.serve(echo)
+        old = os.environ.get("KLOCK_SOCKET")
+        os.environ["KLOCK_SOCKET"] = self.path
+        try:
+            c = klock.KlockClient()
+            self.addCleanup(c.close)
+            self.assertEqual(c.socket_path, self.path)
+            self.assertEqual(c.evict_expired(), 0)
+        finally:
+            if old is None:
+                del os.environ["KLOCK_SOCKET"]
+            else:
+                os.environ["KLOCK_SOCKET"] = old
+
+    def test_default_socket_path(self) -> None:
+        cases = [
+            ({"KLOCK_SOCKET": "/s.sock", "XDG_RUNTIME_DIR": "/r"}, 0, "/s.sock"),
+            ({"XDG_RUNTIME_DIR": "/r"}, 0, "/run/klock/klockd.sock"),
+            ({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, "/run/user/1000/klock/klockd.sock"),
+            ({}, 1000, "/tmp/klock-1000/klockd.sock"),
+            ({"KLOCK_SOCKET": "", "XDG_RUNTIME_DIR": ""}, 42, "/tmp/klock-42/klockd.sock"),
+        ]
+        for env, euid, want in cases:
+            with self.subTest(env=env, euid=euid):
+                self.assertEqual(klock.default_socket_path(env, euid), want)
+
+    def test_reconnect_resends_in_flight_request(self) -> None:
+        state = {"dropped": False}
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            if req["op"] == "acquire" and not state["dropped"]:
+                state["dropped"] = True
+                conn.close()  # the daemon "restarts" with the request in flight
+                return
+            echo(conn, req)
+
+        d = self.serve(handler)
+        c = self.client()
+        r = c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000)
+        self.assertTrue(r["success"])
+        acquires = [q for q in d.requests if q["op"] == "acquire"]
+        self.assertEqual(len(acquires), 2)
+        self.assertEqual(acquires[0]["id"], acquires[1]["id"])
+        self.assertEqual(acquires[0]["args"]["idem"], acquires[1]["args"]["idem"],
+                         "a resend carries the same idem key")
+        self.assertEqual(d.connections, 2)
+        self.assertEqual(c.reconnects, 1)
+
+    def test_reconnect_after_daemon_comes_back(self) -> None:
+        d = self.serve(echo)
+        c = self.client()
+        self.assertEqual(c.stats()["op"], "stats")
+        d.stop()
+        wait_until(lambda: not c._conn.connected, what="client to notice the close")
+        result: Dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.update(c.stats()))
+        t.start()
+        # the call is waiting while nothing listens; bring the daemon back
+        d2 = self.serve(echo)
+        t.join(10)
+        self.assertEqual(result.get("op"), "stats")
+        self.assertEqual(d2.connections, 1)
+
+    def test_unreachable_daemon_times_out_with_clear_error(self) -> None:
+        d = self.serve(echo)
+        c = self.client(timeout=0.3)
+        d.stop()
+        wait_until(lambda: not c._conn.connected, what="client to notice the close")
+        with self.assertRaises(klock.DaemonNotRunningError) as cm:
+            c.stats()
+        self.assertIn(self.path, str(cm.exception))
+
+    def test_shutting_down_is_retried_on_next_connection(self) -> None:
+        state = {"n": 0}
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            state["n"] += 1
+            if state["n"] == 1:
+                conn.error(req, "SHUTTING_DOWN", "klock: daemon is stopping")
+                conn.close()
+                return
+            conn.ok(req, {"count": 3})
+
+        d = self.serve(handler)
+        c = self.client()
+        self.assertEqual(c.active_lease_count(), 3)
+        self.assertEqual(d.connections, 2)
+
+    def test_timeout(self) -> None:
+        self.serve(lambda conn, req: None)  # never answers
+        c = self.client(timeout=0.1)
+        with self.assertRaises(klock.KlockTimeoutError) as cm:
+            c.stats()
+        self.assertIsInstance(cm.exception, TimeoutError)
+        self.assertIsNone(cm.exception.code)
+
+    def test_oversized_request_is_refused_locally(self) -> None:
+        d = self.serve(echo)
+        c = self.client()
+        with self.assertRaises(klock.BadFrameError):
+            c.release_lease("x" * (DEFAULT_MAX_FRAME + 1))
+        self.assertEqual(d.requests, [])
+        self.assertEqual(c.stats()["op"], "stats", "the connection is still usable")
+
+    def test_unencodable_argument(self) -> None:
+        self.serve(echo)
+        c = self.client()
+        with self.assertRaises(klock.InvalidArgumentError):
+            c.release_lease(object())  # type: ignore[arg-type]
+
+    def test_close_fails_calls_in_flight(self) -> None:
+        self.serve(lambda conn, req: None)
+        c = self.client()
+        errors = []
+
+        def worker() -> None:
+            try:
+                c.stats()
+            except klock.KlockError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        wait_until(lambda: c._conn._pending, what="call in flight")
+        c.close()
+        t.join(5)
+        self.assertEqual(len(errors), 1)
+        self.assertIsInstance(errors[0], klock.KlockConnectionError)
+        with self.assertRaises(klock.KlockConnectionError):
+            c.stats()
+
+    def test_stray_frames_are_ignored(self) -> None:
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            conn.send({"id": 0, "ok": False, "error": {"code": "BAD_REQUEST", "message": "x"}})
+            conn.send({"id": 999999, "ok": True, "result": {}})
+            conn.send_raw((3).to_bytes(4, "big") + b"\xc1\xc1\xc1")  # not msgpack
+            conn.ok(req, {"count": 1})
+
+        self.serve(handler)
+        c = self.client()
+        self.assertEqual(c.active_lease_count(), 1)
+
+    def test_blocking_acquire_retries_die_then_waits(self) -> None:
+        state = {"n": 0}
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            state["n"] += 1
+            if state["n"] == 1:
+                conn.ok(req, {"success": False, "reason": "DIE", "wait_time": 5,
+                              "held_by": "senior", "message": "m"})
+            else:
+                conn.ok(req, grant(req))
+
+        d = self.serve(handler)
+        c = self.client()
+        g = c.acquire("a", "s", "FILE", "/x", "MUTATES", 1000, timeout=10)
+        self.assertTrue(g["success"])
+        a0, a1 = d.requests[0]["args"], d.requests[1]["args"]
+        self.assertEqual(a0["idem"], a1["idem"], "one blocking acquire uses one idem key")
+        self.assertGreater(a0["wait_timeout"], 0, "WAIT verdicts are waited for in the daemon")
+        self.assertLessEqual(a0["wait_timeout"], 10000)
+
+    def test_blocking_acquire_gives_up(self) -> None:
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            reason = "CONFLICT" if req["args"]["agent_id"] == "c" else "DIE"
+            conn.ok(req, {"success": False, "reason": reason, "wait_time": 20,
+                          "held_by": "other", "message": "m"})
+
+        self.serve(handler)
+        c = self.client()
+        with self.assertRaises(klock.AcquireTimeoutError) as cm:
+            c.acquire("a", "s", "FILE", "/x", "MUTATES", 1000, timeout=0.1)
+        self.assertEqual(cm.exception.reason, "DIE")
+        self.assertEqual(cm.exception.held_by, "other")
+        self.assertIsInstance(cm.exception, TimeoutError)
+        with self.assertRaises(klock.LeaseDeniedError) as cm2:
+            c.acquire("c", "s", "FILE", "/x", "MUTATES", 1000, timeout=10)
+        self.assertEqual(cm2.exception.reason, "CONFLICT")
+        self.assertNotIsInstance(cm2.exception, klock.AcquireTimeoutError)
+
+
+if __name__ == "__main__":
+    unittest.main()
+
+
+class LeaseKeepAliveTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = short_tempdir(self)
+        self.path = os.path.join(self.dir, "d.sock")
+        self.heartbeats = 0
+        self.fail_after = 3
+        self.lock = threading.Lock()
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            if req["op"] == "acquire":
+                g = grant(req)
+                g["expires_at"] = 2**62
+                conn.ok(req, g)
+            elif req["op"] == "heartbeat":
+                with self.lock:
+                    self.heartbeats += 1
+                    n = self.heartbeats
+                if n > self.fail_after:
+                    conn.error(req, "NOT_FOUND", "klock: lease is not active")
+                else:
+                    conn.ok(req, {"lease_id": req["args"]["lease_id"], "expires_at": 2**62})
+            elif req["op"] == "release":
+                conn.ok(req, {"released": True})
+
+        self.daemon = FakeDaemon(self.path, handler)
+        self.addCleanup(self.daemon.stop)
+        self.client = klock.KlockClient(self.path, timeout=5)
+        self.addCleanup(self.client.close)
+
+    def test_renews_then_releases(self) -> None:
+        self.fail_after = 10**9
+        with self.client.lease("a", "s", "FILE", "/x", "MUTATES", ttl=30) as lease:
+            self.assertTrue(lease.lease_id.startswith("L-"))
+            self.assertEqual(lease.fence, 7)
+            wait_until(lambda: self.heartbeats >= 3, what="three renewals")
+            self.assertFalse(lease.lost)
+            lease.check()
+            hb = [r for r in self.daemon.requests if r["op"] == "heartbeat"][0]
+            self.assertEqual(hb["args"], {"lease_id": lease.lease_id})
+        self.assertEqual(self.daemon.ops()[-1], "release")
+        self.assertFalse(lease.release(), "a second release is a no-op")
+
+    def test_loss_is_observable(self) -> None:
+        lost = []
+        lease = self.client.lease("a", "s", "FILE", "/x", "MUTATES", ttl=30, on_lost=lost.append)
+        self.assertTrue(lease.wait_lost(10))
+        self.assertTrue(lease.lost)
+        self.assertIsInstance(lease.lost_error, klock.LeaseLostError)
+        with self.assertRaises(klock.LeaseLostError):
+            lease.check()
+        self.assertEqual(len(lost), 1)
+        self.assertIs(lost[0], lease.lost_error)
+        self.assertFalse(lease.release())
+        self.assertNotIn("release", self.daemon.ops(), "a lost lease is not released again")
