@@ -130,18 +130,17 @@ class Lease:
         delay = interval
         while not self._stop.wait(delay):
             remaining = self.expires_at - _now_ms()
+            # Never wait for an answer past the lease's expiry.
+            timeout = min(max(remaining / 1000.0, 0.05), self._client.timeout)
             try:
-                # Never wait for an answer past the lease's expiry.
-                result = self._client._call(
-                    "heartbeat", {"lease_id": self.lease_id}, max(remaining / 1000.0, 0.05)
-                )
+                result = self._client._call("heartbeat", {"lease_id": self.lease_id}, timeout)
             except NotFoundError as e:
                 self._mark_lost(LeaseLostError(
                     "klock: lease %s on %s is no longer active: %s"
                     % (self.lease_id, self.resource, e.message)
                 ))
                 return
-            except KlockError as e:
+            except Exception as e:  # transport trouble: retry until the lease would expire
                 if self._stop.is_set():
                     return
                 if _now_ms() >= self.expires_at:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import unittest
 from typing import Any, Dict
 
@@ -371,7 +372,7 @@ class LeaseKeepAliveTest(unittest.TestCase):
         def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
             if req["op"] == "acquire":
                 g = grant(req)
-                g["expires_at"] = 2**62
+                g["expires_at"] = int(time.time() * 1000) + 60000
                 conn.ok(req, g)
             elif req["op"] == "heartbeat":
                 with self.lock:
@@ -380,7 +381,8 @@ class LeaseKeepAliveTest(unittest.TestCase):
                 if n > self.fail_after:
                     conn.error(req, "NOT_FOUND", "klock: lease is not active")
                 else:
-                    conn.ok(req, {"lease_id": req["args"]["lease_id"], "expires_at": 2**62})
+                    conn.ok(req, {"lease_id": req["args"]["lease_id"],
+                                  "expires_at": int(time.time() * 1000) + 60000})
             elif req["op"] == "release":
                 conn.ok(req, {"released": True})
 
