@@ -27,6 +27,7 @@ type Engine struct {
 
 	records []Record
 	dirty   []*resource // keys whose queue must be decided again
+	pass    uint64      // settle passes, so a request is decided once per pass
 }
 
 // agent is a registered agent with its indexes.

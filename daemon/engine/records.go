@@ -1,5 +1,7 @@
 package engine
 
+import "github.com/klockd/klock/protocol"
+
 // RecordKind says which state change a Record is.
 type RecordKind uint8
 
@@ -60,4 +62,73 @@ func (e *Engine) record(r Record) {
 	if e.cfg.Journal {
 		e.records = append(e.records, r)
 	}
+}
+
+// Apply replays one record on the engine (recovery): the state change is
+// made exactly as recorded, without deciding anything again and without
+// producing records or wake-ups. A record that does not fit the state (a
+// lease granted twice, an unknown kind) is an INTERNAL *Error.
+func (e *Engine) Apply(r Record) error {
+	if err := e.apply(&r); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) apply(r *Record) *Error {
+	switch r.Kind {
+	case RecRegister:
+		e.applyRegister(r)
+	case RecUnregister:
+		e.applyUnregister(r)
+	case RecGrant:
+		xs := make([]*lease, 0, len(r.Leases))
+		for _, l := range r.Leases {
+			x, err := e.addLease(l)
+			if err != nil {
+				return err
+			}
+			xs = append(xs, x)
+		}
+		if r.Idem != "" && len(xs) > 0 {
+			e.bindIdem(xs[0].agent, r.Idem, xs)
+		}
+	case RecRelease, RecRevoke, RecExpire:
+		for _, id := range r.LeaseIDs {
+			if l := e.leases[id]; l != nil {
+				e.removeLease(l)
+			}
+		}
+	case RecHeartbeat:
+		for _, id := range r.LeaseIDs {
+			l := e.leases[id]
+			if l == nil {
+				return errorf(protocol.CodeInternal, "klock: record heartbeats unknown lease %s", id)
+			}
+			e.heartbeat(l, r.Time, r.TTL)
+		}
+	case RecEndSession:
+		a := e.agents[r.AgentID]
+		if a == nil {
+			return errorf(protocol.CodeInternal, "klock: record ends a session of unknown agent %q", r.AgentID)
+		}
+		e.endSession(r.Time, a, r.SessionID)
+	case RecFreeze:
+		e.resourceFor(r.Resource).frozen = true
+	case RecThaw:
+		if res := e.resources[r.Resource]; res != nil {
+			res.frozen = false
+			e.dropIfIdle(res)
+		}
+	default:
+		return errorf(protocol.CodeInternal, "klock: unknown record kind %d", r.Kind)
+	}
+	// No queue exists during replay; nothing is dirty for long.
+	for _, res := range e.dirty {
+		res.isDirty = false
+		e.dropIfIdle(res)
+	}
+	clear(e.dirty)
+	e.dirty = e.dirty[:0]
+	return nil
 }

@@ -1,5 +1,13 @@
 package engine
 
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	"github.com/klockd/klock/protocol"
+)
+
 // StateVersion is the version of the State layout written by Snapshot.
 const StateVersion = 1
 
@@ -48,4 +56,105 @@ type LeaseState struct {
 type SessionRef struct {
 	AgentID   string `msgpack:"a"`
 	SessionID string `msgpack:"s"`
+}
+
+// Snapshot returns the engine's whole durable state (queued requests are
+// not included). The result shares nothing with the engine.
+func (e *Engine) Snapshot() *State {
+	s := &State{Version: StateVersion, Fence: e.fence, LastAuto: e.lastAuto}
+	s.Agents = make([]AgentState, 0, len(e.agents))
+	for _, a := range e.agents {
+		s.Agents = append(s.Agents, AgentState{
+			ID: a.id, Priority: a.priority, RegisteredAt: a.registeredAt, UID: a.uid, Unregistered: a.unregistered,
+		})
+	}
+	slices.SortFunc(s.Agents, func(x, y AgentState) int { return strings.Compare(x.ID, y.ID) })
+	s.Leases = make([]LeaseState, 0, len(e.leases))
+	for _, l := range e.leases {
+		ls := LeaseState{Lease: l.Lease}
+		if l.idem != nil {
+			ls.Idem = l.idem.key
+		}
+		s.Leases = append(s.Leases, ls)
+	}
+	slices.SortFunc(s.Leases, func(x, y LeaseState) int { return cmp.Compare(x.Lease.Fence, y.Lease.Fence) })
+	for _, r := range e.resources {
+		if r.frozen {
+			s.Frozen = append(s.Frozen, r.key)
+		}
+	}
+	slices.Sort(s.Frozen)
+	for ref := range e.ended {
+		s.Ended = append(s.Ended, ref)
+	}
+	slices.SortFunc(s.Ended, func(x, y SessionRef) int {
+		if c := strings.Compare(x.AgentID, y.AgentID); c != 0 {
+			return c
+		}
+		return strings.Compare(x.SessionID, y.SessionID)
+	})
+	return s
+}
+
+// Restore replaces the engine's state with s (queued requests are dropped
+// without answer; call CancelAll first to answer them). Counters other
+// than the fence start from zero. A state of another version, or one that
+// does not hold together (a lease of an unknown agent, a lease id twice),
+// is an INTERNAL *Error and leaves the engine empty.
+func (e *Engine) Restore(s *State) error {
+	if err := e.restore(s); err != nil {
+		*e = *New(e.cfg)
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) restore(s *State) *Error {
+	*e = *New(e.cfg)
+	if s.Version != StateVersion {
+		return errorf(protocol.CodeInternal, "klock: state version %d is not supported (want %d)", s.Version, StateVersion)
+	}
+	e.fence, e.lastAuto = s.Fence, s.LastAuto
+	for _, as := range s.Agents {
+		if _, dup := e.agents[as.ID]; dup {
+			return errorf(protocol.CodeInternal, "klock: state lists agent %q twice", as.ID)
+		}
+		e.agents[as.ID] = &agent{
+			id: as.ID, priority: as.Priority, registeredAt: as.RegisteredAt, uid: as.UID, unregistered: as.Unregistered,
+		}
+		if !as.Unregistered {
+			e.registered++
+		}
+	}
+	type idemKey struct{ agent, key string }
+	groups := make(map[idemKey][]*lease)
+	var order []idemKey
+	for _, ls := range s.Leases {
+		x, err := e.addLease(ls.Lease)
+		if err != nil {
+			return err
+		}
+		if ls.Idem != "" {
+			k := idemKey{ls.Lease.AgentID, ls.Idem}
+			if groups[k] == nil {
+				order = append(order, k)
+			}
+			groups[k] = append(groups[k], x)
+		}
+	}
+	for _, k := range order {
+		xs := groups[k]
+		e.bindIdem(xs[0].agent, k.key, xs)
+	}
+	for _, key := range s.Frozen {
+		e.resourceFor(key).frozen = true
+	}
+	for _, ref := range s.Ended {
+		e.ended[ref] = struct{}{}
+	}
+	// Leftover agents whose leases are all gone are not kept.
+	for _, a := range e.agents {
+		e.dropLeftover(a)
+	}
+	return nil
 }

@@ -1,0 +1,262 @@
+package engine
+
+import (
+	"github.com/google/uuid"
+	"github.com/klockd/klock/protocol"
+)
+
+// Acquire decides a request for one resource (exactly one intent) by the
+// Wait-Die rule of DESIGN.md "Semantics". A grant or a denial is a Result;
+// errors are for requests that are invalid (INVALID_ARGUMENT, checked
+// before anything is looked up), for an unregistered agent
+// (UNKNOWN_AGENT), a caller who may not act for the agent
+// (PERMISSION_DENIED) or a reached limit (RESOURCE_EXHAUSTED). With
+// WaitTimeout > 0 a WAIT verdict parks the request (Result.Queued); its
+// answer comes later as a Wakeup.
+func (e *Engine) Acquire(now int64, c Caller, req AcquireRequest) (Result, error) {
+	r, err := e.acquire(now, c, &req, true)
+	if err != nil {
+		return Result{}, err
+	}
+	return r, nil
+}
+
+// AcquireMany decides 1..64 intents all or nothing: it grants one lease
+// per intent, in order, or none. A denial carries the worst verdict over
+// the intents (RESOURCE_LOCKED, SESSION_EXPIRED, CONFLICT, DIE, then
+// WAIT). Errors and queueing are as for Acquire.
+func (e *Engine) AcquireMany(now int64, c Caller, req AcquireRequest) (Result, error) {
+	r, err := e.acquire(now, c, &req, false)
+	if err != nil {
+		return Result{}, err
+	}
+	return r, nil
+}
+
+func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) (Result, *Error) {
+	var buf [1]target
+	targets, err := e.checkAcquire(req, single, buf[:0])
+	if err != nil {
+		return Result{}, err
+	}
+	a := e.agents[req.AgentID]
+	if a == nil || a.unregistered {
+		return Result{}, unknownAgent(req.AgentID)
+	}
+	if !mayActFor(c, a) {
+		return Result{}, permissionDenied(c, "acquire for agent "+quote(a.id)+", which belongs to another uid")
+	}
+	if req.Idem != "" {
+		if en := a.idem[req.Idem]; en != nil && en.active(now) {
+			return en.answer(req.Idem, targets)
+		}
+	}
+	v := e.decide(now, a, req.SessionID, a.priority, targets, nil, nil)
+	if v.reason == "" {
+		if e.cfg.MaxLeases > 0 && len(e.leases)+len(targets) > e.cfg.MaxLeases &&
+			len(e.leases)-e.leaseDeadlines.countDue(now)+len(targets) > e.cfg.MaxLeases {
+			return Result{}, errorf(protocol.CodeResourceExhausted,
+				"klock: the lease limit (%d) is reached; release leases or raise --max-leases", e.cfg.MaxLeases)
+		}
+		ls := e.grant(now, c.UID, c.PID, a, req.SessionID, targets, req.TTL, req.Idem)
+		return Result{Granted: true, Leases: ls}, nil
+	}
+	d := e.denial(now, a, req.SessionID, &v)
+	if v.reason == protocol.ReasonWait && req.WaitTimeout > 0 {
+		if e.cfg.MaxWaiters > 0 && len(e.waiters) >= e.cfg.MaxWaiters {
+			return Result{}, errorf(protocol.CodeResourceExhausted,
+				"klock: the waiter limit (%d) is reached; retry without wait_timeout or raise --max-waiters", e.cfg.MaxWaiters)
+		}
+		w := e.enqueue(now, c, a, req, targets)
+		return Result{Denial: d, Queued: true, Waiter: w.id}, nil
+	}
+	e.count(v.reason)
+	return Result{Denial: d}, nil
+}
+
+func (e *Engine) count(r protocol.Reason) {
+	switch r {
+	case protocol.ReasonWait:
+		e.waits++
+	case protocol.ReasonDie:
+		e.dies++
+	}
+}
+
+// active reports whether any lease of the entry is still active.
+func (en *idemEntry) active(now int64) bool {
+	for _, l := range en.leases {
+		if l.ExpiresAt > now {
+			return true
+		}
+	}
+	return false
+}
+
+// answer returns the entry's leases again if the request asks for the same
+// resources and predicates, in order.
+func (en *idemEntry) answer(key string, targets []target) (Result, *Error) {
+	if len(targets) != len(en.leases) {
+		return Result{}, invalidf("klock: idem %q is bound to %d held lease(s), not %d; use a new key for a different request",
+			key, len(en.leases), len(targets))
+	}
+	ls := make([]Lease, len(targets))
+	for i, t := range targets {
+		l := en.leases[i]
+		if l.Resource != t.key || l.Predicate != t.pred {
+			return Result{}, invalidf("klock: idem %q was used for %s %s, not %s %s; use a new key for a different request",
+				key, l.Predicate, l.Resource, t.pred, t.key)
+		}
+		ls[i] = l.Lease
+	}
+	return Result{Granted: true, Leases: ls}, nil
+}
+
+// verdict is the decision for one request: reason "" is a grant. by* name
+// the lease or queued request that decided it.
+type verdict struct {
+	reason    protocol.Reason
+	key       string    // the resource that decided it
+	pred      Predicate // the requested predicate on key
+	by        *agent
+	bySession string
+	byPred    Predicate
+	byQueued  bool
+	maxExpiry int64 // latest expiry of the conflicting active leases seen
+}
+
+// rank orders verdicts from best (grant) to worst.
+func rank(r protocol.Reason) int {
+	switch r {
+	case "":
+		return 0
+	case protocol.ReasonWait:
+		return 1
+	case protocol.ReasonDie:
+		return 2
+	case protocol.ReasonConflict:
+		return 3
+	case protocol.ReasonSessionExpired:
+		return 4
+	}
+	return 5 // RESOURCE_LOCKED
+}
+
+// decide applies the five steps of DESIGN.md to every target and returns
+// the worst verdict. self is the queued request being decided again (it
+// does not count against itself); res are its resources, else they are
+// looked up.
+func (e *Engine) decide(now int64, a *agent, session string, prio int64, targets []target, res []*resource, self *waiter) verdict {
+	var worst verdict
+	var maxExp int64
+	for i := range targets {
+		var r *resource
+		if res != nil {
+			r = res[i]
+		} else {
+			r = e.resources[targets[i].key]
+		}
+		v := e.decideOne(now, a, session, prio, targets[i], r, self)
+		maxExp = max(maxExp, v.maxExpiry)
+		if rank(v.reason) > rank(worst.reason) {
+			worst = v
+		}
+	}
+	if len(e.ended) > 0 && worst.reason != protocol.ReasonResourceLocked {
+		if _, ok := e.ended[SessionRef{AgentID: a.id, SessionID: session}]; ok {
+			worst = verdict{reason: protocol.ReasonSessionExpired}
+		}
+	}
+	worst.maxExpiry = maxExp
+	return worst
+}
+
+func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t target, r *resource, self *waiter) verdict {
+	v := verdict{key: t.key, pred: t.pred}
+	if r == nil {
+		return v
+	}
+	if r.frozen {
+		v.reason = protocol.ReasonResourceLocked
+		return v
+	}
+	var die, wait *lease
+	for _, l := range r.leases {
+		if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) {
+			continue
+		}
+		if l.agent == a {
+			if l.SessionID == session {
+				continue // re-entrant
+			}
+			v.reason, v.by, v.bySession, v.byPred = protocol.ReasonConflict, a, l.SessionID, l.Predicate
+			return v
+		}
+		v.maxExpiry = max(v.maxExpiry, l.ExpiresAt)
+		if p := l.agent.priority; p <= prio {
+			if die == nil || p < die.agent.priority {
+				die = l
+			}
+		} else if wait == nil || p < wait.agent.priority {
+			wait = l
+		}
+	}
+	if die != nil {
+		v.reason, v.by, v.bySession, v.byPred = protocol.ReasonDie, die.agent, die.SessionID, die.Predicate
+		return v
+	}
+	// The queue is sorted oldest first: the first conflicting request of
+	// another agent decides whether a junior would barge past a senior.
+	for _, q := range r.queue {
+		if q.w == self || q.w.agent == a || !Conflicts(q.pred, t.pred) {
+			continue
+		}
+		if q.w.priority <= prio {
+			v.reason, v.by, v.bySession, v.byPred, v.byQueued = protocol.ReasonDie, q.w.agent, q.w.session, q.pred, true
+			return v
+		}
+		break
+	}
+	if wait != nil {
+		v.reason, v.by, v.bySession, v.byPred = protocol.ReasonWait, wait.agent, wait.SessionID, wait.Predicate
+	}
+	return v
+}
+
+// grant creates one lease per target, records them and returns them.
+func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session string, targets []target, ttl int64, idem string) []Lease {
+	ls := make([]Lease, len(targets))
+	var xs []*lease
+	if idem != "" {
+		xs = make([]*lease, 0, len(targets))
+	}
+	for i, t := range targets {
+		e.fence++
+		ls[i] = Lease{
+			ID: newLeaseID(), AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
+			AcquiredAt: now, ExpiresAt: now + ttl, TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,
+		}
+		x, err := e.addLease(ls[i])
+		if err != nil {
+			panic(err) // fresh ids of a registered agent: cannot happen
+		}
+		if idem != "" {
+			xs = append(xs, x)
+		}
+	}
+	if idem != "" {
+		e.bindIdem(a, idem, xs)
+	}
+	e.grants++
+	e.record(Record{Kind: RecGrant, Time: now, Leases: ls, Idem: idem})
+	return ls
+}
+
+func newLeaseID() string {
+	id, err := uuid.NewRandom()
+	if err != nil {
+		// crypto/rand does not fail on supported systems; uuid.New panics too.
+		panic(err)
+	}
+	return id.String()
+}

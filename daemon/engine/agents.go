@@ -1,0 +1,165 @@
+package engine
+
+import (
+	"strconv"
+
+	"github.com/klockd/klock/protocol"
+)
+
+func quote(s string) string { return strconv.Quote(s) }
+
+// Register registers agentID for the caller's uid and returns its
+// registration. Without a priority (hasPriority false) a new agent gets the
+// registration time in ms, strictly increasing over such registrations.
+// Registering again without a priority, or with the same one, returns the
+// current registration unchanged; with a different priority it is applied
+// only while the agent holds and waits for nothing (else PRIORITY_CONFLICT).
+// Only the owning uid or root may register an existing agent again.
+func (e *Engine) Register(now int64, c Caller, agentID string, priority int64, hasPriority bool) (Agent, error) {
+	if err := checkText("agent_id", agentID, MaxIDLen); err != nil {
+		return Agent{}, err
+	}
+	if hasPriority && priority < 0 {
+		return Agent{}, invalidf("klock: priority %d is negative; allowed 0..%d", priority, int64(1<<63-1))
+	}
+	a := e.agents[agentID]
+	if a != nil && !a.unregistered {
+		if !mayActFor(c, a) {
+			return Agent{}, permissionDenied(c, "register agent "+quote(agentID)+", which belongs to another uid")
+		}
+		if !hasPriority || priority == a.priority {
+			return e.agentInfo(now, a), nil
+		}
+		if e.busy(now, a) {
+			return Agent{}, errorf(protocol.CodePriorityConflict,
+				"klock: agent %q holds or waits for leases; its priority %d cannot change to %d until it has none",
+				agentID, a.priority, priority)
+		}
+		r := Record{Kind: RecRegister, Time: a.registeredAt, AgentID: agentID, Priority: priority, UID: a.uid}
+		e.applyRegister(&r)
+		e.record(r)
+		return e.agentInfo(now, a), nil
+	}
+	r := Record{Kind: RecRegister, Time: now, AgentID: agentID, Priority: priority, UID: c.UID}
+	if !hasPriority {
+		r.Priority = max(now, e.lastAuto+1)
+		r.Auto = true
+	}
+	a = e.applyRegister(&r)
+	e.record(r)
+	return e.agentInfo(now, a), nil
+}
+
+// applyRegister registers or re-registers an agent from a record.
+func (e *Engine) applyRegister(r *Record) *agent {
+	a := e.agents[r.AgentID]
+	switch {
+	case a == nil:
+		a = &agent{id: r.AgentID}
+		e.agents[r.AgentID] = a
+		e.registered++
+	case a.unregistered:
+		a.unregistered = false
+		e.registered++
+	}
+	a.priority, a.registeredAt, a.uid = r.Priority, r.Time, r.UID
+	if r.Auto && r.Priority > e.lastAuto {
+		e.lastAuto = r.Priority
+	}
+	return a
+}
+
+// Unregister removes agentID's registration, reporting false when it was
+// not registered. It is refused with PRIORITY_CONFLICT while the agent
+// holds or waits for a lease, and only the owning uid or root may do it.
+func (e *Engine) Unregister(now int64, c Caller, agentID string) (bool, error) {
+	if err := checkText("agent_id", agentID, MaxIDLen); err != nil {
+		return false, err
+	}
+	a := e.agents[agentID]
+	if a == nil || a.unregistered {
+		return false, nil
+	}
+	if !mayActFor(c, a) {
+		return false, permissionDenied(c, "unregister agent "+quote(agentID)+", which belongs to another uid")
+	}
+	if e.busy(now, a) {
+		return false, errorf(protocol.CodePriorityConflict,
+			"klock: agent %q holds or waits for leases; release them before unregistering it", agentID)
+	}
+	r := Record{Kind: RecUnregister, Time: now, AgentID: agentID}
+	e.applyUnregister(&r)
+	e.record(r)
+	return true, nil
+}
+
+func (e *Engine) applyUnregister(r *Record) bool {
+	a := e.agents[r.AgentID]
+	if a == nil || a.unregistered {
+		return false
+	}
+	e.registered--
+	e.forgetSessions(a.id)
+	if len(a.leases) > 0 {
+		// Expired leases not removed yet still point at the agent.
+		a.unregistered = true
+		return true
+	}
+	delete(e.agents, a.id)
+	return true
+}
+
+// forgetSessions drops the ended-session marks of an agent that goes away,
+// so a later agent with the same id starts afresh.
+func (e *Engine) forgetSessions(agentID string) {
+	for ref := range e.ended {
+		if ref.AgentID == agentID {
+			delete(e.ended, ref)
+		}
+	}
+}
+
+// dropLeftover removes an unregistered agent once its last lease is gone.
+func (e *Engine) dropLeftover(a *agent) {
+	if a.unregistered && len(a.leases) == 0 && len(a.waiters) == 0 && e.agents[a.id] == a {
+		delete(e.agents, a.id)
+	}
+}
+
+// busy reports whether the agent holds an active lease or waits.
+func (e *Engine) busy(now int64, a *agent) bool {
+	if len(a.waiters) > 0 {
+		return true
+	}
+	for _, l := range a.leases {
+		if l.ExpiresAt > now {
+			return true
+		}
+	}
+	return false
+}
+
+// activeLeases counts the agent's active leases.
+func activeLeases(now int64, a *agent) int {
+	n := 0
+	for _, l := range a.leases {
+		if l.ExpiresAt > now {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *Engine) agentInfo(now int64, a *agent) Agent {
+	return Agent{
+		ID: a.id, Priority: a.priority, RegisteredAt: a.registeredAt, OwnerUID: a.uid,
+		Leases: activeLeases(now, a), Waiting: len(a.waiters),
+	}
+}
+
+// mayActFor reports whether the caller may act for the agent: its owner
+// uid or root.
+func mayActFor(c Caller, a *agent) bool { return c.UID == 0 || c.UID == a.uid }
+
+// isAdmin reports whether the caller may use admin ops.
+func (e *Engine) isAdmin(c Caller) bool { return c.UID == 0 || c.UID == e.cfg.AdminUID }

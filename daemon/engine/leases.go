@@ -1,0 +1,164 @@
+package engine
+
+import (
+	"container/heap"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// Release ends an active lease and returns true, plus the wake-ups of the
+// requests queued on its resource that this decides. It returns false (and
+// changes nothing) when the lease is unknown, released or expired. Only the
+// lease's owner uid, its agent's uid or root may release it.
+func (e *Engine) Release(now int64, c Caller, leaseID string) (bool, []Wakeup, error) {
+	l, err := e.leaseFor(c, "release", leaseID)
+	if err != nil {
+		return false, nil, err
+	}
+	if l == nil || l.ExpiresAt <= now {
+		return false, nil, nil
+	}
+	e.removeLease(l)
+	e.record(Record{Kind: RecRelease, Time: now, LeaseIDs: []string{leaseID}})
+	return true, e.settle(now, nil), nil
+}
+
+// leaseFor validates a lease id and looks the lease up (nil when unknown),
+// checking that the caller may act on it.
+func (e *Engine) leaseFor(c Caller, op, leaseID string) (*lease, *Error) {
+	if err := checkText("lease_id", leaseID, MaxIDLen); err != nil {
+		return nil, err
+	}
+	l := e.leases[leaseID]
+	if l == nil {
+		return nil, nil
+	}
+	if c.UID != 0 && c.UID != l.OwnerUID && c.UID != l.agent.uid {
+		return nil, permissionDenied(c, op+" lease "+leaseID+" of agent "+quote(l.AgentID)+", which belongs to another uid")
+	}
+	return l, nil
+}
+
+// Heartbeat extends an active lease to now + ttl and returns it. With ttl 0
+// the lease keeps its ttl; otherwise ttl (1..MaxTTL) becomes its ttl. A
+// lease that is not active is NOT_FOUND. Permissions are as for Release.
+func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Lease, error) {
+	if ttl != 0 {
+		if err := e.checkTTL("ttl", ttl); err != nil {
+			return Lease{}, err
+		}
+	}
+	l, err := e.leaseFor(c, "heartbeat", leaseID)
+	if err != nil {
+		return Lease{}, err
+	}
+	if l == nil || l.ExpiresAt <= now {
+		return Lease{}, errorf(protocol.CodeNotFound, "klock: lease %s is not active (unknown, released or expired); acquire a new one", leaseID)
+	}
+	if ttl == 0 {
+		ttl = l.TTL
+	}
+	e.heartbeat(l, now, ttl)
+	e.record(Record{Kind: RecHeartbeat, Time: now, LeaseIDs: []string{leaseID}, TTL: ttl})
+	return l.Lease, nil
+}
+
+func (e *Engine) heartbeat(l *lease, now, ttl int64) {
+	l.TTL = ttl
+	l.ExpiresAt = now + ttl
+	heap.Fix(&e.leaseDeadlines, l.heapIdx)
+}
+
+// Revoke ends an active lease now, as if it expired (admin: root or
+// Config.AdminUID). It returns false when the lease was not active.
+func (e *Engine) Revoke(now int64, c Caller, leaseID string) (bool, []Wakeup, error) {
+	if err := checkText("lease_id", leaseID, MaxIDLen); err != nil {
+		return false, nil, err
+	}
+	if !e.isAdmin(c) {
+		return false, nil, permissionDenied(c, "revoke leases (admin only)")
+	}
+	l := e.leases[leaseID]
+	if l == nil || l.ExpiresAt <= now {
+		return false, nil, nil
+	}
+	e.removeLease(l)
+	e.record(Record{Kind: RecRevoke, Time: now, LeaseIDs: []string{leaseID}})
+	return true, e.settle(now, nil), nil
+}
+
+// EndSession releases every lease of the agent's session and marks the
+// session ended: its queued requests are answered SESSION_EXPIRED, and so
+// are later acquires in it. It returns how many active leases it released
+// and the wake-ups. Only the agent's uid or root may end its sessions.
+func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int, []Wakeup, error) {
+	if err := checkText("agent_id", agentID, MaxIDLen); err != nil {
+		return 0, nil, err
+	}
+	if err := checkText("session_id", sessionID, MaxIDLen); err != nil {
+		return 0, nil, err
+	}
+	a := e.agents[agentID]
+	if a == nil || a.unregistered {
+		return 0, nil, unknownAgent(agentID)
+	}
+	if !mayActFor(c, a) {
+		return 0, nil, permissionDenied(c, "end sessions of agent "+quote(agentID)+", which belongs to another uid")
+	}
+	if _, done := e.ended[SessionRef{AgentID: agentID, SessionID: sessionID}]; done {
+		return 0, nil, nil
+	}
+	var wake []Wakeup
+	for i := 0; i < len(a.waiters); {
+		w := a.waiters[i]
+		if w.session != sessionID {
+			i++
+			continue
+		}
+		v := verdict{reason: protocol.ReasonSessionExpired}
+		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, a, sessionID, &v)}})
+		e.dropWaiter(w) // moves the last waiter to i
+	}
+	n := e.endSession(now, a, sessionID)
+	e.record(Record{Kind: RecEndSession, Time: now, AgentID: agentID, SessionID: sessionID})
+	return n, e.settle(now, wake), nil
+}
+
+// Freeze freezes a resource (admin): every acquire on it is then denied
+// RESOURCE_LOCKED and the requests queued on it are answered so; leases
+// already held keep running. It returns the state after the call (true).
+func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, error) {
+	key, err := resourceKey("", typ, path)
+	if err != nil {
+		return false, nil, err
+	}
+	if !e.isAdmin(c) {
+		return false, nil, permissionDenied(c, "freeze resources (admin only)")
+	}
+	if r := e.resources[key]; r != nil && r.frozen {
+		return true, nil, nil
+	}
+	r := e.resourceFor(key)
+	r.frozen = true
+	e.record(Record{Kind: RecFreeze, Time: now, Resource: key})
+	return true, e.answerQueued(now, r, protocol.ReasonResourceLocked, nil), nil
+}
+
+// Thaw ends a freeze (admin) and returns the state after the call (false).
+func (e *Engine) Thaw(now int64, c Caller, typ, path string) (bool, error) {
+	key, err := resourceKey("", typ, path)
+	if err != nil {
+		return false, err
+	}
+	if !e.isAdmin(c) {
+		return false, permissionDenied(c, "thaw resources (admin only)")
+	}
+	r := e.resources[key]
+	if r == nil || !r.frozen {
+		return false, nil
+	}
+	r.frozen = false
+	e.dropIfIdle(r)
+	e.record(Record{Kind: RecThaw, Time: now, Resource: key})
+	return false, nil
+}

@@ -1,0 +1,97 @@
+package engine
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+)
+
+// ActiveLeaseCount returns how many leases are active at now; expired
+// leases not yet removed are not counted. It costs O(expired), not O(leases).
+func (e *Engine) ActiveLeaseCount(now int64) int {
+	return len(e.leases) - e.leaseDeadlines.countDue(now)
+}
+
+// ListLeases returns the active leases matching f, sorted by resource then
+// fence: the first f.Limit of them (1000 when 0), and whether more matched.
+func (e *Engine) ListLeases(now int64, f LeaseFilter) ([]Lease, bool, error) {
+	limit, err := checkLimit(f.Limit)
+	if err != nil {
+		return nil, false, err
+	}
+	if f.AgentID != "" {
+		if err := checkText("agent_id", f.AgentID, MaxIDLen); err != nil {
+			return nil, false, err
+		}
+	}
+	if f.ResourcePrefix != "" {
+		if err := checkText("resource_prefix", f.ResourcePrefix, maxPrefixLen); err != nil {
+			return nil, false, err
+		}
+	}
+	var out []Lease
+	add := func(l *lease) {
+		if l.ExpiresAt > now && strings.HasPrefix(l.Resource, f.ResourcePrefix) {
+			out = append(out, l.Lease)
+		}
+	}
+	if f.AgentID != "" {
+		if a := e.agents[f.AgentID]; a != nil {
+			for _, l := range a.leases {
+				add(l)
+			}
+		}
+	} else {
+		for _, l := range e.leases {
+			add(l)
+		}
+	}
+	slices.SortFunc(out, func(x, y Lease) int {
+		if c := strings.Compare(x.Resource, y.Resource); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Fence, y.Fence)
+	})
+	if len(out) > limit {
+		return out[:limit:limit], true, nil
+	}
+	return out, false, nil
+}
+
+// ListAgents returns the registered agents sorted by priority (then id),
+// with their active lease and queued request counts: the first limit of
+// them (1000 when 0), and whether there were more.
+func (e *Engine) ListAgents(now int64, limit int) ([]Agent, bool, error) {
+	limit, err := checkLimit(limit)
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]Agent, 0, min(e.registered, limit+1))
+	for _, a := range e.agents {
+		if !a.unregistered {
+			out = append(out, e.agentInfo(now, a))
+		}
+	}
+	slices.SortFunc(out, func(x, y Agent) int {
+		if c := cmp.Compare(x.Priority, y.Priority); c != 0 {
+			return c
+		}
+		return strings.Compare(x.ID, y.ID)
+	})
+	if len(out) > limit {
+		return out[:limit:limit], true, nil
+	}
+	return out, false, nil
+}
+
+// Stats returns the engine's counters. Leases counts every lease not yet
+// removed (Stats takes no time; ActiveLeaseCount excludes expired ones);
+// Grants counts granted requests, Waits and Dies the answers with those
+// reasons, Expirations the leases removed on expiry, Fence the last
+// fencing token issued.
+func (e *Engine) Stats() Stats {
+	return Stats{
+		Agents: e.registered, Leases: len(e.leases), Waiters: len(e.waiters),
+		Grants: e.grants, Waits: e.waits, Dies: e.dies, Expirations: e.expirations, Fence: e.fence,
+	}
+}

@@ -1,0 +1,132 @@
+package engine
+
+import (
+	"container/heap"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// This file holds the primitive state changes shared by the live calls and
+// by Apply: they update every index and never write records.
+
+// resourceFor returns the resource for key, creating it.
+func (e *Engine) resourceFor(key string) *resource {
+	r := e.resources[key]
+	if r == nil {
+		r = &resource{key: key}
+		e.resources[key] = r
+	}
+	return r
+}
+
+// dropIfIdle forgets a resource with no leases, no queue and no freeze.
+func (e *Engine) dropIfIdle(r *resource) {
+	if len(r.leases) == 0 && len(r.queue) == 0 && !r.frozen && !r.isDirty && e.resources[r.key] == r {
+		delete(e.resources, r.key)
+	}
+}
+
+// addLease inserts a granted lease into every index. The lease's agent must
+// exist (possibly as a leftover).
+func (e *Engine) addLease(l Lease) (*lease, *Error) {
+	if _, dup := e.leases[l.ID]; dup {
+		return nil, errorf(protocol.CodeInternal, "klock: lease %s granted twice", l.ID)
+	}
+	a := e.agents[l.AgentID]
+	if a == nil {
+		return nil, errorf(protocol.CodeInternal, "klock: lease %s for unknown agent %q", l.ID, l.AgentID)
+	}
+	r := e.resourceFor(l.Resource)
+	x := &lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases)}
+	r.leases = append(r.leases, x)
+	a.leases = append(a.leases, x)
+	e.leases[l.ID] = x
+	heap.Push(&e.leaseDeadlines, x)
+	if l.Fence > e.fence {
+		e.fence = l.Fence
+	}
+	return x, nil
+}
+
+// removeLease takes a lease out of every index and marks its resource for
+// its queue to be decided again.
+func (e *Engine) removeLease(x *lease) {
+	delete(e.leases, x.ID)
+	heap.Remove(&e.leaseDeadlines, x.heapIdx)
+
+	r := x.res
+	last := len(r.leases) - 1
+	r.leases[x.resIdx] = r.leases[last]
+	r.leases[x.resIdx].resIdx = x.resIdx
+	r.leases[last] = nil
+	r.leases = r.leases[:last]
+
+	a := x.agent
+	last = len(a.leases) - 1
+	a.leases[x.agentIdx] = a.leases[last]
+	a.leases[x.agentIdx].agentIdx = x.agentIdx
+	a.leases[last] = nil
+	a.leases = a.leases[:last]
+
+	if x.idem != nil {
+		x.idem.remove(x)
+		if len(x.idem.leases) == 0 && a.idem[x.idem.key] == x.idem {
+			delete(a.idem, x.idem.key)
+		}
+		x.idem = nil
+	}
+	if len(r.queue) > 0 {
+		e.markDirty(r)
+	} else {
+		e.dropIfIdle(r)
+	}
+	e.dropLeftover(a)
+}
+
+func (en *idemEntry) remove(x *lease) {
+	for i, l := range en.leases {
+		if l == x {
+			en.leases = append(en.leases[:i], en.leases[i+1:]...)
+			return
+		}
+	}
+}
+
+// bindIdem files leases under an idempotency key of their agent; leases
+// still filed under that key (all ended) lose it.
+func (e *Engine) bindIdem(a *agent, key string, ls []*lease) {
+	if key == "" {
+		return
+	}
+	if old := a.idem[key]; old != nil {
+		for _, l := range old.leases {
+			l.idem = nil
+		}
+	}
+	if a.idem == nil {
+		a.idem = make(map[string]*idemEntry)
+	}
+	en := &idemEntry{key: key, leases: ls}
+	for _, l := range ls {
+		l.idem = en
+	}
+	a.idem[key] = en
+}
+
+// endSession removes the session's leases and marks it ended; it returns
+// how many of them were active.
+func (e *Engine) endSession(now int64, a *agent, session string) int {
+	n := 0
+	for i := 0; i < len(a.leases); {
+		if l := a.leases[i]; l.SessionID == session {
+			if l.ExpiresAt > now {
+				n++
+			}
+			e.removeLease(l)
+			continue
+		}
+		i++
+	}
+	e.ended[SessionRef{AgentID: a.id, SessionID: session}] = struct{}{}
+	return n
+}

@@ -1,0 +1,194 @@
+package engine
+
+import (
+	"fmt"
+	"path"
+	"unicode/utf8"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// Limits on arguments, from PROTOCOL.md "Vocabulary".
+const (
+	MaxIDLen     = 256  // agent_id, session_id, lease_id: bytes
+	MaxPathLen   = 4096 // resource_path: bytes
+	MaxIdemLen   = 64   // idem: bytes
+	MaxIntents   = 64   // intents per acquire_many
+	DefaultLimit = 1000 // list limit when 0
+	MaxLimit     = 10000
+	maxPrefixLen = MaxPathLen + 32
+)
+
+func errorf(code protocol.Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func invalidf(format string, args ...any) *Error {
+	return errorf(protocol.CodeInvalidArgument, format, args...)
+}
+
+func unknownAgent(id string) *Error {
+	return errorf(protocol.CodeUnknownAgent, "klock: agent %q is not registered", id)
+}
+
+func permissionDenied(c Caller, what string) *Error {
+	return errorf(protocol.CodePermissionDenied, "klock: uid %d may not %s", c.UID, what)
+}
+
+// checkText checks a string argument: 1..max bytes of UTF-8 without NUL or
+// other control characters.
+func checkText(name, s string, max int) *Error {
+	if len(s) == 0 {
+		return invalidf("klock: %s is required (1..%d bytes)", name, max)
+	}
+	if len(s) > max {
+		return invalidf("klock: %s is %d bytes; at most %d are allowed", name, len(s), max)
+	}
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b < 0x20 || b == 0x7f {
+			return invalidf("klock: %s contains control character 0x%02x at byte %d; control characters are not allowed", name, b, i)
+		}
+		if s[i] >= utf8.RuneSelf {
+			if !utf8.ValidString(s[i:]) {
+				return invalidf("klock: %s is not valid UTF-8", name)
+			}
+			return checkControlRunes(name, s[i:])
+		}
+	}
+	return nil
+}
+
+// checkControlRunes rejects C1 control characters (U+0080..U+009F).
+func checkControlRunes(name, s string) *Error {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) {
+			return invalidf("klock: %s contains control character %U; control characters are not allowed", name, r)
+		}
+	}
+	return nil
+}
+
+func (e *Engine) checkTTL(name string, ttl int64) *Error {
+	if ttl < 1 || ttl > e.cfg.MaxTTL {
+		return invalidf("klock: %s %d is out of range; allowed 1..%d ms", name, ttl, e.cfg.MaxTTL)
+	}
+	return nil
+}
+
+func checkLimit(limit int) (int, *Error) {
+	switch {
+	case limit == 0:
+		return DefaultLimit, nil
+	case limit < 0 || limit > MaxLimit:
+		return 0, invalidf("klock: limit %d is out of range; allowed 0 (= %d) .. %d", limit, DefaultLimit, MaxLimit)
+	}
+	return limit, nil
+}
+
+// ResourceKey returns the resource key "TYPE:path" for a resource type
+// (any case) and path. FILE paths are cleaned ("/src/./a/../b" is
+// "/src/b"); other types are taken as given. An unknown type, or a path
+// that is empty, too long or holds control characters, is an
+// INVALID_ARGUMENT *Error.
+func ResourceKey(typ, p string) (string, error) {
+	k, err := resourceKey("", typ, p)
+	if err != nil {
+		return "", err
+	}
+	return k, nil
+}
+
+// resourceKey is ResourceKey with the argument names prefixed by field
+// (e.g. "intents[2].") and a typed error.
+func resourceKey(field, typ, p string) (string, *Error) {
+	t, err := parseResourceType(field, typ)
+	if err != nil {
+		return "", err
+	}
+	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
+		return "", err
+	}
+	if t == File {
+		p = path.Clean(p)
+	}
+	return resourceTypeNames[t] + ":" + p, nil
+}
+
+func parseResourceType(field, s string) (ResourceType, *Error) {
+	// Fast path: the wire normally carries upper-case names.
+	for t := File; t <= ConfigKey; t++ {
+		if s == resourceTypeNames[t] {
+			return t, nil
+		}
+	}
+	t, err := ParseResourceType(s)
+	if err != nil {
+		return 0, invalidf("klock: %sresource_type %q is not one of %s", field, s, resourceTypeList)
+	}
+	return t, nil
+}
+
+func parsePredicate(field, s string) (Predicate, *Error) {
+	for p := Provides; p <= Renames; p++ {
+		if s == predicateNames[p] {
+			return p, nil
+		}
+	}
+	p, err := ParsePredicate(s)
+	if err != nil {
+		return 0, invalidf("klock: %spredicate %q is not one of %s", field, s, predicateList)
+	}
+	return p, nil
+}
+
+// target is one parsed intent.
+type target struct {
+	key  string
+	pred Predicate
+}
+
+// checkAcquire validates an acquire request and parses its intents into
+// dst; minIntents..maxIntents intents are allowed.
+func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([]target, *Error) {
+	if err := checkText("agent_id", req.AgentID, MaxIDLen); err != nil {
+		return nil, err
+	}
+	if err := checkText("session_id", req.SessionID, MaxIDLen); err != nil {
+		return nil, err
+	}
+	if err := e.checkTTL("ttl", req.TTL); err != nil {
+		return nil, err
+	}
+	if req.WaitTimeout < 0 || req.WaitTimeout > e.cfg.MaxTTL {
+		return nil, invalidf("klock: wait_timeout %d is out of range; allowed 0..%d ms", req.WaitTimeout, e.cfg.MaxTTL)
+	}
+	if req.Idem != "" {
+		if err := checkText("idem", req.Idem, MaxIdemLen); err != nil {
+			return nil, err
+		}
+	}
+	n := len(req.Intents)
+	if single && n != 1 {
+		return nil, invalidf("klock: acquire takes exactly one resource, got %d", n)
+	}
+	if n < 1 || n > MaxIntents {
+		return nil, invalidf("klock: intents has %d entries; allowed 1..%d", n, MaxIntents)
+	}
+	for i := range req.Intents {
+		in := &req.Intents[i]
+		field := ""
+		if !single {
+			field = fmt.Sprintf("intents[%d].", i)
+		}
+		key, err := resourceKey(field, in.ResourceType, in.ResourcePath)
+		if err != nil {
+			return nil, err
+		}
+		p, err := parsePredicate(field, in.Predicate)
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, target{key: key, pred: p})
+	}
+	return dst, nil
+}

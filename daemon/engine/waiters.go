@@ -1,0 +1,194 @@
+package engine
+
+import (
+	"container/heap"
+	"fmt"
+	"slices"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// waiter is a queued request: an acquire whose verdict was WAIT, parked
+// until it is granted, turns DIE, times out or is cancelled.
+type waiter struct {
+	id       WaiterID
+	agent    *agent
+	session  string
+	priority int64 // the agent's priority; stable while it waits
+	targets  []target
+	res      []*resource // resource of each target
+	ttl      int64
+	idem     string
+	uid      uint32
+	pid      int32
+	since    int64 // when it was queued
+	deadline int64 // when it times out with WAIT
+	heapIdx  int
+	agentIdx int
+	pass     uint64 // last settle pass that decided it
+}
+
+// queued is one entry of a resource's queue: a waiter and the predicate it
+// asks for there.
+type queued struct {
+	w    *waiter
+	pred Predicate
+}
+
+// before orders queue entries: lower priority value (older) first, then
+// arrival.
+func (q queued) before(w *waiter) bool {
+	if q.w.priority != w.priority {
+		return q.w.priority < w.priority
+	}
+	return q.w.id < w.id
+}
+
+// enqueue parks a request whose verdict is WAIT.
+func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, targets []target) *waiter {
+	e.nextWaiter++
+	w := &waiter{
+		id: e.nextWaiter, agent: a, session: req.SessionID, priority: a.priority,
+		targets: slices.Clone(targets), res: make([]*resource, len(targets)),
+		ttl: req.TTL, idem: req.Idem, uid: c.UID, pid: c.PID,
+		since: now, deadline: now + req.WaitTimeout, agentIdx: len(a.waiters),
+	}
+	for i, t := range w.targets {
+		r := e.resourceFor(t.key)
+		w.res[i] = r
+		at := len(r.queue)
+		for j, q := range r.queue {
+			if !q.before(w) {
+				at = j
+				break
+			}
+		}
+		r.queue = slices.Insert(r.queue, at, queued{w: w, pred: t.pred})
+	}
+	a.waiters = append(a.waiters, w)
+	e.waiters[w.id] = w
+	heap.Push(&e.waiterDeadlines, w)
+	return w
+}
+
+// dropWaiter removes a queued request from every index.
+func (e *Engine) dropWaiter(w *waiter) {
+	delete(e.waiters, w.id)
+	if w.heapIdx >= 0 {
+		heap.Remove(&e.waiterDeadlines, w.heapIdx)
+	}
+	a := w.agent
+	last := len(a.waiters) - 1
+	a.waiters[w.agentIdx] = a.waiters[last]
+	a.waiters[w.agentIdx].agentIdx = w.agentIdx
+	a.waiters[last] = nil
+	a.waiters = a.waiters[:last]
+	for _, r := range w.res {
+		r.queue = slices.DeleteFunc(r.queue, func(q queued) bool { return q.w == w })
+		e.dropIfIdle(r)
+	}
+	e.dropLeftover(a)
+}
+
+// markDirty notes that a resource's queue must be decided again.
+func (e *Engine) markDirty(r *resource) {
+	if !r.isDirty {
+		r.isDirty = true
+		e.dirty = append(e.dirty, r)
+	}
+}
+
+// settle decides again, oldest first, the requests queued on every resource
+// marked dirty (a lease on it ended or was granted): grants and DIEs are
+// answered and leave the queue, WAITs stay. A grant of a request spanning
+// several resources marks the others dirty too, so no queued junior keeps
+// waiting behind a senior's new lease.
+func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
+	e.pass++
+	for i := 0; i < len(e.dirty); i++ {
+		r := e.dirty[i]
+		r.isDirty = false
+		for j := 0; j < len(r.queue); {
+			w := r.queue[j].w
+			if w.pass == e.pass {
+				j++
+				continue
+			}
+			w.pass = e.pass
+			v := e.decide(now, w.agent, w.session, w.priority, w.targets, w.res, w)
+			switch v.reason {
+			case protocol.ReasonWait:
+				j++
+				continue
+			case "":
+				ls := e.grant(now, w.uid, w.pid, w.agent, w.session, w.targets, w.ttl, w.idem)
+				for _, o := range w.res {
+					if o != r && len(o.queue) > 1 {
+						e.markDirty(o)
+					}
+				}
+				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Granted: true, Leases: ls}})
+			default:
+				e.count(v.reason)
+				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, w.agent, w.session, &v)}})
+			}
+			e.dropWaiter(w) // removes r.queue[j]; the next entry moves to j
+		}
+		e.dropIfIdle(r)
+	}
+	clear(e.dirty)
+	e.dirty = e.dirty[:0]
+	return wake
+}
+
+// timeout answers a queued request whose wait deadline has passed: WAIT,
+// with what it waited for.
+func (e *Engine) timeout(now int64, w *waiter) Result {
+	v := e.decide(now, w.agent, w.session, w.priority, w.targets, w.res, w)
+	e.waits++
+	d := e.denial(now, w.agent, w.session, &v)
+	d.Reason = protocol.ReasonWait
+	d.Message = fmt.Sprintf("%s waited %d ms without being granted; %s", w.agent.id, now-w.since, d.Message)
+	return Result{Denial: d}
+}
+
+// answerQueued answers every request queued on r with reason (freeze) and
+// drops it.
+func (e *Engine) answerQueued(now int64, r *resource, reason protocol.Reason, wake []Wakeup) []Wakeup {
+	for len(r.queue) > 0 {
+		w := r.queue[0].w
+		v := verdict{reason: reason, key: r.key, pred: r.queue[0].pred}
+		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, w.agent, w.session, &v)}})
+		e.dropWaiter(w)
+	}
+	return wake
+}
+
+// Cancel drops a queued request (its connection closed). It is a no-op for
+// an unknown or already answered waiter. Dropping a request never lets
+// another one through, so the wake-ups are normally empty.
+func (e *Engine) Cancel(now int64, id WaiterID) []Wakeup {
+	w := e.waiters[id]
+	if w == nil {
+		return nil
+	}
+	e.dropWaiter(w)
+	return e.settle(now, nil)
+}
+
+// CancelAll drops every queued request (shutdown) and returns their ids in
+// ascending order.
+func (e *Engine) CancelAll(now int64) []WaiterID {
+	if len(e.waiters) == 0 {
+		return nil
+	}
+	ids := make([]WaiterID, 0, len(e.waiters))
+	for id := range e.waiters {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		e.dropWaiter(e.waiters[id])
+	}
+	return ids
+}
