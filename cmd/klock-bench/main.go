@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is the parsed command line.
+type config struct {
+	backends  []string
+	workloads []string
+	workers   []int
+	duration  time.Duration
+	warmup    time.Duration
+	reps      int
+	leases    int // held in the many-leases workload
+	klockd    string
+	jsonOut   string
+	plotOut   string
+	short     bool
+	args      []string
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "echo-server" {
+		if err := runEchoServer(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("klock-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir)")
+	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated")
+	workers := fs.String("w", "1,8,64", "worker counts, comma separated")
+	cfg := config{args: args}
+	fs.DurationVar(&cfg.duration, "d", 5*time.Second, "measured duration of each cell")
+	fs.DurationVar(&cfg.warmup, "warmup", 0, "unmeasured warm-up before each cell (default d/10, at most 500ms)")
+	fs.IntVar(&cfg.reps, "reps", 1, "repetitions of every cell, interleaved across back ends; the table shows medians")
+	fs.IntVar(&cfg.leases, "leases", 100000, "leases held during the many-leases workload")
+	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
+	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON to this file")
+	fs.StringVar(&cfg.plotOut, "plot", "", "write a plot of throughput and p99 by W to this file (.png or .svg)")
+	fs.BoolVar(&cfg.short, "short", false, "CI mode: 1s cells, W=1,8, 2,000 held leases (explicit flags still win)")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("klock-bench: unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if cfg.short {
+		if !set["d"] {
+			cfg.duration = time.Second
+		}
+		if !set["w"] {
+			*workers = "1,8"
+		}
+		if !set["leases"] {
+			cfg.leases = 2000
+		}
+	}
+	if !set["warmup"] {
+		cfg.warmup = min(cfg.duration/10, 500*time.Millisecond)
+	}
+	cfg.backends = splitList(*backends)
+	cfg.workloads = splitList(*workloads)
+	for _, b := range cfg.backends {
+		if _, ok := backendMakers[b]; !ok {
+			return cfg, fmt.Errorf("klock-bench: unknown back end %q (known: %s)", b, strings.Join(backendNames(), ", "))
+		}
+	}
+	for _, wl := range cfg.workloads {
+		if wl != Uncontended && wl != Contended && wl != ManyLeases {
+			return cfg, fmt.Errorf("klock-bench: unknown workload %q (known: uncontended, contended, many-leases)", wl)
+		}
+	}
+	for _, s := range splitList(*workers) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 4096 {
+			return cfg, fmt.Errorf("klock-bench: -w %q: worker counts must be integers 1..4096", s)
+		}
+		cfg.workers = append(cfg.workers, n)
+	}
+	switch {
+	case len(cfg.backends) == 0 || len(cfg.workloads) == 0 || len(cfg.workers) == 0:
+		return cfg, errors.New("klock-bench: -backends, -workloads and -w must each name at least one")
+	case cfg.duration <= 0 || cfg.reps < 1 || cfg.leases < 0:
+		return cfg, errors.New("klock-bench: -d must be positive, -reps at least 1, -leases not negative")
+	}
+	return cfg, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// run starts every back end, runs every cell, and writes the reports.
+func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
+	env := &runEnv{cfg: cfg, log: stderr}
+	defer env.cleanup()
+	var bs []Backend
+	defer func() {
+		for _, b := range bs {
+			if err := b.Close(); err != nil {
+				fmt.Fprintf(stderr, "klock-bench: closing %s: %v\n", b.Name(), err)
+			}
+		}
+	}()
+	for _, name := range cfg.backends {
+		b, err := backendMakers[name](ctx, env)
+		if err != nil {
+			return err
+		}
+		bs = append(bs, b)
+	}
+
+	res := &Results{Machine: describeMachine(), Command: "klock-bench " + strings.Join(cfg.args, " "),
+		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Settings: map[string]string{}}
+	for _, b := range bs {
+		res.Settings[b.Name()] = b.Settings()
+	}
+	measure := func(workload string, rep, w int, b Backend) error {
+		cell, err := runCell(ctx, b, workload, w, cfg.duration, cfg.warmup)
+		cell.Rep = rep
+		if err != nil {
+			return fmt.Errorf("klock-bench: %s: %w", cell.label(), err)
+		}
+		fmt.Fprintf(stderr, "%-40s %10.0f pairs/s  p50 %7.1fµs  p99 %8.1fµs\n", cell.label(), cell.PairsPerSec, cell.P50us, cell.P99us)
+		res.Cells = append(res.Cells, cell)
+		return nil
+	}
+	for rep := 1; rep <= cfg.reps; rep++ {
+		for _, wl := range cfg.workloads {
+			if wl == ManyLeases {
+				continue
+			}
+			for _, w := range cfg.workers {
+				for _, b := range bs {
+					if err := measure(wl, rep, w, b); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	if contains(cfg.workloads, ManyLeases) {
+		holding := map[string]bool{}
+		for _, b := range bs {
+			start := time.Now()
+			err := b.Hold(ctx, cfg.leases)
+			if errors.Is(err, errUnsupported) {
+				fmt.Fprintf(stderr, "klock-bench: %s: many-leases skipped: %v\n", b.Name(), err)
+				res.Skipped = append(res.Skipped, fmt.Sprintf("%s many-leases: %v", b.Name(), err))
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("klock-bench: %s: holding %d leases: %w", b.Name(), cfg.leases, err)
+			}
+			fmt.Fprintf(stderr, "%-40s %d leases held in %v\n", b.Name()+"/hold", cfg.leases, time.Since(start).Round(time.Millisecond))
+			holding[b.Name()] = true
+		}
+		for rep := 1; rep <= cfg.reps; rep++ {
+			for _, w := range cfg.workers {
+				for _, b := range bs {
+					if holding[b.Name()] {
+						if err := measure(ManyLeases, rep, w, b); err != nil {
+							return err
+						}
+					}
+				}
+			}
+		}
+	}
+
+	res.summarize(cfg)
+	res.WriteTable(stdout)
+	if cfg.jsonOut != "" {
+		if err := res.WriteJSON(cfg.jsonOut); err != nil {
+			return err
+		}
+	}
+	if cfg.plotOut != "" {
+		if err := res.WritePlot(cfg.plotOut); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// runEnv is what back-end constructors share: the configuration, the log,
+// and resources built once per run (the klockd binary).
+type runEnv struct {
+	cfg      config
+	log      io.Writer
+	klockd   string // built or given klockd path
+	buildDir string // temp dir of a built klockd, removed at the end
+}
+
+func (e *runEnv) cleanup() {
+	if e.buildDir != "" {
+		os.RemoveAll(e.buildDir)
+	}
+}
+
+// backendMakers maps each -backends name to its constructor.
+var backendMakers = map[string]func(context.Context, *runEnv) (Backend, error){
+	"echo":      func(ctx context.Context, _ *runEnv) (Backend, error) { return newEchoBackend(ctx) },
+	"flock":     func(context.Context, *runEnv) (Backend, error) { return newFlockBackend() },
+	"redis":     func(ctx context.Context, _ *runEnv) (Backend, error) { return newRedisBackend(ctx, false) },
+	"redis-aof": func(ctx context.Context, _ *runEnv) (Backend, error) { return newRedisBackend(ctx, true) },
+}
+
+func backendNames() []string {
+	var names []string
+	for n := range backendMakers {
+		names = append(names, n)
+	}
+	sortStrings(names)
+	return names
+}

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Results is everything one run measured; it is what -json writes.
+type Results struct {
+	Command  string            `json:"command"`
+	Machine  Machine           `json:"machine"`
+	Duration string            `json:"cell_duration"`
+	Reps     int               `json:"reps"`
+	Leases   int               `json:"held_leases"`
+	Settings map[string]string `json:"settings"` // per back end
+	Cells    []Cell            `json:"cells"`    // every repetition
+	Summary  []Row             `json:"summary"`  // medians over repetitions
+	Targets  []Target          `json:"targets"`
+	Skipped  []string          `json:"skipped,omitempty"`
+
+	order []string // back ends in -backends order
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	LoadAvg   string `json:"loadavg_at_start"`
+	StartedAt string `json:"started_at"`
+}
+
+// Row is one back end, workload and W: medians over the repetitions, and
+// medians of the per-repetition ratios to the peers.
+type Row struct {
+	Backend     string   `json:"backend"`
+	Workload    string   `json:"workload"`
+	Workers     int      `json:"workers"`
+	PairsPerSec float64  `json:"pairs_per_sec"`
+	P50us       float64  `json:"p50_us"`
+	P99us       float64  `json:"p99_us"`
+	P999us      float64  `json:"p999_us"`
+	Die         int64    `json:"die"`
+	Wait        int64    `json:"wait"`
+	Busy        int64    `json:"busy"`
+	RSSBytes    int64    `json:"rss_bytes,omitempty"`
+	RedisPeer   string   `json:"redis_peer,omitempty"`
+	VsRedis     *float64 `json:"throughput_vs_redis,omitempty"`
+	VsEcho      *float64 `json:"throughput_vs_echo,omitempty"`
+	P50VsEcho   *float64 `json:"p50_vs_echo,omitempty"`
+	P99VsRedis  *float64 `json:"p99_vs_redis,omitempty"`
+}
+
+// Target is one of the issue's goals, evaluated on this run.
+type Target struct {
+	Subject string   `json:"subject"`
+	Goal    string   `json:"goal"`
+	Ratio   *float64 `json:"ratio,omitempty"` // median over repetitions
+	Pass    *bool    `json:"pass,omitempty"`  // nil when not measured in this run
+}
+
+func describeMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), StartedAt: time.Now().UTC().Format(time.RFC3339)}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return m
+}
+
+// cellKey finds one repetition's cell.
+type cellKey struct {
+	backend, workload string
+	w, rep            int
+}
+
+// summarize fills Summary and Targets from Cells.
+func (r *Results) summarize(cfg config) {
+	r.order = cfg.backends
+	byKey := map[cellKey]Cell{}
+	for _, c := range r.Cells {
+		byKey[cellKey{c.Backend, c.Workload, c.Workers, c.Rep}] = c
+	}
+	// ratio is the median over repetitions of f(a)/f(b); nil if never measured.
+	ratio := func(a, b string, wlA, wlB string, w int, f func(Cell) float64) *float64 {
+		var xs []float64
+		for rep := 1; rep <= r.Reps; rep++ {
+			ca, okA := byKey[cellKey{a, wlA, w, rep}]
+			cb, okB := byKey[cellKey{b, wlB, w, rep}]
+			if okA && okB && f(cb) > 0 {
+				xs = append(xs, f(ca)/f(cb))
+			}
+		}
+		if len(xs) == 0 {
+			return nil
+		}
+		m := median(xs)
+		return &m
+	}
+	thr := func(c Cell) float64 { return c.PairsPerSec }
+	p50 := func(c Cell) float64 { return c.P50us }
+	p99 := func(c Cell) float64 { return c.P99us }
+
+	for _, wl := range cfg.workloads {
+		for _, w := range cfg.workers {
+			for _, b := range r.order {
+				var cs []Cell
+				for rep := 1; rep <= r.Reps; rep++ {
+					if c, ok := byKey[cellKey{b, wl, w, rep}]; ok {
+						cs = append(cs, c)
+					}
+				}
+				if len(cs) == 0 {
+					continue
+				}
+				row := Row{Backend: b, Workload: wl, Workers: w,
+					PairsPerSec: medianOf(cs, thr), P50us: medianOf(cs, p50),
+					P99us: medianOf(cs, p99), P999us: medianOf(cs, func(c Cell) float64 { return c.P999us }),
+					Die:  int64(medianOf(cs, func(c Cell) float64 { return float64(c.Die) })),
+					Wait: int64(medianOf(cs, func(c Cell) float64 { return float64(c.Wait) })),
+					Busy: int64(medianOf(cs, func(c Cell) float64 { return float64(c.Busy) })),
+				}
+				for _, c := range cs {
+					row.RSSBytes = max(row.RSSBytes, c.RSSBytes)
+				}
+				if b != "echo" {
+					row.VsEcho = ratio(b, "echo", wl, wl, w, thr)
+					row.P50VsEcho = ratio(b, "echo", wl, wl, w, p50)
+				}
+				if peer := r.redisPeer(b); peer != "" && peer != b {
+					row.RedisPeer = peer
+					row.VsRedis = ratio(b, peer, wl, wl, w, thr)
+					row.P99VsRedis = ratio(b, peer, wl, wl, w, p99)
+				}
+				r.Summary = append(r.Summary, row)
+			}
+		}
+	}
+
+	atLeast := func(x *float64, goal float64) *bool {
+		if x == nil {
+			return nil
+		}
+		ok := *x >= goal
+		return &ok
+	}
+	atMost := func(x *float64, goal float64) *bool {
+		if x == nil {
+			return nil
+		}
+		ok := *x <= goal
+		return &ok
+	}
+	add := func(subject, goal string, x *float64, pass *bool) {
+		r.Targets = append(r.Targets, Target{Subject: subject, Goal: goal, Ratio: x, Pass: pass})
+	}
+	for _, k := range []string{"klock", "klock-conn"} {
+		if !slices.Contains(r.order, k) {
+			continue
+		}
+		x := ratio(k, "echo", Uncontended, Uncontended, 1, p50)
+		add(k, "W=1 uncontended: p50 <= 1.1 x echo", x, atMost(x, 1.1))
+		x = ratio(k, "redis", Uncontended, Uncontended, 1, thr)
+		add(k, "W=1 uncontended: throughput >= 1.1 x redis", x, atLeast(x, 1.1))
+		x = ratio(k, "echo", Uncontended, Uncontended, 64, thr)
+		add(k, "W=64 uncontended: throughput >= 0.9 x echo", x, atLeast(x, 0.9))
+		x = ratio(k, "redis", Uncontended, Uncontended, 64, thr)
+		add(k, "W=64 uncontended: throughput >= 1.2 x redis", x, atLeast(x, 1.2))
+		x = ratio(k, "redis", Uncontended, Uncontended, 64, p99)
+		add(k, "W=64 uncontended: p99 <= redis p99", x, atMost(x, 1))
+		for _, w := range cfg.workers {
+			x = ratio(k, k, ManyLeases, Uncontended, w, thr)
+			add(k, fmt.Sprintf("W=%d: throughput with %d leases held >= 0.9 x uncontended", w, r.Leases), x, atLeast(x, 0.9))
+		}
+	}
+	if slices.Contains(r.order, "klock-everysec") {
+		x := ratio("klock-everysec", "klock", Uncontended, Uncontended, 64, thr)
+		add("klock-everysec", "W=64 uncontended: durable everysec >= 0.8 x in-memory", x, atLeast(x, 0.8))
+	}
+}
+
+// redisPeer is the Redis configuration a back end is compared with: the
+// durable klock variants against redis-aof when it ran, the rest against
+// redis.
+func (r *Results) redisPeer(b string) string {
+	switch b {
+	case "redis", "redis-aof":
+		return ""
+	case "klock-never", "klock-everysec", "klock-always":
+		if slices.Contains(r.order, "redis-aof") {
+			return "redis-aof"
+		}
+	}
+	if slices.Contains(r.order, "redis") {
+		return "redis"
+	}
+	return ""
+}
+
+// WriteTable prints the summary and the targets as aligned text.
+func (r *Results) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "klock-bench: %d CPUs (%s), %s per cell, %d rep(s), loadavg at start %s\n\n",
+		r.Machine.CPUs, r.Machine.CPUModel, r.Duration, r.Reps, r.Machine.LoadAvg)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tW\tbackend\tpairs/s\tp50 µs\tp99 µs\tp999 µs\tdie\twait\tbusy\tRSS MiB\tthr/redis\tthr/echo\tp50/echo\tp99/redis\t")
+	for _, row := range r.Summary {
+		rss := "-"
+		if row.RSSBytes > 0 {
+			rss = fmt.Sprintf("%.1f", float64(row.RSSBytes)/(1<<20))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t\n",
+			row.Workload, row.Workers, row.Backend, row.PairsPerSec, row.P50us, row.P99us, row.P999us,
+			row.Die, row.Wait, row.Busy, rss, fmtRatio(row.VsRedis), fmtRatio(row.VsEcho),
+			fmtRatio(row.P50VsEcho), fmtRatio(row.P99VsRedis))
+	}
+	tw.Flush()
+	if peers := r.aofPeers(); peers != "" {
+		fmt.Fprintf(w, "(%s compared with redis-aof)\n", peers)
+	}
+	for _, s := range r.Skipped {
+		fmt.Fprintf(w, "skipped: %s\n", s)
+	}
+	if len(r.Targets) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\ntargets (medians of per-repetition ratios):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, t := range r.Targets {
+		verdict := "n/a (not measured)"
+		if t.Pass != nil {
+			verdict = "MISS"
+			if *t.Pass {
+				verdict = "PASS"
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", t.Subject, t.Goal, fmtRatio(t.Ratio), verdict)
+	}
+	tw.Flush()
+}
+
+func (r *Results) aofPeers() string {
+	var out []string
+	for _, row := range r.Summary {
+		if row.RedisPeer == "redis-aof" && !slices.Contains(out, row.Backend) {
+			out = append(out, row.Backend)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// WriteJSON writes the results to path.
+func (r *Results) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func fmtRatio(x *float64) string {
+	if x == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", *x)
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func medianOf(cs []Cell, f func(Cell) float64) float64 {
+	xs := make([]float64, len(cs))
+	for i, c := range cs {
+		xs[i] = f(c)
+	}
+	return median(xs)
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+func trimSpace(s string) string { return strings.TrimSpace(s) }
+
+// quoteArgs renders a command line, quoting empty and spaced arguments.
+func quoteArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " '\"") {
+			a = "'" + a + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
