@@ -1,0 +1,168 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/klockd/klock/daemon"
+	"github.com/klockd/klock/daemon/server"
+)
+
+// options are klockd's flags, before they become a daemon.Config.
+type options struct {
+	socket      string
+	socketMode  string
+	socketGroup string
+	stateDir    string
+	fsync       string
+	recover     string
+	logFormat   string
+	logLevel    string
+	maxFrame    int
+	maxConns    int
+	maxInflight int
+	maxLeases   int
+	maxWaiters  int
+	maxTTL      time.Duration
+}
+
+// newFlags defines every flag on a new FlagSet. Each flag can also be set
+// by the environment variable KLOCK_<NAME> (upper case, '-' as '_'); a
+// flag on the command line wins.
+func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("klockd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.socket, "socket", "", "Unix socket path (default: as root /run/klock/klockd.sock, else $XDG_RUNTIME_DIR/klock/klockd.sock, else /tmp/klock-$UID/klockd.sock; here "+server.DefaultSocket()+")")
+	fs.StringVar(&o.socketMode, "socket-mode", "0660", "permission bits of the socket file, octal")
+	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or gid) that owns the socket, so its members may connect (default: the daemon's group)")
+	fs.StringVar(&o.stateDir, "state-dir", daemon.DefaultStateDir(), "state directory for the lease log and snapshots; '' runs in memory only")
+	fs.StringVar(&o.fsync, "fsync", "everysec", "when to fsync the log: always (power-loss safe per reply), everysec (lose at most ~1s on power loss), never (leave it to the OS)")
+	fs.StringVar(&o.recover, "recover", "fail", "on a corrupt log or snapshot: fail (refuse to start) or truncate (keep what precedes the damage)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error (debug logs every request)")
+	fs.IntVar(&o.maxFrame, "max-frame", 1<<20, "largest frame body accepted, bytes")
+	fs.IntVar(&o.maxConns, "max-conns", server.DefaultMaxConns, "most open client connections; more are refused with RESOURCE_EXHAUSTED")
+	fs.IntVar(&o.maxInflight, "max-inflight", server.DefaultMaxInflight, "most requests awaiting an answer on one connection; more get RESOURCE_EXHAUSTED")
+	fs.IntVar(&o.maxLeases, "max-leases", 0, "most active leases; 0 = unlimited")
+	fs.IntVar(&o.maxWaiters, "max-waiters", 0, "most parked acquires; 0 = unlimited")
+	fs.DurationVar(&o.maxTTL, "max-ttl", 24*time.Hour, "longest lease ttl and wait_timeout")
+	// Parse errors print one line and a hint, not the whole help.
+	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }
+	return fs
+}
+
+// usage prints the help text.
+func usage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `klockd serves klock leases to agents on a Unix socket.
+
+Usage:
+  klockd [run] [flags]   serve in the foreground (the default; no flags needed)
+  klockd version         print the version
+  klockd install|uninstall|start|stop|restart|status
+                         manage klockd as a system service
+
+Flags (each also read from KLOCK_<FLAG>, e.g. KLOCK_SOCKET, KLOCK_STATE_DIR,
+KLOCK_FSYNC; a flag given on the command line wins):
+`)
+	out := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
+}
+
+// envName is the environment variable for a flag.
+func envName(flagName string) string {
+	return "KLOCK_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags applies KLOCK_* variables, then the command line. It reports
+// done with an exit code when the process should stop (help or error).
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, done bool) {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := os.LookupEnv(envName(f.Name))
+		if !ok || envErr != nil {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			envErr = fmt.Errorf("%s=%q: %v", envName(f.Name), v, err)
+		}
+	})
+	if envErr != nil {
+		fmt.Fprintf(fs.Output(), "klockd: %v\n", envErr)
+		return 2, true
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "--h" || a == "-help" || a == "--help" {
+			usage(stdout, fs)
+			return 0, true
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout, fs)
+			return 0, true
+		}
+		return 2, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "klockd: unexpected argument %q; try klockd --help\n", fs.Arg(0))
+		return 2, true
+	}
+	return 0, false
+}
+
+// config turns the options into a daemon.Config with its logger.
+func (o *options) config(stderr io.Writer) (daemon.Config, error) {
+	mode, err := strconv.ParseUint(o.socketMode, 8, 32)
+	if err != nil || mode == 0 || mode > 0o777 {
+		return daemon.Config{}, fmt.Errorf("--socket-mode %q is not an octal permission like 0660", o.socketMode)
+	}
+	log, err := newLogger(stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		return daemon.Config{}, err
+	}
+	return daemon.Config{
+		Socket:      o.socket,
+		SocketMode:  fs.FileMode(mode),
+		SocketGroup: o.socketGroup,
+		StateDir:    o.stateDir,
+		Fsync:       o.fsync,
+		Recover:     o.recover,
+		MaxFrame:    o.maxFrame,
+		MaxConns:    o.maxConns,
+		MaxInflight: o.maxInflight,
+		MaxLeases:   o.maxLeases,
+		MaxWaiters:  o.maxWaiters,
+		MaxTTL:      o.maxTTL,
+		Version:     daemonVersion(),
+		Logger:      log,
+	}, nil
+}
+
+// newLogger builds the slog logger for --log-format and --log-level.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q is not one of debug, info, warn, error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q is not one of text, json", format)
+}

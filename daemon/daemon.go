@@ -1,0 +1,192 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/daemon/server"
+	"github.com/klockd/klock/daemon/systemd"
+	"github.com/klockd/klock/protocol"
+)
+
+// ShutdownTimeout bounds a graceful shutdown; the daemon exits within it.
+const ShutdownTimeout = 4 * time.Second
+
+// Config is everything klockd can be told. The zero value of each field
+// means its documented default.
+type Config struct {
+	Socket      string      // socket path; "" = server.DefaultSocket()
+	SocketMode  fs.FileMode // 0 = 0660
+	SocketGroup string      // group owning the socket; "" = the daemon's
+	StateDir    string      // state directory; "" = in memory only (see DefaultStateDir)
+	Fsync       string      // always | everysec | never; "" = everysec
+	Recover     string      // fail | truncate; "" = fail
+	MaxFrame    int         // largest frame body; 0 = 1 MiB
+	MaxConns    int         // 0 = 4096
+	MaxInflight int         // per connection; 0 = 1024
+	MaxLeases   int         // 0 = unlimited
+	MaxWaiters  int         // 0 = unlimited
+	MaxTTL      time.Duration
+	Version     string       // reported by hello and logs
+	Logger      *slog.Logger // nil = slog.Default()
+}
+
+// Daemon is a configured klockd, ready to Run.
+type Daemon struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// DefaultStateDir returns where klockd keeps its state unless told:
+// /var/lib/klock for root, else $XDG_STATE_HOME/klock, else
+// ~/.local/state/klock.
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/klock"
+	}
+	if dir := os.Getenv("XDG_STATE_HOME"); dir != "" {
+		return filepath.Join(dir, "klock")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "klock")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("klock-state-%d", os.Getuid()))
+}
+
+// New checks cfg and returns a Daemon.
+func New(cfg Config) (*Daemon, error) {
+	switch cfg.Fsync {
+	case "":
+		cfg.Fsync = "everysec"
+	case "always", "everysec", "never":
+	default:
+		return nil, fmt.Errorf("klock: --fsync %q is not one of always, everysec, never", cfg.Fsync)
+	}
+	switch cfg.Recover {
+	case "":
+		cfg.Recover = "fail"
+	case "fail", "truncate":
+	default:
+		return nil, fmt.Errorf("klock: --recover %q is not one of fail, truncate", cfg.Recover)
+	}
+	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxTTL < 0 {
+		return nil, errors.New("klock: limits must not be negative")
+	}
+	if cfg.MaxFrame > 0 && cfg.MaxFrame < 1024 {
+		return nil, fmt.Errorf("klock: --max-frame %d is too small; at least 1024 bytes", cfg.MaxFrame)
+	}
+	if cfg.MaxTTL > 0 && cfg.MaxTTL < time.Millisecond {
+		return nil, fmt.Errorf("klock: --max-ttl %s is too small; at least 1ms", cfg.MaxTTL)
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = server.DefaultSocket()
+	}
+	if cfg.MaxFrame == 0 {
+		cfg.MaxFrame = protocol.DefaultMaxFrame
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Daemon{cfg: cfg, log: log}, nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully (parked acquires
+// are answered SHUTTING_DOWN, the socket is removed) within
+// ShutdownTimeout. It returns nil after a clean stop, or the error that
+// prevented starting or serving.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg := d.cfg
+	ecfg := engine.Config{
+		MaxLeases:  cfg.MaxLeases,
+		MaxWaiters: cfg.MaxWaiters,
+		MaxTTL:     cfg.MaxTTL.Milliseconds(),
+		AdminUID:   uint32(os.Getuid()),
+	}
+	eng, journal, closeStore, err := d.openState(ecfg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	lns, socket, err := d.listeners()
+	if err != nil {
+		return err
+	}
+
+	srv := server.New(server.Config{
+		Engine:      eng,
+		Journal:     journal,
+		Version:     cfg.Version,
+		MaxFrame:    cfg.MaxFrame,
+		MaxConns:    cfg.MaxConns,
+		MaxInflight: cfg.MaxInflight,
+		Logger:      d.log,
+	})
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errc <- srv.Serve(context.Background(), ln) }()
+	}
+	stateDir := cfg.StateDir
+	if stateDir == "" {
+		stateDir = "(in memory)"
+	}
+	d.log.Info("klockd started", "version", cfg.Version, "socket", socket, "pid", os.Getpid(), "state_dir", stateDir, "fsync", cfg.Fsync)
+	if _, err := systemd.Notify("READY=1\nSTATUS=serving on " + socket); err != nil {
+		d.log.Warn("telling the service manager we are ready failed", "err", err)
+	}
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	defer stopWatchdog()
+	go systemd.Watchdog(wctx)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		d.log.Error("serving failed", "err", serveErr)
+	}
+	_, _ = systemd.Notify("STOPPING=1")
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		d.log.Warn("graceful shutdown timed out; connections closed", "err", err)
+	}
+	// Removing the socket before the store closes tells clients at once
+	// that this daemon is gone.
+	for _, ln := range lns {
+		ln.Close()
+	}
+	d.log.Info("klockd stopped", "version", cfg.Version, "socket", socket, "pid", os.Getpid())
+	if serveErr != nil && !errors.Is(serveErr, server.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// listeners returns the sockets to serve: those systemd passed (socket
+// activation), else a new socket at cfg.Socket.
+func (d *Daemon) listeners() ([]net.Listener, string, error) {
+	lns, err := systemd.Listeners()
+	if err != nil {
+		return nil, "", err
+	}
+	if len(lns) > 0 {
+		return lns, lns[0].Addr().String() + " (from systemd)", nil
+	}
+	ln, err := server.Listen(server.ListenConfig{Path: d.cfg.Socket, Mode: d.cfg.SocketMode, Group: d.cfg.SocketGroup})
+	if err != nil {
+		return nil, "", err
+	}
+	return []net.Listener{ln}, d.cfg.Socket, nil
+}
