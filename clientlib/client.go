@@ -1,0 +1,441 @@
+package clientlib
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// Client is a connection to klockd shared by any number of goroutines. Its
+// methods are safe for concurrent use; requests from many goroutines are
+// pipelined on one socket.
+type Client struct {
+	opts       Options
+	maxFrame   int
+	idemPrefix string
+	nextID     atomic.Uint64
+	idemSeq    atomic.Uint64
+	life       context.Context // cancelled by Close (or a break with NoReconnect)
+	endLife    context.CancelFunc
+	bg         sync.WaitGroup // background goroutines: redial, keep-alive, orphan release
+
+	// mu guards the fields that follow, and the writer fields of every conn.
+	mu      sync.Mutex
+	conn    *conn            // the current connection; nil while disconnected
+	pending map[uint64]*call // calls waiting for their answer, by id
+	orphans map[uint64]*call // abandoned acquires: a late grant is released
+	reading bool             // some caller holds the reader role
+	dialing bool             // the redial loop is running
+	closed  bool
+}
+
+// call is one request in flight. Calls are pooled; a call is referenced by
+// the maps only while it waits, and by its caller until it is put back.
+type call struct {
+	id      uint64
+	acquire bool          // acquire or acquire_many: a late grant must be released
+	frame   []byte        // the encoded request frame, kept for resending
+	wake    chan struct{} // buffered(1): look at the call's state again
+
+	// Guarded by Client.mu.
+	done bool
+	resp protocol.Response // the answer, once done and err is nil
+	err  error             // a transport failure (ErrClosed), once done
+}
+
+var callPool = sync.Pool{New: func() any { return &call{wake: make(chan struct{}, 1)} }}
+
+func getCall() *call { return callPool.Get().(*call) }
+
+func putCall(cl *call) {
+	select {
+	case <-cl.wake:
+	default:
+	}
+	frame := cl.frame[:0]
+	if cap(frame) > maxKeptBuffer {
+		frame = nil
+	}
+	*cl = call{frame: frame, wake: cl.wake}
+	callPool.Put(cl)
+}
+
+// Dial connects to klockd. It fails with an error matching
+// ErrDaemonUnreachable (a *DialError naming the socket and how to start a
+// daemon) when nothing answers on the socket. ctx bounds the connection
+// attempt only.
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	opts = opts.withDefaults()
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("klock: reading random bytes for idempotency keys: %w", err)
+	}
+	c := &Client{
+		opts:       opts,
+		maxFrame:   protocol.DefaultMaxFrame,
+		idemPrefix: hex.EncodeToString(seed[:]) + "-",
+		pending:    make(map[uint64]*call),
+		orphans:    make(map[uint64]*call),
+	}
+	nc, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.life, c.endLife = context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.connected(newConn(nc))
+	c.mu.Unlock()
+	return c, nil
+}
+
+// dial makes one connection attempt, bounded by ctx and DialTimeout.
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: c.opts.DialTimeout}
+	nc, err := d.DialContext(ctx, "unix", c.opts.Socket)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("klock: dialling %s: %w", c.opts.Socket, ctx.Err())
+		}
+		return nil, &DialError{Socket: c.opts.Socket, Err: err}
+	}
+	return nc, nil
+}
+
+// Socket returns the path of the socket the Client connects to.
+func (c *Client) Socket() string { return c.opts.Socket }
+
+// Close closes the connection and stops reconnecting. Calls in flight and
+// later calls fail with ErrClosed; leases kept alive by Acquire are no longer
+// renewed and report ErrClosed on Lost. Close waits for the Client's
+// background goroutines; closing twice is harmless.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.shutdown()
+	c.mu.Unlock()
+	c.bg.Wait()
+	return nil
+}
+
+// shutdown marks the client closed and fails everything in flight. mu held.
+func (c *Client) shutdown() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.endLife()
+	if cn := c.conn; cn != nil {
+		cn.broken = true
+		_ = cn.nc.Close()
+		c.conn = nil
+	}
+	for id, cl := range c.pending {
+		delete(c.pending, id)
+		c.finish(cl, ErrClosed)
+	}
+	for id, cl := range c.orphans {
+		delete(c.orphans, id)
+		putCall(cl)
+	}
+}
+
+// finish completes cl with a transport error and wakes its caller. mu held.
+func (c *Client) finish(cl *call, err error) {
+	cl.done, cl.err = true, err
+	select {
+	case cl.wake <- struct{}{}:
+	default:
+	}
+}
+
+// newIdem returns a fresh idempotency key, unique to this Client and call.
+func (c *Client) newIdem() string {
+	var b [40]byte
+	n := copy(b[:], c.idemPrefix)
+	return string(strconv.AppendUint(b[:n], c.idemSeq.Add(1), 36))
+}
+
+// do sends one request and decodes its result into out (nil to ignore it).
+// A refusal from the daemon is an *Error.
+func (c *Client) do(ctx context.Context, op string, args *protocol.Args, out any) error {
+	cl, err := c.roundTrip(ctx, op, args)
+	if err != nil {
+		return err
+	}
+	defer putCall(cl)
+	if !cl.resp.OK {
+		return remoteError(cl.resp.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	return protocol.DecodeResult(cl.resp.Result, out)
+}
+
+func remoteError(e *protocol.Error) error {
+	if e == nil {
+		return &Error{Code: protocol.CodeInternal, Message: "response has neither result nor error"}
+	}
+	return &Error{Code: e.Code, Message: e.Message}
+}
+
+// roundTrip sends one request and waits for its answer. The returned call
+// is done with a response; the caller puts it back with putCall.
+func (c *Client) roundTrip(ctx context.Context, op string, args *protocol.Args) (*call, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cl := getCall()
+	cl.id = c.nextID.Add(1)
+	cl.acquire = op == protocol.OpAcquire || op == protocol.OpAcquireMany
+	frame, err := protocol.AppendRequest(cl.frame[:0], cl.id, op, args)
+	cl.frame = frame
+	if err != nil {
+		putCall(cl)
+		return nil, fmt.Errorf("klock: encoding %s request: %w", op, err)
+	}
+	if size := len(frame) - protocol.HeaderSize; size > c.maxFrame {
+		putCall(cl)
+		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: fmt.Sprintf(
+			"%s request is %d bytes; a frame is at most %d bytes", op, size, c.maxFrame)}
+	}
+
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		putCall(cl)
+		return nil, ErrClosed
+	}
+	c.pending[cl.id] = cl
+	if cn := c.conn; cn != nil {
+		cn.wbuf = append(cn.wbuf, frame...)
+		if !cn.flushing {
+			c.flush(cn)
+		}
+	} else {
+		c.startRedial()
+	}
+	return c.wait(ctx, cl)
+}
+
+// wait waits for cl's answer, taking the reader role whenever nobody holds
+// it. Called with mu held; returns with it released.
+func (c *Client) wait(ctx context.Context, cl *call) (*call, error) {
+	for {
+		if cl.done {
+			c.mu.Unlock()
+			if cl.err != nil {
+				err := cl.err
+				putCall(cl)
+				return nil, err
+			}
+			return cl, nil
+		}
+		if err := ctx.Err(); err != nil {
+			keep := c.abandon(cl)
+			c.mu.Unlock()
+			if !keep {
+				putCall(cl)
+			}
+			return nil, err
+		}
+		if !c.reading && c.conn != nil {
+			c.reading = true
+			cn := c.conn
+			c.mu.Unlock()
+			c.read(ctx, cn, cl) // returns with mu held
+			continue
+		}
+		c.mu.Unlock()
+		select {
+		case <-cl.wake:
+		case <-ctx.Done():
+		}
+		c.mu.Lock()
+	}
+}
+
+// abandon gives up waiting for cl, whose context ended. Its id is forgotten
+// and a late answer is dropped, except for acquires: a late grant is
+// released at once (keep reports that cl stays referenced for that). mu held.
+func (c *Client) abandon(cl *call) (keep bool) {
+	delete(c.pending, cl.id)
+	if cl.acquire && c.conn != nil {
+		c.orphans[cl.id] = cl
+		keep = true
+	}
+	c.wakeReader()
+	return keep
+}
+
+// wakeReader wakes one waiting caller when nobody holds the reader role, so
+// that it takes the role. mu held.
+func (c *Client) wakeReader() {
+	if c.reading || c.conn == nil {
+		return
+	}
+	for _, cl := range c.pending {
+		select {
+		case cl.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+}
+
+// read holds the reader role on cn: it reads answers and hands them to their
+// callers until own's answer arrives, own's context ends or cn breaks. Then
+// it gives the role up and wakes another waiting caller to take it. Called
+// without mu; returns with it held.
+func (c *Client) read(ctx context.Context, cn *conn, own *call) {
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, cn.interrupt)
+	}
+	for {
+		body, err := cn.readFrame(c.maxFrame)
+		if err == errInterrupted {
+			if ctx.Err() == nil {
+				continue // a stale wake meant for an earlier reader
+			}
+			c.mu.Lock()
+			break
+		}
+		if err == nil {
+			err = protocol.DecodeResponse(body, &cn.resp)
+		}
+		c.mu.Lock()
+		if err != nil {
+			c.breakConn(cn, err)
+			break
+		}
+		c.deliver(&cn.resp, own)
+		if own.done {
+			break
+		}
+		c.mu.Unlock()
+	}
+	if stop != nil {
+		stop()
+	}
+	c.reading = false
+	c.wakeReader()
+}
+
+// deliver hands a response to its call. mu held.
+func (c *Client) deliver(resp *protocol.Response, own *call) {
+	if resp.ID == 0 {
+		// The daemon could not attribute a frame of ours. BAD_FRAME is
+		// followed by the daemon closing the connection; failing every call
+		// keeps a resend from repeating the bad frame forever.
+		if resp.Error != nil && resp.Error.Code == protocol.CodeBadFrame {
+			for id, cl := range c.pending {
+				delete(c.pending, id)
+				cl.done, cl.resp = true, protocol.Response{ID: id, Error: resp.Error}
+				if cl != own {
+					c.finish(cl, nil)
+				}
+			}
+		}
+		return
+	}
+	if cl, ok := c.pending[resp.ID]; ok {
+		delete(c.pending, resp.ID)
+		cl.done, cl.resp = true, *resp
+		if cl != own {
+			select {
+			case cl.wake <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	if cl, ok := c.orphans[resp.ID]; ok {
+		delete(c.orphans, resp.ID)
+		if resp.OK {
+			c.releaseLate(resp.Result)
+		}
+		putCall(cl)
+	}
+}
+
+// flush writes cn.wbuf, and whatever other callers append to it meanwhile,
+// until it is empty: the first writer carries the others' frames, so many
+// goroutines share one write(2). Called with mu held and returns with it
+// held; mu is released during each write.
+func (c *Client) flush(cn *conn) {
+	cn.flushing = true
+	for len(cn.wbuf) > 0 && !cn.broken {
+		buf := cn.wbuf
+		cn.wbuf = cn.spare[:0]
+		c.mu.Unlock()
+		_, err := cn.nc.Write(buf)
+		c.mu.Lock()
+		if cap(buf) <= maxKeptBuffer {
+			cn.spare = buf[:0]
+		}
+		if err != nil {
+			c.breakConn(cn, err)
+		}
+	}
+	cn.flushing = false
+}
+
+// breakConn retires a failed connection: with reconnecting on, the redial
+// loop starts and will resend every pending call; otherwise the Client is
+// closed and every call fails with ErrClosed. mu held.
+func (c *Client) breakConn(cn *conn, err error) {
+	if cn.broken {
+		return
+	}
+	cn.broken = true
+	cn.wbuf = nil
+	_ = cn.nc.Close()
+	if c.conn != cn {
+		return
+	}
+	c.conn = nil
+	// Answers to orphans will never come; a lease granted to one expires.
+	for id, cl := range c.orphans {
+		delete(c.orphans, id)
+		putCall(cl)
+	}
+	if c.opts.NoReconnect {
+		_ = err // every flavour of broken connection is ErrClosed to callers
+		c.shutdown()
+		return
+	}
+	c.startRedial()
+}
+
+// connected installs a new connection and sends every pending call on it
+// in id order (the order they were first sent). mu held.
+func (c *Client) connected(cn *conn) {
+	c.conn = cn
+	if c.opts.ClientName != "" {
+		args := protocol.Args{Client: c.opts.ClientName}
+		args.Set(protocol.ArgClient)
+		// Its answer finds no call and is dropped.
+		cn.wbuf, _ = protocol.AppendRequest(cn.wbuf, c.nextID.Add(1), protocol.OpHello, &args)
+	}
+	if len(c.pending) > 0 {
+		ids := make([]uint64, 0, len(c.pending))
+		for id := range c.pending {
+			ids = append(ids, id)
+		}
+		sortIDs(ids)
+		for _, id := range ids {
+			cn.wbuf = append(cn.wbuf, c.pending[id].frame...)
+		}
+	}
+	if len(cn.wbuf) > 0 {
+		c.flush(cn)
+	}
+	c.wakeReader()
+}

@@ -1,0 +1,31 @@
+// Package clientlib is the Go client of klockd, the klock lease daemon.
+//
+// A Client holds one Unix-socket connection that many goroutines share:
+// requests are pipelined and answers matched by id, so a Client should be
+// created once and reused. When only one call is in flight, the calling
+// goroutine writes its request and reads its own answer straight from the
+// socket (no hand-off to a reader goroutine); when many are in flight, their
+// writes are coalesced and whichever caller holds the reader role delivers the
+// others' answers.
+//
+// If the connection breaks (the daemon restarted, was upgraded), the Client
+// redials with capped exponential backoff and jitter and resends every request
+// still in flight, so the application sees no error: acquires carry an
+// idempotency key generated per logical call, so a resent acquire returns the
+// lease it already obtained, never a second one; release, heartbeat and
+// register are idempotent.
+//
+// The calls mirror the wire operations of protocol/README.md, with the seed
+// SDK's names for the seed's calls (RegisterAgent, AcquireLease,
+// ReleaseLease, ActiveLeaseCount, EvictExpired). Acquire adds what most
+// callers want: it blocks until the lease is granted (waiting in the daemon on
+// WAIT, retrying after the suggested delay on DIE) and keeps the lease alive
+// until Lease.Release, reporting on Lease.Lost if a renewal fails.
+//
+// Remote errors are *Error values with the protocol code; they match the
+// sentinels (ErrInvalidArgument, ErrNotFound, ...) with errors.Is. Transport
+// failures are distinct: ErrClosed for every closed-connection flavour and
+// ErrDaemonUnreachable when no daemon answers on the socket.
+//
+// The package depends on protocol only, never on the daemon.
+package clientlib

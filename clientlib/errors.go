@@ -1,0 +1,142 @@
+package clientlib
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// Error is an error answered by klockd: the request reached the daemon and was
+// refused. Code is one of the protocol codes; Message is the daemon's
+// sentence. Transport failures are never an *Error (see ErrClosed).
+//
+// errors.Is(err, ErrNotFound) and the like compare codes only.
+type Error struct {
+	Code    protocol.Code
+	Message string
+}
+
+// Error returns "klock: CODE: message".
+func (e *Error) Error() string {
+	msg := strings.TrimPrefix(e.Message, "klock: ")
+	if msg == "" {
+		return "klock: " + string(e.Code)
+	}
+	return "klock: " + string(e.Code) + ": " + msg
+}
+
+// Is reports whether target is an *Error with the same code, so that the
+// sentinels below match any message.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Sentinels, one per protocol error code, for errors.Is.
+var (
+	ErrBadFrame          = &Error{Code: protocol.CodeBadFrame}
+	ErrBadRequest        = &Error{Code: protocol.CodeBadRequest}
+	ErrUnknownOp         = &Error{Code: protocol.CodeUnknownOp}
+	ErrInvalidArgument   = &Error{Code: protocol.CodeInvalidArgument}
+	ErrUnknownAgent      = &Error{Code: protocol.CodeUnknownAgent}
+	ErrPriorityConflict  = &Error{Code: protocol.CodePriorityConflict}
+	ErrNotFound          = &Error{Code: protocol.CodeNotFound}
+	ErrPermissionDenied  = &Error{Code: protocol.CodePermissionDenied}
+	ErrResourceExhausted = &Error{Code: protocol.CodeResourceExhausted}
+	ErrShuttingDown      = &Error{Code: protocol.CodeShuttingDown}
+	ErrInternal          = &Error{Code: protocol.CodeInternal}
+)
+
+// ErrClosed is returned by calls on a closed Client, and by calls whose
+// connection broke when reconnecting is off. Every flavour of closed
+// connection (EOF, EPIPE, ECONNRESET, use of a closed network connection)
+// becomes this one error.
+var ErrClosed = errors.New("klock: connection closed")
+
+// ErrDaemonUnreachable is matched (errors.Is) by the error of Dial when no
+// klockd answers on the socket, including when connecting is not permitted.
+var ErrDaemonUnreachable = errors.New("klock: daemon unreachable")
+
+// ErrLeaseReleased is Lease.Err after Lease.Release.
+var ErrLeaseReleased = errors.New("klock: lease released")
+
+// DialError is the error of Dial (and of redialling): it names the socket
+// tried and says how to start a daemon. It matches ErrDaemonUnreachable and
+// the underlying cause with errors.Is.
+type DialError struct {
+	Socket string
+	Err    error // the cause from connect(2), e.g. ENOENT, ECONNREFUSED, EACCES
+}
+
+// Error describes what failed and what to do about it.
+func (e *DialError) Error() string {
+	if errors.Is(e.Err, os.ErrPermission) {
+		return fmt.Sprintf("klock: permission denied connecting to klockd at %s: "+
+			"the socket is mode 0660; join its group or run klockd as your own user "+
+			"(set KLOCK_SOCKET or --socket to its socket)", e.Socket)
+	}
+	return fmt.Sprintf("klock: daemon unreachable at %s: %v; start it with `klockd` "+
+		"(or `go run ./cmd/klockd` from the source tree), or point KLOCK_SOCKET at its socket",
+		e.Socket, causeText(e.Err))
+}
+
+// Unwrap returns ErrDaemonUnreachable and the cause.
+func (e *DialError) Unwrap() []error { return []error{ErrDaemonUnreachable, e.Err} }
+
+// causeText shortens a *net.OpError ("dial unix /x: connect: no such file")
+// to its system error, since the socket is already named.
+func causeText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// DenialError is returned by Acquire when the daemon denies a lease for a
+// reason that waiting cannot change (SESSION_EXPIRED), or when the context
+// ends while the lease is still denied; in the latter case it also matches
+// the context's error with errors.Is.
+type DenialError struct {
+	Resource string // the resource asked for (first intent)
+	Reason   string // the last verdict (protocol.Reason values)
+	HeldBy   string // the agent whose lease or queued request decided it
+	Message  string // the daemon's sentence
+	Err      error  // the context's error, or nil
+}
+
+// Error describes the denial.
+func (e *DenialError) Error() string {
+	s := fmt.Sprintf("klock: acquire %s denied: %s", e.Resource, e.Reason)
+	if e.HeldBy != "" {
+		s += " (held by " + e.HeldBy + ")"
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap returns the context's error, if any.
+func (e *DenialError) Unwrap() error { return e.Err }
+
+// closedErr maps every closed-connection flavour to ErrClosed and wraps
+// anything else as a transport failure; both mean the connection is unusable.
+func closedErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, net.ErrClosed), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED),
+		errors.Is(err, syscall.ENOTCONN), errors.Is(err, ErrClosed):
+		return ErrClosed
+	}
+	return fmt.Errorf("klock: connection failed: %w", err)
+}

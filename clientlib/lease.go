@@ -1,0 +1,317 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// defaultWait is the longest single server-side wait Acquire asks for when
+// the request sets none; Acquire waits again after it until its context ends.
+const defaultWait = 30 * time.Second
+
+// Lease is a lease (or an all-or-nothing set of leases) taken with Acquire
+// and kept alive in the background until Release. If a renewal fails, Lost
+// is closed and Err says why: the holder must then stop using the resource.
+type Lease struct {
+	c      *Client
+	grants []AcquireResult
+	ttl    time.Duration
+	ctx    context.Context // ends on Release or Client.Close; bounds renewals
+	stop   context.CancelFunc
+	exited chan struct{} // closed when the keep-alive goroutine returns
+	lost   chan struct{}
+
+	mu       sync.Mutex // guards the fields that follow
+	expires  time.Time  // the earliest expiry among grants, as last renewed
+	err      error
+	released bool
+}
+
+// ID returns the lease id (of the first intent's lease).
+func (l *Lease) ID() string { return l.grants[0].LeaseID }
+
+// Fence returns the fencing token (of the first intent's lease).
+func (l *Lease) Fence() uint64 { return l.grants[0].Fence }
+
+// Resource returns the resource key (of the first intent's lease).
+func (l *Lease) Resource() string { return l.grants[0].Resource }
+
+// Leases returns every lease of the set, one per intent, as granted.
+func (l *Lease) Leases() []AcquireResult { return append([]AcquireResult(nil), l.grants...) }
+
+// ExpiresAt returns when the lease expires unless renewed again (the
+// earliest expiry for a set), as of the last renewal.
+func (l *Lease) ExpiresAt() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.expires
+}
+
+// Lost returns a channel closed when the lease is lost: a renewal failed
+// (it expired, was revoked, or the daemon stayed unreachable until it
+// expired) or the Client was closed. It is not closed by Release.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// Err returns nil while the lease is held; why it was lost once Lost is
+// closed; ErrLeaseReleased after Release.
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil && l.released {
+		return ErrLeaseReleased
+	}
+	return l.err
+}
+
+// Release stops the keep-alive and releases every lease of the set.
+// Releasing twice, or a lost lease, is harmless.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	if l.released {
+		l.mu.Unlock()
+		return nil
+	}
+	l.released = true
+	l.mu.Unlock()
+	l.stop()
+	<-l.exited
+	var first error
+	for _, g := range l.grants {
+		if _, err := l.c.ReleaseLease(ctx, g.LeaseID); err != nil && first == nil {
+			first = fmt.Errorf("klock: releasing lease %s on %s: %w", g.LeaseID, g.Resource, err)
+		}
+	}
+	return first
+}
+
+// lose records why the lease was lost and closes Lost, once.
+func (l *Lease) lose(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil || l.released {
+		return
+	}
+	l.err = err
+	close(l.lost)
+}
+
+// Acquire blocks until the daemon grants req's intents (one: acquire;
+// several: acquire_many, all or nothing) or ctx ends, then keeps the lease
+// alive by renewing it every TTL/3 until Release.
+//
+// On WAIT the request waits in the daemon (wait_timeout, bounded by ctx's
+// deadline); on DIE, CONFLICT or RESOURCE_LOCKED it is retried after the
+// daemon's suggested wait_time plus jitter; SHUTTING_DOWN and
+// RESOURCE_EXHAUSTED are retried with backoff. Every attempt carries the
+// same idempotency key, so a grant whose answer was lost to a reconnect is
+// returned, never doubled. It fails with a *DenialError for SESSION_EXPIRED,
+// or when ctx ends while denied (matching ctx's error with errors.Is), and
+// with an *Error for a request the daemon refuses.
+func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error) {
+	if len(req.Intents) == 0 {
+		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: "Acquire needs at least 1 intent"}
+	}
+	if req.Idem == "" {
+		req.Idem = c.newIdem()
+	}
+	maxWait := req.WaitTimeout
+	if maxWait <= 0 {
+		maxWait = defaultWait
+	}
+	resource := req.Intents[0].ResourceType + ":" + req.Intents[0].ResourcePath
+	backoff := 10 * time.Millisecond
+	for {
+		attempt := req
+		attempt.WaitTimeout = waitFor(ctx, maxWait)
+		start := time.Now()
+		grants, denial, err := c.acquireAttempt(ctx, attempt)
+		var delay time.Duration
+		switch {
+		case err != nil && (errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrResourceExhausted)):
+			delay = jitter(backoff)
+			backoff = min(2*backoff, time.Second)
+		case err != nil:
+			return nil, err
+		case grants != nil:
+			return c.keep(grants, req.TTL), nil
+		case denial.Reason == string(protocol.ReasonSessionExpired):
+			return nil, denialError(resource, denial, nil)
+		case denial.Reason == string(protocol.ReasonWait) && time.Since(start) >= attempt.WaitTimeout && attempt.WaitTimeout > 0:
+			delay = 0 // the daemon's wait ran out; wait again
+		default:
+			delay = jitter(max(denial.WaitTime, time.Millisecond))
+		}
+		if err := sleep(ctx, delay); err != nil {
+			if denial == nil {
+				return nil, err
+			}
+			return nil, denialError(resource, denial, err)
+		}
+	}
+}
+
+// acquireAttempt sends one acquire or acquire_many.
+func (c *Client) acquireAttempt(ctx context.Context, req AcquireRequest) ([]AcquireResult, *AcquireResult, error) {
+	if len(req.Intents) == 1 {
+		r, err := c.AcquireOnce(ctx, req)
+		if err != nil || !r.Success {
+			return nil, r, err
+		}
+		return []AcquireResult{*r}, nil, nil
+	}
+	r, err := c.AcquireMany(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !r.Success {
+		return nil, &AcquireResult{Reason: r.Reason, WaitTime: r.WaitTime, HeldBy: r.HeldBy, Message: r.Message}, nil
+	}
+	return r.Leases, nil, nil
+}
+
+func denialError(resource string, d *AcquireResult, err error) error {
+	return &DenialError{Resource: resource, Reason: d.Reason, HeldBy: d.HeldBy, Message: d.Message, Err: err}
+}
+
+// waitFor picks the server-side wait for one attempt: maxWait, shortened so
+// that the daemon answers a little before ctx's deadline (then the denial,
+// not a bare deadline error, is what Acquire reports).
+func waitFor(ctx context.Context, maxWait time.Duration) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return maxWait
+	}
+	rem := time.Until(dl)
+	margin := min(max(rem/10, 5*time.Millisecond), 250*time.Millisecond)
+	w := rem - margin
+	if w < time.Millisecond {
+		return 0
+	}
+	return min(w, maxWait)
+}
+
+// jitter returns d plus up to half of it at random.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx ends, returning ctx's error then.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// keep wraps granted leases in a Lease and starts its keep-alive.
+func (c *Client) keep(grants []AcquireResult, ttl time.Duration) *Lease {
+	l := &Lease{c: c, grants: grants, ttl: ttl, exited: make(chan struct{}), lost: make(chan struct{})}
+	l.expires = earliest(grants)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l.ctx, l.stop = context.WithCancel(c.life)
+	if c.closed {
+		close(l.exited)
+		l.err = ErrClosed
+		close(l.lost)
+		return l
+	}
+	c.bg.Add(1)
+	go l.keepAlive()
+	return l
+}
+
+func earliest(grants []AcquireResult) time.Time {
+	var t time.Time
+	for _, g := range grants {
+		if t.IsZero() || g.ExpiresAt.Before(t) {
+			t = g.ExpiresAt
+		}
+	}
+	return t
+}
+
+// keepAlive renews the leases every ttl/3 until Release or a renewal fails.
+func (l *Lease) keepAlive() {
+	defer l.c.bg.Done()
+	defer close(l.exited)
+	interval := max(l.ttl/3, time.Millisecond)
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.ctx.Done():
+			if l.c.life.Err() != nil {
+				l.lose(fmt.Errorf("klock: lease %s on %s is no longer renewed: %w", l.ID(), l.Resource(), ErrClosed))
+			}
+			return
+		case <-t.C:
+		}
+		next, err := l.renew()
+		if err != nil {
+			if l.ctx.Err() != nil && l.c.life.Err() == nil {
+				return // released meanwhile
+			}
+			l.lose(err)
+			return
+		}
+		t.Reset(next)
+	}
+}
+
+// renew heartbeats every lease of the set, retrying transient refusals,
+// until they are renewed or the earliest expiry passes. It returns the delay
+// until the next renewal.
+func (l *Lease) renew() (time.Duration, error) {
+	l.mu.Lock()
+	deadline := l.expires
+	l.mu.Unlock()
+	ctx, cancel := context.WithDeadline(l.ctx, deadline)
+	defer cancel()
+	var expires time.Time
+	for i := 0; i < len(l.grants); {
+		g := &l.grants[i]
+		exp, err := l.c.Heartbeat(ctx, g.LeaseID, 0)
+		switch {
+		case err == nil:
+			if expires.IsZero() || exp.Before(expires) {
+				expires = exp
+			}
+			i++
+			continue
+		case errors.Is(err, ErrNotFound):
+			return 0, fmt.Errorf("klock: lease %s on %s was lost: it expired or was revoked or released "+
+				"before it could be renewed: %w", g.LeaseID, g.Resource, err)
+		case errors.Is(err, context.DeadlineExceeded) && l.ctx.Err() == nil:
+			return 0, fmt.Errorf("klock: lease %s on %s was lost: it could not be renewed before it expired "+
+				"at %s (daemon unreachable?): %w", g.LeaseID, g.Resource, deadline.Format(time.RFC3339Nano), err)
+		case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrResourceExhausted), errors.Is(err, ErrInternal):
+			if serr := sleep(ctx, jitter(max(l.ttl/20, 5*time.Millisecond))); serr != nil {
+				return 0, fmt.Errorf("klock: lease %s on %s was lost: renewal kept failing until it expired: %w",
+					g.LeaseID, g.Resource, err)
+			}
+		default:
+			return 0, fmt.Errorf("klock: lease %s on %s was lost: renewal failed: %w", g.LeaseID, g.Resource, err)
+		}
+	}
+	l.mu.Lock()
+	l.expires = expires
+	l.mu.Unlock()
+	return max(l.ttl/3, time.Millisecond), nil
+}

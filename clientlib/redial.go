@@ -1,0 +1,94 @@
+package clientlib
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// startRedial starts the redial loop unless it runs already. mu held.
+func (c *Client) startRedial() {
+	if c.dialing || c.closed {
+		return
+	}
+	c.dialing = true
+	c.bg.Add(1)
+	go c.redial()
+}
+
+// redial dials until a connection is made, the Client is closed, or no call
+// waits any more (every caller's context ended; the next call starts the
+// loop again). Delays between attempts grow exponentially from 5 ms up to
+// Options.MaxBackoff, with jitter so that many clients of a restarted daemon
+// do not reconnect in lockstep.
+func (c *Client) redial() {
+	defer c.bg.Done()
+	backoff := minBackoff
+	for {
+		c.mu.Lock()
+		if c.closed || len(c.pending) == 0 {
+			c.dialing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+
+		nc, err := c.dial(c.life)
+		if err == nil {
+			c.mu.Lock()
+			c.dialing = false
+			if c.closed {
+				c.mu.Unlock()
+				_ = nc.Close()
+				return
+			}
+			c.connected(newConn(nc))
+			c.mu.Unlock()
+			return
+		}
+
+		// Full jitter in [backoff/2, backoff].
+		delay := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(delay)
+		select {
+		case <-c.life.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, c.opts.MaxBackoff)
+	}
+}
+
+func sortIDs(ids []uint64) { slices.Sort(ids) }
+
+// releaseLate releases the leases of a grant that arrived after its caller
+// gave up, so an abandoned acquire never leaves a lease held until its TTL
+// runs out. mu held; the release runs in the background.
+func (c *Client) releaseLate(raw []byte) {
+	var res protocol.AcquireResult
+	if err := protocol.DecodeResult(raw, &res); err != nil || !res.Success {
+		return
+	}
+	ids := make([]string, 0, 1+len(res.Leases))
+	if res.LeaseID != "" {
+		ids = append(ids, res.LeaseID)
+	}
+	for _, g := range res.Leases {
+		ids = append(ids, g.LeaseID)
+	}
+	if len(ids) == 0 || c.closed {
+		return
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, id := range ids {
+			_, _ = c.ReleaseLease(ctx, id)
+		}
+	}()
+}
