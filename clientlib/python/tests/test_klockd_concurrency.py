@@ -1,0 +1,213 @@
+"""End-to-end: blocking acquire, kept-alive leases, threads sharing a client,
+and reconnecting across a daemon restart (env KLOCKD_BIN)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List
+
+from support import KlockdTestCase, now_ms, wait_until
+
+import klock
+
+
+class BlockingAcquireTest(KlockdTestCase):
+    def test_senior_waits_in_daemon_until_release(self) -> None:
+        k = self.klock
+        k.register_agent("senior", 100)
+        k.register_agent("junior", 200)
+        held = self.grant("junior", "j", "/x")
+        denial = k.acquire_lease("senior", "s", "FILE", "/x", "MUTATES", 1000)
+        self.assertEqual((denial["success"], denial["reason"]), (False, "WAIT"))
+
+        got: Dict[str, Any] = {}
+        t = threading.Thread(target=lambda: got.update(
+            k.acquire("senior", "s", "FILE", "/x", "MUTATES", 60000, timeout=30)))
+        t.start()
+        wait_until(lambda: k.stats()["waiters"] == 1, what="the senior to wait in the daemon")
+        self.assertEqual(got, {})
+        self.assertTrue(k.release_lease(held["lease_id"]))
+        t.join(30)
+        self.assertTrue(got.get("success"), got)
+        self.assertEqual(got["agent_id"], "senior")
+
+    def test_junior_retries_die_until_expiry(self) -> None:
+        k = self.klock
+        k.register_agent("senior", 100)
+        k.register_agent("junior", 200)
+        held = self.grant("senior", "s", "/x", ttl=300)
+        g = k.acquire("junior", "j", "FILE", "/x", "MUTATES", 1000, timeout=30)
+        self.assertTrue(g["success"])
+        self.assertGreaterEqual(g["acquired_at"], held["expires_at"])
+
+    def test_timeout(self) -> None:
+        k = self.klock
+        k.register_agent("senior", 100)
+        k.register_agent("junior", 200)
+        self.grant("senior", "s", "/x")
+        with self.assertRaises(klock.AcquireTimeoutError) as cm:
+            k.acquire("junior", "j", "FILE", "/x", "MUTATES", 1000, timeout=0.2)
+        self.assertEqual(cm.exception.reason, "DIE")
+        self.assertEqual(cm.exception.held_by, "senior")
+        # a senior whose wait in the daemon runs out
+        k.register_agent("elder", 1)
+        with self.assertRaises(klock.AcquireTimeoutError) as cm:
+            k.acquire("elder", "e", "FILE", "/x", "MUTATES", 1000, timeout=0.2)
+        self.assertEqual(cm.exception.reason, "WAIT")
+        self.assertEqual(k.stats()["waiters"], 0)
+
+
+class LeaseContextTest(KlockdTestCase):
+    def test_kept_alive_past_ttl_and_released(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+        with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=300) as lease:
+            first_expiry = lease.expires_at
+            # Outlive the first ttl several times over; the keep-alive renews.
+            wait_until(lambda: now_ms() > first_expiry + 600, what="two ttls to pass")
+            self.assertFalse(lease.lost, lease.lost_error)
+            lease.check()
+            self.assertEqual(k.active_lease_count(), 1)
+            self.assertGreater(lease.expires_at, first_expiry)
+            leases = k.list_leases()["leases"]
+            self.assertEqual(leases[0]["lease_id"], lease.lease_id)
+            self.assertEqual(leases[0]["fence"], lease.fence)
+        self.assertEqual(k.active_lease_count(), 0, "released when the block ends")
+        self.assertFalse(lease.lost)
+
+    def test_released_on_exception(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+        with self.assertRaises(RuntimeError):
+            with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=10000):
+                raise RuntimeError("boom")
+        self.assertEqual(k.active_lease_count(), 0)
+
+    def test_loss_is_reported(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+        lost: List[klock.KlockError] = []
+        with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=300, on_lost=lost.append) as lease:
+            self.assertTrue(k.revoke(lease.lease_id))
+            self.assertTrue(lease.wait_lost(10), "the keep-alive notices the revoke")
+            with self.assertRaises(klock.LeaseLostError):
+                lease.check()
+        self.assertEqual(len(lost), 1)
+
+    def test_waits_like_acquire(self) -> None:
+        k = self.klock
+        k.register_agent("senior", 1)
+        k.register_agent("junior", 2)
+        held = self.grant("senior", "s", "/x", ttl=300)
+        with k.lease("junior", "j", "FILE", "/x", "MUTATES", ttl=1000, timeout=30) as lease:
+            self.assertNotEqual(lease.lease_id, held["lease_id"])
+            self.assertGreater(lease.fence, held["fence"])
+
+
+class ThreadsTest(KlockdTestCase):
+    def test_threads_share_one_client_safely(self) -> None:
+        """Eight agents take turns on one file through one shared client; the
+        critical sections never overlap and every lease is released."""
+        k = self.klock
+        workers, rounds = 8, 5
+        for n in range(workers):
+            k.register_agent("w%d" % n, n + 1)
+        inside = []
+        overlaps = []
+        errors: List[BaseException] = []
+        mu = threading.Lock()
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(rounds):
+                    # ttl 300 ms keeps juniors' DIE back-off short; the
+                    # keep-alive holds the lease however slow the machine is.
+                    with k.lease("w%d" % n, "s%d" % i, "FILE", "/shared", "MUTATES",
+                                 ttl=300, timeout=60) as lease:
+                        with mu:
+                            if inside:
+                                overlaps.append((n, list(inside)))
+                            inside.append(n)
+                        with mu:
+                            inside.remove(n)
+                        lease.check()
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        self.assertEqual(overlaps, [])
+        self.assertEqual(k.active_lease_count(), 0)
+        self.assertEqual(k.stats()["grants"], workers * rounds)
+        wait_until(lambda: k.stats()["connections"] == 1, what="one socket shared by all threads")
+
+
+class ReconnectTest(KlockdTestCase):
+    persistent = True
+
+    def test_survives_kill_and_restart(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+        held = self.grant("a", "s", "/x", ttl=60000)
+        self.daemon.kill()
+        self.daemon.start()
+        # the same client, with no action from the caller
+        r = k.heartbeat_lease(held["lease_id"])
+        self.assertEqual(r["lease_id"], held["lease_id"])
+        self.assertEqual(k.active_lease_count(), 1)
+        self.assertGreaterEqual(k.reconnects, 1)
+        again = k.acquire_lease("a", "s2", "FILE", "/y", "MUTATES", 60000)
+        self.assertGreater(again["fence"], held["fence"], "fences grow across restarts")
+
+    def test_call_made_while_daemon_is_down(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+        self.daemon.stop()
+        wait_until(lambda: not k._conn.connected, what="the client to see the daemon go")
+        got: Dict[str, Any] = {}
+        t = threading.Thread(target=lambda: got.update(
+            k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 60000)))
+        t.start()
+        wait_until(lambda: k._conn._pending, what="the acquire to be in flight")
+        self.daemon.start()
+        t.join(30)
+        self.assertTrue(got.get("success"), got)
+        leases = k.list_leases(agent_id="a")["leases"]
+        self.assertEqual([l["lease_id"] for l in leases], [got["lease_id"]],
+                         "exactly one lease, however often it was sent")
+
+    def test_kept_alive_lease_survives_restart(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+        with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=5000) as lease:
+            self.daemon.restart()
+            before = lease.expires_at
+            wait_until(lambda: lease.expires_at > before or lease.lost,
+                       what="a renewal on the restarted daemon")
+            self.assertFalse(lease.lost, lease.lost_error)
+            other = self.new_client()
+            self.assertEqual(other.list_leases()["leases"][0]["lease_id"], lease.lease_id)
+        self.assertEqual(k.active_lease_count(), 0)
+
+    def test_waiting_acquire_resent_after_restart(self) -> None:
+        k = self.klock
+        k.register_agent("senior", 1)
+        k.register_agent("junior", 2)
+        held = self.grant("junior", "j", "/x", ttl=60000)
+        got: Dict[str, Any] = {}
+        t = threading.Thread(target=lambda: got.update(
+            k.acquire("senior", "s", "FILE", "/x", "MUTATES", 60000, timeout=60)))
+        t.start()
+        wait_until(lambda: k.stats()["waiters"] == 1, what="the senior to wait")
+        self.daemon.kill()
+        self.daemon.start()
+        wait_until(lambda: k.stats()["waiters"] == 1, what="the wait to be resent")
+        self.assertTrue(k.release_lease(held["lease_id"]))
+        t.join(60)
+        self.assertTrue(got.get("success"), got)
+        self.assertEqual(len(k.list_leases(agent_id="senior")["leases"]), 1)
