@@ -1,0 +1,129 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// This file holds the agents command and its register and unregister
+// subcommands.
+
+func agentsCommand() *command {
+	var limit int
+	var priority string
+	return &command{
+		name:     "agents",
+		synopsis: "[flags] | agents register [--priority N] ID | agents unregister ID",
+		summary:  "list, register or unregister agents",
+		help: `Without arguments, lists registered agents by priority (lower = older =
+wins under Wait-Die) with their registration time and how many leases they
+hold and wait for.
+
+"agents register ID" registers an agent; without --priority the daemon
+assigns the registration time in ms, so agents registered later are
+junior. Registering an existing agent again is a no-op that prints its
+current registration; with a different --priority it is refused while the
+agent holds or waits for a lease.
+
+"agents unregister ID" removes an agent that holds and waits for nothing.`,
+		flags: func(fs *flag.FlagSet) {
+			fs.IntVar(&limit, "limit", 0, "list at most `N` agents (0: the daemon's default, 1000; at most 10000)")
+			fs.StringVar(&priority, "priority", "", "with register: the agent's priority `N` (lower wins; default: the registration time in ms)")
+		},
+		run: func(a *app, _ *flag.FlagSet, args []string) error {
+			if len(args) == 0 {
+				if priority != "" {
+					return usagef("agents", "--priority goes with \"agents register ID\"")
+				}
+				return a.listAgents(limit)
+			}
+			switch args[0] {
+			case "register":
+				if len(args) != 2 {
+					return usagef("agents", "want \"agents register ID\"")
+				}
+				var p *int64
+				if priority != "" {
+					v, err := strconv.ParseInt(priority, 10, 64)
+					if err != nil || v < 0 {
+						return usagef("agents", "--priority must be an integer >= 0, got %q", priority)
+					}
+					p = &v
+				}
+				return a.registerAgent(args[1], p)
+			case "unregister":
+				if len(args) != 2 {
+					return usagef("agents", "want \"agents unregister ID\"")
+				}
+				return a.unregisterAgent(args[1])
+			}
+			return usagef("agents", "unknown agents subcommand %q; want register or unregister", args[0])
+		},
+	}
+}
+
+func (a *app) listAgents(limit int) error {
+	if limit < 0 {
+		return usagef("agents", "--limit must be >= 0")
+	}
+	ctx, cancel := requestContext()
+	defer cancel()
+	c, err := a.dial(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	as, truncated, err := c.ListAgents(ctx, limit)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return writeJSON(a.stdout, toAgentsJSON(as, truncated))
+	}
+	return formatAgents(a.stdout, as, truncated, a.loc)
+}
+
+func (a *app) registerAgent(id string, priority *int64) error {
+	ctx, cancel := requestContext()
+	defer cancel()
+	c, err := a.dial(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := c.Register(ctx, id, priority)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return writeJSON(a.stdout, registerJSON(*r))
+	}
+	_, err = fmt.Fprintf(a.stdout, "agent %s registered: priority %d, since %s\n",
+		oneLine(r.AgentID), r.Priority, clockText(time.UnixMilli(r.RegisteredAt), a.loc))
+	return err
+}
+
+func (a *app) unregisterAgent(id string) error {
+	ctx, cancel := requestContext()
+	defer cancel()
+	c, err := a.dial(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ok, err := c.UnregisterAgent(ctx, id)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		return writeJSON(a.stdout, map[string]bool{"unregistered": ok})
+	}
+	if ok {
+		_, err = fmt.Fprintf(a.stdout, "agent %s unregistered\n", oneLine(id))
+	} else {
+		_, err = fmt.Fprintf(a.stdout, "agent %s was not registered\n", oneLine(id))
+	}
+	return err
+}

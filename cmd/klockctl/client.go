@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/klockd/klock/clientlib"
+)
+
+// socketPath resolves the socket as PROTOCOL.md says: --socket, then
+// $KLOCK_SOCKET, then the per-user defaults of clientlib.DefaultSocket.
+func (a *app) socketPath() string {
+	if a.socket != "" {
+		return a.socket
+	}
+	if s := a.getenv("KLOCK_SOCKET"); s != "" {
+		return s
+	}
+	return clientlib.DefaultSocket()
+}
+
+// dial connects to the daemon. One-shot commands dial without reconnecting:
+// a daemon that is not there is reported at once (exit 3) rather than
+// waited for. Long-running ones (run, acquire --wait) pass reconnect, so a
+// daemon restart does not cost them their leases.
+func (a *app) dial(ctx context.Context, reconnect bool) (*clientlib.Client, error) {
+	c, err := clientlib.Dial(ctx, clientlib.Options{
+		Socket:      a.socketPath(),
+		ClientName:  "klockctl/" + version(),
+		NoReconnect: !reconnect,
+	})
+	if err != nil {
+		return nil, unreachableError(err)
+	}
+	return c, nil
+}
+
+// unreachableError rewrites clientlib's dial error as klockctl's one line:
+// the socket tried, why, and how to start klockd or point klockctl at it.
+func unreachableError(err error) error {
+	var de *clientlib.DialError
+	if !errors.As(err, &de) {
+		return err
+	}
+	return &dialFailure{err: de, msg: unreachableText(de.Socket, de.Err)}
+}
+
+// unreachableText says which socket was tried, why it failed and what to do.
+func unreachableText(socket string, cause error) string {
+	why := "no answer"
+	if cause != nil {
+		why = causeText(cause)
+	}
+	return fmt.Sprintf("cannot reach klockd at %s (%s): start it with `klockd` (or `systemctl start klockd`), "+
+		"or point --socket / KLOCK_SOCKET at its socket", socket, why)
+}
+
+// dialFailure is a dial error with klockctl's message; it still matches
+// clientlib.ErrDaemonUnreachable.
+type dialFailure struct {
+	err error
+	msg string
+}
+
+func (e *dialFailure) Error() string { return e.msg }
+func (e *dialFailure) Unwrap() error { return e.err }
+
+// isUnreachable reports whether err means no daemon answered (exit 3).
+func isUnreachable(err error) bool {
+	return errors.Is(err, clientlib.ErrDaemonUnreachable)
+}
+
+// causeText shortens a dial cause to the system error's text when there is
+// one ("no such file or directory", "connection refused"), since the socket
+// is already named.
+func causeText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,40 @@
+// Command klockctl inspects and drives klockd, the klock lease daemon, from
+// a shell: what is locked and by whom, taking and releasing leases by hand,
+// operator actions, and "klockctl run", which holds leases while a command
+// runs — flock(1) for agents and shell scripts.
+//
+// Usage:
+//
+//	klockctl [--socket PATH] [--json] COMMAND [flags] [args]
+//
+//	status                          daemon version, uptime and counters (exit 3 if down)
+//	leases [--agent A] [--prefix P] [--limit N]
+//	agents [--limit N] | agents register [--priority N] ID | agents unregister ID
+//	acquire [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--idem K] [-q] RESOURCE...
+//	release LEASE_ID
+//	heartbeat [--ttl D] LEASE_ID
+//	end-session AGENT SESSION
+//	count | evict
+//	revoke LEASE_ID | freeze RESOURCE | thaw RESOURCE   (root or the daemon's uid)
+//	run [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--kill-after D] RESOURCE... -- COMMAND [ARGS...]
+//	version
+//
+// Every command documents its flags with --help. Flags may follow the
+// arguments; "--" ends them. --json prints the protocol's result map (see
+// protocol/README.md) with the same keys; times are Unix milliseconds.
+//
+// The socket is --socket, else $KLOCK_SOCKET, else the defaults of
+// protocol/README.md (/run/klock/klockd.sock for root,
+// $XDG_RUNTIME_DIR/klock/klockd.sock, /tmp/klock-$UID/klockd.sock).
+//
+// A RESOURCE is TYPE:path with TYPE one of FILE, SYMBOL, API_ENDPOINT,
+// DATABASE_TABLE, CONFIG_KEY (any case), sent as written. A bare path is a
+// file on this machine: it is made absolute against the current directory
+// and cleaned, as flock(1) names files, so shells in different directories
+// lock the same key. Write ./name:x for a relative file whose name has a colon.
+//
+// Exit codes: 0 success; 1 denied, or any error; 2 usage error; 3 klockd
+// unreachable (the message names the socket tried and how to start klockd).
+// Errors are one line on stderr. "klockctl run" exits with its command's
+// code once the command has started (see run.go).
+package main

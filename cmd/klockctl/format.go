@@ -1,0 +1,289 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// The --json output of every command mirrors the protocol's result maps
+// (PROTOCOL.md): the same snake_case keys, times as Unix milliseconds and
+// durations as milliseconds, so a script reads the same shapes whether it
+// talks to the socket or runs klockctl. The types below carry the json tags;
+// the protocol types carry only msgpack ones.
+
+// grantJSON is one granted lease (acquire's result, an element of
+// acquire_many's leases).
+type grantJSON struct {
+	Success    bool   `json:"success"`
+	LeaseID    string `json:"lease_id"`
+	AgentID    string `json:"agent_id"`
+	SessionID  string `json:"session_id"`
+	Resource   string `json:"resource"`
+	Predicate  string `json:"predicate"`
+	AcquiredAt int64  `json:"acquired_at"`
+	ExpiresAt  int64  `json:"expires_at"`
+	Fence      uint64 `json:"fence"`
+}
+
+// manyGrantJSON is acquire_many's result on grant.
+type manyGrantJSON struct {
+	Success bool        `json:"success"`
+	Leases  []grantJSON `json:"leases"`
+}
+
+// denialJSON is the result of a denied acquire or acquire_many.
+type denialJSON struct {
+	Success  bool   `json:"success"`
+	Reason   string `json:"reason"`
+	WaitTime int64  `json:"wait_time"`
+	HeldBy   string `json:"held_by"`
+	Message  string `json:"message"`
+}
+
+// leaseJSON is one lease of list_leases.
+type leaseJSON struct {
+	LeaseID    string `json:"lease_id"`
+	AgentID    string `json:"agent_id"`
+	SessionID  string `json:"session_id"`
+	Resource   string `json:"resource"`
+	Predicate  string `json:"predicate"`
+	AcquiredAt int64  `json:"acquired_at"`
+	ExpiresAt  int64  `json:"expires_at"`
+	Fence      uint64 `json:"fence"`
+	OwnerUID   uint32 `json:"owner_uid"`
+	OwnerPID   int32  `json:"owner_pid"`
+}
+
+// leasesJSON is list_leases' result.
+type leasesJSON struct {
+	Leases    []leaseJSON `json:"leases"`
+	Truncated bool        `json:"truncated"`
+}
+
+// agentJSON is one agent of list_agents.
+type agentJSON struct {
+	AgentID      string `json:"agent_id"`
+	Priority     int64  `json:"priority"`
+	RegisteredAt int64  `json:"registered_at"`
+	Leases       int    `json:"leases"`
+	Waiting      int    `json:"waiting"`
+}
+
+// agentsJSON is list_agents' result.
+type agentsJSON struct {
+	Agents    []agentJSON `json:"agents"`
+	Truncated bool        `json:"truncated"`
+}
+
+// helloJSON is hello's result.
+type helloJSON struct {
+	Server    string `json:"server"`
+	Protocol  int    `json:"protocol"`
+	PID       int    `json:"pid"`
+	MaxFrame  int    `json:"max_frame"`
+	StartedAt int64  `json:"started_at"`
+}
+
+// statsJSON is stats' result.
+type statsJSON struct {
+	UptimeMS    int64  `json:"uptime_ms"`
+	Connections int    `json:"connections"`
+	Agents      int    `json:"agents"`
+	Leases      int    `json:"leases"`
+	Waiters     int    `json:"waiters"`
+	Ops         uint64 `json:"ops"`
+	Grants      uint64 `json:"grants"`
+	Waits       uint64 `json:"waits"`
+	Dies        uint64 `json:"dies"`
+	Expirations uint64 `json:"expirations"`
+	Fence       uint64 `json:"fence"`
+}
+
+// statusJSON is the status command's output: where it connected, hello and
+// stats.
+type statusJSON struct {
+	Socket string    `json:"socket"`
+	Hello  helloJSON `json:"hello"`
+	Stats  statsJSON `json:"stats"`
+}
+
+// registerJSON is register_agent's result.
+type registerJSON struct {
+	AgentID      string `json:"agent_id"`
+	Priority     int64  `json:"priority"`
+	RegisteredAt int64  `json:"registered_at"`
+}
+
+// writeJSON writes v as indented JSON and a newline.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func toLeasesJSON(ls []protocol.LeaseInfo, truncated bool) leasesJSON {
+	out := leasesJSON{Leases: make([]leaseJSON, 0, len(ls)), Truncated: truncated}
+	for _, l := range ls {
+		out.Leases = append(out.Leases, leaseJSON(l))
+	}
+	return out
+}
+
+func toAgentsJSON(as []protocol.AgentInfo, truncated bool) agentsJSON {
+	out := agentsJSON{Agents: make([]agentJSON, 0, len(as)), Truncated: truncated}
+	for _, a := range as {
+		out.Agents = append(out.Agents, agentJSON(a))
+	}
+	return out
+}
+
+// formatLeases writes leases as an aligned table, one row per lease, and a
+// last line when the daemon cut the list short.
+func formatLeases(w io.Writer, ls []protocol.LeaseInfo, truncated bool, now time.Time) error {
+	if len(ls) == 0 {
+		_, err := fmt.Fprintln(w, "no active leases")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RESOURCE\tPREDICATE\tAGENT\tSESSION\tFENCE\tEXPIRES\tOWNER\tLEASE")
+	for _, l := range ls {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
+			cell(l.Resource), l.Predicate, cell(l.AgentID), cell(l.SessionID), l.Fence,
+			untilText(time.UnixMilli(l.ExpiresAt), now), ownerText(l.OwnerUID, l.OwnerPID), l.LeaseID)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if truncated {
+		_, err := fmt.Fprintf(w, "(first %d shown; more match: raise --limit or narrow with --agent/--prefix)\n", len(ls))
+		return err
+	}
+	return nil
+}
+
+// formatAgents writes agents as an aligned table in the daemon's order
+// (priority: oldest first).
+func formatAgents(w io.Writer, as []protocol.AgentInfo, truncated bool, loc *time.Location) error {
+	if len(as) == 0 {
+		_, err := fmt.Fprintln(w, "no registered agents")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "AGENT\tPRIORITY\tREGISTERED\tLEASES\tWAITING")
+	for _, a := range as {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\n", cell(a.AgentID), a.Priority,
+			clockText(time.UnixMilli(a.RegisteredAt), loc), a.Leases, a.Waiting)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if truncated {
+		_, err := fmt.Fprintf(w, "(first %d shown; more are registered: raise --limit)\n", len(as))
+		return err
+	}
+	return nil
+}
+
+// formatStatus writes hello and stats as aligned "name  value" lines.
+func formatStatus(w io.Writer, socket string, h *protocol.HelloResult, s *protocol.StatsResult, loc *time.Location) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "daemon\t%s (protocol %d, pid %d)\n", h.Server, h.Protocol, h.PID)
+	fmt.Fprintf(tw, "socket\t%s\n", socket)
+	fmt.Fprintf(tw, "started\t%s (up %s)\n", clockText(time.UnixMilli(h.StartedAt), loc),
+		roundDuration(time.Duration(s.UptimeMS)*time.Millisecond))
+	fmt.Fprintf(tw, "connections\t%d\n", s.Connections)
+	fmt.Fprintf(tw, "agents\t%d\n", s.Agents)
+	fmt.Fprintf(tw, "leases\t%d\n", s.Leases)
+	fmt.Fprintf(tw, "waiters\t%d\n", s.Waiters)
+	fmt.Fprintf(tw, "ops\t%d\n", s.Ops)
+	fmt.Fprintf(tw, "grants\t%d\n", s.Grants)
+	fmt.Fprintf(tw, "denials\t%d wait, %d die\n", s.Waits, s.Dies)
+	fmt.Fprintf(tw, "expirations\t%d\n", s.Expirations)
+	fmt.Fprintf(tw, "fence\t%d\n", s.Fence)
+	return tw.Flush()
+}
+
+// formatGrants writes granted leases one per line: the lease id first, so
+// that `klockctl acquire X | cut -d' ' -f1` is the id, then what it covers.
+func formatGrants(w io.Writer, gs []grantJSON, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, g := range gs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\tfence %d\texpires %s\n", g.LeaseID, cell(g.Resource), g.Predicate,
+			g.Fence, untilText(time.UnixMilli(g.ExpiresAt), now))
+	}
+	return tw.Flush()
+}
+
+// denialText is the one-line explanation of a denial.
+func denialText(d denialJSON) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "denied: %s", d.Reason)
+	if d.HeldBy != "" {
+		fmt.Fprintf(&b, " (held by %s)", oneLine(d.HeldBy))
+	}
+	if d.Message != "" {
+		fmt.Fprintf(&b, ": %s", oneLine(d.Message))
+	}
+	if d.Reason == string(protocol.ReasonDie) || d.Reason == string(protocol.ReasonWait) {
+		fmt.Fprintf(&b, "; retry in %s or use --wait", roundDuration(time.Duration(d.WaitTime)*time.Millisecond))
+	}
+	return b.String()
+}
+
+// untilText says how long until t, as "in 29s", or "expired".
+func untilText(t, now time.Time) string {
+	d := t.Sub(now)
+	if d <= 0 {
+		return "expired"
+	}
+	return "in " + roundDuration(d).String()
+}
+
+// roundDuration rounds d for people: to the millisecond under a second, to
+// the tenth of a second under a minute, to the second above.
+func roundDuration(d time.Duration) time.Duration {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond)
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond)
+	default:
+		return d.Round(time.Second)
+	}
+}
+
+// clockText formats t to the second in loc.
+func clockText(t time.Time, loc *time.Location) string {
+	return t.In(loc).Format("2006-01-02 15:04:05")
+}
+
+// ownerText names the process that took a lease.
+func ownerText(uid uint32, pid int32) string {
+	return fmt.Sprintf("uid=%d,pid=%d", uid, pid)
+}
+
+// cell makes s safe for one table cell: no tabs or line breaks, which would
+// break the alignment, and never empty.
+func cell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return oneLine(s)
+}
+
+// oneLine replaces control characters with spaces, so that text from the
+// daemon cannot break a line-oriented output.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,391 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/klockd/klock/clientlib"
+	"github.com/klockd/klock/protocol"
+)
+
+// This file holds the commands on single leases: leases (list), acquire,
+// release, heartbeat and end-session.
+
+func leasesCommand() *command {
+	var agent, prefix string
+	var limit int
+	return &command{
+		name:     "leases",
+		synopsis: "[flags]",
+		summary:  "list active leases as a table",
+		help: `Lists active leases, sorted by resource then fence, as an aligned table:
+resource, predicate, agent, session, fencing token, time left, the uid and
+pid that took it, and the lease id.
+
+--prefix matches the start of the resource key (FILE:/src/, SYMBOL:auth.);
+a prefix starting with "/" means FILE:<prefix>.`,
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&agent, "agent", "", "only leases held by agent `ID`")
+			fs.StringVar(&prefix, "prefix", "", "only resources whose key starts with `PREFIX`")
+			fs.IntVar(&limit, "limit", 0, "show at most `N` leases (0: the daemon's default, 1000; at most 10000)")
+		},
+		run: func(a *app, _ *flag.FlagSet, args []string) error {
+			if len(args) != 0 {
+				return usagef("leases", "leases takes no arguments, only flags")
+			}
+			if limit < 0 {
+				return usagef("leases", "--limit must be >= 0")
+			}
+			if strings.HasPrefix(prefix, "/") {
+				prefix = "FILE:" + prefix
+			}
+			ctx, cancel := requestContext()
+			defer cancel()
+			c, err := a.dial(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ls, truncated, err := c.ListLeases(ctx, clientlib.LeaseFilter{AgentID: agent, Prefix: prefix, Limit: limit})
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(a.stdout, toLeasesJSON(ls, truncated))
+			}
+			return formatLeases(a.stdout, ls, truncated, a.now())
+		},
+	}
+}
+
+// holderFlags are the flags naming who takes a lease, shared by acquire and run.
+type holderFlags struct {
+	agent, session, predicate string
+	ttl, wait                 *time.Duration
+}
+
+// define defines --agent, --session, --predicate and --ttl on fs; the
+// callers define --wait themselves, since its zero value means different
+// things to them.
+func (h *holderFlags) define(fs *flag.FlagSet, agentHelp, sessionHelp string, ttl time.Duration) {
+	fs.StringVar(&h.agent, "agent", "", agentHelp)
+	fs.StringVar(&h.session, "session", "", sessionHelp)
+	fs.StringVar(&h.predicate, "predicate", "MUTATES",
+		"how the command uses the resources: `P` is PROVIDES, CONSUMES, MUTATES, DELETES, DEPENDS_ON or RENAMES")
+	h.ttl = durationFlag(fs, "ttl", ttl, "lease lifetime, renewed by heartbeats (Go duration, or seconds)")
+}
+
+// intents parses resources and the predicate into acquire intents.
+func (h *holderFlags) intents(cmd string, args []string, cwd string) ([]clientlib.Intent, error) {
+	pred, err := parsePredicate(h.predicate)
+	if err != nil {
+		return nil, usagef(cmd, "%v", err)
+	}
+	rs, err := parseResources(args, cwd)
+	if err != nil {
+		return nil, usagef(cmd, "%v", err)
+	}
+	if len(rs) > protocol.MaxIntents {
+		return nil, usagef(cmd, "at most %d resources at once, got %d", protocol.MaxIntents, len(rs))
+	}
+	if *h.ttl < time.Millisecond {
+		return nil, usagef(cmd, "--ttl must be at least 1ms")
+	}
+	out := make([]clientlib.Intent, len(rs))
+	for i, r := range rs {
+		out[i] = clientlib.Intent{ResourceType: r.Type, ResourcePath: r.Path, Predicate: pred}
+	}
+	return out, nil
+}
+
+// userName names the user running klockctl, for default agent ids.
+func (a *app) userName() string {
+	if u := a.getenv("USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	return "uid" + strconv.Itoa(os.Getuid())
+}
+
+func acquireCommand() *command {
+	var h holderFlags
+	var wait *time.Duration
+	var idem string
+	var quiet bool
+	return &command{
+		name:     "acquire",
+		synopsis: "[flags] RESOURCE...",
+		summary:  "take leases and print them (they outlive klockctl)",
+		help: `Takes a lease on each RESOURCE and prints it: lease id, resource, predicate,
+fencing token and time left. Several resources are taken atomically
+(acquire_many): all or none. The leases are NOT kept alive: they expire
+after --ttl unless renewed with "klockctl heartbeat" or ended with
+"klockctl release" (use "klockctl run" to hold leases for a command).
+
+A RESOURCE is TYPE:path with TYPE one of FILE, SYMBOL, API_ENDPOINT,
+DATABASE_TABLE, CONFIG_KEY (any case); a bare path is a FILE, made absolute
+against the current directory.
+
+The agent is registered first if it is not (registering an existing agent
+is a no-op). Without --wait a denial is reported at once; with --wait the
+daemon queues a WAIT and klockctl retries a DIE after the suggested delay,
+until granted or the time is up. A denial prints one line on stderr (the
+denial map with --json, on stdout) and exits 1.`,
+		flags: func(fs *flag.FlagSet) {
+			h.define(fs,
+				"take the leases as agent `ID` (default $KLOCK_AGENT, else klockctl-$USER)",
+				"in session `ID`: same agent and session is re-entrant (default $KLOCK_SESSION, else klockctl)",
+				time.Minute)
+			wait = durationFlag(fs, "wait", 0, "wait up to this long for the grant (0: answer at once)")
+			fs.StringVar(&idem, "idem", "", "idempotency `KEY`: while its leases are active, the same agent and key get them back")
+			fs.BoolVar(&quiet, "q", false, "print only the lease ids, one per line")
+		},
+		run: func(a *app, _ *flag.FlagSet, args []string) error {
+			intents, err := h.intents("acquire", args, a.cwd())
+			if err != nil {
+				return err
+			}
+			agent := firstSet(h.agent, a.getenv("KLOCK_AGENT"), "klockctl-"+a.userName())
+			session := firstSet(h.session, a.getenv("KLOCK_SESSION"), "klockctl")
+			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout+*wait)
+			defer cancel()
+			c, err := a.dial(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := c.Register(ctx, agent, nil); err != nil {
+				return err
+			}
+			req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: *h.ttl, Idem: idem}
+			grants, denial, err := acquireWithin(ctx, c, req, *wait)
+			if err != nil {
+				return err
+			}
+			if denial != nil {
+				return a.reportDenial(*denial)
+			}
+			switch {
+			case a.json && len(grants) == 1:
+				return writeJSON(a.stdout, grants[0])
+			case a.json:
+				return writeJSON(a.stdout, manyGrantJSON{Success: true, Leases: grants})
+			case quiet:
+				for _, g := range grants {
+					fmt.Fprintln(a.stdout, g.LeaseID)
+				}
+				return nil
+			}
+			return formatGrants(a.stdout, grants, a.now())
+		},
+	}
+}
+
+// reportDenial prints a denial (as JSON on stdout with --json) and returns
+// the error that makes klockctl exit 1 with the denial's line on stderr.
+func (a *app) reportDenial(d denialJSON) error {
+	if a.json {
+		if err := writeJSON(a.stdout, d); err != nil {
+			return err
+		}
+	}
+	return &exitStatus{code: exitFailed, msg: denialText(d)}
+}
+
+// acquireWithin asks for req's intents once, or, when wait > 0, until
+// granted or wait has passed: a WAIT verdict is queued in the daemon for the
+// time left, a DIE is retried after its wait_time plus jitter. It returns
+// the grants, or the last denial.
+func acquireWithin(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest, wait time.Duration) ([]grantJSON, *denialJSON, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		left := time.Until(deadline)
+		if wait > 0 && left > 0 {
+			req.WaitTimeout = left.Round(time.Millisecond)
+		} else {
+			req.WaitTimeout = 0
+		}
+		grants, denial, err := acquireOnce(ctx, c, req)
+		if err != nil || denial == nil {
+			return grants, nil, err
+		}
+		retry := time.Duration(denial.WaitTime)*time.Millisecond + time.Duration(rand.Int64N(int64(50*time.Millisecond)))
+		if denial.Reason != string(protocol.ReasonDie) || time.Until(deadline) < retry {
+			return nil, denial, nil
+		}
+		select {
+		case <-time.After(retry):
+		case <-ctx.Done():
+			return nil, denial, nil
+		}
+	}
+}
+
+// acquireOnce sends one acquire (one intent) or acquire_many (several).
+func acquireOnce(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest) ([]grantJSON, *denialJSON, error) {
+	if len(req.Intents) == 1 {
+		r, err := c.AcquireOnce(ctx, req)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !r.Success {
+			return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, Message: r.Message}, nil
+		}
+		return []grantJSON{toGrantJSON(r)}, nil, nil
+	}
+	r, err := c.AcquireMany(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !r.Success {
+		return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, Message: r.Message}, nil
+	}
+	gs := make([]grantJSON, len(r.Leases))
+	for i := range r.Leases {
+		gs[i] = toGrantJSON(&r.Leases[i])
+	}
+	return gs, nil, nil
+}
+
+// toGrantJSON converts clientlib's grant to the protocol's shape.
+func toGrantJSON(r *clientlib.AcquireResult) grantJSON {
+	return grantJSON{
+		Success: true, LeaseID: r.LeaseID, AgentID: r.AgentID, SessionID: r.SessionID,
+		Resource: r.Resource, Predicate: r.Predicate,
+		AcquiredAt: r.AcquiredAt.UnixMilli(), ExpiresAt: r.ExpiresAt.UnixMilli(), Fence: r.Fence,
+	}
+}
+
+// firstSet returns the first non-empty string.
+func firstSet(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+func releaseCommand() *command {
+	return &command{
+		name:     "release",
+		synopsis: "[flags] LEASE_ID",
+		summary:  "end a lease",
+		help: `Releases the lease. Releasing a lease that is not active (unknown, already
+released, expired) is harmless: it prints so and exits 0. Only the uid that
+took the lease, or root, may release it.`,
+		run: func(a *app, _ *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				return usagef("release", "want exactly one LEASE_ID")
+			}
+			ctx, cancel := requestContext()
+			defer cancel()
+			c, err := a.dial(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ok, err := c.ReleaseLease(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(a.stdout, map[string]bool{"released": ok})
+			}
+			if ok {
+				_, err = fmt.Fprintf(a.stdout, "released %s\n", args[0])
+			} else {
+				_, err = fmt.Fprintf(a.stdout, "%s was not active (unknown, released or expired)\n", oneLine(args[0]))
+			}
+			return err
+		},
+	}
+}
+
+func heartbeatCommand() *command {
+	var ttl *time.Duration
+	return &command{
+		name:     "heartbeat",
+		synopsis: "[flags] LEASE_ID",
+		summary:  "extend a lease",
+		help: `Extends the lease to now + its ttl, or now + --ttl, which then becomes its
+ttl. Fails (exit 1) when the lease is no longer active: it expired or was
+released, and another agent may hold the resource now.`,
+		flags: func(fs *flag.FlagSet) {
+			ttl = durationFlag(fs, "ttl", 0, "new lease lifetime (0: keep the lease's ttl)")
+		},
+		run: func(a *app, _ *flag.FlagSet, args []string) error {
+			if len(args) != 1 {
+				return usagef("heartbeat", "want exactly one LEASE_ID")
+			}
+			if *ttl != 0 && *ttl < time.Millisecond {
+				return usagef("heartbeat", "--ttl must be at least 1ms")
+			}
+			ctx, cancel := requestContext()
+			defer cancel()
+			c, err := a.dial(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			exp, err := c.Heartbeat(ctx, args[0], *ttl)
+			if err != nil {
+				if errors.Is(err, clientlib.ErrNotFound) {
+					return fmt.Errorf("lease %s is not active (expired or released)", oneLine(args[0]))
+				}
+				return err
+			}
+			if a.json {
+				return writeJSON(a.stdout, struct {
+					LeaseID   string `json:"lease_id"`
+					ExpiresAt int64  `json:"expires_at"`
+				}{args[0], exp.UnixMilli()})
+			}
+			_, err = fmt.Fprintf(a.stdout, "%s expires %s\n", args[0], untilText(exp, a.now()))
+			return err
+		},
+	}
+}
+
+func endSessionCommand() *command {
+	return &command{
+		name:     "end-session",
+		synopsis: "[flags] AGENT SESSION",
+		summary:  "release every lease of a session and close it",
+		help: `Releases every lease the agent holds in the session and ends the session:
+later acquires in it are denied with SESSION_EXPIRED. Prints how many leases
+it released.`,
+		run: func(a *app, _ *flag.FlagSet, args []string) error {
+			if len(args) != 2 {
+				return usagef("end-session", "want AGENT and SESSION")
+			}
+			ctx, cancel := requestContext()
+			defer cancel()
+			c, err := a.dial(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			n, err := c.EndSession(ctx, args[0], args[1])
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(a.stdout, map[string]int{"released": n})
+			}
+			_, err = fmt.Fprintf(a.stdout, "ended session %s of %s, released %d lease%s\n",
+				oneLine(args[1]), oneLine(args[0]), n, plural(n))
+			return err
+		},
+	}
+}
