@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/klockd/klock/protocol"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -134,11 +135,11 @@ func (c *echoClient) roundTrip(req echoRequest) error {
 		return err
 	}
 	frame := c.out.Bytes()
-	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)-protocol.HeaderSize))
 	if _, err := c.conn.Write(frame); err != nil {
 		return fmt.Errorf("klock-bench: echo write: %w", err)
 	}
-	body, err := readFrame(c.r, c.in)
+	body, err := protocol.ReadFrame(c.r, c.in, protocol.DefaultMaxFrame)
 	if err != nil {
 		return fmt.Errorf("klock-bench: echo read: %w", err)
 	}
@@ -151,27 +152,6 @@ func (c *echoClient) roundTrip(req echoRequest) error {
 		return fmt.Errorf("klock-bench: echo answered id %d to %d", c.resp.ID, req.ID)
 	}
 	return nil
-}
-
-// maxEchoFrame bounds the frames the echo server accepts.
-const maxEchoFrame = 1 << 20
-
-// readFrame reads one length-prefixed frame into buf (grown if needed).
-func readFrame(r io.Reader, buf []byte) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > maxEchoFrame {
-		return nil, fmt.Errorf("klock-bench: bad frame length %d", n)
-	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	_, err := io.ReadFull(r, buf)
-	return buf, err
 }
 
 // runEchoServer is the "echo-server" subcommand: it serves until SIGTERM.
@@ -214,13 +194,12 @@ func serveEcho(c net.Conn) {
 	r := bufio.NewReaderSize(c, 64<<10)
 	var buf, out []byte
 	for {
-		body, err := readFrame(r, buf)
+		body, err := protocol.ReadFrame(r, buf, protocol.DefaultMaxFrame)
 		if err != nil {
 			return
 		}
 		buf = body[:0]
-		out = binary.BigEndian.AppendUint32(out, uint32(len(body)))
-		out = append(out, body...)
+		out = protocol.AppendFrame(out, body)
 		if r.Buffered() < 4 {
 			if _, err := c.Write(out); err != nil {
 				return

@@ -252,6 +252,21 @@ var backendMakers = map[string]func(context.Context, *runEnv) (Backend, error){
 	"flock":     func(context.Context, *runEnv) (Backend, error) { return newFlockBackend() },
 	"redis":     func(ctx context.Context, _ *runEnv) (Backend, error) { return newRedisBackend(ctx, false) },
 	"redis-aof": func(ctx context.Context, _ *runEnv) (Backend, error) { return newRedisBackend(ctx, true) },
+	"klock": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockBackend(ctx, e, "klock", false, "")
+	},
+	"klock-conn": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockBackend(ctx, e, "klock-conn", true, "")
+	},
+	"klock-never": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockBackend(ctx, e, "klock-never", false, "never")
+	},
+	"klock-everysec": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockBackend(ctx, e, "klock-everysec", false, "everysec")
+	},
+	"klock-always": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockBackend(ctx, e, "klock-always", false, "always")
+	},
 }
 
 func backendNames() []string {

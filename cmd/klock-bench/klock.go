@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klockd/klock/clientlib"
+)
+
+// klockTTL is the lease ttl in the loop; the held leases of many-leases
+// live an hour.
+const (
+	klockTTL     = 30 * time.Second
+	klockHeldTTL = time.Hour
+)
+
+// klockBackend is the real klockd, started by the tool, driven through
+// clientlib: either one client (one connection) shared by every worker of a
+// cell, or one client per worker.
+type klockBackend struct {
+	name    string
+	perConn bool // one connection per worker
+	args    []string
+	dir     string
+	srv     *server
+	holder  *clientlib.Client // keeps the many-leases leases' owner connected
+	version string
+}
+
+// newKlockBackend starts klockd in memory (fsync "") or with a temp state
+// dir and the given fsync policy.
+func newKlockBackend(ctx context.Context, env *runEnv, name string, perConn bool, fsync string) (Backend, error) {
+	bin, err := env.klockdBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "klock-bench-klockd-")
+	if err != nil {
+		return nil, err
+	}
+	socket := filepath.Join(dir, "klockd.sock")
+	b := &klockBackend{name: name, perConn: perConn, dir: dir}
+	b.args = []string{"--socket", socket, "--log-level", "warn"}
+	if fsync == "" {
+		b.args = append(b.args, "--state-dir", "")
+	} else {
+		b.args = append(b.args, "--state-dir", filepath.Join(dir, "state"), "--fsync", fsync)
+	}
+	if b.srv, err = startServer(ctx, name, socket, bin, b.args...); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if v, err := exec.Command(bin, "version").Output(); err == nil {
+		b.version = strings.TrimSpace(string(v))
+	}
+	return b, nil
+}
+
+// klockdBinary returns -klockd, or builds ./cmd/klockd once per run.
+func (e *runEnv) klockdBinary(ctx context.Context) (string, error) {
+	if e.cfg.klockd != "" {
+		return e.cfg.klockd, nil
+	}
+	if e.klockd != "" {
+		return e.klockd, nil
+	}
+	dir, err := os.MkdirTemp("", "klock-bench-build-")
+	if err != nil {
+		return "", err
+	}
+	e.buildDir = dir
+	out := filepath.Join(dir, "klockd")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/klockd/klock/cmd/klockd")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("klock-bench: go build ./cmd/klockd (run from the klock module, or pass -klockd): %v: %s", err, msg)
+	}
+	fmt.Fprintf(e.log, "klock-bench: built %s\n", out)
+	e.klockd = out
+	return out, nil
+}
+
+func (b *klockBackend) Name() string { return b.name }
+
+func (b *klockBackend) Settings() string {
+	conn := "one clientlib connection shared by all workers of a cell"
+	if b.perConn {
+		conn = "one clientlib connection per worker"
+	}
+	return fmt.Sprintf("klockd %s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, one agent per worker), release = ReleaseLease",
+		b.version, quoteArgs(b.args[2:]), conn)
+}
+
+func (b *klockBackend) RSS() (int64, bool) { return b.srv.RSS() }
+
+func (b *klockBackend) dial(ctx context.Context) (*clientlib.Client, error) {
+	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: b.srv.socket, NoReconnect: true})
+	if err != nil {
+		return nil, fmt.Errorf("klock-bench: dial klockd: %w", err)
+	}
+	return c, nil
+}
+
+func (b *klockBackend) Clients(ctx context.Context, w int) ([]Locker, io.Closer, error) {
+	var cs closers
+	shared, err := b.dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs = append(cs, shared)
+	ls := make([]Locker, w)
+	for i := range ls {
+		agent := "w" + strconv.Itoa(i)
+		// Distinct priorities, so contention produces both Wait-Die verdicts.
+		if err := shared.RegisterAgent(ctx, agent, int64(i+1)); err != nil {
+			cs.Close()
+			return nil, nil, fmt.Errorf("klock-bench: register %s: %w", agent, err)
+		}
+		c := shared
+		if b.perConn && i > 0 {
+			if c, err = b.dial(ctx); err != nil {
+				cs.Close()
+				return nil, nil, err
+			}
+			cs = append(cs, c)
+		}
+		ls[i] = &klockClient{c: c, agent: agent}
+	}
+	return ls, cs, nil
+}
+
+// Hold acquires n leases for one agent with acquire_many batches of 64,
+// several batches in flight on one connection.
+func (b *klockBackend) Hold(ctx context.Context, n int) error {
+	c, err := b.dial(ctx)
+	if err != nil {
+		return err
+	}
+	b.holder = c
+	if err := c.RegisterAgent(ctx, "holder", 1<<40); err != nil {
+		return err
+	}
+	const batch, inFlight = 64, 16
+	next := make(chan int)
+	errs := make(chan error, inFlight)
+	var wg sync.WaitGroup
+	for range inFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for start := range next {
+				req := clientlib.AcquireRequest{AgentID: "holder", SessionID: "held", TTL: klockHeldTTL}
+				for i := start; i < min(n, start+batch); i++ {
+					req.Intents = append(req.Intents, clientlib.Intent{ResourceType: "FILE", ResourcePath: "/held/" + strconv.Itoa(i), Predicate: "MUTATES"})
+				}
+				res, err := c.AcquireMany(ctx, req)
+				if err == nil && !res.Success {
+					err = fmt.Errorf("klock-bench: hold denied: %s %s", res.Reason, res.Message)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var sendErr error
+	for start := 0; start < n && sendErr == nil; start += batch {
+		select {
+		case next <- start:
+		case sendErr = <-errs:
+		}
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	if sendErr != nil {
+		return sendErr
+	}
+	if err := <-errs; err != nil {
+		return err
+	}
+	got, err := c.ActiveLeaseCount(ctx)
+	if err != nil {
+		return err
+	}
+	if got < n {
+		return fmt.Errorf("klock-bench: klockd holds %d leases, want %d", got, n)
+	}
+	return nil
+}
+
+func (b *klockBackend) Close() error {
+	if b.holder != nil {
+		b.holder.Close()
+	}
+	err := b.srv.Close()
+	os.RemoveAll(b.dir)
+	return err
+}
+
+// klockClient is one worker: its own agent, on a shared or own client.
+type klockClient struct {
+	c     *clientlib.Client
+	agent string
+}
+
+func (k *klockClient) Acquire(ctx context.Context, resource string) (string, Outcome, error) {
+	res, err := k.c.AcquireLease(ctx, k.agent, "bench", "FILE", resource, "MUTATES", klockTTL)
+	if err != nil {
+		return "", DeniedOther, fmt.Errorf("klock-bench: acquire: %w", err)
+	}
+	if res.Success {
+		return res.LeaseID, Granted, nil
+	}
+	switch res.Reason {
+	case "DIE":
+		return "", DeniedDie, nil
+	case "WAIT":
+		return "", DeniedWait, nil
+	}
+	return "", DeniedOther, nil
+}
+
+func (k *klockClient) Release(ctx context.Context, resource, token string) error {
+	ok, err := k.c.ReleaseLease(ctx, token)
+	if err != nil {
+		return fmt.Errorf("klock-bench: release: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("klock-bench: release of %s on %s: not released", token, resource)
+	}
+	return nil
+}
