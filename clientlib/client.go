@@ -117,14 +117,15 @@ func (c *Client) Socket() string { return c.opts.Socket }
 // background goroutines; closing twice is harmless.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	c.shutdown()
+	c.shutdown(ErrClosed)
 	c.mu.Unlock()
 	c.bg.Wait()
 	return nil
 }
 
-// shutdown marks the client closed and fails everything in flight. mu held.
-func (c *Client) shutdown() {
+// shutdown marks the client closed and fails everything in flight with err.
+// mu held.
+func (c *Client) shutdown(err error) {
 	if c.closed {
 		return
 	}
@@ -137,7 +138,7 @@ func (c *Client) shutdown() {
 	}
 	for id, cl := range c.pending {
 		delete(c.pending, id)
-		c.finish(cl, ErrClosed)
+		c.finish(cl, err)
 	}
 	for id, cl := range c.orphans {
 		delete(c.orphans, id)
@@ -407,8 +408,7 @@ func (c *Client) breakConn(cn *conn, err error) {
 		putCall(cl)
 	}
 	if c.opts.NoReconnect {
-		_ = err // every flavour of broken connection is ErrClosed to callers
-		c.shutdown()
+		c.shutdown(closedErr(err))
 		return
 	}
 	c.startRedial()

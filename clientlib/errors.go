@@ -126,8 +126,9 @@ func (e *DenialError) Error() string {
 // Unwrap returns the context's error, if any.
 func (e *DenialError) Unwrap() error { return e.Err }
 
-// closedErr maps every closed-connection flavour to ErrClosed and wraps
-// anything else as a transport failure; both mean the connection is unusable.
+// closedErr maps every closed-connection flavour to ErrClosed itself, and
+// wraps any other transport failure (a malformed response, say) so that it
+// still matches ErrClosed but keeps its cause.
 func closedErr(err error) error {
 	switch {
 	case err == nil:
@@ -138,5 +139,5 @@ func closedErr(err error) error {
 		errors.Is(err, syscall.ENOTCONN), errors.Is(err, ErrClosed):
 		return ErrClosed
 	}
-	return fmt.Errorf("klock: connection failed: %w", err)
+	return fmt.Errorf("%w: %w", ErrClosed, err)
 }

@@ -1,0 +1,387 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/klockd/klock/protocol"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func dialFake(t *testing.T, f *fakeDaemon, opts Options) *Client {
+	t.Helper()
+	opts.Socket = f.path
+	c, err := Dial(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// pendingCount returns how many calls wait for an answer.
+func (c *Client) pendingCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
+}
+
+func TestPipeliningManyGoroutines(t *testing.T) {
+	f := newFakeDaemon(t)
+	// Answer every request from its own goroutine, so answers come back out
+	// of order and interleaved.
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		go reply(f.handle(req))
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	const goroutines, calls = 100, 50
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range calls {
+				session := strings.Repeat("s", 1+(g*calls+i)%200)
+				n, err := c.EndSession(ctx, "agent", session)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if n != len(session) {
+					errs <- fmt.Errorf("EndSession(%d-byte session) = %d; want the answer to its own request", len(session), n)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := f.count(protocol.OpEndSession); got != goroutines*calls {
+		t.Errorf("daemon saw %d requests; want %d", got, goroutines*calls)
+	}
+	if n := c.pendingCount(); n != 0 {
+		t.Errorf("%d calls still pending after all returned", n)
+	}
+}
+
+// blockingHook withholds the answer to end_session requests whose session
+// starts with "block", handing their reply functions to held.
+func blockingHook(f *fakeDaemon, held chan<- func()) hookFunc {
+	return func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if !strings.HasPrefix(req.Args.SessionID, "block") {
+			return false
+		}
+		res, perr := f.handle(req)
+		held <- func() { reply(res, perr) }
+		return true
+	}
+}
+
+func TestCancelWhileReading(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 10)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{})
+
+	// The only call in flight reads the socket itself; cancelling it must
+	// interrupt that read.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.EndSession(ctx, "a", "block-1")
+		done <- err
+	}()
+	late := <-held
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled EndSession = %v; want context.Canceled", err)
+	}
+	late() // the abandoned answer arrives and is dropped
+	n, err := c.EndSession(testCtx(t), "a", "abc")
+	if err != nil || n != 3 {
+		t.Fatalf("EndSession after a cancelled call = %d, %v; want 3, nil", n, err)
+	}
+	if n := c.pendingCount(); n != 0 {
+		t.Errorf("%d calls pending; want 0", n)
+	}
+}
+
+func TestCancelHandsReaderRoleOver(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 10)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{})
+
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	err1 := make(chan error, 1)
+	go func() {
+		_, err := c.EndSession(ctx1, "a", "block-1")
+		err1 <- err
+	}()
+	reply1 := <-held
+	type answer struct {
+		n   int
+		err error
+	}
+	ans2 := make(chan answer, 1)
+	go func() {
+		n, err := c.EndSession(testCtx(t), "a", "block-22")
+		ans2 <- answer{n, err}
+	}()
+	reply2 := <-held
+	cancel1()
+	if err := <-err1; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled EndSession = %v; want context.Canceled", err)
+	}
+	reply2()
+	if a := <-ans2; a.err != nil || a.n != len("block-22") {
+		t.Fatalf("second EndSession = %d, %v; want %d, nil", a.n, a.err, len("block-22"))
+	}
+	reply1()
+}
+
+func TestDeadlineWhileQueued(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 10)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.EndSession(ctx, "a", fmt.Sprintf("block-%d", i))
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("EndSession past its deadline = %v; want context.DeadlineExceeded", err)
+			}
+		}()
+	}
+	wg.Wait()
+	for range 5 {
+		(<-held)()
+	}
+	if _, err := c.Hello(testCtx(t)); err != nil {
+		t.Fatalf("Hello after expired calls: %v", err)
+	}
+}
+
+func TestCloseFailsCallsInFlight(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 10)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.EndSession(testCtx(t), "a", "block")
+		done <- err
+	}()
+	<-held
+	c.Close()
+	if err := <-done; !errors.Is(err, ErrClosed) {
+		t.Fatalf("EndSession in flight during Close = %v; want ErrClosed", err)
+	}
+	if _, err := c.Hello(testCtx(t)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Hello after Close = %v; want ErrClosed", err)
+	}
+}
+
+func TestNoReconnect(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 10)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{NoReconnect: true})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.EndSession(testCtx(t), "a", "block")
+		done <- err
+	}()
+	<-held
+	f.stop()
+	if err := <-done; err != ErrClosed {
+		t.Fatalf("EndSession when the daemon went away = %v; want ErrClosed", err)
+	}
+	if _, err := c.Hello(testCtx(t)); err != ErrClosed {
+		t.Fatalf("Hello after the connection broke = %v; want ErrClosed", err)
+	}
+}
+
+func TestReconnectResendsInFlight(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 100)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{ClientName: "reconnect-test"})
+	ctx := testCtx(t)
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			session := fmt.Sprintf("block-%03d", i)
+			got, err := c.EndSession(ctx, "a", session)
+			if err != nil || got != len(session) {
+				t.Errorf("EndSession across a restart = %d, %v; want %d, nil", got, err, len(session))
+			}
+		}()
+	}
+	for range n {
+		<-held // every request reached the first daemon, none answered
+	}
+	f.setHook(nil)
+	f.restart()
+	wg.Wait()
+	if got := f.count(protocol.OpEndSession); got != 2*n {
+		t.Errorf("daemon saw %d end_session requests; want %d (each sent, then resent once)", got, 2*n)
+	}
+	// The connection is usable afterwards and was announced again.
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.count(protocol.OpHello); got < 3 {
+		t.Errorf("daemon saw %d hellos; want one per connection plus ours", got)
+	}
+}
+
+func TestReconnectAfterIdleBreak(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.restart()
+	// The first call may be written to the dead socket; it must be resent.
+	for i := range 3 {
+		if _, err := c.Hello(ctx); err != nil {
+			t.Fatalf("Hello %d after a restart: %v", i, err)
+		}
+	}
+}
+
+func TestDialUnreachable(t *testing.T) {
+	sock := t.TempDir() + "/nothing.sock"
+	_, err := Dial(context.Background(), Options{Socket: sock})
+	if !errors.Is(err, ErrDaemonUnreachable) {
+		t.Fatalf("Dial(%q) = %v; want ErrDaemonUnreachable", sock, err)
+	}
+	msg := err.Error()
+	for _, want := range []string{sock, "klockd", "go run ./cmd/klockd"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Dial error %q does not mention %q", msg, want)
+		}
+	}
+}
+
+func TestDialPermissionDenied(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root may connect to any socket")
+	}
+	f := newFakeDaemon(t)
+	if err := os.Chmod(f.path, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Dial(context.Background(), Options{Socket: f.path})
+	if !errors.Is(err, ErrDaemonUnreachable) || !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("Dial of a mode-000 socket = %v; want ErrDaemonUnreachable and os.ErrPermission", err)
+	}
+	if !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("Dial error %q does not say permission denied", err)
+	}
+}
+
+func TestDefaultSocket(t *testing.T) {
+	t.Setenv("KLOCK_SOCKET", "/x/y.sock")
+	if got := DefaultSocket(); got != "/x/y.sock" {
+		t.Errorf("DefaultSocket() with KLOCK_SOCKET = %q; want /x/y.sock", got)
+	}
+	t.Setenv("KLOCK_SOCKET", "")
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/77")
+	want := "/run/user/77/klock/klockd.sock"
+	if os.Geteuid() == 0 {
+		want = "/run/klock/klockd.sock"
+	}
+	if got := DefaultSocket(); got != want {
+		t.Errorf("DefaultSocket() = %q; want %q", got, want)
+	}
+	if os.Geteuid() != 0 {
+		t.Setenv("XDG_RUNTIME_DIR", "")
+		want := fmt.Sprintf("/tmp/klock-%d/klockd.sock", os.Getuid())
+		if got := DefaultSocket(); got != want {
+			t.Errorf("DefaultSocket() without XDG_RUNTIME_DIR = %q; want %q", got, want)
+		}
+	}
+}
+
+func TestRemoteErrors(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	_, err := c.AcquireLease(testCtx(t), "ghost", "s", "FILE", "/a", "MUTATES", time.Second)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != protocol.CodeUnknownAgent {
+		t.Fatalf("AcquireLease for an unregistered agent = %v; want *Error UNKNOWN_AGENT", err)
+	}
+	if !errors.Is(err, ErrUnknownAgent) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrClosed) {
+		t.Errorf("errors.Is(%v) matches the wrong sentinels", err)
+	}
+	if strings.Count(err.Error(), "klock:") != 1 {
+		t.Errorf("error %q should carry one klock: prefix", err)
+	}
+}
+
+func TestClosedErrorFlavours(t *testing.T) {
+	op := func(err error) error { return &net.OpError{Op: "read", Net: "unix", Err: err} }
+	for _, err := range []error{
+		io.EOF, io.ErrUnexpectedEOF, op(net.ErrClosed), op(os.NewSyscallError("write", syscall.EPIPE)),
+		op(os.NewSyscallError("read", syscall.ECONNRESET)), ErrClosed,
+	} {
+		if got := closedErr(err); got != ErrClosed {
+			t.Errorf("closedErr(%v) = %v; want ErrClosed", err, got)
+		}
+	}
+	other := errors.New("klock: malformed response: no id")
+	if got := closedErr(other); !errors.Is(got, ErrClosed) || !strings.Contains(got.Error(), "malformed") {
+		t.Errorf("closedErr(%v) = %v; want it to match ErrClosed and keep its cause", other, got)
+	}
+}
+
+// TestNoDaemonDependency enforces that clientlib never imports daemon/...
+// (STYLE.md rule 5).
+func TestNoDaemonDependency(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.HasPrefix(pkg, "github.com/klockd/klock/") && pkg != "github.com/klockd/klock/protocol" &&
+			pkg != "github.com/klockd/klock/clientlib" {
+			t.Errorf("clientlib depends on %s; it may import only protocol", pkg)
+		}
+	}
+}
