@@ -1,0 +1,88 @@
+package engine
+
+import (
+	"testing"
+
+	"github.com/klockd/klock/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+const t0 int64 = 1_700_000_000_000 // a fixed "now" for tests
+
+var (
+	alice = Caller{UID: 1000, PID: 42}
+	bob   = Caller{UID: 1001, PID: 43}
+	root  = Caller{UID: 0, PID: 1}
+)
+
+func newTestEngine(t testing.TB) *Engine {
+	t.Helper()
+	return New(Config{Journal: true, AdminUID: 999})
+}
+
+func mustRegister(t testing.TB, e *Engine, id string, prio int64) Agent {
+	t.Helper()
+	a, err := e.Register(t0, alice, id, prio, true)
+	require.NoError(t, err)
+	return a
+}
+
+func req1(agent, session, typ, path, pred string, ttl int64) AcquireRequest {
+	return AcquireRequest{
+		AgentID: agent, SessionID: session, TTL: ttl,
+		Intents: []Intent{{ResourceType: typ, ResourcePath: path, Predicate: pred}},
+	}
+}
+
+func mustAcquire(t testing.TB, e *Engine, now int64, agent, session, path, pred string) Result {
+	t.Helper()
+	r, err := e.Acquire(now, alice, req1(agent, session, "FILE", path, pred, 60_000))
+	require.NoError(t, err)
+	return r
+}
+
+func mustGrant(t testing.TB, e *Engine, now int64, agent, session, path, pred string) Lease {
+	t.Helper()
+	r := mustAcquire(t, e, now, agent, session, path, pred)
+	require.Truef(t, r.Granted, "Acquire(%s, %s, %s, %s) denied: %+v", agent, session, path, pred, r.Denial)
+	require.Len(t, r.Leases, 1)
+	return r.Leases[0]
+}
+
+func mustDeny(t testing.TB, e *Engine, now int64, agent, session, path, pred string, want protocol.Reason) Denial {
+	t.Helper()
+	r := mustAcquire(t, e, now, agent, session, path, pred)
+	require.Falsef(t, r.Granted, "Acquire(%s, %s, %s, %s) granted; want %s", agent, session, path, pred, want)
+	require.Equalf(t, want, r.Denial.Reason, "Acquire(%s, %s, %s, %s): %s", agent, session, path, pred, r.Denial.Message)
+	return r.Denial
+}
+
+func codeOf(err error) protocol.Code {
+	if e, ok := err.(*Error); ok {
+		return e.Code
+	}
+	return ""
+}
+
+// requireCode checks that err is an *Error with the given code and that its
+// message mentions every want string.
+func requireCode(t testing.TB, err error, code protocol.Code, want ...string) {
+	t.Helper()
+	require.Error(t, err)
+	require.Equalf(t, code, codeOf(err), "error %v", err)
+	for _, w := range want {
+		require.Contains(t, err.Error(), w)
+	}
+	require.Regexp(t, `^klock: `, err.Error())
+}
+
+// replayEqual replays e's records on a fresh engine and checks both
+// snapshots are equal.
+func replayEqual(t testing.TB, e *Engine, recs []Record) {
+	t.Helper()
+	f := New(Config{})
+	for i, r := range recs {
+		require.NoErrorf(t, f.Apply(r), "record %d: %+v", i, r)
+	}
+	require.Equal(t, e.Snapshot(), f.Snapshot())
+}
