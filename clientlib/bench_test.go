@@ -1,0 +1,89 @@
+package clientlib
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// BenchmarkRoundTrip compares one request/answer through the Client with the
+// same request written and read by hand on a raw socket, against the same
+// in-process fake daemon. With one goroutine the Client reads its own answer
+// from the socket (no hand-off to another goroutine), so client/1 should cost
+// about what raw/1 costs; parallel shows pipelining with coalesced writes.
+func BenchmarkRoundTrip(b *testing.B) {
+	f := newFakeDaemon(b)
+	ctx := context.Background()
+
+	b.Run("raw/1", func(b *testing.B) {
+		nc, err := net.Dial("unix", f.path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		var wbuf, rbuf []byte
+		var resp protocol.Response
+		var res protocol.CountResult
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			wbuf, _ = protocol.AppendRequest(wbuf[:0], uint64(i+1), protocol.OpActiveLeaseCount, nil)
+			if _, err := nc.Write(wbuf); err != nil {
+				b.Fatal(err)
+			}
+			body, err := protocol.ReadFrame(br, rbuf, protocol.DefaultMaxFrame)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rbuf = body[:0]
+			if err := protocol.DecodeResponse(body, &resp); err != nil {
+				b.Fatal(err)
+			}
+			if err := protocol.DecodeResult(resp.Result, &res); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+
+	c, err := Dial(ctx, Options{Socket: f.path})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+
+	b.Run("client/1", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.ActiveLeaseCount(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("client/1-deadline", func(b *testing.B) {
+		ctx, cancel := context.WithTimeout(ctx, time.Hour)
+		defer cancel()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.ActiveLeaseCount(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("client/64", func(b *testing.B) {
+		b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.ActiveLeaseCount(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
