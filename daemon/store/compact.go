@@ -1,0 +1,250 @@
+package store
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/klockd/klock/daemon/engine"
+)
+
+// Compaction, in three steps so that the engine mutex is held only for the
+// engine's own snapshot copy:
+//
+//  1. Ahead of time (when the log is half way to the limit), the maintenance
+//     goroutine creates log.<gen+1> with its header, fsyncs it and the
+//     directory (prepareNext).
+//  2. Under the engine mutex, an Append that finds the log larger than both
+//     CompactMinBytes and the last snapshot calls eng.Snapshot() and rotates:
+//     frames pending so far stay bound to the old log, later ones go to the
+//     new one (maybeCompactLocked). No I/O happens here.
+//  3. The maintenance goroutine completes the old log (written, fsynced,
+//     closed), writes snapshot.<gen+1>.tmp, fsyncs, renames, fsyncs the
+//     directory, then deletes the snapshot and logs it replaces
+//     (writeSnapshot).
+//
+// A crash at any point leaves a directory recovery reads correctly: before
+// the rename, the previous snapshot plus the old and the new log; after it,
+// the new snapshot plus the new log (older files are ignored and removed).
+
+// maybeCompactLocked starts a compaction when it is due. Called by Append
+// with s.mu held and the engine mutex held by the caller.
+func (s *Store) maybeCompactLocked() {
+	if s.compacting || s.eng == nil || s.closed || s.err != nil || s.opts.CompactMinBytes < 0 {
+		return
+	}
+	limit := max(s.opts.CompactMinBytes, s.snapBytes)
+	if s.next == nil {
+		// Have the next log ready by the time it is needed.
+		if s.logBytes > limit/2 {
+			s.signalLocked()
+		}
+		return
+	}
+	if s.logBytes <= limit {
+		return
+	}
+	s.rotateLocked(s.eng.Snapshot())
+}
+
+// rotateLocked switches appends to the pre-created next log and hands state
+// (the engine at this point of the record stream) to the maintenance
+// goroutine. Called with s.mu held; does no I/O.
+func (s *Store) rotateLocked(state *engine.State) {
+	s.old, s.oldPending = s.file, s.pending
+	s.pending = nil
+	s.file, s.next = s.next, nil
+	s.gen++
+	s.logBytes = logHeaderSize
+	s.snapState = state
+	s.compacting = true
+	s.signalLocked()
+}
+
+// Compact forces a compaction now, as if the log had outgrown the snapshot,
+// and waits until the snapshot is durable. The caller must hold the engine
+// mutex for the call to lock (lock is called with a function to run under
+// it). Meant for tests and tools; the daemon compacts on its own.
+func (s *Store) Compact(lock func(func())) error {
+	if err := s.prepareNextNow(); err != nil {
+		return err
+	}
+	var started bool
+	lock(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.compacting || s.next == nil || s.eng == nil || s.err != nil {
+			return
+		}
+		s.rotateLocked(s.eng.Snapshot())
+		started = true
+	})
+	if !started {
+		return fmt.Errorf("klock: compaction could not start (one already running, or the store failed)")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.compacting && s.err == nil {
+		s.cond.Wait()
+	}
+	return s.err
+}
+
+// prepareNext pre-creates the next log if none is ready, at most once a
+// second after a failure. Runs on the maintenance goroutine.
+func (s *Store) prepareNext() {
+	s.mu.Lock()
+	skip := s.next != nil || s.closed || s.err != nil || s.opts.CompactMinBytes < 0 || time.Since(s.nextFailed) < time.Second
+	s.mu.Unlock()
+	if skip {
+		return
+	}
+	if err := s.prepareNextNow(); err != nil {
+		s.log.Warn("klock: cannot prepare the next log; compaction postponed", "dir", s.dir, "err", err)
+		s.mu.Lock()
+		s.nextFailed = time.Now()
+		s.mu.Unlock()
+	}
+}
+
+// prepareNextNow creates, fsyncs and installs log.<gen+1> unless it exists.
+// prepMu keeps two callers from creating (and truncating) the same file;
+// gen may still advance meanwhile, which the install re-checks.
+func (s *Store) prepareNextNow() error {
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	s.mu.Lock()
+	if s.next != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	gen := s.gen + 1
+	s.mu.Unlock()
+	f, err := createLog(s.dir, gen)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.next != nil || s.gen+1 != gen || s.closed {
+		f.Close()
+		return nil
+	}
+	s.next = f
+	return nil
+}
+
+// createLog creates log.<gen> holding only its header, fsynced together with
+// the directory entry, and returns it open for appending.
+func createLog(dir string, gen uint64) (*os.File, error) {
+	path := filepath.Join(dir, logName(gen))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("klock: creating log: %w", err)
+	}
+	if _, err := f.Write(appendLogHeader(nil, gen)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("klock: writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("klock: fsync %s: %w", path, err)
+	}
+	if err := syncDir(dir); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// writeSnapshot writes the snapshot taken by the last rotation, if any.
+// Runs on the maintenance goroutine.
+func (s *Store) writeSnapshot() {
+	s.mu.Lock()
+	state, gen := s.snapState, s.gen
+	s.snapState = nil
+	if state == nil {
+		s.mu.Unlock()
+		return
+	}
+	// The old log must be complete and fsynced before the snapshot that
+	// replaces it exists, and before anything lands in the new log.
+	s.drainOldLocked()
+	s.mu.Unlock()
+
+	start := time.Now()
+	size, err := saveSnapshot(s.dir, gen, state)
+	if err == nil {
+		removeBefore(s.dir, gen, s.log)
+	}
+	s.mu.Lock()
+	s.compacting = false
+	if err == nil {
+		s.snapBytes = size
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("klock: snapshot failed; the log keeps growing until the next attempt", "dir", s.dir, "err", err)
+		return
+	}
+	s.log.Debug("klock: snapshot written", "file", snapshotName(gen), "bytes", size, "leases", len(state.Leases), "took", time.Since(start))
+}
+
+// saveSnapshot writes snapshot.<gen> atomically: temp file, fsync, rename,
+// fsync of the directory. It returns the file's size.
+func saveSnapshot(dir string, gen uint64, state *engine.State) (int64, error) {
+	body, err := msgpack.Marshal(state)
+	if err != nil {
+		return 0, fmt.Errorf("klock: encoding snapshot: %w", err)
+	}
+	buf := appendSnapshotHeader(make([]byte, 0, snapshotHeaderSize+len(body)), gen, body)
+	buf = append(buf, body...)
+	final := filepath.Join(dir, snapshotName(gen))
+	tmp := final + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("klock: creating snapshot: %w", err)
+	}
+	_, werr := f.Write(buf)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return 0, fmt.Errorf("klock: writing snapshot %s: %w", tmp, werr)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return 0, fmt.Errorf("klock: installing snapshot: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return 0, err
+	}
+	return int64(len(buf)), nil
+}
+
+// removeBefore deletes snapshots and logs older than gen, which the
+// snapshot of gen has replaced. Failures only cost disk space.
+func removeBefore(dir string, gen uint64, log interface {
+	Warn(string, ...any)
+}) {
+	files, err := listState(dir)
+	if err != nil {
+		log.Warn("klock: cannot list state directory to remove old files", "dir", dir, "err", err)
+		return
+	}
+	for _, f := range files {
+		if f.gen < gen && (f.kind == kindLog || f.kind == kindSnapshot) {
+			if err := os.Remove(filepath.Join(dir, f.name)); err != nil {
+				log.Warn("klock: cannot remove replaced file", "file", f.name, "err", err)
+			}
+		}
+	}
+}

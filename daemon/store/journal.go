@@ -1,0 +1,192 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/klockd/klock/daemon/engine"
+)
+
+// ErrClosed is returned by Wait after Close.
+var ErrClosed = errors.New("klock: store closed")
+
+// Append encodes recs (the records of one operation, in engine order) into
+// the pending buffer and returns the sequence number to pass to Wait. It
+// does no I/O. With no records it returns the sequence of the last append,
+// so a reply that merely observed other operations' effects still waits
+// until they are written.
+//
+// Append must be called while holding the engine's mutex, after every
+// mutating call: it may take a snapshot of the engine there when the log has
+// outgrown the last snapshot (see compact.go).
+func (s *Store) Append(recs []engine.Record) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(recs) == 0 {
+		return s.appended
+	}
+	before := len(s.pending)
+	for i := range recs {
+		s.encBuf.Reset()
+		if err := s.enc.Encode(&recs[i]); err != nil {
+			s.failLocked(fmt.Errorf("klock: encoding a %v record: %w", recs[i].Kind, err))
+			break
+		}
+		if s.encBuf.Len() > MaxRecordSize {
+			s.failLocked(fmt.Errorf("klock: a %v record of %d bytes exceeds the %d-byte limit", recs[i].Kind, s.encBuf.Len(), MaxRecordSize))
+			break
+		}
+		s.pending = appendFrame(s.pending, s.encBuf.Bytes())
+	}
+	s.logBytes += int64(len(s.pending) - before)
+	s.appended++
+	s.maybeCompactLocked()
+	return s.appended
+}
+
+// Wait returns once every record up to seq has been written with write(2),
+// and fsynced when the mode is FsyncAlways. It returns the store's error if
+// a write or fsync failed (the store then refuses all later work: what is on
+// disk may no longer match the engine), or ErrClosed after Close.
+//
+// Group commit: the first waiter to find nobody writing becomes the writer
+// for everything pending, in one write(2); the others wait for it and find
+// their records written when it finishes. No goroutine hand-off happens for a
+// lone client.
+func (s *Store) Wait(seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.written >= seq {
+			return nil
+		}
+		if s.err != nil {
+			return s.err
+		}
+		if s.writing {
+			s.cond.Wait()
+			continue
+		}
+		s.leadLocked()
+	}
+}
+
+// drainOldLocked finishes a log rotation: it writes what was pending for the
+// old log, fsyncs and closes it, even if no waiter asked for it.
+func (s *Store) drainOldLocked() {
+	for s.old != nil && s.err == nil {
+		if s.writing {
+			s.cond.Wait()
+			continue
+		}
+		s.leadLocked()
+	}
+}
+
+// leadLocked makes the caller the writer for one round: it takes everything
+// pending, writes it outside the lock, then publishes the new written mark.
+// Called with s.mu held and s.writing false; returns with s.mu held.
+func (s *Store) leadLocked() {
+	s.writing = true
+	upto := s.appended
+	buf := s.pending
+	s.pending = s.spare[:0]
+	old, oldBuf := s.old, s.oldPending
+	s.old, s.oldPending = nil, nil
+	file := s.file
+	s.mu.Unlock()
+
+	err := s.writeRound(old, oldBuf, file, buf)
+
+	s.mu.Lock()
+	s.spare = buf[:0]
+	s.writing = false
+	if err != nil {
+		s.failLocked(err)
+	} else {
+		s.written = upto
+		if len(buf) > 0 {
+			s.dirty = true
+		}
+	}
+	s.cond.Broadcast()
+}
+
+// writeRound does the I/O of one writer round. A rotation's old log is
+// completed and fsynced before anything reaches the new one, so the logs
+// on disk never have a gap, whatever the fsync mode.
+func (s *Store) writeRound(old *os.File, oldBuf []byte, file *os.File, buf []byte) error {
+	if old != nil {
+		if err := writeAll(old, oldBuf); err != nil {
+			return err
+		}
+		if err := old.Sync(); err != nil {
+			return fmt.Errorf("klock: fsync %s: %w", old.Name(), err)
+		}
+		if err := old.Close(); err != nil {
+			return fmt.Errorf("klock: closing %s: %w", old.Name(), err)
+		}
+	}
+	if len(buf) == 0 {
+		return nil
+	}
+	if file == nil {
+		return errors.New("klock: store used before Recover opened its log")
+	}
+	if err := writeAll(file, buf); err != nil {
+		return err
+	}
+	if s.opts.Fsync == FsyncAlways {
+		if err := unix.Fdatasync(int(file.Fd())); err != nil {
+			return fmt.Errorf("klock: fdatasync %s: %w", file.Name(), err)
+		}
+	}
+	return nil
+}
+
+// writeAll writes b with as few write(2) calls as the kernel allows (one,
+// for a regular file, unless the disk is full).
+func writeAll(f *os.File, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := f.Write(b); err != nil {
+		return fmt.Errorf("klock: writing %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// failLocked makes err the store's sticky error and wakes every waiter.
+func (s *Store) failLocked(err error) {
+	if s.err == nil {
+		s.err = err
+		s.log.Error("klock: the state log can no longer be written; mutations are refused", "dir", s.dir, "err", err)
+	}
+	s.cond.Broadcast()
+}
+
+// syncLog fsyncs the current log if anything was written since the last
+// fsync (FsyncEverySec, once a second, from the maintenance goroutine).
+func (s *Store) syncLog() {
+	s.mu.Lock()
+	if !s.dirty || s.err != nil || s.file == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.dirty = false
+	f := s.file
+	s.mu.Unlock()
+	// fsync runs beside writers, as in Redis: write(2) and fsync(2) on one
+	// file may overlap. A rotation may close f meanwhile; the old log was
+	// fsynced by the rotation itself, so ErrClosed is harmless.
+	// (*os.File).Sync is used rather than fdatasync on the raw descriptor
+	// because it is safe against that concurrent Close.
+	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+		s.mu.Lock()
+		s.failLocked(fmt.Errorf("klock: fsync %s: %w", f.Name(), err))
+		s.mu.Unlock()
+	}
+}

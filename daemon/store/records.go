@@ -1,0 +1,172 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/klockd/klock/daemon/engine"
+)
+
+// RecordDecoder decodes log record bodies into engine records, reusing its
+// buffers between calls.
+type RecordDecoder struct {
+	r   bytes.Reader
+	dec *msgpack.Decoder
+}
+
+// NewRecordDecoder returns a RecordDecoder.
+func NewRecordDecoder() *RecordDecoder {
+	d := &RecordDecoder{}
+	d.dec = msgpack.NewDecoder(&d.r)
+	return d
+}
+
+// Decode decodes one record body. It fails on anything but exactly one
+// msgpack value that decodes as an engine.Record.
+func (d *RecordDecoder) Decode(body []byte) (engine.Record, error) {
+	var rec engine.Record
+	d.r.Reset(body)
+	d.dec.Reset(&d.r)
+	if err := d.dec.Decode(&rec); err != nil {
+		return engine.Record{}, fmt.Errorf("klock: undecodable record: %w", err)
+	}
+	if d.r.Len() != 0 {
+		return engine.Record{}, fmt.Errorf("klock: record has %d trailing bytes", d.r.Len())
+	}
+	return rec, nil
+}
+
+// DecodeRecord decodes one record body (see RecordDecoder).
+func DecodeRecord(body []byte) (engine.Record, error) {
+	return NewRecordDecoder().Decode(body)
+}
+
+// ReadLog reads a whole log from r, calling fn with each record in order. It
+// returns the log's generation and the offset just past the last intact
+// record. The error is nil at a clean end, a *DamageError for a bad record
+// (torn or not; a record that passes its checksum but does not decode is
+// damage too), fn's error, or r's.
+func ReadLog(r io.Reader, fn func(engine.Record) error) (gen uint64, end int64, err error) {
+	lr, err := NewLogReader(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	dec := NewRecordDecoder()
+	for {
+		off := lr.Offset()
+		body, err := lr.Next()
+		if err == io.EOF {
+			return lr.Generation(), lr.Offset(), nil
+		}
+		if err != nil {
+			return lr.Generation(), off, err
+		}
+		rec, err := dec.Decode(body)
+		if err != nil {
+			return lr.Generation(), off, &DamageError{Offset: off, Reason: err.Error()}
+		}
+		if err := fn(rec); err != nil {
+			return lr.Generation(), off, err
+		}
+	}
+}
+
+// fileKind classifies a file in the state directory.
+type fileKind uint8
+
+const (
+	kindOther fileKind = iota
+	kindLog
+	kindSnapshot
+	kindTemp
+)
+
+// stateFile is one file of the state directory.
+type stateFile struct {
+	name string
+	kind fileKind
+	gen  uint64
+}
+
+// listState lists the state directory's logs, snapshots and leftover
+// temporary files, sorted by generation.
+func listState(dir string) ([]stateFile, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("klock: reading state directory: %w", err)
+	}
+	var out []stateFile
+	for _, e := range ents {
+		name := e.Name()
+		f := stateFile{name: name}
+		switch {
+		case strings.HasSuffix(name, ".tmp"):
+			f.kind = kindTemp
+		case strings.HasPrefix(name, "log."):
+			f.kind = kindLog
+		case strings.HasPrefix(name, "snapshot."):
+			f.kind = kindSnapshot
+		default:
+			continue
+		}
+		if f.kind != kindTemp {
+			hex := name[strings.IndexByte(name, '.')+1:]
+			g, err := strconv.ParseUint(hex, 16, 64)
+			if err != nil || len(hex) != 16 {
+				continue // *.damaged-* and other names are not ours to read
+			}
+			f.gen = g
+		}
+		out = append(out, f)
+	}
+	slices.SortFunc(out, func(a, b stateFile) int {
+		if a.gen != b.gen {
+			if a.gen < b.gen {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return out, nil
+}
+
+// loadSnapshot reads and checks a snapshot file and decodes its state.
+// Damage (size, magic, checksum) is returned as a *DamageError so that
+// --recover=truncate can move it aside; an unsupported version or a state
+// that does not decode is returned as a plain error and always stops.
+func loadSnapshot(path string, wantGen uint64) (*engine.State, int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("klock: reading snapshot: %w", err)
+	}
+	gen, body, err := parseSnapshot(b)
+	if err != nil {
+		if errors.Is(err, ErrUnsupportedVersion) {
+			return nil, 0, fmt.Errorf("klock: %s: %w", path, err)
+		}
+		return nil, 0, &DamageError{Reason: err.Error()}
+	}
+	if gen != wantGen {
+		return nil, 0, &DamageError{Reason: fmt.Sprintf("header says generation %d, file name says %d", gen, wantGen)}
+	}
+	var st engine.State
+	if err := msgpack.Unmarshal(body, &st); err != nil {
+		return nil, 0, fmt.Errorf("klock: %s passes its checksum but does not decode (written by another version?): %w", path, err)
+	}
+	return &st, int64(len(b)), nil
+}
+
+// asideName is where damaged files are moved under --recover=truncate.
+func asideName(dir, name, stamp string) string {
+	return filepath.Join(dir, name+".damaged-"+stamp)
+}
