@@ -445,7 +445,7 @@ class KlockClient:
             if left is not None and left <= 0:
                 raise AcquireTimeoutError(
                     "klock: %s still denied (%s, held by %s) after %.3gs"
-                    % (what, reason, result.get("held_by", "?"), timeout), result)
+                    % (what, reason, result.get("held_by", "?"), timeout or 0.0), result)
             if reason == "WAIT" and time.monotonic() - started >= 0.9 * wait_ms / 1000.0:
                 continue  # the daemon's wait ran out without a decision; wait again
             delay = max(int(result.get("wait_time", 1) or 1), 1) / 1000.0

@@ -314,3 +314,7 @@ class LimitsTest(KlockdTestCase):
         with self.assertRaises(klock.ResourceExhaustedError) as cm:
             k.acquire_lease("a", "s", "FILE", "/y", "MUTATES", 1000)
         self.assertEqual(cm.exception.code, "RESOURCE_EXHAUSTED")
+
+
+if __name__ == "__main__":
+    unittest.main()

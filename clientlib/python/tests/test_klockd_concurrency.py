@@ -4,7 +4,7 @@ and reconnecting across a daemon restart (env KLOCKD_BIN)."""
 from __future__ import annotations
 
 import threading
-import time
+import unittest
 from typing import Any, Dict, List
 
 from support import KlockdTestCase, now_ms, wait_until
@@ -211,3 +211,7 @@ class ReconnectTest(KlockdTestCase):
         t.join(60)
         self.assertTrue(got.get("success"), got)
         self.assertEqual(len(k.list_leases(agent_id="senior")["leases"]), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
