@@ -1,0 +1,155 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klockd/klock/tests/harness"
+)
+
+// benchCell is the part of klock-bench's JSON cell this test checks.
+type benchCell struct {
+	Backend     string  `json:"backend"`
+	Workload    string  `json:"workload"`
+	Workers     int     `json:"workers"`
+	Pairs       int64   `json:"pairs"`
+	PairsPerSec float64 `json:"pairs_per_sec"`
+	P50us       float64 `json:"p50_us"`
+	P99us       float64 `json:"p99_us"`
+	RSSBytes    int64   `json:"rss_bytes"`
+}
+
+type benchResults struct {
+	Machine struct {
+		CPUs int `json:"cpus"`
+	} `json:"machine"`
+	Settings map[string]string `json:"settings"`
+	Cells    []benchCell       `json:"cells"`
+	Summary  []benchCell       `json:"summary"`
+	Targets  []struct {
+		Subject string `json:"subject"`
+		Goal    string `json:"goal"`
+	} `json:"targets"`
+}
+
+// TestBenchShort runs klock-bench in its CI mode against every back end this
+// machine has, so the tool cannot rot. It checks that the run completes and
+// that the table, JSON and plot are well formed; it never asserts a timing.
+func TestBenchShort(t *testing.T) {
+	klockd := harness.Klockd(t)
+	dir := t.TempDir()
+	bench := buildBench(t, dir)
+
+	backends := []string{"echo", "flock", "klock", "klock-everysec"}
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		backends = append(backends, "redis")
+	} else if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
+		backends = append(backends, "redis")
+	} else {
+		t.Log("redis-server not installed; benchmarking without redis (apt-get install -y redis-server)")
+	}
+	args := []string{"-short", "-klockd", klockd, "-backends", strings.Join(backends, ","),
+		"-json", filepath.Join(dir, "out.json"), "-plot", filepath.Join(dir, "out.png")}
+	if testing.Short() {
+		args = append(args, "-d", "200ms", "-leases", "500")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bench, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("klock-bench %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	t.Logf("klock-bench output:\n%s", stdout.String())
+
+	workloads := []string{"uncontended", "contended", "many-leases"}
+	workers := []int{1, 8}
+	table := stdout.String()
+	if !strings.Contains(table, "pairs/s") || !strings.Contains(table, "p99 µs") || !strings.Contains(table, "targets") {
+		t.Errorf("table lacks its header or targets section:\n%s", table)
+	}
+
+	raw, err := os.ReadFile(filepath.Join(dir, "out.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res benchResults
+	if err := json.Unmarshal(raw, &res); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, raw)
+	}
+	if res.Machine.CPUs < 1 {
+		t.Errorf("machine.cpus = %d; want >= 1", res.Machine.CPUs)
+	}
+	seen := map[string]benchCell{}
+	for _, c := range res.Summary {
+		seen[fmt.Sprintf("%s/%s/%d", c.Backend, c.Workload, c.Workers)] = c
+	}
+	for _, b := range backends {
+		if res.Settings[b] == "" {
+			t.Errorf("settings[%q] is empty; BENCHMARKS.md needs every peer's settings", b)
+		}
+		for _, wl := range workloads {
+			for _, w := range workers {
+				key := fmt.Sprintf("%s/%s/%d", b, wl, w)
+				c, ok := seen[key]
+				switch {
+				case !ok:
+					t.Errorf("summary has no row %s", key)
+				case c.Pairs < 0 || c.PairsPerSec <= 0 || c.P50us <= 0 || c.P99us < c.P50us:
+					t.Errorf("row %s = %+v; want pairs/s > 0 and 0 < p50 <= p99", key, c)
+				case b != "flock" && c.RSSBytes <= 0:
+					t.Errorf("row %s has no daemon RSS", key)
+				}
+				if !strings.Contains(table, b) {
+					t.Errorf("table has no %s rows", b)
+				}
+			}
+		}
+	}
+	if len(res.Cells) != len(backends)*len(workloads)*len(workers) {
+		t.Errorf("JSON has %d cells; want %d", len(res.Cells), len(backends)*len(workloads)*len(workers))
+	}
+	if len(res.Targets) == 0 {
+		t.Error("JSON has no targets")
+	}
+
+	png, err := os.ReadFile(filepath.Join(dir, "out.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) {
+		t.Errorf("plot is not a PNG (first bytes %q)", png[:min(8, len(png))])
+	}
+}
+
+// TestBenchRejectsUnknownBackend checks the usage error path: exit status 2
+// and a message naming the bad back end.
+func TestBenchRejectsUnknownBackend(t *testing.T) {
+	bench := buildBench(t, t.TempDir())
+	out, err := exec.Command(bench, "-backends", "nope").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), `unknown back end "nope"`) {
+		t.Fatalf("klock-bench -backends nope = %v, %q; want exit status 2 and an unknown back end message", err, out)
+	}
+}
+
+// buildBench builds ./cmd/klock-bench into dir and returns its path.
+func buildBench(t *testing.T, dir string) string {
+	t.Helper()
+	bench := filepath.Join(dir, "klock-bench")
+	build := exec.Command("go", "build", "-o", bench, "github.com/klockd/klock/cmd/klock-bench")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/klock-bench: %v\n%s", err, out)
+	}
+	return bench
+}
