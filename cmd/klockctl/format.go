@@ -230,7 +230,7 @@ func denialText(d denialJSON) string {
 	if d.Message != "" {
 		fmt.Fprintf(&b, ": %s", oneLine(d.Message))
 	}
-	if d.Reason == string(protocol.ReasonDie) || d.Reason == string(protocol.ReasonWait) {
+	if d.WaitTime > 0 && (d.Reason == string(protocol.ReasonDie) || d.Reason == string(protocol.ReasonWait)) {
 		fmt.Fprintf(&b, "; retry in %s or use --wait", roundDuration(time.Duration(d.WaitTime)*time.Millisecond))
 	}
 	return b.String()

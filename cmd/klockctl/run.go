@@ -141,7 +141,7 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 		}
 	}()
 
-	c, lease, err := a.acquireForRun(waitCtx, agent, session, ownAgent, intents, *h.ttl)
+	c, lease, err := a.acquireForRun(waitCtx, agent, session, intents, *h.ttl)
 	close(stopWatch)
 	<-watchDone
 	if interrupted != nil {
@@ -151,6 +151,9 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 		return &exitStatus{code: 128 + signalNumber(interrupted), msg: "interrupted while waiting for the leases"}
 	}
 	if err != nil {
+		if c != nil {
+			a.cleanupRun(c, nil, agent, ownAgent)
+		}
 		return err
 	}
 	defer a.cleanupRun(c, lease, agent, ownAgent)
@@ -166,7 +169,7 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 // leases with the blocking, self-renewing Acquire. On error it has closed
 // what it opened, except that the client is returned when only the wait
 // was cut short, for cleanupRun.
-func (a *app) acquireForRun(ctx context.Context, agent, session string, ownAgent bool,
+func (a *app) acquireForRun(ctx context.Context, agent, session string,
 	intents []clientlib.Intent, ttl time.Duration) (*clientlib.Client, *clientlib.Lease, error) {
 	c, err := a.dial(ctx, true)
 	if err != nil {
