@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klockd/klock/tests/harness"
 )
 
 // pythonBin is the interpreter the Python client is tested with: Debian's,
@@ -33,7 +35,7 @@ func TestPythonClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	klockd := buildKlockd(t, root)
+	klockd := harness.Klockd(t)
 
 	deadline := time.Now().Add(10 * time.Minute)
 	if d, ok := t.Deadline(); ok && d.Add(-10*time.Second).Before(deadline) {
@@ -68,16 +70,4 @@ func TestPythonClient(t *testing.T) {
 	if testing.Verbose() {
 		t.Log(out.String())
 	}
-}
-
-// buildKlockd builds ./cmd/klockd into a temp dir and returns its path.
-func buildKlockd(t *testing.T, root string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "klockd")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/klockd")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/klockd: %v\n%s", err, out)
-	}
-	return bin
 }

@@ -147,6 +147,51 @@ class ThreadsTest(KlockdTestCase):
         wait_until(lambda: k.stats()["connections"] == 1, what="one socket shared by all threads")
 
 
+class ReconnectInMemoryTest(KlockdTestCase):
+    def test_threads_keep_calling_through_restarts(self) -> None:
+        """Calls in flight while the daemon dies are resent to its successor:
+        no thread sees an error."""
+        k = self.klock
+        stop = threading.Event()
+        errors: List[BaseException] = []
+        calls = [0]
+        mu = threading.Lock()
+
+        def caller() -> None:
+            try:
+                while not stop.is_set():
+                    k.stats()
+                    with mu:
+                        calls[0] += 1
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for restart in range(3):
+                with mu:
+                    target = calls[0] + 20
+                wait_until(lambda: calls[0] >= target or errors, what="calls to flow")
+                if restart % 2:
+                    self.daemon.kill()
+                    self.daemon.start()
+                else:
+                    self.daemon.restart()
+            with mu:
+                target = calls[0] + 20
+            wait_until(lambda: calls[0] >= target or errors, what="calls after the last restart")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        self.assertEqual(errors, [])
+        self.assertGreaterEqual(k.reconnects, 3)
+        k.register_agent("after", 1)  # the fresh daemon serves this client
+        self.assertEqual(k.list_agents()["agents"][0]["agent_id"], "after")
+
+
 class ReconnectTest(KlockdTestCase):
     persistent = True
 
