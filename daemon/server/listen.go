@@ -28,7 +28,7 @@ func DefaultSocket() string {
 	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
 		return filepath.Join(dir, "klock", "klockd.sock")
 	}
-	return filepath.Join(os.TempDir(), "klock-"+strconv.Itoa(os.Getuid()), "klockd.sock")
+	return filepath.Join("/tmp", "klock-"+strconv.Itoa(os.Getuid()), "klockd.sock")
 }
 
 // ListenConfig says where and how to create the daemon's socket.
