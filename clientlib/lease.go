@@ -70,7 +70,9 @@ func (l *Lease) Err() error {
 }
 
 // Release stops the keep-alive and releases every lease of the set.
-// Releasing twice, or a lost lease, is harmless.
+// Releasing twice is harmless. Releasing a lost lease returns nil without
+// asking the daemon: it has ended already (expired or revoked), or the
+// Client is closed.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
 	if l.released {
@@ -78,9 +80,13 @@ func (l *Lease) Release(ctx context.Context) error {
 		return nil
 	}
 	l.released = true
+	lost := l.err != nil
 	l.mu.Unlock()
 	l.stop()
 	<-l.exited
+	if lost {
+		return nil
+	}
 	var first error
 	for _, g := range l.grants {
 		if _, err := l.c.ReleaseLease(ctx, g.LeaseID); err != nil && first == nil {
