@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 import weakref
@@ -69,10 +70,16 @@ class KlockClient:
     def __init__(self, socket_path: Optional[str] = None, timeout: float = 30.0) -> None:
         self.socket_path: str = socket_path or default_socket_path()
         self.timeout: float = float(timeout)
-        self._conn = Connection(self.socket_path)
-        self._conn.open()
+        self._closed = False
+        self._reopen_lock = threading.Lock()
+        self._conn = self._open()
+
+    def _open(self) -> Connection:
+        conn = Connection(self.socket_path)
+        conn.open()
         # Close the socket and stop the reader when the client is collected.
-        self._finalizer = weakref.finalize(self, self._conn.close)
+        self._finalizer = weakref.finalize(self, conn.close)
+        return conn
 
     # ----- lifecycle -------------------------------------------------------
 
@@ -82,6 +89,7 @@ class KlockClient:
         Leases are not released: they expire after their ttl (use
         :meth:`end_session` or the :meth:`lease` context manager for that).
         """
+        self._closed = True
         self._finalizer()
 
     def __enter__(self) -> "KlockClient":
@@ -100,7 +108,20 @@ class KlockClient:
 
     def _call(self, op: str, args: Optional[Dict[str, Any]] = None,
               timeout: Optional[float] = None) -> Dict[str, Any]:
-        return self._conn.call(op, args, self.timeout if timeout is None else timeout)
+        conn = self._conn
+        if conn.forked and not self._closed:
+            conn = self._after_fork()
+        return conn.call(op, args, self.timeout if timeout is None else timeout)
+
+    def _after_fork(self) -> Connection:
+        """Gives a forked child its own connection; the parent's is left alone."""
+        with self._reopen_lock:
+            if self._conn.forked:
+                old = self._conn
+                self._finalizer.detach()
+                old.close()  # closes only the child's copy of the socket
+                self._conn = self._open()
+            return self._conn
 
     # ----- the seed's API --------------------------------------------------
 

@@ -13,6 +13,7 @@ so by the caller (acquire carries an ``idem`` key).
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -92,6 +93,7 @@ class Connection:
 
         self._closing = threading.Event()  # set by close(); wakes backoff sleeps
         self._reader: Optional[threading.Thread] = None
+        self._pid = os.getpid()
 
     # ----- lifecycle -------------------------------------------------------
 
@@ -123,11 +125,30 @@ class Connection:
         )
         self._reader.start()
 
+    @property
+    def forked(self) -> bool:
+        """Reports whether this process is a fork of the one that opened the connection.
+
+        A forked child shares the socket with its parent but has no reader
+        thread: it must open its own connection.
+        """
+        return os.getpid() != self._pid
+
     def close(self) -> None:
         """Closes the connection; calls still waiting fail with KlockConnectionError.
 
-        Safe to call more than once and from any thread.
+        Safe to call more than once and from any thread. In a forked child it
+        only closes the child's copy of the socket, leaving the parent's
+        connection alone.
         """
+        if self.forked:
+            # No lock: a thread of the parent may have held it at fork time,
+            # and this child has no other thread that could race with us.
+            self._closed = True
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+            return
         with self._lock:
             if self._closed:
                 return

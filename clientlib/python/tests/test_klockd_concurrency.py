@@ -239,7 +239,15 @@ class ReconnectTest(KlockdTestCase):
             self.assertEqual(other.list_leases()["leases"][0]["lease_id"], lease.lease_id)
         self.assertEqual(k.active_lease_count(), 0)
 
-    def test_waiting_acquire_resent_after_restart(self) -> None:
+    def test_waiting_acquire_resent_after_kill(self) -> None:
+        self.check_waiting_acquire_resent(graceful=False)
+
+    def test_waiting_acquire_resent_after_graceful_restart(self) -> None:
+        # klockd answers parked acquires SHUTTING_DOWN on SIGTERM; the client
+        # resends them to the restarted daemon instead of failing.
+        self.check_waiting_acquire_resent(graceful=True)
+
+    def check_waiting_acquire_resent(self, graceful: bool) -> None:
         k = self.klock
         k.register_agent("senior", 1)
         k.register_agent("junior", 2)
@@ -249,8 +257,11 @@ class ReconnectTest(KlockdTestCase):
             k.acquire("senior", "s", "FILE", "/x", "MUTATES", 60000, timeout=60)))
         t.start()
         wait_until(lambda: k.stats()["waiters"] == 1, what="the senior to wait")
-        self.daemon.kill()
-        self.daemon.start()
+        if graceful:
+            self.daemon.restart()
+        else:
+            self.daemon.kill()
+            self.daemon.start()
         wait_until(lambda: k.stats()["waiters"] == 1, what="the wait to be resent")
         self.assertTrue(k.release_lease(held["lease_id"]))
         t.join(60)

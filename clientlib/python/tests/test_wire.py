@@ -307,6 +307,30 @@ class WireTest(unittest.TestCase):
         with self.assertRaises(klock.KlockConnectionError):
             c.stats()
 
+    def test_forked_child_gets_its_own_connection(self) -> None:
+        d = self.serve(echo)
+        c = self.client()
+        self.assertEqual(c.stats()["op"], "stats")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: use the inherited client, report, and leave at once
+            code = 1
+            try:
+                os.close(r)
+                code = 0 if c.active_lease_count() == 0 else 2
+                c.close()
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            status = f.read(1)
+        os.waitpid(pid, 0)
+        self.assertEqual(status, b"\x00", "the child could call the daemon")
+        self.assertEqual(d.connections, 2, "the child dialled its own connection")
+        self.assertEqual(c.stats()["op"], "stats", "the parent's connection is untouched")
+        self.assertEqual(c.reconnects, 0)
+
     def test_stray_frames_are_ignored(self) -> None:
         def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
             conn.send({"id": 0, "ok": False, "error": {"code": "BAD_REQUEST", "message": "x"}})
