@@ -1,0 +1,159 @@
+package tests
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/klockd/klock/protocol"
+	"github.com/klockd/klock/tests/harness"
+)
+
+// Each configured limit is reached, answered with its documented error,
+// and recovers when the load goes away.
+
+// expectCode fails unless resp is an error with code.
+func expectCode(t *testing.T, what string, resp *protocol.Response, code protocol.Code) {
+	t.Helper()
+	require.False(t, resp.OK, "%s: want %s, got success", what, code)
+	assert.Equal(t, code, resp.Error.Code, "%s: %s", what, resp.Error.Message)
+	assert.True(t, strings.HasPrefix(resp.Error.Message, "klock: "), "%s: message %q", what, resp.Error.Message)
+}
+
+// rssKB reads a process's resident set size from /proc, in KiB.
+func rssKB(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, err := strconv.Atoi(f[1])
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
+}
+
+func TestMaxInflightPerConnection(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none", Args: []string{"--max-inflight", "4"}})
+	holder := d.Raw(t)
+	mustOK(t, "register junior", holder.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "junior", protocol.ArgPriority, 200)), nil)
+	var leases []string
+	for i := 0; i < 4; i++ {
+		var g protocol.Grant
+		mustOK(t, "junior acquire", holder.Call(uint64(10+i), protocol.OpAcquire, acquireArgs("junior", "s", fmt.Sprintf("/f%d", i), "MUTATES", 60000)), &g)
+		require.True(t, g.Success)
+		leases = append(leases, g.LeaseID)
+	}
+
+	// Four parked acquires fill the senior's connection...
+	senior := d.Raw(t)
+	mustOK(t, "register senior", senior.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "senior", protocol.ArgPriority, 100)), nil)
+	for i := 0; i < 4; i++ {
+		a := acquireArgs("senior", "s", fmt.Sprintf("/f%d", i), "MUTATES", 60000)
+		a.WaitTimeout = 60000
+		a.Set(protocol.ArgWaitTimeout)
+		senior.Send(uint64(100+i), protocol.OpAcquire, a)
+	}
+	waitFor(t, "four parked acquires", func() bool { return waiters(t, holder, 50) == 4 })
+	// ...so a fifth acquire that would park on it is refused; requests the
+	// daemon answers at once are still served, there and elsewhere.
+	a := acquireArgs("senior", "s", "/f0", "MUTATES", 60000)
+	a.WaitTimeout = 60000
+	a.Set(protocol.ArgWaitTimeout)
+	expectCode(t, "fifth in-flight request", senior.Call(200, protocol.OpAcquire, a), protocol.CodeResourceExhausted)
+	mustOK(t, "hello on the full connection", senior.Call(201, protocol.OpHello, nil), nil)
+	mustOK(t, "hello elsewhere", holder.Call(51, protocol.OpHello, nil), nil)
+
+	// Releasing grants the parked acquires, and the connection is usable again.
+	for i, id := range leases {
+		mustOK(t, "release", holder.Call(uint64(60+i), protocol.OpRelease, args(protocol.ArgLeaseID, id)), nil)
+	}
+	for i := 0; i < 4; i++ {
+		var g protocol.AcquireResult
+		resp := senior.Recv()
+		mustOK(t, "woken acquire", resp, &g)
+		assert.True(t, g.Success, "parked acquire %d granted", resp.ID)
+	}
+	a.ResourcePath = "/f9"
+	mustOK(t, "acquire after the load", senior.Call(202, protocol.OpAcquire, a), nil)
+}
+
+func TestMaxLeasesAndWaiters(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none", Args: []string{"--max-leases", "10", "--max-waiters", "2"}})
+	r := d.Raw(t)
+	mustOK(t, "register", r.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "a", protocol.ArgPriority, 50)), nil)
+	var ids []string
+	for i := 0; i < 10; i++ {
+		var g protocol.Grant
+		mustOK(t, "acquire", r.Call(uint64(10+i), protocol.OpAcquire, acquireArgs("a", "s", fmt.Sprintf("/l%d", i), "MUTATES", 60000)), &g)
+		ids = append(ids, g.LeaseID)
+	}
+	expectCode(t, "eleventh lease", r.Call(30, protocol.OpAcquire, acquireArgs("a", "s", "/l10", "MUTATES", 60000)), protocol.CodeResourceExhausted)
+	many := args(protocol.ArgAgentID, "a", protocol.ArgSessionID, "s", protocol.ArgTTL, 60000,
+		protocol.ArgIntents, []protocol.Intent{{ResourceType: "FILE", ResourcePath: "/m1", Predicate: "MUTATES"}})
+	expectCode(t, "acquire_many over the limit", r.Call(31, protocol.OpAcquireMany, many), protocol.CodeResourceExhausted)
+	mustOK(t, "release one", r.Call(32, protocol.OpRelease, args(protocol.ArgLeaseID, ids[9])), nil)
+	mustOK(t, "acquire after a release", r.Call(33, protocol.OpAcquire, acquireArgs("a", "s", "/l10", "MUTATES", 60000)), nil)
+
+	// Waiters: a younger agent holds two files, an older one parks on both;
+	// a third parked acquire is refused.
+	mustOK(t, "register young", r.Call(40, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "young", protocol.ArgPriority, 300)), nil)
+	mustOK(t, "register old", r.Call(41, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "old", protocol.ArgPriority, 1)), nil)
+	for i := 0; i < 3; i++ {
+		mustOK(t, "release to make room", r.Call(uint64(42+i), protocol.OpRelease, args(protocol.ArgLeaseID, ids[i])), nil)
+	}
+	for i := 0; i < 3; i++ {
+		mustOK(t, "young acquire", r.Call(uint64(50+i), protocol.OpAcquire, acquireArgs("young", "s", fmt.Sprintf("/w%d", i), "MUTATES", 60000)), nil)
+	}
+	w := d.Raw(t)
+	for i := 0; i < 2; i++ {
+		a := acquireArgs("old", "s", fmt.Sprintf("/w%d", i), "MUTATES", 60000)
+		a.WaitTimeout = 60000
+		a.Set(protocol.ArgWaitTimeout)
+		w.Send(uint64(60+i), protocol.OpAcquire, a)
+	}
+	waitFor(t, "two parked acquires", func() bool { return waiters(t, r, 70) == 2 })
+	a := acquireArgs("old", "s", "/w2", "MUTATES", 60000)
+	a.WaitTimeout = 60000
+	a.Set(protocol.ArgWaitTimeout)
+	expectCode(t, "third parked acquire", w.Call(62, protocol.OpAcquire, a), protocol.CodeResourceExhausted)
+	// Without wait_timeout the same request is just answered WAIT.
+	var den protocol.Denial
+	mustOK(t, "unparked acquire", r.Call(71, protocol.OpAcquire, acquireArgs("old", "s", "/w2", "MUTATES", 60000)), &den)
+	assert.Equal(t, protocol.ReasonWait, den.Reason)
+	t.Logf("klockd RSS with the limits reached: %d KiB", rssKB(t, d.Cmd.Process.Pid))
+}
+
+func TestMaxFrame(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none", Args: []string{"--max-frame", "1024"}})
+	b := startBystander(t, d)
+	r := d.Raw(t)
+	var hello protocol.HelloResult
+	mustOK(t, "hello", r.Call(1, protocol.OpHello, nil), &hello)
+	assert.Equal(t, 1024, hello.MaxFrame, "hello announces max_frame")
+
+	big := args(protocol.ArgAgentID, strings.Repeat("x", 2000))
+	frame, err := protocol.AppendRequest(nil, 2, protocol.OpRegisterAgent, big)
+	require.NoError(t, err)
+	r.Write(frame)
+	resp, err := r.TryRecv()
+	require.NoError(t, err)
+	expectCode(t, "oversize frame", resp, protocol.CodeBadFrame)
+	_, err = r.TryRecv()
+	assert.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "connection closed after BAD_FRAME, got %v", err)
+
+	// A new connection is served; the bystander never noticed.
+	mustOK(t, "hello on a new connection", d.Raw(t).Call(1, protocol.OpHello, nil), nil)
+	b.check(t)
+}
