@@ -59,6 +59,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 				"klock: the lease limit (%d) is reached; release leases or raise --max-leases", e.cfg.MaxLeases)
 		}
 		ls := e.grant(now, c.UID, c.PID, a, req.SessionID, targets, req.TTL, req.Idem)
+		e.requeue(now, targets, nil)
 		return Result{Granted: true, Leases: ls}, nil
 	}
 	d := e.denial(now, a, req.SessionID, &v)
@@ -68,6 +69,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 				"klock: the waiter limit (%d) is reached; retry without wait_timeout or raise --max-waiters", e.cfg.MaxWaiters)
 		}
 		w := e.enqueue(now, c, a, req, targets)
+		e.requeue(now, targets, w)
 		return Result{Denial: d, Queued: true, Waiter: w.id}, nil
 	}
 	e.count(v.reason)

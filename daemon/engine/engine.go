@@ -25,9 +25,10 @@ type Engine struct {
 
 	grants, waits, dies, expirations uint64
 
-	records []Record
-	dirty   []*resource // keys whose queue must be decided again
-	pass    uint64      // settle passes, so a request is decided once per pass
+	records  []Record
+	dirty    []*resource // keys whose queue must be decided again
+	settleAt int64       // when dirty keys became due (NextDeadline)
+	pass     uint64      // settle passes, so a request is decided once per pass
 }
 
 // agent is a registered agent with its indexes.

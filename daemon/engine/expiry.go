@@ -82,9 +82,13 @@ func (h *waiterHeap) Pop() any {
 }
 
 // NextDeadline returns the earliest time at which Expire has work: a lease
-// expiry or a queued request's wait deadline. ok is false when there is
-// none. It may be in the past (Expire is due now).
+// expiry, a queued request's wait deadline, or queued requests to decide
+// again after an acquire changed their resource. ok is false when there is
+// none. It may be in the past: Expire is due now.
 func (e *Engine) NextDeadline() (at int64, ok bool) {
+	if len(e.dirty) > 0 {
+		return e.settleAt, true
+	}
 	if len(e.leaseDeadlines) > 0 {
 		at, ok = e.leaseDeadlines[0].ExpiresAt, true
 	}

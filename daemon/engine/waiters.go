@@ -98,6 +98,31 @@ func (e *Engine) markDirty(r *resource) {
 	}
 }
 
+// requeue marks for deciding again the queues of resources a new request
+// was just granted or queued on: a request queued there may now wait for a
+// senior (it must DIE) or for its own agent (CONFLICT). Acquire cannot
+// return wake-ups, so the work is made due now: NextDeadline reports it and
+// the daemon's timer calls Expire, which answers them.
+func (e *Engine) requeue(now int64, targets []target, self *waiter) {
+	for _, t := range targets {
+		if r := e.resources[t.key]; r != nil && othersQueued(r, self) {
+			if len(e.dirty) == 0 {
+				e.settleAt = now
+			}
+			e.markDirty(r)
+		}
+	}
+}
+
+func othersQueued(r *resource, self *waiter) bool {
+	for _, q := range r.queue {
+		if q.w != self {
+			return true
+		}
+	}
+	return false
+}
+
 // settle decides again, oldest first, the requests queued on every resource
 // marked dirty (a lease on it ended or was granted): grants and DIEs are
 // answered and leave the queue, WAITs stay. A grant of a request spanning

@@ -324,3 +324,28 @@ func TestManyGrantMakesOtherQueuesDecide(t *testing.T) {
 	require.Len(t, wake, 1)
 	require.True(t, wake[0].Result.Granted)
 }
+
+// TestSeniorGrantAnswersQueuedJunior: a senior granted past a queued
+// junior (allowed: seniors may barge) makes the junior's wait point at a
+// senior; the engine makes that due at once and Expire answers DIE.
+func TestSeniorGrantAnswersQueuedJunior(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "senior", 100)
+	mustRegister(t, e, "junior", 200)
+	mustRegister(t, e, "baby", 300)
+	mustGrant(t, e, t0, "baby", "b", "/x", "CONSUMES")
+	w := mustQueue(t, e, t0, waitReq("junior", "j", "/x", "MUTATES", 1000, 5000))
+	at, _ := e.NextDeadline()
+	require.Equal(t, t0+5000, at)
+	mustGrant(t, e, t0+7, "senior", "s", "/x", "CONSUMES")
+	at, ok := e.NextDeadline()
+	require.True(t, ok)
+	require.Equal(t, t0+7, at)
+	_, wake := e.Expire(t0 + 8)
+	require.Len(t, wake, 1)
+	require.Equal(t, w, wake[0].Waiter)
+	require.Equal(t, protocol.ReasonDie, wake[0].Result.Denial.Reason)
+	require.Equal(t, "senior", wake[0].Result.Denial.HeldBy)
+	at, _ = e.NextDeadline()
+	require.Equal(t, t0+60_000, at)
+}

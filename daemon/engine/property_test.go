@@ -1,0 +1,262 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
+)
+
+// model drives an engine with random operations at random times and checks
+// the invariants of issue 2 after each step.
+type model struct {
+	t        *rapid.T
+	e        *Engine
+	now      int64
+	prompt   bool // the daemon's timer fires on time (Expire before each op)
+	agents   []string
+	sessions []string
+	paths    []string
+	leaseIDs []string
+	waiters  []WaiterID
+	recs     []Record
+}
+
+func (m *model) caller() Caller { return Caller{UID: 0} }
+
+func (m *model) agent() string   { return rapid.SampledFrom(m.agents).Draw(m.t, "agent") }
+func (m *model) session() string { return rapid.SampledFrom(m.sessions).Draw(m.t, "session") }
+func (m *model) intent() Intent {
+	return Intent{
+		ResourceType: "FILE",
+		ResourcePath: rapid.SampledFrom(m.paths).Draw(m.t, "path"),
+		Predicate:    Predicate(rapid.IntRange(1, 6).Draw(m.t, "pred")).String(),
+	}
+}
+
+func (m *model) wake(ws []Wakeup) {
+	for _, w := range ws {
+		require.False(m.t, w.Result.Queued)
+		if w.Result.Granted {
+			m.granted(w.Result.Leases)
+		}
+	}
+}
+
+func (m *model) granted(ls []Lease) {
+	for _, l := range ls {
+		if !slices.Contains(m.leaseIDs, l.ID) {
+			m.leaseIDs = append(m.leaseIDs, l.ID)
+		}
+	}
+	m.checkNotOvertaken(ls)
+}
+
+func (m *model) step() {
+	m.now += int64(rapid.IntRange(0, 40).Draw(m.t, "dt"))
+	if at, ok := m.e.NextDeadline(); ok && m.prompt && at <= m.now {
+		_, ws := m.e.Expire(m.now)
+		m.wake(ws)
+		m.check()
+	}
+	switch rapid.IntRange(0, 13).Draw(m.t, "op") {
+	case 0, 1, 2, 3:
+		req := AcquireRequest{AgentID: m.agent(), SessionID: m.session(), TTL: int64(rapid.IntRange(1, 100).Draw(m.t, "ttl")),
+			Intents: []Intent{m.intent()}}
+		if rapid.Bool().Draw(m.t, "wait") {
+			req.WaitTimeout = int64(rapid.IntRange(1, 100).Draw(m.t, "wait_timeout"))
+		}
+		if rapid.IntRange(0, 3).Draw(m.t, "idem?") == 0 {
+			req.Idem = rapid.SampledFrom([]string{"k1", "k2"}).Draw(m.t, "idem")
+		}
+		m.acquire(req, true)
+	case 4:
+		req := AcquireRequest{AgentID: m.agent(), SessionID: m.session(), TTL: int64(rapid.IntRange(1, 100).Draw(m.t, "ttl"))}
+		for n := rapid.IntRange(1, 3).Draw(m.t, "n"); n > 0; n-- {
+			req.Intents = append(req.Intents, m.intent())
+		}
+		if rapid.Bool().Draw(m.t, "wait") {
+			req.WaitTimeout = int64(rapid.IntRange(1, 100).Draw(m.t, "wait_timeout"))
+		}
+		m.acquire(req, false)
+	case 5, 6:
+		if len(m.leaseIDs) > 0 {
+			_, ws, err := m.e.Release(m.now, m.caller(), rapid.SampledFrom(m.leaseIDs).Draw(m.t, "lease"))
+			require.NoError(m.t, err)
+			m.wake(ws)
+		}
+	case 7:
+		if len(m.leaseIDs) > 0 {
+			_, err := m.e.Heartbeat(m.now, m.caller(), rapid.SampledFrom(m.leaseIDs).Draw(m.t, "lease"), int64(rapid.IntRange(0, 100).Draw(m.t, "ttl")))
+			if err != nil {
+				require.Equal(m.t, "NOT_FOUND", string(codeOf(err)))
+			}
+		}
+	case 8:
+		if len(m.leaseIDs) > 0 {
+			_, ws, err := m.e.Revoke(m.now, m.caller(), rapid.SampledFrom(m.leaseIDs).Draw(m.t, "lease"))
+			require.NoError(m.t, err)
+			m.wake(ws)
+		}
+	case 9:
+		if rapid.IntRange(0, 3).Draw(m.t, "end?") == 0 {
+			_, ws, err := m.e.EndSession(m.now, m.caller(), m.agent(), m.session())
+			require.NoError(m.t, err)
+			m.wake(ws)
+		}
+	case 10:
+		path := rapid.SampledFrom(m.paths).Draw(m.t, "path")
+		if rapid.Bool().Draw(m.t, "freeze") {
+			_, ws, err := m.e.Freeze(m.now, m.caller(), "FILE", path)
+			require.NoError(m.t, err)
+			m.wake(ws)
+		} else {
+			_, err := m.e.Thaw(m.now, m.caller(), "FILE", path)
+			require.NoError(m.t, err)
+		}
+	case 11:
+		if len(m.waiters) > 0 {
+			m.wake(m.e.Cancel(m.now, rapid.SampledFrom(m.waiters).Draw(m.t, "waiter")))
+		}
+	case 12:
+		_, ws := m.e.Expire(m.now)
+		m.wake(ws)
+	case 13:
+		_, err := m.e.Register(m.now, m.caller(), m.agent(), int64(rapid.IntRange(1, 5).Draw(m.t, "prio")), true)
+		if err != nil {
+			require.Equal(m.t, "PRIORITY_CONFLICT", string(codeOf(err)))
+		}
+	}
+	m.recs = append(m.recs, m.e.Records()...)
+	m.check()
+}
+
+func (m *model) acquire(req AcquireRequest, single bool) {
+	var r Result
+	var err error
+	if single {
+		r, err = m.e.Acquire(m.now, m.caller(), req)
+	} else {
+		r, err = m.e.AcquireMany(m.now, m.caller(), req)
+	}
+	if err != nil {
+		// Only an idem key reused for a different request is refused.
+		require.Equal(m.t, "INVALID_ARGUMENT", string(codeOf(err)), err.Error())
+		require.NotEmpty(m.t, req.Idem)
+		return
+	}
+	switch {
+	case r.Granted:
+		require.Len(m.t, r.Leases, len(req.Intents))
+		m.granted(r.Leases)
+	case r.Queued:
+		m.waiters = append(m.waiters, r.Waiter)
+	}
+}
+
+// check verifies the invariants that hold after every call.
+func (m *model) check() {
+	e, now := m.e, m.now
+	// (a) safety: no two active conflicting leases on one key from
+	// different (agent, session).
+	for key, r := range e.resources {
+		for i, x := range r.leases {
+			require.Equal(m.t, key, x.Resource)
+			for _, y := range r.leases[i+1:] {
+				if x.ExpiresAt <= now || y.ExpiresAt <= now || !Conflicts(x.Predicate, y.Predicate) {
+					continue
+				}
+				if x.AgentID != y.AgentID || x.SessionID != y.SessionID {
+					m.t.Fatalf("unsafe: %s holds %s (%s/%s) and %s (%s/%s)", key,
+						x.Predicate, x.AgentID, x.SessionID, y.Predicate, y.AgentID, y.SessionID)
+				}
+			}
+		}
+	}
+	// (b) every queued WAIT points from a lower priority value to higher
+	// ones only — when the daemon's timer is prompt (nothing due now).
+	if at, ok := e.NextDeadline(); m.prompt && (!ok || at > now) {
+		for _, w := range e.waiters {
+			for i, t := range w.targets {
+				for _, l := range w.res[i].leases {
+					if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) ||
+						(l.agent == w.agent && l.SessionID == w.session) {
+						continue
+					}
+					if l.agent == w.agent || l.agent.priority <= w.priority {
+						m.t.Fatalf("waiter %s (priority %d) waits for %s (priority %d) on %s",
+							w.agent.id, w.priority, l.AgentID, l.agent.priority, t.key)
+					}
+				}
+			}
+		}
+	}
+	// (c) the count equals the length of the list.
+	ls, trunc, err := e.ListLeases(now, LeaseFilter{Limit: MaxLimit})
+	require.NoError(m.t, err)
+	require.False(m.t, trunc)
+	require.Equal(m.t, len(ls), e.ActiveLeaseCount(now))
+	// Indexes agree.
+	n := 0
+	for _, a := range e.agents {
+		n += len(a.leases)
+	}
+	require.Equal(m.t, len(e.leases), n)
+	require.Equal(m.t, len(e.leases), len(e.leaseDeadlines))
+	require.Equal(m.t, len(e.waiters), len(e.waiterDeadlines))
+}
+
+// checkNotOvertaken is (e): no request still queued on a granted key, of
+// another agent, conflicting and at least as senior as the grantee.
+func (m *model) checkNotOvertaken(ls []Lease) {
+	for _, l := range ls {
+		r := m.e.resources[l.Resource]
+		if r == nil {
+			continue
+		}
+		p := m.e.agents[l.AgentID].priority
+		for _, q := range r.queue {
+			if q.w.agent.id != l.AgentID && Conflicts(q.pred, l.Predicate) && q.w.priority <= p {
+				m.t.Fatalf("%s (priority %d) granted %s on %s past queued %s (priority %d)",
+					l.AgentID, p, l.Predicate, l.Resource, q.w.agent.id, q.w.priority)
+			}
+		}
+	}
+}
+
+func TestProperties(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		m := &model{
+			t:        t,
+			e:        New(Config{Journal: true, MaxTTL: 1000}),
+			now:      t0,
+			prompt:   rapid.Bool().Draw(t, "prompt"),
+			sessions: []string{"s1", "s2"},
+			paths:    []string{"/a", "/b", "/c"},
+		}
+		for i, n := 0, rapid.IntRange(2, 5).Draw(t, "agents"); i < n; i++ {
+			id := fmt.Sprintf("agent%d", i)
+			m.agents = append(m.agents, id)
+			// Small priorities: equal ones happen.
+			_, err := m.e.Register(m.now, m.caller(), id, int64(rapid.IntRange(1, 5).Draw(t, "prio")), true)
+			require.NoError(t, err)
+		}
+		for i, n := 0, rapid.IntRange(1, 150).Draw(t, "steps"); i < n; i++ {
+			m.step()
+		}
+		m.recs = append(m.recs, m.e.Records()...)
+		// (d) replaying the records on a fresh engine gives the same state,
+		// and so does restoring a snapshot.
+		f := New(Config{})
+		for i, r := range m.recs {
+			require.NoErrorf(t, f.Apply(r), "record %d %+v", i, r)
+		}
+		require.Equal(t, m.e.Snapshot(), f.Snapshot())
+		g := New(Config{})
+		require.NoError(t, g.Restore(m.e.Snapshot()))
+		require.Equal(t, m.e.Snapshot(), g.Snapshot())
+		require.Equal(t, m.e.ActiveLeaseCount(m.now), g.ActiveLeaseCount(m.now))
+	})
+}
