@@ -43,6 +43,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -465,7 +466,7 @@ func expandUnitWord(w string) string {
 		case next == c: // %% or $$
 			b.WriteByte(c)
 		case c == '%' && next == 't':
-			b.WriteString(os.Getenv("XDG_RUNTIME_DIR"))
+			b.WriteString(userRuntimeDir())
 		case c == '%' && next == 'h':
 			home, _ := os.UserHomeDir()
 			b.WriteString(home)
@@ -477,6 +478,15 @@ func expandUnitWord(w string) string {
 		}
 	}
 	return b.String()
+}
+
+// userRuntimeDir is what %t means in a user unit: $XDG_RUNTIME_DIR, which
+// a user manager sets to /run/user/$UID.
+func userRuntimeDir() string {
+	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
+		return dir
+	}
+	return "/run/user/" + strconv.Itoa(os.Getuid())
 }
 
 // userStateRoot is what %S means in a user unit: $XDG_STATE_HOME, else

@@ -221,3 +221,75 @@ func TestServiceProgramStartStop(t *testing.T) {
 		t.Errorf("Stop of a never-started program = %v; want nil", err)
 	}
 }
+
+// fakeService stands in for kardianos's systemd service, recording calls.
+type fakeService struct {
+	service.Service
+	calls  []string
+	status service.Status
+	unit   string // written by Install, removed by Uninstall
+	script string
+}
+
+func (f *fakeService) record(c string) error { f.calls = append(f.calls, c); return nil }
+func (f *fakeService) Start() error          { return f.record("start") }
+func (f *fakeService) Stop() error           { return f.record("stop") }
+func (f *fakeService) Restart() error        { return f.record("restart") }
+func (f *fakeService) Install() error {
+	f.record("install")
+	return os.WriteFile(f.unit, []byte(f.script), 0o644)
+}
+func (f *fakeService) Uninstall() error {
+	f.record("uninstall")
+	return os.Remove(f.unit)
+}
+func (f *fakeService) Status() (service.Status, error) { return f.status, nil }
+
+func TestControlServiceLifecycle(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	args, err := serviceArgs([]string{"--socket", "/srv/k lock/k.sock"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := serviceUnit(testExe, args, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup := serviceSetup{user: true, exe: testExe, args: args, unit: unit, unitPath: filepath.Join(t.TempDir(), "klockd.service")}
+	f := &fakeService{unit: setup.unitPath, script: unit, status: service.StatusRunning}
+	run := func(action string) (string, error) {
+		var out bytes.Buffer
+		err := controlService(f, setup, action, &out)
+		return out.String(), err
+	}
+
+	if _, err := run("start"); err == nil || !strings.Contains(err.Error(), "not installed") {
+		t.Fatalf("start before install = %v; want a not-installed error", err)
+	}
+	if out, _ := run("status"); !strings.Contains(out, "not installed") {
+		t.Errorf("status before install printed %q", out)
+	}
+	out, err := run("install")
+	if err != nil || !strings.Contains(out, "installed klockd as a user service") || !strings.Contains(out, "journalctl --user -u klockd") {
+		t.Fatalf("install = %q, %v", out, err)
+	}
+	if _, err := run("install"); err == nil || !strings.Contains(err.Error(), "already installed") {
+		t.Errorf("second install = %v; want already installed", err)
+	}
+	for _, action := range []string{"start", "restart", "stop"} {
+		if _, err := run(action); err != nil {
+			t.Errorf("%s = %v", action, err)
+		}
+	}
+	out, err = run("status")
+	if err != nil || !strings.Contains(out, "installed, running") || !strings.Contains(out, "socket: /srv/k lock/k.sock (not answering)") {
+		t.Errorf("status = %q, %v; want running and the socket from the unit", out, err)
+	}
+	if _, err := run("uninstall"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"install", "start", "restart", "stop", "stop", "uninstall"}
+	if !reflect.DeepEqual(f.calls, want) {
+		t.Errorf("calls = %q; want %q", f.calls, want)
+	}
+}
