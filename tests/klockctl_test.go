@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -600,4 +601,102 @@ func TestKlockctlRunWaitsForHolder(t *testing.T) {
 		t.Errorf("agents after run --agent old = %+v; want old kept (named agents stay registered)", as.Agents)
 	}
 
+}
+
+// TestKlockctlAcquireWaitRetriesDie checks that a junior's acquire --wait
+// keeps retrying DIE until the senior releases.
+func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	kcOK(t, d, nil, "agents", "register", "senior", "--priority", "1")
+	kcOK(t, d, nil, "agents", "register", "junior", "--priority", "2")
+	var held kcLease
+	kcOK(t, d, &held, "acquire", "--json", "--agent", "senior", "/r")
+
+	cmd := kcCommand(t, d, nil, "acquire", "--json", "--agent", "junior", "--wait", "25s", "/r")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The junior is told DIE at least once before the release.
+	kcWaitFor(t, "a DIE for the junior", func() bool {
+		var st struct{ Stats struct{ Dies int } }
+		kcOK(t, d, &st, "status", "--json")
+		return st.Stats.Dies > 0
+	})
+	kcOK(t, d, nil, "release", held.LeaseID)
+	r := kcWait(t, cmd, &out, &errb)
+	var got kcLease
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &got) != nil || got.AgentID != "junior" {
+		t.Errorf("junior acquire --wait = %d, %q, %q; want granted after the senior released", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestKlockctlRunInterruptedWhileWaiting checks that SIGINT while run waits
+// for its leases ends it with 130, never runs the command, and leaves no
+// waiter or fresh agent behind.
+func TestKlockctlRunInterruptedWhileWaiting(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	kcOK(t, d, nil, "agents", "register", "young", "--priority", "999999999999999")
+	kcOK(t, d, nil, "acquire", "--agent", "young", "/res/i")
+	marker := filepath.Join(t.TempDir(), "ran")
+	cmd := kcCommand(t, d, nil, "run", "/res/i", "--", "touch", marker)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// run's fresh agent registered now, so it is older than "young" and waits.
+	kcWaitFor(t, "run to wait in the daemon", func() bool {
+		var st struct{ Stats struct{ Waiters int } }
+		kcOK(t, d, &st, "status", "--json")
+		return st.Stats.Waiters == 1
+	})
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	r := kcWait(t, cmd, &out, &errb)
+	if r.code != 128+int(syscall.SIGINT) || !strings.Contains(r.stderr, "interrupted") {
+		t.Errorf("run interrupted while waiting exited %d, stderr %q; want %d and \"interrupted\"", r.code, r.stderr, 128+int(syscall.SIGINT))
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("the command ran although run was interrupted before the grant")
+	}
+	kcWaitFor(t, "the waiter and the fresh agent to go", func() bool {
+		var as kcAgents
+		kcOK(t, d, &as, "agents", "--json")
+		return len(as.Agents) == 1 && as.Agents[0].AgentID == "young"
+	})
+}
+
+// TestKlockctlRunKilledLeasesExpire checks the documented SIGKILL case: the
+// command gets SIGTERM from the kernel and the lease ends at its ttl.
+func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	cmd := kcCommand(t, d, nil, "run", "--ttl", "1s", "/res/x", "--", "sh", "-c", `echo $$ > "$1"; exec sleep 60`, "sh", pidFile)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var childPID int
+	kcWaitFor(t, "the command to start", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil || !strings.HasSuffix(string(b), "\n") {
+			return false
+		}
+		childPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	kcWaitFor(t, "the command to be stopped by its parent-death signal", func() bool {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(childPID) + "/stat")
+		// Gone, or a zombie waiting for a reaper.
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	})
+	kcWaitFor(t, "the lease to expire at its ttl", func() bool { return kcCount(t, d) == 0 })
 }

@@ -172,6 +172,9 @@ denial map with --json, on stdout) and exits 1.`,
 			if err != nil {
 				return err
 			}
+			if denial != nil && *wait > 0 {
+				return a.reportDenialLine(*denial, fmt.Sprintf("not granted within %s: ", *wait))
+			}
 			if denial != nil {
 				return a.reportDenial(*denial)
 			}
@@ -204,23 +207,29 @@ func (a *app) reportDenial(d denialJSON) error {
 
 // acquireWithin asks for req's intents once, or, when wait > 0, until
 // granted or wait has passed: a WAIT verdict is queued in the daemon for the
-// time left, a DIE is retried after its wait_time plus jitter. It returns
-// the grants, or the last denial.
+// time left; DIE, CONFLICT and RESOURCE_LOCKED are asked again after the
+// suggested wait_time plus jitter (as clientlib's Acquire does); only
+// SESSION_EXPIRED is final at once. It returns the grants, or the last
+// denial.
 func acquireWithin(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest, wait time.Duration) ([]grantJSON, *denialJSON, error) {
 	deadline := time.Now().Add(wait)
 	for {
-		left := time.Until(deadline)
-		if wait > 0 && left > 0 {
-			req.WaitTimeout = left.Round(time.Millisecond)
-		} else {
-			req.WaitTimeout = 0
+		req.WaitTimeout = 0
+		if left := time.Until(deadline); wait > 0 && left >= time.Millisecond {
+			req.WaitTimeout = left.Truncate(time.Millisecond)
 		}
 		grants, denial, err := acquireOnce(ctx, c, req)
 		if err != nil || denial == nil {
 			return grants, nil, err
 		}
-		retry := time.Duration(denial.WaitTime)*time.Millisecond + time.Duration(rand.Int64N(int64(50*time.Millisecond)))
-		if denial.Reason != string(protocol.ReasonDie) || time.Until(deadline) < retry {
+		if wait == 0 || denial.Reason == string(protocol.ReasonSessionExpired) {
+			return nil, denial, nil
+		}
+		retry := time.Duration(rand.Int64N(int64(50 * time.Millisecond)))
+		if denial.Reason != string(protocol.ReasonWait) {
+			retry += max(time.Duration(denial.WaitTime)*time.Millisecond, 10*time.Millisecond)
+		}
+		if time.Until(deadline) < retry {
 			return nil, denial, nil
 		}
 		select {

@@ -141,7 +141,7 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 		}
 	}()
 
-	c, lease, err := a.acquireForRun(waitCtx, agent, session, intents, *h.ttl)
+	c, lease, err := a.acquireForRun(waitCtx, agent, session, intents, *h.ttl, wait)
 	close(stopWatch)
 	<-watchDone
 	if interrupted != nil {
@@ -170,7 +170,7 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 // what it opened, except that the client is returned when only the wait
 // was cut short, for cleanupRun.
 func (a *app) acquireForRun(ctx context.Context, agent, session string,
-	intents []clientlib.Intent, ttl time.Duration) (*clientlib.Client, *clientlib.Lease, error) {
+	intents []clientlib.Intent, ttl, wait time.Duration) (*clientlib.Client, *clientlib.Lease, error) {
 	c, err := a.dial(ctx, true)
 	if err != nil {
 		return nil, nil, err
@@ -187,12 +187,12 @@ func (a *app) acquireForRun(ctx context.Context, agent, session string,
 	if errors.As(err, &de) {
 		d := denialJSON{Reason: string(de.Reason), HeldBy: de.HeldBy, Message: de.Message}
 		if ctx.Err() != nil {
-			return c, nil, a.reportDenialLine(d, "not granted in time: ")
+			return c, nil, a.reportDenialLine(d, fmt.Sprintf("not granted within %s: ", wait))
 		}
 		return c, nil, a.reportDenialLine(d, "")
 	}
 	if ctx.Err() != nil {
-		return c, nil, fmt.Errorf("not granted in time: %v", err)
+		return c, nil, fmt.Errorf("not granted within %s: %v", wait, err)
 	}
 	return c, nil, err
 }
@@ -275,10 +275,41 @@ func (a *app) cleanupRun(c *clientlib.Client, lease *clientlib.Lease, agent stri
 				oneLine(strings.TrimPrefix(err.Error(), "klock: ")))
 		}
 	}
-	if ownAgent {
-		_, _ = c.UnregisterAgent(ctx, agent) // best effort: a stale agent holds nothing
+	if !ownAgent {
+		c.Close()
+		return
 	}
-	c.Close()
+	if lease == nil {
+		// A wait cut short may still be queued in the daemon, which would
+		// refuse to unregister the agent; closing the connection drops it.
+		c.Close()
+		var err error
+		if c, err = a.dial(ctx, false); err != nil {
+			return
+		}
+	}
+	defer c.Close()
+	unregisterAgent(ctx, c, agent)
+}
+
+// unregisterAgent removes a fresh agent, best effort: a stale agent holds
+// nothing and only clutters "klockctl agents". The daemon may still be
+// dropping a queued request of the agent's (PRIORITY_CONFLICT), so that is
+// retried for up to 2 s.
+func unregisterAgent(ctx context.Context, c *clientlib.Client, agent string) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for {
+		_, err := c.UnregisterAgent(ctx, agent)
+		if !errors.Is(err, clientlib.ErrPriorityConflict) {
+			return
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // exitCodeOf returns the command's exit code, or 128+N when signal N killed it.
