@@ -58,6 +58,29 @@ func kcRun(t *testing.T, cmd *exec.Cmd) kcResult {
 	return kcWait(t, cmd, &out, &errb)
 }
 
+// kcProc is a klockctl started in the background.
+type kcProc struct {
+	cmd       *exec.Cmd
+	out, errb bytes.Buffer
+}
+
+// kcStart starts klockctl with args against d without waiting for it.
+func kcStart(t *testing.T, d *harness.Daemon, args ...string) *kcProc {
+	t.Helper()
+	p := &kcProc{cmd: kcCommand(t, d, nil, args...)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.errb
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %q: %v", p.cmd.Args, err)
+	}
+	return p
+}
+
+// wait waits for p to exit (at most 30 s) and returns what it did.
+func (p *kcProc) wait(t *testing.T) kcResult {
+	t.Helper()
+	return kcWait(t, p.cmd, &p.out, &p.errb)
+}
+
 // kcWait waits for a started klockctl whose output goes to out and errb.
 func kcWait(t *testing.T, cmd *exec.Cmd, out, errb *bytes.Buffer) kcResult {
 	t.Helper()
@@ -355,19 +378,14 @@ func TestKlockctlAcquireWaitsForRelease(t *testing.T) {
 	var held kcLease
 	kcOK(t, d, &held, "acquire", "--json", "--agent", "junior", "/r")
 
-	cmd := kcCommand(t, d, nil, "acquire", "--json", "--agent", "senior", "--wait", "25s", "/r")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "acquire", "--json", "--agent", "senior", "--wait", "25s", "/r")
 	kcWaitFor(t, "the senior to wait in the daemon", func() bool {
 		var as kcAgents
 		kcOK(t, d, &as, "agents", "--json")
 		return len(as.Agents) == 2 && as.Agents[0].AgentID == "senior" && as.Agents[0].Waiting == 1
 	})
 	kcOK(t, d, nil, "release", held.LeaseID)
-	r := kcWait(t, cmd, &out, &errb)
+	r := p.wait(t)
 	var got kcLease
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &got) != nil || got.AgentID != "senior" || got.Fence <= held.Fence {
 		t.Errorf("waiting acquire = %d, %q, %q; want the senior granted after the release", r.code, r.stdout, r.stderr)
@@ -509,17 +527,12 @@ func TestKlockctlRunReleasesWhenCommandIsKilled(t *testing.T) {
 
 func TestKlockctlRunForwardsSIGTERM(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
-	cmd := kcCommand(t, d, nil, "run", "/res/t", "--", "sleep", "60")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "run", "/res/t", "--", "sleep", "60")
 	kcWaitFor(t, "run to hold its lease", func() bool { return kcCount(t, d) == 1 })
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	r := kcWait(t, cmd, &out, &errb)
+	r := p.wait(t)
 	if r.code != 128+int(syscall.SIGTERM) {
 		t.Errorf("run after SIGTERM exited %d (stderr %q); want %d: the command killed by the forwarded signal",
 			r.code, r.stderr, 128+int(syscall.SIGTERM))
@@ -554,19 +567,14 @@ func TestKlockctlRunDenied(t *testing.T) {
 
 func TestKlockctlRunStopsCommandWhenLeaseLost(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
-	cmd := kcCommand(t, d, nil, "run", "--ttl", "3s", "--kill-after", "5s", "/res/lost", "--", "sleep", "60")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "run", "--ttl", "3s", "--kill-after", "5s", "/res/lost", "--", "sleep", "60")
 	var ls kcLeases
 	kcWaitFor(t, "run to hold its lease", func() bool {
 		kcOK(t, d, &ls, "leases", "--json")
 		return len(ls.Leases) == 1
 	})
 	kcOK(t, d, nil, "revoke", ls.Leases[0].LeaseID)
-	r := kcWait(t, cmd, &out, &errb)
+	r := p.wait(t)
 	if r.code != 1 || !strings.Contains(r.stderr, "lease lost") {
 		t.Errorf("run whose lease was revoked exited %d, stderr %q; want 1 and \"lease lost\"", r.code, r.stderr)
 	}
@@ -580,19 +588,14 @@ func TestKlockctlRunWaitsForHolder(t *testing.T) {
 	kcOK(t, d, nil, "agents", "register", "young", "--priority", "2")
 	var held kcLease
 	kcOK(t, d, &held, "acquire", "--json", "--agent", "young", "/res/w")
-	cmd := kcCommand(t, d, nil, "run", "--agent", "old", "/res/w", "--", "sh", "-c", "exit 5")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "run", "--agent", "old", "/res/w", "--", "sh", "-c", "exit 5")
 	kcWaitFor(t, "run to wait in the daemon", func() bool {
 		var as kcAgents
 		kcOK(t, d, &as, "agents", "--json")
 		return len(as.Agents) > 0 && as.Agents[0].AgentID == "old" && as.Agents[0].Waiting == 1
 	})
 	kcOK(t, d, nil, "release", held.LeaseID)
-	if r := kcWait(t, cmd, &out, &errb); r.code != 5 {
+	if r := p.wait(t); r.code != 5 {
 		t.Errorf("run after the holder released exited %d (stderr %q); want 5", r.code, r.stderr)
 	}
 	var as kcAgents
@@ -612,12 +615,7 @@ func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
 	var held kcLease
 	kcOK(t, d, &held, "acquire", "--json", "--agent", "senior", "/r")
 
-	cmd := kcCommand(t, d, nil, "acquire", "--json", "--agent", "junior", "--wait", "25s", "/r")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "acquire", "--json", "--agent", "junior", "--wait", "25s", "/r")
 	// The junior is told DIE at least once before the release.
 	kcWaitFor(t, "a DIE for the junior", func() bool {
 		var st struct{ Stats struct{ Dies int } }
@@ -625,7 +623,7 @@ func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
 		return st.Stats.Dies > 0
 	})
 	kcOK(t, d, nil, "release", held.LeaseID)
-	r := kcWait(t, cmd, &out, &errb)
+	r := p.wait(t)
 	var got kcLease
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &got) != nil || got.AgentID != "junior" {
 		t.Errorf("junior acquire --wait = %d, %q, %q; want granted after the senior released", r.code, r.stdout, r.stderr)
@@ -640,22 +638,17 @@ func TestKlockctlRunInterruptedWhileWaiting(t *testing.T) {
 	kcOK(t, d, nil, "agents", "register", "young", "--priority", "999999999999999")
 	kcOK(t, d, nil, "acquire", "--agent", "young", "/res/i")
 	marker := filepath.Join(t.TempDir(), "ran")
-	cmd := kcCommand(t, d, nil, "run", "/res/i", "--", "touch", marker)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "run", "/res/i", "--", "touch", marker)
 	// run's fresh agent registered now, so it is older than "young" and waits.
 	kcWaitFor(t, "run to wait in the daemon", func() bool {
 		var st struct{ Stats struct{ Waiters int } }
 		kcOK(t, d, &st, "status", "--json")
 		return st.Stats.Waiters == 1
 	})
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	r := kcWait(t, cmd, &out, &errb)
+	r := p.wait(t)
 	if r.code != 128+int(syscall.SIGINT) || !strings.Contains(r.stderr, "interrupted") {
 		t.Errorf("run interrupted while waiting exited %d, stderr %q; want %d and \"interrupted\"", r.code, r.stderr, 128+int(syscall.SIGINT))
 	}
@@ -674,12 +667,7 @@ func TestKlockctlRunInterruptedWhileWaiting(t *testing.T) {
 func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	pidFile := filepath.Join(t.TempDir(), "pid")
-	cmd := kcCommand(t, d, nil, "run", "--ttl", "1s", "/res/x", "--", "sh", "-c", `echo $$ > "$1"; exec sleep 60`, "sh", pidFile)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := kcStart(t, d, "run", "--ttl", "1s", "/res/x", "--", "sh", "-c", `echo $$ > "$1"; exec sleep 60`, "sh", pidFile)
 	var childPID int
 	kcWaitFor(t, "the command to start", func() bool {
 		b, err := os.ReadFile(pidFile)
@@ -689,10 +677,10 @@ func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
 		childPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
 		return err == nil
 	})
-	if err := cmd.Process.Kill(); err != nil {
+	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	_ = cmd.Wait()
+	_ = p.cmd.Wait()
 	kcWaitFor(t, "the command to be stopped by its parent-death signal", func() bool {
 		stat, err := os.ReadFile("/proc/" + strconv.Itoa(childPID) + "/stat")
 		// Gone, or a zombie waiting for a reaper.
