@@ -272,7 +272,25 @@ func (c *Client) abandon(cl *call) (keep bool) {
 		keep = true
 	}
 	c.wakeReader()
+	c.readOrphans()
 	return keep
+}
+
+// readOrphans starts a background reader when answers to abandoned acquires
+// are due but no caller is left to read them, so that a late grant is
+// released promptly even on a client that has gone quiet. mu held.
+func (c *Client) readOrphans() {
+	if c.reading || c.conn == nil || c.closed || len(c.pending) > 0 || len(c.orphans) == 0 {
+		return
+	}
+	c.reading = true
+	cn := c.conn
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		c.read(context.Background(), cn, nil)
+		c.mu.Unlock()
+	}()
 }
 
 // wakeReader wakes one waiting caller when nobody holds the reader role, so
@@ -291,9 +309,10 @@ func (c *Client) wakeReader() {
 }
 
 // read holds the reader role on cn: it reads answers and hands them to their
-// callers until own's answer arrives, own's context ends or cn breaks. Then
-// it gives the role up and wakes another waiting caller to take it. Called
-// without mu; returns with it held.
+// callers until own's answer arrives, own's context ends or cn breaks (with
+// own nil: until no abandoned acquire awaits its answer). Then it gives the
+// role up and wakes another waiting caller to take it. Called without mu;
+// returns with it held.
 func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 	var stop func() bool
 	if ctx.Done() != nil {
@@ -317,7 +336,7 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 			break
 		}
 		c.deliver(&cn.resp, own)
-		if own.done {
+		if own != nil && own.done || own == nil && len(c.orphans) == 0 {
 			break
 		}
 		c.mu.Unlock()
@@ -327,6 +346,7 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 	}
 	c.reading = false
 	c.wakeReader()
+	c.readOrphans()
 }
 
 // deliver hands a response to its call. mu held.

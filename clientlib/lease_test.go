@@ -1,0 +1,135 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/klockd/klock/protocol"
+)
+
+func oneIntent(path string) []Intent {
+	return []Intent{{ResourceType: "FILE", ResourcePath: path, Predicate: "MUTATES"}}
+}
+
+// TestLateGrantReleasedOnQuietClient: an acquire abandoned by its caller is
+// granted later; with no other call in flight, the client still reads that
+// answer and releases the lease.
+func TestLateGrantReleasedOnQuietClient(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 1)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if req.Op != protocol.OpAcquire || req.Args.ResourcePath != "/late" {
+			return false
+		}
+		res, perr := f.handle(req) // granted now, answered later
+		held <- func() { reply(res, perr) }
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.AcquireOnce(actx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/late"), TTL: time.Minute})
+		done <- err
+	}()
+	answer := <-held
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled AcquireOnce = %v; want context.Canceled", err)
+	}
+	answer()
+	f.waitFor("the late grant to be released", func() bool { return f.ops[protocol.OpRelease] == 1 && len(f.leases) == 0 })
+}
+
+// TestAcquireRetriesDieAndKeepsAlive: Acquire is told DIE while another
+// agent holds the resource, retries, is granted once that lease expires, and
+// then renews its own lease until Release.
+func TestAcquireRetriesDieAndKeepsAlive(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	for _, a := range []string{"senior", "junior"} {
+		p := map[string]int64{"senior": 1, "junior": 2}[a]
+		if err := c.RegisterAgent(ctx, a, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := c.AcquireLease(ctx, "senior", "s", "FILE", "/x", "MUTATES", 100*time.Millisecond); err != nil || !r.Success {
+		t.Fatal(r, err)
+	}
+	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "junior", SessionID: "j", Intents: oneIntent("/x"), TTL: 90 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("Acquire = %v; want a grant once the senior's lease expired", err)
+	}
+	if f.count(protocol.OpAcquire) < 3 {
+		t.Errorf("daemon saw %d acquires; want the junior to have retried after DIE", f.count(protocol.OpAcquire))
+	}
+	// Renewed several times: still held well past its first expiry.
+	first := l.ExpiresAt()
+	f.waitFor("three renewals", func() bool { return f.ops[protocol.OpHeartbeat] >= 3 })
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err while kept alive = %v", err)
+	}
+	if !l.ExpiresAt().After(first) {
+		t.Errorf("ExpiresAt %v not after the first expiry %v", l.ExpiresAt(), first)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.ActiveLeaseCount(ctx); n != 0 {
+		t.Errorf("ActiveLeaseCount after Release = %d; want 0", n)
+	}
+}
+
+// TestLeaseLostWhenRenewalRefused: a renewal answered NOT_FOUND closes Lost.
+func TestLeaseLostWhenRenewalRefused(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 60 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Revoke(ctx, l.ID()); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	select {
+	case <-l.Lost():
+	case <-ctx.Done():
+		t.Fatal("Lost not closed after the lease was revoked")
+	}
+	if !errors.Is(l.Err(), ErrNotFound) {
+		t.Errorf("Err = %v; want ErrNotFound", l.Err())
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Errorf("Release of a lost lease = %v; want nil", err)
+	}
+}
+
+// TestCloseLosesKeptLeases: closing the client stops renewals and says so.
+func TestCloseLosesKeptLeases(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	<-l.Lost()
+	if !errors.Is(l.Err(), ErrClosed) {
+		t.Errorf("Err after Close = %v; want ErrClosed", l.Err())
+	}
+}
