@@ -13,6 +13,7 @@ import (
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/daemon/server"
+	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/daemon/systemd"
 	"github.com/klockd/klock/protocol"
 )
@@ -48,17 +49,12 @@ type Daemon struct {
 // DefaultStateDir returns where klockd keeps its state unless told:
 // /var/lib/klock for root, else $XDG_STATE_HOME/klock, else
 // ~/.local/state/klock.
+// With no home directory known, it falls back to /tmp/klock-state-$UID.
 func DefaultStateDir() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/klock"
+	if dir := store.DefaultDir(); dir != "" {
+		return dir
 	}
-	if dir := os.Getenv("XDG_STATE_HOME"); dir != "" {
-		return filepath.Join(dir, "klock")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "klock")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("klock-state-%d", os.Getuid()))
+	return filepath.Join("/tmp", fmt.Sprintf("klock-state-%d", os.Getuid()))
 }
 
 // New checks cfg and returns a Daemon.

@@ -3,14 +3,43 @@ package daemon
 import (
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/daemon/server"
+	"github.com/klockd/klock/daemon/store"
 )
 
 // openState returns the engine to serve, with its state recovered from the
 // state directory, the journal that makes its changes durable (nil in
-// memory), and a function that closes the store.
+// memory), and a function that closes the store once the server has
+// stopped.
 func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, func(), error) {
-	if d.cfg.StateDir != "" {
-		d.log.Warn("durable state is not wired in this build yet; running in memory", "state_dir", d.cfg.StateDir)
+	if d.cfg.StateDir == "" {
+		return engine.New(ecfg), nil, func() {}, nil
 	}
-	return engine.New(ecfg), nil, func() {}, nil
+	fsync, err := store.ParseFsyncMode(d.cfg.Fsync)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rec, err := store.ParseRecoverMode(d.cfg.Recover)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	st, err := store.Open(d.cfg.StateDir, store.Options{Fsync: fsync, Recover: rec, Logger: d.log})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ecfg.Journal = true
+	eng := engine.New(ecfg)
+	info, err := st.Recover(eng)
+	if err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
+	d.log.Info("state recovered", "state_dir", st.Dir(), "snapshot", info.Snapshot, "logs", info.Logs,
+		"records", info.Records, "agents", info.Agents, "leases", info.Leases, "fence", info.Fence,
+		"torn_tail", info.TornTail, "truncated", info.Truncated, "took", info.Duration)
+	closeStore := func() {
+		if err := st.Close(); err != nil {
+			d.log.Error("closing the state directory failed", "state_dir", st.Dir(), "err", err)
+		}
+	}
+	return eng, st, closeStore, nil
 }

@@ -40,8 +40,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout, newFlags(stderr, &options{}))
 		return 0
 	case "install", "uninstall", "start", "stop", "restart", "status":
-		fmt.Fprintf(stderr, "klockd: %s: service management is not part of this build yet\n", cmd)
-		return 1
+		if err := runService(cmd, args, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "klockd: %s\n", strings.TrimPrefix(err.Error(), "klock: "))
+			return 1
+		}
+		return 0
 	default:
 		fmt.Fprintf(stderr, "klockd: unknown command %q; try klockd --help\n", cmd)
 		return 2
