@@ -266,6 +266,14 @@ func TestSystemdUnitsVerify(t *testing.T) {
 			t.Errorf("systemd-analyze verify %v reported:\n%s", set.files, out)
 		}
 	}
+	// The account entry parses (--dry-run: nothing is created).
+	if sysusers, err := exec.LookPath("systemd-sysusers"); err == nil {
+		conf, _ := filepath.Abs(sdRepoFile("systemd/klock.sysusers.conf")) // a bare name is looked up in sysusers.d
+		out, err := exec.Command(sysusers, "--dry-run", conf).CombinedOutput()
+		if err != nil {
+			t.Errorf("systemd-sysusers --dry-run klock.sysusers.conf: %v\n%s", err, out)
+		}
+	}
 	// The system unit stays hardened: exposure at most 2.0 of 10
 	// (--threshold counts tenths).
 	paths := sdUnitCopy(t, klockd, "systemd/klockd.service")

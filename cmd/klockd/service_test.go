@@ -293,3 +293,20 @@ func TestControlServiceLifecycle(t *testing.T) {
 		t.Errorf("calls = %q; want %q", f.calls, want)
 	}
 }
+
+// install creates the account from the same entry as the shipped file.
+func TestSysusersEntryMatchesShippedFile(t *testing.T) {
+	data, err := os.ReadFile("../../systemd/klock.sysusers.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			entries = append(entries, line)
+		}
+	}
+	if len(entries) != 1 || entries[0] != sysusersEntry {
+		t.Errorf("systemd/klock.sysusers.conf entries = %q; want [%q]", entries, sysusersEntry)
+	}
+}
