@@ -122,13 +122,14 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigc)
 
-	waitCtx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	waitCtx, stopWaiting := context.WithCancel(context.Background())
+	defer stopWaiting()
 	if wait > 0 {
+		var cancel context.CancelFunc
 		waitCtx, cancel = context.WithTimeout(waitCtx, wait)
 		defer cancel()
 	}
-	var interrupted os.Signal
+	var interrupted os.Signal // written by the watcher, read after watchDone
 	stopWatch := make(chan struct{})
 	watchDone := make(chan struct{})
 	go func() {
@@ -136,7 +137,7 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 		select {
 		case s := <-sigc:
 			interrupted = s
-			cancel()
+			stopWaiting()
 		case <-stopWatch:
 		}
 	}()
@@ -246,7 +247,7 @@ func (a *app) runHeld(lease *clientlib.Lease, session, agent, socket string, sig
 		select {
 		case <-done:
 			if leaseLost {
-				return 0, &exitStatus{code: exitFailed, msg: fmt.Sprintf("%s was stopped because its lease was lost", oneLine(a.tail[0]))}
+				return 0, &exitStatus{code: exitFailed} // the loss was reported when it happened
 			}
 			return exitCodeOf(cmd.ProcessState), nil
 		case s := <-sigc:
