@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -175,6 +178,30 @@ func TestExitCode(t *testing.T) {
 	for _, tt := range tests {
 		if got := exitCode(tt.err); got != tt.want {
 			t.Errorf("exitCode(%v) = %d; want %d", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestUnreachableText(t *testing.T) {
+	tests := []struct {
+		cause error
+		want  []string
+	}{
+		{syscall.ENOENT, []string{"/s.sock", "no such file or directory", "klockd", "--socket"}},
+		{syscall.ECONNREFUSED, []string{"/s.sock", "connection refused", "start it with"}},
+		{&net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)},
+			[]string{"permission denied", "/s.sock", "group"}},
+		{nil, []string{"/s.sock", "no answer"}},
+	}
+	for _, tt := range tests {
+		got := unreachableText("/s.sock", tt.cause)
+		for _, w := range tt.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("unreachableText(%v) = %q; want it to contain %q", tt.cause, got, w)
+			}
+		}
+		if strings.Contains(got, "\n") {
+			t.Errorf("unreachableText(%v) = %q; want one line", tt.cause, got)
 		}
 	}
 }

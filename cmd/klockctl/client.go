@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 
 	"github.com/klockd/klock/clientlib"
@@ -49,6 +50,10 @@ func unreachableError(err error) error {
 
 // unreachableText says which socket was tried, why it failed and what to do.
 func unreachableText(socket string, cause error) string {
+	if errors.Is(cause, os.ErrPermission) {
+		return fmt.Sprintf("permission denied connecting to klockd at %s: the socket is group-only (0660); "+
+			"join its group, or run a klockd of your own and point --socket / KLOCK_SOCKET at it", socket)
+	}
 	why := "no answer"
 	if cause != nil {
 		why = causeText(cause)
