@@ -65,32 +65,37 @@ func (s *Store) rotateLocked(state *engine.State) {
 }
 
 // Compact forces a compaction now, as if the log had outgrown the snapshot,
-// and waits until the snapshot is durable. The caller must hold the engine
+// and waits until the snapshot is durable (after any compaction already
+// running). The caller must hold the engine
 // mutex for the call to lock (lock is called with a function to run under
 // it). Meant for tests and tools; the daemon compacts on its own.
 func (s *Store) Compact(lock func(func())) error {
-	if err := s.prepareNextNow(); err != nil {
-		return err
-	}
-	var started bool
-	lock(func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.compacting || s.next == nil || s.eng == nil || s.err != nil {
-			return
+	for {
+		if err := s.prepareNextNow(); err != nil {
+			return err
 		}
-		s.rotateLocked(s.eng.Snapshot())
-		started = true
-	})
-	if !started {
-		return fmt.Errorf("klock: compaction could not start (one already running, or the store failed)")
+		var started bool
+		lock(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.compacting || s.next == nil || s.eng == nil || s.err != nil {
+				return
+			}
+			s.rotateLocked(s.eng.Snapshot())
+			started = true
+		})
+		s.mu.Lock()
+		// Wait for this compaction, or for the one already running before
+		// starting another.
+		for s.compacting && s.err == nil {
+			s.cond.Wait()
+		}
+		err := s.err
+		s.mu.Unlock()
+		if started || err != nil {
+			return err
+		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for s.compacting && s.err == nil {
-		s.cond.Wait()
-	}
-	return s.err
 }
 
 // prepareNext pre-creates the next log if none is ready, at most once a

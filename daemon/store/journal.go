@@ -30,21 +30,45 @@ func (s *Store) Append(recs []engine.Record) uint64 {
 	}
 	before := len(s.pending)
 	for i := range recs {
-		s.encBuf.Reset()
-		if err := s.enc.Encode(&recs[i]); err != nil {
-			s.failLocked(fmt.Errorf("klock: encoding a %v record: %w", recs[i].Kind, err))
-			break
+		r := recs[i]
+		// A removal of many leases (expiry after a long stop) is split so
+		// that every record stays small; replaying the parts in order is
+		// the same state change.
+		for len(r.LeaseIDs) > maxIDsPerRecord && splittable(r.Kind) {
+			part := r
+			part.LeaseIDs = r.LeaseIDs[:maxIDsPerRecord]
+			s.encodeLocked(&part)
+			r.LeaseIDs = r.LeaseIDs[maxIDsPerRecord:]
 		}
-		if s.encBuf.Len() > MaxRecordSize {
-			s.failLocked(fmt.Errorf("klock: a %v record of %d bytes exceeds the %d-byte limit", recs[i].Kind, s.encBuf.Len(), MaxRecordSize))
-			break
-		}
-		s.pending = appendFrame(s.pending, s.encBuf.Bytes())
+		s.encodeLocked(&r)
 	}
 	s.logBytes += int64(len(s.pending) - before)
 	s.appended++
 	s.maybeCompactLocked()
 	return s.appended
+}
+
+// maxIDsPerRecord bounds the lease ids in one record (see Append).
+const maxIDsPerRecord = 4096
+
+// splittable reports whether a record of kind k may be split by its
+// LeaseIDs: each id is removed on its own.
+func splittable(k engine.RecordKind) bool {
+	return k == engine.RecExpire || k == engine.RecRelease || k == engine.RecRevoke
+}
+
+// encodeLocked appends one record frame to the pending buffer.
+func (s *Store) encodeLocked(r *engine.Record) {
+	s.encBuf.Reset()
+	if err := s.enc.Encode(r); err != nil {
+		s.failLocked(fmt.Errorf("klock: encoding a kind %d record: %w", r.Kind, err))
+		return
+	}
+	if s.encBuf.Len() > MaxRecordSize {
+		s.failLocked(fmt.Errorf("klock: a kind %d record of %d bytes exceeds the %d-byte limit", r.Kind, s.encBuf.Len(), MaxRecordSize))
+		return
+	}
+	s.pending = appendFrame(s.pending, s.encBuf.Bytes())
 }
 
 // Wait returns once every record up to seq has been written with write(2),

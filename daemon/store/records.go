@@ -34,6 +34,9 @@ func NewRecordDecoder() *RecordDecoder {
 // msgpack value that decodes as an engine.Record.
 func (d *RecordDecoder) Decode(body []byte) (engine.Record, error) {
 	var rec engine.Record
+	if err := checkMsgpack(body); err != nil {
+		return engine.Record{}, fmt.Errorf("klock: malformed record: %w", err)
+	}
 	d.r.Reset(body)
 	d.dec.Reset(&d.r)
 	if err := d.dec.Decode(&rec); err != nil {

@@ -302,3 +302,33 @@ func TestMissingLog(t *testing.T) {
 		t.Fatalf("Recover with log.1 missing = %v; want an error naming it", err)
 	}
 }
+
+func TestMassExpiryIsSplit(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{CompactMinBytes: -1})
+	w.register("a", 1)
+	const n = maxIDsPerRecord + 500
+	w.must(func(e *engine.Engine, now int64) error {
+		for i := range n {
+			res, err := e.Acquire(now, root, engine.AcquireRequest{AgentID: "a", SessionID: "s", TTL: 1000,
+				Intents: []engine.Intent{{ResourceType: "FILE", ResourcePath: fmt.Sprintf("/m/%d", i), Predicate: "MUTATES"}}})
+			if err != nil || !res.Granted {
+				return fmt.Errorf("acquire %d: %v", i, err)
+			}
+		}
+		return nil
+	})
+	w.must(func(e *engine.Engine, now int64) error {
+		if got, _ := e.Expire(now + 2000); got != n {
+			return fmt.Errorf("Expire removed %d leases; want %d", got, n)
+		}
+		return nil
+	})
+	want := w.snapshot()
+	w.close()
+	offs, _ := recordOffsets(t, currentLog(t, dir))
+	if len(offs) != 1+n+2 {
+		t.Errorf("log has %d records; want register + %d grants + 2 expiry parts", len(offs), n)
+	}
+	sameState(t, newWorldClosed(t, dir), want)
+}

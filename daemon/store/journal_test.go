@@ -1,0 +1,288 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/klockd/klock/daemon/engine"
+)
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+func TestAppendWaitSemantics(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{Fsync: FsyncAlways})
+	log := filepath.Join(dir, logName(1))
+	if seq := w.st.Append(nil); seq != 0 {
+		t.Fatalf("Append(nil) on a fresh store = %d; want 0", seq)
+	}
+	if err := w.st.Wait(0); err != nil {
+		t.Fatalf("Wait(0) = %v", err)
+	}
+	rec := []engine.Record{{Kind: engine.RecFreeze, Time: baseTime, Resource: "FILE:/a"}}
+	s1 := w.st.Append(rec)
+	s2 := w.st.Append(rec)
+	if s1 != 1 || s2 != 2 {
+		t.Fatalf("Append sequences = %d, %d; want 1, 2", s1, s2)
+	}
+	if seq := w.st.Append(nil); seq != s2 {
+		t.Fatalf("Append(nil) after two appends = %d; want %d (a reply waits for what it observed)", seq, s2)
+	}
+	if got := fileSize(t, log); got != logHeaderSize {
+		t.Fatalf("log is %d bytes before any Wait; Append must not write", got)
+	}
+	if err := w.st.Wait(s1); err != nil {
+		t.Fatal(err)
+	}
+	// One writer round took everything pending: both records are written.
+	full := fileSize(t, log)
+	if err := w.st.Wait(s2); err != nil {
+		t.Fatal(err)
+	}
+	if got := fileSize(t, log); got != full || full <= logHeaderSize {
+		t.Fatalf("log grew from %d to %d on Wait(%d); want both records written by the first round", full, got, s2)
+	}
+	w.close()
+	if err := w.st.Wait(s2 + 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Wait after Close = %v; want ErrClosed", err)
+	}
+}
+
+func TestWriteFailureIsSticky(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{})
+	ro, err := os.Open(filepath.Join(dir, logName(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.st.mu.Lock()
+	good := w.st.file
+	w.st.file = ro // writes to it fail, as on a dead disk
+	w.st.mu.Unlock()
+	err = w.do(func(e *engine.Engine, now int64) error {
+		_, err := e.Register(now, root, "a", 1, true)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "klock: writing") {
+		t.Fatalf("Wait after a failed write = %v; want the write error", err)
+	}
+	err2 := w.do(func(e *engine.Engine, now int64) error { return nil })
+	if err2 == nil || err2.Error() != err.Error() {
+		t.Fatalf("later Wait = %v; want the same sticky error %v", err2, err)
+	}
+	if !strings.Contains(w.logs.String(), "mutations are refused") {
+		t.Errorf("write failure not logged:\n%s", w.logs.String())
+	}
+	good.Close()
+	if cerr := w.st.Close(); cerr == nil {
+		t.Error("Close after a write failure returned nil")
+	}
+}
+
+func TestLockExclusive(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{})
+	_, err := Open(dir, Options{})
+	if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("second Open = %v; want an error naming %s and pid %d", err, dir, os.Getpid())
+	}
+	w.close()
+	st, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open after Close = %v", err)
+	}
+	st.Close()
+}
+
+func TestOpenRefusesEmptyDir(t *testing.T) {
+	if _, err := Open("", Options{}); err == nil {
+		t.Fatal(`Open("") succeeded; in-memory mode has no store`)
+	}
+}
+
+func TestDefaultDir(t *testing.T) {
+	if os.Geteuid() == 0 {
+		if got := DefaultDir(); got != "/var/lib/klock" {
+			t.Fatalf("DefaultDir as root = %q", got)
+		}
+		return
+	}
+	t.Setenv("XDG_STATE_HOME", "/x/state")
+	if got := DefaultDir(); got != "/x/state/klock" {
+		t.Fatalf("DefaultDir with XDG_STATE_HOME = %q", got)
+	}
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	if got := DefaultDir(); got != "/home/u/.local/state/klock" {
+		t.Fatalf("DefaultDir = %q", got)
+	}
+}
+
+func TestParseModes(t *testing.T) {
+	for _, s := range []string{"always", "everysec", "never"} {
+		m, err := ParseFsyncMode(s)
+		if err != nil || m.String() != s {
+			t.Errorf("ParseFsyncMode(%q) = %v, %v", s, m, err)
+		}
+	}
+	for _, s := range []string{"fail", "truncate"} {
+		m, err := ParseRecoverMode(s)
+		if err != nil || m.String() != s {
+			t.Errorf("ParseRecoverMode(%q) = %v, %v", s, m, err)
+		}
+	}
+	if _, err := ParseFsyncMode("sometimes"); err == nil {
+		t.Error("ParseFsyncMode accepted sometimes")
+	}
+	if _, err := ParseRecoverMode("ignore"); err == nil {
+		t.Error("ParseRecoverMode accepted ignore")
+	}
+}
+
+// churn runs workers goroutines each acquiring, heartbeating and
+// releasing on its own paths, and returns the first error.
+func churn(w *world, workers, rounds int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for g := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			agent := fmt.Sprintf("worker-%d", g)
+			if err := w.do(func(e *engine.Engine, now int64) error {
+				_, err := e.Register(now, root, agent, int64(100+g), true)
+				return err
+			}); err != nil {
+				errs <- err
+				return
+			}
+			for i := range rounds {
+				var id string
+				err := w.do(func(e *engine.Engine, now int64) error {
+					res, err := e.Acquire(now, root, engine.AcquireRequest{
+						AgentID: agent, SessionID: "s", TTL: 3_600_000, Idem: fmt.Sprintf("%s-%d", agent, i),
+						Intents: []engine.Intent{{ResourceType: "FILE", ResourcePath: fmt.Sprintf("/%s/%d", agent, i%7), Predicate: "MUTATES"}},
+					})
+					if err == nil && res.Granted {
+						id = res.Leases[0].ID
+					}
+					return err
+				})
+				if err == nil && id != "" {
+					err = w.do(func(e *engine.Engine, now int64) error {
+						_, err := e.Heartbeat(now, root, id, 0)
+						return err
+					})
+				}
+				if err == nil && id != "" && i%2 == 0 {
+					err = w.do(func(e *engine.Engine, now int64) error {
+						_, _, err := e.Release(now, root, id)
+						return err
+					})
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func TestGroupCommitConcurrent(t *testing.T) {
+	for _, mode := range []FsyncMode{FsyncAlways, FsyncNever} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			w := newWorld(t, dir, Options{Fsync: mode, CompactMinBytes: -1})
+			if err := churn(w, 32, 20); err != nil {
+				t.Fatal(err)
+			}
+			want := w.snapshot()
+			crashed := copyDir(t, dir) // as after kill -9: no Close
+			sameState(t, newWorldClosed(t, crashed), want)
+		})
+	}
+}
+
+func TestCompactionWhileAppending(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{Fsync: FsyncEverySec, CompactMinBytes: 8 << 10})
+	done := make(chan error, 1)
+	go func() { done <- churn(w, 8, 150) }()
+	// Forced compactions interleave with the churn (automatic ones run too,
+	// when the log passes 8 KiB).
+	for range 5 {
+		if err := w.st.Compact(w.lock); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Let the last compaction finish before counting files.
+	w.st.mu.Lock()
+	for w.st.compacting {
+		w.st.cond.Wait()
+	}
+	gen := w.st.gen
+	w.st.mu.Unlock()
+	if gen < 6 {
+		t.Fatalf("log generation %d after churn; want several compactions", gen)
+	}
+	want := w.snapshot()
+	crashed := copyDir(t, dir)
+	snaps, _ := filepath.Glob(filepath.Join(dir, "snapshot.*"))
+	logs, _ := filepath.Glob(filepath.Join(dir, "log.*"))
+	if len(snaps) != 1 || len(logs) > 2 {
+		t.Errorf("after compactions: snapshots %v, logs %v; want one snapshot and at most two logs", snaps, logs)
+	}
+	sameState(t, newWorldClosed(t, crashed), want)
+	w.close()
+	sameState(t, newWorldClosed(t, dir), want)
+}
+
+func TestCompactionKeepsIdempotency(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{CompactMinBytes: -1})
+	w.register("a", 5)
+	acquire := func(w *world) engine.Lease {
+		var l engine.Lease
+		w.must(func(e *engine.Engine, now int64) error {
+			res, err := e.Acquire(now, root, engine.AcquireRequest{
+				AgentID: "a", SessionID: "s", TTL: 60_000, Idem: "key-1",
+				Intents: []engine.Intent{{ResourceType: "FILE", ResourcePath: "/x", Predicate: "MUTATES"}},
+			})
+			if err != nil || !res.Granted {
+				return fmt.Errorf("acquire: %v %+v", err, res)
+			}
+			l = res.Leases[0]
+			return nil
+		})
+		return l
+	}
+	first := acquire(w)
+	if err := w.st.Compact(w.lock); err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+	w2 := newWorld(t, dir, Options{})
+	if again := acquire(w2); again.ID != first.ID || again.Fence != first.Fence {
+		t.Fatalf("resent acquire after compaction + restart = %s/%d; want the same lease %s/%d", again.ID, again.Fence, first.ID, first.Fence)
+	}
+}
