@@ -385,3 +385,52 @@ func TestNoDaemonDependency(t *testing.T) {
 		}
 	}
 }
+
+// TestReconnectUnderLoad restarts the daemon ten times while 32 goroutines
+// keep calling: every call returns its own answer and no error.
+func TestReconnectUnderLoad(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		go reply(f.handle(req))
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls sync.Map
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 0
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					calls.Store(g, n)
+					return
+				default:
+				}
+				session := strings.Repeat("x", 1+(g+i)%50)
+				got, err := c.EndSession(ctx, "a", session)
+				if err != nil || got != len(session) {
+					t.Errorf("EndSession = %d, %v; want %d, nil", got, err, len(session))
+					return
+				}
+				n++
+			}
+		}()
+	}
+	for range 10 {
+		before := f.count(protocol.OpEndSession)
+		f.waitFor("traffic", func() bool { return f.ops[protocol.OpEndSession] >= before+100 })
+		f.restart()
+	}
+	before := f.count(protocol.OpEndSession)
+	f.waitFor("traffic after the last restart", func() bool { return f.ops[protocol.OpEndSession] >= before+100 })
+	close(stop)
+	wg.Wait()
+	if n := c.pendingCount(); n != 0 {
+		t.Errorf("%d calls pending after all returned", n)
+	}
+}
