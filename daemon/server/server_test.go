@@ -1,0 +1,327 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// testServer is an in-process server on a temporary socket.
+type testServer struct {
+	*Server
+	path string
+	done chan error
+	logs *lockedBuf
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+// start serves cfg (its Engine defaulted) and closes it at cleanup, then
+// checks that no goroutine is left behind.
+func start(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	if cfg.Engine == nil {
+		cfg.Engine = engine.New(engine.Config{Journal: cfg.Journal != nil})
+	}
+	logs := &lockedBuf{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	path := filepath.Join(shortDir(t), "k.sock")
+	ln, err := Listen(ListenConfig{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{Server: New(cfg), path: path, done: make(chan error, 1), logs: logs}
+	go func() { ts.done <- ts.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		ts.Close()
+		if err := <-ts.done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v; want ErrServerClosed", err)
+		}
+		goleak.VerifyNone(t)
+	})
+	return ts
+}
+
+// client is a bare protocol connection.
+type client struct {
+	t  *testing.T
+	nc net.Conn
+}
+
+func (ts *testServer) dial(t *testing.T) *client {
+	t.Helper()
+	nc, err := net.Dial("unix", ts.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &client{t: t, nc: nc}
+}
+
+func (c *client) send(id uint64, op string, a *protocol.Args) {
+	c.t.Helper()
+	b, err := protocol.AppendRequest(nil, id, op, a)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) recv() *protocol.Response {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	body, err := protocol.ReadFrame(c.nc, nil, 1<<30)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	var r protocol.Response
+	if err := protocol.DecodeResponse(body, &r); err != nil {
+		c.t.Fatal(err)
+	}
+	return &r
+}
+
+func (c *client) call(id uint64, op string, a *protocol.Args, v any) *protocol.Response {
+	c.t.Helper()
+	c.send(id, op, a)
+	r := c.recv()
+	if r.ID != id {
+		c.t.Fatalf("%s: answer for id %d; want %d", op, r.ID, id)
+	}
+	if v != nil {
+		if !r.OK {
+			c.t.Fatalf("%s: %s: %s", op, r.Error.Code, r.Error.Message)
+		}
+		if err := protocol.DecodeResult(r.Result, v); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func register(c *client, id uint64, agent string, pri int64) {
+	a := &protocol.Args{AgentID: agent, Priority: pri}
+	a.Set(protocol.ArgAgentID)
+	a.Set(protocol.ArgPriority)
+	c.call(id, protocol.OpRegisterAgent, a, &protocol.RegisterResult{})
+}
+
+func acquireArgs(agent, path string, ttl, wait int64) *protocol.Args {
+	a := &protocol.Args{AgentID: agent, SessionID: "s", ResourceType: "FILE", ResourcePath: path, Predicate: "MUTATES", TTL: ttl, WaitTimeout: wait}
+	for _, x := range []protocol.Arg{protocol.ArgAgentID, protocol.ArgSessionID, protocol.ArgResourceType, protocol.ArgResourcePath, protocol.ArgPredicate, protocol.ArgTTL, protocol.ArgWaitTimeout} {
+		a.Set(x)
+	}
+	return a
+}
+
+// waitFor polls cond until it holds or ten seconds pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (ts *testServer) engineWaiters() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.eng.Stats().Waiters
+}
+
+// panicJournal panics in its first Append, as a bug in a request would.
+type panicJournal struct {
+	mu       sync.Mutex
+	panicked bool
+	seq      uint64
+	waited   uint64
+}
+
+func (j *panicJournal) Append(recs []engine.Record) uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.panicked {
+		j.panicked = true
+		panic("test: journal append")
+	}
+	j.seq++
+	return j.seq
+}
+
+func (j *panicJournal) Wait(seq uint64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if seq > j.waited {
+		j.waited = seq
+	}
+	return nil
+}
+
+func TestPanicIsAnsweredInternalAndServingContinues(t *testing.T) {
+	j := &panicJournal{}
+	ts := start(t, Config{Journal: j})
+	c := ts.dial(t)
+	a := &protocol.Args{AgentID: "a"}
+	a.Set(protocol.ArgAgentID)
+	r := c.call(1, protocol.OpRegisterAgent, a, nil)
+	if r.OK || r.Error.Code != protocol.CodeInternal {
+		t.Fatalf("answer to the panicking request = %+v; want INTERNAL", r)
+	}
+	register(c, 2, "b", 7)
+	if !strings.Contains(ts.logs.String(), "panic while serving a request") {
+		t.Errorf("the panic was not logged:\n%s", ts.logs.String())
+	}
+}
+
+// TestAnswersWaitForTheJournal: every answer to a change is sent only after
+// Wait has been called for the change's sequence.
+func TestAnswersWaitForTheJournal(t *testing.T) {
+	j := &panicJournal{panicked: true}
+	ts := start(t, Config{Journal: j})
+	c := ts.dial(t)
+	for i := uint64(1); i <= 20; i++ {
+		register(c, i, "agent-"+string(rune('a'+i)), int64(i))
+		j.mu.Lock()
+		seq, waited := j.seq, j.waited
+		j.mu.Unlock()
+		if waited < seq {
+			t.Fatalf("answer %d sent with journal at %d but waited only for %d", i, seq, waited)
+		}
+	}
+}
+
+func TestMaxInflightCountsParkedAcquires(t *testing.T) {
+	ts := start(t, Config{MaxInflight: 2})
+	c := ts.dial(t)
+	register(c, 1, "young", 10)
+	register(c, 2, "old", 1)
+	c.call(3, protocol.OpAcquire, acquireArgs("young", "/a", 60000, 0), &protocol.Grant{})
+	c.call(4, protocol.OpAcquire, acquireArgs("young", "/b", 60000, 0), &protocol.Grant{})
+	c.send(5, protocol.OpAcquire, acquireArgs("old", "/a", 60000, 60000))
+	c.send(6, protocol.OpAcquire, acquireArgs("old", "/b", 60000, 60000))
+	r := c.call(7, protocol.OpAcquire, acquireArgs("old", "/c", 60000, 60000), nil)
+	if r.OK || r.Error.Code != protocol.CodeResourceExhausted {
+		t.Fatalf("third parked acquire = %+v; want RESOURCE_EXHAUSTED", r)
+	}
+	// Non-waiting requests are still served.
+	c.call(8, protocol.OpHello, nil, &protocol.HelloResult{})
+}
+
+func TestClosedConnectionCancelsItsWaiters(t *testing.T) {
+	ts := start(t, Config{})
+	holder, waiter := ts.dial(t), ts.dial(t)
+	register(holder, 1, "young", 10)
+	register(holder, 2, "old", 1)
+	holder.call(3, protocol.OpAcquire, acquireArgs("young", "/a", 60000, 0), &protocol.Grant{})
+	waiter.send(1, protocol.OpAcquire, acquireArgs("old", "/a", 60000, 60000))
+	waitFor(t, "the acquire to park", func() bool { return ts.engineWaiters() == 1 })
+	waiter.nc.Close()
+	waitFor(t, "the parked acquire to be cancelled", func() bool { return ts.engineWaiters() == 0 })
+}
+
+func TestExpiryTimerWakesWaiter(t *testing.T) {
+	ts := start(t, Config{})
+	c := ts.dial(t)
+	register(c, 1, "young", 10)
+	register(c, 2, "old", 1)
+	var held protocol.Grant
+	c.call(3, protocol.OpAcquire, acquireArgs("young", "/a", 50, 0), &held)
+	// The holder never releases: only the timer, at its expiry, can grant.
+	var g protocol.Grant
+	c.call(4, protocol.OpAcquire, acquireArgs("old", "/a", 60000, 30000), &g)
+	if !g.Success || g.AcquiredAt < held.ExpiresAt {
+		t.Fatalf("parked acquire = %+v; want a grant at or after %d", g, held.ExpiresAt)
+	}
+}
+
+// TestPeerThatNeverReadsIsDropped: a client that floods requests and never
+// reads is dropped after WriteTimeout, and others are served meanwhile.
+func TestPeerThatNeverReadsIsDropped(t *testing.T) {
+	ts := start(t, Config{WriteTimeout: 200 * time.Millisecond, MaxOutbound: 64 << 10})
+	flood := ts.dial(t)
+	other := ts.dial(t)
+	frame, _ := protocol.AppendRequest(nil, 1, protocol.OpStats, nil)
+	var batch []byte
+	for len(batch) < 64<<10 {
+		batch = append(batch, frame...)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		flood.nc.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		for {
+			if _, err := flood.nc.Write(batch); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for i := uint64(1); i <= 50; i++ {
+		other.call(i, protocol.OpHello, nil, &protocol.HelloResult{})
+	}
+	err := <-errc
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the flooding peer was never dropped: %v", err)
+	}
+	waitFor(t, "the drop to be logged", func() bool {
+		return strings.Contains(ts.logs.String(), "dropping a connection")
+	})
+	other.call(100, protocol.OpHello, nil, &protocol.HelloResult{})
+}
+
+func TestShutdownAnswersParkedAcquires(t *testing.T) {
+	ts := start(t, Config{})
+	c := ts.dial(t)
+	register(c, 1, "young", 10)
+	register(c, 2, "old", 1)
+	c.call(3, protocol.OpAcquire, acquireArgs("young", "/a", 60000, 0), &protocol.Grant{})
+	c.send(4, protocol.OpAcquire, acquireArgs("old", "/a", 60000, 60000))
+	waitFor(t, "the acquire to park", func() bool { return ts.engineWaiters() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	r := c.recv()
+	if r.ID != 4 || r.OK || r.Error.Code != protocol.CodeShuttingDown {
+		t.Fatalf("parked acquire at shutdown = %+v; want SHUTTING_DOWN", r)
+	}
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := protocol.ReadFrame(c.nc, nil, 1<<20); !errors.Is(err, io.EOF) {
+		t.Fatalf("after shutdown read = %v; want EOF", err)
+	}
+}
