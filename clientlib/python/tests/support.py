@@ -102,6 +102,7 @@ class FakeDaemon:
         self.start()
 
     def start(self) -> None:
+        self._stopped = False
         ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ln.bind(self.path)
         ln.listen(16)
@@ -111,6 +112,8 @@ class FakeDaemon:
     def stop(self) -> None:
         """Closes the listener and every connection, and removes the socket."""
         ln, self._listener = self._listener, None
+        with self._lock:
+            self._stopped = True
         if ln is not None:
             try:
                 ln.shutdown(socket.SHUT_RDWR)
@@ -138,6 +141,9 @@ class FakeDaemon:
                 return
             conn = FakeConn(self, sock)
             with self._lock:
+                if self._stopped:  # accepted while stop() ran: drop it too
+                    sock.close()
+                    return
                 self.connections += 1
                 self._conns.append(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()

@@ -242,6 +242,7 @@ class WireTest(unittest.TestCase):
     def test_unreachable_daemon_times_out_with_clear_error(self) -> None:
         d = self.serve(echo)
         c = self.client(timeout=0.3)
+        self.assertEqual(c.stats()["op"], "stats")
         d.stop()
         wait_until(lambda: not c._conn.connected, what="client to notice the close")
         with self.assertRaises(klock.DaemonNotRunningError) as cm:
