@@ -35,7 +35,7 @@ func (s *Server) handle(c *conn, body []byte) {
 		s.log.Debug("request", "op", req.Op, "id", req.ID, "uid", c.caller.UID, "pid", c.caller.PID)
 	}
 	if s.shutting.Load() {
-		c.appendError(req.ID, protocol.CodeShuttingDown, "klock: the daemon is shutting down; retry after reconnecting", 0)
+		c.appendError(req.ID, errShuttingDown.Code, errShuttingDown.Message, 0)
 		return
 	}
 	s.dispatch(c, req)
@@ -87,6 +87,9 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 		c.appendError(req.ID, protocol.CodeUnknownOp, "klock: unknown op "+quote(req.Op)+"; see PROTOCOL.md for the operations", 0)
 	}
 }
+
+// errShuttingDown answers requests that arrive while the server stops.
+var errShuttingDown = &protocol.Error{Code: protocol.CodeShuttingDown, Message: "klock: the daemon is shutting down; retry after reconnecting"}
 
 // answerErr answers an engine (or other) error with its code.
 func (c *conn) answerErr(id uint64, err error, seq uint64) {

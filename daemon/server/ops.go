@@ -61,6 +61,11 @@ func (s *Server) acquire(c *conn, id uint64, a *protocol.Args, many bool) {
 	res, seq, err := func() (engine.Result, uint64, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if s.closed {
+			// Shutdown has answered the parked acquires; nothing would
+			// answer a new one.
+			return engine.Result{}, s.lastSeq, errShuttingDown
+		}
 		if req.WaitTimeout > 0 && len(c.waiters) >= s.cfg.MaxInflight {
 			return engine.Result{}, s.lastSeq, &engine.Error{Code: protocol.CodeResourceExhausted,
 				Message: "klock: too many requests in flight on this connection; at most " + itoa(s.cfg.MaxInflight) + " may wait at once"}

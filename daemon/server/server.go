@@ -253,7 +253,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		delete(s.waiters, id)
 		w.c.dropWaiterLocked(id)
-		w.c.appendError(w.id, protocol.CodeShuttingDown, "klock: the daemon is shutting down; retry after reconnecting", s.lastSeq)
+		w.c.appendError(w.id, errShuttingDown.Code, errShuttingDown.Message, s.lastSeq)
 		w.c.kick()
 	}
 	s.closed = true
