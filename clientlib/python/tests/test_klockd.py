@@ -316,5 +316,64 @@ class LimitsTest(KlockdTestCase):
         self.assertEqual(cm.exception.code, "RESOURCE_EXHAUSTED")
 
 
+class PermissionsTest(KlockdTestCase):
+    daemon_args = ["--socket-mode", "0666"]
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("needs root to act as a second uid (tests/permissions_test.go covers non-root runs)")
+        super().setUp()
+        os.chmod(self.dir, 0o755)  # let the other uid reach the socket
+
+    def as_nobody(self, fn) -> str:
+        """Runs fn() in a child process as uid/gid 65534; returns what it returned (or the error)."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            out = "crash"
+            try:
+                os.close(r)
+                os.setgid(65534)
+                os.setuid(65534)
+                out = str(fn())
+            except klock.KlockError as e:
+                out = "%s %s" % (type(e).__name__, e.code)
+            except BaseException as e:
+                out = "unexpected %r" % (e,)
+            finally:
+                os.write(w, out.encode())
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            out = f.read().decode()
+        os.waitpid(pid, 0)
+        return out
+
+    def test_other_uid_is_refused(self) -> None:
+        k = self.klock
+        k.register_agent("root-agent", 1)
+        held = self.grant("root-agent", "s", "/x")
+        path = self.daemon.socket_path
+
+        def client() -> klock.KlockClient:
+            return klock.KlockClient(path, timeout=10)
+
+        cases = {
+            "revoke (admin)": lambda: client().revoke(held["lease_id"]),
+            "freeze (admin)": lambda: client().freeze("FILE", "/y"),
+            "release another uid's lease": lambda: client().release_lease(held["lease_id"]),
+            "heartbeat another uid's lease": lambda: client().heartbeat_lease(held["lease_id"]),
+            "acquire for another uid's agent": lambda: client().acquire_lease(
+                "root-agent", "s", "FILE", "/z", "MUTATES", 1000),
+            "end another uid's session": lambda: client().end_session("root-agent", "s"),
+        }
+        for name, fn in cases.items():
+            with self.subTest(name):
+                self.assertEqual(self.as_nobody(fn), "PermissionDeniedError PERMISSION_DENIED")
+        # open ops work for everyone
+        self.assertEqual(self.as_nobody(lambda: client().active_lease_count()), "1")
+        self.assertEqual(k.active_lease_count(), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
