@@ -144,6 +144,46 @@ func (c *conn) appendResult(id uint64, result any, seq uint64) {
 	c.appendedLocked(out, seq)
 }
 
+// appendBounded appends a list answer that must fit in one frame: while
+// its body is over MaxFrame, shrink is called with the fraction of entries
+// to keep (it cuts the list and marks it truncated) and it is encoded
+// again. shrink returns false when nothing is left to cut.
+func (c *conn) appendBounded(id uint64, result any, seq uint64, shrink func(keep float64) bool) {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.dead {
+		return
+	}
+	off := len(c.out)
+	out, err := protocol.AppendResult(c.out, id, result)
+	for err == nil {
+		size := len(out) - off - protocol.HeaderSize
+		if size <= c.s.cfg.MaxFrame {
+			break
+		}
+		out = out[:off]
+		if !shrink(0.9 * float64(c.s.cfg.MaxFrame) / float64(size)) {
+			err = errors.New("klock: answer does not fit in a frame")
+			break
+		}
+		out, err = protocol.AppendResult(out, id, result)
+	}
+	if err != nil {
+		c.s.log.Error("encoding an answer failed", "id", id, "err", err)
+		out = protocol.AppendError(out[:off], id, protocol.CodeInternal, "klock: internal error encoding the answer; the daemon logged it")
+	}
+	c.appendedLocked(out, seq)
+}
+
+// keepCount is how many of n entries to keep for fraction keep: fewer
+// than n, and none when n is 0.
+func keepCount(n int, keep float64) (int, bool) {
+	if n == 0 {
+		return 0, false
+	}
+	return min(int(float64(n)*keep), n-1), true
+}
+
 // appendError appends an error answer.
 func (c *conn) appendError(id uint64, code protocol.Code, msg string, seq uint64) {
 	c.outMu.Lock()

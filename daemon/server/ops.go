@@ -195,7 +195,11 @@ func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 			Fence: l.Fence, OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID,
 		}
 	}
-	c.appendResult(id, r, seq)
+	c.appendBounded(id, r, seq, func(keep float64) bool {
+		k, ok := keepCount(len(r.Leases), keep)
+		r.Leases, r.Truncated = r.Leases[:k], true
+		return ok
+	})
 }
 
 func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
@@ -214,7 +218,11 @@ func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
 		g := &ags[i]
 		r.Agents[i] = protocol.AgentInfo{AgentID: g.ID, Priority: g.Priority, RegisteredAt: g.RegisteredAt, Leases: g.Leases, Waiting: g.Waiting}
 	}
-	c.appendResult(id, r, seq)
+	c.appendBounded(id, r, seq, func(keep float64) bool {
+		k, ok := keepCount(len(r.Agents), keep)
+		r.Agents, r.Truncated = r.Agents[:k], true
+		return ok
+	})
 }
 
 // clampLimit converts a wire limit to int without overflow; the engine

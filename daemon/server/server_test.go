@@ -325,3 +325,32 @@ func TestShutdownAnswersParkedAcquires(t *testing.T) {
 		t.Fatalf("after shutdown read = %v; want EOF", err)
 	}
 }
+
+// TestLongListIsCutToOneFrame: a list_leases answer that would exceed
+// max_frame is cut to fit and marked truncated.
+func TestLongListIsCutToOneFrame(t *testing.T) {
+	ts := start(t, Config{MaxFrame: 16 << 10})
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	long := "/" + strings.Repeat("p", 900)
+	for i := 0; i < 40; i++ {
+		c.call(uint64(10+i), protocol.OpAcquire, acquireArgs("a", long+string(rune('A'+i)), 60000, 0), &protocol.Grant{})
+	}
+	c.send(100, protocol.OpListLeases, nil)
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	body, err := protocol.ReadFrame(c.nc, nil, 16<<10)
+	if err != nil {
+		t.Fatalf("list_leases answer: %v", err)
+	}
+	var resp protocol.Response
+	var list protocol.ListLeasesResult
+	if err := protocol.DecodeResponse(body, &resp); err != nil || !resp.OK {
+		t.Fatalf("list_leases = %+v, %v", resp, err)
+	}
+	if err := protocol.DecodeResult(resp.Result, &list); err != nil {
+		t.Fatal(err)
+	}
+	if !list.Truncated || len(list.Leases) == 0 || len(list.Leases) >= 40 {
+		t.Fatalf("list of %d leases, truncated %v; want some but not all 40, truncated", len(list.Leases), list.Truncated)
+	}
+}
