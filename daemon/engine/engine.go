@@ -9,10 +9,13 @@ import (
 type Engine struct {
 	cfg Config
 
-	agents    map[string]*agent
-	leases    map[string]*lease
-	resources map[string]*resource // keys with leases, waiters or a freeze
-	ended     map[SessionRef]struct{}
+	agents     map[string]*agent
+	leases     map[string]*lease
+	resources  map[string]*resource // keys with leases, waiters or a freeze (and a few idle ones)
+	idle       []*resource          // parked idle resources, oldest first
+	keyBuf     []byte               // scratch for building resource keys
+	freeLeases []*lease             // removed lease structs for reuse
+	ended      map[SessionRef]struct{}
 
 	leaseDeadlines  leaseHeap
 	waiterDeadlines waiterHeap
@@ -69,6 +72,7 @@ type resource struct {
 	queue   []queued // sorted by priority, then arrival
 	frozen  bool
 	isDirty bool
+	parked  bool // in Engine.idle
 }
 
 // New returns an empty engine with the given limits.

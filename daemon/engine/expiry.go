@@ -1,56 +1,5 @@
 package engine
 
-// leaseHeap orders leases by expiry (then fence, so ties are deterministic);
-// each lease knows its index so a heartbeat fixes it in place.
-type leaseHeap []*lease
-
-func (h leaseHeap) Len() int { return len(h) }
-func (h leaseHeap) Less(i, j int) bool {
-	if h[i].ExpiresAt != h[j].ExpiresAt {
-		return h[i].ExpiresAt < h[j].ExpiresAt
-	}
-	return h[i].Fence < h[j].Fence
-}
-func (h leaseHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
-}
-func (h *leaseHeap) Push(x any) {
-	l := x.(*lease)
-	l.heapIdx = len(*h)
-	*h = append(*h, l)
-}
-func (h *leaseHeap) Pop() any {
-	old := *h
-	n := len(old) - 1
-	l := old[n]
-	old[n] = nil
-	*h = old[:n]
-	l.heapIdx = -1
-	return l
-}
-
-// countDue counts the leases with ExpiresAt <= now without popping them,
-// visiting only those and their direct children: O(due).
-func (h leaseHeap) countDue(now int64) int {
-	if len(h) == 0 || h[0].ExpiresAt > now {
-		return 0
-	}
-	n := 0
-	stack := []int{0}
-	for len(stack) > 0 {
-		i := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if i >= len(h) || h[i].ExpiresAt > now {
-			continue
-		}
-		n++
-		stack = append(stack, 2*i+1, 2*i+2)
-	}
-	return n
-}
-
 // waiterHeap orders queued requests by their wait deadline (then id).
 type waiterHeap []*waiter
 
@@ -90,7 +39,7 @@ func (e *Engine) NextDeadline() (at int64, ok bool) {
 		return e.settleAt, true
 	}
 	if len(e.leaseDeadlines) > 0 {
-		at, ok = e.leaseDeadlines[0].ExpiresAt, true
+		at, ok = e.leaseDeadlines[0].at, true
 	}
 	if len(e.waiterDeadlines) > 0 {
 		if d := e.waiterDeadlines[0].deadline; !ok || d < at {
@@ -107,8 +56,8 @@ func (e *Engine) NextDeadline() (at int64, ok bool) {
 func (e *Engine) Expire(now int64) (int, []Wakeup) {
 	n := 0
 	var ids []string
-	for len(e.leaseDeadlines) > 0 && e.leaseDeadlines[0].ExpiresAt <= now {
-		l := e.leaseDeadlines[0]
+	for len(e.leaseDeadlines) > 0 && e.leaseDeadlines[0].at <= now {
+		l := e.leaseDeadlines[0].l
 		if e.cfg.Journal {
 			ids = append(ids, l.ID)
 		}

@@ -86,3 +86,40 @@ func replayEqual(t testing.TB, e *Engine, recs []Record) {
 	}
 	require.Equal(t, e.Snapshot(), f.Snapshot())
 }
+
+// liveResources counts the resources that hold something.
+func liveResources(e *Engine) int {
+	n := 0
+	for _, r := range e.resources {
+		if !r.idle() {
+			n++
+		}
+	}
+	return n
+}
+
+func TestIdleResourcesBounded(t *testing.T) {
+	e := New(Config{})
+	mustRegister(t, e, "a", 1)
+	for i := 0; i < 3*maxIdleResources; i++ {
+		l := mustGrant(t, e, t0, "a", "s", "/f"+string(rune('a'+i%26))+itoa(i), "MUTATES")
+		ok, _, err := e.Release(t0, alice, l.ID)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	require.LessOrEqual(t, len(e.resources), maxIdleResources+1)
+	require.LessOrEqual(t, len(e.idle), maxIdleResources+1)
+	require.Zero(t, liveResources(e))
+	require.LessOrEqual(t, len(e.freeLeases), maxFreeLeases)
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; i > 0; i /= 10 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+	}
+	return string(b)
+}

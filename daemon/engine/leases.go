@@ -1,10 +1,6 @@
 package engine
 
-import (
-	"container/heap"
-
-	"github.com/klockd/klock/protocol"
-)
+import "github.com/klockd/klock/protocol"
 
 // Release ends an active lease and returns true, plus the wake-ups of the
 // requests queued on its resource that this decides. It returns false (and
@@ -19,7 +15,7 @@ func (e *Engine) Release(now int64, c Caller, leaseID string) (bool, []Wakeup, e
 		return false, nil, nil
 	}
 	e.removeLease(l)
-	e.record(Record{Kind: RecRelease, Time: now, LeaseIDs: []string{leaseID}})
+	e.recordLease(RecRelease, now, leaseID, 0)
 	return true, e.settle(now, nil), nil
 }
 
@@ -59,14 +55,14 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 		ttl = l.TTL
 	}
 	e.heartbeat(l, now, ttl)
-	e.record(Record{Kind: RecHeartbeat, Time: now, LeaseIDs: []string{leaseID}, TTL: ttl})
+	e.recordLease(RecHeartbeat, now, leaseID, ttl)
 	return l.Lease, nil
 }
 
 func (e *Engine) heartbeat(l *lease, now, ttl int64) {
 	l.TTL = ttl
 	l.ExpiresAt = now + ttl
-	heap.Fix(&e.leaseDeadlines, l.heapIdx)
+	e.leaseDeadlines.fix(l.heapIdx)
 }
 
 // Revoke ends an active lease now, as if it expired (admin: root or
@@ -83,7 +79,7 @@ func (e *Engine) Revoke(now int64, c Caller, leaseID string) (bool, []Wakeup, er
 		return false, nil, nil
 	}
 	e.removeLease(l)
-	e.record(Record{Kind: RecRevoke, Time: now, LeaseIDs: []string{leaseID}})
+	e.recordLease(RecRevoke, now, leaseID, 0)
 	return true, e.settle(now, nil), nil
 }
 

@@ -58,6 +58,14 @@ func (e *Engine) Records() []Record {
 	return r
 }
 
+// recordLease records a change to one lease, building nothing when the
+// journal is off.
+func (e *Engine) recordLease(kind RecordKind, now int64, leaseID string, ttl int64) {
+	if e.cfg.Journal {
+		e.records = append(e.records, Record{Kind: kind, Time: now, LeaseIDs: []string{leaseID}, TTL: ttl})
+	}
+}
+
 func (e *Engine) record(r Record) {
 	if e.cfg.Journal {
 		e.records = append(e.records, r)

@@ -1,10 +1,6 @@
 package engine
 
-import (
-	"container/heap"
-
-	"github.com/klockd/klock/protocol"
-)
+import "github.com/klockd/klock/protocol"
 
 // This file holds the primitive state changes shared by the live calls and
 // by Apply: they update every index and never write records.
@@ -19,10 +15,32 @@ func (e *Engine) resourceFor(key string) *resource {
 	return r
 }
 
-// dropIfIdle forgets a resource with no leases, no queue and no freeze.
+// maxIdleResources bounds how many resources with nothing on them are kept
+// (for reuse: a hot key then costs no allocation and no map insert).
+const maxIdleResources = 4096
+
+func (r *resource) idle() bool {
+	return len(r.leases) == 0 && len(r.queue) == 0 && !r.frozen && !r.isDirty
+}
+
+// dropIfIdle parks a resource with no leases, no queue and no freeze in the
+// idle list; beyond maxIdleResources the oldest parked ones are forgotten.
 func (e *Engine) dropIfIdle(r *resource) {
-	if len(r.leases) == 0 && len(r.queue) == 0 && !r.frozen && !r.isDirty && e.resources[r.key] == r {
-		delete(e.resources, r.key)
+	if r.parked || !r.idle() || e.resources[r.key] != r {
+		return
+	}
+	r.parked = true
+	e.idle = append(e.idle, r)
+	if len(e.idle) > maxIdleResources {
+		n := len(e.idle) / 2
+		for i, old := range e.idle[:n] {
+			old.parked = false
+			if old.idle() && e.resources[old.key] == old {
+				delete(e.resources, old.key)
+			}
+			e.idle[i] = nil
+		}
+		e.idle = append(e.idle[:0], e.idle[n:]...)
 	}
 }
 
@@ -37,11 +55,19 @@ func (e *Engine) addLease(l Lease) (*lease, *Error) {
 		return nil, errorf(protocol.CodeInternal, "klock: lease %s for unknown agent %q", l.ID, l.AgentID)
 	}
 	r := e.resourceFor(l.Resource)
-	x := &lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases)}
+	var x *lease
+	if n := len(e.freeLeases); n > 0 {
+		x = e.freeLeases[n-1]
+		e.freeLeases[n-1] = nil
+		e.freeLeases = e.freeLeases[:n-1]
+	} else {
+		x = new(lease)
+	}
+	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases)}
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
 	e.leases[l.ID] = x
-	heap.Push(&e.leaseDeadlines, x)
+	e.leaseDeadlines.push(x)
 	if l.Fence > e.fence {
 		e.fence = l.Fence
 	}
@@ -52,7 +78,7 @@ func (e *Engine) addLease(l Lease) (*lease, *Error) {
 // its queue to be decided again.
 func (e *Engine) removeLease(x *lease) {
 	delete(e.leases, x.ID)
-	heap.Remove(&e.leaseDeadlines, x.heapIdx)
+	e.leaseDeadlines.remove(x.heapIdx)
 
 	r := x.res
 	last := len(r.leases) - 1
@@ -81,7 +107,14 @@ func (e *Engine) removeLease(x *lease) {
 		e.dropIfIdle(r)
 	}
 	e.dropLeftover(a)
+	if len(e.freeLeases) < maxFreeLeases {
+		*x = lease{}
+		e.freeLeases = append(e.freeLeases, x)
+	}
 }
+
+// maxFreeLeases bounds the removed lease structs kept for reuse.
+const maxFreeLeases = 1024
 
 func (en *idemEntry) remove(x *lease) {
 	for i, l := range en.leases {

@@ -114,6 +114,30 @@ func resourceKey(field, typ, p string) (string, *Error) {
 	return resourceTypeNames[t] + ":" + p, nil
 }
 
+// internKey is resourceKey without allocating when the key's resource is
+// already known: it builds the key in a scratch buffer and returns the
+// resource's own copy.
+func (e *Engine) internKey(field, typ, p string) (string, *Error) {
+	t, err := parseResourceType(field, typ)
+	if err != nil {
+		return "", err
+	}
+	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
+		return "", err
+	}
+	if t == File {
+		p = path.Clean(p)
+	}
+	b := append(e.keyBuf[:0], resourceTypeNames[t]...)
+	b = append(b, ':')
+	b = append(b, p...)
+	e.keyBuf = b
+	if r := e.resources[string(b)]; r != nil {
+		return r.key, nil
+	}
+	return string(b), nil
+}
+
 func parseResourceType(field, s string) (ResourceType, *Error) {
 	// Fast path: the wire normally carries upper-case names.
 	for t := File; t <= ConfigKey; t++ {
@@ -180,7 +204,7 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 		if !single {
 			field = fmt.Sprintf("intents[%d].", i)
 		}
-		key, err := resourceKey(field, in.ResourceType, in.ResourcePath)
+		key, err := e.internKey(field, in.ResourceType, in.ResourcePath)
 		if err != nil {
 			return nil, err
 		}

@@ -210,7 +210,7 @@ func TestCancel(t *testing.T) {
 	_, wake, err := e.Release(t0, alice, l.ID)
 	require.NoError(t, err)
 	require.Empty(t, wake)
-	require.Empty(t, e.resources, "no resource kept for nothing")
+	require.Zero(t, liveResources(e), "no resource kept for nothing")
 
 	l = mustGrant(t, e, t0, "young", "y", "/x", "MUTATES")
 	w1 := mustQueue(t, e, t0, waitReq("mid", "m", "/x", "CONSUMES", 1000, 300))
@@ -242,7 +242,7 @@ func TestFreezeAnswersQueued(t *testing.T) {
 	require.Empty(t, wake)
 	_, err = e.Thaw(t0, root, "FILE", "/x")
 	require.NoError(t, err)
-	require.Empty(t, e.resources)
+	require.Zero(t, liveResources(e))
 	replayEqual(t, e, e.Records())
 }
 
