@@ -171,6 +171,109 @@ class FakeDaemon:
         conn.sock.close()
 
 
+# ----- cut proxy -------------------------------------------------------------------
+
+
+def _read_frames(sock: socket.socket):
+    """Yields (raw frame, decoded body) from sock until it closes."""
+    buf = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        buf += chunk
+        while len(buf) >= 4:
+            n = int.from_bytes(buf[:4], "big")
+            if len(buf) < 4 + n:
+                break
+            frame, buf = buf[: 4 + n], buf[4 + n :]
+            yield frame, msgpack.unpackb(frame[4:], raw=False)
+
+
+class CutProxy:
+    """Forwards a socket to klockd, and on request loses one answer.
+
+    After cut(op), the next response to an `op` request is dropped and the
+    client's connection is closed, as if the daemon had died just after
+    deciding: the client must resend, and the daemon must not decide twice.
+    """
+
+    def __init__(self, path: str, target: str) -> None:
+        self.path = path
+        self.target = target
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._cut_op: Optional[str] = None
+        self._ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._ln.bind(path)
+        self._ln.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self, op: str) -> None:
+        with self._lock:
+            self._cut_op = op
+
+    def close(self) -> None:
+        try:
+            self._ln.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._ln.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self._ln.accept()
+            except OSError:
+                return
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            up.connect(self.target)
+            ops: Dict[int, str] = {}
+            threading.Thread(target=self._upward, args=(down, up, ops), daemon=True).start()
+            threading.Thread(target=self._downward, args=(down, up, ops), daemon=True).start()
+
+    def _upward(self, down: socket.socket, up: socket.socket, ops: Dict[int, str]) -> None:
+        for frame, req in _read_frames(down):
+            with self._lock:
+                ops[req.get("id")] = req.get("op")
+            try:
+                up.sendall(frame)
+            except OSError:
+                break
+        _close_both(down, up)
+
+    def _downward(self, down: socket.socket, up: socket.socket, ops: Dict[int, str]) -> None:
+        for frame, resp in _read_frames(up):
+            with self._lock:
+                op = ops.get(resp.get("id"))
+                drop = op is not None and op == self._cut_op
+                if drop:
+                    self._cut_op = None
+                    self.cuts += 1
+            if drop:
+                break
+            try:
+                down.sendall(frame)
+            except OSError:
+                break
+        _close_both(down, up)
+
+
+def _close_both(*socks: socket.socket) -> None:
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
 # ----- real daemon -----------------------------------------------------------------
 
 

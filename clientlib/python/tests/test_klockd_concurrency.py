@@ -7,7 +7,9 @@ import threading
 import unittest
 from typing import Any, Dict, List
 
-from support import KlockdTestCase, now_ms, wait_until
+import os
+
+from support import CutProxy, KlockdTestCase, now_ms, wait_until
 
 import klock
 
@@ -190,6 +192,48 @@ class ReconnectInMemoryTest(KlockdTestCase):
         self.assertGreaterEqual(k.reconnects, 3)
         k.register_agent("after", 1)  # the fresh daemon serves this client
         self.assertEqual(k.list_agents()["agents"][0]["agent_id"], "after")
+
+
+class LostAnswerTest(KlockdTestCase):
+    def proxied_client(self) -> "tuple[klock.KlockClient, CutProxy]":
+        proxy = CutProxy(os.path.join(self.dir, "p.sock"), self.daemon.socket_path)
+        self.addCleanup(proxy.close)
+        c = klock.KlockClient(proxy.path, timeout=10)
+        self.addCleanup(c.close)
+        return c, proxy
+
+    def test_resent_acquire_returns_the_same_lease(self) -> None:
+        """The daemon grants, the answer is lost with the connection; the
+        client's resend carries the same idem key and gets the same lease."""
+        c, proxy = self.proxied_client()
+        c.register_agent("a", 1)
+        proxy.cut("acquire")
+        g = c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 60000)
+        self.assertEqual(proxy.cuts, 1)
+        self.assertGreaterEqual(c.reconnects, 1)
+        self.assertTrue(g["success"], g)
+        leases = self.klock.list_leases()["leases"]
+        self.assertEqual([l["lease_id"] for l in leases], [g["lease_id"]], "one lease, not two")
+        self.assertEqual(self.klock.stats()["grants"], 1)
+
+    def test_resent_acquire_many_returns_the_same_set(self) -> None:
+        c, proxy = self.proxied_client()
+        c.register_agent("a", 1)
+        proxy.cut("acquire_many")
+        g = c.acquire_many("a", "s", [("FILE", "/x", "MUTATES"), ("FILE", "/y", "MUTATES")], 60000)
+        self.assertEqual(proxy.cuts, 1)
+        self.assertTrue(g["success"], g)
+        self.assertEqual(self.klock.active_lease_count(), 2)
+
+    def test_resent_release_is_harmless(self) -> None:
+        c, proxy = self.proxied_client()
+        c.register_agent("a", 1)
+        g = c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 60000)
+        proxy.cut("release")
+        # The first release worked but its answer was lost; the resend finds
+        # nothing to release. The lease is gone either way.
+        self.assertIs(c.release_lease(g["lease_id"]), False)
+        self.assertEqual(self.klock.active_lease_count(), 0)
 
 
 class ReconnectTest(KlockdTestCase):
