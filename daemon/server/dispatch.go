@@ -46,6 +46,9 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 	a := &req.Args
 	switch req.Op {
 	case protocol.OpHello:
+		if a.Client != "" {
+			s.log.Debug("hello", "client", a.Client, "uid", c.caller.UID, "pid", c.caller.PID)
+		}
 		c.appendResult(req.ID, &protocol.HelloResult{
 			Server:    "klockd " + s.cfg.Version,
 			Protocol:  protocol.Version,
