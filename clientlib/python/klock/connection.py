@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import struct
 import threading
 from typing import Any, Dict, Optional
 
@@ -39,6 +40,9 @@ DEFAULT_MAX_FRAME = 1 << 20
 
 # A frame longer than this is taken as a broken stream, not a response.
 _READ_LIMIT = 64 << 20
+
+# Longest a write may block before the connection is taken as broken, seconds.
+_SEND_TIMEOUT = 10.0
 
 _BACKOFF_FIRST = 0.01
 _BACKOFF_CAP = 1.0
@@ -266,6 +270,12 @@ class Connection:
             sock.settimeout(5.0)
             sock.connect(self.socket_path)
             sock.settimeout(None)
+            # A daemon that stops reading (hung, SIGSTOPped) must not block a
+            # writer forever while holding _wlock: after _SEND_TIMEOUT the send
+            # fails, and the connection is dropped and redialled.
+            sec = int(_SEND_TIMEOUT)
+            usec = int((_SEND_TIMEOUT - sec) * 1e6)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, usec))
         except BaseException:
             sock.close()
             raise

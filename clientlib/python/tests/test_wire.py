@@ -273,6 +273,37 @@ class WireTest(unittest.TestCase):
         self.assertIsInstance(cm.exception, TimeoutError)
         self.assertIsNone(cm.exception.code)
 
+    def test_daemon_that_stops_reading_cannot_hang_callers(self) -> None:
+        import socket
+
+        import klock.connection as connection
+
+        ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ln.bind(self.path)
+        ln.listen(64)  # accepts (via the backlog) but never reads
+        self.addCleanup(ln.close)
+        saved = connection._SEND_TIMEOUT
+        connection._SEND_TIMEOUT = 0.1
+        self.addCleanup(setattr, connection, "_SEND_TIMEOUT", saved)
+        c = self.client(timeout=1.0)
+        errors = []
+
+        def worker() -> None:
+            try:
+                c.release_lease("x" * 900000)  # a few of these fill the socket buffer
+            except klock.KlockError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertFalse(any(t.is_alive() for t in threads), "a caller hung")
+        self.assertEqual(len(errors), 4)
+        for e in errors:
+            self.assertIsInstance(e, (klock.KlockTimeoutError, klock.KlockConnectionError))
+
     def test_oversized_request_is_refused_locally(self) -> None:
         d = self.serve(echo)
         c = self.client()
