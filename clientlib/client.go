@@ -367,6 +367,11 @@ func (c *Client) deliver(resp *protocol.Response, own *call) {
 		return
 	}
 	if cl, ok := c.pending[resp.ID]; ok {
+		if !resp.OK && resp.Error != nil && resp.Error.Code == protocol.CodeShuttingDown && !c.opts.NoReconnect {
+			// The daemon is stopping and did not serve it: the call stays
+			// pending and is resent once the Client has reconnected.
+			return
+		}
 		delete(c.pending, resp.ID)
 		cl.done, cl.resp = true, *resp
 		if cl != own {

@@ -434,3 +434,30 @@ func TestReconnectUnderLoad(t *testing.T) {
 		t.Errorf("%d calls pending after all returned", n)
 	}
 }
+
+// TestShuttingDownIsResent: a request refused with SHUTTING_DOWN by a
+// stopping daemon is resent to the next one instead of failing.
+func TestShuttingDownIsResent(t *testing.T) {
+	f := newFakeDaemon(t)
+	refused := make(chan struct{}, 1)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if req.Op != protocol.OpActiveLeaseCount {
+			return false
+		}
+		reply(nil, protocol.Errorf(protocol.CodeShuttingDown, "klock: daemon is shutting down"))
+		refused <- struct{}{}
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ActiveLeaseCount(testCtx(t))
+		done <- err
+	}()
+	<-refused
+	f.setHook(nil)
+	f.restart()
+	if err := <-done; err != nil {
+		t.Fatalf("ActiveLeaseCount across a shutdown = %v; want it resent and answered", err)
+	}
+}

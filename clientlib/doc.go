@@ -13,7 +13,8 @@
 // still in flight, so the application sees no error: acquires carry an
 // idempotency key generated per logical call, so a resent acquire returns the
 // lease it already obtained, never a second one; release, heartbeat and
-// register are idempotent.
+// register are idempotent. A request the daemon refuses with SHUTTING_DOWN
+// (it is stopping for a restart) is likewise resent once reconnected.
 //
 // The calls mirror the wire operations of protocol/README.md, with the seed
 // SDK's names for the seed's calls (RegisterAgent, AcquireLease,

@@ -37,13 +37,19 @@ func fileIntent(path, predicate string) []clientlib.Intent {
 	return []clientlib.Intent{{ResourceType: "FILE", ResourcePath: path, Predicate: predicate}}
 }
 
-// TestClientRidesThroughRestart kills klockd (SIGKILL) while 16 goroutines
-// have requests in flight on one client, a lease is kept alive by Acquire
-// and another Acquire is parked in the daemon, then restarts it on the same
-// state directory: the application sees no error, the kept lease keeps its
-// id and is renewed after the restart, the parked Acquire is granted, and
-// no resent acquire created a second lease.
+// TestClientRidesThroughRestart stops klockd (SIGKILL, or SIGTERM as a
+// service restart does) while 16 goroutines have requests in flight on one
+// client, a lease is kept alive by Acquire and another Acquire is parked in
+// the daemon, then restarts it on the same state directory: the application
+// sees no error, the kept lease keeps its id and is renewed after the
+// restart, the parked Acquire is granted, and no resent acquire created a
+// second lease.
 func TestClientRidesThroughRestart(t *testing.T) {
+	t.Run("kill", func(t *testing.T) { ridesThroughRestart(t, true) })
+	t.Run("graceful", func(t *testing.T) { ridesThroughRestart(t, false) })
+}
+
+func ridesThroughRestart(t *testing.T, kill bool) {
 	d := harness.Start(t, harness.Options{})
 	c := d.Client(t)
 	ctx := clCtx(t)
@@ -131,7 +137,11 @@ func TestClientRidesThroughRestart(t *testing.T) {
 		}()
 	}
 	clEventually(t, "200 rounds before the kill", func() bool { return rounds.Load() >= 200 })
-	d.Kill(t)
+	if kill {
+		d.Kill(t)
+	} else {
+		d.Stop(t) // SIGTERM: waiters are answered SHUTTING_DOWN
+	}
 	restarted := time.Now()
 	before := rounds.Load()
 	d.Restart(t)
