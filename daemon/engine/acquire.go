@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"encoding/binary"
+
 	"github.com/google/uuid"
 	"github.com/klockd/klock/protocol"
 )
@@ -51,7 +53,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 			return en.answer(req.Idem, targets)
 		}
 	}
-	v := e.decide(now, a, req.SessionID, a.priority, targets, nil, nil)
+	v := e.decide(now, a, req.SessionID, a.priority, targets, nil)
 	if v.reason == "" {
 		if e.cfg.MaxLeases > 0 && len(e.leases)+len(targets) > e.cfg.MaxLeases &&
 			len(e.leases)-e.leaseDeadlines.countDue(now)+len(targets) > e.cfg.MaxLeases {
@@ -146,19 +148,12 @@ func rank(r protocol.Reason) int {
 
 // decide applies the five steps of DESIGN.md to every target and returns
 // the worst verdict. self is the queued request being decided again (it
-// does not count against itself); res are its resources, else they are
-// looked up.
-func (e *Engine) decide(now int64, a *agent, session string, prio int64, targets []target, res []*resource, self *waiter) verdict {
+// does not count against itself).
+func (e *Engine) decide(now int64, a *agent, session string, prio int64, targets []target, self *waiter) verdict {
 	var worst verdict
 	var maxExp int64
 	for i := range targets {
-		var r *resource
-		if res != nil {
-			r = res[i]
-		} else {
-			r = e.resources[targets[i].key]
-		}
-		v := e.decideOne(now, a, session, prio, targets[i], r, self)
+		v := e.decideOne(now, a, session, prio, targets[i], targets[i].res, self)
 		maxExp = max(maxExp, v.maxExpiry)
 		if rank(v.reason) > rank(worst.reason) {
 			worst = v
@@ -192,6 +187,7 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 				continue // re-entrant
 			}
 			v.reason, v.by, v.bySession, v.byPred = protocol.ReasonConflict, a, l.SessionID, l.Predicate
+			v.maxExpiry = max(v.maxExpiry, l.ExpiresAt)
 			return v
 		}
 		v.maxExpiry = max(v.maxExpiry, l.ExpiresAt)
@@ -235,10 +231,10 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 	for i, t := range targets {
 		e.fence++
 		ls[i] = Lease{
-			ID: newLeaseID(), AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
+			ID: e.newLeaseID(), AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
 			AcquiredAt: now, ExpiresAt: now + ttl, TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,
 		}
-		x, err := e.addLease(ls[i])
+		x, err := e.addLease(ls[i], t.res)
 		if err != nil {
 			panic(err) // fresh ids of a registered agent: cannot happen
 		}
@@ -254,11 +250,12 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 	return ls
 }
 
-func newLeaseID() string {
-	id, err := uuid.NewRandom()
-	if err != nil {
-		// crypto/rand does not fail on supported systems; uuid.New panics too.
-		panic(err)
-	}
-	return id.String()
+// newLeaseID returns a random (version 4) UUID.
+func (e *Engine) newLeaseID() string {
+	var u uuid.UUID
+	binary.LittleEndian.PutUint64(u[:8], e.ids.Uint64())
+	binary.LittleEndian.PutUint64(u[8:], e.ids.Uint64())
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	return u.String()
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/klockd/klock/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -560,4 +561,20 @@ func resources(ls []Lease) []string {
 		out = append(out, l.Resource)
 	}
 	return out
+}
+
+func TestLeaseIDsAreUUIDv4(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	seen := map[string]bool{}
+	for i := 0; i < 1000; i++ {
+		l := mustGrant(t, e, t0, "a", "s", "/x", "CONSUMES")
+		u, err := uuid.Parse(l.ID)
+		require.NoError(t, err)
+		require.Equal(t, uuid.Version(4), u.Version())
+		require.Equal(t, uuid.RFC4122, u.Variant())
+		require.False(t, seen[l.ID])
+		seen[l.ID] = true
+		require.Equal(t, uint64(i+1), l.Fence)
+	}
 }

@@ -92,7 +92,7 @@ func (e *Engine) apply(r *Record) *Error {
 	case RecGrant:
 		xs := make([]*lease, 0, len(r.Leases))
 		for _, l := range r.Leases {
-			x, err := e.addLease(l)
+			x, err := e.addLease(l, nil)
 			if err != nil {
 				return err
 			}

@@ -45,8 +45,8 @@ func (e *Engine) dropIfIdle(r *resource) {
 }
 
 // addLease inserts a granted lease into every index. The lease's agent must
-// exist (possibly as a leftover).
-func (e *Engine) addLease(l Lease) (*lease, *Error) {
+// exist (possibly as a leftover); r is the lease's resource if known.
+func (e *Engine) addLease(l Lease, r *resource) (*lease, *Error) {
 	if _, dup := e.leases[l.ID]; dup {
 		return nil, errorf(protocol.CodeInternal, "klock: lease %s granted twice", l.ID)
 	}
@@ -54,7 +54,9 @@ func (e *Engine) addLease(l Lease) (*lease, *Error) {
 	if a == nil {
 		return nil, errorf(protocol.CodeInternal, "klock: lease %s for unknown agent %q", l.ID, l.AgentID)
 	}
-	r := e.resourceFor(l.Resource)
+	if r == nil {
+		r = e.resourceFor(l.Resource)
+	}
 	var x *lease
 	if n := len(e.freeLeases); n > 0 {
 		x = e.freeLeases[n-1]

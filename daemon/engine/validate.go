@@ -116,14 +116,14 @@ func resourceKey(field, typ, p string) (string, *Error) {
 
 // internKey is resourceKey without allocating when the key's resource is
 // already known: it builds the key in a scratch buffer and returns the
-// resource's own copy.
-func (e *Engine) internKey(field, typ, p string) (string, *Error) {
+// resource and its own copy of the key.
+func (e *Engine) internKey(field, typ, p string) (string, *resource, *Error) {
 	t, err := parseResourceType(field, typ)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if t == File {
 		p = path.Clean(p)
@@ -133,9 +133,9 @@ func (e *Engine) internKey(field, typ, p string) (string, *Error) {
 	b = append(b, p...)
 	e.keyBuf = b
 	if r := e.resources[string(b)]; r != nil {
-		return r.key, nil
+		return r.key, r, nil
 	}
-	return string(b), nil
+	return string(b), nil, nil
 }
 
 func parseResourceType(field, s string) (ResourceType, *Error) {
@@ -165,10 +165,11 @@ func parsePredicate(field, s string) (Predicate, *Error) {
 	return p, nil
 }
 
-// target is one parsed intent.
+// target is one parsed intent, with its resource when it has one.
 type target struct {
 	key  string
 	pred Predicate
+	res  *resource // nil until a lease or request is on the key
 }
 
 // checkAcquire validates an acquire request and parses its intents into
@@ -204,7 +205,7 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 		if !single {
 			field = fmt.Sprintf("intents[%d].", i)
 		}
-		key, err := e.internKey(field, in.ResourceType, in.ResourcePath)
+		key, r, err := e.internKey(field, in.ResourceType, in.ResourcePath)
 		if err != nil {
 			return nil, err
 		}
@@ -212,7 +213,7 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 		if err != nil {
 			return nil, err
 		}
-		dst = append(dst, target{key: key, pred: p})
+		dst = append(dst, target{key: key, pred: p, res: r})
 	}
 	return dst, nil
 }

@@ -56,6 +56,7 @@ func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, tar
 	for i, t := range w.targets {
 		r := e.resourceFor(t.key)
 		w.res[i] = r
+		w.targets[i].res = r
 		at := len(r.queue)
 		for j, q := range r.queue {
 			if !q.before(w) {
@@ -105,7 +106,7 @@ func (e *Engine) markDirty(r *resource) {
 // the daemon's timer calls Expire, which answers them.
 func (e *Engine) requeue(now int64, targets []target, self *waiter) {
 	for _, t := range targets {
-		if r := e.resources[t.key]; r != nil && othersQueued(r, self) {
+		if r := t.res; r != nil && othersQueued(r, self) {
 			if len(e.dirty) == 0 {
 				e.settleAt = now
 			}
@@ -140,7 +141,7 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 				continue
 			}
 			w.pass = e.pass
-			v := e.decide(now, w.agent, w.session, w.priority, w.targets, w.res, w)
+			v := e.decide(now, w.agent, w.session, w.priority, w.targets, w)
 			switch v.reason {
 			case protocol.ReasonWait:
 				j++
@@ -169,11 +170,17 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 // timeout answers a queued request whose wait deadline has passed: WAIT,
 // with what it waited for.
 func (e *Engine) timeout(now int64, w *waiter) Result {
-	v := e.decide(now, w.agent, w.session, w.priority, w.targets, w.res, w)
+	v := e.decide(now, w.agent, w.session, w.priority, w.targets, w)
 	e.waits++
 	d := e.denial(now, w.agent, w.session, &v)
+	why := d.Message
+	if v.reason != protocol.ReasonWait {
+		// Cannot happen: every change that lets a queued request through
+		// or turns it DIE marks its resource for settle, which runs first.
+		why = "its resources were busy"
+	}
 	d.Reason = protocol.ReasonWait
-	d.Message = fmt.Sprintf("%s waited %d ms without being granted; %s", w.agent.id, now-w.since, d.Message)
+	d.Message = fmt.Sprintf("%s waited %d ms without being granted; %s", w.agent.id, now-w.since, why)
 	return Result{Denial: d}
 }
 
