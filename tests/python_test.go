@@ -59,10 +59,13 @@ func TestPythonClient(t *testing.T) {
 	if err != nil {
 		t.Fatalf("python unittest failed: %v\n%s", err, out.String())
 	}
-	// With KLOCKD_BIN set nothing may be skipped: a skip would hide the
-	// end-to-end half of the suite.
-	if m := regexp.MustCompile(`skipped=\d+`).FindString(out.String()); m != "" {
-		t.Fatalf("python unittest skipped tests (%s) although KLOCKD_BIN is set:\n%s", m, out.String())
+	// With KLOCKD_BIN set the end-to-end half of the suite must not skip
+	// for want of a daemon (other skips, e.g. tests that need root, may).
+	for _, m := range regexp.MustCompile(`skipped '([^']*)'`).FindAllStringSubmatch(out.String(), -1) {
+		if strings.Contains(m[1], "KLOCKD_BIN") {
+			t.Fatalf("python unittest skipped end-to-end tests although KLOCKD_BIN is set:\n%s", out.String())
+		}
+		t.Logf("skipped: %s", m[1])
 	}
 	if m := regexp.MustCompile(`Ran \d+ tests? in [0-9.]+s`).FindString(out.String()); m != "" {
 		t.Log(m)
