@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,9 +46,10 @@ type call struct {
 	wake    chan struct{} // buffered(1): look at the call's state again
 
 	// Guarded by Client.mu.
-	done bool
-	resp protocol.Response // the answer, once done and err is nil
-	err  error             // a transport failure (ErrClosed), once done
+	waiting bool // its caller is (about to be) parked on wake, free to read
+	done    bool
+	resp    protocol.Response // the answer, once done and err is nil
+	err     error             // a transport failure (ErrClosed), once done
 }
 
 var callPool = sync.Pool{New: func() any { return &call{wake: make(chan struct{}, 1)} }}
@@ -253,12 +255,14 @@ func (c *Client) wait(ctx context.Context, cl *call) (*call, error) {
 			c.read(ctx, cn, cl) // returns with mu held
 			continue
 		}
+		cl.waiting = true
 		c.mu.Unlock()
 		select {
 		case <-cl.wake:
 		case <-ctx.Done():
 		}
 		c.mu.Lock()
+		cl.waiting = false
 	}
 }
 
@@ -294,12 +298,17 @@ func (c *Client) readOrphans() {
 }
 
 // wakeReader wakes one waiting caller when nobody holds the reader role, so
-// that it takes the role. mu held.
+// that it takes the role. Only a parked caller is picked: one still writing
+// (the flusher) may be blocked until somebody reads. mu held.
 func (c *Client) wakeReader() {
 	if c.reading || c.conn == nil {
 		return
 	}
 	for _, cl := range c.pending {
+		if !cl.waiting {
+			continue
+		}
+		cl.waiting = false
 		select {
 		case cl.wake <- struct{}{}:
 		default:
@@ -454,7 +463,7 @@ func (c *Client) connected(cn *conn) {
 		for id := range c.pending {
 			ids = append(ids, id)
 		}
-		sortIDs(ids)
+		slices.Sort(ids)
 		for _, id := range ids {
 			cn.wbuf = append(cn.wbuf, c.pending[id].frame...)
 		}

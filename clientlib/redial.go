@@ -3,7 +3,6 @@ package clientlib
 import (
 	"context"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/klockd/klock/protocol"
@@ -61,8 +60,6 @@ func (c *Client) redial() {
 		backoff = min(2*backoff, c.opts.MaxBackoff)
 	}
 }
-
-func sortIDs(ids []uint64) { slices.Sort(ids) }
 
 // releaseLate releases the leases of a grant that arrived after its caller
 // gave up, so an abandoned acquire never leaves a lease held until its TTL
