@@ -461,3 +461,25 @@ func TestShuttingDownIsResent(t *testing.T) {
 		t.Fatalf("ActiveLeaseCount across a shutdown = %v; want it resent and answered", err)
 	}
 }
+
+func TestDialErrorMessages(t *testing.T) {
+	for _, tc := range []struct {
+		errno syscall.Errno
+		want  []string
+	}{
+		{syscall.ENOENT, []string{"/s/klockd.sock", "no such file", "`klockd`", "go run ./cmd/klockd", "KLOCK_SOCKET"}},
+		{syscall.ECONNREFUSED, []string{"/s/klockd.sock", "connection refused", "`klockd`"}},
+		{syscall.EACCES, []string{"/s/klockd.sock", "permission denied", "group"}},
+	} {
+		err := error(&DialError{Socket: "/s/klockd.sock", Err: &net.OpError{
+			Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", tc.errno)}})
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("DialError(%v) = %q; want it to mention %q", tc.errno, err, w)
+			}
+		}
+		if !errors.Is(err, ErrDaemonUnreachable) || !errors.Is(err, tc.errno) {
+			t.Errorf("DialError(%v) does not match ErrDaemonUnreachable and its cause", tc.errno)
+		}
+	}
+}
