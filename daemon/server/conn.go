@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -36,8 +37,10 @@ type conn struct {
 	// waiters are this connection's parked acquires; guarded by Server.mu.
 	waiters map[engine.WaiterID]struct{}
 
-	// writeMu serialises writers, so a final flush writes everything.
-	writeMu sync.Mutex
+	// writeMu serialises writers, so a final flush writes everything,
+	// and guards writeDeadline, the write deadline currently set.
+	writeMu       sync.Mutex
+	writeDeadline time.Time
 
 	// outMu guards the fields that follow.
 	outMu  sync.Mutex
@@ -256,7 +259,7 @@ func (c *conn) flush() error {
 				return err
 			}
 		}
-		c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.WriteTimeout))
+		c.armWriteDeadline()
 		_, err := c.nc.Write(buf)
 
 		c.outMu.Lock()
@@ -273,6 +276,20 @@ func (c *conn) flush() error {
 			return err
 		}
 	}
+}
+
+// armWriteDeadline makes the next write fail once it has been blocked for
+// about WriteTimeout. Moving a deadline costs a runtime timer update, so it
+// is moved only when less than nine tenths of WriteTimeout is left: a write
+// then gets between 0.9 and 1 times WriteTimeout. The caller holds writeMu.
+func (c *conn) armWriteDeadline() {
+	now := time.Now()
+	wt := c.s.cfg.WriteTimeout
+	if c.writeDeadline.Sub(now) >= wt-wt/10 {
+		return
+	}
+	c.writeDeadline = now.Add(wt)
+	c.nc.SetWriteDeadline(c.writeDeadline)
 }
 
 // kill marks the connection dead and closes its socket; the reader then

@@ -58,11 +58,10 @@ type Server struct {
 	now       func() time.Time
 	startedAt time.Time
 
-	ops         atomic.Uint64 // requests answered
-	nconns      atomic.Int64  // open connections
-	shutting    atomic.Bool   // Shutdown or Close has begun
-	connsDone   sync.WaitGroup
-	shutdownReq sync.Once
+	ops       atomic.Uint64 // requests answered
+	nconns    atomic.Int64  // open connections
+	shutting  atomic.Bool   // Shutdown or Close has begun
+	connsDone sync.WaitGroup
 
 	// mu guards the engine and the fields that follow.
 	mu      sync.Mutex
