@@ -9,7 +9,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from .connection import Connection
+from .connection import CLIENT_NAME, Connection
 from .errors import AcquireTimeoutError, KlockError, LeaseDeniedError
 from .lease import Lease
 from .socketpath import default_socket_path
@@ -232,11 +232,12 @@ class KlockClient:
 
     # ----- the rest of the protocol ----------------------------------------
 
-    def hello(self, client: str = "klock-python") -> Dict[str, Any]:
+    def hello(self, client: str = CLIENT_NAME) -> Dict[str, Any]:
         """Ask the daemon who it is.
 
         Returns ``{"server", "protocol", "pid", "max_frame", "started_at"}``.
-        The client also adopts the announced ``max_frame``.
+        (The client also says hello by itself on every connection, to learn
+        ``max_frame``.)
         """
         result = self._call("hello", {"client": client})
         max_frame = result.get("max_frame")

@@ -33,13 +33,19 @@ from .errors import (
     error_from_wire,
 )
 
-__all__ = ["Connection", "DEFAULT_MAX_FRAME"]
+__all__ = ["Connection", "DEFAULT_MAX_FRAME", "CLIENT_NAME"]
 
 #: The daemon's default cap on a frame body (1 MiB); ``hello`` announces the real one.
 DEFAULT_MAX_FRAME = 1 << 20
 
 # A frame longer than this is taken as a broken stream, not a response.
 _READ_LIMIT = 64 << 20
+
+#: How the client introduces itself in hello.
+CLIENT_NAME = "klock-python/0.1.0"
+
+# Longest the connect + hello handshake may take, seconds.
+_HANDSHAKE_TIMEOUT = 5.0
 
 # Longest a write may block before the connection is taken as broken, seconds.
 _SEND_TIMEOUT = 10.0
@@ -267,8 +273,9 @@ class Connection:
     def _dial(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(5.0)
+            sock.settimeout(_HANDSHAKE_TIMEOUT)
             sock.connect(self.socket_path)
+            self._hello(sock)
             sock.settimeout(None)
             # A daemon that stops reading (hung, SIGSTOPped) must not block a
             # writer forever while holding _wlock: after _SEND_TIMEOUT the send
@@ -280,6 +287,48 @@ class Connection:
             sock.close()
             raise
         return sock
+
+    def _hello(self, sock: socket.socket) -> None:
+        """Says hello on a fresh connection and adopts the daemon's max_frame.
+
+        Knowing max_frame lets call() refuse an oversized request locally:
+        sent, it would make the daemon close the connection, and the resend
+        would do it again. Raises OSError when the daemon does not answer
+        (or is shutting down), which counts as a failed dial.
+        """
+        with self._lock:
+            hello_id = self._next_id
+            self._next_id += 1
+        body = msgpack.packb({"id": hello_id, "op": "hello", "args": {"client": CLIENT_NAME}},
+                             use_bin_type=True)
+        sock.sendall(len(body).to_bytes(4, "big") + body)
+        buf = b""
+        while True:
+            while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionResetError("klock: connection closed during hello")
+                buf += chunk
+            n = int.from_bytes(buf[:4], "big")
+            if n == 0 or n > _READ_LIMIT:
+                raise ConnectionResetError("klock: malformed frame during hello")
+            try:
+                msg = msgpack.unpackb(buf[4 : 4 + n], raw=False, strict_map_key=False)
+            except Exception:
+                msg = None
+            buf = buf[4 + n :]
+            if isinstance(msg, dict) and msg.get("id") == hello_id:
+                break
+        if msg.get("ok") is True:
+            result = msg.get("result")
+            max_frame = result.get("max_frame") if isinstance(result, dict) else None
+            if isinstance(max_frame, int) and max_frame > 0:
+                self.max_frame = max_frame
+            return
+        err = error_from_wire(msg.get("error"))
+        if isinstance(err, ShuttingDownError):
+            raise ConnectionRefusedError("klock: daemon is shutting down")
+        # Any other refusal of hello is not fatal: requests will tell.
 
     def _install(self, sock: socket.socket) -> None:
         """Makes sock the current connection and resends what is in flight."""

@@ -90,9 +90,12 @@ class FakeDaemon:
     and every raw frame length in .frame_lengths.
     """
 
-    def __init__(self, path: str, handler: Callable[[FakeConn, Dict[str, Any]], None]) -> None:
+    def __init__(self, path: str, handler: Callable[[FakeConn, Dict[str, Any]], None],
+                 max_frame: int = 1 << 20) -> None:
         self.path = path
         self.handler = handler
+        self.max_frame = max_frame
+        self.hellos = 0  # hellos are answered here, not recorded in .requests
         self.requests: List[Dict[str, Any]] = []
         self.raw_bodies: List[bytes] = []
         self.connections = 0
@@ -164,6 +167,12 @@ class FakeDaemon:
                     break
                 body, buf = buf[4 : 4 + n], buf[4 + n :]
                 req = msgpack.unpackb(body, raw=False)
+                if req.get("op") == "hello":
+                    with self._lock:
+                        self.hellos += 1
+                    conn.ok(req, {"server": "fake", "protocol": 1, "pid": os.getpid(),
+                                  "max_frame": self.max_frame, "started_at": 0})
+                    continue
                 with self._lock:
                     self.requests.append(req)
                     self.raw_bodies.append(body)

@@ -280,8 +280,24 @@ class WireTest(unittest.TestCase):
 
         ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ln.bind(self.path)
-        ln.listen(64)  # accepts (via the backlog) but never reads
+        ln.listen(64)
         self.addCleanup(ln.close)
+        held = []
+
+        def stuck() -> None:  # answers hello, then never reads again
+            while True:
+                try:
+                    conn, _ = ln.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                body = conn.recv(65536)[4:]
+                req = msgpack.unpackb(body, raw=False)
+                resp = msgpack.packb({"id": req["id"], "ok": True, "result": {"max_frame": 1 << 20}})
+                conn.sendall(len(resp).to_bytes(4, "big") + resp)
+
+        threading.Thread(target=stuck, daemon=True).start()
+        self.addCleanup(lambda: [c.close() for c in held])
         saved = connection._SEND_TIMEOUT
         connection._SEND_TIMEOUT = 0.1
         self.addCleanup(setattr, connection, "_SEND_TIMEOUT", saved)
@@ -311,6 +327,42 @@ class WireTest(unittest.TestCase):
             c.release_lease("x" * (DEFAULT_MAX_FRAME + 1))
         self.assertEqual(d.requests, [])
         self.assertEqual(c.stats()["op"], "stats", "the connection is still usable")
+
+    def test_hello_on_every_connection_sets_max_frame(self) -> None:
+        state = {"dropped": False}
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            if not state["dropped"]:
+                state["dropped"] = True
+                conn.close()
+                return
+            echo(conn, req)
+
+        d = FakeDaemon(self.path, handler, max_frame=200)
+        self.addCleanup(d.stop)
+        c = self.client()
+        self.assertEqual(d.hellos, 1)
+        with self.assertRaises(klock.BadFrameError) as cm:
+            c.release_lease("x" * 200)
+        self.assertIn("200", str(cm.exception))
+        self.assertEqual(c.stats()["op"], "stats")  # dropped once, then resent
+        self.assertEqual(d.hellos, 2, "the client says hello again after reconnecting")
+
+    def test_daemon_that_never_answers_hello(self) -> None:
+        import socket
+
+        import klock.connection as connection
+
+        ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ln.bind(self.path)
+        ln.listen(4)  # connections wait in the backlog; nobody answers
+        self.addCleanup(ln.close)
+        saved = connection._HANDSHAKE_TIMEOUT
+        connection._HANDSHAKE_TIMEOUT = 0.1
+        self.addCleanup(setattr, connection, "_HANDSHAKE_TIMEOUT", saved)
+        with self.assertRaises(klock.KlockConnectionError) as cm:
+            klock.KlockClient(self.path)
+        self.assertIn(self.path, str(cm.exception))
 
     def test_unencodable_argument(self) -> None:
         self.serve(echo)
