@@ -468,8 +468,11 @@ func (c *Client) connected(cn *conn) {
 			cn.wbuf = append(cn.wbuf, c.pending[id].frame...)
 		}
 	}
+	// Wake a reader before writing: the resent volume may exceed what the
+	// socket buffers hold, and the daemon stops reading when nobody reads
+	// its answers.
+	c.wakeReader()
 	if len(cn.wbuf) > 0 {
 		c.flush(cn)
 	}
-	c.wakeReader()
 }

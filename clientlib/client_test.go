@@ -483,3 +483,29 @@ func TestDialErrorMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestLargePipelinedVolume sends and receives megabytes in flight at once
+// on one connection to a daemon that answers in its read loop (so it stops
+// reading while its writes are blocked): the client must keep reading while
+// it writes, or both sides would wait for each other forever.
+func TestLargePipelinedVolume(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	for g := range 300 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 3 {
+				prefix := fmt.Sprintf("%d/%d/", g, i) + strings.Repeat("p", 8<<10)
+				leases, _, err := c.ListLeases(ctx, LeaseFilter{Prefix: prefix})
+				if err != nil || len(leases) != 1 || leases[0].Resource != prefix {
+					t.Errorf("ListLeases = %d leases, %v; want its own prefix echoed", len(leases), err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -287,6 +287,9 @@ func (f *fakeDaemon) handle(req *protocol.Request) (any, *protocol.Error) {
 			}
 		}
 		return protocol.CountResult{Count: n}, nil
+	case protocol.OpListLeases:
+		// Echo-ish: one lease whose resource is the prefix asked for.
+		return protocol.ListLeasesResult{Leases: []protocol.LeaseInfo{{Resource: a.ResourcePrefix}}}, nil
 	case protocol.OpEndSession:
 		// Echo-ish: answers with the length of the session id, so tests can
 		// check each answer reached the call that asked.
