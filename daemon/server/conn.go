@@ -105,18 +105,21 @@ func (c *conn) frameBuffered() bool {
 func (c *conn) finish() {
 	c.flush()
 	s := c.s
-	s.mu.Lock()
-	if len(c.waiters) > 0 {
-		now := s.nowMS()
-		for id := range c.waiters {
-			delete(s.waiters, id)
-			wakes := s.eng.Cancel(now, id)
-			s.wakeLocked(wakes, s.journalLocked(), nil)
+	func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		defer s.recoverBug("cancelling a closed connection's acquires")
+		if len(c.waiters) > 0 {
+			now := s.nowMS()
+			for id := range c.waiters {
+				delete(s.waiters, id)
+				wakes := s.eng.Cancel(now, id)
+				s.wakeLocked(wakes, s.journalLocked(), nil)
+			}
+			c.waiters = nil
+			s.armLocked(now)
 		}
-		c.waiters = nil
-		s.armLocked(now)
-	}
-	s.mu.Unlock()
+	}()
 	c.outMu.Lock()
 	c.dead = true
 	c.out, c.spare = nil, nil

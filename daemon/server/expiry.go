@@ -1,6 +1,7 @@
 package server
 
 import (
+	"runtime/debug"
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
@@ -64,6 +65,7 @@ func (s *Server) armLocked(now int64) {
 func (s *Server) onTimer() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.recoverBug("expiring leases")
 	s.armed = 0
 	if s.closed {
 		return
@@ -75,5 +77,13 @@ func (s *Server) onTimer() {
 	s.armLocked(now)
 	if n > 0 {
 		s.log.Debug("leases expired", "count", n)
+	}
+}
+
+// recoverBug, deferred, turns a panic in background work (not a request)
+// into a logged error, so one bug does not take the daemon down.
+func (s *Server) recoverBug(what string) {
+	if r := recover(); r != nil {
+		s.log.Error("panic while "+what, "panic", r, "stack", string(debug.Stack()))
 	}
 }

@@ -153,10 +153,11 @@ func (s *Server) endSession(c *conn, id uint64, a *protocol.Args) {
 }
 
 func (s *Server) activeLeaseCount(c *conn, id uint64) {
-	s.mu.Lock()
-	n := s.eng.ActiveLeaseCount(s.nowMS())
-	seq := s.lastSeq
-	s.mu.Unlock()
+	n, seq := func() (int, uint64) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.eng.ActiveLeaseCount(s.nowMS()), s.lastSeq
+	}()
 	c.appendResult(id, &protocol.CountResult{Count: n}, seq)
 }
 
@@ -276,10 +277,11 @@ func (s *Server) freeze(c *conn, id uint64, a *protocol.Args, on bool) {
 }
 
 func (s *Server) stats(c *conn, id uint64) {
-	s.mu.Lock()
-	st := s.eng.Stats()
-	seq := s.lastSeq
-	s.mu.Unlock()
+	st, seq := func() (engine.Stats, uint64) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.eng.Stats(), s.lastSeq
+	}()
 	c.appendResult(id, &protocol.StatsResult{
 		UptimeMS:    s.uptime(),
 		Connections: s.Connections(),
