@@ -28,14 +28,11 @@ func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, 
 	}
 	ecfg.Journal = true
 	eng := engine.New(ecfg)
-	info, err := st.Recover(eng)
-	if err != nil {
+	// Recover logs what it loaded and how long it took.
+	if _, err := st.Recover(eng); err != nil {
 		st.Close()
 		return nil, nil, nil, err
 	}
-	d.log.Info("state recovered", "state_dir", st.Dir(), "snapshot", info.Snapshot, "logs", info.Logs,
-		"records", info.Records, "agents", info.Agents, "leases", info.Leases, "fence", info.Fence,
-		"torn_tail", info.TornTail, "truncated", info.Truncated, "took", info.Duration)
 	closeStore := func() {
 		if err := st.Close(); err != nil {
 			d.log.Error("closing the state directory failed", "state_dir", st.Dir(), "err", err)
