@@ -71,7 +71,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 				"klock: the waiter limit (%d) is reached; retry without wait_timeout or raise --max-waiters", e.cfg.MaxWaiters)
 		}
 		w := e.enqueue(now, c, a, req, targets)
-		e.requeue(now, targets, w)
+		e.requeue(now, w.targets, w)
 		return Result{Denial: d, Queued: true, Waiter: w.id}, nil
 	}
 	e.count(v.reason)

@@ -4,17 +4,31 @@
 //
 // The engine is pure. It does no I/O, starts no goroutines and never reads
 // the clock: every call takes the current time as Unix milliseconds, so the
-// same calls at the same times always reach the same state. Effects that a
-// call has on other requests (a queued request granted because a lease
-// ended, a waiter timed out) are returned as values (Wakeup); the engine
-// never calls out.
+// same calls at the same times reach the same state (lease ids are the only
+// random part, and replay takes them from the records). Effects that a call
+// has on other requests (a queued request granted because a lease ended, a
+// waiter timed out) are returned as values (Wakeup); the engine never calls
+// out.
 //
 // The engine is not safe for concurrent use; the daemon holds one mutex
 // around every call.
 //
-// Durability: with Config.Journal set, every state change is appended as a
-// Record (drained with Records). Applying those records in order to a fresh
-// engine (Apply) reaches the identical state; Snapshot and Restore save and
-// load the whole state at once. Both are plain structs with msgpack tags,
-// serialised by daemon/store.
+// # Driving it
+//
+// After every call the daemon re-arms one timer from NextDeadline and, when
+// it fires, calls Expire: that removes expired leases, times out waiters,
+// and answers queued requests that an acquire made stale (a senior granted
+// past a queued junior, which must now DIE). NextDeadline may be in the
+// past: Expire is then due at once. Between expiry and Expire, expired
+// leases already neither block nor count.
+//
+// # Durability
+//
+// With Config.Journal set, every state change is appended as a Record;
+// the daemon drains them with Records after each call and logs them before
+// replying. Applying those records in order to a fresh engine (Apply)
+// reaches the identical state; Snapshot and Restore save and load the whole
+// state at once. Both are plain structs with msgpack tags, serialised by
+// daemon/store. Queued requests are not durable: they belong to
+// connections, which do not survive a restart.
 package engine
