@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"net"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -16,12 +17,18 @@ import (
 // in-process fake daemon. With one goroutine the Client reads its own answer
 // from the socket (no hand-off to another goroutine), so client/1 should cost
 // about what raw/1 costs; parallel shows pipelining with coalesced writes.
+//
+// With KLOCK_BENCH_SOCKET set, both run against the klockd on that socket
+// instead, which isolates the client's own cost on the real daemon.
 func BenchmarkRoundTrip(b *testing.B) {
-	f := newFakeDaemon(b)
+	socket := os.Getenv("KLOCK_BENCH_SOCKET")
+	if socket == "" {
+		socket = newFakeDaemon(b).path
+	}
 	ctx := context.Background()
 
 	b.Run("raw/1", func(b *testing.B) {
-		nc, err := net.Dial("unix", f.path)
+		nc, err := net.Dial("unix", socket)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -50,7 +57,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 		}
 	})
 
-	c, err := Dial(ctx, Options{Socket: f.path})
+	c, err := Dial(ctx, Options{Socket: socket})
 	if err != nil {
 		b.Fatal(err)
 	}
