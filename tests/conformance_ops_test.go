@@ -257,8 +257,23 @@ func TestConformanceParkedAnswers(t *testing.T) {
 	c.ok("end_session", map[string]any{"agent_id": "old", "session_id": "doomed"})
 	cfCheckDenial(t, "parked then session ended", answer(w), "SESSION_EXPIRED")
 
+	// The verdict turns to DIE: when an older request queues on the same
+	// resource, the parked junior is answered DIE (a junior never waits
+	// behind a senior); the senior is granted when the holder leaves.
+	c.register("oldest", 0)
+	h := c.grant(cfAcq("young", "s", "/die", "MUTATES", 60000))
+	w = park("/die", "s", 30000)
+	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	w2 := confDial(t, d)
+	w2.send("acquire", cfWith(cfAcq("oldest", "s", "/die", "MUTATES", 60000), "wait_timeout", 30000))
+	if r := cfCheckDenial(t, "parked junior", answer(w), "DIE"); r["held_by"] != "oldest" {
+		t.Errorf("parked junior DIE held_by %v; want oldest", r["held_by"])
+	}
+	c.ok("release", map[string]any{"lease_id": h["lease_id"]})
+	cfCheckGrant(t, "oldest after release", cfResult(t, "oldest", w2.recv()))
+
 	// Revoke ends a lease as if it expired: the waiter is granted.
-	h := c.grant(cfAcq("young", "s", "/rv", "MUTATES", 60000))
+	h = c.grant(cfAcq("young", "s", "/rv", "MUTATES", 60000))
 	w = park("/rv", "s", 30000)
 	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	c.ok("revoke", map[string]any{"lease_id": h["lease_id"]})
