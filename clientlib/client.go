@@ -19,7 +19,7 @@ import (
 // pipelined on one socket.
 type Client struct {
 	opts       Options
-	maxFrame   int
+	maxFrame   atomic.Int64 // the daemon's max_frame (from hello): the largest request
 	idemPrefix string
 	nextID     atomic.Uint64
 	idemSeq    atomic.Uint64
@@ -81,7 +81,6 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts:       opts,
-		maxFrame:   protocol.DefaultMaxFrame,
 		idemPrefix: hex.EncodeToString(seed[:]) + "-",
 		pending:    make(map[uint64]*call),
 		orphans:    make(map[uint64]*call),
@@ -90,6 +89,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.maxFrame.Store(protocol.DefaultMaxFrame)
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.mu.Lock()
 	c.connected(newConn(nc))
@@ -203,10 +203,10 @@ func (c *Client) roundTrip(ctx context.Context, op string, args *protocol.Args) 
 		putCall(cl)
 		return nil, fmt.Errorf("klock: encoding %s request: %w", op, err)
 	}
-	if size := len(frame) - protocol.HeaderSize; size > c.maxFrame {
+	if size, limit := len(frame)-protocol.HeaderSize, c.maxFrame.Load(); int64(size) > limit {
 		putCall(cl)
 		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: fmt.Sprintf(
-			"%s request is %d bytes; a frame is at most %d bytes", op, size, c.maxFrame)}
+			"%s request is %d bytes; the daemon's max_frame is %d bytes", op, size, limit)}
 	}
 
 	c.mu.Lock()
@@ -328,7 +328,7 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 		stop = context.AfterFunc(ctx, cn.interrupt)
 	}
 	for {
-		body, err := cn.readFrame(c.maxFrame)
+		body, err := cn.readFrame(c.readLimit())
 		if err == errInterrupted {
 			if ctx.Err() == nil {
 				continue // a stale wake meant for an earlier reader
@@ -344,7 +344,11 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 			c.breakConn(cn, err)
 			break
 		}
-		c.deliver(&cn.resp, own)
+		if cn.resp.ID == cn.helloID {
+			c.learn(&cn.resp)
+		} else {
+			c.deliver(&cn.resp, own)
+		}
 		if own != nil && own.done || own == nil && len(c.orphans) == 0 {
 			break
 		}
@@ -449,15 +453,17 @@ func (c *Client) breakConn(cn *conn, err error) {
 }
 
 // connected installs a new connection and sends every pending call on it
-// in id order (the order they were first sent). mu held.
+// in id order (the order they were first sent), after a hello that
+// announces Options.ClientName and learns the daemon's max_frame. mu held.
 func (c *Client) connected(cn *conn) {
 	c.conn = cn
+	var args protocol.Args
 	if c.opts.ClientName != "" {
-		args := protocol.Args{Client: c.opts.ClientName}
+		args.Client = c.opts.ClientName
 		args.Set(protocol.ArgClient)
-		// Its answer finds no call and is dropped.
-		cn.wbuf, _ = protocol.AppendRequest(cn.wbuf, c.nextID.Add(1), protocol.OpHello, &args)
 	}
+	cn.helloID = c.nextID.Add(1)
+	cn.wbuf, _ = protocol.AppendRequest(cn.wbuf, cn.helloID, protocol.OpHello, &args)
 	if len(c.pending) > 0 {
 		ids := make([]uint64, 0, len(c.pending))
 		for id := range c.pending {
@@ -474,5 +480,23 @@ func (c *Client) connected(cn *conn) {
 	c.wakeReader()
 	if len(cn.wbuf) > 0 {
 		c.flush(cn)
+	}
+}
+
+// readLimit bounds the answers read: the daemon keeps them within its
+// max_frame, which may be configured above the default, and is learnt from
+// hello; until then a generous cap keeps a large answer from breaking the
+// connection.
+func (c *Client) readLimit() int {
+	return int(max(c.maxFrame.Load(), minReadLimit))
+}
+
+const minReadLimit = 16 << 20
+
+// learn records what the daemon's hello tells the Client. mu held.
+func (c *Client) learn(resp *protocol.Response) {
+	var h protocol.HelloResult
+	if resp.OK && protocol.DecodeResult(resp.Result, &h) == nil && h.MaxFrame > 0 {
+		c.maxFrame.Store(int64(h.MaxFrame))
 	}
 }

@@ -509,3 +509,30 @@ func TestLargePipelinedVolume(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestOversizeRequestRefusedLocally: the client learns the daemon's
+// max_frame from hello and refuses a larger request itself, instead of
+// sending a frame the daemon would answer by closing the connection.
+func TestOversizeRequestRefusedLocally(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.mu.Lock()
+	f.maxFrame = 1000
+	f.mu.Unlock()
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.EndSession(ctx, "a", strings.Repeat("s", 2000))
+	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "max_frame is 1000") {
+		t.Fatalf("EndSession with a 2000-byte session = %v; want INVALID_ARGUMENT naming max_frame", err)
+	}
+	if n, err := c.EndSession(ctx, "a", "ok"); err != nil || n != 2 {
+		t.Fatalf("EndSession after = %d, %v; want the connection still serving", n, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.conns) != 1 {
+		t.Errorf("%d connections; want the first one kept", len(f.conns))
+	}
+}

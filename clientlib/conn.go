@@ -17,6 +17,8 @@ import (
 type conn struct {
 	nc net.Conn
 
+	helloID uint64 // the id of the hello sent first on this connection
+
 	// Used only by the holder of the reader role.
 	rd   retryReader
 	br   *bufio.Reader

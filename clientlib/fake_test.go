@@ -25,6 +25,7 @@ type fakeDaemon struct {
 
 	mu       sync.Mutex // guards the fields that follow
 	hook     hookFunc
+	maxFrame int // announced by hello; 0 = the default
 	ln       net.Listener
 	conns    map[net.Conn]bool
 	requests int
@@ -213,7 +214,11 @@ func (f *fakeDaemon) handle(req *protocol.Request) (any, *protocol.Error) {
 	now := time.Now().UnixMilli()
 	switch req.Op {
 	case protocol.OpHello:
-		return protocol.HelloResult{Server: "fake", Protocol: protocol.Version, PID: os.Getpid(), MaxFrame: protocol.DefaultMaxFrame}, nil
+		mf := f.maxFrame
+		if mf == 0 {
+			mf = protocol.DefaultMaxFrame
+		}
+		return protocol.HelloResult{Server: "fake", Protocol: protocol.Version, PID: os.Getpid(), MaxFrame: mf}, nil
 	case protocol.OpRegisterAgent:
 		p, ok := f.agents[a.AgentID]
 		if !ok || a.Has(protocol.ArgPriority) {
