@@ -300,6 +300,13 @@ func TestConformanceIdem(t *testing.T) {
 		t.Errorf("idem after release returned the released lease %v", n["lease_id"])
 	}
 
+	// The key is free again once the lease has expired.
+	e := c.grant(cfWith(base, "idem", "ke", "ttl", 50))
+	cfWaitPast(t, cfNum(t, e, "expires_at"))
+	if n := c.grant(cfWith(base, "idem", "ke", "ttl", 50)); n["lease_id"] == e["lease_id"] {
+		t.Errorf("idem after expiry returned the expired lease %v", n["lease_id"])
+	}
+
 	// 64 bytes is allowed, 65 is not.
 	c.grant(cfWith(base, "idem", strings.Repeat("k", 64), "resource_path", "/i64"))
 	c.fail("acquire", cfWith(base, "idem", strings.Repeat("k", 65), "resource_path", "/i65"), "INVALID_ARGUMENT")
