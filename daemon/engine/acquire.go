@@ -1,11 +1,6 @@
 package engine
 
-import (
-	"encoding/binary"
-
-	"github.com/google/uuid"
-	"github.com/klockd/klock/protocol"
-)
+import "github.com/klockd/klock/protocol"
 
 // Acquire decides a request for one resource (exactly one intent) by the
 // Wait-Die rule of DESIGN.md "Semantics". A grant or a denial is a Result;
@@ -230,11 +225,15 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 	}
 	for i, t := range targets {
 		e.fence++
+		k, id := e.newLeaseID()
+		for e.leases[k] != nil { // 2^-122 per pair; never, but never twice
+			k, id = e.newLeaseID()
+		}
 		ls[i] = Lease{
-			ID: e.newLeaseID(), AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
+			ID: id, AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
 			AcquiredAt: now, ExpiresAt: now + ttl, TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,
 		}
-		x, err := e.addLease(ls[i], t.res)
+		x, err := e.addLease(ls[i], t.res, &k)
 		if err != nil {
 			panic(err) // fresh ids of a registered agent: cannot happen
 		}
@@ -248,14 +247,4 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 	e.grants++
 	e.record(Record{Kind: RecGrant, Time: now, Leases: ls, Idem: idem})
 	return ls
-}
-
-// newLeaseID returns a random (version 4) UUID.
-func (e *Engine) newLeaseID() string {
-	var u uuid.UUID
-	binary.LittleEndian.PutUint64(u[:8], e.ids.Uint64())
-	binary.LittleEndian.PutUint64(u[8:], e.ids.Uint64())
-	u[6] = u[6]&0x0f | 0x40 // version 4
-	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
-	return u.String()
 }

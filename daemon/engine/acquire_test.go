@@ -577,4 +577,14 @@ func TestLeaseIDsAreUUIDv4(t *testing.T) {
 		seen[l.ID] = true
 		require.Equal(t, uint64(i+1), l.Fence)
 	}
+	// Only the canonical text names a lease.
+	l := mustGrant(t, e, t0, "a", "s", "/y", "MUTATES")
+	for _, id := range []string{strings.ToUpper(l.ID), strings.ReplaceAll(l.ID, "-", ""), "{" + l.ID + "}", l.ID[:35] + "g"} {
+		ok, _, err := e.Release(t0, alice, id)
+		require.NoError(t, err)
+		require.Falsef(t, ok, "Release(%q)", id)
+	}
+	ok, _, err := e.Release(t0, alice, l.ID)
+	require.NoError(t, err)
+	require.True(t, ok)
 }

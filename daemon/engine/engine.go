@@ -11,7 +11,7 @@ type Engine struct {
 	cfg Config
 
 	agents     map[string]*agent
-	leases     map[string]*lease
+	leases     map[leaseKey]*lease
 	resources  map[string]*resource // keys with leases, waiters or a freeze (and a few idle ones)
 	idle       []*resource          // parked idle resources, oldest first
 	keyBuf     []byte               // scratch for building resource keys
@@ -29,7 +29,7 @@ type Engine struct {
 
 	grants, waits, dies, expirations uint64
 
-	ids *rand.ChaCha8 // lease id generator
+	ids *rand.ChaCha8 // lease id generator (see newLeaseID)
 
 	records  []Record
 	dirty    []*resource // keys whose queue must be decided again
@@ -58,6 +58,7 @@ type lease struct {
 	resIdx   int // index in res.leases
 	agentIdx int // index in agent.leases
 	heapIdx  int // index in Engine.leaseDeadlines
+	key      leaseKey
 	idem     *idemEntry
 }
 
@@ -94,7 +95,7 @@ func New(cfg Config) *Engine {
 		ids:       rand.NewChaCha8(seed),
 		cfg:       cfg,
 		agents:    make(map[string]*agent),
-		leases:    make(map[string]*lease),
+		leases:    make(map[leaseKey]*lease),
 		resources: make(map[string]*resource),
 		ended:     make(map[SessionRef]struct{}),
 		waiters:   make(map[WaiterID]*waiter),

@@ -25,7 +25,7 @@ func (e *Engine) leaseFor(c Caller, op, leaseID string) (*lease, *Error) {
 	if err := checkText("lease_id", leaseID, MaxIDLen); err != nil {
 		return nil, err
 	}
-	l := e.leases[leaseID]
+	l := e.lookup(leaseID)
 	if l == nil {
 		return nil, nil
 	}
@@ -74,7 +74,7 @@ func (e *Engine) Revoke(now int64, c Caller, leaseID string) (bool, []Wakeup, er
 	if !e.isAdmin(c) {
 		return false, nil, permissionDenied(c, "revoke leases (admin only)")
 	}
-	l := e.leases[leaseID]
+	l := e.lookup(leaseID)
 	if l == nil || l.ExpiresAt <= now {
 		return false, nil, nil
 	}

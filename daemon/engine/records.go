@@ -92,7 +92,7 @@ func (e *Engine) apply(r *Record) *Error {
 	case RecGrant:
 		xs := make([]*lease, 0, len(r.Leases))
 		for _, l := range r.Leases {
-			x, err := e.addLease(l, nil)
+			x, err := e.addLease(l, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -103,13 +103,13 @@ func (e *Engine) apply(r *Record) *Error {
 		}
 	case RecRelease, RecRevoke, RecExpire:
 		for _, id := range r.LeaseIDs {
-			if l := e.leases[id]; l != nil {
+			if l := e.lookup(id); l != nil {
 				e.removeLease(l)
 			}
 		}
 	case RecHeartbeat:
 		for _, id := range r.LeaseIDs {
-			l := e.leases[id]
+			l := e.lookup(id)
 			if l == nil {
 				return errorf(protocol.CodeInternal, "klock: record heartbeats unknown lease %s", id)
 			}

@@ -130,7 +130,7 @@ func (e *Engine) restore(s *State) *Error {
 	groups := make(map[idemKey][]*lease)
 	var order []idemKey
 	for _, ls := range s.Leases {
-		x, err := e.addLease(ls.Lease, nil)
+		x, err := e.addLease(ls.Lease, nil, nil)
 		if err != nil {
 			return err
 		}

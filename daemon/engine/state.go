@@ -45,9 +45,18 @@ func (e *Engine) dropIfIdle(r *resource) {
 }
 
 // addLease inserts a granted lease into every index. The lease's agent must
-// exist (possibly as a leftover); r is the lease's resource if known.
-func (e *Engine) addLease(l Lease, r *resource) (*lease, *Error) {
-	if _, dup := e.leases[l.ID]; dup {
+// exist (possibly as a leftover); r is the lease's resource and key its id
+// as bytes, when the caller knows them.
+func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) {
+	var k leaseKey
+	if key != nil {
+		k = *key
+	} else if pk, ok := parseLeaseKey(l.ID); ok {
+		k = pk
+	} else {
+		return nil, errorf(protocol.CodeInternal, "klock: lease id %q is not a canonical UUID", l.ID)
+	}
+	if _, dup := e.leases[k]; dup {
 		return nil, errorf(protocol.CodeInternal, "klock: lease %s granted twice", l.ID)
 	}
 	a := e.agents[l.AgentID]
@@ -65,10 +74,10 @@ func (e *Engine) addLease(l Lease, r *resource) (*lease, *Error) {
 	} else {
 		x = new(lease)
 	}
-	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases)}
+	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), key: k}
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
-	e.leases[l.ID] = x
+	e.leases[k] = x
 	e.leaseDeadlines.push(x)
 	if l.Fence > e.fence {
 		e.fence = l.Fence
@@ -79,7 +88,7 @@ func (e *Engine) addLease(l Lease, r *resource) (*lease, *Error) {
 // removeLease takes a lease out of every index and marks its resource for
 // its queue to be decided again.
 func (e *Engine) removeLease(x *lease) {
-	delete(e.leases, x.ID)
+	delete(e.leases, x.key)
 	e.leaseDeadlines.remove(x.heapIdx)
 
 	r := x.res
