@@ -136,6 +136,12 @@ func BenchmarkAppendWait(b *testing.B) {
 					}()
 				}
 				wg.Wait()
+				b.StopTimer()
+				st.mu.Lock()
+				if st.writes > 0 {
+					b.ReportMetric(float64(b.N)/float64(st.writes), "ops/write")
+				}
+				st.mu.Unlock()
 			})
 		}
 	}

@@ -146,6 +146,7 @@ type Store struct {
 	appended uint64 // sequence of the last Append with records
 	written  uint64 // every sequence <= written is written (and synced for always)
 	writing  bool   // a writer round is in progress
+	writes   uint64 // writer rounds that wrote something (group commits)
 	dirty    bool   // written since the last fsync (everysec)
 	err      error  // sticky: a write or fsync failed
 	closed   bool
