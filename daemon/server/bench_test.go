@@ -99,3 +99,38 @@ func benchClient(path string, w, n int) error {
 	}
 	return nil
 }
+
+// BenchmarkHandle measures the server's own work for an acquire+release
+// pair (decode, engine, encode), without the socket; the figure includes
+// decoding the grant and encoding the release, as a client would.
+func BenchmarkHandle(b *testing.B) {
+	client, server := socketPair(b)
+	defer client.Close()
+	defer server.Close()
+	s := New(Config{Engine: engine.New(engine.Config{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c := newConn(s, server, Peer{})
+	ra := &protocol.Args{AgentID: "a"}
+	ra.Set(protocol.ArgAgentID)
+	reg, _ := protocol.AppendRequest(nil, 1, protocol.OpRegisterAgent, ra)
+	s.handle(c, reg[protocol.HeaderSize:])
+	acq, _ := protocol.AppendRequest(nil, 2, protocol.OpAcquire, acquireArgs("a", "/bench", 30000, 0))
+	acq = acq[protocol.HeaderSize:]
+	var resp protocol.Response
+	var g protocol.Grant
+	rel := &protocol.Args{}
+	rel.Set(protocol.ArgLeaseID)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c.out = c.out[:0]
+		s.handle(c, acq)
+		protocol.DecodeResponse(c.out[protocol.HeaderSize:], &resp)
+		if err := protocol.DecodeResult(resp.Result, &g); err != nil || !g.Success {
+			b.Fatalf("acquire answer %+v: %v", resp, err)
+		}
+		rel.LeaseID = g.LeaseID
+		relBody, _ := protocol.AppendRequest(nil, 3, protocol.OpRelease, rel)
+		c.out = c.out[:0]
+		s.handle(c, relBody[protocol.HeaderSize:])
+	}
+}
