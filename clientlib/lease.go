@@ -54,8 +54,9 @@ func (l *Lease) ExpiresAt() time.Time {
 }
 
 // Lost returns a channel closed when the lease is lost: a renewal failed
-// (it expired, was revoked, or the daemon stayed unreachable until it
-// expired) or the Client was closed. It is not closed by Release.
+// (it expired, was revoked, or the daemon stayed unreachable until just
+// before it would expire) or the Client was closed. It is not closed by
+// Release.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 // Err returns nil while the lease is held; why it was lost once Lost is
@@ -286,18 +287,21 @@ func (l *Lease) keepAlive() {
 // until the next renewal.
 func (l *Lease) renew() (time.Duration, error) {
 	l.mu.Lock()
-	deadline := l.expires
+	expires := l.expires
 	l.mu.Unlock()
+	// Give up a little before the daemon would expire the lease, so the
+	// holder hears of the loss before anyone else can be granted it.
+	deadline := expires.Add(-min(l.ttl/10, 250*time.Millisecond))
 	ctx, cancel := context.WithDeadline(l.ctx, deadline)
 	defer cancel()
-	var expires time.Time
+	var renewed time.Time
 	for i := 0; i < len(l.grants); {
 		g := &l.grants[i]
 		exp, err := l.c.Heartbeat(ctx, g.LeaseID, 0)
 		switch {
 		case err == nil:
-			if expires.IsZero() || exp.Before(expires) {
-				expires = exp
+			if renewed.IsZero() || exp.Before(renewed) {
+				renewed = exp
 			}
 			i++
 			continue
@@ -306,7 +310,7 @@ func (l *Lease) renew() (time.Duration, error) {
 				"before it could be renewed: %w", g.LeaseID, g.Resource, err)
 		case errors.Is(err, context.DeadlineExceeded) && l.ctx.Err() == nil:
 			return 0, fmt.Errorf("klock: lease %s on %s was lost: it could not be renewed before it expired "+
-				"at %s (daemon unreachable?): %w", g.LeaseID, g.Resource, deadline.Format(time.RFC3339Nano), err)
+				"at %s (daemon unreachable?): %w", g.LeaseID, g.Resource, expires.Format(time.RFC3339Nano), err)
 		case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrResourceExhausted), errors.Is(err, ErrInternal):
 			if serr := sleep(ctx, jitter(max(l.ttl/20, 5*time.Millisecond))); serr != nil {
 				return 0, fmt.Errorf("klock: lease %s on %s was lost: renewal kept failing until it expired: %w",
@@ -317,7 +321,7 @@ func (l *Lease) renew() (time.Duration, error) {
 		}
 	}
 	l.mu.Lock()
-	l.expires = expires
+	l.expires = renewed
 	l.mu.Unlock()
 	return max(l.ttl/3, time.Millisecond), nil
 }
