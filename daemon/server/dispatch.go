@@ -28,8 +28,13 @@ func (s *Server) handle(c *conn, body []byte) {
 		if !errors.As(err, &pe) {
 			pe = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
 		}
-		c.appendError(req.ID, pe.Code, pe.Message, 0)
-		return
+		if pe.Code == protocol.CodeInvalidArgument {
+			pe = redecodeForOp(body, req, pe)
+		}
+		if pe != nil {
+			c.appendError(req.ID, pe.Code, pe.Message, 0)
+			return
+		}
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("request", "op", req.Op, "id", req.ID, "uid", c.caller.UID, "pid", c.caller.PID)
@@ -87,7 +92,7 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 	case protocol.OpStats:
 		s.stats(c, req.ID)
 	default:
-		c.appendError(req.ID, protocol.CodeUnknownOp, "klock: unknown op "+quote(req.Op)+"; see PROTOCOL.md for the operations", 0)
+		c.appendError(req.ID, protocol.CodeUnknownOp, unknownOpMessage(req.Op), 0)
 	}
 }
 

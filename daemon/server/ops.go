@@ -118,6 +118,12 @@ func (s *Server) release(c *conn, id uint64, a *protocol.Args) {
 }
 
 func (s *Server) heartbeat(c *conn, id uint64, a *protocol.Args) {
+	if a.Has(protocol.ArgTTL) && a.TTL == 0 {
+		// The engine reads 0 as "keep the current ttl"; on the wire ttl
+		// is optional but, when given, at least 1 ms like every ttl.
+		c.appendError(id, protocol.CodeInvalidArgument, "klock: argument ttl must be at least 1 ms; omit it to keep the lease's ttl", 0)
+		return
+	}
 	l, seq, err := func() (engine.Lease, uint64, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/goleak"
 
 	"github.com/klockd/klock/daemon/engine"
@@ -352,5 +353,69 @@ func TestLongListIsCutToOneFrame(t *testing.T) {
 	}
 	if !list.Truncated || len(list.Leases) == 0 || len(list.Leases) >= 40 {
 		t.Fatalf("list of %d leases, truncated %v; want some but not all 40, truncated", len(list.Leases), list.Truncated)
+	}
+}
+
+// rawBody sends a hand-built request body and returns the answer.
+func (c *client) rawBody(body map[string]any) *protocol.Response {
+	c.t.Helper()
+	b, err := msgpack.Marshal(body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.nc.Write(protocol.AppendFrame(nil, b)); err != nil {
+		c.t.Fatal(err)
+	}
+	return c.recv()
+}
+
+// TestArgsOfOtherOpsAreIgnored: a bad value under a key the op does not
+// take is an unknown key for it; an unknown op is UNKNOWN_OP whatever its
+// args; the op's own bad argument is still INVALID_ARGUMENT.
+func TestArgsOfOtherOpsAreIgnored(t *testing.T) {
+	ts := start(t, Config{})
+	c := ts.dial(t)
+	for _, tc := range []struct {
+		op   string
+		args map[string]any
+		code protocol.Code // "" = success
+	}{
+		{"hello", map[string]any{"ttl": -1}, ""},
+		{"stats", map[string]any{"ttl": "x", "intents": 5}, ""},
+		{"register_agent", map[string]any{"agent_id": "b", "ttl": "x"}, ""},
+		{"register_agent", map[string]any{"agent_id": "", "ttl": "x"}, protocol.CodeInvalidArgument},
+		{"register_agent", map[string]any{"agent_id": "c", "priority": -1, "ttl": "x"}, protocol.CodeInvalidArgument},
+		{"list_agents", map[string]any{"resource_prefix": 7}, ""},
+		{"nope", map[string]any{"ttl": -1}, protocol.CodeUnknownOp},
+	} {
+		r := c.rawBody(map[string]any{"id": 5, "op": tc.op, "args": tc.args})
+		switch {
+		case tc.code == "" && !r.OK:
+			t.Errorf("%s %v = %s %s; want success", tc.op, tc.args, r.Error.Code, r.Error.Message)
+		case tc.code != "" && (r.OK || r.Error.Code != tc.code):
+			t.Errorf("%s %v = %+v; want %s", tc.op, tc.args, r, tc.code)
+		case r.ID != 5:
+			t.Errorf("%s: answer id %d; want 5", tc.op, r.ID)
+		}
+	}
+}
+
+func TestHeartbeatTTLZeroIsInvalid(t *testing.T) {
+	ts := start(t, Config{})
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	var g protocol.Grant
+	c.call(2, protocol.OpAcquire, acquireArgs("a", "/x", 60000, 0), &g)
+	r := c.rawBody(map[string]any{"id": 3, "op": "heartbeat", "args": map[string]any{"lease_id": g.LeaseID, "ttl": 0}})
+	if r.OK || r.Error.Code != protocol.CodeInvalidArgument {
+		t.Fatalf("heartbeat ttl 0 = %+v; want INVALID_ARGUMENT", r)
+	}
+	var hb protocol.HeartbeatResult
+	a := &protocol.Args{LeaseID: g.LeaseID}
+	a.Set(protocol.ArgLeaseID)
+	c.call(4, protocol.OpHeartbeat, a, &hb)
+	if hb.ExpiresAt < g.ExpiresAt {
+		t.Fatalf("heartbeat without ttl moved expiry back: %d < %d", hb.ExpiresAt, g.ExpiresAt)
 	}
 }
