@@ -199,7 +199,7 @@ func (s *Server) accept(uc *net.UnixConn) {
 		s.nconns.Add(-1)
 		s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns)
 		msg := "klock: too many connections; the daemon allows " + itoa(s.cfg.MaxConns)
-		uc.SetWriteDeadline(s.now().Add(100 * time.Millisecond))
+		uc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		uc.Write(protocol.AppendError(nil, 0, protocol.CodeResourceExhausted, msg))
 		uc.Close()
 		return
