@@ -261,12 +261,15 @@ func TestConformanceStats(t *testing.T) {
 	if cfNum(t, s1, "uptime_ms") < cfNum(t, s0, "uptime_ms") {
 		t.Errorf("uptime_ms went back")
 	}
-	conns := cfNum(t, s1, "connections")
+	conns := func(n int64) func() bool {
+		return func() bool { return cfNum(t, stats(), "connections") == n }
+	}
+	cfWaitFor(t, "connections to be 1 (this one)", conns(1))
 	c2 := confDial(t, d)
 	c2.ok("hello", nil)
-	if n := cfNum(t, stats(), "connections"); n != conns+1 {
-		t.Errorf("connections %d after opening one more; want %d", n, conns+1)
-	}
+	cfWaitFor(t, "connections to be 2", conns(2))
+	c2.c.Close()
+	cfWaitFor(t, "connections to be 1 again", conns(1))
 
 	c.register("old", 1)
 	c.register("young", 2)

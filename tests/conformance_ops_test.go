@@ -182,17 +182,20 @@ func TestConformanceAcquireDenials(t *testing.T) {
 	if d := c.deny(cfAcq("old", "s", "/x", "mutates", 1000), "WAIT"); d["held_by"] != "mid" {
 		t.Errorf("WAIT = %v; want held_by mid", d)
 	}
+	// wait_timeout 0 answers at once.
+	c.deny(cfWith(cfAcq("old", "s", "/x", "MUTATES", 1000), "wait_timeout", 0), "WAIT")
 	if d := c.deny(cfAcq("mid", "other", "/x", "MUTATES", 1000), "CONFLICT"); d["held_by"] != "mid" {
 		t.Errorf("CONFLICT = %v; want held_by mid", d)
 	}
 
-	// wait_time is min(1000, ms until the latest conflicting expiry), >= 1.
-	c.grant(cfAcq("mid", "s", "/short", "CONSUMES", 300))
-	g := c.grant(cfAcq("same", "s", "/short", "CONSUMES", 600))
+	// wait_time is min(1000, ms until the latest conflicting expiry), >= 1:
+	// two shared holders expiring in 400 and 900 ms give about 900.
+	c.grant(cfAcq("mid", "s", "/short", "CONSUMES", 400))
+	g := c.grant(cfAcq("same", "s", "/short", "CONSUMES", 900))
 	d = c.deny(cfAcq("young", "s", "/short", "MUTATES", 1000), "DIE")
 	left := cfNum(t, g, "expires_at") - cfNow()
-	if w := cfNum(t, d, "wait_time"); w > 600 || w < 1 || w < left-300 {
-		t.Errorf("wait_time %d; want about %d (latest conflicting expiry), in [1, 600]", w, left)
+	if w := cfNum(t, d, "wait_time"); w > 900 || w < 1 || w < left-2 {
+		t.Errorf("wait_time %d; want ms until the latest conflicting expiry (now %d left), in [1, 900]", w, left)
 	}
 
 	// An older queued request makes a junior DIE even when the holder is younger.

@@ -62,3 +62,19 @@ func TestConformanceSocketEnv(t *testing.T) {
 		t.Errorf("socket mode %o; want 660 (logs: %s)", m, logs.String())
 	}
 }
+
+// TestConformanceFenceAcrossRestart checks that the fence keeps growing
+// across a daemon restart (with a state directory).
+func TestConformanceFenceAcrossRestart(t *testing.T) {
+	d := harness.Start(t, harness.Options{})
+	c := confDial(t, d)
+	c.register("a", 1)
+	g := c.grant(cfAcq("a", "s", "/x", "MUTATES", 60000))
+	d.Restart(t)
+	c = confDial(t, d)
+	c.register("a", 1)
+	n := c.grant(cfAcq("a", "s", "/y", "MUTATES", 60000))
+	if cfNum(t, n, "fence") <= cfNum(t, g, "fence") {
+		t.Errorf("fence after restart %v; want above %v", n["fence"], g["fence"])
+	}
+}
