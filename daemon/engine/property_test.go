@@ -46,10 +46,11 @@ func (m *model) wake(ws []Wakeup) {
 }
 
 func (m *model) granted(ls []Lease) {
+	if slices.Contains(m.leaseIDs, ls[0].ID) {
+		return // an idem key answered with leases granted before
+	}
 	for _, l := range ls {
-		if !slices.Contains(m.leaseIDs, l.ID) {
-			m.leaseIDs = append(m.leaseIDs, l.ID)
-		}
+		m.leaseIDs = append(m.leaseIDs, l.ID)
 	}
 	m.checkNotOvertaken(ls)
 }
@@ -80,6 +81,9 @@ func (m *model) step() {
 		if rapid.Bool().Draw(m.t, "wait") {
 			req.WaitTimeout = int64(rapid.IntRange(1, 100).Draw(m.t, "wait_timeout"))
 		}
+		if rapid.IntRange(0, 3).Draw(m.t, "idem?") == 0 {
+			req.Idem = rapid.SampledFrom([]string{"k1", "k2"}).Draw(m.t, "idem")
+		}
 		m.acquire(req, false)
 	case 5, 6:
 		if len(m.leaseIDs) > 0 {
@@ -103,7 +107,9 @@ func (m *model) step() {
 	case 9:
 		if rapid.IntRange(0, 3).Draw(m.t, "end?") == 0 {
 			_, ws, err := m.e.EndSession(m.now, m.caller(), m.agent(), m.session())
-			require.NoError(m.t, err)
+			if err != nil {
+				require.Equal(m.t, "UNKNOWN_AGENT", string(codeOf(err)))
+			}
 			m.wake(ws)
 		}
 	case 10:
@@ -124,7 +130,15 @@ func (m *model) step() {
 		_, ws := m.e.Expire(m.now)
 		m.wake(ws)
 	case 13:
-		_, err := m.e.Register(m.now, m.caller(), m.agent(), int64(rapid.IntRange(1, 5).Draw(m.t, "prio")), true)
+		var err error
+		switch rapid.IntRange(0, 3).Draw(m.t, "reg") {
+		case 0, 1:
+			_, err = m.e.Register(m.now, m.caller(), m.agent(), int64(rapid.IntRange(1, 5).Draw(m.t, "prio")), true)
+		case 2:
+			_, err = m.e.Register(m.now, m.caller(), m.agent(), 0, false)
+		case 3:
+			_, err = m.e.Unregister(m.now, m.caller(), m.agent())
+		}
 		if err != nil {
 			require.Equal(m.t, "PRIORITY_CONFLICT", string(codeOf(err)))
 		}
@@ -142,7 +156,11 @@ func (m *model) acquire(req AcquireRequest, single bool) {
 		r, err = m.e.AcquireMany(m.now, m.caller(), req)
 	}
 	if err != nil {
-		// Only an idem key reused for a different request is refused.
+		// Only an unregistered agent, or an idem key reused for a
+		// different request, is refused.
+		if codeOf(err) == "UNKNOWN_AGENT" {
+			return
+		}
 		require.Equal(m.t, "INVALID_ARGUMENT", string(codeOf(err)), err.Error())
 		require.NotEmpty(m.t, req.Idem)
 		return
