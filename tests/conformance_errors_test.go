@@ -33,9 +33,23 @@ func TestConformanceBadFrame(t *testing.T) {
 		cfError(t, tc.name, r, "BAD_FRAME")
 		c.expectClosed()
 	}
+	// Requests before the bad frame are still answered, then BAD_FRAME.
+	c := confDial(t, d)
+	pipe := append(c.request(1, "hello", nil), c.request(2, "stats", nil)...)
+	c.writeRaw(append(pipe, 0, 0, 0, 0))
+	for _, id := range []int64{1, 2} {
+		r := c.recv()
+		if got, _ := cfInt(r["id"]); got != id {
+			t.Fatalf("answer %v before BAD_FRAME; want id %d", r, id)
+		}
+		cfResult(t, "before BAD_FRAME", r)
+	}
+	cfError(t, "after pipelined requests", c.recv(), "BAD_FRAME")
+	c.expectClosed()
+
 	// A frame of exactly max_frame bytes is read (and here refused as
 	// BAD_REQUEST since it is not a map, but the connection stays open).
-	c := confDial(t, d)
+	c = confDial(t, d)
 	body := make([]byte, 1<<20)
 	body[0] = 0xc0 // nil, then trailing bytes
 	c.writeRaw(append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...))
