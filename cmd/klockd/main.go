@@ -70,6 +70,12 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts a graceful shutdown; restoring the default
+	// handling then lets a second one end the process at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	if err := d.Run(ctx); err != nil {
 		cfg.Logger.Error("klockd failed", "err", err)
 		return 1
