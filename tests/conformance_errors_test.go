@@ -312,3 +312,28 @@ type nilValue struct{}
 
 // EncodeMsgpack writes nil.
 func (nilValue) EncodeMsgpack(enc *msgpack.Encoder) error { return enc.EncodeNil() }
+
+// TestConformanceOtherOpsArgsIgnored checks that keys that are not
+// arguments of the op are unknown keys for it and ignored, whatever their
+// values, and that an unknown op gets UNKNOWN_OP whatever its args.
+func TestConformanceOtherOpsArgsIgnored(t *testing.T) {
+	_, c := confStart(t)
+	c.ok("hello", map[string]any{"ttl": -1})
+	c.ok("stats", map[string]any{"ttl": "x"})
+	c.ok("active_lease_count", map[string]any{"intents": 5})
+	c.ok("evict_expired", map[string]any{"agent_id": ""})
+	c.ok("register_agent", map[string]any{"agent_id": "b", "ttl": "x"})
+	c.ok("release", map[string]any{"lease_id": "00000000-0000-4000-8000-000000000000", "priority": -1})
+	c.ok("list_agents", map[string]any{"resource_prefix": 7})
+	c.fail("nope", map[string]any{"ttl": -1}, "UNKNOWN_OP")
+}
+
+// TestConformanceHeartbeatTTLZero checks that heartbeat's optional ttl is
+// limited to 1 ms .. max_ttl like every ttl (0 is not "keep").
+func TestConformanceHeartbeatTTLZero(t *testing.T) {
+	_, c := confStart(t)
+	c.register("a", 1)
+	g := c.grant(cfAcq("a", "s", "/x", "MUTATES", 60000))
+	c.fail("heartbeat", map[string]any{"lease_id": g["lease_id"], "ttl": 0}, "INVALID_ARGUMENT")
+	c.fail("heartbeat", map[string]any{"lease_id": "x", "ttl": 0}, "INVALID_ARGUMENT")
+}
