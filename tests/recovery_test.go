@@ -198,7 +198,7 @@ func compactOffline(t testing.TB, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Compact(func(fn func()) { fn() }); err != nil {
+	if err := st.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Close(); err != nil {
@@ -283,7 +283,7 @@ func build100k(b *testing.B, snapshot bool) string {
 		b.Fatal(err)
 	}
 	if snapshot {
-		if err := st.Compact(func(fn func()) { fn() }); err != nil {
+		if err := st.Compact(); err != nil {
 			b.Fatal(err)
 		}
 	}

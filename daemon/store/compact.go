@@ -11,29 +11,32 @@ import (
 	"github.com/klockd/klock/daemon/engine"
 )
 
-// Compaction, in three steps so that the engine mutex is held only for the
-// engine's own snapshot copy:
+// Compaction never copies the live engine, so it never holds the engine
+// mutex: the state at any record boundary is the last snapshot plus the logs
+// written since, and a background goroutine rebuilds it from those files.
 //
 //  1. Ahead of time (when the log is half way to the limit), the maintenance
 //     goroutine creates log.<gen+1> with its header, fsyncs it and the
 //     directory (prepareNext).
-//  2. Under the engine mutex, an Append that finds the log larger than both
-//     CompactMinBytes and the last snapshot calls eng.Snapshot() and rotates:
-//     frames pending so far stay bound to the old log, later ones go to the
-//     new one (maybeCompactLocked). No I/O happens here.
+//  2. An Append that finds the log larger than both CompactMinBytes and the
+//     last snapshot rotates, under s.mu only, at a boundary between two
+//     operations' records: frames pending so far stay bound to the old log,
+//     later ones go to the new one (rotateLocked). No I/O, no engine work.
 //  3. The maintenance goroutine completes the old log (written, fsynced,
-//     closed), writes snapshot.<gen+1>.tmp, fsyncs, renames, fsyncs the
-//     directory, then deletes the snapshot and logs it replaces
-//     (writeSnapshot).
+//     closed), then loads the last snapshot into a private engine, replays
+//     the logs up to the old one, and writes snapshot.<gen+1>.tmp, fsyncs,
+//     renames, fsyncs the directory and deletes the files it replaces
+//     (compact). Replaying also proves the logs readable: damage is logged
+//     at once rather than found at the next start.
 //
 // A crash at any point leaves a directory recovery reads correctly: before
 // the rename, the previous snapshot plus the old and the new log; after it,
 // the new snapshot plus the new log (older files are ignored and removed).
 
 // maybeCompactLocked starts a compaction when it is due. Called by Append
-// with s.mu held and the engine mutex held by the caller.
+// with s.mu held.
 func (s *Store) maybeCompactLocked() {
-	if s.compacting || s.eng == nil || s.closed || s.err != nil || s.opts.CompactMinBytes < 0 {
+	if s.compacting || s.closed || s.err != nil || s.opts.CompactMinBytes < 0 {
 		return
 	}
 	limit := max(s.opts.CompactMinBytes, s.snapBytes)
@@ -47,53 +50,53 @@ func (s *Store) maybeCompactLocked() {
 	if s.logBytes <= limit {
 		return
 	}
-	s.rotateLocked(s.eng.Snapshot())
+	s.rotateLocked()
 }
 
-// rotateLocked switches appends to the pre-created next log and hands state
-// (the engine at this point of the record stream) to the maintenance
-// goroutine. Called with s.mu held; does no I/O.
-func (s *Store) rotateLocked(state *engine.State) {
+// rotateLocked switches appends to the pre-created next log and asks the
+// maintenance goroutine to snapshot the state at this point. Called with
+// s.mu held, between two Appends; does no I/O.
+func (s *Store) rotateLocked() {
 	s.old, s.oldPending = s.file, s.pending
 	s.pending = nil
 	s.file, s.next = s.next, nil
+	s.compactThrough = s.gen
 	s.gen++
 	s.logBytes = logHeaderSize
-	s.snapState = state
 	s.compacting = true
 	s.signalLocked()
 }
 
 // Compact forces a compaction now, as if the log had outgrown the snapshot,
 // and waits until the snapshot is durable (after any compaction already
-// running). The caller must hold the engine
-// mutex for the call to lock (lock is called with a function to run under
-// it). Meant for tests and tools; the daemon compacts on its own.
-func (s *Store) Compact(lock func(func())) error {
+// running). The daemon compacts on its own; this is for tests and tools.
+func (s *Store) Compact() error {
 	for {
 		if err := s.prepareNextNow(); err != nil {
 			return err
 		}
-		var started bool
-		lock(func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.compacting || s.next == nil || s.eng == nil || s.err != nil {
-				return
-			}
-			s.rotateLocked(s.eng.Snapshot())
-			started = true
-		})
 		s.mu.Lock()
+		started := false
+		if !s.compacting && s.next != nil && s.err == nil && !s.closed {
+			s.rotateLocked()
+			started = true
+		}
 		// Wait for this compaction, or for the one already running before
 		// starting another.
 		for s.compacting && s.err == nil {
 			s.cond.Wait()
 		}
 		err := s.err
+		if err == nil && s.closed {
+			err = ErrClosed
+		}
+		failed := s.compactErr
 		s.mu.Unlock()
-		if started || err != nil {
+		if err != nil {
 			return err
+		}
+		if started {
+			return failed
 		}
 	}
 }
@@ -165,38 +168,73 @@ func createLog(dir string, gen uint64) (*os.File, error) {
 	return f, nil
 }
 
-// writeSnapshot writes the snapshot taken by the last rotation, if any.
-// Runs on the maintenance goroutine.
-func (s *Store) writeSnapshot() {
+// compact writes the snapshot of the state at the end of the log the last
+// rotation closed, if any. Runs on the maintenance goroutine.
+func (s *Store) compact() {
 	s.mu.Lock()
-	state, gen := s.snapState, s.gen
-	s.snapState = nil
-	if state == nil {
+	through, base := s.compactThrough, s.baseGen
+	if through == 0 {
 		s.mu.Unlock()
 		return
 	}
+	s.compactThrough = 0
 	// The old log must be complete and fsynced before the snapshot that
 	// replaces it exists, and before anything lands in the new log.
 	s.drainOldLocked()
 	s.mu.Unlock()
 
 	start := time.Now()
-	size, err := saveSnapshot(s.dir, gen, state)
+	gen := through + 1
+	state, err := rebuildState(s.dir, base, through)
+	var size int64
+	if err == nil {
+		size, err = saveSnapshot(s.dir, gen, state)
+	}
 	if err == nil {
 		removeBefore(s.dir, gen, s.log)
 	}
+	if err != nil {
+		s.log.Error("klock: compaction failed; automatic compaction is off until restart", "dir", s.dir, "err", err)
+	} else {
+		s.log.Debug("klock: snapshot written", "file", snapshotName(gen), "bytes", size, "leases", len(state.Leases), "took", time.Since(start))
+	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.compacting = false
+	s.compactErr = err
 	if err == nil {
-		s.snapBytes = size
+		s.snapBytes, s.baseGen = size, gen
+	} else {
+		// Retrying would fail the same way; the log keeps growing and the
+		// operator is told now, not at the next start.
+		s.opts.CompactMinBytes = -1
 	}
 	s.cond.Broadcast()
-	s.mu.Unlock()
-	if err != nil {
-		s.log.Error("klock: snapshot failed; the log keeps growing until the next attempt", "dir", s.dir, "err", err)
-		return
+}
+
+// rebuildState replays snapshot.<base> (none when base is 0) and the logs
+// from it through log.<through> into a private engine and returns its state.
+func rebuildState(dir string, base, through uint64) (*engine.State, error) {
+	eng := engine.New(engine.Config{})
+	first := uint64(1)
+	if base > 0 {
+		path := filepath.Join(dir, snapshotName(base))
+		st, _, err := loadSnapshot(path, base)
+		if err != nil {
+			return nil, fmt.Errorf("klock: compaction cannot read %s: %w", path, err)
+		}
+		if err := eng.Restore(st); err != nil {
+			return nil, fmt.Errorf("klock: compaction cannot restore %s: %w", path, err)
+		}
+		first = base
 	}
-	s.log.Debug("klock: snapshot written", "file", snapshotName(gen), "bytes", size, "leases", len(state.Leases), "took", time.Since(start))
+	for g := first; g <= through; g++ {
+		path := filepath.Join(dir, logName(g))
+		if _, _, err := replayLog(eng, path, g); err != nil {
+			return nil, fmt.Errorf("klock: compaction cannot replay %s (the next start would fail the same way): %w", path, err)
+		}
+	}
+	return eng.Snapshot(), nil
 }
 
 // saveSnapshot writes snapshot.<gen> atomically: temp file, fsync, rename,

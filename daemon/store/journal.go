@@ -21,8 +21,9 @@ var ErrClosed = errors.New("klock: store closed")
 // until they are written.
 //
 // Append must be called while holding the engine's mutex, after every
-// mutating call: it may take a snapshot of the engine there when the log has
-// outgrown the last snapshot (see compact.go).
+// engine call, so that records reach the log in the engine's order. When the
+// log has outgrown the last snapshot it switches to the next log file there
+// (no I/O; see compact.go).
 func (s *Store) Append(recs []engine.Record) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -228,7 +228,7 @@ func TestCompactionWhileAppending(t *testing.T) {
 	// Forced compactions interleave with the churn (automatic ones run too,
 	// when the log passes 8 KiB).
 	for range 5 {
-		if err := w.st.Compact(w.lock); err != nil {
+		if err := w.st.Compact(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -277,7 +277,7 @@ func TestCompactionKeepsIdempotency(t *testing.T) {
 		return l
 	}
 	first := acquire(w)
-	if err := w.st.Compact(w.lock); err != nil {
+	if err := w.st.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	w.close()
@@ -285,4 +285,27 @@ func TestCompactionKeepsIdempotency(t *testing.T) {
 	if again := acquire(w2); again.ID != first.ID || again.Fence != first.Fence {
 		t.Fatalf("resent acquire after compaction + restart = %s/%d; want the same lease %s/%d", again.ID, again.Fence, first.ID, first.Fence)
 	}
+}
+
+func TestCompactionReportsDamageAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{})
+	w.populate(10)
+	log := filepath.Join(dir, logName(1))
+	offs, _ := recordOffsets(t, log)
+	f, err := os.OpenFile(log, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xee}, offs[3]+12)
+	f.Close()
+	err = w.st.Compact()
+	if err == nil || !strings.Contains(err.Error(), "compaction cannot replay") || !strings.Contains(err.Error(), log) {
+		t.Fatalf("Compact over a damaged log = %v; want an error naming %s", err, log)
+	}
+	if !strings.Contains(w.logs.String(), "compaction failed") {
+		t.Errorf("compaction failure not logged:\n%s", w.logs.String())
+	}
+	// Service goes on: appends still succeed.
+	w.register("after", 3)
 }

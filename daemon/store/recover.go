@@ -30,8 +30,8 @@ type RecoveryInfo struct {
 // Recover loads the newest snapshot into eng with Restore, replays the logs
 // that follow with Apply, cuts a torn tail (warning with file and offset),
 // opens the last log for appending and starts the background fsync and
-// compaction work. eng must be new, made with Config.Journal set, and is
-// the engine Append will be called for. On damage other than a torn tail it
+// compaction work. eng must be new; it is the engine whose records Append
+// will be given. On damage other than a torn tail it
 // returns an error naming the file and offset, unless the store was opened
 // with RecoverTruncate; it never returns a silently emptied state.
 func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
@@ -168,8 +168,10 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 	if err := s.openForAppend(chain, base); err != nil {
 		return info, err
 	}
-	s.eng = eng
 	s.snapBytes = info.SnapshotBytes
+	if info.Snapshot != "" {
+		s.baseGen = base
+	}
 	st := eng.Stats()
 	info.Agents, info.Leases, info.Fence = st.Agents, st.Leases, st.Fence
 	info.Duration = time.Since(start)

@@ -197,7 +197,7 @@ func TestSnapshotDamage(t *testing.T) {
 	dir := t.TempDir()
 	w := newWorld(t, dir, Options{CompactMinBytes: -1})
 	w.populate(10)
-	if err := w.st.Compact(w.lock); err != nil {
+	if err := w.st.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	w.acquire("agent-2", "post-snapshot")
@@ -259,8 +259,8 @@ func TestInterruptedCompaction(t *testing.T) {
 	}
 	w.lock(func() {
 		w.st.mu.Lock()
-		w.st.rotateLocked(w.eng.Snapshot())
-		w.st.snapState = nil // the snapshot is lost
+		w.st.rotateLocked()
+		w.st.compactThrough = 0 // the snapshot is never written
 		w.st.mu.Unlock()
 	})
 	w.acquire("agent-0", "in-new-log")
@@ -289,8 +289,8 @@ func TestMissingLog(t *testing.T) {
 	}
 	w.lock(func() {
 		w.st.mu.Lock()
-		w.st.rotateLocked(w.eng.Snapshot())
-		w.st.snapState = nil
+		w.st.rotateLocked()
+		w.st.compactThrough = 0
 		w.st.mu.Unlock()
 	})
 	w.acquire("agent-0", "x")

@@ -17,12 +17,12 @@ package store
 //
 //	err := st.Wait(seq)                   // group commit
 //
-// Compaction needs no other hook: Append runs under the engine mutex, so
-// when the log has outgrown the last snapshot it takes eng.Snapshot() there
-// (the engine's copy is the only work done under the mutex), switches to the
-// pre-created next log, and a background goroutine writes the snapshot to a
-// temporary file, fsyncs it, renames it, fsyncs the directory and deletes
-// the files it replaces.
+// Compaction needs no other hook and never takes the engine mutex: when the
+// log has outgrown the last snapshot, Append switches to a pre-created next
+// log, and a background goroutine rebuilds the state at the switch from the
+// files (last snapshot + logs) in a private engine, writes it to a temporary
+// file, fsyncs it, renames it, fsyncs the directory and deletes the files it
+// replaces (compact.go).
 
 import (
 	"bytes"
@@ -130,10 +130,6 @@ type Store struct {
 	log  *slog.Logger
 	lock *os.File
 
-	// eng is the engine Recover loaded; Append snapshots it for compaction
-	// (the caller holds the engine mutex then).
-	eng *engine.Engine
-
 	prepMu sync.Mutex // serialises pre-creating the next log
 
 	// mu guards the fields that follow. Lock order: engine mutex, then mu.
@@ -155,13 +151,15 @@ type Store struct {
 	logBytes int64    // current log's size including pending frames
 
 	// Rotation and compaction (compact.go).
-	old        *os.File      // previous log, until its pending frames are written
-	oldPending []byte        // frames for old
-	next       *os.File      // pre-created log gen+1, ready for rotation
-	snapBytes  int64         // size of the last snapshot
-	snapState  *engine.State // taken under the engine mutex, to be written
-	compacting bool          // a snapshot is being taken or written
-	nextFailed time.Time     // last failure to pre-create the next log
+	old            *os.File  // previous log, until its pending frames are written
+	oldPending     []byte    // frames for old
+	next           *os.File  // pre-created log gen+1, ready for rotation
+	snapBytes      int64     // size of the last snapshot
+	baseGen        uint64    // generation of the last snapshot; 0 = none
+	compactThrough uint64    // last log the pending compaction covers; 0 = none
+	compacting     bool      // a rotation happened and its snapshot is not written yet
+	compactErr     error     // the last compaction's error
+	nextFailed     time.Time // last failure to pre-create the next log
 
 	wake chan struct{} // wakes the maintenance goroutine
 	done chan struct{} // closed by Close
@@ -269,12 +267,12 @@ func (s *Store) maintain() {
 	for {
 		select {
 		case <-s.done:
-			s.writeSnapshot()
+			s.compact()
 			return
 		case <-tick:
 			s.syncLog()
 		case <-s.wake:
-			s.writeSnapshot()
+			s.compact()
 			s.prepareNext()
 		}
 	}
