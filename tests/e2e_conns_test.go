@@ -60,6 +60,7 @@ func TestTwoThousandIdleConnections(t *testing.T) {
 	}
 	var st protocol.StatsResult
 	mustOK(t, "stats", r.Call(5000, protocol.OpStats, nil), &st)
+	t.Logf("klockd RSS with %d idle connections: %d KiB", idle, rssKB(t, d.Cmd.Process.Pid))
 	if st.Connections < idle+1 {
 		t.Errorf("stats.connections = %d; want at least %d", st.Connections, idle+1)
 	}
