@@ -26,6 +26,7 @@ type Client struct {
 	life       context.Context // cancelled by Close (or a break with NoReconnect)
 	endLife    context.CancelFunc
 	bg         sync.WaitGroup // background goroutines: redial, keep-alive, orphan release
+	handoffs   atomic.Uint64  // answers a reader passed to another caller (see deliver)
 
 	// mu guards the fields that follow, and the writer fields of every conn.
 	mu      sync.Mutex
@@ -388,6 +389,7 @@ func (c *Client) deliver(resp *protocol.Response, own *call) {
 		delete(c.pending, resp.ID)
 		cl.done, cl.resp = true, *resp
 		if cl != own {
+			c.handoffs.Add(1)
 			select {
 			case cl.wake <- struct{}{}:
 			default:
@@ -416,6 +418,9 @@ func (c *Client) flush(cn *conn) {
 		c.mu.Unlock()
 		_, err := cn.nc.Write(buf)
 		c.mu.Lock()
+		// buf becomes the spare; the old spare is now cn.wbuf and must
+		// never be handed out twice.
+		cn.spare = nil
 		if cap(buf) <= maxKeptBuffer {
 			cn.spare = buf[:0]
 		}

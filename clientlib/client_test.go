@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -534,5 +535,85 @@ func TestOversizeRequestRefusedLocally(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.conns) != 1 {
 		t.Errorf("%d connections; want the first one kept", len(f.conns))
+	}
+}
+
+// TestOneCallerReadsItsOwnAnswers: with one call in flight at a time, every
+// answer is read by the goroutine that asked (no hand-off to another
+// goroutine) and the client starts no goroutine of its own.
+func TestOneCallerReadsItsOwnAnswers(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	goroutines := runtime.NumGoroutine()
+	before := c.handoffs.Load()
+	for i := range 1000 {
+		if n, err := c.EndSession(ctx, "a", strings.Repeat("s", 1+i%100)); err != nil || n != 1+i%100 {
+			t.Fatalf("EndSession = %d, %v", n, err)
+		}
+	}
+	if h := c.handoffs.Load() - before; h != 0 {
+		t.Errorf("%d answers were handed to another goroutine; want 0 with one call in flight", h)
+	}
+	if g := runtime.NumGoroutine(); g > goroutines {
+		t.Errorf("%d goroutines after 1000 sequential calls, %d before; want none started", g, goroutines)
+	}
+}
+
+// TestChaos mixes everything at once: 32 goroutines calling with contexts
+// cancelled at random points, answers out of order, and daemon restarts.
+// Every call must return its own answer or its context's error, and the
+// client must end with nothing pending.
+func TestChaos(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		go reply(f.handle(req))
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cctx, cancel := context.WithCancel(ctx)
+				if (g+i)%3 == 0 {
+					go cancel() // races with the call
+				}
+				session := strings.Repeat("c", 1+(g*7+i)%60)
+				n, err := c.EndSession(cctx, "a", session)
+				cancel()
+				switch {
+				case errors.Is(err, context.Canceled):
+				case err != nil || n != len(session):
+					t.Errorf("EndSession = %d, %v; want %d or context.Canceled", n, err, len(session))
+					return
+				}
+			}
+		}()
+	}
+	for range 10 {
+		before := f.count(protocol.OpEndSession)
+		f.waitFor("traffic", func() bool { return f.ops[protocol.OpEndSession] >= before+1000 })
+		f.restart()
+	}
+	close(stop)
+	wg.Wait()
+	if n := c.pendingCount(); n != 0 {
+		t.Errorf("%d calls pending after all returned", n)
+	}
+	if n, err := c.EndSession(ctx, "a", "end"); err != nil || n != 3 {
+		t.Errorf("EndSession after the chaos = %d, %v", n, err)
 	}
 }
