@@ -23,6 +23,28 @@
 // WAIT, retrying after the suggested delay on DIE) and keeps the lease alive
 // until Lease.Release, reporting on Lease.Lost if a renewal fails.
 //
+// Typical use by an agent:
+//
+//	c, err := clientlib.Dial(ctx, clientlib.Options{}) // $KLOCK_SOCKET or the default socket
+//	if err != nil {
+//		return err // names the socket and how to start klockd
+//	}
+//	defer c.Close()
+//	if err := c.RegisterAgent(ctx, "agent-1", 100); err != nil {
+//		return err
+//	}
+//	lease, err := c.Acquire(ctx, clientlib.AcquireRequest{
+//		AgentID: "agent-1", SessionID: "task-42", TTL: 30 * time.Second,
+//		Intents: []clientlib.Intent{{ResourceType: "FILE", ResourcePath: "/src/auth.ts", Predicate: "MUTATES"}},
+//	})
+//	if err != nil {
+//		return err
+//	}
+//	defer lease.Release(ctx)
+//	// ... work on /src/auth.ts, checking lease.Lost() (or lease.Err()) before
+//	// each step that must not run without the lease; pass lease.Fence() to
+//	// anything that can reject stale writers.
+//
 // Remote errors are *Error values with the protocol code; they match the
 // sentinels (ErrInvalidArgument, ErrNotFound, ...) with errors.Is. Transport
 // failures are distinct: ErrClosed for every closed-connection flavour and
