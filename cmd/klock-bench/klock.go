@@ -147,7 +147,10 @@ func (b *klockBackend) Hold(ctx context.Context, n int) error {
 	if err := c.RegisterAgent(ctx, "holder", 1<<40); err != nil {
 		return err
 	}
-	const batch, inFlight = 64, 16
+	// Four batches in flight keep the client's write buffer well under
+	// 64 KiB: above that, clientlib's flush (as of this writing) can hand
+	// the buffer it is writing back to appenders and corrupt frames.
+	const batch, inFlight = 64, 4
 	next := make(chan int)
 	errs := make(chan error, inFlight)
 	var wg sync.WaitGroup

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +28,7 @@ type config struct {
 	jsonOut   string
 	plotOut   string
 	short     bool
+	profile   string // CPU profile of the tool (the client side)
 	args      []string
 }
 
@@ -68,6 +70,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&cfg.plotOut, "plot", "", "write a plot of throughput and p99 by W to this file (.png or .svg)")
+	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this tool (the client side, clientlib included) to this file")
+	fs.BoolVar(&serverLogs, "server-logs", false, "copy the servers' output to stderr")
 	fs.BoolVar(&cfg.short, "short", false, "CI mode: 1s cells, W=1,8, 2,000 held leases (explicit flags still win)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -149,6 +153,17 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		bs = append(bs, b)
 	}
 
+	if cfg.profile != "" {
+		f, err := os.Create(cfg.profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res := &Results{Machine: describeMachine(), Command: "klock-bench " + strings.Join(cfg.args, " "),
 		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Settings: map[string]string{}}
 	for _, b := range bs {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +16,10 @@ import (
 	"syscall"
 	"time"
 )
+
+// serverLogs, set by -server-logs, copies every server's output to the
+// tool's stderr (to read a goroutine dump after SIGQUIT, say).
+var serverLogs bool
 
 // server is a child process listening on a Unix socket.
 type server struct {
@@ -31,8 +36,12 @@ type server struct {
 func startServer(ctx context.Context, name, socket, path string, args ...string) (*server, error) {
 	s := &server{name: name, socket: socket, out: &syncBuffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command(path, args...)
-	s.cmd.Stdout = s.out
-	s.cmd.Stderr = s.out
+	var out io.Writer = s.out
+	if serverLogs {
+		out = io.MultiWriter(s.out, os.Stderr)
+	}
+	s.cmd.Stdout = out
+	s.cmd.Stderr = out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("klock-bench: start %s: %w", name, err)
@@ -47,6 +56,7 @@ func startServer(ctx context.Context, name, socket, path string, args ...string)
 		c, err := net.Dial("unix", socket)
 		if err == nil {
 			c.Close()
+			fmt.Fprintf(os.Stderr, "klock-bench: %s listening on %s, pid %d\n", name, socket, s.cmd.Process.Pid)
 			return s, nil
 		}
 		select {
