@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,7 +84,13 @@ func TestCrashKeepsAcknowledgedLeases(t *testing.T) {
 	if n := strings.Count(d.Logs(), "state recovered"); n < rounds+1 {
 		t.Errorf("daemon logged %d recoveries; want %d", n, rounds+1)
 	}
-	t.Logf("%d rounds in %s", rounds, time.Since(start).Round(time.Millisecond))
+	var files []string
+	if ents, err := os.ReadDir(d.StateDir); err == nil {
+		for _, e := range ents {
+			files = append(files, e.Name())
+		}
+	}
+	t.Logf("%d rounds in %s; state directory holds %v", rounds, time.Since(start).Round(time.Millisecond), files)
 }
 
 // crashRound runs the clients until klockd is killed at a random moment

@@ -165,8 +165,24 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 	}
 	eng.Records() // replay may journal; those records are on disk already
 
+	// A next log created ahead of a rotation that never happened holds no
+	// records: drop it rather than start every run in a new file.
+	for len(chain) > 1 && logsEmpty(s.dir, chain[len(chain)-1:]) {
+		os.Remove(filepath.Join(s.dir, logName(chain[len(chain)-1])))
+		chain = chain[:len(chain)-1]
+	}
 	if err := s.openForAppend(chain, base); err != nil {
 		return info, err
+	}
+	// Compaction weighs everything replayed since the snapshot, however
+	// many files it spans.
+	if len(chain) > 1 {
+		s.logBytes = 0
+		for _, g := range chain {
+			if fi, err := os.Stat(filepath.Join(s.dir, logName(g))); err == nil {
+				s.logBytes += fi.Size()
+			}
+		}
 	}
 	s.snapBytes = info.SnapshotBytes
 	if info.Snapshot != "" {

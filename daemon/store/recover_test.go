@@ -332,3 +332,28 @@ func TestMassExpiryIsSplit(t *testing.T) {
 	}
 	sameState(t, newWorldClosed(t, dir), want)
 }
+
+func TestUnusedNextLogIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{})
+	w.populate(5)
+	if err := w.st.prepareNextNow(); err != nil {
+		t.Fatal(err)
+	}
+	want := w.snapshot()
+	crashed := copyDir(t, dir) // killed before the rotation
+	if _, err := os.Stat(filepath.Join(crashed, logName(2))); err != nil {
+		t.Fatalf("pre-created log missing from the copy: %v", err)
+	}
+	w2 := newWorld(t, crashed, Options{})
+	sameState(t, w2.snapshot(), want)
+	if _, err := os.Stat(filepath.Join(crashed, logName(2))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("empty pre-created log kept after recovery (%v); runs would each start a new file", err)
+	}
+	w2.st.mu.Lock()
+	gen, size := w2.st.gen, w2.st.logBytes
+	w2.st.mu.Unlock()
+	if gen != 1 || size != fileSize(t, filepath.Join(crashed, logName(1))) {
+		t.Fatalf("appending to log %d with %d bytes counted; want log 1 and its size", gen, size)
+	}
+}

@@ -148,7 +148,7 @@ type Store struct {
 	closed   bool
 	file     *os.File // current log, opened for append
 	gen      uint64   // current log's generation
-	logBytes int64    // current log's size including pending frames
+	logBytes int64    // bytes of log since the last snapshot (all files), pending frames included
 
 	// Rotation and compaction (compact.go).
 	old            *os.File  // previous log, until its pending frames are written
