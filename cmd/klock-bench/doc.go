@@ -29,5 +29,6 @@
 //
 // The tool re-executes itself as the echo server ("klock-bench echo-server
 // -socket PATH") so that the echo floor, like every daemon, runs in its own
-// process.
+// process, and as "flock-holder" processes that keep the many-leases flock
+// locks (one process cannot open 100,000 files under the usual limit).
 package main

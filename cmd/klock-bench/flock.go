@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,8 +21,8 @@ import (
 // flockBackend is the kernel's own lock: flock(2) with LOCK_EX|LOCK_NB on one
 // file per resource, no daemon. It is the floor for a local lock.
 type flockBackend struct {
-	dir  string
-	held []int // descriptors locked by Hold
+	dir     string
+	holders []*exec.Cmd // processes holding the many-leases locks
 }
 
 func newFlockBackend() (Backend, error) {
@@ -46,36 +51,71 @@ func (b *flockBackend) Clients(ctx context.Context, w int) ([]Locker, io.Closer,
 	return ls, cs, nil
 }
 
-// Hold locks n files, one descriptor each; it raises the open-file limit
-// first and reports errUnsupported when that is not allowed.
+// Hold locks n files. The open-file limit (not raisable in a container)
+// keeps one process from holding them all, so the locks are held by child
+// processes — this tool re-executed as "flock-holder" — up to
+// flockPerHolder each; the kernel's lock tables hold n locks either way.
 func (b *flockBackend) Hold(ctx context.Context, n int) error {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+	self, err := os.Executable()
+	if err != nil {
 		return err
 	}
-	need := uint64(n + 4096)
-	if lim.Cur < need {
-		want := unix.Rlimit{Cur: need, Max: max(need, lim.Max)}
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &want); err != nil {
-			return fmt.Errorf("%w: %d descriptors needed, limit %d: %v", errUnsupported, need, lim.Cur, err)
-		}
-	}
-	for i := range n {
-		fd, err := openLockFile(filepath.Join(b.dir, "held-"+strconv.Itoa(i)))
+	for from := 0; from < n; from += flockPerHolder {
+		to := min(n, from+flockPerHolder)
+		cmd := exec.CommandContext(ctx, self, "flock-holder", "-dir", b.dir, "-from", strconv.Itoa(from), "-to", strconv.Itoa(to))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
 		}
-		b.held = append(b.held, fd)
-		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			return fmt.Errorf("klock-bench: flock held-%d: %w", i, err)
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("klock-bench: start flock holder: %w", err)
+		}
+		b.holders = append(b.holders, cmd)
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil || line != "ready\n" {
+			return fmt.Errorf("klock-bench: flock holder %d..%d: %q, %v", from, to, line, err)
 		}
 	}
 	return nil
 }
 
+// flockPerHolder is how many locks one holder process keeps, under the
+// usual 20,000 open-file limit.
+const flockPerHolder = 15000
+
+// runFlockHolder is the "flock-holder" subcommand: it locks files
+// held-FROM .. held-(TO-1) in DIR, says "ready", and holds them until
+// killed.
+func runFlockHolder(args []string) error {
+	fs := flag.NewFlagSet("flock-holder", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory of the lock files")
+	from := fs.Int("from", 0, "first file number")
+	to := fs.Int("to", 0, "one past the last file number")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for i := *from; i < *to; i++ {
+		fd, err := openLockFile(filepath.Join(*dir, "held-"+strconv.Itoa(i)))
+		if err != nil {
+			return err
+		}
+		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			return fmt.Errorf("klock-bench: flock held-%d: %w", i, err)
+		}
+	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
+}
+
 func (b *flockBackend) Close() error {
-	for _, fd := range b.held {
-		unix.Close(fd)
+	for _, h := range b.holders {
+		_ = h.Process.Signal(syscall.SIGTERM)
+		_ = h.Wait()
 	}
 	return os.RemoveAll(b.dir)
 }
