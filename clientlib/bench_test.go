@@ -3,6 +3,7 @@ package clientlib
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"runtime"
@@ -81,16 +82,20 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		}
 	})
-	b.Run("client/64", func(b *testing.B) {
-		b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := c.ActiveLeaseCount(ctx); err != nil {
-					b.Error(err)
-					return
+	for _, w := range []int{8, 64} {
+		b.Run(fmt.Sprintf("client/%d", w), func(b *testing.B) {
+			b.SetParallelism(max(1, w/runtime.GOMAXPROCS(0)))
+			b.ReportAllocs()
+			writes := c.writes.Load()
+			defer func() { b.ReportMetric(float64(b.N)/float64(c.writes.Load()-writes), "req/write") }()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := c.ActiveLeaseCount(ctx); err != nil {
+						b.Error(err)
+						return
+					}
 				}
-			}
+			})
 		})
-	})
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -27,6 +28,7 @@ type Client struct {
 	endLife    context.CancelFunc
 	bg         sync.WaitGroup // background goroutines: redial, keep-alive, orphan release
 	handoffs   atomic.Uint64  // answers a reader passed to another caller (see deliver)
+	writes     atomic.Uint64  // write(2) calls, for the benchmark's requests-per-write
 
 	// mu guards the fields that follow, and the writer fields of every conn.
 	mu      sync.Mutex
@@ -220,6 +222,16 @@ func (c *Client) roundTrip(ctx context.Context, op string, args *protocol.Args) 
 	if cn := c.conn; cn != nil {
 		cn.wbuf = append(cn.wbuf, frame...)
 		if !cn.flushing {
+			if len(c.pending) > 1 {
+				// Other calls are in flight, so their callers are likely
+				// runnable right now (woken by the reader with their answers)
+				// and about to send again: let them append first, so that
+				// one write(2) carries them all.
+				cn.flushing = true
+				c.mu.Unlock()
+				runtime.Gosched()
+				c.mu.Lock()
+			}
 			c.flush(cn)
 		}
 	} else {
@@ -417,6 +429,7 @@ func (c *Client) flush(cn *conn) {
 		cn.wbuf = cn.spare[:0]
 		c.mu.Unlock()
 		_, err := cn.nc.Write(buf)
+		c.writes.Add(1)
 		c.mu.Lock()
 		// buf becomes the spare; the old spare is now cn.wbuf and must
 		// never be handed out twice.
