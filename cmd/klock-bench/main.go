@@ -26,6 +26,7 @@ type config struct {
 	leases    int // held in the many-leases workload
 	klockd    string
 	jsonOut   string
+	mdOut     string
 	plotOut   string
 	short     bool
 	profile   string // CPU profile of the tool (the client side)
@@ -76,6 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.leases, "leases", 100000, "leases held during the many-leases workload")
 	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON to this file")
+	fs.StringVar(&cfg.mdOut, "md", "", "write the table, targets and peer settings as Markdown to this file (for BENCHMARKS.md)")
 	fs.StringVar(&cfg.plotOut, "plot", "", "write a plot of throughput and p99 by W to this file (.png or .svg)")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this tool (the client side, clientlib included) to this file")
 	fs.BoolVar(&serverLogs, "server-logs", false, "copy the servers' output to stderr")
@@ -233,6 +235,11 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	res.WriteTable(stdout)
 	if cfg.jsonOut != "" {
 		if err := res.WriteJSON(cfg.jsonOut); err != nil {
+			return err
+		}
+	}
+	if cfg.mdOut != "" {
+		if err := res.WriteMarkdown(cfg.mdOut); err != nil {
 			return err
 		}
 	}

@@ -36,6 +36,9 @@ func (r *Results) WritePlot(path string) error {
 		{"pairs/s", func(row Row) float64 { return row.PairsPerSec }},
 		{"p99 of one pair (µs)", func(row Row) float64 { return row.P99us }},
 	}
+	// One legend for all panels, in a strip on the right.
+	legend := plot.NewLegend()
+	legend.Top, legend.Left = true, true
 	plots := make([][]*plot.Plot, len(metrics))
 	for m, metric := range metrics {
 		plots[m] = make([]*plot.Plot, len(workloads))
@@ -46,8 +49,6 @@ func (r *Results) WritePlot(path string) error {
 			p.X.Scale = plot.LogScale{}
 			p.Y.Scale = plot.LogScale{}
 			p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-			p.Legend.Top = true
-			p.Legend.Left = m == 1
 			var ticks plot.ConstantTicks
 			for i, b := range r.order {
 				var xys plotter.XYs
@@ -69,14 +70,17 @@ func (r *Results) WritePlot(path string) error {
 				points.Color = plotutil.Color(i)
 				points.Shape = plotutil.Shape(i)
 				p.Add(line, points)
-				p.Legend.Add(b, line, points)
+				if m == 0 && c == 0 {
+					legend.Add(b, line, points)
+				}
 			}
 			p.X.Tick.Marker = ticks
 			plots[m][c] = p
 		}
 	}
 
-	width := vg.Length(len(workloads)) * 4 * vg.Inch
+	legendWidth := 1.5 * vg.Inch
+	width := vg.Length(len(workloads))*4*vg.Inch + legendWidth
 	height := 6 * vg.Inch
 	var canvas interface {
 		vg.CanvasSizer
@@ -93,7 +97,8 @@ func (r *Results) WritePlot(path string) error {
 	dc := draw.New(canvas)
 	tiles := draw.Tiles{Rows: len(metrics), Cols: len(workloads), PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
 		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}
-	canvases := plot.Align(plots, tiles, dc)
+	canvases := plot.Align(plots, tiles, draw.Crop(dc, 0, -legendWidth, 0, 0))
+	legend.Draw(draw.Crop(dc, width-legendWidth, 0, 0, -vg.Millimeter*6))
 	for m := range plots {
 		for c := range plots[m] {
 			plots[m][c].Draw(canvases[m][c])
