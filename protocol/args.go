@@ -140,9 +140,9 @@ func (a *Args) uintField(arg Arg) *int64 {
 	return nil
 }
 
-func lookupArg(key string) (argSpec, bool) {
+func lookupArg(key []byte) (argSpec, bool) {
 	for _, s := range argSpecs {
-		if s.key == key {
+		if string(key) == s.key {
 			return s, true
 		}
 	}

@@ -31,3 +31,33 @@ var Ops = []string{
 func AdminOp(op string) bool {
 	return op == OpRevoke || op == OpFreeze || op == OpThaw
 }
+
+// opArgs lists the arguments each operation takes. Any other key in its
+// args is, for that op, an unknown key: ignored whatever its value.
+var opArgs = map[string]Arg{
+	OpHello:            ArgClient,
+	OpRegisterAgent:    ArgAgentID | ArgPriority,
+	OpUnregisterAgent:  ArgAgentID,
+	OpAcquire:          ArgAgentID | ArgSessionID | ArgResourceType | ArgResourcePath | ArgPredicate | ArgTTL | ArgWaitTimeout | ArgIdem,
+	OpAcquireMany:      ArgAgentID | ArgSessionID | ArgTTL | ArgWaitTimeout | ArgIdem | ArgIntents,
+	OpRelease:          ArgLeaseID,
+	OpHeartbeat:        ArgLeaseID | ArgTTL,
+	OpEndSession:       ArgAgentID | ArgSessionID,
+	OpActiveLeaseCount: 0,
+	OpEvictExpired:     0,
+	OpListLeases:       ArgAgentID | ArgResourcePrefix | ArgLimit,
+	OpListAgents:       ArgLimit,
+	OpRevoke:           ArgLeaseID,
+	OpFreeze:           ArgResourceType | ArgResourcePath,
+	OpThaw:             ArgResourceType | ArgResourcePath,
+	OpStats:            0,
+}
+
+// KnownOp reports whether op names an operation.
+func KnownOp(op string) bool {
+	_, ok := opArgs[op]
+	return ok
+}
+
+// OpArgs returns the arguments op takes (0 for an unknown op).
+func OpArgs(op string) Arg { return opArgs[op] }

@@ -1,8 +1,7 @@
 package protocol
 
 import (
-	"errors"
-	"fmt"
+		"fmt"
 	"math"
 	"unicode/utf8"
 
@@ -16,31 +15,31 @@ type Request struct {
 	Args Args
 }
 
-var errTruncated = errors.New("msgpack value runs past the end of the frame")
-
 // DecodeRequest decodes a request body into req, reusing req's storage.
 // It returns a *Error with CodeBadRequest when the body is not a msgpack map,
 // id is missing or not a positive integer, op is missing or not a string, or
-// args is present and not a map; and CodeInvalidArgument when an argument has
-// the wrong wire type, naming the argument. req.ID is set whenever the id
-// could be read, so the error can be answered with it. A nil id, op or
-// argument counts as absent.
+// args is present and not a map; and CodeInvalidArgument when an argument the
+// op takes has the wrong wire type, naming the argument. Keys the op does not
+// take are ignored whatever their values, as unknown keys are; for an unknown
+// op no argument is checked (the caller answers UNKNOWN_OP). req.ID is set
+// whenever the id could be read, so the error can be answered with it. A nil
+// id, op or argument counts as absent.
+//
+// The strings in req share one allocation: a copy of body.
 func DecodeRequest(body []byte, req *Request) error {
 	req.ID, req.Op = 0, ""
 	req.Args.Reset()
-	d := getDecoder(body)
-	defer d.release()
-
-	var badReq, argErr string
-	n, err := mapLen(d)
+	d := requestDecoder{r: reader{b: body}, args: &req.Args}
+	n, err := d.r.mapLen()
 	if err != nil {
 		return &Error{Code: CodeBadRequest, Message: "klock: request body is not a msgpack map"}
 	}
 	// Keep reading after a bad value, so the id can still be found and
 	// answered; stop only when the msgpack itself is broken.
+	var badReq string
 	var haveOp, broken bool
 	for i := 0; i < n && !broken; i++ {
-		key, isKey, err := decodeKey(d)
+		key, isKey, err := d.key()
 		if err != nil {
 			badReq, broken = malformed(err), true
 			break
@@ -49,33 +48,27 @@ func DecodeRequest(body []byte, req *Request) error {
 			continue
 		}
 		var msg string
-		switch key {
+		switch string(key) {
 		case "id":
-			req.ID, msg, err = decodeID(d)
+			req.ID, msg, err = d.id()
 		case "op":
 			var c byte
-			c, err = d.dec.PeekCode()
+			c, err = d.r.peek()
 			switch {
 			case err != nil:
 			case c == msgpcode.Nil:
-				err = d.dec.Skip()
+				d.r.off++
 			case !isStringCode(c):
 				msg = fmt.Sprintf("klock: request op must be a string, got %s", kindName(c))
-				err = d.dec.Skip()
+				err = d.r.skip()
 			default:
-				req.Op, err = d.decodeString()
+				req.Op, err = d.op()
 				haveOp = true
 			}
 		case "args":
-			var m string
-			m, err = decodeArgs(d, &req.Args)
-			if m == errArgsNotMap {
-				msg = m
-			} else if m != "" && argErr == "" {
-				argErr = m
-			}
+			msg, err = d.decodeArgs()
 		default:
-			err = d.dec.Skip()
+			err = d.r.skip()
 		}
 		if err != nil {
 			badReq, broken = malformed(err), true
@@ -85,7 +78,7 @@ func DecodeRequest(body []byte, req *Request) error {
 	}
 	switch {
 	case badReq != "":
-	case d.r.Len() != 0:
+	case d.r.rest() != 0:
 		badReq = "klock: request body holds bytes after its msgpack map"
 	case req.ID == 0:
 		badReq = "klock: request has no id; id must be a positive integer"
@@ -95,8 +88,11 @@ func DecodeRequest(body []byte, req *Request) error {
 	if badReq != "" {
 		return &Error{Code: CodeBadRequest, Message: badReq}
 	}
-	if argErr != "" {
-		return &Error{Code: CodeInvalidArgument, Message: argErr}
+	takes := OpArgs(req.Op)
+	for _, e := range d.errs {
+		if takes&e.arg != 0 {
+			return &Error{Code: CodeInvalidArgument, Message: e.msg}
+		}
 	}
 	return nil
 }
@@ -107,88 +103,100 @@ func malformed(err error) string {
 	return "klock: request body is not valid msgpack: " + err.Error()
 }
 
-// mapLen reads a map header and fails for anything else.
-func mapLen(d *decoder) (int, error) {
-	c, err := d.dec.PeekCode()
-	if err != nil {
-		return 0, err
-	}
-	if !isMapCode(c) {
-		return 0, fmt.Errorf("expected a map, got %s", kindName(c))
-	}
-	n, err := d.dec.DecodeMapLen()
-	if err != nil {
-		return 0, err
-	}
-	// Every entry takes at least two bytes: a longer declaration is a lie.
-	if n > d.r.Len()/2 {
-		return 0, errTruncated
-	}
-	return n, nil
+// requestDecoder carries one request's decoding state.
+type requestDecoder struct {
+	r    reader
+	args *Args
+	text string     // body as a string, made on first use; decoded strings slice it
+	errs []argError // argument errors, in frame order
 }
 
-// decodeKey reads a map key. A key that is not a string is skipped together
-// with its value, and isKey is false.
-func decodeKey(d *decoder) (key string, isKey bool, err error) {
-	c, err := d.dec.PeekCode()
+// argError is a wrong-typed argument; it matters only if the op takes arg.
+type argError struct {
+	arg Arg
+	msg string
+}
+
+// str returns b, which lies in the body, as a string sharing d.text.
+func (d *requestDecoder) str(b []byte) string {
+	if d.text == "" {
+		d.text = string(d.r.b)
+	}
+	end := d.r.off // b was the last thing read
+	return d.text[end-len(b) : end]
+}
+
+// key reads a map key. A key that is not a string is skipped together with
+// its value, and isKey is false.
+func (d *requestDecoder) key() (key []byte, isKey bool, err error) {
+	c, err := d.r.peek()
 	if err != nil {
-		return "", false, err
+		return nil, false, err
 	}
 	if !isStringCode(c) {
-		if err := d.dec.Skip(); err != nil {
-			return "", false, err
+		if err := d.r.skip(); err != nil {
+			return nil, false, err
 		}
-		return "", false, d.dec.Skip()
+		return nil, false, d.r.skip()
 	}
-	key, err = d.decodeString()
+	key, err = d.r.strBytes()
 	return key, err == nil, err
 }
 
-// decodeID reads the request id; msg is set when it is not a positive integer.
-func decodeID(d *decoder) (id uint64, msg string, err error) {
-	c, err := d.dec.PeekCode()
+// op reads the op name; the names of known operations are not copied.
+func (d *requestDecoder) op() (string, error) {
+	b, err := d.r.strBytes()
+	if err != nil {
+		return "", err
+	}
+	for _, op := range Ops {
+		if string(b) == op {
+			return op, nil
+		}
+	}
+	return d.str(b), nil
+}
+
+// id reads the request id; msg is set when it is not a positive integer.
+func (d *requestDecoder) id() (id uint64, msg string, err error) {
+	c, err := d.r.peek()
 	if err != nil {
 		return 0, "", err
 	}
-	switch {
-	case c == msgpcode.Nil:
-		return 0, "", d.dec.Skip()
-	case isUintCode(c):
-		id, err = d.dec.DecodeUint64()
-	case isIntCode(c):
-		var v int64
-		v, err = d.dec.DecodeInt64()
-		if v > 0 {
-			id = uint64(v)
-		}
-	default:
-		return 0, fmt.Sprintf("klock: request id must be a positive integer, got %s", kindName(c)), d.dec.Skip()
+	if c == msgpcode.Nil {
+		d.r.off++
+		return 0, "", nil
 	}
-	if err == nil && id == 0 {
-		msg = "klock: request id must be a positive integer, got 0 or a negative number"
+	if !isIntCode(c) {
+		return 0, fmt.Sprintf("klock: request id must be a positive integer, got %s", kindName(c)), d.r.skip()
 	}
-	return id, msg, err
+	u, neg, err := d.r.integer()
+	if err == nil && (neg || u == 0) {
+		return 0, "klock: request id must be a positive integer, got 0 or a negative number", nil
+	}
+	return u, "", err
 }
 
-// decodeArgs reads the args map into a. msg names the first argument of the
-// wrong type; err is set only when the msgpack itself is malformed.
-func decodeArgs(d *decoder, a *Args) (msg string, err error) {
-	c, err := d.dec.PeekCode()
+// decodeArgs reads the args map. msg is set when args is not a map; err
+// only when the msgpack itself is malformed.
+func (d *requestDecoder) decodeArgs() (msg string, err error) {
+	c, err := d.r.peek()
 	if err != nil {
 		return "", err
 	}
 	if c == msgpcode.Nil {
-		return "", d.dec.Skip()
+		d.r.off++
+		return "", nil
 	}
 	if !isMapCode(c) {
-		return errArgsNotMap, d.dec.Skip()
+		return errArgsNotMap, d.r.skip()
 	}
-	n, err := mapLen(d)
+	n, err := d.r.mapLen()
 	if err != nil {
 		return "", err
 	}
 	for i := 0; i < n; i++ {
-		key, isKey, err := decodeKey(d)
+		key, isKey, err := d.key()
 		if err != nil {
 			return "", err
 		}
@@ -197,185 +205,175 @@ func decodeArgs(d *decoder, a *Args) (msg string, err error) {
 		}
 		spec, known := lookupArg(key)
 		if !known {
-			if err := d.dec.Skip(); err != nil {
+			if err := d.r.skip(); err != nil {
 				return "", err
 			}
 			continue
 		}
-		m, err := decodeArg(d, a, spec, key)
-		if err != nil {
+		if err := d.arg(spec); err != nil {
 			return "", err
 		}
-		if m != "" && msg == "" {
-			msg = m
-		}
 	}
-	return msg, nil
-}
-
-// decodeArg reads one known argument; name is how a message refers to it.
-func decodeArg(d *decoder, a *Args, spec argSpec, name string) (msg string, err error) {
-	c, err := d.dec.PeekCode()
-	if err != nil {
-		return "", err
-	}
-	if c == msgpcode.Nil {
-		return "", d.dec.Skip()
-	}
-	switch spec.kind {
-	case kindString:
-		s, m, err := decodeStringArg(d, c, name)
-		if err != nil || m != "" {
-			return m, err
-		}
-		*a.stringField(spec.arg) = s
-	case kindUint:
-		v, m, err := decodeUintArg(d, c, name)
-		if err != nil || m != "" {
-			return m, err
-		}
-		*a.uintField(spec.arg) = v
-	case kindIntents:
-		m, err := decodeIntents(d, c, a)
-		if err != nil || m != "" {
-			return m, err
-		}
-	}
-	a.present |= spec.arg
 	return "", nil
 }
 
-func decodeStringArg(d *decoder, c byte, name string) (string, string, error) {
+// fail records a wrong-typed argument.
+func (d *requestDecoder) fail(arg Arg, format string, a ...any) {
+	d.errs = append(d.errs, argError{arg: arg, msg: fmt.Sprintf(format, a...)})
+}
+
+// arg reads one known argument.
+func (d *requestDecoder) arg(spec argSpec) error {
+	c, err := d.r.peek()
+	if err != nil {
+		return err
+	}
+	if c == msgpcode.Nil {
+		d.r.off++
+		return nil
+	}
+	switch spec.kind {
+	case kindString:
+		s, ok, err := d.stringArg(c, spec.arg, spec.key)
+		if err != nil || !ok {
+			return err
+		}
+		*d.args.stringField(spec.arg) = s
+	case kindUint:
+		if !isIntCode(c) {
+			d.fail(spec.arg, "klock: argument %s must be a non-negative integer, got %s", spec.key, kindName(c))
+			return d.r.skip()
+		}
+		u, neg, err := d.r.integer()
+		switch {
+		case err != nil:
+			return err
+		case neg:
+			d.fail(spec.arg, "klock: argument %s must not be negative", spec.key)
+			return nil
+		case u > math.MaxInt64:
+			d.fail(spec.arg, "klock: argument %s is out of range (%d); the maximum is %d", spec.key, u, int64(math.MaxInt64))
+			return nil
+		}
+		*d.args.uintField(spec.arg) = int64(u)
+	case kindIntents:
+		ok, err := d.intents(c)
+		if err != nil || !ok {
+			return err
+		}
+	}
+	d.args.present |= spec.arg
+	return nil
+}
+
+// stringArg reads a string argument; ok is false when it was recorded as
+// an error instead.
+func (d *requestDecoder) stringArg(c byte, arg Arg, name string) (s string, ok bool, err error) {
 	if !isStringCode(c) {
-		return "", fmt.Sprintf("klock: argument %s must be a string, got %s", name, kindName(c)), d.dec.Skip()
+		d.fail(arg, "klock: argument %s must be a string, got %s", name, kindName(c))
+		return "", false, d.r.skip()
 	}
-	s, err := d.decodeString()
+	b, err := d.r.strBytes()
 	if err != nil {
-		return "", "", err
+		return "", false, err
 	}
-	if !utf8.ValidString(s) {
-		return "", fmt.Sprintf("klock: argument %s must be valid UTF-8", name), nil
+	if !utf8.Valid(b) {
+		d.fail(arg, "klock: argument %s must be valid UTF-8", name)
+		return "", false, nil
 	}
-	return s, "", nil
+	return d.str(b), true, nil
 }
 
-func decodeUintArg(d *decoder, c byte, name string) (int64, string, error) {
-	switch {
-	case isUintCode(c):
-		v, err := d.dec.DecodeUint64()
-		if err != nil {
-			return 0, "", err
-		}
-		if v > math.MaxInt64 {
-			return 0, fmt.Sprintf("klock: argument %s is out of range (%d); the maximum is %d", name, v, int64(math.MaxInt64)), nil
-		}
-		return int64(v), "", nil
-	case isIntCode(c):
-		v, err := d.dec.DecodeInt64()
-		if err != nil {
-			return 0, "", err
-		}
-		if v < 0 {
-			return 0, fmt.Sprintf("klock: argument %s must not be negative, got %d", name, v), nil
-		}
-		return v, "", nil
-	default:
-		return 0, fmt.Sprintf("klock: argument %s must be a non-negative integer, got %s", name, kindName(c)), d.dec.Skip()
-	}
-}
-
-func decodeIntents(d *decoder, c byte, a *Args) (string, error) {
+// intents reads acquire_many's intents; ok is false when something in them
+// was recorded as an error.
+func (d *requestDecoder) intents(c byte) (ok bool, err error) {
 	if !(msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32) {
-		return fmt.Sprintf("klock: argument intents must be an array of maps, got %s", kindName(c)), d.dec.Skip()
+		d.fail(ArgIntents, "klock: argument intents must be an array of maps, got %s", kindName(c))
+		return false, d.r.skip()
 	}
-	n, err := d.dec.DecodeArrayLen()
+	n, err := d.r.arrayLen()
 	if err != nil {
-		return "", err
+		return false, err
 	}
 	if n > MaxIntents {
 		for i := 0; i < n; i++ {
-			if err := d.dec.Skip(); err != nil {
-				return "", err
+			if err := d.r.skip(); err != nil {
+				return false, err
 			}
 		}
-		return fmt.Sprintf("klock: argument intents has %d entries; at most %d are allowed", n, MaxIntents), nil
+		d.fail(ArgIntents, "klock: argument intents has %d entries; at most %d are allowed", n, MaxIntents)
+		return false, nil
 	}
+	a := d.args
 	a.Intents = a.Intents[:0]
-	var msg string
+	before := len(d.errs)
 	for i := 0; i < n; i++ {
-		c, err := d.dec.PeekCode()
+		c, err := d.r.peek()
 		if err != nil {
-			return "", err
+			return false, err
 		}
 		if !isMapCode(c) {
-			if msg == "" {
-				msg = fmt.Sprintf("klock: argument intents[%d] must be a map, got %s", i, kindName(c))
-			}
-			if err := d.dec.Skip(); err != nil {
-				return "", err
+			d.fail(ArgIntents, "klock: argument intents[%d] must be a map, got %s", i, kindName(c))
+			if err := d.r.skip(); err != nil {
+				return false, err
 			}
 			continue
 		}
-		m, err := decodeIntent(d, i, a)
+		in, err := d.intent(i)
 		if err != nil {
-			return "", err
+			return false, err
 		}
-		if msg == "" {
-			msg = m
-		}
+		a.Intents = append(a.Intents, in)
 	}
-	return msg, nil
+	return len(d.errs) == before, nil
 }
 
-func decodeIntent(d *decoder, i int, a *Args) (string, error) {
-	n, err := mapLen(d)
-	if err != nil {
-		return "", err
-	}
+// intent reads one element of intents.
+func (d *requestDecoder) intent(i int) (Intent, error) {
 	var in Intent
-	var msg string
+	n, err := d.r.mapLen()
+	if err != nil {
+		return in, err
+	}
 	for j := 0; j < n; j++ {
-		key, isKey, err := decodeKey(d)
+		key, isKey, err := d.key()
 		if err != nil {
-			return "", err
+			return in, err
 		}
 		var field *string
+		var name string
 		switch {
 		case !isKey:
 			continue
-		case key == "resource_type":
-			field = &in.ResourceType
-		case key == "resource_path":
-			field = &in.ResourcePath
-		case key == "predicate":
-			field = &in.Predicate
+		case string(key) == "resource_type":
+			field, name = &in.ResourceType, "resource_type"
+		case string(key) == "resource_path":
+			field, name = &in.ResourcePath, "resource_path"
+		case string(key) == "predicate":
+			field, name = &in.Predicate, "predicate"
 		default:
-			if err := d.dec.Skip(); err != nil {
-				return "", err
+			if err := d.r.skip(); err != nil {
+				return in, err
 			}
 			continue
 		}
-		c, err := d.dec.PeekCode()
+		c, err := d.r.peek()
 		if err != nil {
-			return "", err
+			return in, err
 		}
 		if c == msgpcode.Nil {
-			if err := d.dec.Skip(); err != nil {
-				return "", err
-			}
+			d.r.off++
 			continue
 		}
-		s, m, err := decodeStringArg(d, c, fmt.Sprintf("intents[%d].%s", i, key))
+		s, ok, err := d.stringArg(c, ArgIntents, fmt.Sprintf("intents[%d].%s", i, name))
 		if err != nil {
-			return "", err
+			return in, err
 		}
-		if m != "" && msg == "" {
-			msg = m
+		if ok {
+			*field = s
 		}
-		*field = s
 	}
-	a.Intents = append(a.Intents, in)
-	return msg, nil
+	return in, nil
 }
 
 // AppendRequest appends one request frame to dst: id, op and the arguments

@@ -28,13 +28,8 @@ func (s *Server) handle(c *conn, body []byte) {
 		if !errors.As(err, &pe) {
 			pe = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
 		}
-		if pe.Code == protocol.CodeInvalidArgument {
-			pe = redecodeForOp(body, req, pe)
-		}
-		if pe != nil {
-			c.appendError(req.ID, pe.Code, pe.Message, 0)
-			return
-		}
+		c.appendError(req.ID, pe.Code, pe.Message, 0)
+		return
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("request", "op", req.Op, "id", req.ID, "uid", c.caller.UID, "pid", c.caller.PID)
@@ -173,4 +168,8 @@ func quote(s string) string {
 // uptime returns how long the server has run, in ms.
 func (s *Server) uptime() int64 {
 	return int64(s.now().Sub(s.startedAt) / time.Millisecond)
+}
+// unknownOpMessage is the UNKNOWN_OP message for op.
+func unknownOpMessage(op string) string {
+	return "klock: unknown op " + quote(op) + "; see PROTOCOL.md for the operations"
 }
