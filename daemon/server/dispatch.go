@@ -169,6 +169,7 @@ func quote(s string) string {
 func (s *Server) uptime() int64 {
 	return int64(s.now().Sub(s.startedAt) / time.Millisecond)
 }
+
 // unknownOpMessage is the UNKNOWN_OP message for op.
 func unknownOpMessage(op string) string {
 	return "klock: unknown op " + quote(op) + "; see PROTOCOL.md for the operations"
