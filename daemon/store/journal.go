@@ -30,6 +30,12 @@ func (s *Store) Append(recs []engine.Record) uint64 {
 	if len(recs) == 0 {
 		return s.appended
 	}
+	if s.err != nil {
+		// Nothing will be written any more: Wait reports s.err for this
+		// sequence, and the buffer must not grow without bound meanwhile.
+		s.appended++
+		return s.appended
+	}
 	before := len(s.pending)
 	for i := range recs {
 		r := recs[i]

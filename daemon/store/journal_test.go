@@ -277,35 +277,19 @@ func TestCompactionKeepsIdempotency(t *testing.T) {
 		return l
 	}
 	first := acquire(w)
-	if err := w.st.Compact(); err != nil {
+	w.close()
+	// From the log alone, then from a snapshot: a resent acquire gets the
+	// same lease, never a second.
+	w2 := newWorld(t, dir, Options{CompactMinBytes: -1})
+	if again := acquire(w2); again.ID != first.ID || again.Fence != first.Fence {
+		t.Fatalf("resent acquire after restart = %s/%d; want the same lease %s/%d", again.ID, again.Fence, first.ID, first.Fence)
+	}
+	if err := w2.st.Compact(); err != nil {
 		t.Fatal(err)
 	}
-	w.close()
-	w2 := newWorld(t, dir, Options{})
-	if again := acquire(w2); again.ID != first.ID || again.Fence != first.Fence {
+	w2.close()
+	w3 := newWorld(t, dir, Options{})
+	if again := acquire(w3); again.ID != first.ID || again.Fence != first.Fence {
 		t.Fatalf("resent acquire after compaction + restart = %s/%d; want the same lease %s/%d", again.ID, again.Fence, first.ID, first.Fence)
 	}
-}
-
-func TestCompactionReportsDamageAtOnce(t *testing.T) {
-	dir := t.TempDir()
-	w := newWorld(t, dir, Options{})
-	w.populate(10)
-	log := filepath.Join(dir, logName(1))
-	offs, _ := recordOffsets(t, log)
-	f, err := os.OpenFile(log, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteAt([]byte{0xee}, offs[3]+12)
-	f.Close()
-	err = w.st.Compact()
-	if err == nil || !strings.Contains(err.Error(), "compaction cannot replay") || !strings.Contains(err.Error(), log) {
-		t.Fatalf("Compact over a damaged log = %v; want an error naming %s", err, log)
-	}
-	if !strings.Contains(w.logs.String(), "compaction failed") {
-		t.Errorf("compaction failure not logged:\n%s", w.logs.String())
-	}
-	// Service goes on: appends still succeed.
-	w.register("after", 3)
 }
