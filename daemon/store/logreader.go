@@ -31,6 +31,7 @@ type DamageError struct {
 	Torn bool
 }
 
+// Error says where the damage is and whether it is a torn tail.
 func (e *DamageError) Error() string {
 	if e.Torn {
 		return fmt.Sprintf("klock: torn record at offset %d: %s", e.Offset, e.Reason)

@@ -68,6 +68,7 @@ func ParseFsyncMode(s string) (FsyncMode, error) {
 	return 0, fmt.Errorf("klock: unknown fsync mode %q (want always, everysec or never)", s)
 }
 
+// String returns the mode as the --fsync flag spells it.
 func (m FsyncMode) String() string {
 	switch m {
 	case FsyncAlways:
@@ -102,6 +103,7 @@ func ParseRecoverMode(s string) (RecoverMode, error) {
 	return 0, fmt.Errorf("klock: unknown recover mode %q (want fail or truncate)", s)
 }
 
+// String returns the mode as the --recover flag spells it.
 func (m RecoverMode) String() string {
 	if m == RecoverTruncate {
 		return "truncate"
