@@ -131,20 +131,34 @@ func TestClientAcquireDeadline(t *testing.T) {
 	if r, err := c.AcquireLease(ctx, "senior", "s", "FILE", "/a", "MUTATES", time.Minute); err != nil || !r.Success {
 		t.Fatal(r, err)
 	}
-	for _, tc := range []struct{ agent, reason string }{{"junior", "DIE"}, {"senior", "CONFLICT"}} {
-		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if r, err := c.AcquireLease(ctx, "junior", "j", "FILE", "/b", "MUTATES", time.Minute); err != nil || !r.Success {
+		t.Fatal(r, err)
+	}
+	for _, tc := range []struct {
+		agent, path, reason string
+		timeout             time.Duration
+	}{
+		{"junior", "/a", "DIE", 400 * time.Millisecond},      // retried after each wait_time
+		{"senior", "/a", "CONFLICT", 400 * time.Millisecond}, // its own lease in another session
+		// Waits in the daemon until a tenth of the time before the
+		// deadline (150 ms here, ample for the daemon's answer).
+		{"senior", "/b", "WAIT", 1500 * time.Millisecond},
+	} {
+		short, cancel := context.WithTimeout(ctx, tc.timeout)
 		_, err := c.Acquire(short, clientlib.AcquireRequest{
-			AgentID: tc.agent, SessionID: "other", Intents: fileIntent("/a", "MUTATES"), TTL: time.Minute,
+			AgentID: tc.agent, SessionID: "other", Intents: fileIntent(tc.path, "MUTATES"), TTL: time.Minute,
 		})
 		cancel()
 		var de *clientlib.DenialError
 		if !errors.As(err, &de) || !errors.Is(err, context.DeadlineExceeded) || de.Reason != tc.reason {
-			t.Errorf("%s Acquire past its deadline = %v; want a %s *DenialError matching DeadlineExceeded", tc.agent, err, tc.reason)
+			t.Errorf("%s Acquire(%s) past its deadline = %v; want a %s *DenialError matching DeadlineExceeded",
+				tc.agent, tc.path, err, tc.reason)
 		}
 	}
-	if n, err := c.ActiveLeaseCount(ctx); err != nil || n != 1 {
-		t.Errorf("ActiveLeaseCount = %d, %v; want 1", n, err)
-	}
+	clEventually(t, "no lease or waiter left behind", func() bool {
+		st, err := c.Stats(ctx)
+		return err == nil && st.Leases == 2 && st.Waiters == 0
+	})
 }
 
 // TestClientAcquireSessionExpired: Acquire in an ended session fails at once
