@@ -70,7 +70,7 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 	}
 
 	held, err := c.Acquire(ctx, clientlib.AcquireRequest{
-		AgentID: "senior", SessionID: "s1", Intents: fileIntent("/held", "MUTATES"), TTL: 3 * time.Second,
+		AgentID: "senior", SessionID: "s1", Intents: fileIntent("/held", "MUTATES"), TTL: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatalf("Acquire(/held) = %v", err)
@@ -161,7 +161,7 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 		t.Errorf("parked Acquire got %s fence %d; want FILE:/contended above fence %d", p.lease.Resource(), p.lease.Fence(), heldFence)
 	}
 	clEventually(t, "the kept lease to be renewed after the restart", func() bool {
-		return held.ExpiresAt().After(restarted.Add(2 * time.Second))
+		return held.ExpiresAt().After(restarted.Add(4 * time.Second))
 	})
 	if err := held.Err(); err != nil {
 		t.Fatalf("kept lease Err = %v; want nil", err)
