@@ -50,8 +50,8 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 	}
 	v := e.decide(now, a, req.SessionID, a.priority, targets, nil)
 	if v.reason == "" {
-		if e.cfg.MaxLeases > 0 && len(e.leases)+len(targets) > e.cfg.MaxLeases &&
-			len(e.leases)-e.leaseDeadlines.countDue(now)+len(targets) > e.cfg.MaxLeases {
+		if e.cfg.MaxLeases > 0 && e.leases.len()+len(targets) > e.cfg.MaxLeases &&
+			e.leases.len()-e.leaseDeadlines.countDue(now)+len(targets) > e.cfg.MaxLeases {
 			return Result{}, errorf(protocol.CodeResourceExhausted,
 				"klock: the lease limit (%d) is reached; release leases or raise --max-leases", e.cfg.MaxLeases)
 		}
@@ -226,9 +226,6 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 	for i, t := range targets {
 		e.fence++
 		k, id := e.newLeaseID()
-		for e.leases[k] != nil { // 2^-122 per pair; never, but never twice
-			k, id = e.newLeaseID()
-		}
 		ls[i] = Lease{
 			ID: id, AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
 			AcquiredAt: now, ExpiresAt: now + ttl, TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,

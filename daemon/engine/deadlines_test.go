@@ -68,3 +68,55 @@ func BenchmarkLeaseHeap(b *testing.B) {
 		})
 	}
 }
+
+// TestLeaseTable checks the id index against a map: ids name their slots,
+// freed slots are reused most recent first, recorded ids may name any slot.
+func TestLeaseTable(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		var tab leaseTable
+		want := map[leaseKey]*lease{}
+		var keys []leaseKey
+		for i, n := 0, rapid.IntRange(0, 300).Draw(t, "n"); i < n; i++ {
+			var k leaseKey
+			k[0] = byte(rapid.IntRange(0, 255).Draw(t, "rand"))
+			switch rapid.IntRange(0, 3).Draw(t, "op") {
+			case 0, 1: // grant
+				withSlot(&k, tab.alloc())
+				l := &lease{}
+				require.True(t, tab.put(k, l))
+				want[k] = l
+				keys = append(keys, k)
+			case 2: // replay of a recorded id naming some slot
+				withSlot(&k, uint32(rapid.IntRange(0, 40).Draw(t, "slot")))
+				l := &lease{}
+				ok := tab.put(k, l)
+				taken := false
+				for o := range want {
+					taken = taken || slotOf(&o) == slotOf(&k)
+				}
+				require.Equal(t, !taken, ok)
+				if ok {
+					want[k] = l
+					keys = append(keys, k)
+				}
+			default:
+				if len(keys) > 0 {
+					k = keys[rapid.IntRange(0, len(keys)-1).Draw(t, "k")]
+				}
+				tab.del(k)
+				delete(want, k)
+			}
+			require.Equal(t, len(want), tab.len())
+			for _, k := range keys {
+				require.Equal(t, want[k], tab.get(k))
+			}
+		}
+		n := 0
+		tab.each(func(l *lease) { n++ })
+		require.Equal(t, len(want), n)
+		var k leaseKey
+		withSlot(&k, maxLeaseSlot)
+		require.False(t, tab.put(k, &lease{}))
+		require.Nil(t, tab.get(k))
+	})
+}

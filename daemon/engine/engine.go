@@ -11,7 +11,7 @@ type Engine struct {
 	cfg Config
 
 	agents     map[string]*agent
-	leases     map[leaseKey]*lease
+	leases     leaseTable
 	resources  map[string]*resource // keys with leases, waiters or a freeze (and a few idle ones)
 	idle       []*resource          // parked idle resources, oldest first
 	keyBuf     []byte               // scratch for building resource keys
@@ -95,7 +95,6 @@ func New(cfg Config) *Engine {
 		ids:       rand.NewChaCha8(seed),
 		cfg:       cfg,
 		agents:    make(map[string]*agent),
-		leases:    make(map[leaseKey]*lease),
 		resources: make(map[string]*resource),
 		ended:     make(map[SessionRef]struct{}),
 		waiters:   make(map[WaiterID]*waiter),

@@ -11,14 +11,18 @@ import (
 // compares inline keys instead of following each candidate's string.
 type leaseKey [16]byte
 
-// newLeaseID returns a random (version 4) UUID, as bytes and as text.
+// newLeaseID returns a new lease id, as bytes and as text: a version 4
+// UUID whose random bytes also name a free slot of the lease table (see
+// leaseTable), leaving 90 random bits.
 func (e *Engine) newLeaseID() (leaseKey, string) {
 	var u uuid.UUID
 	binary.LittleEndian.PutUint64(u[:8], e.ids.Uint64())
 	binary.LittleEndian.PutUint64(u[8:], e.ids.Uint64())
 	u[6] = u[6]&0x0f | 0x40 // version 4
 	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
-	return leaseKey(u), u.String()
+	k := leaseKey(u)
+	withSlot(&k, e.leases.alloc())
+	return k, uuid.UUID(k).String()
 }
 
 // parseLeaseKey parses the canonical text of a lease id (lower-case hex,
@@ -61,5 +65,5 @@ func (e *Engine) lookup(id string) *lease {
 	if !ok {
 		return nil
 	}
-	return e.leases[k]
+	return e.leases.get(k)
 }

@@ -221,8 +221,8 @@ func (m *model) check() {
 	for _, a := range e.agents {
 		n += len(a.leases)
 	}
-	require.Equal(m.t, len(e.leases), n)
-	require.Equal(m.t, len(e.leases), len(e.leaseDeadlines))
+	require.Equal(m.t, e.leases.len(), n)
+	require.Equal(m.t, e.leases.len(), len(e.leaseDeadlines))
 	require.Equal(m.t, len(e.waiters), len(e.waiterDeadlines))
 }
 

@@ -9,7 +9,7 @@ import (
 // ActiveLeaseCount returns how many leases are active at now; expired
 // leases not yet removed are not counted. It costs O(expired), not O(leases).
 func (e *Engine) ActiveLeaseCount(now int64) int {
-	return len(e.leases) - e.leaseDeadlines.countDue(now)
+	return e.leases.len() - e.leaseDeadlines.countDue(now)
 }
 
 // ListLeases returns the active leases matching f, sorted by resource then
@@ -42,9 +42,7 @@ func (e *Engine) ListLeases(now int64, f LeaseFilter) ([]Lease, bool, error) {
 			}
 		}
 	} else {
-		for _, l := range e.leases {
-			add(l)
-		}
+		e.leases.each(add)
 	}
 	slices.SortFunc(out, func(x, y Lease) int {
 		if c := strings.Compare(x.Resource, y.Resource); c != 0 {
@@ -91,7 +89,7 @@ func (e *Engine) ListAgents(now int64, limit int) ([]Agent, bool, error) {
 // fencing token issued.
 func (e *Engine) Stats() Stats {
 	return Stats{
-		Agents: e.registered, Leases: len(e.leases), Waiters: len(e.waiters),
+		Agents: e.registered, Leases: e.leases.len(), Waiters: len(e.waiters),
 		Grants: e.grants, Waits: e.waits, Dies: e.dies, Expirations: e.expirations, Fence: e.fence,
 	}
 }

@@ -69,14 +69,14 @@ func (e *Engine) Snapshot() *State {
 		})
 	}
 	slices.SortFunc(s.Agents, func(x, y AgentState) int { return strings.Compare(x.ID, y.ID) })
-	s.Leases = make([]LeaseState, 0, len(e.leases))
-	for _, l := range e.leases {
+	s.Leases = make([]LeaseState, 0, e.leases.len())
+	e.leases.each(func(l *lease) {
 		ls := LeaseState{Lease: l.Lease}
 		if l.idem != nil {
 			ls.Idem = l.idem.key
 		}
 		s.Leases = append(s.Leases, ls)
-	}
+	})
 	slices.SortFunc(s.Leases, func(x, y LeaseState) int { return cmp.Compare(x.Lease.Fence, y.Lease.Fence) })
 	for _, r := range e.resources {
 		if r.frozen {

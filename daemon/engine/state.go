@@ -56,15 +56,9 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	} else {
 		return nil, errorf(protocol.CodeInternal, "klock: lease id %q is not a canonical UUID", l.ID)
 	}
-	if _, dup := e.leases[k]; dup {
-		return nil, errorf(protocol.CodeInternal, "klock: lease %s granted twice", l.ID)
-	}
 	a := e.agents[l.AgentID]
 	if a == nil {
 		return nil, errorf(protocol.CodeInternal, "klock: lease %s for unknown agent %q", l.ID, l.AgentID)
-	}
-	if r == nil {
-		r = e.resourceFor(l.Resource)
 	}
 	var x *lease
 	if n := len(e.freeLeases); n > 0 {
@@ -74,10 +68,16 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	} else {
 		x = new(lease)
 	}
+	if !e.leases.put(k, x) {
+		e.freeLeases = append(e.freeLeases, x)
+		return nil, errorf(protocol.CodeInternal, "klock: lease %s is granted twice or names a taken slot", l.ID)
+	}
+	if r == nil {
+		r = e.resourceFor(l.Resource)
+	}
 	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), key: k}
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
-	e.leases[k] = x
 	e.leaseDeadlines.push(x)
 	if l.Fence > e.fence {
 		e.fence = l.Fence
@@ -88,7 +88,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 // removeLease takes a lease out of every index and marks its resource for
 // its queue to be decided again.
 func (e *Engine) removeLease(x *lease) {
-	delete(e.leases, x.key)
+	e.leases.del(x.key)
 	e.leaseDeadlines.remove(x.heapIdx)
 
 	r := x.res

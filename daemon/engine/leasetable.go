@@ -1,0 +1,103 @@
+package engine
+
+import "encoding/binary"
+
+// leaseTable is the lease index by id. Each lease id carries, mixed into
+// its random bytes, the number of a slot in a dense table; a lookup decodes
+// the slot and checks the full id there. A new lease takes the slot freed
+// most recently, so an acquire and release touch memory that is already in
+// the cache: with 100000 leases, a hash table keyed by random ids misses
+// the cache (and the TLB) on every insert, and that alone costs more than
+// the rest of an acquire.
+type leaseTable struct {
+	slots []leaseSlot
+	free  []uint32 // freed slots, most recent last; may hold taken ones (skipped)
+	n     int
+}
+
+type leaseSlot struct {
+	k leaseKey
+	l *lease // nil: free
+}
+
+// maxLeaseSlot bounds the slot a recorded id may name (Apply, Restore).
+const maxLeaseSlot = 1 << 26
+
+// slotOf returns the slot a lease id names: its last four bytes, XORed with
+// its first four so that ids still look random throughout.
+func slotOf(k *leaseKey) uint32 {
+	return binary.BigEndian.Uint32(k[12:]) ^ binary.BigEndian.Uint32(k[:4])
+}
+
+// withSlot writes slot into a random id.
+func withSlot(k *leaseKey, slot uint32) {
+	binary.BigEndian.PutUint32(k[12:], slot^binary.BigEndian.Uint32(k[:4]))
+}
+
+// alloc returns a free slot, the most recently freed one when there is one.
+func (t *leaseTable) alloc() uint32 {
+	for len(t.free) > 0 {
+		s := t.free[len(t.free)-1]
+		t.free = t.free[:len(t.free)-1]
+		if t.slots[s].l == nil {
+			return s
+		}
+	}
+	t.slots = append(t.slots, leaseSlot{})
+	return uint32(len(t.slots) - 1)
+}
+
+// get returns the lease with id k, or nil.
+func (t *leaseTable) get(k leaseKey) *lease {
+	s := slotOf(&k)
+	if int64(s) >= int64(len(t.slots)) {
+		return nil
+	}
+	if sl := &t.slots[s]; sl.l != nil && sl.k == k {
+		return sl.l
+	}
+	return nil
+}
+
+// put files a lease under id k in the slot k names. It reports false when
+// that slot is taken or beyond maxLeaseSlot (a recorded id that cannot be
+// right).
+func (t *leaseTable) put(k leaseKey, l *lease) bool {
+	s := slotOf(&k)
+	if s >= maxLeaseSlot {
+		return false
+	}
+	for uint32(len(t.slots)) <= s {
+		t.free = append(t.free, uint32(len(t.slots)))
+		t.slots = append(t.slots, leaseSlot{})
+	}
+	if t.slots[s].l != nil {
+		return false
+	}
+	t.slots[s] = leaseSlot{k: k, l: l}
+	t.n++
+	return true
+}
+
+// del removes the lease with id k, if any.
+func (t *leaseTable) del(k leaseKey) {
+	s := slotOf(&k)
+	if int64(s) >= int64(len(t.slots)) || t.slots[s].l == nil || t.slots[s].k != k {
+		return
+	}
+	t.slots[s] = leaseSlot{}
+	t.free = append(t.free, s)
+	t.n--
+}
+
+// len returns the number of leases.
+func (t *leaseTable) len() int { return t.n }
+
+// each calls fn for every lease, in slot order.
+func (t *leaseTable) each(fn func(*lease)) {
+	for i := range t.slots {
+		if l := t.slots[i].l; l != nil {
+			fn(l)
+		}
+	}
+}
