@@ -37,6 +37,7 @@ type Client struct {
 	orphans map[uint64]*call // abandoned acquires: a late grant is released
 	reading bool             // some caller holds the reader role
 	dialing bool             // the redial loop is running
+	dialErr error            // why the last redial failed; nil once connected
 	closed  bool
 }
 
@@ -255,6 +256,9 @@ func (c *Client) wait(ctx context.Context, cl *call) (*call, error) {
 		}
 		if err := ctx.Err(); err != nil {
 			keep := c.abandon(cl)
+			if c.conn == nil && c.dialErr != nil {
+				err = &gaveUpError{ctxErr: err, dialErr: c.dialErr}
+			}
 			c.mu.Unlock()
 			if !keep {
 				putCall(cl)

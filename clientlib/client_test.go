@@ -617,3 +617,18 @@ func TestChaos(t *testing.T) {
 		t.Errorf("EndSession after the chaos = %d, %v", n, err)
 	}
 }
+
+// TestGaveUpWhileDaemonDown: a call whose context ends while the daemon is
+// gone says both: the context's error and that the daemon is unreachable.
+func TestGaveUpWhileDaemonDown(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	f.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := c.Hello(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrDaemonUnreachable) || !strings.Contains(err.Error(), f.path) {
+		t.Fatalf("Hello with the daemon gone = %v; want DeadlineExceeded and ErrDaemonUnreachable naming the socket", err)
+	}
+	t.Log(err)
+}

@@ -141,3 +141,17 @@ func closedErr(err error) error {
 	}
 	return fmt.Errorf("%w: %w", ErrClosed, err)
 }
+
+// gaveUpError is a call's context ending while the Client could not
+// reconnect: it matches both the context's error and the dial failure
+// (ErrDaemonUnreachable), and says both.
+type gaveUpError struct {
+	ctxErr  error
+	dialErr error
+}
+
+func (e *gaveUpError) Error() string {
+	return e.dialErr.Error() + " (gave up redialling: " + e.ctxErr.Error() + ")"
+}
+
+func (e *gaveUpError) Unwrap() []error { return []error{e.ctxErr, e.dialErr} }

@@ -36,6 +36,9 @@ func (c *Client) redial() {
 		c.mu.Unlock()
 
 		nc, err := c.dial(c.life)
+		c.mu.Lock()
+		c.dialErr = err
+		c.mu.Unlock()
 		if err == nil {
 			c.mu.Lock()
 			c.dialing = false
