@@ -6,7 +6,8 @@ import (
 )
 
 // Limits on the msgpack structure of a record body, checked before the body
-// is decoded. msgpack v5.4.1 sizes some slices from the declared element
+// is decoded (snapshots are checked too, with no element cap: a snapshot
+// holds every lease in one array). msgpack v5.4.1 sizes some slices from the declared element
 // count without its own allocation limit, so a 20-byte body declaring 2^32
 // leases would otherwise ask for hundreds of gigabytes. Real records nest
 // four levels deep and hold at most maxIDsPerRecord ids (Append splits
@@ -18,9 +19,9 @@ const (
 
 // checkMsgpack verifies that b holds exactly one well-formed msgpack value
 // whose every declared length fits in the bytes that remain, with at most
-// maxMsgpackDepth levels of nesting and maxMsgpackContainer elements per
-// array or map. It allocates nothing and runs in time linear in len(b).
-func checkMsgpack(b []byte) error {
+// maxMsgpackDepth levels of nesting and maxContainer elements per array or
+// map. It allocates nothing and runs in time linear in len(b).
+func checkMsgpack(b []byte, maxContainer uint64) error {
 	var stack [maxMsgpackDepth + 1]int // values still expected per level
 	depth := 0
 	stack[0] = 1
@@ -85,7 +86,7 @@ func checkMsgpack(b []byte) error {
 				n *= 2
 				fallthrough
 			default:
-				if n > maxMsgpackContainer*2 || n > uint64(len(b)-pos) {
+				if n > 2*maxContainer || n > uint64(len(b)-pos) {
 					return fmt.Errorf("msgpack container of %d values at byte %d is larger than the record allows", n, pos)
 				}
 				elems = int(n)

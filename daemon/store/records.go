@@ -34,7 +34,7 @@ func NewRecordDecoder() *RecordDecoder {
 // msgpack value that decodes as an engine.Record.
 func (d *RecordDecoder) Decode(body []byte) (engine.Record, error) {
 	var rec engine.Record
-	if err := checkMsgpack(body); err != nil {
+	if err := checkMsgpack(body, maxMsgpackContainer); err != nil {
 		return engine.Record{}, fmt.Errorf("klock: malformed record: %w", err)
 	}
 	d.r.Reset(body)
@@ -143,30 +143,48 @@ func listState(dir string) ([]stateFile, error) {
 	return out, nil
 }
 
-// loadSnapshot reads and checks a snapshot file and decodes its state.
-// Damage (size, magic, checksum) is returned as a *DamageError so that
-// --recover=truncate can move it aside; an unsupported version or a state
-// that does not decode is returned as a plain error and always stops.
+// DecodeSnapshot checks a whole snapshot file's bytes (FORMAT.md) and
+// decodes its state. Damage (size, magic, checksum) is a *DamageError; an
+// unsupported version wraps ErrUnsupportedVersion; a body that passes its
+// checksum but does not decode is a plain error.
+func DecodeSnapshot(b []byte) (gen uint64, st *engine.State, err error) {
+	gen, body, err := parseSnapshot(b)
+	if err != nil {
+		if errors.Is(err, ErrUnsupportedVersion) {
+			return 0, nil, err
+		}
+		return 0, nil, &DamageError{Reason: strings.TrimPrefix(err.Error(), "klock: ")}
+	}
+	if err := checkMsgpack(body, uint64(len(body))); err != nil {
+		return 0, nil, fmt.Errorf("klock: snapshot passes its checksum but is not well-formed msgpack: %w", err)
+	}
+	st = new(engine.State)
+	if err := msgpack.Unmarshal(body, st); err != nil {
+		return 0, nil, fmt.Errorf("klock: snapshot passes its checksum but does not decode (written by another version?): %w", err)
+	}
+	return gen, st, nil
+}
+
+// loadSnapshot reads and decodes a snapshot file. Damage is returned as a
+// *DamageError so that --recover=truncate can move it aside; anything else
+// (unsupported version, undecodable state) always stops.
 func loadSnapshot(path string, wantGen uint64) (*engine.State, int64, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("klock: reading snapshot: %w", err)
 	}
-	gen, body, err := parseSnapshot(b)
+	gen, st, err := DecodeSnapshot(b)
+	var d *DamageError
+	if err != nil && !errors.As(err, &d) {
+		return nil, 0, fmt.Errorf("klock: %s: %w", path, err)
+	}
 	if err != nil {
-		if errors.Is(err, ErrUnsupportedVersion) {
-			return nil, 0, fmt.Errorf("klock: %s: %w", path, err)
-		}
-		return nil, 0, &DamageError{Reason: err.Error()}
+		return nil, 0, err
 	}
 	if gen != wantGen {
 		return nil, 0, &DamageError{Reason: fmt.Sprintf("header says generation %d, file name says %d", gen, wantGen)}
 	}
-	var st engine.State
-	if err := msgpack.Unmarshal(body, &st); err != nil {
-		return nil, 0, fmt.Errorf("klock: %s passes its checksum but does not decode (written by another version?): %w", path, err)
-	}
-	return &st, int64(len(b)), nil
+	return st, int64(len(b)), nil
 }
 
 // asideName is where damaged files are moved under --recover=truncate.
