@@ -1,7 +1,7 @@
 package protocol
 
 import (
-		"fmt"
+	"fmt"
 	"math"
 	"unicode/utf8"
 
@@ -107,7 +107,6 @@ func malformed(err error) string {
 type requestDecoder struct {
 	r    reader
 	args *Args
-	text string     // body as a string, made on first use; decoded strings slice it
 	errs []argError // argument errors, in frame order
 }
 
@@ -115,15 +114,6 @@ type requestDecoder struct {
 type argError struct {
 	arg Arg
 	msg string
-}
-
-// str returns b, which lies in the body, as a string sharing d.text.
-func (d *requestDecoder) str(b []byte) string {
-	if d.text == "" {
-		d.text = string(d.r.b)
-	}
-	end := d.r.off // b was the last thing read
-	return d.text[end-len(b) : end]
 }
 
 // key reads a map key. A key that is not a string is skipped together with
@@ -154,7 +144,7 @@ func (d *requestDecoder) op() (string, error) {
 			return op, nil
 		}
 	}
-	return d.str(b), nil
+	return d.r.strOf(b), nil
 }
 
 // id reads the request id; msg is set when it is not a positive integer.
@@ -281,7 +271,7 @@ func (d *requestDecoder) stringArg(c byte, arg Arg, name string) (s string, ok b
 		d.fail(arg, "klock: argument %s must be valid UTF-8", name)
 		return "", false, nil
 	}
-	return d.str(b), true, nil
+	return d.r.strOf(b), true, nil
 }
 
 // intents reads acquire_many's intents; ok is false when something in them
@@ -380,61 +370,51 @@ func (d *requestDecoder) intent(i int) (Intent, error) {
 // marked present in args (nil for none).
 func AppendRequest(dst []byte, id uint64, op string, args *Args) ([]byte, error) {
 	dst, off := beginFrame(dst)
-	e := getEncoder(dst)
-	err := encodeRequest(e, id, op, args)
-	dst = e.done()
-	if err != nil {
-		return dst[:off], err
-	}
-	return endFrame(dst, off), nil
-}
-
-func encodeRequest(e *encoder, id uint64, op string, args *Args) error {
-	enc := e.enc
 	n := 2
 	if args != nil {
 		n = 3
 	}
-	if err := enc.EncodeMapLen(n); err != nil {
-		return err
-	}
-	_ = enc.EncodeString("id")
-	_ = enc.EncodeUint(id)
-	_ = enc.EncodeString("op")
-	_ = enc.EncodeString(op)
+	dst = appendMapLen(dst, n)
+	dst = appendStr(dst, "id")
+	dst = appendUint(dst, id)
+	dst = appendStr(dst, "op")
+	dst = appendStr(dst, op)
 	if args == nil {
-		return nil
+		return endFrame(dst, off), nil
 	}
-	_ = enc.EncodeString("args")
+	dst = appendStr(dst, "args")
 	count := 0
 	for _, s := range argSpecs {
 		if args.Has(s.arg) {
 			count++
 		}
 	}
-	_ = enc.EncodeMapLen(count)
+	dst = appendMapLen(dst, count)
 	for _, s := range argSpecs {
 		if !args.Has(s.arg) {
 			continue
 		}
-		_ = enc.EncodeString(s.key)
+		dst = appendStr(dst, s.key)
 		switch s.kind {
 		case kindString:
-			_ = enc.EncodeString(*args.stringField(s.arg))
+			dst = appendStr(dst, *args.stringField(s.arg))
 		case kindUint:
-			_ = enc.EncodeInt(*args.uintField(s.arg))
+			dst = appendInt(dst, *args.uintField(s.arg))
 		case kindIntents:
-			_ = enc.EncodeArrayLen(len(args.Intents))
+			dst = appendArrayLen(dst, len(args.Intents))
 			for _, in := range args.Intents {
-				_ = enc.EncodeMapLen(3)
-				_ = enc.EncodeString("resource_type")
-				_ = enc.EncodeString(in.ResourceType)
-				_ = enc.EncodeString("resource_path")
-				_ = enc.EncodeString(in.ResourcePath)
-				_ = enc.EncodeString("predicate")
-				_ = enc.EncodeString(in.Predicate)
+				dst = appendMapLen(dst, 3)
+				dst = appendStr(dst, "resource_type")
+				dst = appendStr(dst, in.ResourceType)
+				dst = appendStr(dst, "resource_path")
+				dst = appendStr(dst, in.ResourcePath)
+				dst = appendStr(dst, "predicate")
+				dst = appendStr(dst, in.Predicate)
 			}
 		}
 	}
-	return nil
+	if len(dst)-off-HeaderSize > math.MaxUint32 {
+		return dst[:off], fmt.Errorf("klock: %s request of %d bytes is too large for a frame", op, len(dst)-off-HeaderSize)
+	}
+	return endFrame(dst, off), nil
 }

@@ -38,15 +38,12 @@ type Response struct {
 // AppendResult appends one successful response frame to dst.
 func AppendResult(dst []byte, id uint64, result any) ([]byte, error) {
 	dst, off := beginFrame(dst)
+	dst = appendEnvelope(dst, id, true, "result")
+	if a, ok := result.(wireAppender); ok {
+		return endFrame(a.appendMsgpack(dst), off), nil
+	}
 	e := getEncoder(dst)
-	enc := e.enc
-	_ = enc.EncodeMapLen(3)
-	_ = enc.EncodeString("id")
-	_ = enc.EncodeUint(id)
-	_ = enc.EncodeString("ok")
-	_ = enc.EncodeBool(true)
-	_ = enc.EncodeString("result")
-	err := enc.Encode(result)
+	err := e.enc.Encode(result)
 	dst = e.done()
 	if err != nil {
 		return dst[:off], fmt.Errorf("klock: encoding %T: %w", result, err)
@@ -57,29 +54,31 @@ func AppendResult(dst []byte, id uint64, result any) ([]byte, error) {
 // AppendError appends one error response frame to dst.
 func AppendError(dst []byte, id uint64, code Code, message string) []byte {
 	dst, off := beginFrame(dst)
-	e := getEncoder(dst)
-	enc := e.enc
-	_ = enc.EncodeMapLen(3)
-	_ = enc.EncodeString("id")
-	_ = enc.EncodeUint(id)
-	_ = enc.EncodeString("ok")
-	_ = enc.EncodeBool(false)
-	_ = enc.EncodeString("error")
-	_ = enc.EncodeMapLen(2)
-	_ = enc.EncodeString("code")
-	_ = enc.EncodeString(string(code))
-	_ = enc.EncodeString("message")
-	_ = enc.EncodeString(message)
-	return endFrame(e.done(), off)
+	dst = appendEnvelope(dst, id, false, "error")
+	dst = appendMapLen(dst, 2)
+	dst = appendStr(dst, "code")
+	dst = appendStr(dst, string(code))
+	dst = appendStr(dst, "message")
+	dst = appendStr(dst, message)
+	return endFrame(dst, off)
+}
+
+// appendEnvelope appends a response map's id and ok, and the key of the
+// value that follows (result or error).
+func appendEnvelope(dst []byte, id uint64, ok bool, key string) []byte {
+	dst = appendMapLen(dst, 3)
+	dst = appendStr(dst, "id")
+	dst = appendUint(dst, id)
+	dst = appendStr(dst, "ok")
+	dst = appendBool(dst, ok)
+	return appendStr(dst, key)
 }
 
 // DecodeResponse decodes a response body into resp. resp.Result aliases
 // nothing in body: it may be kept after body is reused.
 func DecodeResponse(body []byte, resp *Response) error {
 	*resp = Response{}
-	d := getDecoder(body)
-	defer d.release()
-	if err := d.dec.Decode(resp); err != nil {
+	if err := decodeResponse(body, resp); err != nil {
 		return fmt.Errorf("klock: malformed response: %w", err)
 	}
 	if resp.ID == 0 && resp.Error == nil {
@@ -94,6 +93,13 @@ func DecodeResponse(body []byte, resp *Response) error {
 // DecodeResult decodes a response's raw result into v, a pointer to one of
 // the result types.
 func DecodeResult(raw msgpack.RawMessage, v any) error {
+	if wd, ok := v.(wireDecoder); ok {
+		r := &reader{b: raw}
+		if err := wd.decodeMsgpack(r); err != nil {
+			return fmt.Errorf("klock: malformed %T result: %w", v, err)
+		}
+		return nil
+	}
 	d := getDecoder(raw)
 	defer d.release()
 	if err := d.dec.Decode(v); err != nil {

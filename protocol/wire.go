@@ -17,8 +17,18 @@ var errShort = errors.New("msgpack value runs past the end of the frame")
 
 // reader reads msgpack values from b, starting at off.
 type reader struct {
-	b   []byte
-	off int
+	b    []byte
+	off  int
+	text string // b as a string, made on first use; decoded strings slice it
+}
+
+// strOf returns b, the bytes just read, as a string. All strings of one
+// reader share one copy of its bytes.
+func (r *reader) strOf(b []byte) string {
+	if r.text == "" {
+		r.text = string(r.b)
+	}
+	return r.text[r.off-len(b) : r.off]
 }
 
 func (r *reader) rest() int { return len(r.b) - r.off }
