@@ -6,9 +6,8 @@ import (
 	"github.com/google/uuid"
 )
 
-// leaseKey is a lease id as its 16 bytes: the lease index is keyed by it
-// rather than by the 36-character string, so a lookup among 100000 leases
-// compares inline keys instead of following each candidate's string.
+// leaseKey is a lease id as its 16 bytes, as the lease table (leaseTable)
+// stores and compares it: inline, without following a string.
 type leaseKey [16]byte
 
 // newLeaseID returns a new lease id, as bytes and as text: a version 4

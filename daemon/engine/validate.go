@@ -10,12 +10,12 @@ import (
 
 // Limits on arguments, from PROTOCOL.md "Vocabulary".
 const (
-	MaxIDLen     = 256  // agent_id, session_id, lease_id: bytes
-	MaxPathLen   = 4096 // resource_path: bytes
-	MaxIdemLen   = 64   // idem: bytes
-	MaxIntents   = 64   // intents per acquire_many
-	DefaultLimit = 1000 // list limit when 0
-	MaxLimit     = 10000
+	MaxIDLen     = 256   // agent_id, session_id, lease_id: bytes
+	MaxPathLen   = 4096  // resource_path: bytes
+	MaxIdemLen   = 64    // idem: bytes
+	MaxIntents   = 64    // intents per acquire_many
+	DefaultLimit = 1000  // list limit when 0
+	MaxLimit     = 10000 // largest list limit
 	maxPrefixLen = MaxPathLen + 32
 )
 
