@@ -82,6 +82,21 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		}
 	})
+	b.Run("pair/1", func(b *testing.B) {
+		if err := c.RegisterAgent(ctx, "bench", 1); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			r, err := c.AcquireLease(ctx, "bench", "s", "FILE", "/bench", "MUTATES", time.Minute)
+			if err != nil || !r.Success {
+				b.Fatal(r, err)
+			}
+			if _, err := c.ReleaseLease(ctx, r.LeaseID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, w := range []int{8, 64} {
 		b.Run(fmt.Sprintf("client/%d", w), func(b *testing.B) {
 			b.SetParallelism(max(1, w/runtime.GOMAXPROCS(0)))
