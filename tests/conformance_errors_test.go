@@ -5,8 +5,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/klockd/klock/tests/harness"
 )
 
 // TestConformanceBadFrame checks that length 0 and length > max_frame get
@@ -93,7 +96,15 @@ func TestConformanceShuttingDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfError(t, "parked at shutdown", w.recv(), "SHUTTING_DOWN")
-	d.Stop(t)
+	// A second SIGTERM would end klockd at once, so wait instead of Stop.
+	select {
+	case <-d.Done():
+	case <-time.After(harness.StartTimeout):
+		t.Fatal("klockd did not exit after SIGTERM")
+	}
+	if code := d.Cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("klockd exited %d after SIGTERM; want 0", code)
+	}
 }
 
 // TestConformanceBadRequest checks each BAD_REQUEST variant, the id it is
