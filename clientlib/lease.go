@@ -258,8 +258,12 @@ func earliest(grants []AcquireResult) time.Time {
 func (l *Lease) keepAlive() {
 	defer l.c.bg.Done()
 	defer close(l.exited)
-	interval := max(l.ttl/3, time.Millisecond)
-	t := time.NewTimer(interval)
+	// The first renewal comes sooner when the grant is older than it looks
+	// (a resent acquire returns the lease granted before the reconnect).
+	l.mu.Lock()
+	first := min(l.ttl/3, time.Until(l.expires)/2)
+	l.mu.Unlock()
+	t := time.NewTimer(max(first, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
