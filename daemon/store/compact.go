@@ -11,23 +11,27 @@ import (
 	"github.com/klockd/klock/daemon/engine"
 )
 
-// Compaction never copies the live engine, so it never holds the engine
-// mutex: the state at any record boundary is the last snapshot plus the logs
-// written since, and a background goroutine rebuilds it from those files.
+// Compaction never holds the engine mutex for long. A small state (at most
+// copyStateMax agents + leases, a copy of well under a millisecond) is
+// copied with engine.Snapshot in the Append that rotates, which runs under
+// the engine mutex anyway. A larger one is never copied: the state at any
+// record boundary is the last snapshot plus the logs written since, and a
+// background goroutine rebuilds it from those files.
 //
 //  1. Ahead of time (when the log is half way to the limit), the maintenance
 //     goroutine creates log.<gen+1> with its header, fsyncs it and the
 //     directory (prepareNext).
 //  2. An Append that finds the log larger than both CompactMinBytes and the
-//     last snapshot rotates, under s.mu only, at a boundary between two
-//     operations' records: frames pending so far stay bound to the old log,
-//     later ones go to the new one (rotateLocked). No I/O, no engine work.
+//     last snapshot rotates at a boundary between two operations' records:
+//     frames pending so far stay bound to the old log, later ones go to the
+//     new one (rotateLocked). No I/O; for a small state, the copy.
 //  3. The maintenance goroutine completes the old log (written, fsynced,
-//     closed), then loads the last snapshot into a private engine, replays
-//     the logs up to the old one, and writes snapshot.<gen+1>.tmp, fsyncs,
-//     renames, fsyncs the directory and deletes the files it replaces
-//     (compact). Replaying also proves the logs readable: damage is logged
-//     at once rather than found at the next start.
+//     closed), then, unless it has the copy, loads the last snapshot into a
+//     private engine and replays the logs up to the old one; it writes
+//     snapshot.<gen+1>.tmp, fsyncs, renames, fsyncs the directory and
+//     deletes the files it replaces (compact). Replaying also proves the
+//     logs readable: damage is logged at once rather than found at the next
+//     start.
 //
 // A crash at any point leaves a directory recovery reads correctly: before
 // the rename, the previous snapshot plus the old and the new log; after it,
@@ -50,13 +54,25 @@ func (s *Store) maybeCompactLocked() {
 	if s.logBytes <= limit {
 		return
 	}
-	s.rotateLocked()
+	var state *engine.State
+	if s.eng != nil {
+		if st := s.eng.Stats(); st.Agents+st.Leases <= copyStateMax {
+			state = s.eng.Snapshot()
+		}
+	}
+	s.rotateLocked(state)
 }
 
+// copyStateMax is the largest state (agents + leases) compaction copies
+// under the engine mutex rather than rebuilding it from the files.
+const copyStateMax = 5000
+
 // rotateLocked switches appends to the pre-created next log and asks the
-// maintenance goroutine to snapshot the state at this point. Called with
-// s.mu held, between two Appends; does no I/O.
-func (s *Store) rotateLocked() {
+// maintenance goroutine to snapshot the state at this point: state when the
+// caller copied it, else rebuilt from the files. Called with s.mu held,
+// between two Appends; does no I/O.
+func (s *Store) rotateLocked(state *engine.State) {
+	s.compactState = state
 	s.old, s.oldPending = s.file, s.pending
 	s.pending = nil
 	s.file, s.next = s.next, nil
@@ -78,7 +94,7 @@ func (s *Store) Compact() error {
 		s.mu.Lock()
 		started := false
 		if !s.compacting && s.next != nil && s.err == nil && !s.closed {
-			s.rotateLocked()
+			s.rotateLocked(nil) // no engine mutex here: rebuild from the files
 			started = true
 		}
 		// Wait for this compaction, or for the one already running before
@@ -172,12 +188,12 @@ func createLog(dir string, gen uint64) (*os.File, error) {
 // rotation closed, if any. Runs on the maintenance goroutine.
 func (s *Store) compact() {
 	s.mu.Lock()
-	through, base := s.compactThrough, s.baseGen
+	through, base, state := s.compactThrough, s.baseGen, s.compactState
 	if through == 0 {
 		s.mu.Unlock()
 		return
 	}
-	s.compactThrough = 0
+	s.compactThrough, s.compactState = 0, nil
 	// The old log must be complete and fsynced before the snapshot that
 	// replaces it exists, and before anything lands in the new log.
 	s.drainOldLocked()
@@ -185,7 +201,10 @@ func (s *Store) compact() {
 
 	start := time.Now()
 	gen := through + 1
-	state, err := rebuildState(s.dir, base, through)
+	var err error
+	if state == nil {
+		state, err = rebuildState(s.dir, base, through)
+	}
 	var size int64
 	if err == nil {
 		size, err = saveSnapshot(s.dir, gen, state)

@@ -184,6 +184,7 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 			}
 		}
 	}
+	s.eng = eng
 	s.snapBytes = info.SnapshotBytes
 	if info.Snapshot != "" {
 		s.baseGen = base

@@ -259,7 +259,7 @@ func TestInterruptedCompaction(t *testing.T) {
 	}
 	w.lock(func() {
 		w.st.mu.Lock()
-		w.st.rotateLocked()
+		w.st.rotateLocked(nil)
 		w.st.compactThrough = 0 // the snapshot is never written
 		w.st.mu.Unlock()
 	})
@@ -289,7 +289,7 @@ func TestMissingLog(t *testing.T) {
 	}
 	w.lock(func() {
 		w.st.mu.Lock()
-		w.st.rotateLocked()
+		w.st.rotateLocked(nil)
 		w.st.compactThrough = 0
 		w.st.mu.Unlock()
 	})

@@ -17,12 +17,12 @@ package store
 //
 //	err := st.Wait(seq)                   // group commit
 //
-// Compaction needs no other hook and never takes the engine mutex: when the
-// log has outgrown the last snapshot, Append switches to a pre-created next
-// log, and a background goroutine rebuilds the state at the switch from the
-// files (last snapshot + logs) in a private engine, writes it to a temporary
-// file, fsyncs it, renames it, fsyncs the directory and deletes the files it
-// replaces (compact.go).
+// Compaction needs no other hook: when the log has outgrown the last
+// snapshot, Append (under the engine mutex) switches to a pre-created next
+// log, copying the state if it is small; a background goroutine otherwise
+// rebuilds the state at the switch from the files (last snapshot + logs) in
+// a private engine, then writes it to a temporary file, fsyncs it, renames
+// it, fsyncs the directory and deletes the files it replaces (compact.go).
 
 import (
 	"bytes"
@@ -134,6 +134,10 @@ type Store struct {
 
 	prepMu sync.Mutex // serialises pre-creating the next log
 
+	// eng is the engine Recover loaded. Append, which runs under the engine
+	// mutex, may copy a small state from it for compaction.
+	eng *engine.Engine
+
 	// mu guards the fields that follow. Lock order: engine mutex, then mu.
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when a writer round ends
@@ -153,15 +157,16 @@ type Store struct {
 	logBytes int64    // bytes of log since the last snapshot (all files), pending frames included
 
 	// Rotation and compaction (compact.go).
-	old            *os.File  // previous log, until its pending frames are written
-	oldPending     []byte    // frames for old
-	next           *os.File  // pre-created log gen+1, ready for rotation
-	snapBytes      int64     // size of the last snapshot
-	baseGen        uint64    // generation of the last snapshot; 0 = none
-	compactThrough uint64    // last log the pending compaction covers; 0 = none
-	compacting     bool      // a rotation happened and its snapshot is not written yet
-	compactErr     error     // the last compaction's error
-	nextFailed     time.Time // last failure to pre-create the next log
+	old            *os.File      // previous log, until its pending frames are written
+	oldPending     []byte        // frames for old
+	next           *os.File      // pre-created log gen+1, ready for rotation
+	snapBytes      int64         // size of the last snapshot
+	baseGen        uint64        // generation of the last snapshot; 0 = none
+	compactThrough uint64        // last log the pending compaction covers; 0 = none
+	compactState   *engine.State // the state at the rotation, when small enough to copy
+	compacting     bool          // a rotation happened and its snapshot is not written yet
+	compactErr     error         // the last compaction's error
+	nextFailed     time.Time     // last failure to pre-create the next log
 
 	wake chan struct{} // wakes the maintenance goroutine
 	done chan struct{} // closed by Close
