@@ -146,20 +146,50 @@ func splitList(s string) []string {
 func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	env := &runEnv{cfg: cfg, log: stderr}
 	defer env.cleanup()
+	// bs are the back ends; held[name] is a second instance of the same
+	// back end holding cfg.leases leases, for the many-leases cells, so that
+	// those interleave with the others instead of running last.
 	var bs []Backend
+	held := map[string]Backend{}
 	defer func() {
 		for _, b := range bs {
 			if err := b.Close(); err != nil {
 				fmt.Fprintf(stderr, "klock-bench: closing %s: %v\n", b.Name(), err)
 			}
+			if h := held[b.Name()]; h != nil {
+				if err := h.Close(); err != nil {
+					fmt.Fprintf(stderr, "klock-bench: closing %s (holding): %v\n", b.Name(), err)
+				}
+			}
 		}
 	}()
+	var skipped []string
 	for _, name := range cfg.backends {
 		b, err := backendMakers[name](ctx, env)
 		if err != nil {
 			return err
 		}
 		bs = append(bs, b)
+		if !contains(cfg.workloads, ManyLeases) {
+			continue
+		}
+		h, err := backendMakers[name](ctx, env)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		err = h.Hold(ctx, cfg.leases)
+		if errors.Is(err, errUnsupported) {
+			h.Close()
+			fmt.Fprintf(stderr, "klock-bench: %s: many-leases skipped: %v\n", name, err)
+			skipped = append(skipped, fmt.Sprintf("%s many-leases: %v", name, err))
+			continue
+		}
+		held[name] = h
+		if err != nil {
+			return fmt.Errorf("klock-bench: %s: holding %d leases: %w", name, cfg.leases, err)
+		}
+		fmt.Fprintf(stderr, "%-40s %d leases held in %v\n", name+"/hold", cfg.leases, time.Since(start).Round(time.Millisecond))
 	}
 
 	if cfg.profile != "" {
@@ -174,7 +204,8 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	res := &Results{Machine: describeMachine(), Command: "klock-bench " + strings.Join(cfg.args, " "),
-		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Settings: map[string]string{}}
+		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Settings: map[string]string{},
+		Skipped: skipped}
 	for _, b := range bs {
 		res.Settings[b.Name()] = b.Settings()
 	}
@@ -188,43 +219,19 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		res.Cells = append(res.Cells, cell)
 		return nil
 	}
+	// Cells that are compared are measured close together in time: the
+	// back ends side by side, the workloads of one W next to each other.
 	for rep := 1; rep <= cfg.reps; rep++ {
-		for _, wl := range cfg.workloads {
-			if wl == ManyLeases {
-				continue
-			}
-			for _, w := range cfg.workers {
+		for _, w := range cfg.workers {
+			for _, wl := range cfg.workloads {
 				for _, b := range bs {
+					if wl == ManyLeases {
+						if b = held[b.Name()]; b == nil {
+							continue
+						}
+					}
 					if err := measure(wl, rep, w, b); err != nil {
 						return err
-					}
-				}
-			}
-		}
-	}
-	if contains(cfg.workloads, ManyLeases) {
-		holding := map[string]bool{}
-		for _, b := range bs {
-			start := time.Now()
-			err := b.Hold(ctx, cfg.leases)
-			if errors.Is(err, errUnsupported) {
-				fmt.Fprintf(stderr, "klock-bench: %s: many-leases skipped: %v\n", b.Name(), err)
-				res.Skipped = append(res.Skipped, fmt.Sprintf("%s many-leases: %v", b.Name(), err))
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("klock-bench: %s: holding %d leases: %w", b.Name(), cfg.leases, err)
-			}
-			fmt.Fprintf(stderr, "%-40s %d leases held in %v\n", b.Name()+"/hold", cfg.leases, time.Since(start).Round(time.Millisecond))
-			holding[b.Name()] = true
-		}
-		for rep := 1; rep <= cfg.reps; rep++ {
-			for _, w := range cfg.workers {
-				for _, b := range bs {
-					if holding[b.Name()] {
-						if err := measure(ManyLeases, rep, w, b); err != nil {
-							return err
-						}
 					}
 				}
 			}
