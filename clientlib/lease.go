@@ -133,16 +133,29 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 	}
 	resource := req.Intents[0].ResourceType + ":" + req.Intents[0].ResourcePath
 	backoff := 10 * time.Millisecond
+	var last *AcquireResult // the last denial
 	for {
 		attempt := req
-		attempt.WaitTimeout = waitFor(ctx, maxWait)
+		wait, worth := waitFor(ctx, maxWait)
+		if !worth && last != nil {
+			// Too little time is left for another answer to arrive before
+			// ctx ends: report the last denial when it does.
+			<-ctx.Done()
+			return nil, denialError(resource, last, ctx.Err())
+		}
+		attempt.WaitTimeout = wait
 		start := time.Now()
 		grants, denial, err := c.acquireAttempt(ctx, attempt)
+		if denial != nil {
+			last = denial
+		}
 		var delay time.Duration
 		switch {
 		case err != nil && (errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrResourceExhausted)):
 			delay = jitter(backoff)
 			backoff = min(2*backoff, time.Second)
+		case err != nil && last != nil && ctx.Err() != nil:
+			return nil, denialError(resource, last, err)
 		case err != nil:
 			return nil, err
 		case grants != nil:
@@ -155,10 +168,10 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 			delay = jitter(max(denial.WaitTime, time.Millisecond))
 		}
 		if err := sleep(ctx, delay); err != nil {
-			if denial == nil {
+			if last == nil {
 				return nil, err
 			}
-			return nil, denialError(resource, denial, err)
+			return nil, denialError(resource, last, err)
 		}
 	}
 }
@@ -188,19 +201,21 @@ func denialError(resource string, d *AcquireResult, err error) error {
 
 // waitFor picks the server-side wait for one attempt: maxWait, shortened so
 // that the daemon answers a little before ctx's deadline (then the denial,
-// not a bare deadline error, is what Acquire reports).
-func waitFor(ctx context.Context, maxWait time.Duration) time.Duration {
+// not a bare deadline error, is what Acquire reports). worth is false when
+// so little time is left that an answer might not arrive before the
+// deadline; the wait is then 0 (answer at once).
+func waitFor(ctx context.Context, maxWait time.Duration) (wait time.Duration, worth bool) {
 	dl, ok := ctx.Deadline()
 	if !ok {
-		return maxWait
+		return maxWait, true
 	}
 	rem := time.Until(dl)
-	margin := min(max(rem/10, 5*time.Millisecond), 250*time.Millisecond)
+	margin := min(max(rem/10, 20*time.Millisecond), 250*time.Millisecond)
 	w := rem - margin
-	if w < time.Millisecond {
-		return 0
+	if w < margin {
+		return 0, false
 	}
-	return min(w, maxWait)
+	return min(w, maxWait), true
 }
 
 // jitter returns d plus up to half of it at random.

@@ -133,3 +133,19 @@ func TestCloseLosesKeptLeases(t *testing.T) {
 		t.Errorf("Err after Close = %v; want ErrClosed", l.Err())
 	}
 }
+
+func TestWaitFor(t *testing.T) {
+	if w, ok := waitFor(context.Background(), 30*time.Second); w != 30*time.Second || !ok {
+		t.Errorf("waitFor(no deadline) = %v, %v; want 30s, true", w, ok)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if w, ok := waitFor(ctx, 30*time.Second); w < 9*time.Second || w > 9750*time.Millisecond || !ok {
+		t.Errorf("waitFor(10s left) = %v, %v; want about 9.75s, true", w, ok)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel2()
+	if w, ok := waitFor(short, 30*time.Second); w != 0 || ok {
+		t.Errorf("waitFor(30ms left) = %v, %v; want 0, false", w, ok)
+	}
+}
