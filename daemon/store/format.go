@@ -71,6 +71,15 @@ func appendFrame(dst, body []byte) []byte {
 	return append(dst, body...)
 }
 
+// sealFrame fills in the header of frame, whose body follows its first
+// frameHeaderSize bytes, as appendFrame would have written it.
+func sealFrame(frame []byte) {
+	body := frame[frameHeaderSize:]
+	binary.LittleEndian.PutUint32(frame[:4], uint32(len(body)))
+	sum := crc32.Update(crc32.Checksum(frame[:4], castagnoli), castagnoli, body)
+	binary.LittleEndian.PutUint32(frame[4:8], sum)
+}
+
 // frameLength returns the declared body length in a frame header, and
 // whether it is within 1..MaxRecordSize.
 func frameLength(hdr []byte) (int, bool) {

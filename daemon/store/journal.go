@@ -65,18 +65,26 @@ func splittable(k engine.RecordKind) bool {
 	return k == engine.RecExpire || k == engine.RecRelease || k == engine.RecRevoke
 }
 
-// encodeLocked appends one record frame to the pending buffer.
+// encodeLocked appends one record frame to the pending buffer, encoding
+// the body in place behind a frame header filled in afterwards.
 func (s *Store) encodeLocked(r *engine.Record) {
-	s.encBuf.Reset()
-	if err := s.enc.Encode(r); err != nil {
-		s.failLocked(fmt.Errorf("klock: encoding a kind %d record: %w", r.Kind, err))
+	start := len(s.pending)
+	if fastEncode {
+		s.pending = appendRecord(append(s.pending, make([]byte, frameHeaderSize)...), r)
+	} else {
+		s.encBuf.Reset()
+		if err := s.enc.Encode(r); err != nil {
+			s.failLocked(fmt.Errorf("klock: encoding a kind %d record: %w", r.Kind, err))
+			return
+		}
+		s.pending = append(append(s.pending, make([]byte, frameHeaderSize)...), s.encBuf.Bytes()...)
+	}
+	if n := len(s.pending) - start - frameHeaderSize; n > MaxRecordSize {
+		s.pending = s.pending[:start]
+		s.failLocked(fmt.Errorf("klock: a kind %d record of %d bytes exceeds the %d-byte limit", r.Kind, n, MaxRecordSize))
 		return
 	}
-	if s.encBuf.Len() > MaxRecordSize {
-		s.failLocked(fmt.Errorf("klock: a kind %d record of %d bytes exceeds the %d-byte limit", r.Kind, s.encBuf.Len(), MaxRecordSize))
-		return
-	}
-	s.pending = appendFrame(s.pending, s.encBuf.Bytes())
+	sealFrame(s.pending[start:])
 }
 
 // Wait returns once every record up to seq has been written with write(2),
