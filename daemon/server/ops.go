@@ -286,7 +286,10 @@ func (s *Server) stats(c *conn, id uint64) {
 	st, seq := func() (engine.Stats, uint64) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.eng.Stats(), s.lastSeq
+		st := s.eng.Stats()
+		// Stats counts leases not yet removed; expired ones are never counted.
+		st.Leases = s.eng.ActiveLeaseCount(s.nowMS())
+		return st, s.lastSeq
 	}()
 	c.appendResult(id, &protocol.StatsResult{
 		UptimeMS:    s.uptime(),
