@@ -21,6 +21,14 @@ import (
 // ShutdownTimeout bounds a graceful shutdown; the daemon exits within it.
 const ShutdownTimeout = 4 * time.Second
 
+// Default limits of klockd's flags. Without a cap, any user who can reach
+// the socket could grow the daemon without bound: a lease costs about
+// 0.5 KiB, so the default caps lease memory near 0.5 GiB.
+const (
+	DefaultMaxLeases  = 1_000_000
+	DefaultMaxWaiters = 100_000
+)
+
 // Config is everything klockd can be told. The zero value of each field
 // means its documented default.
 type Config struct {
@@ -33,8 +41,8 @@ type Config struct {
 	MaxFrame    int         // largest frame body; 0 = 1 MiB
 	MaxConns    int         // 0 = 4096
 	MaxInflight int         // per connection; 0 = 1024
-	MaxLeases   int         // 0 = unlimited
-	MaxWaiters  int         // 0 = unlimited
+	MaxLeases   int         // 0 = unlimited; klockd's flag defaults to DefaultMaxLeases
+	MaxWaiters  int         // 0 = unlimited; klockd's flag defaults to DefaultMaxWaiters
 	MaxTTL      time.Duration
 	Version     string       // reported by hello and logs
 	Logger      *slog.Logger // nil = slog.Default()

@@ -51,8 +51,8 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.IntVar(&o.maxFrame, "max-frame", 1<<20, "largest frame body accepted, bytes")
 	fs.IntVar(&o.maxConns, "max-conns", server.DefaultMaxConns, "most open client connections; more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&o.maxInflight, "max-inflight", server.DefaultMaxInflight, "most requests awaiting an answer on one connection; more get RESOURCE_EXHAUSTED")
-	fs.IntVar(&o.maxLeases, "max-leases", 0, "most active leases; 0 = unlimited")
-	fs.IntVar(&o.maxWaiters, "max-waiters", 0, "most parked acquires; 0 = unlimited")
+	fs.IntVar(&o.maxLeases, "max-leases", daemon.DefaultMaxLeases, "most active leases (about 0.5 KiB each); more get RESOURCE_EXHAUSTED; 0 = unlimited")
+	fs.IntVar(&o.maxWaiters, "max-waiters", daemon.DefaultMaxWaiters, "most acquires parked in the daemon at once; more get RESOURCE_EXHAUSTED; 0 = unlimited")
 	fs.DurationVar(&o.maxTTL, "max-ttl", 24*time.Hour, "longest lease ttl and wait_timeout")
 	// Parse errors print one line and a hint, not the whole help.
 	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }
