@@ -223,7 +223,7 @@ func (s *Store) failLocked(err error) {
 }
 
 // syncLog fsyncs the current log if anything was written since the last
-// fsync (FsyncEverySec, once a second, from the maintenance goroutine).
+// fsync (FsyncEverySec, once a second, from syncEverySec).
 func (s *Store) syncLog() {
 	s.mu.Lock()
 	if !s.dirty || s.err != nil || s.file == nil {

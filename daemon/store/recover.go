@@ -197,6 +197,10 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 		"torn_tail", info.TornTail, "truncated", info.Truncated, "took", info.Duration.Round(time.Microsecond))
 	s.wg.Add(1)
 	go s.maintain()
+	if s.opts.Fsync == FsyncEverySec {
+		s.wg.Add(1)
+		go s.syncEverySec()
+	}
 	return info, nil
 }
 

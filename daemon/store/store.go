@@ -261,26 +261,35 @@ func (s *Store) Close() error {
 	return err
 }
 
-// maintain is the background goroutine: it fsyncs once a second
-// (everysec), pre-creates the next log and writes snapshots.
+// maintain is the background compaction goroutine: it pre-creates the
+// next log and writes snapshots. The once-a-second fsync has its own
+// goroutine (syncEverySec) so that a long compaction never delays it.
 func (s *Store) maintain() {
 	defer s.wg.Done()
-	var tick <-chan time.Time
-	if s.opts.Fsync == FsyncEverySec {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		tick = t.C
-	}
 	for {
 		select {
 		case <-s.done:
 			s.compact()
 			return
-		case <-tick:
-			s.syncLog()
 		case <-s.wake:
 			s.compact()
 			s.prepareNext()
+		}
+	}
+}
+
+// syncEverySec fsyncs the log once a second when something was written
+// (FsyncEverySec).
+func (s *Store) syncEverySec() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.syncLog()
 		}
 	}
 }
