@@ -26,12 +26,26 @@ const maxLeaseSlot = 1 << 26
 // slotOf returns the slot a lease id names: its last four bytes, XORed with
 // its first four so that ids still look random throughout.
 func slotOf(k *leaseKey) uint32 {
-	return binary.BigEndian.Uint32(k[12:]) ^ binary.BigEndian.Uint32(k[:4])
+	return binary.BigEndian.Uint32(k[12:]) ^ slotMask(k)
 }
 
 // withSlot writes slot into a random id.
 func withSlot(k *leaseKey, slot uint32) {
-	binary.BigEndian.PutUint32(k[12:], slot^binary.BigEndian.Uint32(k[:4]))
+	binary.BigEndian.PutUint32(k[12:], slot^slotMask(k))
+}
+
+// slotMask hides the slot in an id: the slot is XORed with a hash of the
+// id's first 8 random bytes, so ids still look random (with a plain XOR of
+// those bytes, a low slot showed as the first 8 hex digits repeated at the
+// end). It is a fixed function, so ids read back from disk find their slot.
+func slotMask(k *leaseKey) uint32 {
+	x := binary.BigEndian.Uint64(k[:8]) // splitmix64's finalizer
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return uint32(x)
 }
 
 // alloc returns a free slot, the most recently freed one when there is one.
