@@ -103,3 +103,65 @@ func BenchmarkEncodeRecord(b *testing.B) {
 		}
 	})
 }
+
+// libraryDecode decodes body with the msgpack library alone.
+func libraryDecode(body []byte) (engine.Record, error) {
+	var rec engine.Record
+	if err := checkMsgpack(body, maxMsgpackContainer); err != nil {
+		return rec, err
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(body))
+	err := dec.Decode(&rec)
+	return rec, err
+}
+
+func TestDecodeRecordFast(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 400 {
+		r := randomRecord(rng)
+		body := appendRecord(nil, &r)
+		got, ok := decodeRecordFast(body)
+		if !ok {
+			t.Fatalf("record %d: the fast decoder refused the canonical encoding %x", i, body)
+		}
+		if !reflect.DeepEqual(got, r) {
+			t.Fatalf("record %d: fast decode\n%+v\nwant\n%+v", i, got, r)
+		}
+	}
+	// Encodings the library accepts but the fast path leaves to it.
+	for name, body := range map[string][]byte{
+		"unknown key":   {0x81, 0xa1, 'z', 0x01},
+		"nil string":    {0x81, 0xa1, 'a', 0xc0},
+		"empty array":   {0x81, 0xa2, 'l', 's', 0x90},
+		"duplicate key": {0x82, 0xa1, 'k', 0x01, 0xa1, 'k', 0x02},
+		"float":         {0x81, 0xa1, 't', 0xca, 0, 0, 0, 0},
+		"kind 300":      {0x81, 0xa1, 'k', 0xcd, 0x01, 0x2c},
+	} {
+		if _, ok := decodeRecordFast(body); ok {
+			t.Errorf("decodeRecordFast(%s) accepted it; want the library to decide", name)
+		}
+	}
+}
+
+func FuzzDecodeRecordFast(f *testing.F) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 8 {
+		r := randomRecord(rng)
+		if len(r.Resource) < 300 {
+			f.Add(appendRecord(nil, &r))
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, ok := decodeRecordFast(body)
+		if !ok {
+			return
+		}
+		want, err := libraryDecode(body)
+		if err != nil {
+			t.Fatalf("fast decoder accepted %x, which the library rejects: %v", body, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("fast decode of %x\n%+v\nlibrary\n%+v", body, got, want)
+		}
+	})
+}

@@ -33,6 +33,9 @@ func NewRecordDecoder() *RecordDecoder {
 // Decode decodes one record body. It fails on anything but exactly one
 // msgpack value that decodes as an engine.Record.
 func (d *RecordDecoder) Decode(body []byte) (engine.Record, error) {
+	if rec, ok := decodeRecordFast(body); ok && fastEncode {
+		return rec, nil
+	}
 	var rec engine.Record
 	if err := checkMsgpack(body, maxMsgpackContainer); err != nil {
 		return engine.Record{}, fmt.Errorf("klock: malformed record: %w", err)
