@@ -90,8 +90,8 @@ func ExampleClient_Acquire() {
 		log.Fatal(err)
 	}
 
-	// Senior holds a lock (for 300 ms, not renewed).
-	if _, err := klock.AcquireLease(ctx, "senior", "s1", "FILE", "/db.ts", "MUTATES", 300*time.Millisecond); err != nil {
+	// Senior holds a lock (for a second, not renewed).
+	if _, err := klock.AcquireLease(ctx, "senior", "s1", "FILE", "/db.ts", "MUTATES", time.Second); err != nil {
 		log.Fatal(err)
 	}
 
