@@ -102,7 +102,7 @@ func TestClientEveryOp(t *testing.T) {
 	if frozen, err := c.Thaw(ctx, "CONFIG_KEY", "db.url"); err != nil || frozen {
 		t.Fatalf("Thaw = %v, %v; want false", frozen, err)
 	}
-	r, err = c.AcquireLease(ctx, "a", "s3", "CONFIG_KEY", "db.url", "MUTATES", 50*time.Millisecond)
+	r, err = c.AcquireLease(ctx, "a", "s3", "CONFIG_KEY", "db.url", "MUTATES", time.Minute)
 	if err != nil || !r.Success {
 		t.Fatalf("AcquireLease after Thaw = %+v, %v; want a grant", r, err)
 	}
