@@ -1,0 +1,222 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klockd/klock/protocol"
+)
+
+func TestNoReconnect(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 10)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{NoReconnect: true})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.EndSession(testCtx(t), "a", "block")
+		done <- err
+	}()
+	<-held
+	f.stop()
+	if err := <-done; err != ErrClosed {
+		t.Fatalf("EndSession when the daemon went away = %v; want ErrClosed", err)
+	}
+	if _, err := c.Hello(testCtx(t)); err != ErrClosed {
+		t.Fatalf("Hello after the connection broke = %v; want ErrClosed", err)
+	}
+}
+
+func TestReconnectResendsInFlight(t *testing.T) {
+	f := newFakeDaemon(t)
+	held := make(chan func(), 100)
+	f.setHook(blockingHook(f, held))
+	c := dialFake(t, f, Options{ClientName: "reconnect-test"})
+	ctx := testCtx(t)
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			session := fmt.Sprintf("block-%03d", i)
+			got, err := c.EndSession(ctx, "a", session)
+			if err != nil || got != len(session) {
+				t.Errorf("EndSession across a restart = %d, %v; want %d, nil", got, err, len(session))
+			}
+		}()
+	}
+	for range n {
+		<-held // every request reached the first daemon, none answered
+	}
+	f.setHook(nil)
+	f.restart()
+	wg.Wait()
+	if got := f.count(protocol.OpEndSession); got != 2*n {
+		t.Errorf("daemon saw %d end_session requests; want %d (each sent, then resent once)", got, 2*n)
+	}
+	// The connection is usable afterwards and was announced again.
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.count(protocol.OpHello); got < 3 {
+		t.Errorf("daemon saw %d hellos; want one per connection plus ours", got)
+	}
+}
+
+func TestReconnectAfterIdleBreak(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.restart()
+	// The first call may be written to the dead socket; it must be resent.
+	for i := range 3 {
+		if _, err := c.Hello(ctx); err != nil {
+			t.Fatalf("Hello %d after a restart: %v", i, err)
+		}
+	}
+}
+
+func TestReconnectUnderLoad(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		go reply(f.handle(req))
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls sync.Map
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 0
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					calls.Store(g, n)
+					return
+				default:
+				}
+				session := strings.Repeat("x", 1+(g+i)%50)
+				got, err := c.EndSession(ctx, "a", session)
+				if err != nil || got != len(session) {
+					t.Errorf("EndSession = %d, %v; want %d, nil", got, err, len(session))
+					return
+				}
+				n++
+			}
+		}()
+	}
+	for range 10 {
+		before := f.count(protocol.OpEndSession)
+		f.waitFor("traffic", func() bool { return f.ops[protocol.OpEndSession] >= before+100 })
+		f.restart()
+	}
+	before := f.count(protocol.OpEndSession)
+	f.waitFor("traffic after the last restart", func() bool { return f.ops[protocol.OpEndSession] >= before+100 })
+	close(stop)
+	wg.Wait()
+	if n := c.pendingCount(); n != 0 {
+		t.Errorf("%d calls pending after all returned", n)
+	}
+}
+
+func TestShuttingDownIsResent(t *testing.T) {
+	f := newFakeDaemon(t)
+	refused := make(chan struct{}, 1)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if req.Op != protocol.OpActiveLeaseCount {
+			return false
+		}
+		reply(nil, protocol.Errorf(protocol.CodeShuttingDown, "klock: daemon is shutting down"))
+		refused <- struct{}{}
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ActiveLeaseCount(testCtx(t))
+		done <- err
+	}()
+	<-refused
+	f.setHook(nil)
+	f.restart()
+	if err := <-done; err != nil {
+		t.Fatalf("ActiveLeaseCount across a shutdown = %v; want it resent and answered", err)
+	}
+}
+
+func TestChaos(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		go reply(f.handle(req))
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cctx, cancel := context.WithCancel(ctx)
+				if (g+i)%3 == 0 {
+					go cancel() // races with the call
+				}
+				session := strings.Repeat("c", 1+(g*7+i)%60)
+				n, err := c.EndSession(cctx, "a", session)
+				cancel()
+				switch {
+				case errors.Is(err, context.Canceled):
+				case err != nil || n != len(session):
+					t.Errorf("EndSession = %d, %v; want %d or context.Canceled", n, err, len(session))
+					return
+				}
+			}
+		}()
+	}
+	for range 10 {
+		before := f.count(protocol.OpEndSession)
+		f.waitFor("traffic", func() bool { return f.ops[protocol.OpEndSession] >= before+1000 })
+		f.restart()
+	}
+	close(stop)
+	wg.Wait()
+	if n := c.pendingCount(); n != 0 {
+		t.Errorf("%d calls pending after all returned", n)
+	}
+	if n, err := c.EndSession(ctx, "a", "end"); err != nil || n != 3 {
+		t.Errorf("EndSession after the chaos = %d, %v", n, err)
+	}
+}
+
+func TestGaveUpWhileDaemonDown(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	f.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := c.Hello(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrDaemonUnreachable) || !strings.Contains(err.Error(), f.path) {
+		t.Fatalf("Hello with the daemon gone = %v; want DeadlineExceeded and ErrDaemonUnreachable naming the socket", err)
+	}
+	t.Log(err)
+}
