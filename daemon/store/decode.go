@@ -76,9 +76,15 @@ func (r *mpReader) mapLen() int {
 	return 0
 }
 
-// arrayLen reads a non-empty array's length (an empty one is left to the
-// library, which decides between nil and empty).
-func (r *mpReader) arrayLen() int {
+// arrayLen reads a non-empty array's length, at most maxMsgpackContainer
+// (an empty one is left to the library, which decides between nil and
+// empty).
+func (r *mpReader) arrayLen() int { return r.arrayLenMax(maxMsgpackContainer) }
+
+// arrayLenMax is arrayLen with the element cap max; the length must also
+// fit in the bytes that remain, so what make allocates stays in proportion
+// to the input.
+func (r *mpReader) arrayLenMax(max int) int {
 	n := 0
 	switch c := r.byte1(); {
 	case c >= 0x90 && c <= 0x9f:
@@ -90,7 +96,7 @@ func (r *mpReader) arrayLen() int {
 	default:
 		r.ok = false
 	}
-	if n == 0 || n > len(r.b) || n > maxMsgpackContainer {
+	if n == 0 || n > len(r.b) || n > max {
 		r.ok = false
 		return 0
 	}

@@ -165,3 +165,77 @@ func FuzzDecodeRecordFast(f *testing.F) {
 		}
 	})
 }
+
+// libraryState decodes a snapshot body with the msgpack library alone.
+func libraryState(body []byte) (*engine.State, error) {
+	st := new(engine.State)
+	if err := checkMsgpack(body, uint64(len(body))); err != nil {
+		return nil, err
+	}
+	return st, msgpack.Unmarshal(body, st)
+}
+
+func TestDecodeStateFast(t *testing.T) {
+	if !fastState {
+		t.Fatal("engine.State or its parts changed; update decode_state.go (snapshots are decoded by reflection meanwhile)")
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	accepted := 0
+	defer func() {
+		if accepted < 20 {
+			t.Errorf("the fast decoder took %d of 100 states; want most", accepted)
+		}
+	}()
+	for i := range 100 {
+		st := &engine.State{Version: engine.StateVersion, Fence: rng.Uint64(), LastAuto: int64(rng.Uint64() >> 1)}
+		for range rng.IntN(20) {
+			st.Agents = append(st.Agents, engine.AgentState{ID: "agent", Priority: -5, RegisteredAt: baseTime, UID: 1000, Unregistered: rng.IntN(2) == 0})
+		}
+		for range rng.IntN(20) {
+			r := randomRecord(rng)
+			if len(r.Leases) > 0 {
+				st.Leases = append(st.Leases, engine.LeaseState{Lease: r.Leases[0], Idem: r.Idem})
+			}
+		}
+		for range rng.IntN(3) {
+			st.Frozen = append(st.Frozen, "FILE:/frozen")
+			st.Ended = append(st.Ended, engine.SessionRef{AgentID: "a", SessionID: "s"})
+		}
+		body, err := msgpack.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := libraryState(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := decodeStateFast(body)
+		if !ok {
+			if len(st.Agents) > 0 && len(st.Leases) > 0 && len(st.Frozen) > 0 {
+				t.Fatalf("state %d: the fast decoder refused a library encoding %x", i, body)
+			}
+			continue // empty arrays are the library's to decode
+		}
+		accepted++
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("state %d: fast decode\n%+v\nlibrary\n%+v", i, got, want)
+		}
+	}
+}
+
+func FuzzDecodeStateFast(f *testing.F) {
+	f.Add(sampleSnapshot()[snapshotHeaderSize:])
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, ok := decodeStateFast(body)
+		if !ok {
+			return
+		}
+		want, err := libraryState(body)
+		if err != nil {
+			t.Fatalf("fast decoder accepted %x, which the library rejects: %v", body, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("fast decode of %x\n%+v\nlibrary\n%+v", body, got, want)
+		}
+	})
+}
