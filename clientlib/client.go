@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -37,7 +38,8 @@ type Client struct {
 	orphans map[uint64]*call // abandoned acquires: a late grant is released
 	reading bool             // some caller holds the reader role
 	dialing bool             // the redial loop is running
-	dialErr error            // why the last redial failed; nil once connected
+	dialErr error            // why the last (re)connection failed; nil once connected
+	backoff time.Duration    // delay before the next redial; 0 once a connection has answered
 	closed  bool
 }
 
@@ -364,7 +366,7 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 		if cn.resp.ID == cn.helloID {
 			c.learn(&cn.resp)
 		} else {
-			c.deliver(&cn.resp, own)
+			c.deliver(cn, &cn.resp, own)
 		}
 		if own != nil && own.done || own == nil && len(c.orphans) == 0 {
 			break
@@ -379,12 +381,17 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 	c.readOrphans()
 }
 
-// deliver hands a response to its call. mu held.
-func (c *Client) deliver(resp *protocol.Response, own *call) {
+// deliver hands a response read from cn to its call. mu held.
+func (c *Client) deliver(cn *conn, resp *protocol.Response, own *call) {
 	if resp.ID == 0 {
-		// The daemon could not attribute a frame of ours. BAD_FRAME is
-		// followed by the daemon closing the connection; failing every call
-		// keeps a resend from repeating the bad frame forever.
+		// An answer to no request: the daemon refuses the connection (too
+		// many connections, say) or could not read a frame of ours; it
+		// closes the connection next, and the refusal is why.
+		if resp.Error != nil {
+			cn.refusal = remoteError(resp.Error)
+		}
+		// Failing every call on BAD_FRAME keeps a resend from repeating the
+		// bad frame forever.
 		if resp.Error != nil && resp.Error.Code == protocol.CodeBadFrame {
 			for id, cl := range c.pending {
 				delete(c.pending, id)
@@ -396,6 +403,7 @@ func (c *Client) deliver(resp *protocol.Response, own *call) {
 		}
 		return
 	}
+	c.backoff = 0 // this connection works
 	if cl, ok := c.pending[resp.ID]; ok {
 		if !resp.OK && resp.Error != nil && resp.Error.Code == protocol.CodeShuttingDown && !c.opts.NoReconnect {
 			// The daemon is stopping and did not serve it: the call stays
@@ -428,7 +436,7 @@ func (c *Client) deliver(resp *protocol.Response, own *call) {
 // held; mu is released during each write.
 func (c *Client) flush(cn *conn) {
 	cn.flushing = true
-	for len(cn.wbuf) > 0 && !cn.broken {
+	for len(cn.wbuf) > 0 && !cn.broken && !cn.writeDead {
 		buf := cn.wbuf
 		cn.wbuf = cn.spare[:0]
 		c.mu.Unlock()
@@ -442,7 +450,16 @@ func (c *Client) flush(cn *conn) {
 			cn.spare = buf[:0]
 		}
 		if err != nil {
-			c.breakConn(cn, err)
+			if !peerClosed(err) {
+				c.breakConn(cn, err)
+				break
+			}
+			// The daemon closed the connection, maybe after saying why
+			// (too many connections): leave the break to the reader, which
+			// reads what was sent and then EOF. Nothing more is written.
+			cn.writeDead = true
+			cn.wbuf = cn.wbuf[:0]
+			break
 		}
 	}
 	cn.flushing = false
@@ -462,6 +479,10 @@ func (c *Client) breakConn(cn *conn, err error) {
 		return
 	}
 	c.conn = nil
+	if cn.refusal != nil {
+		c.dialErr = cn.refusal
+		err = cn.refusal
+	}
 	// Answers to orphans will never come; a lease granted to one expires.
 	for id, cl := range c.orphans {
 		delete(c.orphans, id)
@@ -479,6 +500,7 @@ func (c *Client) breakConn(cn *conn, err error) {
 // announces Options.ClientName and learns the daemon's max_frame. mu held.
 func (c *Client) connected(cn *conn) {
 	c.conn = cn
+	c.dialErr = nil
 	var args protocol.Args
 	if c.opts.ClientName != "" {
 		args.Client = c.opts.ClientName

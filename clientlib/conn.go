@@ -26,10 +26,12 @@ type conn struct {
 	resp protocol.Response // the response being decoded
 
 	// Guarded by Client.mu.
-	wbuf     []byte // frames waiting to be written
-	spare    []byte // the buffer being written, reused once it is
-	flushing bool   // a caller is writing; it writes wbuf again before it stops
-	broken   bool   // the socket is closed; nothing more is written to it
+	wbuf      []byte // frames waiting to be written
+	spare     []byte // the buffer being written, reused once it is
+	flushing  bool   // a caller is writing; it writes wbuf again before it stops
+	broken    bool   // the socket is closed; nothing more is written to it
+	refusal   error  // an error the daemon sent with id 0 before closing
+	writeDead bool   // a write found the peer gone; the reader will see EOF
 }
 
 // maxKeptBuffer bounds the buffers a conn keeps for reuse, so one large

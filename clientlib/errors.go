@@ -155,3 +155,9 @@ func (e *gaveUpError) Error() string {
 }
 
 func (e *gaveUpError) Unwrap() []error { return []error{e.ctxErr, e.dialErr} }
+
+// peerClosed reports whether a write failed because the daemon closed its
+// end; reading then yields what it sent before, and EOF.
+func peerClosed(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}

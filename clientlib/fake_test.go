@@ -25,7 +25,8 @@ type fakeDaemon struct {
 
 	mu       sync.Mutex // guards the fields that follow
 	hook     hookFunc
-	maxFrame int // announced by hello; 0 = the default
+	maxFrame int  // announced by hello; 0 = the default
+	refuse   bool // answer every new connection RESOURCE_EXHAUSTED (id 0) and close it
 	ln       net.Listener
 	conns    map[net.Conn]bool
 	requests int
@@ -160,6 +161,13 @@ func (f *fakeDaemon) serve(c net.Conn) {
 		wmu.Lock()
 		defer wmu.Unlock()
 		c.Write(frame)
+	}
+	f.mu.Lock()
+	refuse := f.refuse
+	f.mu.Unlock()
+	if refuse {
+		write(protocol.AppendError(nil, 0, protocol.CodeResourceExhausted, "klock: too many connections; the daemon allows 1"))
+		return
 	}
 	br := bufio.NewReader(c)
 	var buf []byte

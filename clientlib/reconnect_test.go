@@ -220,3 +220,28 @@ func TestGaveUpWhileDaemonDown(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestRefusedConnection: a daemon that refuses the connection (id-0
+// RESOURCE_EXHAUSTED, then close) is reported as such, with and without
+// reconnecting.
+func TestRefusedConnection(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.mu.Lock()
+	f.refuse = true
+	f.mu.Unlock()
+
+	c := dialFake(t, f, Options{NoReconnect: true})
+	_, err := c.Hello(testCtx(t))
+	if !errors.Is(err, ErrClosed) || !errors.Is(err, ErrResourceExhausted) || !strings.Contains(err.Error(), "too many connections") {
+		t.Errorf("Hello on a refused connection = %v; want ErrClosed and RESOURCE_EXHAUSTED saying why", err)
+	}
+
+	c = dialFake(t, f, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = c.Hello(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrResourceExhausted) {
+		t.Errorf("Hello while every connection is refused = %v; want DeadlineExceeded and RESOURCE_EXHAUSTED", err)
+	}
+	t.Log(err)
+}

@@ -22,10 +22,11 @@ func (c *Client) startRedial() {
 // waits any more (every caller's context ended; the next call starts the
 // loop again). Delays between attempts grow exponentially from 5 ms up to
 // Options.MaxBackoff, with jitter so that many clients of a restarted daemon
-// do not reconnect in lockstep.
+// do not reconnect in lockstep. The delay is reset only once a connection
+// has answered a request, so a daemon that accepts and at once closes (too
+// many connections, a crash loop) is not redialled in a tight loop.
 func (c *Client) redial() {
 	defer c.bg.Done()
-	backoff := minBackoff
 	for {
 		c.mu.Lock()
 		if c.closed || len(c.pending) == 0 {
@@ -33,34 +34,36 @@ func (c *Client) redial() {
 			c.mu.Unlock()
 			return
 		}
+		delay := c.backoff
+		c.backoff = min(max(2*delay, minBackoff), c.opts.MaxBackoff)
 		c.mu.Unlock()
 
+		if delay > 0 {
+			// Jitter in [delay/2, delay].
+			t := time.NewTimer(delay/2 + rand.N(delay/2+1))
+			select {
+			case <-c.life.Done():
+				t.Stop()
+				continue
+			case <-t.C:
+			}
+		}
 		nc, err := c.dial(c.life)
 		c.mu.Lock()
-		c.dialErr = err
-		c.mu.Unlock()
-		if err == nil {
-			c.mu.Lock()
-			c.dialing = false
-			if c.closed {
-				c.mu.Unlock()
-				_ = nc.Close()
-				return
-			}
-			c.connected(newConn(nc))
+		if err != nil {
+			c.dialErr = err
 			c.mu.Unlock()
+			continue
+		}
+		c.dialing = false
+		if c.closed {
+			c.mu.Unlock()
+			_ = nc.Close()
 			return
 		}
-
-		// Full jitter in [backoff/2, backoff].
-		delay := backoff/2 + rand.N(backoff/2+1)
-		t := time.NewTimer(delay)
-		select {
-		case <-c.life.Done():
-			t.Stop()
-		case <-t.C:
-		}
-		backoff = min(2*backoff, c.opts.MaxBackoff)
+		c.connected(newConn(nc))
+		c.mu.Unlock()
+		return
 	}
 }
 
