@@ -1,0 +1,123 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	var lat []time.Duration
+	for i := 1; i <= 1000; i++ {
+		lat = append(lat, time.Duration(i))
+	}
+	for _, tc := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500}, {0.99, 990}, {0.999, 999}, {1, 1000}, {0, 1}} {
+		if got := percentile(lat, tc.q); got != tc.want {
+			t.Errorf("percentile(1..1000, %v) = %v; want %v", tc.q, got, tc.want)
+		}
+	}
+	if got := percentile(nil, 0.5); got != 0 {
+		t.Errorf("percentile(nil, 0.5) = %v; want 0", got)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []float64
+		want float64
+	}{{[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}, {[]float64{7}, 7}, {nil, 0}} {
+		if got := median(tc.xs); got != tc.want {
+			t.Errorf("median(%v) = %v; want %v", tc.xs, got, tc.want)
+		}
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	cfg, err := parseFlags([]string{"-short", "-backends", "echo, redis"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.duration != time.Second || len(cfg.workers) != 2 || cfg.leases != 2000 || cfg.warmup != 100*time.Millisecond {
+		t.Errorf("-short gave d=%v w=%v leases=%d warmup=%v; want 1s [1 8] 2000 100ms", cfg.duration, cfg.workers, cfg.leases, cfg.warmup)
+	}
+	if strings.Join(cfg.backends, ",") != "echo,redis" {
+		t.Errorf("backends = %q; want echo,redis", cfg.backends)
+	}
+	cfg, err = parseFlags([]string{"-short", "-d", "3s", "-w", "64"}, io.Discard)
+	if err != nil || cfg.duration != 3*time.Second || len(cfg.workers) != 1 || cfg.workers[0] != 64 {
+		t.Errorf("explicit flags under -short = %+v, %v; want d=3s w=[64]", cfg, err)
+	}
+	for _, bad := range [][]string{{"-backends", "nope"}, {"-workloads", "x"}, {"-w", "0"}, {"-d", "0s"}, {"stray"}} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) = nil error; want an error", bad)
+		}
+	}
+}
+
+// TestTargets checks that the targets are medians of per-repetition ratios
+// and are judged against the bounds.
+func TestTargets(t *testing.T) {
+	cfg := config{backends: []string{"echo", "redis", "klock"}, workloads: []string{Uncontended, ManyLeases}, workers: []int{1, 64}}
+	r := &Results{Reps: 3, Leases: 100}
+	add := func(b, wl string, w, rep int, thr, p50, p99 float64) {
+		r.Cells = append(r.Cells, Cell{Backend: b, Workload: wl, Workers: w, Rep: rep, PairsPerSec: thr, P50us: p50, P99us: p99})
+	}
+	for rep := 1; rep <= 3; rep++ {
+		add("echo", Uncontended, 1, rep, 1000, 100, 200)
+		add("redis", Uncontended, 1, rep, 1000, 100, 200)
+		add("klock", Uncontended, 1, rep, []float64{1200, 900, 1150}[rep-1], 105, 200)
+		add("echo", Uncontended, 64, rep, 2000, 100, 200)
+		add("redis", Uncontended, 64, rep, 1000, 100, 400)
+		add("klock", Uncontended, 64, rep, 1900, 100, 300)
+		add("klock", ManyLeases, 1, rep, 1000, 100, 200)
+		add("klock", ManyLeases, 64, rep, 1900, 100, 300)
+	}
+	r.summarize(cfg)
+	want := map[string]struct {
+		ratio float64
+		pass  bool
+	}{
+		"W=1 uncontended: p50 <= 1.1 x echo":          {1.05, true},
+		"W=1 uncontended: throughput >= 1.1 x redis":  {1.15, true},
+		"W=64 uncontended: throughput >= 0.9 x echo":  {0.95, true},
+		"W=64 uncontended: throughput >= 1.2 x redis": {1.9, true},
+		"W=64 uncontended: p99 <= redis p99":          {0.75, true},
+	}
+	seen := 0
+	for _, tg := range r.Targets {
+		w, ok := want[tg.Goal]
+		if !ok {
+			continue
+		}
+		seen++
+		if tg.Ratio == nil || tg.Pass == nil || abs(*tg.Ratio-w.ratio) > 1e-9 || *tg.Pass != w.pass {
+			t.Errorf("target %q = %v, %v; want %v, %v", tg.Goal, deref(tg.Ratio), tg.Pass, w.ratio, w.pass)
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("found %d of %d targets in %+v", seen, len(want), r.Targets)
+	}
+	var sb strings.Builder
+	r.WriteTable(&sb)
+	if !strings.Contains(sb.String(), "PASS") || !strings.Contains(sb.String(), "uncontended") {
+		t.Errorf("table lacks rows or verdicts:\n%s", sb.String())
+	}
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+func deref(x *float64) float64 {
+	if x == nil {
+		return -1
+	}
+	return *x
+}
