@@ -539,6 +539,7 @@ const minReadLimit = 16 << 20
 
 // learn records what the daemon's hello tells the Client. mu held.
 func (c *Client) learn(resp *protocol.Response) {
+	c.backoff = 0 // this connection works
 	var h protocol.HelloResult
 	if resp.OK && protocol.DecodeResult(resp.Result, &h) == nil && h.MaxFrame > 0 {
 		c.maxFrame.Store(int64(h.MaxFrame))
