@@ -94,7 +94,7 @@ func (b *klockBackend) Settings() string {
 	if b.perConn {
 		conn = "one clientlib connection per worker"
 	}
-	return fmt.Sprintf("klockd %s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, one agent per worker), release = ReleaseLease",
+	return fmt.Sprintf("%s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, one agent per worker), release = ReleaseLease",
 		b.version, quoteArgs(b.args[2:]), conn)
 }
 

@@ -27,6 +27,7 @@ type config struct {
 	klockd    string
 	jsonOut   string
 	mdOut     string
+	from      string // re-report a JSON file instead of measuring
 	plotOut   string
 	short     bool
 	profile   string // CPU profile of the tool (the client side)
@@ -78,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&cfg.mdOut, "md", "", "write the table, targets and peer settings as Markdown to this file (for BENCHMARKS.md)")
+	fs.StringVar(&cfg.from, "from", "", "measure nothing: re-report the results in this JSON file (from -json) as table, -md, -plot")
 	fs.StringVar(&cfg.plotOut, "plot", "", "write a plot of throughput and p99 by W to this file (.png or .svg)")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this tool (the client side, clientlib included) to this file")
 	fs.BoolVar(&serverLogs, "server-logs", false, "copy the servers' output to stderr")
@@ -144,6 +146,13 @@ func splitList(s string) []string {
 
 // run starts every back end, runs every cell, and writes the reports.
 func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
+	if cfg.from != "" {
+		res, err := readResults(cfg.from)
+		if err != nil {
+			return err
+		}
+		return res.report(cfg, stdout)
+	}
 	env := &runEnv{cfg: cfg, log: stderr}
 	defer env.cleanup()
 	// bs are the back ends; held[name] is a second instance of the same
@@ -239,19 +248,24 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	}
 
 	res.summarize(cfg)
-	res.WriteTable(stdout)
+	return res.report(cfg, stdout)
+}
+
+// report writes the table on stdout and the files the flags ask for.
+func (r *Results) report(cfg config, stdout io.Writer) error {
+	r.WriteTable(stdout)
 	if cfg.jsonOut != "" {
-		if err := res.WriteJSON(cfg.jsonOut); err != nil {
+		if err := r.WriteJSON(cfg.jsonOut); err != nil {
 			return err
 		}
 	}
 	if cfg.mdOut != "" {
-		if err := res.WriteMarkdown(cfg.mdOut); err != nil {
+		if err := r.WriteMarkdown(cfg.mdOut); err != nil {
 			return err
 		}
 	}
 	if cfg.plotOut != "" {
-		if err := res.WritePlot(cfg.plotOut); err != nil {
+		if err := r.WritePlot(cfg.plotOut); err != nil {
 			return err
 		}
 	}

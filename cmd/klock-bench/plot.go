@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"image/color"
 	"io"
 	"os"
 	"path/filepath"
@@ -65,9 +66,9 @@ func (r *Results) WritePlot(path string) error {
 				if err != nil {
 					return err
 				}
-				line.Color = plotutil.Color(i)
+				line.Color = palette[i%len(palette)]
 				line.Dashes = plotutil.Dashes(i)
-				points.Color = plotutil.Color(i)
+				points.Color = palette[i%len(palette)]
 				points.Shape = plotutil.Shape(i)
 				p.Add(line, points)
 				if m == 0 && c == 0 {
@@ -113,6 +114,16 @@ func (r *Results) WritePlot(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// palette has ten colours that stay apart from each other, so up to ten
+// back ends get lines of their own colour.
+var palette = []color.Color{
+	color.RGBA{0x1f, 0x77, 0xb4, 0xff}, color.RGBA{0xff, 0x7f, 0x0e, 0xff},
+	color.RGBA{0x2c, 0xa0, 0x2c, 0xff}, color.RGBA{0xd6, 0x27, 0x28, 0xff},
+	color.RGBA{0x94, 0x67, 0xbd, 0xff}, color.RGBA{0x8c, 0x56, 0x4b, 0xff},
+	color.RGBA{0xe3, 0x77, 0xc2, 0xff}, color.RGBA{0x7f, 0x7f, 0x7f, 0xff},
+	color.RGBA{0xbc, 0xbd, 0x22, 0xff}, color.RGBA{0x17, 0xbe, 0xcf, 0xff},
 }
 
 func addTick(ticks plot.ConstantTicks, w int) plot.ConstantTicks {

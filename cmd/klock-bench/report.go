@@ -27,8 +27,38 @@ type Results struct {
 	Summary  []Row             `json:"summary"`  // medians over repetitions
 	Targets  []Target          `json:"targets"`
 	Skipped  []string          `json:"skipped,omitempty"`
+	Backends []string          `json:"backends"` // in -backends order
 
 	order []string // back ends in -backends order
+}
+
+// readResults loads a -json file and summarizes it again, so that a run can
+// be re-reported (table, Markdown, plot) without measuring.
+func readResults(path string) (*Results, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("klock-bench: %s: %w", path, err)
+	}
+	cfg := config{backends: r.Backends}
+	for _, c := range r.Cells {
+		if !slices.Contains(cfg.backends, c.Backend) {
+			cfg.backends = append(cfg.backends, c.Backend) // files written before Backends existed
+		}
+		if !slices.Contains(cfg.workloads, c.Workload) {
+			cfg.workloads = append(cfg.workloads, c.Workload)
+		}
+		if !slices.Contains(cfg.workers, c.Workers) {
+			cfg.workers = append(cfg.workers, c.Workers)
+		}
+	}
+	slices.Sort(cfg.workers)
+	r.Summary, r.Targets = nil, nil
+	r.summarize(cfg)
+	return &r, nil
 }
 
 // Machine describes where the run happened.
@@ -99,6 +129,7 @@ type cellKey struct {
 // summarize fills Summary and Targets from Cells.
 func (r *Results) summarize(cfg config) {
 	r.order = cfg.backends
+	r.Backends = cfg.backends
 	byKey := map[cellKey]Cell{}
 	for _, c := range r.Cells {
 		byKey[cellKey{c.Backend, c.Workload, c.Workers, c.Rep}] = c
