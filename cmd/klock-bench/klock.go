@@ -147,10 +147,10 @@ func (b *klockBackend) Hold(ctx context.Context, n int) error {
 	if err := c.RegisterAgent(ctx, "holder", 1<<40); err != nil {
 		return err
 	}
-	// Four batches in flight keep the client's write buffer well under
-	// 64 KiB: above that, clientlib's flush (as of this writing) can hand
-	// the buffer it is writing back to appenders and corrupt frames.
-	const batch, inFlight = 64, 4
+	// A few batches in flight keep the daemon busy while answers return;
+	// each batch is ~4 KiB, so the client's write buffer can pass 64 KiB —
+	// the case that exposed clientlib's write-buffer aliasing (55a1cfe).
+	const batch, inFlight = 64, 8
 	next := make(chan int)
 	errs := make(chan error, inFlight)
 	var wg sync.WaitGroup
