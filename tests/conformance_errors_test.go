@@ -64,12 +64,12 @@ func TestConformanceBadFrame(t *testing.T) {
 	// max_frame follows --max-frame: 4096 is read, 4097 is BAD_FRAME.
 	d2, c2 := confStart(t, "--max-frame", "4096")
 	pad := map[string]any{"id": 1, "op": "hello", "args": map[string]any{"pad": ""}}
-	n := len(cfMarshal(t, pad))
+	n := len(mp(t, pad))
 	pad["args"] = map[string]any{"pad": strings.Repeat("x", 4096-n-2)} // str8 header grows by 1... 2 bytes
-	body = cfMarshal(t, pad)
+	body = mp(t, pad)
 	for len(body) < 4096 {
 		pad["args"].(map[string]any)["pad"] = pad["args"].(map[string]any)["pad"].(string) + "x"
-		body = cfMarshal(t, pad)
+		body = mp(t, pad)
 	}
 	if len(body) != 4096 {
 		t.Fatalf("padding: body %d bytes", len(body))
@@ -91,7 +91,7 @@ func TestConformanceShuttingDown(t *testing.T) {
 	c.grant(cfAcq("young", "s", "/x", "MUTATES", 60000))
 	w := confDial(t, d)
 	w.send("acquire", cfWith(cfAcq("old", "s", "/x", "MUTATES", 60000), "wait_timeout", 30000))
-	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	if err := d.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestConformanceBadRequest(t *testing.T) {
 	for _, tc := range cases {
 		body, isRaw := tc.body.([]byte)
 		if !isRaw {
-			body = cfMarshal(t, tc.body)
+			body = mp(t, tc.body)
 		}
 		c.writeRaw(cfFrame(body))
 		r, err := c.tryRecv(confTimeout)

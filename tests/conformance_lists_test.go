@@ -170,7 +170,7 @@ func TestConformanceListAgents(t *testing.T) {
 	c.grant(cfAcq("z", "s", "/2", "MUTATES", 60000))
 	w := confDial(t, d)
 	w.send("acquire", cfWith(cfAcq("y", "s", "/1", "MUTATES", 60000), "wait_timeout", 30000))
-	cfWaitFor(t, "y queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "y queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 
 	list := func(a map[string]any) ([]map[string]any, bool) {
 		r := c.ok("list_agents", a)
@@ -264,12 +264,12 @@ func TestConformanceStats(t *testing.T) {
 	conns := func(n int64) func() bool {
 		return func() bool { return cfNum(t, stats(), "connections") == n }
 	}
-	cfWaitFor(t, "connections to be 1 (this one)", conns(1))
+	waitFor(t, "connections to be 1 (this one)", conns(1))
 	c2 := confDial(t, d)
 	c2.ok("hello", nil)
-	cfWaitFor(t, "connections to be 2", conns(2))
+	waitFor(t, "connections to be 2", conns(2))
 	c2.c.Close()
-	cfWaitFor(t, "connections to be 1 again", conns(1))
+	waitFor(t, "connections to be 1 again", conns(1))
 
 	c.register("old", 1)
 	c.register("young", 2)
@@ -289,7 +289,7 @@ func TestConformanceStats(t *testing.T) {
 	if cfNum(t, e, "fence") <= cfNum(t, g, "fence") {
 		t.Errorf("fences %v then %v", g["fence"], e["fence"])
 	}
-	cfWaitFor(t, "the expiry to be counted", func() bool {
+	waitFor(t, "the expiry to be counted", func() bool {
 		s := stats()
 		return cfNum(t, s, "expirations") == 1 && cfNum(t, s, "leases") == 2
 	})

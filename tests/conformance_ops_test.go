@@ -72,7 +72,7 @@ func TestConformanceRegister(t *testing.T) {
 	c.register("old", 10)
 	w := confDial(t, d)
 	w.send("acquire", cfWith(cfAcq("old", "s", "/r", "MUTATES", 60000), "wait_timeout", 30000))
-	cfWaitFor(t, "old to be queued", func() bool {
+	waitFor(t, "old to be queued", func() bool {
 		return cfNum(t, c.ok("stats", nil), "waiters") == 1
 	})
 	c.fail("register_agent", map[string]any{"agent_id": "old", "priority": 11}, "PRIORITY_CONFLICT")
@@ -201,7 +201,7 @@ func TestConformanceAcquireDenials(t *testing.T) {
 	// An older queued request makes a junior DIE even when the holder is younger.
 	q := confDial(t, dm)
 	q.send("acquire", cfWith(cfAcq("oldest", "s", "/x", "MUTATES", 60000), "wait_timeout", 30000))
-	cfWaitFor(t, "oldest to be queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "oldest to be queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	if d := c.deny(cfAcq("old", "s", "/x", "MUTATES", 1000), "DIE"); d["held_by"] != "oldest" {
 		t.Errorf("behind a queued senior = %v; want DIE held_by oldest", d)
 	}
@@ -250,13 +250,13 @@ func TestConformanceParkedAnswers(t *testing.T) {
 
 	c.grant(cfAcq("young", "s", "/f", "MUTATES", 60000))
 	w = park("/f", "s", 30000)
-	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	c.ok("freeze", map[string]any{"resource_type": "FILE", "resource_path": "/f"})
 	cfCheckDenial(t, "parked then frozen", answer(w), "RESOURCE_LOCKED")
 
 	c.grant(cfAcq("young", "s", "/e", "MUTATES", 60000))
 	w = park("/e", "doomed", 30000)
-	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	c.ok("end_session", map[string]any{"agent_id": "old", "session_id": "doomed"})
 	cfCheckDenial(t, "parked then session ended", answer(w), "SESSION_EXPIRED")
 
@@ -266,7 +266,7 @@ func TestConformanceParkedAnswers(t *testing.T) {
 	c.register("oldest", 0)
 	h := c.grant(cfAcq("young", "s", "/die", "MUTATES", 60000))
 	w = park("/die", "s", 30000)
-	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	w2 := confDial(t, d)
 	w2.send("acquire", cfWith(cfAcq("oldest", "s", "/die", "MUTATES", 60000), "wait_timeout", 30000))
 	if r := cfCheckDenial(t, "parked junior", answer(w), "DIE"); r["held_by"] != "oldest" {
@@ -278,7 +278,7 @@ func TestConformanceParkedAnswers(t *testing.T) {
 	// Revoke ends a lease as if it expired: the waiter is granted.
 	h = c.grant(cfAcq("young", "s", "/rv", "MUTATES", 60000))
 	w = park("/rv", "s", 30000)
-	cfWaitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
+	waitFor(t, "queued", func() bool { return cfNum(t, c.ok("stats", nil), "waiters") == 1 })
 	c.ok("revoke", map[string]any{"lease_id": h["lease_id"]})
 	cfCheckGrant(t, "parked then revoked", answer(w))
 }

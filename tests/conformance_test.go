@@ -65,23 +65,13 @@ func cfFrame(body []byte) []byte {
 	return append(b, body...)
 }
 
-// mp marshals v with msgpack or fails the test.
-func cfMarshal(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := msgpack.Marshal(v)
-	if err != nil {
-		t.Fatalf("msgpack: %v", err)
-	}
-	return b
-}
-
 // request builds the frame of one request; args nil leaves the key out.
 func (c *confConn) request(id uint64, op string, args map[string]any) []byte {
 	m := map[string]any{"id": id, "op": op}
 	if args != nil {
 		m["args"] = args
 	}
-	return cfFrame(cfMarshal(c.t, m))
+	return cfFrame(mp(c.t, m))
 }
 
 // send writes one request with a fresh id and returns the id.
@@ -367,22 +357,10 @@ func (c *confConn) deny(args map[string]any, reason string) map[string]any {
 	return cfCheckDenial(c.t, fmt.Sprint("acquire ", args), c.ok("acquire", args), reason)
 }
 
-// cfWaitFor polls cond every 5 ms until it holds or 10 s pass.
-func cfWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(confTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // cfWaitPast waits until the wall clock has passed ms (a Unix ms time).
 func cfWaitPast(t *testing.T, ms int64) {
 	t.Helper()
-	cfWaitFor(t, fmt.Sprintf("clock past %d", ms), func() bool { return cfNow() > ms })
+	waitFor(t, fmt.Sprintf("clock past %d", ms), func() bool { return cfNow() > ms })
 }
 
 // expectClosed fails unless the daemon closes c (EOF) within the timeout.
@@ -464,7 +442,7 @@ func TestConformancePipelining(t *testing.T) {
 func TestConformanceIDWidths(t *testing.T) {
 	_, c := confStart(t)
 	for _, id := range []any{uint8(7), int16(300), int32(70000), int64(1 << 40), uint64(1<<64 - 1)} {
-		c.writeRaw(cfFrame(cfMarshal(t, map[string]any{"id": id, "op": "hello"})))
+		c.writeRaw(cfFrame(mp(t, map[string]any{"id": id, "op": "hello"})))
 		r := c.recv()
 		got, ok := cfInt(r["id"])
 		want, _ := cfInt(id)

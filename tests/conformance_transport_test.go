@@ -47,7 +47,7 @@ func TestConformanceSocketEnv(t *testing.T) {
 		}
 	})
 	var conn net.Conn
-	cfWaitFor(t, "klockd to listen on KLOCK_SOCKET", func() bool {
+	waitFor(t, "klockd to listen on KLOCK_SOCKET", func() bool {
 		conn, err = net.Dial("unix", sock)
 		return err == nil
 	})

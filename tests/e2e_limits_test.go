@@ -26,10 +26,7 @@ func TestConfiguredLimits(t *testing.T) {
 	// One parked acquire per connection (--max-inflight 1).
 	w1, w2 := d.Raw(t), d.Raw(t)
 	park := func(path string) *protocol.Args {
-		a := acquireArgs("old", "o", path, "MUTATES", 60000)
-		a.WaitTimeout = 60000
-		a.Set(protocol.ArgWaitTimeout)
-		return a
+		return parkArgs("old", "o", path, "MUTATES", 60000, 60000)
 	}
 	w1.Send(1, protocol.OpAcquire, park("/a"))
 	waitFor(t, "the first acquire to park", func() bool { return waiters(t, r, 6) == 1 })

@@ -10,68 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmihailenco/msgpack/v5"
-
 	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
 )
-
-// args builds protocol.Args from key/value pairs, marking each present.
-func args(kv ...any) *protocol.Args {
-	a := new(protocol.Args)
-	for i := 0; i < len(kv); i += 2 {
-		switch kv[i].(protocol.Arg) {
-		case protocol.ArgAgentID:
-			a.AgentID = kv[i+1].(string)
-		case protocol.ArgSessionID:
-			a.SessionID = kv[i+1].(string)
-		case protocol.ArgResourceType:
-			a.ResourceType = kv[i+1].(string)
-		case protocol.ArgResourcePath:
-			a.ResourcePath = kv[i+1].(string)
-		case protocol.ArgPredicate:
-			a.Predicate = kv[i+1].(string)
-		case protocol.ArgTTL:
-			a.TTL = int64(kv[i+1].(int))
-		case protocol.ArgWaitTimeout:
-			a.WaitTimeout = int64(kv[i+1].(int))
-		case protocol.ArgIdem:
-			a.Idem = kv[i+1].(string)
-		case protocol.ArgLeaseID:
-			a.LeaseID = kv[i+1].(string)
-		case protocol.ArgPriority:
-			a.Priority = int64(kv[i+1].(int))
-		case protocol.ArgLimit:
-			a.Limit = int64(kv[i+1].(int))
-		case protocol.ArgResourcePrefix:
-			a.ResourcePrefix = kv[i+1].(string)
-		case protocol.ArgIntents:
-			a.Intents = kv[i+1].([]protocol.Intent)
-		}
-		a.Set(kv[i].(protocol.Arg))
-	}
-	return a
-}
-
-// acquireArgs is a valid acquire for agent on FILE:path.
-func acquireArgs(agent, session, path, pred string, ttl int) *protocol.Args {
-	return args(protocol.ArgAgentID, agent, protocol.ArgSessionID, session,
-		protocol.ArgResourceType, "FILE", protocol.ArgResourcePath, path,
-		protocol.ArgPredicate, pred, protocol.ArgTTL, ttl)
-}
-
-// mustOK fails unless resp is a success, and decodes its result into v.
-func mustOK(t *testing.T, what string, resp *protocol.Response, v any) {
-	t.Helper()
-	if !resp.OK {
-		t.Fatalf("%s: error %s: %s", what, resp.Error.Code, resp.Error.Message)
-	}
-	if v != nil {
-		if err := protocol.DecodeResult(resp.Result, v); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-}
 
 // TestPipelined1000 sends 1,000 requests in one write on one connection
 // and matches every answer to its request by id.
@@ -240,16 +181,6 @@ func TestBadFramesCloseTheConnection(t *testing.T) {
 		}
 	}
 	b.check(t)
-}
-
-// mp encodes v as msgpack.
-func mp(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := msgpack.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // TestBadRequestsKeepTheConnection sends every kind of malformed or invalid

@@ -1,19 +1,11 @@
 package tests
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/klockd/klock/tests/harness"
 )
-
-// testCtx returns a context bounded for one test step.
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // TestSeedCompleteExample replays the seed SDK's "Complete Example" over
 // the socket through clientlib.

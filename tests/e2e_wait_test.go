@@ -12,28 +12,6 @@ import (
 	"github.com/klockd/klock/tests/harness"
 )
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// waiters returns the daemon's count of parked acquires.
-func waiters(t *testing.T, r *harness.Raw, id uint64) int {
-	t.Helper()
-	var st protocol.StatsResult
-	mustOK(t, "stats", r.Call(id, protocol.OpStats, nil), &st)
-	return st.Waiters
-}
-
 // TestSeniorWaitIsGrantedByRelease: a senior parked in WAIT is granted by
 // the junior's release, long before its wait_timeout, and while it is
 // queued a younger agent cannot overtake it, not even with a predicate the
@@ -56,9 +34,7 @@ func TestSeniorWaitIsGrantedByRelease(t *testing.T) {
 	}
 
 	const waitTimeout = 30000
-	a := acquireArgs("senior", "s", "/shared", "MUTATES", 60000)
-	a.WaitTimeout = waitTimeout
-	a.Set(protocol.ArgWaitTimeout)
+	a := parkArgs("senior", "s", "/shared", "MUTATES", 60000, waitTimeout)
 	senior.Send(7, protocol.OpAcquire, a)
 	waitFor(t, "the senior to be queued", func() bool { return waiters(t, admin, 100) == 1 })
 
@@ -92,9 +68,7 @@ func TestWaitTimeoutAnswersWait(t *testing.T) {
 	mustOK(t, "register", r.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "old", protocol.ArgPriority, 1)), nil)
 	mustOK(t, "register", r.Call(2, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "new", protocol.ArgPriority, 2)), nil)
 	mustOK(t, "hold", r.Call(3, protocol.OpAcquire, acquireArgs("new", "n", "/x", "MUTATES", 60000)), nil)
-	a := acquireArgs("old", "o", "/x", "MUTATES", 60000)
-	a.WaitTimeout = 100
-	a.Set(protocol.ArgWaitTimeout)
+	a := parkArgs("old", "o", "/x", "MUTATES", 60000, 100)
 	start := time.Now()
 	var den protocol.Denial
 	mustOK(t, "parked acquire", r.Call(4, protocol.OpAcquire, a), &den)
@@ -120,9 +94,7 @@ func TestShutdownAnswersWaiters(t *testing.T) {
 		agent := "waiter-" + string(rune('a'+i))
 		mustOK(t, "register", admin.Call(uint64(10+i), protocol.OpRegisterAgent, args(protocol.ArgAgentID, agent, protocol.ArgPriority, i+1)), nil)
 		conns[i] = d.Raw(t)
-		a := acquireArgs(agent, "s", "/busy", "CONSUMES", 60000)
-		a.WaitTimeout = 60000
-		a.Set(protocol.ArgWaitTimeout)
+		a := parkArgs(agent, "s", "/busy", "CONSUMES", 60000, 60000)
 		conns[i].Send(uint64(100+i), protocol.OpAcquire, a)
 	}
 	waitFor(t, "all waiters to be queued", func() bool { return waiters(t, admin, 50) == n })

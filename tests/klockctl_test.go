@@ -3,37 +3,23 @@ package tests
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/klockd/klock/tests/harness"
 )
 
-// kcResult is what one klockctl invocation did.
-type kcResult struct {
-	code           int
-	stdout, stderr string
-}
-
 // kcCommand returns an unstarted klockctl with args, talking to d (when
-// not nil) through KLOCK_SOCKET; the test's own KLOCK_* variables are
-// dropped so that they cannot leak in.
+// not nil) through KLOCK_SOCKET, in testEnv so that the test's own KLOCK_*
+// variables cannot leak in.
 func kcCommand(t *testing.T, d *harness.Daemon, env []string, args ...string) *exec.Cmd {
 	t.Helper()
 	_, bin := harness.Binaries(t)
 	cmd := exec.Command(bin, args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KLOCK_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
+	cmd.Env = testEnv()
 	if d != nil {
 		cmd.Env = append(cmd.Env, "KLOCK_SOCKET="+d.Socket)
 	}
@@ -41,21 +27,10 @@ func kcCommand(t *testing.T, d *harness.Daemon, env []string, args ...string) *e
 	return cmd
 }
 
-// ctl runs klockctl to completion (at most 30 s) and returns what it did.
-func kc(t *testing.T, d *harness.Daemon, args ...string) kcResult {
+// kc runs klockctl to completion (at most cmdTimeout) and returns what it did.
+func kc(t *testing.T, d *harness.Daemon, args ...string) cmdResult {
 	t.Helper()
-	return kcRun(t, kcCommand(t, d, nil, args...))
-}
-
-// kcRun runs cmd to completion, killing it after 30 s.
-func kcRun(t *testing.T, cmd *exec.Cmd) kcResult {
-	t.Helper()
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %q: %v", cmd.Args, err)
-	}
-	return kcWait(t, cmd, &out, &errb)
+	return runCmd(t, kcCommand(t, d, nil, args...))
 }
 
 // kcProc is a klockctl started in the background.
@@ -75,35 +50,15 @@ func kcStart(t *testing.T, d *harness.Daemon, args ...string) *kcProc {
 	return p
 }
 
-// wait waits for p to exit (at most 30 s) and returns what it did.
-func (p *kcProc) wait(t *testing.T) kcResult {
+// wait waits for p to exit (at most cmdTimeout) and returns what it did.
+func (p *kcProc) wait(t *testing.T) cmdResult {
 	t.Helper()
-	return kcWait(t, p.cmd, &p.out, &p.errb)
-}
-
-// kcWait waits for a started klockctl whose output goes to out and errb.
-func kcWait(t *testing.T, cmd *exec.Cmd, out, errb *bytes.Buffer) kcResult {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("%q did not finish within 30s; stderr %q", cmd.Args, errb)
-	}
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("%q: %v", cmd.Args, err)
-	}
-	return kcResult{code: cmd.ProcessState.ExitCode(), stdout: out.String(), stderr: errb.String()}
+	return waitCmd(t, p.cmd, &p.out, &p.errb)
 }
 
 // kcOK runs klockctl, requires exit 0, and decodes its --json output into v
 // when v is not nil.
-func kcOK(t *testing.T, d *harness.Daemon, v any, args ...string) kcResult {
+func kcOK(t *testing.T, d *harness.Daemon, v any, args ...string) cmdResult {
 	t.Helper()
 	r := kc(t, d, args...)
 	if r.code != 0 {
@@ -119,7 +74,7 @@ func kcOK(t *testing.T, d *harness.Daemon, v any, args ...string) kcResult {
 
 // kcExpect runs klockctl and requires exit code want and one line on
 // stderr containing every part.
-func kcExpect(t *testing.T, d *harness.Daemon, want int, parts []string, args ...string) kcResult {
+func kcExpect(t *testing.T, d *harness.Daemon, want int, parts []string, args ...string) cmdResult {
 	t.Helper()
 	r := kc(t, d, args...)
 	if r.code != want {
@@ -181,16 +136,15 @@ func kcCount(t *testing.T, d *harness.Daemon) int {
 	return c.Count
 }
 
-// kcWaitFor polls cond until it holds, failing the test after 20 s.
-func kcWaitFor(t *testing.T, what string, cond func() bool) {
+// kcYoungHolds registers old (priority 1) and young (priority 2), and
+// returns the lease young takes on path.
+func kcYoungHolds(t *testing.T, d *harness.Daemon, old, young, path string) kcLease {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	kcOK(t, d, nil, "agents", "register", old, "--priority", "1")
+	kcOK(t, d, nil, "agents", "register", young, "--priority", "2")
+	var held kcLease
+	kcOK(t, d, &held, "acquire", "--json", "--agent", young, path)
+	return held
 }
 
 func TestKlockctlStatusVersionCountEvict(t *testing.T) {
@@ -215,7 +169,7 @@ func TestKlockctlStatusVersionCountEvict(t *testing.T) {
 		}
 	}
 	// --socket wins over KLOCK_SOCKET.
-	r = kcRun(t, kcCommand(t, nil, []string{"KLOCK_SOCKET=/nonexistent/k.sock"}, "status", "--socket", d.Socket))
+	r = runCmd(t, kcCommand(t, nil, []string{"KLOCK_SOCKET=/nonexistent/k.sock"}, "status", "--socket", d.Socket))
 	if r.code != 0 {
 		t.Errorf("status --socket with a wrong KLOCK_SOCKET exited %d (stderr %q); want --socket to win", r.code, r.stderr)
 	}
@@ -373,13 +327,10 @@ func TestKlockctlDenied(t *testing.T) {
 
 func TestKlockctlAcquireWaitsForRelease(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
-	kcOK(t, d, nil, "agents", "register", "senior", "--priority", "1")
-	kcOK(t, d, nil, "agents", "register", "junior", "--priority", "2")
-	var held kcLease
-	kcOK(t, d, &held, "acquire", "--json", "--agent", "junior", "/r")
+	held := kcYoungHolds(t, d, "senior", "junior", "/r")
 
 	p := kcStart(t, d, "acquire", "--json", "--agent", "senior", "--wait", "25s", "/r")
-	kcWaitFor(t, "the senior to wait in the daemon", func() bool {
+	waitFor(t, "the senior to wait in the daemon", func() bool {
 		var as kcAgents
 		kcOK(t, d, &as, "agents", "--json")
 		return len(as.Agents) == 2 && as.Agents[0].AgentID == "senior" && as.Agents[0].Waiting == 1
@@ -475,137 +426,6 @@ func TestKlockctlAdmin(t *testing.T) {
 	kcOK(t, d, nil, "acquire", "--agent", "a", "SYMBOL:pay")
 }
 
-func TestKlockctlRunPropagatesExitCodeAndReleases(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	envFile := filepath.Join(t.TempDir(), "env")
-	cmd := kcCommand(t, d, nil, "run", "--ttl", "30s", "/res/a", "SYMBOL:b", "--",
-		"sh", "-c", `echo "$KLOCK_LEASE_IDS $KLOCK_FENCE $KLOCK_AGENT $KLOCK_SESSION" > "$1"; cat; exit 7`, "sh", envFile)
-	cmd.Stdin = strings.NewReader("from stdin\n")
-	r := kcRun(t, cmd)
-	if r.code != 7 {
-		t.Fatalf("run -- sh -c 'exit 7' exited %d; want 7 (stderr %q)", r.code, r.stderr)
-	}
-	if r.stdout != "from stdin\n" || r.stderr != "" {
-		t.Errorf("run stdout %q, stderr %q; want stdin passed through to stdout and nothing on stderr", r.stdout, r.stderr)
-	}
-	env, err := os.ReadFile(envFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(env))
-	if len(f) != 4 || len(strings.Split(f[0], ",")) != 2 || len(strings.Split(f[1], ",")) != 2 ||
-		!strings.HasPrefix(f[2], "klockctl-") || !strings.HasPrefix(f[3], "run-") {
-		t.Errorf("the command saw %q; want 2 lease ids, 2 fences, agent klockctl-..., session run-...", env)
-	}
-	if n := kcCount(t, d); n != 0 {
-		t.Errorf("count after run = %d; want 0 (released on exit)", n)
-	}
-	var as kcAgents
-	kcOK(t, d, &as, "agents", "--json")
-	if len(as.Agents) != 0 {
-		t.Errorf("agents after run = %+v; want the fresh agent unregistered", as.Agents)
-	}
-
-	if r := kc(t, d, "run", "/res/a", "--", "true"); r.code != 0 {
-		t.Errorf("run -- true exited %d (stderr %q); want 0", r.code, r.stderr)
-	}
-	if r := kc(t, d, "run", "/res/a", "--", filepath.Join(t.TempDir(), "missing")); r.code != 127 || kcCount(t, d) != 0 {
-		t.Errorf("run of a missing command exited %d (stderr %q); want 127 and the lease released", r.code, r.stderr)
-	}
-}
-
-func TestKlockctlRunReleasesWhenCommandIsKilled(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	r := kc(t, d, "run", "/res/k", "--", "sh", "-c", "kill -KILL $$")
-	if r.code != 128+int(syscall.SIGKILL) {
-		t.Errorf("run of a command killed by SIGKILL exited %d; want %d", r.code, 128+int(syscall.SIGKILL))
-	}
-	if n := kcCount(t, d); n != 0 {
-		t.Errorf("count after the command was killed = %d; want 0", n)
-	}
-}
-
-func TestKlockctlRunForwardsSIGTERM(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	p := kcStart(t, d, "run", "/res/t", "--", "sleep", "60")
-	kcWaitFor(t, "run to hold its lease", func() bool { return kcCount(t, d) == 1 })
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	r := p.wait(t)
-	if r.code != 128+int(syscall.SIGTERM) {
-		t.Errorf("run after SIGTERM exited %d (stderr %q); want %d: the command killed by the forwarded signal",
-			r.code, r.stderr, 128+int(syscall.SIGTERM))
-	}
-	if n := kcCount(t, d); n != 0 {
-		t.Errorf("count after run was stopped = %d; want 0", n)
-	}
-}
-
-func TestKlockctlRunDenied(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	kcOK(t, d, nil, "acquire", "--agent", "holder", "/res/d")
-	marker := filepath.Join(t.TempDir(), "ran")
-	r := kc(t, d, "run", "--wait", "300ms", "--json", "/res/d", "--", "touch", marker)
-	if r.code != 1 {
-		t.Fatalf("run on a held resource exited %d; want 1 (stderr %q)", r.code, r.stderr)
-	}
-	var den kcDenial
-	if err := json.Unmarshal([]byte(r.stdout), &den); err != nil || den.Success || den.HeldBy != "holder" {
-		t.Errorf("run --json denial = %q (%v); want held_by holder", r.stdout, err)
-	}
-	if !strings.Contains(r.stderr, "not granted") {
-		t.Errorf("run denial stderr = %q; want it to say the leases were not granted", r.stderr)
-	}
-	if _, err := os.Stat(marker); err == nil {
-		t.Errorf("the command ran although the lease was denied")
-	}
-	if n := kcCount(t, d); n != 1 {
-		t.Errorf("count = %d; want only the holder's lease", n)
-	}
-}
-
-func TestKlockctlRunStopsCommandWhenLeaseLost(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	p := kcStart(t, d, "run", "--ttl", "3s", "--kill-after", "5s", "/res/lost", "--", "sleep", "60")
-	var ls kcLeases
-	kcWaitFor(t, "run to hold its lease", func() bool {
-		kcOK(t, d, &ls, "leases", "--json")
-		return len(ls.Leases) == 1
-	})
-	kcOK(t, d, nil, "revoke", ls.Leases[0].LeaseID)
-	r := p.wait(t)
-	if r.code != 1 || !strings.Contains(r.stderr, "lease lost") {
-		t.Errorf("run whose lease was revoked exited %d, stderr %q; want 1 and \"lease lost\"", r.code, r.stderr)
-	}
-}
-
-// TestKlockctlRunWaitsForHolder checks that run blocks (no --wait) until a
-// younger holder releases, then runs.
-func TestKlockctlRunWaitsForHolder(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	kcOK(t, d, nil, "agents", "register", "old", "--priority", "1")
-	kcOK(t, d, nil, "agents", "register", "young", "--priority", "2")
-	var held kcLease
-	kcOK(t, d, &held, "acquire", "--json", "--agent", "young", "/res/w")
-	p := kcStart(t, d, "run", "--agent", "old", "/res/w", "--", "sh", "-c", "exit 5")
-	kcWaitFor(t, "run to wait in the daemon", func() bool {
-		var as kcAgents
-		kcOK(t, d, &as, "agents", "--json")
-		return len(as.Agents) > 0 && as.Agents[0].AgentID == "old" && as.Agents[0].Waiting == 1
-	})
-	kcOK(t, d, nil, "release", held.LeaseID)
-	if r := p.wait(t); r.code != 5 {
-		t.Errorf("run after the holder released exited %d (stderr %q); want 5", r.code, r.stderr)
-	}
-	var as kcAgents
-	kcOK(t, d, &as, "agents", "--json")
-	if len(as.Agents) != 2 {
-		t.Errorf("agents after run --agent old = %+v; want old kept (named agents stay registered)", as.Agents)
-	}
-
-}
-
 // TestKlockctlAcquireWaitRetriesDie checks that a junior's acquire --wait
 // keeps retrying DIE until the senior releases.
 func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
@@ -617,7 +437,7 @@ func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
 
 	p := kcStart(t, d, "acquire", "--json", "--agent", "junior", "--wait", "25s", "/r")
 	// The junior is told DIE at least once before the release.
-	kcWaitFor(t, "a DIE for the junior", func() bool {
+	waitFor(t, "a DIE for the junior", func() bool {
 		var st struct{ Stats struct{ Dies int } }
 		kcOK(t, d, &st, "status", "--json")
 		return st.Stats.Dies > 0
@@ -628,63 +448,4 @@ func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &got) != nil || got.AgentID != "junior" {
 		t.Errorf("junior acquire --wait = %d, %q, %q; want granted after the senior released", r.code, r.stdout, r.stderr)
 	}
-}
-
-// TestKlockctlRunInterruptedWhileWaiting checks that SIGINT while run waits
-// for its leases ends it with 130, never runs the command, and leaves no
-// waiter or fresh agent behind.
-func TestKlockctlRunInterruptedWhileWaiting(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	kcOK(t, d, nil, "agents", "register", "young", "--priority", "999999999999999")
-	kcOK(t, d, nil, "acquire", "--agent", "young", "/res/i")
-	marker := filepath.Join(t.TempDir(), "ran")
-	p := kcStart(t, d, "run", "/res/i", "--", "touch", marker)
-	// run's fresh agent registered now, so it is older than "young" and waits.
-	kcWaitFor(t, "run to wait in the daemon", func() bool {
-		var st struct{ Stats struct{ Waiters int } }
-		kcOK(t, d, &st, "status", "--json")
-		return st.Stats.Waiters == 1
-	})
-	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	r := p.wait(t)
-	if r.code != 128+int(syscall.SIGINT) || !strings.Contains(r.stderr, "interrupted") {
-		t.Errorf("run interrupted while waiting exited %d, stderr %q; want %d and \"interrupted\"", r.code, r.stderr, 128+int(syscall.SIGINT))
-	}
-	if _, err := os.Stat(marker); err == nil {
-		t.Errorf("the command ran although run was interrupted before the grant")
-	}
-	kcWaitFor(t, "the waiter and the fresh agent to go", func() bool {
-		var as kcAgents
-		kcOK(t, d, &as, "agents", "--json")
-		return len(as.Agents) == 1 && as.Agents[0].AgentID == "young"
-	})
-}
-
-// TestKlockctlRunKilledLeasesExpire checks the documented SIGKILL case: the
-// command gets SIGTERM from the kernel and the lease ends at its ttl.
-func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	pidFile := filepath.Join(t.TempDir(), "pid")
-	p := kcStart(t, d, "run", "--ttl", "1s", "/res/x", "--", "sh", "-c", `echo $$ > "$1"; exec sleep 60`, "sh", pidFile)
-	var childPID int
-	kcWaitFor(t, "the command to start", func() bool {
-		b, err := os.ReadFile(pidFile)
-		if err != nil || !strings.HasSuffix(string(b), "\n") {
-			return false
-		}
-		childPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		return err == nil
-	})
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = p.cmd.Wait()
-	kcWaitFor(t, "the command to be stopped by its parent-death signal", func() bool {
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(childPID) + "/stat")
-		// Gone, or a zombie waiting for a reaper.
-		return err != nil || strings.Contains(string(stat), ") Z ")
-	})
-	kcWaitFor(t, "the lease to expire at its ttl", func() bool { return kcCount(t, d) == 0 })
 }

@@ -20,14 +20,6 @@ import (
 // Each configured limit is reached, answered with its documented error,
 // and recovers when the load goes away.
 
-// expectCode fails unless resp is an error with code.
-func expectCode(t *testing.T, what string, resp *protocol.Response, code protocol.Code) {
-	t.Helper()
-	require.False(t, resp.OK, "%s: want %s, got success", what, code)
-	assert.Equal(t, code, resp.Error.Code, "%s: %s", what, resp.Error.Message)
-	assert.True(t, strings.HasPrefix(resp.Error.Message, "klock: "), "%s: message %q", what, resp.Error.Message)
-}
-
 // rssKB reads a process's resident set size from /proc, in KiB.
 func rssKB(t *testing.T, pid int) int {
 	t.Helper()
@@ -60,17 +52,13 @@ func TestMaxInflightPerConnection(t *testing.T) {
 	senior := d.Raw(t)
 	mustOK(t, "register senior", senior.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "senior", protocol.ArgPriority, 100)), nil)
 	for i := 0; i < 4; i++ {
-		a := acquireArgs("senior", "s", fmt.Sprintf("/f%d", i), "MUTATES", 60000)
-		a.WaitTimeout = 60000
-		a.Set(protocol.ArgWaitTimeout)
+		a := parkArgs("senior", "s", fmt.Sprintf("/f%d", i), "MUTATES", 60000, 60000)
 		senior.Send(uint64(100+i), protocol.OpAcquire, a)
 	}
 	waitFor(t, "four parked acquires", func() bool { return waiters(t, holder, 50) == 4 })
 	// ...so a fifth acquire that would park on it is refused; requests the
 	// daemon answers at once are still served, there and elsewhere.
-	a := acquireArgs("senior", "s", "/f0", "MUTATES", 60000)
-	a.WaitTimeout = 60000
-	a.Set(protocol.ArgWaitTimeout)
+	a := parkArgs("senior", "s", "/f0", "MUTATES", 60000, 60000)
 	expectCode(t, "fifth in-flight request", senior.Call(200, protocol.OpAcquire, a), protocol.CodeResourceExhausted)
 	mustOK(t, "hello on the full connection", senior.Call(201, protocol.OpHello, nil), nil)
 	mustOK(t, "hello elsewhere", holder.Call(51, protocol.OpHello, nil), nil)
@@ -118,15 +106,11 @@ func TestMaxLeasesAndWaiters(t *testing.T) {
 	}
 	w := d.Raw(t)
 	for i := 0; i < 2; i++ {
-		a := acquireArgs("old", "s", fmt.Sprintf("/w%d", i), "MUTATES", 60000)
-		a.WaitTimeout = 60000
-		a.Set(protocol.ArgWaitTimeout)
+		a := parkArgs("old", "s", fmt.Sprintf("/w%d", i), "MUTATES", 60000, 60000)
 		w.Send(uint64(60+i), protocol.OpAcquire, a)
 	}
 	waitFor(t, "two parked acquires", func() bool { return waiters(t, r, 70) == 2 })
-	a := acquireArgs("old", "s", "/w2", "MUTATES", 60000)
-	a.WaitTimeout = 60000
-	a.Set(protocol.ArgWaitTimeout)
+	a := parkArgs("old", "s", "/w2", "MUTATES", 60000, 60000)
 	expectCode(t, "third parked acquire", w.Call(62, protocol.OpAcquire, a), protocol.CodeResourceExhausted)
 	// Without wait_timeout the same request is just answered WAIT.
 	var den protocol.Denial

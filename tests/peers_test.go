@@ -49,9 +49,7 @@ func TestStalledPeersDoNotBlockOthers(t *testing.T) {
 	var g protocol.Grant
 	mustOK(t, "junior acquire", holder.Call(3, protocol.OpAcquire, acquireArgs("junior", "s", "/shared", "MUTATES", 60000)), &g)
 	quitter := d.Raw(t)
-	a := acquireArgs("senior", "s", "/shared", "MUTATES", 60000)
-	a.WaitTimeout = 60000
-	a.Set(protocol.ArgWaitTimeout)
+	a := parkArgs("senior", "s", "/shared", "MUTATES", 60000, 60000)
 	quitter.Send(1, protocol.OpAcquire, a)
 	waitFor(t, "the parked acquire", func() bool { return waiters(t, holder, 4) == 1 })
 	quitter.Conn.Close()

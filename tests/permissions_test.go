@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -74,32 +73,14 @@ func ensureUser(t *testing.T, name string, groups ...uint32) osUser {
 	return osUser{name: name, uid: uint32(uid), gid: uint32(gid), groups: groups}
 }
 
-// ctlResult is what one klockctl process did.
-type ctlResult struct {
-	code           int
-	stdout, stderr string
-}
-
 // ctlAs runs klockctl as u (a real process under u's uid and groups).
-func ctlAs(t *testing.T, bin string, u osUser, socket string, args ...string) ctlResult {
+func ctlAs(t *testing.T, bin string, u osUser, socket string, args ...string) cmdResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--socket", socket}, args...)...)
+	cmd := exec.Command(bin, append([]string{"--socket", socket}, args...)...)
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/", "USER=" + u.name}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups}}
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		code = exit.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
-	return ctlResult{code: code, stdout: stdout.String(), stderr: stderr.String()}
+	return runCmd(t, cmd)
 }
 
 // publicDir makes a directory every user can traverse, for the socket and
@@ -159,7 +140,7 @@ func TestPermissionsAcrossUIDs(t *testing.T) {
 	require.True(t, res.Success)
 	rootLease := res.LeaseID
 
-	denied := func(r ctlResult, what string) {
+	denied := func(r cmdResult, what string) {
 		t.Helper()
 		assert.Equal(t, 1, r.code, "%s: exit code; stderr %q", what, r.stderr)
 		assert.Contains(t, r.stderr, "PERMISSION_DENIED", what)

@@ -25,8 +25,7 @@ import (
 // order (one log record each), and returns the lease ids.
 func recoveryLeases(t *testing.T, d *harness.Daemon, paths ...string) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	c := d.Client(t)
 	if err := c.RegisterAgent(ctx, "keeper", 7); err != nil {
 		t.Fatal(err)
@@ -45,8 +44,7 @@ func recoveryLeases(t *testing.T, d *harness.Daemon, paths ...string) []string {
 // activeLeases returns the ids of the daemon's active leases.
 func activeLeases(t *testing.T, d *harness.Daemon) map[string]bool {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testCtx(t)
 	list, _, err := d.Client(t).ListLeases(ctx, clientlib.LeaseFilter{Limit: 10000})
 	if err != nil {
 		t.Fatal(err)

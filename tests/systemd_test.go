@@ -6,7 +6,6 @@ package tests
 // STOPPING and WATCHDOG; `klockd install` with and without a service manager.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -61,20 +60,6 @@ func sdShortDir(t *testing.T) string {
 // sdRepoFile is a path in the repository, from the tests directory.
 func sdRepoFile(rel string) string { return filepath.Join("..", rel) }
 
-// sdEnv is the test's environment without variables that would change
-// how klockd starts.
-func sdEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "KLOCK_") || strings.HasPrefix(kv, "LISTEN_") ||
-			strings.HasPrefix(kv, "NOTIFY_SOCKET=") || strings.HasPrefix(kv, "WATCHDOG_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env, extra...)
-}
-
 // sdProc is a process started by a test, with its combined output.
 type sdProc struct {
 	cmd  *exec.Cmd
@@ -106,6 +91,13 @@ func sdStart(t *testing.T, cmd *exec.Cmd) *sdProc {
 func (p *sdProc) stop(t *testing.T) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.exited(t)
+}
+
+// exited waits for p, already sent SIGTERM, and requires a clean exit. (A
+// second SIGTERM would end klockd at once, by design.)
+func (p *sdProc) exited(t *testing.T) {
+	t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(systemdWait):
@@ -159,16 +151,10 @@ func sdDial(t *testing.T, socket string) *clientlib.Client {
 	return c
 }
 
-func sdCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), systemdWait)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // sdAcquireHour registers agent and takes an hour-long MUTATES lease on path.
 func sdAcquireHour(t *testing.T, c *clientlib.Client, agent, path string) *clientlib.AcquireResult {
 	t.Helper()
-	ctx := sdCtx(t)
+	ctx := testCtx(t)
 	if err := c.RegisterAgent(ctx, agent, 1); err != nil {
 		t.Fatalf("register %s: %v", agent, err)
 	}
@@ -182,7 +168,7 @@ func sdAcquireHour(t *testing.T, c *clientlib.Client, agent, path string) *clien
 // sdRequireLease fails unless the daemon lists the lease with its fence.
 func sdRequireLease(t *testing.T, c *clientlib.Client, want *clientlib.AcquireResult) {
 	t.Helper()
-	leases, _, err := c.ListLeases(sdCtx(t), clientlib.LeaseFilter{})
+	leases, _, err := c.ListLeases(testCtx(t), clientlib.LeaseFilter{})
 	if err != nil {
 		t.Fatalf("ListLeases: %v", err)
 	}
@@ -221,7 +207,7 @@ func sdAnalyze(t *testing.T, tool string, user bool, args ...string) string {
 		args = append([]string{"--user"}, args...)
 	}
 	cmd := exec.Command(tool, args...)
-	cmd.Env = sdEnv("XDG_RUNTIME_DIR=" + t.TempDir()) // a user manager needs one
+	cmd.Env = testEnv("XDG_RUNTIME_DIR=" + t.TempDir()) // a user manager needs one
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("systemd-analyze %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -275,7 +261,7 @@ func TestSocketActivation(t *testing.T) {
 
 	start := func() *sdProc {
 		cmd := exec.Command(activate, "-l", socket, klockd, "run", "--socket", ownSocket, "--state-dir", state)
-		cmd.Env = sdEnv()
+		cmd.Env = testEnv()
 		p := sdStart(t, cmd)
 		waitFor(t, "systemd-socket-activate to listen", func() bool { return strings.Contains(p.out.String(), "Listening on") })
 		return p
@@ -340,7 +326,7 @@ func TestSocketHeldAcrossRestart(t *testing.T) {
 		// systemd does; the shell's exec keeps its pid.
 		cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`,
 			klockd, "run", "--socket", filepath.Join(dir, "own.sock"), "--state-dir", state)
-		cmd.Env = sdEnv("LISTEN_FDS=1")
+		cmd.Env = testEnv("LISTEN_FDS=1")
 		cmd.ExtraFiles = []*os.File{held} // fd 3
 		return sdStart(t, cmd)
 	}
@@ -370,7 +356,7 @@ func TestSocketHeldAcrossRestart(t *testing.T) {
 	}
 	sdRequireLease(t, sdDial(t, socket), lease)
 	// The client connected before the restart redials and keeps its lease.
-	if _, err := keeper.Heartbeat(sdCtx(t), lease.LeaseID, time.Hour); err != nil {
+	if _, err := keeper.Heartbeat(testCtx(t), lease.LeaseID, time.Hour); err != nil {
 		t.Errorf("heartbeat of the pre-restart lease through the reconnected client: %v", err)
 	}
 	second.stop(t)
@@ -401,7 +387,7 @@ func TestSdNotify(t *testing.T) {
 	}
 	defer notify.Close()
 	cmd := exec.Command(klockd, "run", "--socket", socket, "--state-dir", t.TempDir())
-	cmd.Env = sdEnv("NOTIFY_SOCKET="+notifyPath, "WATCHDOG_USEC=200000") // pings every 100ms
+	cmd.Env = testEnv("NOTIFY_SOCKET="+notifyPath, "WATCHDOG_USEC=200000") // pings every 100ms
 	p := sdStart(t, cmd)
 
 	// STATUS= or watchdog pings may come first; READY=1 must come, alone.
@@ -441,25 +427,16 @@ func TestSdNotify(t *testing.T) {
 			t.Fatalf("notification %q after SIGTERM; want STOPPING=1", msg)
 		}
 	}
-	p.stop(t)
+	p.exited(t)
 }
 
 // sdRun runs klockd with args and returns its stdout, stderr and exit code.
 func sdRun(t *testing.T, klockd string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(klockd, args...)
-	cmd.Env = sdEnv()
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("klockd %s: %v", strings.Join(args, " "), err)
-	}
-	return out.String(), errOut.String(), code
+	cmd.Env = testEnv()
+	r := runCmd(t, cmd)
+	return r.stdout, r.stderr, r.code
 }
 
 // systemdRunning reports whether systemd is the service manager here.
