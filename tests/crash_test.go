@@ -110,11 +110,12 @@ func crashRound(t *testing.T, d *harness.Daemon, model *crashModel, round int, r
 		if err != nil {
 			t.Fatalf("dial: %v", err)
 		}
+		seed := uint64(rng.Int64()) // drawn here: rng is not safe for concurrent use
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			err := crashClient(ctx, c, model, i, round, uint64(rng.Int64()), func() {
+			err := crashClient(ctx, c, model, i, round, seed, func() {
 				if acks.Add(1) == 64 {
 					warmOnce.Do(func() { close(warm) })
 				}
