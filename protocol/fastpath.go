@@ -89,14 +89,9 @@ func (c *CountResult) appendMsgpack(b []byte) []byte {
 // strings.
 
 func (r *reader) decodeStr(dst *string) error {
-	c, err := r.peek()
-	if err != nil {
-		return err
-	}
-	if c == 0xc0 { // nil leaves the zero value, as the library does
-		r.off++
+	if isNil, err := r.skipNil(); isNil || err != nil {
 		*dst = ""
-		return nil
+		return err
 	}
 	b, err := r.strBytes()
 	if err != nil {
@@ -107,16 +102,11 @@ func (r *reader) decodeStr(dst *string) error {
 }
 
 func (r *reader) decodeInt(dst *int64) error {
-	c, err := r.peek()
-	if err != nil {
+	if isNil, err := r.skipNil(); isNil || err != nil {
+		*dst = 0
 		return err
 	}
-	if c == 0xc0 {
-		r.off++
-		*dst = 0
-		return nil
-	}
-	if c >= 0xe0 || (c >= 0xd0 && c <= 0xd3) {
+	if c := r.b[r.off]; c >= 0xe0 || (c >= 0xd0 && c <= 0xd3) {
 		// Negative numbers are rare here: let the library read them exactly.
 		return r.viaLibrary(dst)
 	}
@@ -135,17 +125,24 @@ func (r *reader) decodeUint(dst *uint64) error {
 }
 
 func (r *reader) decodeBool(dst *bool) error {
-	c, err := r.peek()
-	if err != nil {
+	if isNil, err := r.skipNil(); isNil || err != nil {
+		*dst = false
 		return err
 	}
-	if c == 0xc0 {
-		r.off++
-		*dst = false
-		return nil
-	}
-	*dst, err = r.boolean()
+	v, err := r.boolean()
+	*dst = v
 	return err
+}
+
+// skipNil consumes a nil if one is next, reporting whether it did: a nil
+// leaves a field at its zero value, as the library does.
+func (r *reader) skipNil() (bool, error) {
+	c, err := r.peek()
+	if err != nil || c != 0xc0 {
+		return false, err
+	}
+	r.off++
+	return true, nil
 }
 
 // viaLibrary decodes the next value into dst with the msgpack library.

@@ -99,17 +99,24 @@ func (s *Server) acquire(c *conn, id uint64, a *protocol.Args, many bool) {
 	}
 }
 
+// endLease runs an engine call that may end a lease (release, revoke)
+// under the lock, journals it, answers the wake-ups it causes and re-arms
+// the expiry timer.
+func (s *Server) endLease(c *conn, end func(now int64) (bool, []engine.Wakeup, error)) (bool, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.nowMS()
+	ok, wakes, err := end(now)
+	seq := s.journalLocked()
+	s.wakeLocked(wakes, seq, c)
+	s.armLocked(now)
+	return ok, seq, err
+}
+
 func (s *Server) release(c *conn, id uint64, a *protocol.Args) {
-	ok, seq, err := func() (bool, uint64, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		now := s.nowMS()
-		ok, wakes, err := s.eng.Release(now, c.caller, a.LeaseID)
-		seq := s.journalLocked()
-		s.wakeLocked(wakes, seq, c)
-		s.armLocked(now)
-		return ok, seq, err
-	}()
+	ok, seq, err := s.endLease(c, func(now int64) (bool, []engine.Wakeup, error) {
+		return s.eng.Release(now, c.caller, a.LeaseID)
+	})
 	if err != nil {
 		c.answerErr(id, err, seq)
 		return
@@ -243,16 +250,9 @@ func clampLimit(n int64) int {
 }
 
 func (s *Server) revoke(c *conn, id uint64, a *protocol.Args) {
-	ok, seq, err := func() (bool, uint64, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		now := s.nowMS()
-		ok, wakes, err := s.eng.Revoke(now, c.caller, a.LeaseID)
-		seq := s.journalLocked()
-		s.wakeLocked(wakes, seq, c)
-		s.armLocked(now)
-		return ok, seq, err
-	}()
+	ok, seq, err := s.endLease(c, func(now int64) (bool, []engine.Wakeup, error) {
+		return s.eng.Revoke(now, c.caller, a.LeaseID)
+	})
 	if err != nil {
 		c.answerErr(id, err, seq)
 		return
