@@ -68,7 +68,7 @@ func main() {
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("klock-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir)")
+	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir), klock-conn-everysec (both)")
 	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated")
 	workers := fs.String("w", "1,8,64", "worker counts, comma separated")
 	cfg := config{args: args}
@@ -313,6 +313,9 @@ var backendMakers = map[string]func(context.Context, *runEnv) (Backend, error){
 	},
 	"klock-everysec": func(ctx context.Context, e *runEnv) (Backend, error) {
 		return newKlockBackend(ctx, e, "klock-everysec", false, "everysec")
+	},
+	"klock-conn-everysec": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockBackend(ctx, e, "klock-conn-everysec", true, "everysec")
 	},
 	"klock-always": func(ctx context.Context, e *runEnv) (Backend, error) {
 		return newKlockBackend(ctx, e, "klock-always", false, "always")

@@ -226,9 +226,11 @@ func (r *Results) summarize(cfg config) {
 			add(k, fmt.Sprintf("W=%d: throughput with %d leases held >= 0.9 x uncontended", w, r.Leases), x, atLeast(x, 0.9))
 		}
 	}
-	if slices.Contains(r.order, "klock-everysec") {
-		x := ratio("klock-everysec", "klock", Uncontended, Uncontended, 64, thr)
-		add("klock-everysec", "W=64 uncontended: durable everysec >= 0.8 x in-memory", x, atLeast(x, 0.8))
+	for _, pair := range [][2]string{{"klock-everysec", "klock"}, {"klock-conn-everysec", "klock-conn"}} {
+		if slices.Contains(r.order, pair[0]) {
+			x := ratio(pair[0], pair[1], Uncontended, Uncontended, 64, thr)
+			add(pair[0], "W=64 uncontended: durable everysec >= 0.8 x in-memory", x, atLeast(x, 0.8))
+		}
 	}
 }
 
@@ -239,7 +241,7 @@ func (r *Results) redisPeer(b string) string {
 	switch b {
 	case "redis", "redis-aof":
 		return ""
-	case "klock-never", "klock-everysec", "klock-always":
+	case "klock-never", "klock-everysec", "klock-always", "klock-conn-everysec":
 		if slices.Contains(r.order, "redis-aof") {
 			return "redis-aof"
 		}
