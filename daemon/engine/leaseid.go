@@ -31,32 +31,32 @@ func parseLeaseKey(s string) (k leaseKey, ok bool) {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return k, false
 	}
-	j := 0
-	for i := 0; i < 36; {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i++
-			continue
-		}
-		hi, lo := unhex(s[i]), unhex(s[i+1])
-		if hi > 15 || lo > 15 {
-			return k, false
-		}
-		k[j] = hi<<4 | lo
-		j++
-		i += 2
+	var bad byte
+	for j, i := range hexPairs {
+		hi, lo := hexValue[s[i]], hexValue[s[i+1]]
+		bad |= hi | lo
+		k[j] = hi<<4 | lo&0x0f
 	}
-	return k, true
+	return k, bad&0xf0 == 0
 }
 
-func unhex(c byte) byte {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0'
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10
+// hexPairs are the offsets of the 16 byte pairs in a canonical UUID text.
+var hexPairs = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// hexValue maps a lower-case hex digit to its value and any other byte to
+// 0xff, so one OR over all digits tells whether one was bad.
+var hexValue = func() (t [256]byte) {
+	for c := range t {
+		t[c] = 0xff
 	}
-	return 255
-}
+	for c := byte('0'); c <= '9'; c++ {
+		t[c] = c - '0'
+	}
+	for c := byte('a'); c <= 'f'; c++ {
+		t[c] = c - 'a' + 10
+	}
+	return t
+}()
 
 // lookup returns the lease with the given id text, or nil.
 func (e *Engine) lookup(id string) *lease {
