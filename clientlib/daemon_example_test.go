@@ -27,6 +27,7 @@ func startKlockd() (stop func()) {
 		if err != nil {
 			log.Fatal(err)
 		}
+		clientlib.AtTestExit = append(clientlib.AtTestExit, func() { os.RemoveAll(dir) })
 		klockdBin = filepath.Join(dir, "klockd")
 		cmd := exec.Command("go", "build", "-o", klockdBin, "../cmd/klockd")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -54,6 +54,14 @@ func build(name string) error {
 	return nil
 }
 
+// RemoveBinaries deletes the directory the binaries were built into. Call it
+// from TestMain once every test has run.
+func RemoveBinaries() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+}
+
 // Klockd builds ./cmd/klockd once per test process and returns its path.
 func Klockd(tb testing.TB) string {
 	tb.Helper()
