@@ -154,10 +154,8 @@ func (e *Engine) decide(now int64, a *agent, session string, prio int64, targets
 			worst = v
 		}
 	}
-	if len(e.ended) > 0 && worst.reason != protocol.ReasonResourceLocked {
-		if _, ok := e.ended[SessionRef{AgentID: a.id, SessionID: session}]; ok {
-			worst = verdict{reason: protocol.ReasonSessionExpired}
-		}
+	if worst.reason != protocol.ReasonResourceLocked && a.ended.has(session) {
+		worst = verdict{reason: protocol.ReasonSessionExpired}
 	}
 	worst.maxExpiry = maxExp
 	return worst

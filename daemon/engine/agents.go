@@ -99,7 +99,9 @@ func (e *Engine) applyUnregister(r *Record) bool {
 		return false
 	}
 	e.registered--
-	e.forgetSessions(a.id)
+	// A later agent with the same id starts afresh, even when this struct
+	// is kept as a leftover and registered again.
+	a.ended = endedSessions{}
 	if len(a.leases) > 0 {
 		// Expired leases not removed yet still point at the agent.
 		a.unregistered = true
@@ -107,16 +109,6 @@ func (e *Engine) applyUnregister(r *Record) bool {
 	}
 	delete(e.agents, a.id)
 	return true
-}
-
-// forgetSessions drops the ended-session marks of an agent that goes away,
-// so a later agent with the same id starts afresh.
-func (e *Engine) forgetSessions(agentID string) {
-	for ref := range e.ended {
-		if ref.AgentID == agentID {
-			delete(e.ended, ref)
-		}
-	}
 }
 
 // dropLeftover removes an unregistered agent once its last lease is gone.

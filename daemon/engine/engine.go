@@ -16,7 +16,6 @@ type Engine struct {
 	idle       []*resource          // parked idle resources, oldest first
 	keyBuf     []byte               // scratch for building resource keys
 	freeLeases []*lease             // removed lease structs for reuse
-	ended      map[SessionRef]struct{}
 
 	leaseDeadlines  leaseHeap
 	waiterDeadlines waiterHeap
@@ -48,6 +47,7 @@ type agent struct {
 	leases  []*lease  // present leases (expired ones too, until removed)
 	waiters []*waiter // queued requests
 	idem    map[string]*idemEntry
+	ended   endedSessions // the last maxEndedSessions sessions ended
 }
 
 // lease is a lease with its places in the indexes.
@@ -96,7 +96,6 @@ func New(cfg Config) *Engine {
 		cfg:       cfg,
 		agents:    make(map[string]*agent),
 		resources: make(map[string]*resource),
-		ended:     make(map[SessionRef]struct{}),
 		waiters:   make(map[WaiterID]*waiter),
 	}
 }

@@ -101,7 +101,7 @@ func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int
 	if !mayActFor(c, a) {
 		return 0, nil, permissionDenied(c, "end sessions of agent "+quote(agentID)+", which belongs to another uid")
 	}
-	if _, done := e.ended[SessionRef{AgentID: agentID, SessionID: sessionID}]; done {
+	if a.ended.has(sessionID) {
 		return 0, nil, nil
 	}
 	var wake []Wakeup

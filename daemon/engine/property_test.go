@@ -220,6 +220,9 @@ func (m *model) check() {
 	n := 0
 	for _, a := range e.agents {
 		n += len(a.leases)
+		require.Len(m.t, a.ended.set, len(a.ended.order))
+		require.LessOrEqual(m.t, len(a.ended.order), maxEndedSessions)
+		a.ended.each(func(s string) { require.True(m.t, a.ended.has(s)) })
 	}
 	require.Equal(m.t, e.leases.len(), n)
 	require.Equal(m.t, e.leases.len(), len(e.leaseDeadlines))

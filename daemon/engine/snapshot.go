@@ -13,8 +13,8 @@ const StateVersion = 1
 
 // State is the engine's whole durable state, as saved by Snapshot and
 // loaded by Restore. Queued requests are not part of it: they belong to
-// connections, which do not survive a restart. Slices are sorted so that
-// equal states compare equal.
+// connections, which do not survive a restart. Slices are in a fixed order
+// (sorted, except Ended: see there) so that equal states compare equal.
 type State struct {
 	// Version is StateVersion when written.
 	Version int `msgpack:"v"`
@@ -30,7 +30,12 @@ type State struct {
 	Leases []LeaseState `msgpack:"l"`
 	// Frozen are the frozen resource keys, sorted.
 	Frozen []string `msgpack:"z"`
-	// Ended are the ended sessions, sorted by agent then session.
+	// Ended are the ended sessions the agents remember (at most
+	// maxEndedSessions each), grouped by agent in the order of Agents and,
+	// within an agent, in the order they were ended, oldest first: Restore
+	// remembers them in list order, so the restored engine forgets the same
+	// session next. States written before this order (sorted by session
+	// within an agent) restore with that order instead.
 	Ended []SessionRef `msgpack:"e"`
 }
 
@@ -84,15 +89,11 @@ func (e *Engine) Snapshot() *State {
 		}
 	}
 	slices.Sort(s.Frozen)
-	for ref := range e.ended {
-		s.Ended = append(s.Ended, ref)
+	for _, as := range s.Agents {
+		e.agents[as.ID].ended.each(func(session string) {
+			s.Ended = append(s.Ended, SessionRef{AgentID: as.ID, SessionID: session})
+		})
 	}
-	slices.SortFunc(s.Ended, func(x, y SessionRef) int {
-		if c := strings.Compare(x.AgentID, y.AgentID); c != 0 {
-			return c
-		}
-		return strings.Compare(x.SessionID, y.SessionID)
-	})
 	return s
 }
 
@@ -152,8 +153,14 @@ func (e *Engine) restore(s *State) *Error {
 	for _, key := range s.Frozen {
 		e.resourceFor(key).frozen = true
 	}
+	// In list order, so that each agent forgets its oldest first; a list
+	// longer than maxEndedSessions (an older state) keeps the newest. A
+	// session of an agent the state does not list is not kept: an agent of
+	// that id registered later starts afresh.
 	for _, ref := range s.Ended {
-		e.ended[ref] = struct{}{}
+		if a := e.agents[ref.AgentID]; a != nil {
+			a.ended.add(ref.SessionID)
+		}
 	}
 	// Leftover agents whose leases are all gone are not kept.
 	for _, a := range e.agents {

@@ -157,8 +157,8 @@ func (e *Engine) bindIdem(a *agent, key string, ls []*lease) {
 	a.idem[key] = en
 }
 
-// endSession removes the session's leases and marks it ended; it returns
-// how many of them were active.
+// endSession removes the session's leases and marks it ended (see
+// endedSessions.add); it returns how many of them were active.
 func (e *Engine) endSession(now int64, a *agent, session string) int {
 	n := 0
 	for i := 0; i < len(a.leases); {
@@ -171,6 +171,6 @@ func (e *Engine) endSession(now int64, a *agent, session string) int {
 		}
 		i++
 	}
-	e.ended[SessionRef{AgentID: a.id, SessionID: session}] = struct{}{}
+	a.ended.add(session)
 	return n
 }
