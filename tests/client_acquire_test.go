@@ -9,25 +9,13 @@ import (
 	"time"
 
 	"github.com/klockd/klock/clientlib"
-	"github.com/klockd/klock/tests/harness"
+	"github.com/klockd/klock/protocol"
 )
-
-func registerAll(t *testing.T, c *clientlib.Client, agents map[string]int64) {
-	t.Helper()
-	for id, pri := range agents {
-		if err := c.RegisterAgent(clCtx(t), id, pri); err != nil {
-			t.Fatalf("RegisterAgent(%s, %d) = %v", id, pri, err)
-		}
-	}
-}
 
 // TestClientLeaseLostOnRevoke: a kept lease revoked by an operator is
 // reported on Lost at its next renewal, with ErrNotFound.
 func TestClientLeaseLostOnRevoke(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"a": 1})
+	_, c, ctx := startClient(t, map[string]int64{"a": 1})
 	l, err := c.Acquire(ctx, clientlib.AcquireRequest{
 		AgentID: "a", SessionID: "s", Intents: fileIntent("/r", "MUTATES"), TTL: 600 * time.Millisecond,
 	})
@@ -51,10 +39,7 @@ func TestClientLeaseLostOnRevoke(t *testing.T) {
 // waits in the daemon and is granted by the junior's release (the junior's
 // TTL is a minute, so nothing else could grant it).
 func TestClientAcquireWaitsInDaemon(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"senior": 100, "junior": 200})
+	_, c, ctx := startClient(t, map[string]int64{"senior": 100, "junior": 200})
 	jr, err := c.AcquireLease(ctx, "junior", "j", "FILE", "/db.ts", "MUTATES", time.Minute)
 	if err != nil || !jr.Success {
 		t.Fatalf("junior AcquireLease = %+v, %v", jr, err)
@@ -69,9 +54,8 @@ func TestClientAcquireWaitsInDaemon(t *testing.T) {
 		}
 		got <- l
 	}()
-	clEventually(t, "the senior to wait in the daemon", func() bool {
-		st, err := c.Stats(ctx)
-		return err == nil && st.Waiters == 1
+	waitForStats(t, ctx, c, "the senior to wait in the daemon", func(st *protocol.StatsResult) bool {
+		return st.Waiters == 1
 	})
 	if ok, err := c.ReleaseLease(ctx, jr.LeaseID); err != nil || !ok {
 		t.Fatalf("junior ReleaseLease = %v, %v", ok, err)
@@ -91,10 +75,7 @@ func TestClientAcquireWaitsInDaemon(t *testing.T) {
 // TestClientAcquireRetriesDie: a junior's Acquire on a senior's lease is
 // told DIE, retries after wait_time, and is granted once the senior releases.
 func TestClientAcquireRetriesDie(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"senior": 100, "junior": 200})
+	_, c, ctx := startClient(t, map[string]int64{"senior": 100, "junior": 200})
 	sr, err := c.AcquireLease(ctx, "senior", "s", "FILE", "/a", "MUTATES", time.Minute)
 	if err != nil || !sr.Success {
 		t.Fatalf("senior AcquireLease = %+v, %v", sr, err)
@@ -109,9 +90,8 @@ func TestClientAcquireRetriesDie(t *testing.T) {
 		}
 		got <- err
 	}()
-	clEventually(t, "the junior to be told DIE", func() bool {
-		st, err := c.Stats(ctx)
-		return err == nil && st.Dies >= 1
+	waitForStats(t, ctx, c, "the junior to be told DIE", func(st *protocol.StatsResult) bool {
+		return st.Dies >= 1
 	})
 	if _, err := c.ReleaseLease(ctx, sr.LeaseID); err != nil {
 		t.Fatal(err)
@@ -124,10 +104,7 @@ func TestClientAcquireRetriesDie(t *testing.T) {
 // TestClientAcquireDeadline: Acquire gives up when its context ends,
 // reporting the last denial, and leaves no lease behind.
 func TestClientAcquireDeadline(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"senior": 100, "junior": 200})
+	_, c, ctx := startClient(t, map[string]int64{"senior": 100, "junior": 200})
 	if r, err := c.AcquireLease(ctx, "senior", "s", "FILE", "/a", "MUTATES", time.Minute); err != nil || !r.Success {
 		t.Fatal(r, err)
 	}
@@ -155,19 +132,15 @@ func TestClientAcquireDeadline(t *testing.T) {
 				tc.agent, tc.path, err, tc.reason)
 		}
 	}
-	clEventually(t, "no lease or waiter left behind", func() bool {
-		st, err := c.Stats(ctx)
-		return err == nil && st.Leases == 2 && st.Waiters == 0
+	waitForStats(t, ctx, c, "no lease or waiter left behind", func(st *protocol.StatsResult) bool {
+		return st.Leases == 2 && st.Waiters == 0
 	})
 }
 
 // TestClientAcquireSessionExpired: Acquire in an ended session fails at once
 // with a SESSION_EXPIRED denial.
 func TestClientAcquireSessionExpired(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"a": 1})
+	_, c, ctx := startClient(t, map[string]int64{"a": 1})
 	if _, err := c.EndSession(ctx, "a", "s"); err != nil {
 		t.Fatal(err)
 	}
@@ -184,10 +157,7 @@ func TestClientAcquireSessionExpired(t *testing.T) {
 // whose caller gave up is granted later; the client releases that grant at
 // once instead of leaving it held until its TTL.
 func TestClientCancelledWaitReleasesLateGrant(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"senior": 100, "junior": 200})
+	_, c, ctx := startClient(t, map[string]int64{"senior": 100, "junior": 200})
 	jr, err := c.AcquireLease(ctx, "junior", "j", "FILE", "/a", "MUTATES", time.Minute)
 	if err != nil || !jr.Success {
 		t.Fatal(jr, err)
@@ -201,9 +171,8 @@ func TestClientCancelledWaitReleasesLateGrant(t *testing.T) {
 		})
 		done <- err
 	}()
-	clEventually(t, "the senior to wait in the daemon", func() bool {
-		st, err := c.Stats(ctx)
-		return err == nil && st.Waiters == 1
+	waitForStats(t, ctx, c, "the senior to wait in the daemon", func(st *protocol.StatsResult) bool {
+		return st.Waiters == 1
 	})
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
@@ -212,19 +181,15 @@ func TestClientCancelledWaitReleasesLateGrant(t *testing.T) {
 	if _, err := c.ReleaseLease(ctx, jr.LeaseID); err != nil {
 		t.Fatal(err)
 	}
-	clEventually(t, "the late grant to be released", func() bool {
-		st, err := c.Stats(ctx)
-		return err == nil && st.Grants == 2 && st.Leases == 0
+	waitForStats(t, ctx, c, "the late grant to be released", func(st *protocol.StatsResult) bool {
+		return st.Grants == 2 && st.Leases == 0
 	})
 }
 
 // TestClientTypedErrors: refusals come back as *clientlib.Error matching the
 // sentinels.
 func TestClientTypedErrors(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	registerAll(t, c, map[string]int64{"a": 1})
+	_, c, ctx := startClient(t, map[string]int64{"a": 1})
 	_, errBadPredicate := c.AcquireLease(ctx, "a", "s", "FILE", "/x", "EATS", time.Minute)
 	_, errUnknown := c.AcquireLease(ctx, "ghost", "s", "FILE", "/x", "MUTATES", time.Minute)
 	_, errNotFound := c.Heartbeat(ctx, "00000000-0000-0000-0000-000000000000", 0)
@@ -252,15 +217,12 @@ func TestClientTypedErrors(t *testing.T) {
 // TestClientManyGoroutines: 100 goroutines share one client, each taking,
 // renewing and releasing its own leases; every answer reaches its caller.
 func TestClientManyGoroutines(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
 	const goroutines, rounds = 100, 20
 	agents := map[string]int64{}
 	for g := range goroutines {
 		agents[fmt.Sprintf("g%d", g)] = int64(g + 1)
 	}
-	registerAll(t, c, agents)
+	_, c, ctx := startClient(t, agents)
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Add(1)

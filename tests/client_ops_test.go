@@ -7,15 +7,12 @@ import (
 
 	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/protocol"
-	"github.com/klockd/klock/tests/harness"
 )
 
 // TestClientEveryOp drives every operation through clientlib against klockd
 // and checks the typed results.
 func TestClientEveryOp(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
+	d, c, ctx := startClient(t, nil)
 
 	h, err := c.Hello(ctx)
 	if err != nil || h.Protocol != protocol.Version || h.PID != d.Cmd.Process.Pid || h.MaxFrame != protocol.DefaultMaxFrame {

@@ -110,7 +110,7 @@ func (p *cutProxy) take() (ids []string, conns int) {
 func TestClientResentAcquireReturnsSameLease(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	p := startCutProxy(t, d.Socket)
-	ctx := clCtx(t)
+	ctx := testCtx(t)
 	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: p.path})
 	if err != nil {
 		t.Fatal(err)

@@ -10,32 +10,9 @@ import (
 	"time"
 
 	"github.com/klockd/klock/clientlib"
+	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
 )
-
-// clCtx returns a context bounded for one test.
-func clCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// clEventually polls cond until it holds, failing the test after 20 s. It
-// waits on a condition, not on time: the poll interval only bounds latency.
-func clEventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func fileIntent(path, predicate string) []clientlib.Intent {
-	return []clientlib.Intent{{ResourceType: "FILE", ResourcePath: path, Predicate: predicate}}
-}
 
 // TestClientRidesThroughRestart stops klockd (SIGKILL, or SIGTERM as a
 // service restart does) while 16 goroutines have requests in flight on one
@@ -52,7 +29,7 @@ func TestClientRidesThroughRestart(t *testing.T) {
 func ridesThroughRestart(t *testing.T, kill bool) {
 	d := harness.Start(t, harness.Options{})
 	c := d.Client(t)
-	ctx := clCtx(t)
+	ctx := testCtx(t)
 
 	const workers = 16
 	for _, a := range []struct {
@@ -93,9 +70,8 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 		})
 		parked <- acquired{l, err}
 	}()
-	clEventually(t, "the senior's Acquire to wait in the daemon", func() bool {
-		st, err := c.Stats(ctx)
-		return err == nil && st.Waiters == 1
+	waitForStats(t, ctx, c, "the senior's Acquire to wait in the daemon", func(st *protocol.StatsResult) bool {
+		return st.Waiters == 1
 	})
 
 	// Workers: acquire and release their own resource in a loop; fences
@@ -136,7 +112,7 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 			}
 		}()
 	}
-	clEventually(t, "200 rounds before the kill", func() bool { return rounds.Load() >= 200 })
+	waitFor(t, "200 rounds before the kill", func() bool { return rounds.Load() >= 200 })
 	if kill {
 		d.Kill(t)
 	} else {
@@ -145,7 +121,7 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 	restarted := time.Now()
 	before := rounds.Load()
 	d.Restart(t)
-	clEventually(t, "200 rounds after the restart", func() bool { return rounds.Load() >= before+200 || len(errs) > 0 })
+	waitFor(t, "200 rounds after the restart", func() bool { return rounds.Load() >= before+200 || len(errs) > 0 })
 	close(stop)
 	wg.Wait()
 	close(errs)
@@ -160,7 +136,7 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 	if p.lease.Resource() != "FILE:/contended" || p.lease.Fence() <= heldFence {
 		t.Errorf("parked Acquire got %s fence %d; want FILE:/contended above fence %d", p.lease.Resource(), p.lease.Fence(), heldFence)
 	}
-	clEventually(t, "the kept lease to be renewed after the restart", func() bool {
+	waitFor(t, "the kept lease to be renewed after the restart", func() bool {
 		return held.ExpiresAt().After(restarted.Add(4 * time.Second))
 	})
 	if err := held.Err(); err != nil {
@@ -195,12 +171,7 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 // TestClientLeaseLostWhileDaemonDown kills klockd for longer than a kept
 // lease's TTL: Lost fires and Err says the lease could not be renewed.
 func TestClientLeaseLostWhileDaemonDown(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := clCtx(t)
-	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
-		t.Fatal(err)
-	}
+	d, c, ctx := startClient(t, map[string]int64{"a": 1})
 	l, err := c.Acquire(ctx, clientlib.AcquireRequest{
 		AgentID: "a", SessionID: "s", Intents: fileIntent("/x", "MUTATES"), TTL: 300 * time.Millisecond,
 	})

@@ -3,16 +3,12 @@ package tests
 import (
 	"testing"
 	"time"
-
-	"github.com/klockd/klock/tests/harness"
 )
 
 // TestSeedCompleteExample replays the seed SDK's "Complete Example" over
 // the socket through clientlib.
 func TestSeedCompleteExample(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := testCtx(t)
+	_, c, ctx := startClient(t, nil)
 
 	if err := c.RegisterAgent(ctx, "agent-senior", 100); err != nil {
 		t.Fatalf("RegisterAgent(agent-senior) = %v", err)
@@ -61,9 +57,7 @@ func TestSeedCompleteExample(t *testing.T) {
 // with a short ttl: the junior dies while the senior holds the file, and
 // succeeds once the senior's lease has expired.
 func TestSeedWaitDieExample(t *testing.T) {
-	d := harness.Start(t, harness.Options{StateDir: "none"})
-	c := d.Client(t)
-	ctx := testCtx(t)
+	_, c, ctx := startClient(t, nil)
 
 	for _, a := range []struct {
 		id  string

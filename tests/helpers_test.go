@@ -1,7 +1,8 @@
 package tests
 
 // Helpers shared by the end-to-end tests: waiting on conditions, bounded
-// contexts, running processes, and building raw protocol requests.
+// contexts, running processes, building raw protocol requests, and starting
+// a daemon for the clientlib tests.
 
 import (
 	"bytes"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
 )
@@ -186,4 +188,34 @@ func waiters(t *testing.T, r *harness.Raw, id uint64) int {
 	var st protocol.StatsResult
 	mustOK(t, "stats", r.Call(id, protocol.OpStats, nil), &st)
 	return st.Waiters
+}
+
+// startClient starts klockd in memory, registers agents (id → priority)
+// and returns the daemon, a client to it and a context bounded for the test.
+func startClient(t *testing.T, agents map[string]int64) (*harness.Daemon, *clientlib.Client, context.Context) {
+	t.Helper()
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	c := d.Client(t)
+	ctx := testCtx(t)
+	for id, pri := range agents {
+		if err := c.RegisterAgent(ctx, id, pri); err != nil {
+			t.Fatalf("RegisterAgent(%s, %d) = %v", id, pri, err)
+		}
+	}
+	return d, c, ctx
+}
+
+// waitForStats waits, as waitFor does, until the daemon's stats asked
+// through c satisfy cond.
+func waitForStats(t *testing.T, ctx context.Context, c *clientlib.Client, what string, cond func(*protocol.StatsResult) bool) {
+	t.Helper()
+	waitFor(t, what, func() bool {
+		st, err := c.Stats(ctx)
+		return err == nil && cond(st)
+	})
+}
+
+// fileIntent is one intent on FILE:path.
+func fileIntent(path, predicate string) []clientlib.Intent {
+	return []clientlib.Intent{{ResourceType: "FILE", ResourcePath: path, Predicate: predicate}}
 }
