@@ -48,12 +48,7 @@ func (c *Client) pendingCount() int {
 
 func TestPipeliningManyGoroutines(t *testing.T) {
 	f := newFakeDaemon(t)
-	// Answer every request from its own goroutine, so answers come back out
-	// of order and interleaved.
-	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
-		go reply(f.handle(req))
-		return true
-	})
+	f.answerConcurrently()
 	c := dialFake(t, f, Options{})
 	ctx := testCtx(t)
 	const goroutines, calls = 100, 50
@@ -90,24 +85,8 @@ func TestPipeliningManyGoroutines(t *testing.T) {
 	}
 }
 
-// blockingHook withholds the answer to end_session requests whose session
-// starts with "block", handing their reply functions to held.
-func blockingHook(f *fakeDaemon, held chan<- func()) hookFunc {
-	return func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
-		if !strings.HasPrefix(req.Args.SessionID, "block") {
-			return false
-		}
-		res, perr := f.handle(req)
-		held <- func() { reply(res, perr) }
-		return true
-	}
-}
-
 func TestCancelWhileReading(t *testing.T) {
-	f := newFakeDaemon(t)
-	held := make(chan func(), 10)
-	f.setHook(blockingHook(f, held))
-	c := dialFake(t, f, Options{})
+	_, c, held := blockingFake(t, Options{})
 
 	// The only call in flight reads the socket itself; cancelling it must
 	// interrupt that read.
@@ -133,10 +112,7 @@ func TestCancelWhileReading(t *testing.T) {
 }
 
 func TestCancelHandsReaderRoleOver(t *testing.T) {
-	f := newFakeDaemon(t)
-	held := make(chan func(), 10)
-	f.setHook(blockingHook(f, held))
-	c := dialFake(t, f, Options{})
+	_, c, held := blockingFake(t, Options{})
 
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	err1 := make(chan error, 1)
@@ -167,10 +143,7 @@ func TestCancelHandsReaderRoleOver(t *testing.T) {
 }
 
 func TestDeadlineWhileQueued(t *testing.T) {
-	f := newFakeDaemon(t)
-	held := make(chan func(), 10)
-	f.setHook(blockingHook(f, held))
-	c := dialFake(t, f, Options{})
+	_, c, held := blockingFake(t, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -194,10 +167,7 @@ func TestDeadlineWhileQueued(t *testing.T) {
 }
 
 func TestCloseFailsCallsInFlight(t *testing.T) {
-	f := newFakeDaemon(t)
-	held := make(chan func(), 10)
-	f.setHook(blockingHook(f, held))
-	c := dialFake(t, f, Options{})
+	_, c, held := blockingFake(t, Options{})
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.EndSession(testCtx(t), "a", "block")
@@ -314,10 +284,6 @@ func TestNoDaemonDependency(t *testing.T) {
 	}
 }
 
-// TestReconnectUnderLoad restarts the daemon ten times while 32 goroutines
-// keep calling: every call returns its own answer and no error.
-// TestShuttingDownIsResent: a request refused with SHUTTING_DOWN by a
-// stopping daemon is resent to the next one instead of failing.
 func TestDialErrorMessages(t *testing.T) {
 	for _, tc := range []struct {
 		errno syscall.Errno
@@ -417,10 +383,3 @@ func TestOneCallerReadsItsOwnAnswers(t *testing.T) {
 		t.Errorf("%d goroutines after 1000 sequential calls, %d before; want none started", g, goroutines)
 	}
 }
-
-// TestChaos mixes everything at once: 32 goroutines calling with contexts
-// cancelled at random points, answers out of order, and daemon restarts.
-// Every call must return its own answer or its context's error, and the
-// client must end with nothing pending.
-// TestGaveUpWhileDaemonDown: a call whose context ends while the daemon is
-// gone says both: the context's error and that the daemon is unreachable.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -48,6 +49,33 @@ func (f *fakeDaemon) setHook(h hookFunc) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hook = h
+}
+
+// answerConcurrently makes f answer every request from its own goroutine,
+// so answers come back out of order and interleaved.
+func (f *fakeDaemon) answerConcurrently() {
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		go reply(f.handle(req))
+		return true
+	})
+}
+
+// blockingFake starts a fake daemon that withholds its answers to
+// end_session requests whose session starts with "block", handing their
+// reply functions to held, and dials it with opts.
+func blockingFake(t *testing.T, opts Options) (f *fakeDaemon, c *Client, held <-chan func()) {
+	t.Helper()
+	f = newFakeDaemon(t)
+	replies := make(chan func(), 100)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if !strings.HasPrefix(req.Args.SessionID, "block") {
+			return false
+		}
+		res, perr := f.handle(req)
+		replies <- func() { reply(res, perr) }
+		return true
+	})
+	return f, dialFake(t, f, opts), replies
 }
 
 type fakeLease struct {
@@ -106,6 +134,14 @@ func (f *fakeDaemon) restart() {
 	f.stop()
 	os.Remove(f.path)
 	f.start()
+}
+
+// waitForEndSessions blocks until f has seen n more end_session requests
+// than when it was called.
+func (f *fakeDaemon) waitForEndSessions(what string, n int) {
+	f.tb.Helper()
+	before := f.count(protocol.OpEndSession)
+	f.waitFor(what, func() bool { return f.ops[protocol.OpEndSession] >= before+n })
 }
 
 // waitFor blocks until cond (evaluated under f.mu) holds, or fails the test
@@ -267,20 +303,16 @@ func (f *fakeDaemon) handle(req *protocol.Request) (any, *protocol.Error) {
 			f.idem[a.AgentID+"\x00"+a.Idem] = l.id
 		}
 		return l.grant(), nil
-	case protocol.OpRelease:
+	case protocol.OpRelease, protocol.OpRevoke:
 		l, ok := f.leases[a.LeaseID]
 		if ok {
 			delete(f.leases, l.id)
 			delete(f.byRes, l.resource)
+		}
+		if req.Op == protocol.OpRevoke {
+			return protocol.RevokeResult{Revoked: ok}, nil
 		}
 		return protocol.ReleaseResult{Released: ok}, nil
-	case protocol.OpRevoke:
-		l, ok := f.leases[a.LeaseID]
-		if ok {
-			delete(f.leases, l.id)
-			delete(f.byRes, l.resource)
-		}
-		return protocol.RevokeResult{Revoked: ok}, nil
 	case protocol.OpHeartbeat:
 		l, ok := f.leases[a.LeaseID]
 		if !ok || l.expires <= now {

@@ -13,10 +13,7 @@ import (
 )
 
 func TestNoReconnect(t *testing.T) {
-	f := newFakeDaemon(t)
-	held := make(chan func(), 10)
-	f.setHook(blockingHook(f, held))
-	c := dialFake(t, f, Options{NoReconnect: true})
+	f, c, held := blockingFake(t, Options{NoReconnect: true})
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.EndSession(testCtx(t), "a", "block")
@@ -33,10 +30,7 @@ func TestNoReconnect(t *testing.T) {
 }
 
 func TestReconnectResendsInFlight(t *testing.T) {
-	f := newFakeDaemon(t)
-	held := make(chan func(), 100)
-	f.setHook(blockingHook(f, held))
-	c := dialFake(t, f, Options{ClientName: "reconnect-test"})
+	f, c, held := blockingFake(t, Options{ClientName: "reconnect-test"})
 	ctx := testCtx(t)
 	const n = 20
 	var wg sync.WaitGroup
@@ -85,12 +79,11 @@ func TestReconnectAfterIdleBreak(t *testing.T) {
 	}
 }
 
+// TestReconnectUnderLoad restarts the daemon ten times while 32 goroutines
+// keep calling: every call returns its own answer and no error.
 func TestReconnectUnderLoad(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
-		go reply(f.handle(req))
-		return true
-	})
+	f.answerConcurrently()
 	c := dialFake(t, f, Options{})
 	ctx := testCtx(t)
 	stop := make(chan struct{})
@@ -119,12 +112,10 @@ func TestReconnectUnderLoad(t *testing.T) {
 		}()
 	}
 	for range 10 {
-		before := f.count(protocol.OpEndSession)
-		f.waitFor("traffic", func() bool { return f.ops[protocol.OpEndSession] >= before+100 })
+		f.waitForEndSessions("traffic", 100)
 		f.restart()
 	}
-	before := f.count(protocol.OpEndSession)
-	f.waitFor("traffic after the last restart", func() bool { return f.ops[protocol.OpEndSession] >= before+100 })
+	f.waitForEndSessions("traffic after the last restart", 100)
 	close(stop)
 	wg.Wait()
 	if n := c.pendingCount(); n != 0 {
@@ -132,6 +123,8 @@ func TestReconnectUnderLoad(t *testing.T) {
 	}
 }
 
+// TestShuttingDownIsResent: a request refused with SHUTTING_DOWN by a
+// stopping daemon is resent to the next one instead of failing.
 func TestShuttingDownIsResent(t *testing.T) {
 	f := newFakeDaemon(t)
 	refused := make(chan struct{}, 1)
@@ -157,12 +150,13 @@ func TestShuttingDownIsResent(t *testing.T) {
 	}
 }
 
+// TestChaos mixes everything at once: 32 goroutines calling with contexts
+// cancelled at random points, answers out of order, and daemon restarts.
+// Every call must return its own answer or its context's error, and the
+// client must end with nothing pending.
 func TestChaos(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
-		go reply(f.handle(req))
-		return true
-	})
+	f.answerConcurrently()
 	c := dialFake(t, f, Options{})
 	ctx := testCtx(t)
 	stop := make(chan struct{})
@@ -194,8 +188,7 @@ func TestChaos(t *testing.T) {
 		}()
 	}
 	for range 10 {
-		before := f.count(protocol.OpEndSession)
-		f.waitFor("traffic", func() bool { return f.ops[protocol.OpEndSession] >= before+1000 })
+		f.waitForEndSessions("traffic", 1000)
 		f.restart()
 	}
 	close(stop)
@@ -208,6 +201,8 @@ func TestChaos(t *testing.T) {
 	}
 }
 
+// TestGaveUpWhileDaemonDown: a call whose context ends while the daemon is
+// gone says both: the context's error and that the daemon is unreachable.
 func TestGaveUpWhileDaemonDown(t *testing.T) {
 	f := newFakeDaemon(t)
 	c := dialFake(t, f, Options{})
