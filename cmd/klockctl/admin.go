@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+
+	"github.com/klockd/klock/clientlib"
 )
 
 // This file holds the operator commands: revoke, freeze and thaw. The daemon
@@ -19,26 +22,17 @@ served. Prints whether the lease was active. Needs root or the daemon's uid.`,
 			if len(args) != 1 {
 				return usagef("revoke", "want exactly one LEASE_ID")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ok, err := c.Revoke(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, map[string]bool{"revoked": ok})
-			}
-			if ok {
-				_, err = fmt.Fprintf(a.stdout, "revoked %s\n", args[0])
-			} else {
-				_, err = fmt.Fprintf(a.stdout, "%s was not active\n", oneLine(args[0]))
-			}
-			return err
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				ok, err := c.Revoke(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				text := oneLine(args[0]) + " was not active"
+				if ok {
+					text = "revoked " + args[0]
+				}
+				return a.writeAnswer("revoked", ok, text)
+			})
 		},
 	}
 }
@@ -75,33 +69,28 @@ RESOURCE is TYPE:path, or a bare path for a FILE (made absolute).`,
 			if err != nil {
 				return usagef(name, "%v", err)
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				call := c.Freeze
+				if name == "thaw" {
+					call = c.Thaw
+				}
+				frozen, err := call(ctx, r.Type, r.Path)
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return writeJSON(a.stdout, struct {
+						Resource string `json:"resource"`
+						Frozen   bool   `json:"frozen"`
+					}{r.Key(), frozen})
+				}
+				state := "thawed"
+				if frozen {
+					state = "frozen"
+				}
+				_, err = fmt.Fprintf(a.stdout, "%s %s\n", oneLine(r.Key()), state)
 				return err
-			}
-			defer c.Close()
-			call := c.Freeze
-			if name == "thaw" {
-				call = c.Thaw
-			}
-			frozen, err := call(ctx, r.Type, r.Path)
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, struct {
-					Resource string `json:"resource"`
-					Frozen   bool   `json:"frozen"`
-				}{r.Key(), frozen})
-			}
-			state := "thawed"
-			if frozen {
-				state = "frozen"
-			}
-			_, err = fmt.Fprintf(a.stdout, "%s %s\n", oneLine(r.Key()), state)
-			return err
+			})
 		},
 	}
 }

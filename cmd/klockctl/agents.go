@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/klockd/klock/clientlib"
 )
 
 // This file holds the agents command and its register and unregister
@@ -68,62 +71,43 @@ func (a *app) listAgents(limit int) error {
 	if limit < 0 {
 		return usagef("agents", "--limit must be >= 0")
 	}
-	ctx, cancel := requestContext()
-	defer cancel()
-	c, err := a.dial(ctx, false)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	as, truncated, err := c.ListAgents(ctx, limit)
-	if err != nil {
-		return err
-	}
-	if a.json {
-		return writeJSON(a.stdout, toAgentsJSON(as, truncated))
-	}
-	return formatAgents(a.stdout, as, truncated, a.loc)
+	return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+		as, truncated, err := c.ListAgents(ctx, limit)
+		if err != nil {
+			return err
+		}
+		if a.json {
+			return writeJSON(a.stdout, toAgentsJSON(as, truncated))
+		}
+		return formatAgents(a.stdout, as, truncated, a.loc)
+	})
 }
 
 func (a *app) registerAgent(id string, priority *int64) error {
-	ctx, cancel := requestContext()
-	defer cancel()
-	c, err := a.dial(ctx, false)
-	if err != nil {
+	return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+		r, err := c.Register(ctx, id, priority)
+		if err != nil {
+			return err
+		}
+		if a.json {
+			return writeJSON(a.stdout, registerJSON(*r))
+		}
+		_, err = fmt.Fprintf(a.stdout, "agent %s registered: priority %d, since %s\n",
+			oneLine(r.AgentID), r.Priority, clockText(time.UnixMilli(r.RegisteredAt), a.loc))
 		return err
-	}
-	defer c.Close()
-	r, err := c.Register(ctx, id, priority)
-	if err != nil {
-		return err
-	}
-	if a.json {
-		return writeJSON(a.stdout, registerJSON(*r))
-	}
-	_, err = fmt.Fprintf(a.stdout, "agent %s registered: priority %d, since %s\n",
-		oneLine(r.AgentID), r.Priority, clockText(time.UnixMilli(r.RegisteredAt), a.loc))
-	return err
+	})
 }
 
 func (a *app) unregisterAgent(id string) error {
-	ctx, cancel := requestContext()
-	defer cancel()
-	c, err := a.dial(ctx, false)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ok, err := c.UnregisterAgent(ctx, id)
-	if err != nil {
-		return err
-	}
-	if a.json {
-		return writeJSON(a.stdout, map[string]bool{"unregistered": ok})
-	}
-	if ok {
-		_, err = fmt.Fprintf(a.stdout, "agent %s unregistered\n", oneLine(id))
-	} else {
-		_, err = fmt.Fprintf(a.stdout, "agent %s was not registered\n", oneLine(id))
-	}
-	return err
+	return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+		ok, err := c.UnregisterAgent(ctx, id)
+		if err != nil {
+			return err
+		}
+		text := "agent " + oneLine(id) + " was not registered"
+		if ok {
+			text = "agent " + oneLine(id) + " unregistered"
+		}
+		return a.writeAnswer("unregistered", ok, text)
+	})
 }

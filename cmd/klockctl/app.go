@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -235,11 +234,6 @@ func exitCode(err error) int {
 // requestTimeout bounds one-shot requests, so that a wedged daemon cannot
 // hang a script.
 const requestTimeout = 30 * time.Second
-
-// requestContext returns the context for one-shot commands.
-func requestContext() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), requestTimeout)
-}
 
 // cwd returns the working directory for resolving bare paths, or "" when it
 // cannot be read (then only absolute paths work).

@@ -38,6 +38,20 @@ func (a *app) dial(ctx context.Context, reconnect bool) (*clientlib.Client, erro
 	return c, nil
 }
 
+// oneShot runs call on a connection for a one-shot command: dialled
+// without reconnecting, bounded by requestTimeout, and closed when call
+// returns.
+func (a *app) oneShot(call func(ctx context.Context, c *clientlib.Client) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	c, err := a.dial(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return call(ctx, c)
+}
+
 // unreachableError rewrites clientlib's dial error as klockctl's one line:
 // the socket tried, why, and how to start klockd or point klockctl at it.
 func unreachableError(err error) error {

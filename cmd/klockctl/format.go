@@ -127,6 +127,16 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// writeAnswer writes a command's one-value answer: {key: value} as JSON
+// with --json, else text as a line.
+func (a *app) writeAnswer(key string, value any, text string) error {
+	if a.json {
+		return writeJSON(a.stdout, map[string]any{key: value})
+	}
+	_, err := fmt.Fprintln(a.stdout, text)
+	return err
+}
+
 func toLeasesJSON(ls []protocol.LeaseInfo, truncated bool) leasesJSON {
 	out := leasesJSON{Leases: make([]leaseJSON, 0, len(ls)), Truncated: truncated}
 	for _, l := range ls {

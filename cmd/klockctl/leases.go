@@ -47,21 +47,16 @@ a prefix starting with "/" means FILE:<prefix>.`,
 			if strings.HasPrefix(prefix, "/") {
 				prefix = "FILE:" + prefix
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ls, truncated, err := c.ListLeases(ctx, clientlib.LeaseFilter{AgentID: agent, Prefix: prefix, Limit: limit})
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, toLeasesJSON(ls, truncated))
-			}
-			return formatLeases(a.stdout, ls, truncated, a.now())
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				ls, truncated, err := c.ListLeases(ctx, clientlib.LeaseFilter{AgentID: agent, Prefix: prefix, Limit: limit})
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return writeJSON(a.stdout, toLeasesJSON(ls, truncated))
+				}
+				return formatLeases(a.stdout, ls, truncated, a.now())
+			})
 		},
 	}
 }
@@ -297,26 +292,17 @@ took the lease, or root, may release it.`,
 			if len(args) != 1 {
 				return usagef("release", "want exactly one LEASE_ID")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ok, err := c.ReleaseLease(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, map[string]bool{"released": ok})
-			}
-			if ok {
-				_, err = fmt.Fprintf(a.stdout, "released %s\n", args[0])
-			} else {
-				_, err = fmt.Fprintf(a.stdout, "%s was not active (unknown, released or expired)\n", oneLine(args[0]))
-			}
-			return err
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				ok, err := c.ReleaseLease(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				text := oneLine(args[0]) + " was not active (unknown, released or expired)"
+				if ok {
+					text = "released " + args[0]
+				}
+				return a.writeAnswer("released", ok, text)
+			})
 		},
 	}
 }
@@ -340,28 +326,23 @@ released, and another agent may hold the resource now.`,
 			if *ttl != 0 && *ttl < time.Millisecond {
 				return usagef("heartbeat", "--ttl must be at least 1ms")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			exp, err := c.Heartbeat(ctx, args[0], *ttl)
-			if err != nil {
-				if errors.Is(err, clientlib.ErrNotFound) {
-					return fmt.Errorf("lease %s is not active (expired or released)", oneLine(args[0]))
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				exp, err := c.Heartbeat(ctx, args[0], *ttl)
+				if err != nil {
+					if errors.Is(err, clientlib.ErrNotFound) {
+						return fmt.Errorf("lease %s is not active (expired or released)", oneLine(args[0]))
+					}
+					return err
 				}
+				if a.json {
+					return writeJSON(a.stdout, struct {
+						LeaseID   string `json:"lease_id"`
+						ExpiresAt int64  `json:"expires_at"`
+					}{args[0], exp.UnixMilli()})
+				}
+				_, err = fmt.Fprintf(a.stdout, "%s expires %s\n", args[0], untilText(exp, a.now()))
 				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, struct {
-					LeaseID   string `json:"lease_id"`
-					ExpiresAt int64  `json:"expires_at"`
-				}{args[0], exp.UnixMilli()})
-			}
-			_, err = fmt.Fprintf(a.stdout, "%s expires %s\n", args[0], untilText(exp, a.now()))
-			return err
+			})
 		},
 	}
 }
@@ -378,23 +359,14 @@ it released.`,
 			if len(args) != 2 {
 				return usagef("end-session", "want AGENT and SESSION")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			n, err := c.EndSession(ctx, args[0], args[1])
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, map[string]int{"released": n})
-			}
-			_, err = fmt.Fprintf(a.stdout, "ended session %s of %s, released %d lease%s\n",
-				oneLine(args[1]), oneLine(args[0]), n, plural(n))
-			return err
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				n, err := c.EndSession(ctx, args[0], args[1])
+				if err != nil {
+					return err
+				}
+				return a.writeAnswer("released", n, fmt.Sprintf("ended session %s of %s, released %d lease%s",
+					oneLine(args[1]), oneLine(args[0]), n, plural(n)))
+			})
 		},
 	}
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"strconv"
+
+	"github.com/klockd/klock/clientlib"
 )
 
 // This file holds the commands that look at the daemon as a whole: status,
@@ -23,25 +27,20 @@ Exits 3 when no daemon answers, so "klockctl status" is also a health check.`,
 			if len(args) != 0 {
 				return usagef("status", "status takes no arguments")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			h, err := c.Hello(ctx)
-			if err != nil {
-				return err
-			}
-			s, err := c.Stats(ctx)
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, statusJSON{Socket: c.Socket(), Hello: helloJSON(*h), Stats: statsJSON(*s)})
-			}
-			return formatStatus(a.stdout, c.Socket(), h, s, a.loc)
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				h, err := c.Hello(ctx)
+				if err != nil {
+					return err
+				}
+				s, err := c.Stats(ctx)
+				if err != nil {
+					return err
+				}
+				if a.json {
+					return writeJSON(a.stdout, statusJSON{Socket: c.Socket(), Hello: helloJSON(*h), Stats: statsJSON(*s)})
+				}
+				return formatStatus(a.stdout, c.Socket(), h, s, a.loc)
+			})
 		},
 	}
 }
@@ -56,22 +55,13 @@ func countCommand() *command {
 			if len(args) != 0 {
 				return usagef("count", "count takes no arguments")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			n, err := c.ActiveLeaseCount(ctx)
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, map[string]int{"count": n})
-			}
-			_, err = fmt.Fprintln(a.stdout, n)
-			return err
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				n, err := c.ActiveLeaseCount(ctx)
+				if err != nil {
+					return err
+				}
+				return a.writeAnswer("count", n, strconv.Itoa(n))
+			})
 		},
 	}
 }
@@ -88,22 +78,13 @@ usually 0; it exists for parity with the SDK's evict_expired.`,
 			if len(args) != 0 {
 				return usagef("evict", "evict takes no arguments")
 			}
-			ctx, cancel := requestContext()
-			defer cancel()
-			c, err := a.dial(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			n, err := c.EvictExpired(ctx)
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return writeJSON(a.stdout, map[string]int{"evicted": n})
-			}
-			_, err = fmt.Fprintf(a.stdout, "evicted %d expired lease%s\n", n, plural(n))
-			return err
+			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
+				n, err := c.EvictExpired(ctx)
+				if err != nil {
+					return err
+				}
+				return a.writeAnswer("evicted", n, fmt.Sprintf("evicted %d expired lease%s", n, plural(n)))
+			})
 		},
 	}
 }
