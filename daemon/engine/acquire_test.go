@@ -46,9 +46,7 @@ func TestDenialMessagesAndWaitTime(t *testing.T) {
 	e := newTestEngine(t)
 	mustRegister(t, e, "agent-senior", 100)
 	mustRegister(t, e, "agent-junior", 200)
-	r, err := e.Acquire(t0, alice, req1("agent-senior", "s1", "FILE", "/src/auth.ts", "MUTATES", 500))
-	require.NoError(t, err)
-	require.True(t, r.Granted)
+	mustGrantReq(t, e, t0, req1("agent-senior", "s1", "FILE", "/src/auth.ts", "MUTATES", 500))
 	d := mustDeny(t, e, t0+100, "agent-junior", "s2", "/src/auth.ts", "MUTATES", protocol.ReasonDie)
 	require.Equal(t, "FILE:/src/auth.ts is held by agent-senior (MUTATES, priority 100); agent-junior (priority 200) is younger and must die and retry", d.Message)
 	require.Equal(t, int64(400), d.WaitTime) // ms until the lease expires
@@ -150,6 +148,12 @@ func TestInvalidArguments(t *testing.T) {
 	e := New(Config{MaxTTL: 10_000})
 	mustRegister(t, e, "a", 1)
 	long := strings.Repeat("x", 257)
+	// with is a valid request changed by change.
+	with := func(change func(*AcquireRequest)) AcquireRequest {
+		r := req1("a", "s", "FILE", "/x", "MUTATES", 1)
+		change(&r)
+		return r
+	}
 	cases := []struct {
 		name string
 		req  AcquireRequest
@@ -170,35 +174,11 @@ func TestInvalidArguments(t *testing.T) {
 		{"zero ttl", req1("a", "s", "FILE", "/x", "MUTATES", 0), "ttl 0 is out of range; allowed 1..10000 ms"},
 		{"negative ttl", req1("a", "s", "FILE", "/x", "MUTATES", -5), "ttl -5"},
 		{"long ttl", req1("a", "s", "FILE", "/x", "MUTATES", 10_001), "ttl 10001"},
+		{"wait_timeout", with(func(r *AcquireRequest) { r.WaitTimeout = -1 }), "wait_timeout -1"},
+		{"idem", with(func(r *AcquireRequest) { r.Idem = strings.Repeat("k", 65) }), "idem is 65 bytes"},
+		{"two intents", with(func(r *AcquireRequest) { r.Intents = append(r.Intents, r.Intents[0]) }), "exactly one"},
+		{"no intents", with(func(r *AcquireRequest) { r.Intents = nil }), "exactly one"},
 	}
-	wt := req1("a", "s", "FILE", "/x", "MUTATES", 1)
-	wt.WaitTimeout = -1
-	cases = append(cases, struct {
-		name string
-		req  AcquireRequest
-		want string
-	}{"wait_timeout", wt, "wait_timeout -1"})
-	idem := req1("a", "s", "FILE", "/x", "MUTATES", 1)
-	idem.Idem = strings.Repeat("k", 65)
-	cases = append(cases, struct {
-		name string
-		req  AcquireRequest
-		want string
-	}{"idem", idem, "idem is 65 bytes"})
-	two := req1("a", "s", "FILE", "/x", "MUTATES", 1)
-	two.Intents = append(two.Intents, two.Intents[0])
-	cases = append(cases, struct {
-		name string
-		req  AcquireRequest
-		want string
-	}{"two intents", two, "exactly one"})
-	none := req1("a", "s", "FILE", "/x", "MUTATES", 1)
-	none.Intents = nil
-	cases = append(cases, struct {
-		name string
-		req  AcquireRequest
-		want string
-	}{"no intents", none, "exactly one"})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := e.Acquire(t0, alice, c.req)
@@ -466,16 +446,14 @@ func TestLimits(t *testing.T) {
 	mustRegister(t, e, "senior", 1)
 	mustRegister(t, e, "junior", 2)
 	mustGrant(t, e, t0, "junior", "s", "/a", "MUTATES")
-	r, err := e.Acquire(t0, alice, req1("junior", "s", "FILE", "/b", "MUTATES", 10))
-	require.NoError(t, err)
-	require.True(t, r.Granted)
-	_, err = e.Acquire(t0, alice, req1("junior", "s", "FILE", "/c", "MUTATES", 10))
+	mustGrantReq(t, e, t0, req1("junior", "s", "FILE", "/b", "MUTATES", 10))
+	_, err := e.Acquire(t0, alice, req1("junior", "s", "FILE", "/c", "MUTATES", 10))
 	requireCode(t, err, protocol.CodeResourceExhausted, "lease limit (2)")
 	// Expired leases do not count against the limit.
 	mustGrant(t, e, t0+10, "junior", "s", "/c", "MUTATES")
 	w := req1("senior", "s", "FILE", "/a", "MUTATES", 10)
 	w.WaitTimeout = 100
-	r, err = e.Acquire(t0+10, alice, w)
+	r, err := e.Acquire(t0+10, alice, w)
 	require.NoError(t, err)
 	require.True(t, r.Queued)
 	w.Intents[0].ResourcePath = "/c"
@@ -486,9 +464,7 @@ func TestLimits(t *testing.T) {
 func TestHeartbeat(t *testing.T) {
 	e := newTestEngine(t)
 	mustRegister(t, e, "a", 1)
-	r, err := e.Acquire(t0, alice, req1("a", "s", "FILE", "/x", "MUTATES", 100))
-	require.NoError(t, err)
-	l := r.Leases[0]
+	l := mustGrantReq(t, e, t0, req1("a", "s", "FILE", "/x", "MUTATES", 100))
 	at, ok := e.NextDeadline()
 	require.True(t, ok)
 	require.Equal(t, t0+100, at)
@@ -525,9 +501,7 @@ func TestQueries(t *testing.T) {
 	mustGrant(t, e, t0, "b", "s", "/src/z", "CONSUMES")
 	mustGrant(t, e, t0, "a", "s", "/src/a", "MUTATES")
 	mustGrant(t, e, t0, "b", "s", "/doc", "MUTATES")
-	r, err := e.Acquire(t0, alice, req1("a", "s", "SYMBOL", "x", "MUTATES", 5))
-	require.NoError(t, err)
-	require.True(t, r.Granted)
+	mustGrantReq(t, e, t0, req1("a", "s", "SYMBOL", "x", "MUTATES", 5))
 	require.Equal(t, 5, e.ActiveLeaseCount(t0))
 	require.Equal(t, 4, e.ActiveLeaseCount(t0+5))
 

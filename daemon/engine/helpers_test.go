@@ -43,8 +43,16 @@ func mustAcquire(t testing.TB, e *Engine, now int64, agent, session, path, pred 
 
 func mustGrant(t testing.TB, e *Engine, now int64, agent, session, path, pred string) Lease {
 	t.Helper()
-	r := mustAcquire(t, e, now, agent, session, path, pred)
-	require.Truef(t, r.Granted, "Acquire(%s, %s, %s, %s) denied: %+v", agent, session, path, pred, r.Denial)
+	return mustGrantReq(t, e, now, req1(agent, session, "FILE", path, pred, 60_000))
+}
+
+// mustGrantReq is mustGrant for any single-intent request (another ttl or
+// resource type, a wait_timeout, an idem key).
+func mustGrantReq(t testing.TB, e *Engine, now int64, req AcquireRequest) Lease {
+	t.Helper()
+	r, err := e.Acquire(now, alice, req)
+	require.NoError(t, err)
+	require.Truef(t, r.Granted, "Acquire(%+v) denied: %+v", req, r.Denial)
 	require.Len(t, r.Leases, 1)
 	return r.Leases[0]
 }
