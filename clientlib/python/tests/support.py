@@ -152,35 +152,18 @@ class FakeDaemon:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: FakeConn) -> None:
-        buf = b""
-        while True:
-            try:
-                chunk = conn.sock.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-            while len(buf) >= 4:
-                n = int.from_bytes(buf[:4], "big")
-                if len(buf) < 4 + n:
-                    break
-                body, buf = buf[4 : 4 + n], buf[4 + n :]
-                req = msgpack.unpackb(body, raw=False)
-                if req.get("op") == "hello":
-                    with self._lock:
-                        self.hellos += 1
-                    conn.ok(req, {"server": "fake", "protocol": 1, "pid": os.getpid(),
-                                  "max_frame": self.max_frame, "started_at": 0})
-                    continue
+        for frame, req in _read_frames(conn.sock):
+            if req.get("op") == "hello":
                 with self._lock:
-                    self.requests.append(req)
-                    self.raw_bodies.append(body)
-                self.handler(conn, req)
+                    self.hellos += 1
+                conn.ok(req, {"server": "fake", "protocol": 1, "pid": os.getpid(),
+                              "max_frame": self.max_frame, "started_at": 0})
+                continue
+            with self._lock:
+                self.requests.append(req)
+                self.raw_bodies.append(frame[4:])
+            self.handler(conn, req)
         conn.sock.close()
-
-
-# ----- cut proxy -------------------------------------------------------------------
 
 
 def _read_frames(sock: socket.socket):
@@ -200,6 +183,9 @@ def _read_frames(sock: socket.socket):
                 break
             frame, buf = buf[: 4 + n], buf[4 + n :]
             yield frame, msgpack.unpackb(frame[4:], raw=False)
+
+
+# ----- cut proxy -------------------------------------------------------------------
 
 
 class CutProxy:
