@@ -32,19 +32,11 @@ func ridesThroughRestart(t *testing.T, kill bool) {
 	ctx := testCtx(t)
 
 	const workers = 16
-	for _, a := range []struct {
-		id  string
-		pri int64
-	}{{"senior", 100}, {"junior", 200}} {
-		if err := c.RegisterAgent(ctx, a.id, a.pri); err != nil {
-			t.Fatalf("RegisterAgent(%s) = %v", a.id, err)
-		}
-	}
+	agents := map[string]int64{"senior": 100, "junior": 200}
 	for w := range workers {
-		if err := c.RegisterAgent(ctx, fmt.Sprintf("w%d", w), int64(1000+w)); err != nil {
-			t.Fatal(err)
-		}
+		agents[fmt.Sprintf("w%d", w)] = int64(1000 + w)
 	}
+	registerAgents(t, ctx, c, agents)
 
 	held, err := c.Acquire(ctx, clientlib.AcquireRequest{
 		AgentID: "senior", SessionID: "s1", Intents: fileIntent("/held", "MUTATES"), TTL: 5 * time.Second,

@@ -57,16 +57,8 @@ func TestSeedCompleteExample(t *testing.T) {
 // with a short ttl: the junior dies while the senior holds the file, and
 // succeeds once the senior's lease has expired.
 func TestSeedWaitDieExample(t *testing.T) {
-	_, c, ctx := startClient(t, nil)
+	_, c, ctx := startClient(t, map[string]int64{"senior": 100, "junior": 200})
 
-	for _, a := range []struct {
-		id  string
-		pri int64
-	}{{"senior", 100}, {"junior", 200}} {
-		if err := c.RegisterAgent(ctx, a.id, a.pri); err != nil {
-			t.Fatalf("RegisterAgent(%s) = %v", a.id, err)
-		}
-	}
 	const ttl = 300 * time.Millisecond
 	held, err := c.AcquireLease(ctx, "senior", "s1", "FILE", "/db.ts", "MUTATES", ttl)
 	if err != nil || !held.Success {

@@ -197,12 +197,18 @@ func startClient(t *testing.T, agents map[string]int64) (*harness.Daemon, *clien
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	c := d.Client(t)
 	ctx := testCtx(t)
+	registerAgents(t, ctx, c, agents)
+	return d, c, ctx
+}
+
+// registerAgents registers every agent (id → priority) through c.
+func registerAgents(t *testing.T, ctx context.Context, c *clientlib.Client, agents map[string]int64) {
+	t.Helper()
 	for id, pri := range agents {
 		if err := c.RegisterAgent(ctx, id, pri); err != nil {
 			t.Fatalf("RegisterAgent(%s, %d) = %v", id, pri, err)
 		}
 	}
-	return d, c, ctx
 }
 
 // waitForStats waits, as waitFor does, until the daemon's stats asked
