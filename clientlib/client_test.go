@@ -20,7 +20,19 @@ import (
 	"github.com/klockd/klock/protocol"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// AtTestExit are run once every test has run; the examples (package
+// clientlib_test) add the removal of the klockd binary they built.
+var AtTestExit []func()
+
+func TestMain(m *testing.M) {
+	// goleak's Cleanup replaces its os.Exit, so it exits itself.
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		for _, f := range AtTestExit {
+			f()
+		}
+		os.Exit(code)
+	}))
+}
 
 func dialFake(t *testing.T, f *fakeDaemon, opts Options) *Client {
 	t.Helper()
