@@ -105,7 +105,8 @@ func (c *Client) Heartbeat(ctx context.Context, leaseID string, ttl time.Duratio
 }
 
 // EndSession releases every lease of the agent's session and returns how
-// many; later acquires in that session are denied with SESSION_EXPIRED.
+// many; later acquires in that session are denied with SESSION_EXPIRED
+// (klockd remembers the last 1024 sessions each agent ended).
 func (c *Client) EndSession(ctx context.Context, agentID, sessionID string) (int, error) {
 	args := protocol.Args{AgentID: agentID, SessionID: sessionID}
 	args.Set(protocol.ArgAgentID | protocol.ArgSessionID)

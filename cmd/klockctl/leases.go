@@ -353,8 +353,8 @@ func endSessionCommand() *command {
 		synopsis: "[flags] AGENT SESSION",
 		summary:  "release every lease of a session and close it",
 		help: `Releases every lease the agent holds in the session and ends the session:
-later acquires in it are denied with SESSION_EXPIRED. Prints how many leases
-it released.`,
+later acquires in it are denied with SESSION_EXPIRED (klockd remembers the
+last 1024 sessions each agent ended). Prints how many leases it released.`,
 		run: func(a *app, _ *flag.FlagSet, args []string) error {
 			if len(args) != 2 {
 				return usagef("end-session", "want AGENT and SESSION")

@@ -301,7 +301,8 @@ class KlockClient:
     def end_session(self, agent_id: str, session_id: str) -> int:
         """Release every lease of a session; returns how many were released.
 
-        Later acquires in that session are denied with ``SESSION_EXPIRED``.
+        Later acquires in that session are denied with ``SESSION_EXPIRED``
+        (klockd remembers the last 1024 sessions each agent ended).
         """
         result = self._call("end_session", {"agent_id": agent_id, "session_id": session_id})
         return int(result.get("released", 0))
