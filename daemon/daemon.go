@@ -23,10 +23,14 @@ const ShutdownTimeout = 4 * time.Second
 
 // Default limits of klockd's flags. Without a cap, any user who can reach
 // the socket could grow the daemon without bound: a lease costs about
-// 0.5 KiB, so the default caps lease memory near 0.5 GiB.
+// 0.5 KiB, so the default caps lease memory near 0.5 GiB. One machine runs
+// tens to hundreds of agents; an agent costs little until it has ended
+// sessions to remember (up to 1024 ids each), so DefaultMaxAgents only
+// bounds a hostile client.
 const (
 	DefaultMaxLeases  = 1_000_000
 	DefaultMaxWaiters = 100_000
+	DefaultMaxAgents  = 10_000
 )
 
 // Config is everything klockd can be told. The zero value of each field
@@ -43,6 +47,7 @@ type Config struct {
 	MaxInflight int         // per connection; 0 = 1024
 	MaxLeases   int         // 0 = unlimited; klockd's flag defaults to DefaultMaxLeases
 	MaxWaiters  int         // 0 = unlimited; klockd's flag defaults to DefaultMaxWaiters
+	MaxAgents   int         // registered agents; 0 = unlimited; klockd's flag defaults to DefaultMaxAgents
 	MaxTTL      time.Duration
 	Version     string       // reported by hello and logs
 	Logger      *slog.Logger // nil = slog.Default()
@@ -81,7 +86,7 @@ func New(cfg Config) (*Daemon, error) {
 	default:
 		return nil, fmt.Errorf("klock: --recover %q is not one of fail, truncate", cfg.Recover)
 	}
-	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxTTL < 0 {
+	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxAgents < 0 || cfg.MaxTTL < 0 {
 		return nil, errors.New("klock: limits must not be negative")
 	}
 	if cfg.MaxFrame > 0 && cfg.MaxFrame < 1024 {
@@ -115,6 +120,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	ecfg := engine.Config{
 		MaxLeases:  cfg.MaxLeases,
 		MaxWaiters: cfg.MaxWaiters,
+		MaxAgents:  cfg.MaxAgents,
 		MaxTTL:     cfg.MaxTTL.Milliseconds(),
 		AdminUID:   uint32(os.Getuid()),
 	}

@@ -20,6 +20,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{Fsync: "sometimes"},
 		{Recover: "maybe"},
 		{MaxConns: -1},
+		{MaxAgents: -1},
 		{MaxFrame: 10},
 		{MaxTTL: time.Microsecond},
 	} {

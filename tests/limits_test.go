@@ -9,10 +9,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
 )
@@ -140,4 +142,63 @@ func TestMaxFrame(t *testing.T) {
 	// A new connection is served; the bystander never noticed.
 	mustOK(t, "hello on a new connection", d.Raw(t).Call(1, protocol.OpHello, nil), nil)
 	b.check(t)
+}
+
+// TestMaxAgents: with --max-agents 3 a fourth agent is refused
+// RESOURCE_EXHAUSTED naming the limit and the flag, on the raw protocol and
+// through clientlib; registered agents register again and keep working,
+// and unregistering one makes room.
+func TestMaxAgents(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none", Args: []string{"--max-agents", "3"}})
+	b := startBystander(t, d) // the first agent
+	r := d.Raw(t)
+	mustOK(t, "register a", r.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "a", protocol.ArgPriority, 10)), nil)
+	mustOK(t, "register b", r.Call(2, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "b", protocol.ArgPriority, 20)), nil)
+	resp := r.Call(3, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "c", protocol.ArgPriority, 30))
+	expectCode(t, "fourth agent with --max-agents 3", resp, protocol.CodeResourceExhausted)
+	assert.Contains(t, resp.Error.Message, "agent limit (3)")
+	assert.Contains(t, resp.Error.Message, "--max-agents")
+
+	c := d.Client(t)
+	ctx := testCtx(t)
+	err := c.RegisterAgent(ctx, "c", 30)
+	var ce *clientlib.Error
+	require.ErrorAs(t, err, &ce, "RegisterAgent(c) through clientlib")
+	assert.Equal(t, protocol.CodeResourceExhausted, ce.Code, "RegisterAgent(c): %v", err)
+	assert.ErrorIs(t, err, clientlib.ErrResourceExhausted)
+
+	// At the limit, a registered agent registers again (a new priority
+	// included) and takes leases.
+	require.NoError(t, c.RegisterAgent(ctx, "a", 5), "re-register a with a new priority")
+	res, err := c.AcquireLease(ctx, "a", "s", "FILE", "/a", "MUTATES", time.Minute)
+	require.NoError(t, err)
+	require.True(t, res.Success, "acquire by a at the agent limit: %+v", res)
+
+	mustOK(t, "unregister b", r.Call(4, protocol.OpUnregisterAgent, args(protocol.ArgAgentID, "b")), nil)
+	require.NoError(t, c.RegisterAgent(ctx, "c", 30), "register c after b left")
+	b.check(t)
+}
+
+// TestMaxAgentsBelowRecordedState: agents registered under a higher limit
+// all come back when klockd restarts with a lower one (KLOCK_MAX_AGENTS);
+// only new agents are refused.
+func TestMaxAgentsBelowRecordedState(t *testing.T) {
+	d := harness.Start(t, harness.Options{})
+	c := d.Client(t)
+	ctx := testCtx(t)
+	registerAgents(t, ctx, c, map[string]int64{"a": 1, "b": 2, "c": 3, "d": 4})
+	c.Close()
+	d.Stop(t)
+
+	d2 := harness.Start(t, harness.Options{StateDir: d.StateDir, Env: []string{"KLOCK_MAX_AGENTS=2"}})
+	c2 := d2.Client(t)
+	agents, _, err := c2.ListAgents(ctx, 0)
+	require.NoError(t, err)
+	assert.Len(t, agents, 4, "agents recovered under --max-agents 2")
+	err = c2.RegisterAgent(ctx, "e", 5)
+	assert.ErrorIs(t, err, clientlib.ErrResourceExhausted, "RegisterAgent(e) with 4 agents and a limit of 2")
+	require.NoError(t, c2.RegisterAgent(ctx, "d", 4), "re-register d")
+	res, err := c2.AcquireLease(ctx, "d", "s", "FILE", "/d", "MUTATES", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, res.Success, "acquire by a recovered agent over the limit: %+v", res)
 }

@@ -31,6 +31,7 @@ type options struct {
 	maxInflight int
 	maxLeases   int
 	maxWaiters  int
+	maxAgents   int
 	maxTTL      time.Duration
 }
 
@@ -53,6 +54,7 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.IntVar(&o.maxInflight, "max-inflight", server.DefaultMaxInflight, "most requests awaiting an answer on one connection; more get RESOURCE_EXHAUSTED")
 	fs.IntVar(&o.maxLeases, "max-leases", daemon.DefaultMaxLeases, "most active leases (about 0.5 KiB each); more get RESOURCE_EXHAUSTED; 0 = unlimited")
 	fs.IntVar(&o.maxWaiters, "max-waiters", daemon.DefaultMaxWaiters, "most acquires parked in the daemon at once; more get RESOURCE_EXHAUSTED; 0 = unlimited")
+	fs.IntVar(&o.maxAgents, "max-agents", daemon.DefaultMaxAgents, "most registered agents; registering more gets RESOURCE_EXHAUSTED (registering one again is always allowed); 0 = unlimited")
 	fs.DurationVar(&o.maxTTL, "max-ttl", 24*time.Hour, "longest lease ttl and wait_timeout")
 	// Parse errors print one line and a hint, not the whole help.
 	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }
@@ -145,6 +147,7 @@ func (o *options) config(stderr io.Writer) (daemon.Config, error) {
 		MaxInflight: o.maxInflight,
 		MaxLeases:   o.maxLeases,
 		MaxWaiters:  o.maxWaiters,
+		MaxAgents:   o.maxAgents,
 		MaxTTL:      o.maxTTL,
 		Version:     daemonVersion(),
 		Logger:      log,

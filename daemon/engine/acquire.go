@@ -52,8 +52,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 	if v.reason == "" {
 		if e.cfg.MaxLeases > 0 && e.leases.len()+len(targets) > e.cfg.MaxLeases &&
 			e.leases.len()-e.leaseDeadlines.countDue(now)+len(targets) > e.cfg.MaxLeases {
-			return Result{}, errorf(protocol.CodeResourceExhausted,
-				"klock: the lease limit (%d) is reached; release leases or raise --max-leases", e.cfg.MaxLeases)
+			return Result{}, limitReached("lease", e.cfg.MaxLeases, "release leases", "max-leases")
 		}
 		ls := e.grant(now, c.UID, c.PID, a, req.SessionID, targets, req.TTL, req.Idem)
 		e.requeue(now, targets, nil)
@@ -62,8 +61,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 	d := e.denial(now, a, req.SessionID, &v)
 	if v.reason == protocol.ReasonWait && req.WaitTimeout > 0 {
 		if e.cfg.MaxWaiters > 0 && len(e.waiters) >= e.cfg.MaxWaiters {
-			return Result{}, errorf(protocol.CodeResourceExhausted,
-				"klock: the waiter limit (%d) is reached; retry without wait_timeout or raise --max-waiters", e.cfg.MaxWaiters)
+			return Result{}, limitReached("waiter", e.cfg.MaxWaiters, "retry without wait_timeout", "max-waiters")
 		}
 		w := e.enqueue(now, c, a, req, targets)
 		e.requeue(now, w.targets, w)

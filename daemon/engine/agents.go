@@ -14,7 +14,8 @@ func quote(s string) string { return strconv.Quote(s) }
 // Registering again without a priority, or with the same one, returns the
 // current registration unchanged; with a different priority it is applied
 // only while the agent holds and waits for nothing (else PRIORITY_CONFLICT).
-// Only the owning uid or root may register an existing agent again.
+// Only the owning uid or root may register an existing agent again. A new
+// agent beyond Config.MaxAgents registered ones is RESOURCE_EXHAUSTED.
 func (e *Engine) Register(now int64, c Caller, agentID string, priority int64, hasPriority bool) (Agent, error) {
 	if err := checkText("agent_id", agentID, MaxIDLen); err != nil {
 		return Agent{}, err
@@ -39,6 +40,16 @@ func (e *Engine) Register(now int64, c Caller, agentID string, priority int64, h
 		e.applyRegister(&r)
 		e.record(r)
 		return e.agentInfo(now, a), nil
+	}
+	// Leftovers (unregistered agents kept only until the expiry sweep
+	// removes their expired leases) do not count: unregistering must free a
+	// slot at once, and a leftover costs one small struct (it has forgotten
+	// its ended sessions) that lives only until the next sweep. Registering
+	// a leftover's id again makes a new agent and counts. Like the other
+	// limits, this one binds live requests only: Apply and Restore load
+	// whatever was recorded, even under a lower limit.
+	if e.cfg.MaxAgents > 0 && e.registered >= e.cfg.MaxAgents {
+		return Agent{}, limitReached("agent", e.cfg.MaxAgents, "unregister agents", "max-agents")
 	}
 	r := Record{Kind: RecRegister, Time: now, AgentID: agentID, Priority: priority, UID: c.UID}
 	if !hasPriority {

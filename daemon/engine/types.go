@@ -114,6 +114,7 @@ const DefaultMaxTTL int64 = 24 * 60 * 60 * 1000
 type Config struct {
 	MaxLeases  int    // 0 = unlimited; reached -> RESOURCE_EXHAUSTED
 	MaxWaiters int    // 0 = unlimited; reached -> RESOURCE_EXHAUSTED
+	MaxAgents  int    // registered agents; 0 = unlimited; reached -> RESOURCE_EXHAUSTED for a new agent
 	MaxTTL     int64  // longest ttl and wait_timeout in ms; 0 = DefaultMaxTTL
 	AdminUID   uint32 // besides uid 0, the uid allowed revoke/freeze/thaw (the daemon's uid)
 	Journal    bool   // when true, every state change is appended as a Record (see Records)

@@ -35,6 +35,12 @@ func permissionDenied(c Caller, what string) *Error {
 	return errorf(protocol.CodePermissionDenied, "klock: uid %d may not %s", c.UID, what)
 }
 
+// limitReached is the RESOURCE_EXHAUSTED error for a configured limit: what
+// it counts, its value, what makes room and the klockd flag that raises it.
+func limitReached(what string, limit int, remedy, flag string) *Error {
+	return errorf(protocol.CodeResourceExhausted, "klock: the %s limit (%d) is reached; %s or raise --%s", what, limit, remedy, flag)
+}
+
 // checkText checks a string argument: 1..max bytes of UTF-8 without NUL or
 // other control characters.
 func checkText(name, s string, max int) *Error {
