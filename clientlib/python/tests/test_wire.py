@@ -164,6 +164,18 @@ class WireTest(unittest.TestCase):
         self.assertEqual(type(cm.exception), klock.KlockError)
         self.assertEqual(cm.exception.code, "SOMETHING_NEW")
 
+    def test_package_exports_every_error(self) -> None:
+        # klock/__init__.py repeats errors.__all__ by hand (mypy cannot see a
+        # computed __all__ through "from klock import *"); this keeps the two
+        # lists from drifting apart.
+        # error_from_wire is the connection's helper, not part of the API.
+        import klock.errors
+
+        classes = {n for n in klock.errors.__all__ if isinstance(getattr(klock.errors, n), type)}
+        self.assertEqual(classes - set(klock.__all__), set(), "klock.__all__ lacks error classes")
+        for name in classes:
+            self.assertIs(getattr(klock, name), getattr(klock.errors, name))
+
     def test_daemon_not_running(self) -> None:
         with self.assertRaises(klock.DaemonNotRunningError) as cm:
             klock.KlockClient(self.path)
