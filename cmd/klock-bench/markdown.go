@@ -22,17 +22,10 @@ func (r *Results) markdown(w io.Writer) {
 	fmt.Fprintf(w, "Machine: %d CPUs (`nproc`), %s, Linux %s, %s; load average at start %s.\n",
 		m.CPUs, m.CPUModel, m.Kernel, m.Go, m.LoadAvg)
 	fmt.Fprintf(w, "Each cell: %s measured after a warm-up, %d repetition(s) interleaved across back ends; values are medians over repetitions, ratios are medians of per-repetition ratios.\n\n", r.Duration, r.Reps)
-	fmt.Fprintln(w, "| workload | W | backend | pairs/s | p50 µs | p99 µs | p999 µs | die | wait | busy | RSS MiB | thr/redis | thr/echo | p50/echo | p99/redis |")
+	fmt.Fprintln(w, "| "+strings.Join(rowHeader, " | ")+" |")
 	fmt.Fprintln(w, "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, row := range r.Summary {
-		rss := "-"
-		if row.RSSBytes > 0 {
-			rss = fmt.Sprintf("%.1f", float64(row.RSSBytes)/(1<<20))
-		}
-		fmt.Fprintf(w, "| %s | %d | %s | %.0f | %.1f | %.1f | %.1f | %d | %d | %d | %s | %s | %s | %s | %s |\n",
-			row.Workload, row.Workers, row.Backend, row.PairsPerSec, row.P50us, row.P99us, row.P999us,
-			row.Die, row.Wait, row.Busy, rss, fmtRatio(row.VsRedis), fmtRatio(row.VsEcho),
-			fmtRatio(row.P50VsEcho), fmtRatio(row.P99VsRedis))
+		fmt.Fprintln(w, "| "+strings.Join(row.columns(), " | ")+" |")
 	}
 	if peers := r.aofPeers(); peers != "" {
 		fmt.Fprintf(w, "\n%s are compared with redis-aof.\n", peers)

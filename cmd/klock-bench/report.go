@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -252,21 +253,31 @@ func (r *Results) redisPeer(b string) string {
 	return ""
 }
 
+// rowHeader names the columns of a summary row, as columns gives them.
+var rowHeader = []string{"workload", "W", "backend", "pairs/s", "p50 µs", "p99 µs", "p999 µs",
+	"die", "wait", "busy", "RSS MiB", "thr/redis", "thr/echo", "p50/echo", "p99/redis"}
+
+// columns formats a summary row for the text table and the Markdown table.
+func (row Row) columns() []string {
+	rss := "-"
+	if row.RSSBytes > 0 {
+		rss = fmt.Sprintf("%.1f", float64(row.RSSBytes)/(1<<20))
+	}
+	return []string{row.Workload, strconv.Itoa(row.Workers), row.Backend,
+		fmt.Sprintf("%.0f", row.PairsPerSec), fmt.Sprintf("%.1f", row.P50us),
+		fmt.Sprintf("%.1f", row.P99us), fmt.Sprintf("%.1f", row.P999us),
+		strconv.FormatInt(row.Die, 10), strconv.FormatInt(row.Wait, 10), strconv.FormatInt(row.Busy, 10), rss,
+		fmtRatio(row.VsRedis), fmtRatio(row.VsEcho), fmtRatio(row.P50VsEcho), fmtRatio(row.P99VsRedis)}
+}
+
 // WriteTable prints the summary and the targets as aligned text.
 func (r *Results) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "klock-bench: %d CPUs (%s), %s per cell, %d rep(s), loadavg at start %s\n\n",
 		r.Machine.CPUs, r.Machine.CPUModel, r.Duration, r.Reps, r.Machine.LoadAvg)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tW\tbackend\tpairs/s\tp50 µs\tp99 µs\tp999 µs\tdie\twait\tbusy\tRSS MiB\tthr/redis\tthr/echo\tp50/echo\tp99/redis\t")
+	fmt.Fprintln(tw, strings.Join(rowHeader, "\t")+"\t")
 	for _, row := range r.Summary {
-		rss := "-"
-		if row.RSSBytes > 0 {
-			rss = fmt.Sprintf("%.1f", float64(row.RSSBytes)/(1<<20))
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t\n",
-			row.Workload, row.Workers, row.Backend, row.PairsPerSec, row.P50us, row.P99us, row.P999us,
-			row.Die, row.Wait, row.Busy, rss, fmtRatio(row.VsRedis), fmtRatio(row.VsEcho),
-			fmtRatio(row.P50VsEcho), fmtRatio(row.P99VsRedis))
+		fmt.Fprintln(tw, strings.Join(row.columns(), "\t")+"\t")
 	}
 	tw.Flush()
 	if peers := r.aofPeers(); peers != "" {
