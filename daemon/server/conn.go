@@ -109,16 +109,11 @@ func (c *conn) finish() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		defer s.recoverBug("cancelling a closed connection's acquires")
-		if len(c.waiters) > 0 {
-			now := s.nowMS()
-			for id := range c.waiters {
-				delete(s.waiters, id)
-				wakes := s.eng.Cancel(now, id)
-				s.wakeLocked(wakes, s.journalLocked(), nil)
-			}
-			c.waiters = nil
-			s.armLocked(now)
+		for id := range c.waiters {
+			delete(s.waiters, id)
+			s.commitLocked(nil, 0, &change{op: opCancel, waiter: id})
 		}
+		c.waiters = nil
 	}()
 	c.outMu.Lock()
 	c.dead = true

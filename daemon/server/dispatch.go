@@ -56,36 +56,19 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 			MaxFrame:  s.cfg.MaxFrame,
 			StartedAt: s.startedAt.UnixMilli(),
 		}, 0)
-	case protocol.OpRegisterAgent:
-		s.register(c, req.ID, a)
-	case protocol.OpUnregisterAgent:
-		s.unregister(c, req.ID, a)
-	case protocol.OpAcquire:
-		s.acquire(c, req.ID, a, false)
-	case protocol.OpAcquireMany:
-		s.acquire(c, req.ID, a, true)
-	case protocol.OpRelease:
-		s.release(c, req.ID, a)
-	case protocol.OpHeartbeat:
-		s.heartbeat(c, req.ID, a)
-	case protocol.OpEndSession:
-		s.endSession(c, req.ID, a)
 	case protocol.OpActiveLeaseCount:
 		s.activeLeaseCount(c, req.ID)
-	case protocol.OpEvictExpired:
-		s.evictExpired(c, req.ID)
 	case protocol.OpListLeases:
 		s.listLeases(c, req.ID, a)
 	case protocol.OpListAgents:
 		s.listAgents(c, req.ID, a)
-	case protocol.OpRevoke:
-		s.revoke(c, req.ID, a)
-	case protocol.OpFreeze:
-		s.freeze(c, req.ID, a, true)
-	case protocol.OpThaw:
-		s.freeze(c, req.ID, a, false)
 	case protocol.OpStats:
 		s.stats(c, req.ID)
+	case protocol.OpRegisterAgent, protocol.OpUnregisterAgent, protocol.OpAcquire, protocol.OpAcquireMany,
+		protocol.OpRelease, protocol.OpHeartbeat, protocol.OpEndSession, protocol.OpEvictExpired,
+		protocol.OpRevoke, protocol.OpFreeze, protocol.OpThaw:
+		// Every state change takes the one path.
+		s.commit(c, req.ID, &change{op: req.Op, args: a, caller: c.caller})
 	default:
 		c.appendError(req.ID, protocol.CodeUnknownOp, unknownOpMessage(req.Op), 0)
 	}

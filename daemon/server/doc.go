@@ -4,6 +4,11 @@
 // the lease engine under one mutex, parked waiters and their wake-ups, the
 // expiry timer, limits, and graceful shutdown.
 //
+// Every state change, a client's or the daemon's own (expiry, a closed
+// connection's parked acquires), is a change value (change.go) run by one
+// driver, commitLocked (commit.go): engine call, journal, parked acquires,
+// wake-ups, expiry timer. Every read goes through read.
+//
 // The API follows net/http: New, Serve, Shutdown, Close and ErrServerClosed.
 //
 // Lock order: Server.mu (the engine and everything keyed by waiter) before

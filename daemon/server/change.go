@@ -1,0 +1,134 @@
+package server
+
+import (
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// A change is one state change asked of the engine: the op, its arguments,
+// who asked, and the engine time it is made at. It is a plain value, and
+// applyChange touches nothing but the engine, so the driver that runs it can
+// be replaced: commit (commit.go) applies it under s.mu and then journals
+// its records; a replicated driver would propose the same value to a shared
+// log and apply it on every replica in log order.
+type change struct {
+	op     string         // a protocol op, or opExpire / opCancel
+	args   *protocol.Args // the request's arguments; nil for the daemon's own changes
+	caller engine.Caller  // who asked; zero for the daemon's own changes
+	at     int64          // engine time, Unix ms; set by the driver
+	waiter engine.WaiterID
+}
+
+// The daemon's own changes, which no client asks for.
+const (
+	opExpire = "klockd.expire" // the expiry timer: remove what is due at ch.at
+	opCancel = "klockd.cancel" // a closed connection drops its parked acquire ch.waiter
+)
+
+// outcome is what applying a change did.
+type outcome struct {
+	result  any   // the caller's answer; nil when err is set or the acquire parked
+	err     error // the caller's error answer
+	wakes   []engine.Wakeup
+	parked  engine.WaiterID // the caller's acquire was parked under this id; 0 = not parked
+	expired int             // opExpire: leases removed
+}
+
+// applyChange makes ch on eng. It does no I/O and reads no clock: the same
+// change applied to the same state gives the same outcome (lease ids aside,
+// which the engine draws at random).
+func applyChange(eng *engine.Engine, ch *change) outcome {
+	a, now, who := ch.args, ch.at, ch.caller
+	switch ch.op {
+	case protocol.OpRegisterAgent:
+		ag, err := eng.Register(now, who, a.AgentID, a.Priority, a.Has(protocol.ArgPriority))
+		if err != nil {
+			return outcome{err: err}
+		}
+		return outcome{result: &protocol.RegisterResult{AgentID: ag.ID, Priority: ag.Priority, RegisteredAt: ag.RegisteredAt}}
+	case protocol.OpUnregisterAgent:
+		ok, err := eng.Unregister(now, who, a.AgentID)
+		return answer(&protocol.UnregisterResult{Unregistered: ok}, nil, err)
+	case protocol.OpAcquire, protocol.OpAcquireMany:
+		return applyAcquire(eng, ch)
+	case protocol.OpRelease:
+		ok, wakes, err := eng.Release(now, who, a.LeaseID)
+		return answer(&protocol.ReleaseResult{Released: ok}, wakes, err)
+	case protocol.OpHeartbeat:
+		if a.Has(protocol.ArgTTL) && a.TTL == 0 {
+			// The engine reads 0 as "keep the current ttl"; on the wire ttl
+			// is optional but, when given, at least 1 ms like every ttl.
+			return outcome{err: &protocol.Error{Code: protocol.CodeInvalidArgument, Message: "klock: argument ttl must be at least 1 ms; omit it to keep the lease's ttl"}}
+		}
+		l, err := eng.Heartbeat(now, who, a.LeaseID, a.TTL)
+		if err != nil {
+			return outcome{err: err}
+		}
+		return outcome{result: &protocol.HeartbeatResult{LeaseID: l.ID, ExpiresAt: l.ExpiresAt}}
+	case protocol.OpEndSession:
+		n, wakes, err := eng.EndSession(now, who, a.AgentID, a.SessionID)
+		return answer(&protocol.EndSessionResult{Released: n}, wakes, err)
+	case protocol.OpEvictExpired:
+		n, wakes := eng.EvictExpired(now)
+		return outcome{result: &protocol.EvictResult{Evicted: n}, wakes: wakes}
+	case protocol.OpRevoke:
+		ok, wakes, err := eng.Revoke(now, who, a.LeaseID)
+		return answer(&protocol.RevokeResult{Revoked: ok}, wakes, err)
+	case protocol.OpFreeze:
+		ok, wakes, err := eng.Freeze(now, who, a.ResourceType, a.ResourcePath)
+		return answer(&protocol.FreezeResult{Frozen: ok}, wakes, err)
+	case protocol.OpThaw:
+		ok, err := eng.Thaw(now, who, a.ResourceType, a.ResourcePath)
+		return answer(&protocol.FreezeResult{Frozen: ok}, nil, err)
+	case opExpire:
+		n, wakes := eng.Expire(now)
+		return outcome{wakes: wakes, expired: n}
+	case opCancel:
+		return outcome{wakes: eng.Cancel(now, ch.waiter)}
+	}
+	return outcome{err: &protocol.Error{Code: protocol.CodeInternal, Message: "klock: internal error: op " + quote(ch.op) + " is not a state change"}}
+}
+
+// answer is the outcome of an engine call that answers result unless it
+// failed; its wake-ups count either way.
+func answer(result any, wakes []engine.Wakeup, err error) outcome {
+	if err != nil {
+		return outcome{err: err, wakes: wakes}
+	}
+	return outcome{result: result, wakes: wakes}
+}
+
+// applyAcquire serves acquire (one intent from the flat args) and
+// acquire_many. A WAIT verdict with wait_timeout is parked: its answer
+// comes later as a wake-up.
+func applyAcquire(eng *engine.Engine, ch *change) outcome {
+	a, many := ch.args, ch.op == protocol.OpAcquireMany
+	req := engine.AcquireRequest{
+		AgentID:     a.AgentID,
+		SessionID:   a.SessionID,
+		TTL:         a.TTL,
+		WaitTimeout: a.WaitTimeout,
+		Idem:        a.Idem,
+	}
+	var one [1]engine.Intent
+	var res engine.Result
+	var err error
+	if many {
+		req.Intents = make([]engine.Intent, len(a.Intents))
+		for i, in := range a.Intents {
+			req.Intents[i] = engine.Intent{ResourceType: in.ResourceType, ResourcePath: in.ResourcePath, Predicate: in.Predicate}
+		}
+		res, err = eng.AcquireMany(ch.at, ch.caller, req)
+	} else {
+		one[0] = engine.Intent{ResourceType: a.ResourceType, ResourcePath: a.ResourcePath, Predicate: a.Predicate}
+		req.Intents = one[:]
+		res, err = eng.Acquire(ch.at, ch.caller, req)
+	}
+	switch {
+	case err != nil:
+		return outcome{err: err}
+	case res.Queued:
+		return outcome{parked: res.Waiter}
+	}
+	return outcome{result: acquireAnswer(&res, many)}
+}

@@ -1,0 +1,124 @@
+package server
+
+import (
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// Every state change takes one path, commit, and every read another, read,
+// so that no handler can skip a step.
+
+// commit runs ch, asked by request id on c, through the local driver and
+// answers it: see commitLocked. The answer is appended after s.mu is
+// released, tagged with the journal sequence it must wait for.
+func (s *Server) commit(c *conn, id uint64, ch *change) {
+	o, seq := func() (outcome, uint64) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err := s.admitLocked(c, ch); err != nil {
+			return outcome{err: err}, s.lastSeq
+		}
+		return s.commitLocked(c, id, ch)
+	}()
+	switch {
+	case o.err != nil:
+		c.answerErr(id, o.err, seq)
+	case o.parked != 0:
+		// Answered later by a wake-up, a timeout or shutdown.
+	default:
+		c.appendResult(id, o.result, seq)
+	}
+}
+
+// admitLocked refuses a change before it reaches the engine: an acquire
+// once shutdown has answered the parked ones (nothing would answer it), or
+// one that would park past MaxInflight on its connection. The caller holds
+// s.mu.
+func (s *Server) admitLocked(c *conn, ch *change) error {
+	if ch.op != protocol.OpAcquire && ch.op != protocol.OpAcquireMany {
+		return nil
+	}
+	if s.closed {
+		return errShuttingDown
+	}
+	if ch.args.WaitTimeout > 0 && len(c.waiters) >= s.cfg.MaxInflight {
+		return &protocol.Error{Code: protocol.CodeResourceExhausted,
+			Message: "klock: too many requests in flight on this connection; at most " + itoa(s.cfg.MaxInflight) + " may wait at once"}
+	}
+	return nil
+}
+
+// commitLocked is the local driver of a state change: it stamps ch with the
+// engine time, applies it, hands its records to the journal, parks the
+// caller's acquire (c, id) when it must wait, answers the parked acquires
+// the change decided, and re-arms the expiry timer. It returns the outcome
+// and the journal sequence the answers depend on; the caller answers c.
+// c is nil for the daemon's own changes. The caller holds s.mu.
+func (s *Server) commitLocked(c *conn, id uint64, ch *change) (outcome, uint64) {
+	ch.at = s.nowMS()
+	o := applyChange(s.eng, ch)
+	recs := s.eng.Records()
+	// Every record of every state change passes here, with the outcome that
+	// caused it: the one place to tell watchers about it.
+	seq := s.journalLocked(recs)
+	if o.parked != 0 {
+		s.parkLocked(c, id, ch.op == protocol.OpAcquireMany, o.parked)
+	}
+	s.wakeLocked(o.wakes, seq, c)
+	s.armLocked(ch.at)
+	return o, seq
+}
+
+// read runs a query on the engine under s.mu at the current engine time and
+// returns its answer with the journal sequence of the last change: a read
+// is sent only once what it saw is written, so it never shows state that
+// could still be lost.
+func read[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := query(s.nowMS())
+	return v, s.lastSeq, err
+}
+
+// journalLocked hands recs, the records of the change just made, to the
+// journal and returns the sequence its answer must wait for: the last state
+// change so far, so even an answer without records never acknowledges
+// state that could still be lost. The caller holds s.mu.
+func (s *Server) journalLocked(recs []engine.Record) uint64 {
+	if s.cfg.Journal == nil {
+		return 0
+	}
+	if len(recs) > 0 {
+		s.lastSeq = s.cfg.Journal.Append(recs)
+	}
+	return s.lastSeq
+}
+
+// parkLocked remembers a parked acquire of c: its answer comes as a
+// wake-up. The caller holds s.mu.
+func (s *Server) parkLocked(c *conn, id uint64, many bool, w engine.WaiterID) {
+	s.waiters[w] = waiter{c: c, id: id, many: many}
+	if c.waiters == nil {
+		c.waiters = make(map[engine.WaiterID]struct{})
+	}
+	c.waiters[w] = struct{}{}
+}
+
+// wakeLocked answers parked acquires the engine has decided: each answer is
+// appended to its waiter's connection and a flush is kicked, except on
+// self, whose reader flushes at the end of its batch. The caller holds s.mu.
+func (s *Server) wakeLocked(wakes []engine.Wakeup, seq uint64, self *conn) {
+	for i := range wakes {
+		w := &wakes[i]
+		wt, ok := s.waiters[w.Waiter]
+		if !ok {
+			continue
+		}
+		delete(s.waiters, w.Waiter)
+		wt.c.dropWaiterLocked(w.Waiter)
+		wt.c.appendResult(wt.id, acquireAnswer(&w.Result, wt.many), seq)
+		if wt.c != self {
+			wt.c.kick()
+		}
+	}
+}
