@@ -74,6 +74,7 @@ func commands() map[string]*command {
 		agentsCommand(),
 		revokeCommand(), freezeCommand(), thawCommand(),
 		runCommand(), versionCommand(),
+		hookCommand(),
 	}
 	m := make(map[string]*command, len(list))
 	for _, c := range list {

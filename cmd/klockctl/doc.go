@@ -18,6 +18,7 @@
 //	revoke LEASE_ID | freeze RESOURCE | thaw RESOURCE   (root or the daemon's uid)
 //	run [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--kill-after D] RESOURCE... -- COMMAND [ARGS...]
 //	version
+//	hook claude-code [--fail-closed] [--ttl D]    (Claude Code's PreToolUse and SessionEnd hook; JSON on stdin)
 //
 // Every command documents its flags with --help. Flags may follow the
 // arguments; "--" ends them. --json prints the protocol's result map (see
