@@ -79,7 +79,9 @@ func (c *Client) AcquireLease(ctx context.Context, agentID, sessionID, resourceT
 	})
 }
 
-// AcquireOnce sends one acquire for req's single intent. With a
+// AcquireOnce sends one acquire for req's single intent. A FILE path is
+// first resolved as ResolveFile does (made absolute against the working
+// directory, cleaned, mapped out of a linked git worktree). With a
 // WaitTimeout, a WAIT verdict is held in the daemon up to that long. The
 // request carries an idempotency key (req.Idem or a generated one), so if
 // it is resent after a reconnect it returns the lease already granted.
@@ -88,7 +90,11 @@ func (c *Client) AcquireOnce(ctx context.Context, req AcquireRequest) (*AcquireR
 		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: fmt.Sprintf(
 			"AcquireOnce takes exactly 1 intent, got %d; use AcquireMany for several", len(req.Intents))}
 	}
-	in := req.Intents[0]
+	intents, err := resolveIntents(req.Intents)
+	if err != nil {
+		return nil, err
+	}
+	in := intents[0]
 	args := protocol.Args{
 		AgentID: req.AgentID, SessionID: req.SessionID, ResourceType: in.ResourceType,
 		ResourcePath: in.ResourcePath, Predicate: in.Predicate, TTL: millis(req.TTL),
@@ -117,8 +123,12 @@ func (c *Client) AcquireOnce(ctx context.Context, req AcquireRequest) (*AcquireR
 // AcquireMany takes a lease on every intent (1 to 64) or none, in one
 // request; otherwise as AcquireOnce.
 func (c *Client) AcquireMany(ctx context.Context, req AcquireRequest) (*AcquireManyResult, error) {
+	intents, err := resolveIntents(req.Intents)
+	if err != nil {
+		return nil, err
+	}
 	args := protocol.Args{
-		AgentID: req.AgentID, SessionID: req.SessionID, TTL: millis(req.TTL), Intents: req.Intents,
+		AgentID: req.AgentID, SessionID: req.SessionID, TTL: millis(req.TTL), Intents: intents,
 	}
 	args.Set(protocol.ArgAgentID | protocol.ArgSessionID | protocol.ArgTTL | protocol.ArgIntents)
 	c.setWaitAndIdem(&args, req)

@@ -210,9 +210,13 @@ func (c *Client) Thaw(ctx context.Context, resourceType, resourcePath string) (b
 }
 
 func (c *Client) freeze(ctx context.Context, op, resourceType, resourcePath string) (bool, error) {
-	args := protocol.Args{ResourceType: resourceType, ResourcePath: resourcePath}
+	in, err := resolveIntents([]Intent{{ResourceType: resourceType, ResourcePath: resourcePath}})
+	if err != nil {
+		return false, err
+	}
+	args := protocol.Args{ResourceType: resourceType, ResourcePath: in[0].ResourcePath}
 	args.Set(protocol.ArgResourceType | protocol.ArgResourcePath)
 	var res protocol.FreezeResult
-	err := c.do(ctx, op, &args, &res)
+	err = c.do(ctx, op, &args, &res)
 	return res.Frozen, err
 }

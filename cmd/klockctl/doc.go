@@ -29,10 +29,14 @@
 // $XDG_RUNTIME_DIR/klock/klockd.sock, /tmp/klock-$UID/klockd.sock).
 //
 // A RESOURCE is TYPE:path with TYPE one of FILE, SYMBOL, API_ENDPOINT,
-// DATABASE_TABLE, CONFIG_KEY (any case), sent as written. A bare path is a
-// file on this machine: it is made absolute against the current directory
-// and cleaned, as flock(1) names files, so shells in different directories
-// lock the same key. Write ./name:x for a relative file whose name has a colon.
+// DATABASE_TABLE, CONFIG_KEY (any case); a bare path is a FILE. Other types
+// are sent as written. A FILE path goes through the rule every klock client
+// follows (protocol/README.md "FILE paths"): made absolute against the
+// current directory and cleaned (a trailing / is kept: a subtree), and
+// inside a linked git worktree mapped to the same path in the main
+// worktree, so that shells in different directories and worktrees lock the
+// same key (KLOCK_WORKTREES=separate turns the mapping off). Write ./name:x
+// for a relative file whose name has a colon.
 //
 // Exit codes: 0 success; 1 denied, or any error; 2 usage error; 3 klockd
 // unreachable (the message names the socket tried and how to start klockd).

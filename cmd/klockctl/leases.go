@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/user"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/klockd/klock/clientlib"
@@ -30,8 +29,10 @@ func leasesCommand() *command {
 resource, predicate, agent, session, fencing token, time left, the uid and
 pid that took it, and the lease id.
 
---prefix matches the start of the resource key (FILE:/src/, SYMBOL:auth.);
-a prefix starting with "/" means FILE:<prefix>.`,
+--prefix matches the start of the resource key (FILE:/src/, SYMBOL:auth.).
+A prefix without a TYPE: is a FILE path, resolved like a FILE resource
+(made absolute, cleaned, mapped out of a linked git worktree): --prefix src/
+in /repo lists FILE:/repo/src/....`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&agent, "agent", "", "only leases held by agent `ID`")
 			fs.StringVar(&prefix, "prefix", "", "only resources whose key starts with `PREFIX`")
@@ -44,8 +45,12 @@ a prefix starting with "/" means FILE:<prefix>.`,
 			if limit < 0 {
 				return usagef("leases", "--limit must be >= 0")
 			}
-			if strings.HasPrefix(prefix, "/") {
-				prefix = "FILE:" + prefix
+			if prefix != "" {
+				r, err := parseResource(prefix, a.cwd())
+				if err != nil {
+					return usagef("leases", "--prefix: %v", err)
+				}
+				prefix = r.Key()
 			}
 			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
 				ls, truncated, err := c.ListLeases(ctx, clientlib.LeaseFilter{AgentID: agent, Prefix: prefix, Limit: limit})
@@ -128,8 +133,10 @@ after --ttl unless renewed with "klockctl heartbeat" or ended with
 "klockctl release" (use "klockctl run" to hold leases for a command).
 
 A RESOURCE is TYPE:path with TYPE one of FILE, SYMBOL, API_ENDPOINT,
-DATABASE_TABLE, CONFIG_KEY (any case); a bare path is a FILE, made absolute
-against the current directory.
+DATABASE_TABLE, CONFIG_KEY (any case); a bare path is a FILE. A FILE path is
+made absolute against the current directory and cleaned, and inside a
+linked git worktree it is keyed as the same path in the main worktree
+(KLOCK_WORKTREES=separate: keep worktrees apart).
 
 The agent is registered first if it is not (registering an existing agent
 is a no-op). Without --wait a denial is reported at once; with --wait the

@@ -5,12 +5,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/klockd/klock/clientlib"
 )
 
-// resourceTypes are the resource types of PROTOCOL.md "Vocabulary", upper case.
+// resourceTypes are the resource types of protocol/README.md "Vocabulary", upper case.
 var resourceTypes = []string{"FILE", "SYMBOL", "API_ENDPOINT", "DATABASE_TABLE", "CONFIG_KEY"}
 
-// predicates are the predicates of PROTOCOL.md "Vocabulary", upper case.
+// predicates are the predicates of protocol/README.md "Vocabulary", upper case.
 var predicates = []string{"PROVIDES", "CONSUMES", "MUTATES", "DELETES", "DEPENDS_ON", "RENAMES"}
 
 // resource is one resource named on the command line.
@@ -19,21 +21,23 @@ type resource struct {
 	Path string
 }
 
-// Key returns the resource as the daemon names it, TYPE:path. The daemon
-// cleans FILE paths; the key shown here is what the user asked for.
+// Key returns the resource as the daemon names it, TYPE:path.
 func (r resource) Key() string { return r.Type + ":" + r.Path }
 
 // parseResource parses a resource argument. TYPE:path names a resource of
-// that type (TYPE case-insensitive) and path is sent as written. Anything
-// without a TYPE: prefix is a file on this machine: it is made absolute
-// against cwd and cleaned, the way flock(1) names a file, so that two shells
-// in different directories lock the same file.
+// that type (TYPE case-insensitive); anything without a TYPE: prefix is a
+// FILE. A FILE path goes through the one rule every client follows
+// (clientlib.ResolveFile): made absolute against cwd and cleaned, keeping a
+// trailing '/', and mapped from a linked git worktree to the main one, so
+// that shells in different directories and worktrees lock the same key.
+// Other types' paths are sent as written.
 func parseResource(arg, cwd string) (resource, error) {
 	if arg == "" {
 		return resource{}, fmt.Errorf("klock: empty resource")
 	}
-	if prefix, path, ok := strings.Cut(arg, ":"); ok && isTypeName(prefix) {
-		typ := strings.ToUpper(prefix)
+	typ, path := "FILE", arg
+	if prefix, rest, ok := strings.Cut(arg, ":"); ok && isTypeName(prefix) {
+		typ, path = strings.ToUpper(prefix), rest
 		if !slices.Contains(resourceTypes, typ) {
 			return resource{}, fmt.Errorf("klock: unknown resource type %q in %q; allowed: %s (write ./%s for a file)",
 				prefix, arg, strings.Join(resourceTypes, ", "), arg)
@@ -41,16 +45,18 @@ func parseResource(arg, cwd string) (resource, error) {
 		if path == "" {
 			return resource{}, fmt.Errorf("klock: resource %q has an empty path", arg)
 		}
+	}
+	if typ != "FILE" {
 		return resource{Type: typ, Path: path}, nil
 	}
-	path := arg
-	if !filepath.IsAbs(path) {
-		if cwd == "" {
-			return resource{}, fmt.Errorf("klock: relative path %q and no working directory to resolve it", arg)
-		}
-		path = filepath.Join(cwd, path)
+	if !filepath.IsAbs(path) && cwd == "" {
+		return resource{}, fmt.Errorf("klock: relative path %q and no working directory to resolve it", path)
 	}
-	return resource{Type: "FILE", Path: filepath.Clean(path)}, nil
+	fp, err := clientlib.ResolveFile(path, clientlib.ResolveOptions{Dir: cwd})
+	if err != nil {
+		return resource{}, err
+	}
+	return resource{Type: "FILE", Path: fp.Key}, nil
 }
 
 // parseResources parses every argument with parseResource and rejects a

@@ -13,7 +13,10 @@ func TestParseResource(t *testing.T) {
 	}{
 		{arg: "FILE:/src/auth.ts", want: resource{"FILE", "/src/auth.ts"}},
 		{arg: "file:/src/auth.ts", want: resource{"FILE", "/src/auth.ts"}},
-		{arg: "FILE:src/./a.go", want: resource{"FILE", "src/./a.go"}}, // typed: sent as written
+		{arg: "FILE:src/./a.go", want: resource{"FILE", "/home/u/proj/src/a.go"}}, // typed or not, one rule
+		{arg: "FILE:/src/", want: resource{"FILE", "/src/"}},                      // a subtree keeps its '/'
+		{arg: "src//", want: resource{"FILE", "/home/u/proj/src/"}},
+		{arg: "SYMBOL:a/../b", want: resource{"SYMBOL", "a/../b"}}, // other types: as written
 		{arg: "symbol:auth.Login", want: resource{"SYMBOL", "auth.Login"}},
 		{arg: "API_ENDPOINT:GET /users/:id", want: resource{"API_ENDPOINT", "GET /users/:id"}},
 		{arg: "database_table:users", want: resource{"DATABASE_TABLE", "users"}},
