@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"runtime"
 	"slices"
 	"strconv"
@@ -75,10 +74,12 @@ func putCall(cl *call) {
 	callPool.Put(cl)
 }
 
-// Dial connects to klockd. It fails with an error matching
-// ErrDaemonUnreachable (a *DialError naming the socket and how to start a
-// daemon) when nothing answers on the socket. ctx bounds the connection
-// attempt only.
+// Dial connects to klockd, found as Options.Socket says; with no socket
+// named and none answering, it starts a per-user klockd (found on PATH or
+// next to the running executable; one line on stderr says so) unless
+// autostart is off. It fails with an error matching ErrDaemonUnreachable
+// (a *DialError naming the socket and what to do) when no daemon can be
+// reached. ctx bounds connecting, and waiting for a started daemon.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
 	opts = opts.withDefaults()
 	var seed [8]byte
@@ -91,10 +92,11 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		pending:    make(map[uint64]*call),
 		orphans:    make(map[uint64]*call),
 	}
-	nc, err := c.dial(ctx)
+	nc, socket, err := c.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
+	c.opts.Socket = socket // redials go to the daemon found
 	c.maxFrame.Store(protocol.DefaultMaxFrame)
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.mu.Lock()
@@ -103,21 +105,12 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	return c, nil
 }
 
-// dial makes one connection attempt, bounded by ctx and DialTimeout.
-func (c *Client) dial(ctx context.Context) (net.Conn, error) {
-	d := net.Dialer{Timeout: c.opts.DialTimeout}
-	nc, err := d.DialContext(ctx, "unix", c.opts.Socket)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("klock: dialling %s: %w", c.opts.Socket, ctx.Err())
-		}
-		return nil, &DialError{Socket: c.opts.Socket, Err: err}
-	}
-	return nc, nil
-}
-
 // Socket returns the path of the socket the Client connects to.
 func (c *Client) Socket() string { return c.opts.Socket }
+
+// SystemDaemon reports whether the Client talks to the system daemon
+// (protocol.SystemSocket) rather than a per-user one.
+func (c *Client) SystemDaemon() bool { return c.opts.Socket == protocol.SystemSocket }
 
 // Close closes the connection and stops reconnecting. Calls in flight and
 // later calls fail with ErrClosed; leases kept alive by Acquire are no longer

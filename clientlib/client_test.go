@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -226,26 +227,42 @@ func TestDialPermissionDenied(t *testing.T) {
 	}
 }
 
-func TestDefaultSocket(t *testing.T) {
-	t.Setenv("KLOCK_SOCKET", "/x/y.sock")
-	if got := DefaultSocket(); got != "/x/y.sock" {
-		t.Errorf("DefaultSocket() with KLOCK_SOCKET = %q; want /x/y.sock", got)
-	}
-	t.Setenv("KLOCK_SOCKET", "")
-	t.Setenv("XDG_RUNTIME_DIR", "/run/user/77")
-	want := "/run/user/77/klock/klockd.sock"
-	if os.Geteuid() == 0 {
-		want = "/run/klock/klockd.sock"
-	}
-	if got := DefaultSocket(); got != want {
-		t.Errorf("DefaultSocket() = %q; want %q", got, want)
-	}
-	if os.Geteuid() != 0 {
-		t.Setenv("XDG_RUNTIME_DIR", "")
-		want := fmt.Sprintf("/tmp/klock-%d/klockd.sock", os.Getuid())
-		if got := DefaultSocket(); got != want {
-			t.Errorf("DefaultSocket() without XDG_RUNTIME_DIR = %q; want %q", got, want)
+func TestAutostartDisabled(t *testing.T) {
+	for _, tc := range []struct {
+		no, disable string
+		want        bool
+	}{
+		{"", "", false}, {"0", "", false}, {"false", "no", false}, {" off ", "", false},
+		{"1", "", true}, {"", "1", true}, {"yes", "", true}, {"", "TRUE", true},
+	} {
+		env := map[string]string{EnvNoAutostart: tc.no, EnvDisableAutostart: tc.disable}
+		if got := AutostartDisabled(func(k string) string { return env[k] }); got != tc.want {
+			t.Errorf("AutostartDisabled(%s=%q, %s=%q) = %v; want %v", EnvNoAutostart, tc.no, EnvDisableAutostart, tc.disable, got, tc.want)
 		}
+	}
+}
+
+// TestNamedSocketNeverAutostarts: a socket named by Options.Socket or
+// $KLOCK_SOCKET that nothing answers is an error at once, even with a
+// klockd on PATH to start.
+func TestNamedSocketNeverAutostarts(t *testing.T) {
+	bin := t.TempDir()
+	marker := filepath.Join(bin, "started")
+	if err := os.WriteFile(filepath.Join(bin, "klockd"), []byte("#!/bin/sh\ntouch "+marker+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	var stderr strings.Builder
+	if _, err := Dial(testCtx(t), Options{Socket: missing, Stderr: &stderr}); !errors.Is(err, ErrDaemonUnreachable) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("Dial(Socket: %s) = %v; want ErrDaemonUnreachable naming it", missing, err)
+	}
+	t.Setenv("KLOCK_SOCKET", missing)
+	if _, err := Dial(testCtx(t), Options{Stderr: &stderr}); !errors.Is(err, ErrDaemonUnreachable) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("Dial with KLOCK_SOCKET=%s = %v; want ErrDaemonUnreachable naming it", missing, err)
+	}
+	if _, err := os.Stat(marker); err == nil || stderr.Len() > 0 {
+		t.Fatalf("a named socket started klockd (stderr %q)", stderr.String())
 	}
 }
 

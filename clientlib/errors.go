@@ -72,10 +72,16 @@ var ErrLeaseReleased = errors.New("klock: lease released")
 type DialError struct {
 	Socket string
 	Err    error // the cause from connect(2), e.g. ENOENT, ECONNREFUSED, EACCES
+	// Detail, when set, says what was tried and what to do instead of the
+	// default advice (no daemon found, autostart off or failed).
+	Detail string
 }
 
 // Error describes what failed and what to do about it.
 func (e *DialError) Error() string {
+	if e.Detail != "" {
+		return fmt.Sprintf("klock: cannot reach klockd at %s: %s", e.Socket, e.Detail)
+	}
 	if errors.Is(e.Err, os.ErrPermission) {
 		return fmt.Sprintf("klock: permission denied connecting to klockd at %s: "+
 			"the socket is mode 0660; join its group or run klockd as your own user "+

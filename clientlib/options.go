@@ -1,17 +1,28 @@
 package clientlib
 
 import (
-	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"time"
 )
 
 // Options configure Dial. The zero value is ready to use: the default
-// socket, a 5 s dial timeout, reconnecting on, backoff capped at 2 s.
+// socket (started on first use), a 5 s dial timeout, reconnecting on,
+// backoff capped at 2 s.
 type Options struct {
-	// Socket is the daemon's socket path; "" resolves it as DefaultSocket.
+	// Socket is the daemon's socket path. "" means $KLOCK_SOCKET, else the
+	// order of protocol/README.md "Transport": the user's own klockd
+	// (protocol.UserSockets), else the system daemon
+	// (protocol.SystemSocket) when it exists and may be connected to, else
+	// a per-user klockd this Dial starts (see NoAutostart). A named socket
+	// (here or in $KLOCK_SOCKET) is the only one tried, and never started.
 	Socket string
+	// NoAutostart keeps Dial from starting klockd when none answers, as
+	// $KLOCK_NO_AUTOSTART=1 or $KLOCK_DISABLE_AUTOSTART=1 do.
+	NoAutostart bool
+	// Stderr receives the one line Dial prints when it starts klockd;
+	// nil means os.Stderr.
+	Stderr io.Writer
 	// ClientName, when set, is announced with hello on every connection
 	// (the daemon may log it).
 	ClientName string
@@ -30,27 +41,7 @@ const (
 	minBackoff         = 5 * time.Millisecond
 )
 
-// DefaultSocket returns the socket path clients use when none is given, in
-// the order of protocol/README.md: $KLOCK_SOCKET; /run/klock/klockd.sock when
-// running as root; $XDG_RUNTIME_DIR/klock/klockd.sock; else
-// /tmp/klock-$UID/klockd.sock.
-func DefaultSocket() string {
-	if s := os.Getenv("KLOCK_SOCKET"); s != "" {
-		return s
-	}
-	if os.Geteuid() == 0 {
-		return "/run/klock/klockd.sock"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "klock", "klockd.sock")
-	}
-	return fmt.Sprintf("/tmp/klock-%d/klockd.sock", os.Getuid())
-}
-
 func (o Options) withDefaults() Options {
-	if o.Socket == "" {
-		o.Socket = DefaultSocket()
-	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = defaultDialTimeout
 	}
@@ -61,4 +52,11 @@ func (o Options) withDefaults() Options {
 		o.MaxBackoff = minBackoff
 	}
 	return o
+}
+
+func (o Options) stderr() io.Writer {
+	if o.Stderr == nil {
+		return os.Stderr
+	}
+	return o.Stderr
 }

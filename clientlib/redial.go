@@ -48,7 +48,7 @@ func (c *Client) redial() {
 			case <-t.C:
 			}
 		}
-		nc, err := c.dial(c.life)
+		nc, err := c.dialSocket(c.life, c.opts.Socket)
 		c.mu.Lock()
 		if err != nil {
 			c.dialErr = err

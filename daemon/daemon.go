@@ -8,12 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/daemon/server"
-	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/daemon/systemd"
 	"github.com/klockd/klock/protocol"
 )
@@ -36,10 +34,10 @@ const (
 // Config is everything klockd can be told. The zero value of each field
 // means its documented default.
 type Config struct {
-	Socket      string      // socket path; "" = server.DefaultSocket()
+	Socket      string      // socket path; "" = protocol.DefaultSocket()
 	SocketMode  fs.FileMode // 0 = 0660
 	SocketGroup string      // group owning the socket; "" = the daemon's
-	StateDir    string      // state directory; "" = in memory only (see DefaultStateDir)
+	StateDir    string      // state directory; "" = in memory only (klockd defaults to protocol.DefaultStateDir)
 	Fsync       string      // always | everysec | never; "" = everysec
 	Recover     string      // fail | truncate; "" = fail
 	MaxFrame    int         // largest frame body; 0 = 1 MiB
@@ -57,17 +55,6 @@ type Config struct {
 type Daemon struct {
 	cfg Config
 	log *slog.Logger
-}
-
-// DefaultStateDir returns where klockd keeps its state unless told:
-// /var/lib/klock for root, else $XDG_STATE_HOME/klock, else
-// ~/.local/state/klock.
-// With no home directory known, it falls back to /tmp/klock-state-$UID.
-func DefaultStateDir() string {
-	if dir := store.DefaultDir(); dir != "" {
-		return dir
-	}
-	return filepath.Join("/tmp", fmt.Sprintf("klock-state-%d", os.Getuid()))
 }
 
 // New checks cfg and returns a Daemon.
@@ -96,7 +83,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("klock: --max-ttl %s is too small; at least 1ms", cfg.MaxTTL)
 	}
 	if cfg.Socket == "" {
-		cfg.Socket = server.DefaultSocket()
+		cfg.Socket = protocol.DefaultSocket()
 	}
 	if cfg.MaxFrame == 0 {
 		cfg.MaxFrame = protocol.DefaultMaxFrame

@@ -150,8 +150,10 @@ func (a *app) dispatch(args []string) error {
 // commonFlags defines the flags every command takes on fs.
 func (a *app) commonFlags(fs *flag.FlagSet) {
 	fs.StringVar(&a.socket, "socket", a.socket,
-		"connect to klockd's socket at `PATH` (default $KLOCK_SOCKET, else /run/klock/klockd.sock for root,\n"+
-			"else $XDG_RUNTIME_DIR/klock/klockd.sock, else /tmp/klock-$UID/klockd.sock)")
+		"connect to klockd's socket at `PATH` and no other (default $KLOCK_SOCKET, else your own klockd\n"+
+			"(/run/user/$UID/klock/klockd.sock, /tmp/klock-$UID/klockd.sock), else the system one\n"+
+			"(/run/klock/klockd.sock) if you may connect, else a klockd started for you:\n"+
+			"KLOCK_NO_AUTOSTART=1 turns that off)")
 	fs.BoolVar(&a.json, "json", a.json, "print the result as JSON (the protocol's result map; times in Unix ms)")
 }
 

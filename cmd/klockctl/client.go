@@ -5,21 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/klockd/klock/clientlib"
 )
 
-// socketPath resolves the socket as PROTOCOL.md says: --socket, then
-// $KLOCK_SOCKET, then the per-user defaults of clientlib.DefaultSocket.
+// socketPath returns the socket named by --socket, else $KLOCK_SOCKET, else
+// "": clientlib.Dial then finds the daemon (per-user, then system) or
+// starts one, as protocol/README.md "Transport" says.
 func (a *app) socketPath() string {
 	if a.socket != "" {
 		return a.socket
 	}
-	if s := a.getenv("KLOCK_SOCKET"); s != "" {
-		return s
-	}
-	return clientlib.DefaultSocket()
+	return a.getenv("KLOCK_SOCKET")
 }
 
 // dial connects to the daemon. One-shot commands dial without reconnecting:
@@ -31,6 +30,8 @@ func (a *app) dial(ctx context.Context, reconnect bool) (*clientlib.Client, erro
 		Socket:      a.socketPath(),
 		ClientName:  "klockctl/" + version(),
 		NoReconnect: !reconnect,
+		NoAutostart: clientlib.AutostartDisabled(a.getenv),
+		Stderr:      a.stderr,
 	})
 	if err != nil {
 		return nil, unreachableError(err)
@@ -58,6 +59,9 @@ func unreachableError(err error) error {
 	var de *clientlib.DialError
 	if !errors.As(err, &de) {
 		return err
+	}
+	if de.Detail != "" {
+		return &dialFailure{err: de, msg: strings.TrimPrefix(de.Error(), "klock: ")}
 	}
 	return &dialFailure{err: de, msg: unreachableText(de.Socket, de.Err)}
 }

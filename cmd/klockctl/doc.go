@@ -24,9 +24,14 @@
 // arguments; "--" ends them. --json prints the protocol's result map (see
 // protocol/README.md) with the same keys; times are Unix milliseconds.
 //
-// The socket is --socket, else $KLOCK_SOCKET, else the defaults of
-// protocol/README.md (/run/klock/klockd.sock for root,
-// $XDG_RUNTIME_DIR/klock/klockd.sock, /tmp/klock-$UID/klockd.sock).
+// The socket is --socket, else $KLOCK_SOCKET (that socket only), else the
+// user's own klockd (/run/user/$UID/klock/klockd.sock, then
+// /tmp/klock-$UID/klockd.sock), else the system daemon
+// (/run/klock/klockd.sock) when it may be connected to, else a per-user
+// klockd that klockctl starts (found on PATH or beside klockctl; one line
+// on stderr says so; KLOCK_NO_AUTOSTART=1 or KLOCK_DISABLE_AUTOSTART=1 turn
+// it off). See protocol/README.md "Transport". "klockctl status" says which
+// socket it talks to and whether that is the system or a per-user daemon.
 //
 // A RESOURCE is TYPE:path with TYPE one of FILE, SYMBOL, API_ENDPOINT,
 // DATABASE_TABLE, CONFIG_KEY (any case); a bare path is a FILE. Other types

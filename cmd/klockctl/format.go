@@ -109,6 +109,7 @@ type statsJSON struct {
 // stats.
 type statusJSON struct {
 	Socket string    `json:"socket"`
+	Daemon string    `json:"daemon"` // "system" or "per-user"
 	Hello  helloJSON `json:"hello"`
 	Stats  statsJSON `json:"stats"`
 }
@@ -201,10 +202,10 @@ func formatAgents(w io.Writer, as []protocol.AgentInfo, truncated bool, loc *tim
 }
 
 // formatStatus writes hello and stats as aligned "name  value" lines.
-func formatStatus(w io.Writer, socket string, h *protocol.HelloResult, s *protocol.StatsResult, loc *time.Location) error {
+func formatStatus(w io.Writer, socket, kind string, h *protocol.HelloResult, s *protocol.StatsResult, loc *time.Location) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "daemon\t%s (protocol %d, pid %d)\n", h.Server, h.Protocol, h.PID)
-	fmt.Fprintf(tw, "socket\t%s\n", socket)
+	fmt.Fprintf(tw, "socket\t%s (%s daemon)\n", socket, kind)
 	fmt.Fprintf(tw, "started\t%s (up %s)\n", clockText(time.UnixMilli(h.StartedAt), loc),
 		roundDuration(time.Duration(s.UptimeMS)*time.Millisecond))
 	fmt.Fprintf(tw, "connections\t%d\n", s.Connections)

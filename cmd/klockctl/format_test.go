@@ -67,11 +67,11 @@ func TestFormatStatus(t *testing.T) {
 	s := &protocol.StatsResult{UptimeMS: 3723000, Connections: 3, Agents: 2, Leases: 5, Waiters: 1,
 		Ops: 1000, Grants: 90, Waits: 4, Dies: 6, Expirations: 2, Fence: 90}
 	var b strings.Builder
-	if err := formatStatus(&b, "/tmp/k.sock", h, s, time.UTC); err != nil {
+	if err := formatStatus(&b, "/tmp/k.sock", "per-user", h, s, time.UTC); err != nil {
 		t.Fatal(err)
 	}
 	want := `daemon       klockd/1.0 (protocol 1, pid 99)
-socket       /tmp/k.sock
+socket       /tmp/k.sock (per-user daemon)
 started      2026-11-29 12:00:00 (up 1h2m3s)
 connections  3
 agents       2

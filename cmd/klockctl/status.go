@@ -18,7 +18,8 @@ func statusCommand() *command {
 		synopsis: "[flags]",
 		summary:  "show the daemon's version, uptime and counters",
 		help: `Says hello to klockd and prints what it answers (server version, protocol,
-pid, start time) and its stats: current connections, agents, leases and
+pid, start time), the socket it talks to and whether that is the system
+daemon (/run/klock/klockd.sock) or a per-user one, and its stats: current connections, agents, leases and
 waiters; totals of requests, grants, WAIT and DIE denials and expirations
 since it started; the last fencing token issued.
 
@@ -36,10 +37,14 @@ Exits 3 when no daemon answers, so "klockctl status" is also a health check.`,
 				if err != nil {
 					return err
 				}
-				if a.json {
-					return writeJSON(a.stdout, statusJSON{Socket: c.Socket(), Hello: helloJSON(*h), Stats: statsJSON(*s)})
+				kind := "per-user"
+				if c.SystemDaemon() {
+					kind = "system"
 				}
-				return formatStatus(a.stdout, c.Socket(), h, s, a.loc)
+				if a.json {
+					return writeJSON(a.stdout, statusJSON{Socket: c.Socket(), Daemon: kind, Hello: helloJSON(*h), Stats: statsJSON(*s)})
+				}
+				return formatStatus(a.stdout, c.Socket(), kind, h, s, a.loc)
 			})
 		},
 	}

@@ -11,29 +11,17 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/klockd/klock/protocol"
 )
 
 // DefaultSocketMode is the permission of the socket file: owner and group
 // may connect, others may not.
 const DefaultSocketMode fs.FileMode = 0o660
 
-// DefaultSocket returns the socket path PROTOCOL.md prescribes when no
-// --socket flag or KLOCK_SOCKET variable is given: /run/klock/klockd.sock for
-// root, else $XDG_RUNTIME_DIR/klock/klockd.sock, else
-// /tmp/klock-$UID/klockd.sock.
-func DefaultSocket() string {
-	if os.Geteuid() == 0 {
-		return "/run/klock/klockd.sock"
-	}
-	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
-		return filepath.Join(dir, "klock", "klockd.sock")
-	}
-	return filepath.Join("/tmp", "klock-"+strconv.Itoa(os.Getuid()), "klockd.sock")
-}
-
 // ListenConfig says where and how to create the daemon's socket.
 type ListenConfig struct {
-	Path  string      // socket path; "" = DefaultSocket()
+	Path  string      // socket path; "" = protocol.DefaultSocket()
 	Mode  fs.FileMode // socket permission; 0 = DefaultSocketMode
 	Group string      // group name or numeric gid to own the socket; "" = the daemon's group
 }
@@ -53,7 +41,7 @@ var ErrDaemonRunning = errors.New("klock: another klockd is already serving on t
 func Listen(cfg ListenConfig) (*net.UnixListener, error) {
 	path := cfg.Path
 	if path == "" {
-		path = DefaultSocket()
+		path = protocol.DefaultSocket()
 	}
 	mode := cfg.Mode
 	if mode == 0 {

@@ -93,21 +93,3 @@ func TestListenRefusesWorldWritableParent(t *testing.T) {
 		t.Fatal("Listen accepted a world-writable, non-sticky parent directory")
 	}
 }
-
-func TestDefaultSocket(t *testing.T) {
-	got := DefaultSocket()
-	if os.Geteuid() == 0 {
-		if got != "/run/klock/klockd.sock" {
-			t.Errorf("DefaultSocket() as root = %q", got)
-		}
-		return
-	}
-	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1234")
-	if got := DefaultSocket(); got != "/run/user/1234/klock/klockd.sock" {
-		t.Errorf("DefaultSocket() = %q", got)
-	}
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	if got, want := DefaultSocket(), "/tmp/klock-"+strconv.Itoa(os.Getuid())+"/klockd.sock"; got != want {
-		t.Errorf("DefaultSocket() = %q; want %q", got, want)
-	}
-}

@@ -113,24 +113,6 @@ func TestOpenRefusesEmptyDir(t *testing.T) {
 	}
 }
 
-func TestDefaultDir(t *testing.T) {
-	if os.Geteuid() == 0 {
-		if got := DefaultDir(); got != "/var/lib/klock" {
-			t.Fatalf("DefaultDir as root = %q", got)
-		}
-		return
-	}
-	t.Setenv("XDG_STATE_HOME", "/x/state")
-	if got := DefaultDir(); got != "/x/state/klock" {
-		t.Fatalf("DefaultDir with XDG_STATE_HOME = %q", got)
-	}
-	t.Setenv("XDG_STATE_HOME", "")
-	t.Setenv("HOME", "/home/u")
-	if got := DefaultDir(); got != "/home/u/.local/state/klock" {
-		t.Fatalf("DefaultDir = %q", got)
-	}
-}
-
 func TestParseModes(t *testing.T) {
 	for _, s := range []string{"always", "everysec", "never"} {
 		m, err := ParseFsyncMode(s)

@@ -14,23 +14,6 @@ import (
 // lockFileName is the file flock(2)ed by the daemon owning a state directory.
 const lockFileName = "LOCK"
 
-// DefaultDir returns the default state directory: /var/lib/klock for root,
-// else $XDG_STATE_HOME/klock, else ~/.local/state/klock. It returns "" when
-// no home directory is known (the daemon then needs --state-dir).
-func DefaultDir() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/klock"
-	}
-	if x := os.Getenv("XDG_STATE_HOME"); x != "" && filepath.IsAbs(x) {
-		return filepath.Join(x, "klock")
-	}
-	home, err := os.UserHomeDir()
-	if err != nil || home == "" {
-		return ""
-	}
-	return filepath.Join(home, ".local", "state", "klock")
-}
-
 // lockDir takes an exclusive, non-blocking flock(2) on dir/LOCK and writes
 // this process's pid into it. The lock belongs to the open file, so it is
 // released when the process dies, however it dies: a stale LOCK file never
