@@ -1,6 +1,10 @@
 package engine
 
-import "github.com/klockd/klock/protocol"
+import (
+	"fmt"
+
+	"github.com/klockd/klock/protocol"
+)
 
 // Acquire decides a request for one resource (exactly one intent) by the
 // Wait-Die rule of DESIGN.md "Semantics". A grant or a denial is a Result;
@@ -9,7 +13,8 @@ import "github.com/klockd/klock/protocol"
 // (UNKNOWN_AGENT), a caller who may not act for the agent
 // (PERMISSION_DENIED) or a reached limit (RESOURCE_EXHAUSTED). With
 // WaitTimeout > 0 a WAIT verdict parks the request (Result.Queued); its
-// answer comes later as a Wakeup.
+// answer comes later as a Wakeup. With Bind set, the lease is bound to that
+// process (see ProcessEnded) and TTL may be 0 (no ttl).
 func (e *Engine) Acquire(now int64, c Caller, req AcquireRequest) (Result, error) {
 	r, err := e.acquire(now, c, &req, true)
 	if err != nil {
@@ -45,7 +50,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 	}
 	if req.Idem != "" {
 		if en := a.idem[req.Idem]; en != nil && en.active(now) {
-			return en.answer(req.Idem, targets)
+			return en.answer(req.Idem, targets, req.Bind)
 		}
 	}
 	v := e.decide(now, a, req.SessionID, a.priority, targets, nil)
@@ -54,7 +59,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 			e.leases.len()-e.leaseDeadlines.countDue(now)+len(targets) > e.cfg.MaxLeases {
 			return Result{}, limitReached("lease", e.cfg.MaxLeases, "release leases", "max-leases")
 		}
-		ls := e.grant(now, c.UID, c.PID, a, req.SessionID, targets, req.TTL, req.Idem)
+		ls := e.grant(now, c.UID, c.PID, a, req.SessionID, targets, req.TTL, req.Idem, req.Bind)
 		e.requeue(now, targets, nil)
 		return Result{Granted: true, Leases: ls}, nil
 	}
@@ -91,8 +96,8 @@ func (en *idemEntry) active(now int64) bool {
 }
 
 // answer returns the entry's leases again if the request asks for the same
-// resources and predicates, in order.
-func (en *idemEntry) answer(key string, targets []target) (Result, *Error) {
+// resources and predicates, in order, bound to the same process (or none).
+func (en *idemEntry) answer(key string, targets []target, bind *Process) (Result, *Error) {
 	if len(targets) != len(en.leases) {
 		return Result{}, invalidf("klock: idem %q is bound to %d held lease(s), not %d; use a new key for a different request",
 			key, len(en.leases), len(targets))
@@ -103,6 +108,10 @@ func (en *idemEntry) answer(key string, targets []target) (Result, *Error) {
 		if l.Resource != t.key || l.Predicate != t.pred {
 			return Result{}, invalidf("klock: idem %q was used for %s %s, not %s %s; use a new key for a different request",
 				key, l.Predicate, l.Resource, t.pred, t.key)
+		}
+		if !sameProcess(l.Bound, bind) {
+			return Result{}, invalidf("klock: idem %q was used for a lease %s, not %s; use a new key for a different request",
+				key, bindingText(l.Bound), bindingText(bind))
 		}
 		ls[i] = l.Lease
 	}
@@ -212,8 +221,9 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 	return v
 }
 
-// grant creates one lease per target, records them and returns them.
-func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session string, targets []target, ttl int64, idem string) []Lease {
+// grant creates one lease per target, records them and returns them. With
+// bind set, the leases are bound to that process, and ttl 0 means none.
+func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session string, targets []target, ttl int64, idem string, bind *Process) []Lease {
 	ls := make([]Lease, len(targets))
 	var xs []*lease
 	if idem != "" {
@@ -224,12 +234,14 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 		k, id := e.newLeaseID()
 		ls[i] = Lease{
 			ID: id, AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
-			AcquiredAt: now, ExpiresAt: now + ttl, TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,
+			AcquiredAt: now, ExpiresAt: expiry(now, ttl), TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,
+			Bound: bind,
 		}
 		x, err := e.addLease(ls[i], t.res, &k)
 		if err != nil {
 			panic(err) // fresh ids of a registered agent: cannot happen
 		}
+		ls[i].Bound = x.Bound // the table's shared Process
 		if idem != "" {
 			xs = append(xs, x)
 		}
@@ -240,4 +252,30 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 	e.grants++
 	e.record(Record{Kind: RecGrant, Time: now, Leases: ls, Idem: idem})
 	return ls
+}
+
+// expiry returns when a lease taken or renewed at now with ttl expires:
+// Never for ttl 0 (a bound lease without a ttl).
+func expiry(now, ttl int64) int64 {
+	if ttl == 0 {
+		return Never
+	}
+	return now + ttl
+}
+
+// sameProcess reports whether two bindings name the same process (or are
+// both unbound).
+func sameProcess(a, b *Process) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// bindingText describes a binding for messages.
+func bindingText(p *Process) string {
+	if p == nil {
+		return "not bound to a process"
+	}
+	return fmt.Sprintf("bound to process %d", p.PID)
 }

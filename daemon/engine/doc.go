@@ -22,6 +22,18 @@
 // past: Expire is then due at once. Between expiry and Expire, expired
 // leases already neither block nor count.
 //
+// # Leases bound to a process
+//
+// An acquire may carry AcquireRequest.Bind, the requesting process (pid,
+// start time, boot) as the daemon identified it: its leases then end when
+// that process ends, and may have no ttl (ExpiresAt Never). The engine
+// never looks at processes; the daemon watches them and calls
+// ProcessEnded, which ends their leases exactly as a release does (a
+// record, and the queued requests decided again). The binding is part of
+// each lease, in records and snapshots, so a restarted daemon finds the
+// processes to check in BoundProcesses. Bound processes are kept in one
+// table that their leases point to, so a binding costs a lease a pointer.
+//
 // # Durability
 //
 // With Config.Journal set, every state change is appended as a Record;

@@ -20,13 +20,14 @@ type Engine struct {
 	leaseDeadlines  leaseHeap
 	waiterDeadlines waiterHeap
 	waiters         map[WaiterID]*waiter
+	procs           map[Process]*boundProc // processes leases or waiters are bound to
 
 	fence      uint64 // last fencing token issued
 	lastAuto   int64  // last priority assigned from the clock
 	nextWaiter WaiterID
 	registered int // agents registered (not counting leftovers)
 
-	grants, waits, dies, expirations uint64
+	grants, waits, dies, expirations, exitReleases uint64
 
 	ids *rand.ChaCha8 // lease id generator (see newLeaseID)
 
@@ -57,9 +58,10 @@ type lease struct {
 	res      *resource
 	resIdx   int // index in res.leases
 	agentIdx int // index in agent.leases
-	heapIdx  int // index in Engine.leaseDeadlines
+	heapIdx  int // index in Engine.leaseDeadlines; -1 without a ttl
 	key      leaseKey
 	idem     *idemEntry
+	procIdx  int32 // index in its boundProc's leases, when Bound
 }
 
 // idemEntry is the set of leases granted under one idempotency key.

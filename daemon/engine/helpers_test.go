@@ -5,6 +5,7 @@ import (
 
 	"github.com/klockd/klock/protocol"
 	"github.com/stretchr/testify/require"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 const t0 int64 = 1_700_000_000_000 // a fixed "now" for tests
@@ -93,6 +94,22 @@ func replayEqual(t testing.TB, e *Engine, recs []Record) {
 		require.NoErrorf(t, f.Apply(r), "record %d: %+v", i, r)
 	}
 	require.Equal(t, e.Snapshot(), f.Snapshot())
+}
+
+// replayMsgpack is replayEqual with every record through msgpack first, as
+// the store writes them; it returns the replayed engine.
+func replayMsgpack(t testing.TB, e *Engine, recs []Record) *Engine {
+	t.Helper()
+	f := New(Config{})
+	for _, r := range recs {
+		b, err := msgpack.Marshal(&r)
+		require.NoError(t, err)
+		var back Record
+		require.NoError(t, msgpack.Unmarshal(b, &back))
+		require.NoError(t, f.Apply(back))
+	}
+	require.Equal(t, e.Snapshot(), f.Snapshot())
+	return f
 }
 
 // liveResources counts the resources that hold something.

@@ -36,8 +36,9 @@ func (e *Engine) leaseFor(c Caller, op, leaseID string) (*lease, *Error) {
 }
 
 // Heartbeat extends an active lease to now + ttl and returns it. With ttl 0
-// the lease keeps its ttl; otherwise ttl (1..MaxTTL) becomes its ttl. A
-// lease that is not active is NOT_FOUND. Permissions are as for Release.
+// the lease keeps its ttl (a bound lease without one stays without, and
+// nothing is recorded); otherwise ttl (1..MaxTTL) becomes its ttl. A lease
+// that is not active is NOT_FOUND. Permissions are as for Release.
 func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Lease, error) {
 	if ttl != 0 {
 		if err := e.checkTTL("ttl", ttl); err != nil {
@@ -54,15 +55,27 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 	if ttl == 0 {
 		ttl = l.TTL
 	}
+	if ttl == 0 {
+		return l.Lease, nil // a bound lease without a ttl: nothing to extend
+	}
 	e.heartbeat(l, now, ttl)
 	e.recordLease(RecHeartbeat, now, leaseID, ttl)
 	return l.Lease, nil
 }
 
+// heartbeat sets a lease's ttl and extends it to now + ttl; a lease that
+// had no ttl (bound) joins the expiry queue.
 func (e *Engine) heartbeat(l *lease, now, ttl int64) {
 	l.TTL = ttl
-	l.ExpiresAt = now + ttl
-	e.leaseDeadlines.fix(l.heapIdx)
+	l.ExpiresAt = expiry(now, ttl)
+	switch {
+	case l.heapIdx >= 0 && l.ExpiresAt == Never:
+		e.leaseDeadlines.remove(l.heapIdx)
+	case l.heapIdx >= 0:
+		e.leaseDeadlines.fix(l.heapIdx)
+	case l.ExpiresAt != Never:
+		e.leaseDeadlines.push(l)
+	}
 }
 
 // Revoke ends an active lease now, as if it expired (admin: root or

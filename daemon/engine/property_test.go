@@ -22,6 +22,7 @@ type model struct {
 	leaseIDs []string
 	waiters  []WaiterID
 	recs     []Record
+	procs    []Process // processes requests may be bound to; one that ends is replaced
 }
 
 func (m *model) caller() Caller { return Caller{UID: 0} }
@@ -61,6 +62,14 @@ func (m *model) step() {
 		_, ws := m.e.Expire(m.now)
 		m.wake(ws)
 		m.check()
+	}
+	if rapid.IntRange(0, 15).Draw(m.t, "process ends?") == 0 {
+		i := rapid.IntRange(0, len(m.procs)-1).Draw(m.t, "process")
+		_, ws := m.e.ProcessEnded(m.now, m.procs[i])
+		m.wake(ws)
+		require.False(m.t, m.e.ProcessBound(m.procs[i]))
+		// Its pid is reused by a new process.
+		m.procs[i].Start += 1000
 	}
 	switch rapid.IntRange(0, 13).Draw(m.t, "op") {
 	case 0, 1, 2, 3:
@@ -148,6 +157,13 @@ func (m *model) step() {
 }
 
 func (m *model) acquire(req AcquireRequest, single bool) {
+	if rapid.IntRange(0, 2).Draw(m.t, "bind?") == 0 {
+		p := rapid.SampledFrom(m.procs).Draw(m.t, "bind")
+		req.Bind = &p
+		if rapid.Bool().Draw(m.t, "no ttl") {
+			req.TTL = 0
+		}
+	}
 	var r Result
 	var err error
 	if single {
@@ -225,7 +241,35 @@ func (m *model) check() {
 		a.ended.each(func(s string) { require.True(m.t, a.ended.has(s)) })
 	}
 	require.Equal(m.t, e.leases.len(), n)
-	require.Equal(m.t, e.leases.len(), len(e.leaseDeadlines))
+	withTTL, bound := 0, 0
+	e.leases.each(func(l *lease) {
+		if l.ExpiresAt != Never {
+			withTTL++
+		}
+		if l.Bound != nil {
+			bound++
+			bp := e.procs[*l.Bound]
+			require.NotNil(m.t, bp, "lease bound to %+v, which is not in the table", *l.Bound)
+			require.Same(m.t, l, bp.leases[l.procIdx])
+			require.Same(m.t, bp.proc, l.Bound)
+		}
+	})
+	require.Equal(m.t, withTTL, len(e.leaseDeadlines))
+	boundWaiters := 0
+	for _, w := range e.waiters {
+		if w.bind != nil {
+			boundWaiters++
+			require.Contains(m.t, e.procs[*w.bind].waiters, w)
+		}
+	}
+	for p, bp := range e.procs {
+		require.Equal(m.t, p, *bp.proc)
+		require.NotZero(m.t, len(bp.leases)+len(bp.waiters), "process %+v kept with nothing bound", p)
+		bound -= len(bp.leases)
+		boundWaiters -= len(bp.waiters)
+	}
+	require.Zero(m.t, bound, "bound leases and the process table disagree")
+	require.Zero(m.t, boundWaiters, "bound waiters and the process table disagree")
 	require.Equal(m.t, len(e.waiters), len(e.waiterDeadlines))
 }
 
@@ -256,6 +300,7 @@ func TestProperties(t *testing.T) {
 			prompt:   rapid.Bool().Draw(t, "prompt"),
 			sessions: []string{"s1", "s2"},
 			paths:    []string{"/a", "/b", "/c"},
+			procs:    []Process{{PID: 10, Boot: 1, Start: 1}, {PID: 11, Boot: 1, Start: 2}},
 		}
 		for i, n := 0, rapid.IntRange(2, 5).Draw(t, "agents"); i < n; i++ {
 			id := fmt.Sprintf("agent%d", i)

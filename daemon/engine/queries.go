@@ -84,12 +84,14 @@ func (e *Engine) ListAgents(now int64, limit int) ([]Agent, bool, error) {
 
 // Stats returns the engine's counters. Leases counts every lease not yet
 // removed (Stats takes no time; ActiveLeaseCount excludes expired ones);
-// Grants counts granted requests, Waits and Dies the answers with those
-// reasons, Expirations the leases removed on expiry, Fence the last
-// fencing token issued.
+// Processes the processes leases or queued requests are bound to; Grants
+// counts granted requests, Waits and Dies the answers with those reasons,
+// Expirations the leases removed on expiry, ExitReleases the active leases
+// ended because their process ended, Fence the last fencing token issued.
 func (e *Engine) Stats() Stats {
 	return Stats{
-		Agents: e.registered, Leases: e.leases.len(), Waiters: len(e.waiters),
-		Grants: e.grants, Waits: e.waits, Dies: e.dies, Expirations: e.expirations, Fence: e.fence,
+		Agents: e.registered, Leases: e.leases.len(), Waiters: len(e.waiters), Processes: len(e.procs),
+		Grants: e.grants, Waits: e.waits, Dies: e.dies, Expirations: e.expirations,
+		ExitReleases: e.exitReleases, Fence: e.fence,
 	}
 }

@@ -17,6 +17,7 @@ const (
 	RecEndSession RecordKind = 8  // AgentID, SessionID
 	RecFreeze     RecordKind = 9  // Resource
 	RecThaw       RecordKind = 10 // Resource
+	RecProcessEnd RecordKind = 11 // Bound, LeaseIDs: the leases bound to that process, ended because it ended
 )
 
 // Record is one state change, carrying everything needed to replay it
@@ -48,6 +49,8 @@ type Record struct {
 	Leases []Lease `msgpack:"g,omitempty"`
 	// Idem is the idempotency key the grant was made under (RecGrant).
 	Idem string `msgpack:"i,omitempty"`
+	// Bound is the process that ended (RecProcessEnd).
+	Bound *Process `msgpack:"b,omitempty"`
 }
 
 // Records drains and returns the records produced since the last call, in
@@ -101,7 +104,7 @@ func (e *Engine) apply(r *Record) *Error {
 		if r.Idem != "" && len(xs) > 0 {
 			e.bindIdem(xs[0].agent, r.Idem, xs)
 		}
-	case RecRelease, RecRevoke, RecExpire:
+	case RecRelease, RecRevoke, RecExpire, RecProcessEnd:
 		for _, id := range r.LeaseIDs {
 			if l := e.lookup(id); l != nil {
 				e.removeLease(l)

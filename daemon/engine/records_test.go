@@ -44,6 +44,10 @@ func busyEngine(t *testing.T) *Engine {
 	_, err = e.Unregister(t0+9, alice, "bye")
 	require.NoError(t, err)
 	e.Expire(t0 + 60) // the CONFIG_KEY lease expires
+	p := Process{PID: 77, Boot: 1, Start: 5}
+	mustGrantReq(t, e, t0+61, bound(req1("young", "y", "FILE", "/bound", "MUTATES", 0), p))
+	mustGrantReq(t, e, t0+61, bound(req1("young", "y", "FILE", "/kept", "MUTATES", 0), Process{PID: 78, Boot: 1, Start: 6}))
+	e.ProcessEnded(t0+62, p)
 	return e
 }
 
@@ -54,22 +58,14 @@ func TestRecordsReplayAndSnapshot(t *testing.T) {
 	for _, r := range recs {
 		kinds[r.Kind] = true
 	}
-	for k := RecRegister; k <= RecThaw; k++ {
+	for k := RecRegister; k <= RecProcessEnd; k++ {
 		require.Truef(t, kinds[k], "no record of kind %d", k)
 	}
 	require.Empty(t, e.Records(), "drained")
 	replayEqual(t, e, recs)
 
 	// Through msgpack, as the store writes them.
-	f := New(Config{})
-	for _, r := range recs {
-		b, err := msgpack.Marshal(&r)
-		require.NoError(t, err)
-		var back Record
-		require.NoError(t, msgpack.Unmarshal(b, &back))
-		require.NoError(t, f.Apply(back))
-	}
-	require.Equal(t, e.Snapshot(), f.Snapshot())
+	replayMsgpack(t, e, recs)
 
 	// Snapshot -> msgpack -> Restore.
 	s := e.Snapshot()

@@ -64,7 +64,8 @@ type SessionRef struct {
 }
 
 // Snapshot returns the engine's whole durable state (queued requests are
-// not included). The result shares nothing with the engine.
+// not included). The result shares nothing mutable with the engine (a
+// bound lease's Process is never changed).
 func (e *Engine) Snapshot() *State {
 	s := &State{Version: StateVersion, Fence: e.fence, LastAuto: e.lastAuto}
 	s.Agents = make([]AgentState, 0, len(e.agents))

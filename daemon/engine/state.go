@@ -75,10 +75,15 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	if r == nil {
 		r = e.resourceFor(l.Resource)
 	}
-	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), key: k}
+	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), heapIdx: -1, key: k}
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
-	e.leaseDeadlines.push(x)
+	if l.ExpiresAt != Never {
+		e.leaseDeadlines.push(x)
+	}
+	if l.Bound != nil {
+		e.bindLease(x)
+	}
 	if l.Fence > e.fence {
 		e.fence = l.Fence
 	}
@@ -89,7 +94,12 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 // its queue to be decided again.
 func (e *Engine) removeLease(x *lease) {
 	e.leases.del(x.key)
-	e.leaseDeadlines.remove(x.heapIdx)
+	if x.heapIdx >= 0 {
+		e.leaseDeadlines.remove(x.heapIdx)
+	}
+	if x.Bound != nil {
+		e.unbindLease(x)
+	}
 
 	r := x.res
 	last := len(r.leases) - 1

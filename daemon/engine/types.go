@@ -150,6 +150,28 @@ type Lease struct {
 	Fence      uint64    `msgpack:"f"` // fencing token, unique and increasing
 	OwnerUID   uint32    `msgpack:"u"` // uid of the connection that acquired it
 	OwnerPID   int32     `msgpack:"pid"`
+	// Bound is the process the lease ends with (bind "process"), nil when
+	// it is not bound. The leases of one process share one Process, which
+	// is never changed: copies of a Lease may share it too.
+	Bound *Process `msgpack:"b,omitempty"`
+}
+
+// Never is the ExpiresAt of a lease without a ttl: a lease bound to its
+// process and taken with ttl 0 lasts until it is released or its process
+// ends. It is not in the expiry queue and is always active.
+const Never int64 = 1<<63 - 1
+
+// Process names one process a lease is bound to, so that a pid the kernel
+// reuses for another process is never taken for it: the pid, the process's
+// start time (field 22 of /proc/PID/stat, clock ticks since boot) and the
+// boot it started in (the first 32 bits of the kernel's boot_id), since a
+// start time only means something within one boot. The engine never reads
+// them; the daemon does, and tells the engine when the process has ended
+// (ProcessEnded).
+type Process struct {
+	PID   int32  `msgpack:"pid"`
+	Boot  uint32 `msgpack:"bt"`
+	Start uint64 `msgpack:"st"`
 }
 
 // Denial is a refused acquire: why, when to retry, who decided it and a
@@ -194,9 +216,13 @@ type Intent struct {
 type AcquireRequest struct {
 	AgentID, SessionID string
 	Intents            []Intent
-	TTL                int64  // lease lifetime, ms, 1..MaxTTL
+	TTL                int64  // lease lifetime, ms, 1..MaxTTL; 0 = none (only with Bind)
 	WaitTimeout        int64  // 0 = answer at once; else park a WAIT this long (ms)
 	Idem               string // idempotency key, ≤ 64 bytes, "" = none
+	// Bind, when set, binds the leases to that process: they end when
+	// the daemon reports it ended (ProcessEnded), and TTL may be 0. The
+	// daemon sets it to the requesting process itself, never to another.
+	Bind *Process
 }
 
 // Agent is a registered agent as listed by ListAgents.
@@ -217,7 +243,9 @@ type LeaseFilter struct {
 }
 
 // Stats are the engine's counters: current counts and totals since New.
+// Processes counts the processes that leases or queued requests are bound
+// to; ExitReleases the leases ended because their process ended.
 type Stats struct {
-	Agents, Leases, Waiters                 int
-	Grants, Waits, Dies, Expirations, Fence uint64
+	Agents, Leases, Waiters, Processes                    int
+	Grants, Waits, Dies, Expirations, ExitReleases, Fence uint64
 }

@@ -187,8 +187,14 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 	if err := checkText("session_id", req.SessionID, MaxIDLen); err != nil {
 		return nil, err
 	}
-	if err := e.checkTTL("ttl", req.TTL); err != nil {
-		return nil, err
+	switch {
+	case req.Bind != nil && req.TTL == 0: // bound, without a ttl
+	case req.TTL == 0:
+		return nil, invalidf("klock: ttl 0 is out of range; allowed 1..%d ms, or 0 (none) for a lease bound to its process (bind \"process\")", e.cfg.MaxTTL)
+	default:
+		if err := e.checkTTL("ttl", req.TTL); err != nil {
+			return nil, err
+		}
 	}
 	if req.WaitTimeout < 0 || req.WaitTimeout > e.cfg.MaxTTL {
 		return nil, invalidf("klock: wait_timeout %d is out of range; allowed 0..%d ms", req.WaitTimeout, e.cfg.MaxTTL)

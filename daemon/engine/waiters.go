@@ -19,6 +19,7 @@ type waiter struct {
 	res      []*resource // resource of each target
 	ttl      int64
 	idem     string
+	bind     *Process // the process its leases will be bound to, or nil
 	uid      uint32
 	pid      int32
 	since    int64 // when it was queued
@@ -50,8 +51,11 @@ func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, tar
 	w := &waiter{
 		id: e.nextWaiter, agent: a, session: req.SessionID, priority: a.priority,
 		targets: slices.Clone(targets), res: make([]*resource, len(targets)),
-		ttl: req.TTL, idem: req.Idem, uid: c.UID, pid: c.PID,
+		ttl: req.TTL, idem: req.Idem, uid: c.UID, pid: c.PID, bind: req.Bind,
 		since: now, deadline: now + req.WaitTimeout, agentIdx: len(a.waiters),
+	}
+	if w.bind != nil {
+		e.bindWaiter(w)
 	}
 	for i, t := range w.targets {
 		r := e.resourceFor(t.key)
@@ -87,6 +91,9 @@ func (e *Engine) dropWaiter(w *waiter) {
 	for _, r := range w.res {
 		r.queue = slices.DeleteFunc(r.queue, func(q queued) bool { return q.w == w })
 		e.dropIfIdle(r)
+	}
+	if w.bind != nil {
+		e.unbindWaiter(w)
 	}
 	e.dropLeftover(a)
 }
@@ -147,7 +154,7 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 				j++
 				continue
 			case "":
-				ls := e.grant(now, w.uid, w.pid, w.agent, w.session, w.targets, w.ttl, w.idem)
+				ls := e.grant(now, w.uid, w.pid, w.agent, w.session, w.targets, w.ttl, w.idem, w.bind)
 				for _, o := range w.res {
 					if o != r && len(o.queue) > 1 {
 						e.markDirty(o)

@@ -195,8 +195,9 @@ func (r *mpReader) once(seen *uint16, k uint) {
 
 // recordKeys and leaseKeys number the keys for duplicate detection.
 var (
-	recordKeys = map[string]uint{"k": 0, "t": 1, "a": 2, "s": 3, "p": 4, "u": 5, "au": 6, "ttl": 7, "r": 8, "ls": 9, "g": 10, "i": 11}
-	leaseKeys  = map[string]uint{"id": 0, "a": 1, "s": 2, "r": 3, "p": 4, "at": 5, "ex": 6, "ttl": 7, "f": 8, "u": 9, "pid": 10}
+	recordKeys  = map[string]uint{"k": 0, "t": 1, "a": 2, "s": 3, "p": 4, "u": 5, "au": 6, "ttl": 7, "r": 8, "ls": 9, "g": 10, "i": 11, "b": 12}
+	leaseKeys   = map[string]uint{"id": 0, "a": 1, "s": 2, "r": 3, "p": 4, "at": 5, "ex": 6, "ttl": 7, "f": 8, "u": 9, "pid": 10, "b": 11}
+	processKeys = map[string]uint{"pid": 0, "bt": 1, "st": 2}
 )
 
 // key reads a map key from keys, marking it seen.
@@ -250,6 +251,8 @@ func decodeRecordFast(body []byte) (engine.Record, bool) {
 			rec.Leases = ls
 		case "i":
 			rec.Idem = r.str()
+		case "b":
+			rec.Bound = r.process()
 		default:
 			r.ok = false
 		}
@@ -258,6 +261,25 @@ func decodeRecordFast(body []byte) (engine.Record, bool) {
 		return engine.Record{}, false
 	}
 	return rec, true
+}
+
+// process decodes one engine.Process map; a nil is left to the library.
+func (r *mpReader) process() *engine.Process {
+	p := new(engine.Process)
+	var seen uint16
+	for n := r.mapLen(); n > 0 && r.ok; n-- {
+		switch r.key(processKeys, &seen) {
+		case "pid":
+			p.PID = int32(r.int(math.MinInt32, math.MaxInt32))
+		case "bt":
+			p.Boot = uint32(r.int(0, math.MaxUint32))
+		case "st":
+			p.Start = r.uint64()
+		default:
+			r.ok = false
+		}
+	}
+	return p
 }
 
 // lease decodes one engine.Lease map.
@@ -287,6 +309,8 @@ func (r *mpReader) lease(l *engine.Lease) {
 			l.OwnerUID = uint32(r.int(0, math.MaxUint32))
 		case "pid":
 			l.OwnerPID = int32(r.int(math.MinInt32, math.MaxInt32))
+		case "b":
+			l.Bound = r.process()
 		default:
 			r.ok = false
 		}

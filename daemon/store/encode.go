@@ -21,14 +21,18 @@ import (
 const (
 	recordLayout = "Kind engine.RecordKind k;Time int64 t;AgentID string a,omitempty;SessionID string s,omitempty;" +
 		"Priority int64 p,omitempty;UID uint32 u,omitempty;Auto bool au,omitempty;TTL int64 ttl,omitempty;" +
-		"Resource string r,omitempty;LeaseIDs []string ls,omitempty;Leases []engine.Lease g,omitempty;Idem string i,omitempty;"
+		"Resource string r,omitempty;LeaseIDs []string ls,omitempty;Leases []engine.Lease g,omitempty;Idem string i,omitempty;" +
+		"Bound *engine.Process b,omitempty;"
 	leaseLayout = "ID string id;AgentID string a;SessionID string s;Resource string r;Predicate engine.Predicate p;" +
-		"AcquiredAt int64 at;ExpiresAt int64 ex;TTL int64 ttl;Fence uint64 f;OwnerUID uint32 u;OwnerPID int32 pid;"
+		"AcquiredAt int64 at;ExpiresAt int64 ex;TTL int64 ttl;Fence uint64 f;OwnerUID uint32 u;OwnerPID int32 pid;" +
+		"Bound *engine.Process b,omitempty;"
+	processLayout = "PID int32 pid;Boot uint32 bt;Start uint64 st;"
 )
 
 // fastEncode reports whether appendRecord matches the engine's structs.
 var fastEncode = layoutOf(reflect.TypeFor[engine.Record]()) == recordLayout &&
-	layoutOf(reflect.TypeFor[engine.Lease]()) == leaseLayout
+	layoutOf(reflect.TypeFor[engine.Lease]()) == leaseLayout &&
+	layoutOf(reflect.TypeFor[engine.Process]()) == processLayout
 
 // layoutOf describes a struct's fields as "Name type tag;" each.
 func layoutOf(t reflect.Type) string {
@@ -44,12 +48,12 @@ func layoutOf(t reflect.Type) string {
 func appendRecord(dst []byte, r *engine.Record) []byte {
 	n := 2
 	for _, set := range [...]bool{r.AgentID != "", r.SessionID != "", r.Priority != 0, r.UID != 0, r.Auto,
-		r.TTL != 0, r.Resource != "", len(r.LeaseIDs) > 0, len(r.Leases) > 0, r.Idem != ""} {
+		r.TTL != 0, r.Resource != "", len(r.LeaseIDs) > 0, len(r.Leases) > 0, r.Idem != "", r.Bound != nil} {
 		if set {
 			n++
 		}
 	}
-	dst = append(dst, 0x80|byte(n)) // at most 12 entries: a fixmap
+	dst = append(dst, 0x80|byte(n)) // at most 13 entries: a fixmap
 	dst = appendUint(appendStr(dst, "k"), uint64(r.Kind))
 	dst = appendInt(appendStr(dst, "t"), r.Time)
 	if r.AgentID != "" {
@@ -88,12 +92,20 @@ func appendRecord(dst []byte, r *engine.Record) []byte {
 	if r.Idem != "" {
 		dst = appendStr(appendStr(dst, "i"), r.Idem)
 	}
+	if r.Bound != nil {
+		dst = appendProcess(appendStr(dst, "b"), r.Bound)
+	}
 	return dst
 }
 
-// appendLease appends l as msgpack: all eleven fields, as the library does.
+// appendLease appends l as msgpack: eleven fields, and Bound when it is
+// set, as the library does.
 func appendLease(dst []byte, l *engine.Lease) []byte {
-	dst = append(dst, 0x80|11)
+	if l.Bound != nil {
+		dst = append(dst, 0x80|12)
+	} else {
+		dst = append(dst, 0x80|11)
+	}
 	dst = appendStr(appendStr(dst, "id"), l.ID)
 	dst = appendStr(appendStr(dst, "a"), l.AgentID)
 	dst = appendStr(appendStr(dst, "s"), l.SessionID)
@@ -104,7 +116,19 @@ func appendLease(dst []byte, l *engine.Lease) []byte {
 	dst = appendInt(appendStr(dst, "ttl"), l.TTL)
 	dst = appendUint(appendStr(dst, "f"), l.Fence)
 	dst = appendUint(appendStr(dst, "u"), uint64(l.OwnerUID))
-	return appendInt(appendStr(dst, "pid"), int64(l.OwnerPID))
+	dst = appendInt(appendStr(dst, "pid"), int64(l.OwnerPID))
+	if l.Bound != nil {
+		dst = appendProcess(appendStr(dst, "b"), l.Bound)
+	}
+	return dst
+}
+
+// appendProcess appends p as msgpack: its three fields.
+func appendProcess(dst []byte, p *engine.Process) []byte {
+	dst = append(dst, 0x80|3)
+	dst = appendInt(appendStr(dst, "pid"), int64(p.PID))
+	dst = appendUint(appendStr(dst, "bt"), uint64(p.Boot))
+	return appendUint(appendStr(dst, "st"), p.Start)
 }
 
 func appendStr(dst []byte, s string) []byte {

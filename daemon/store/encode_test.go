@@ -49,11 +49,20 @@ func randomRecord(rng *rand.Rand) engine.Record {
 	for range []int{0, 1, 15, 16, 17}[rng.IntN(5)] {
 		r.LeaseIDs = append(r.LeaseIDs, str())
 	}
+	proc := func() *engine.Process {
+		if rng.IntN(2) == 0 {
+			return nil
+		}
+		return &engine.Process{PID: int32(i64()), Boot: uint32(rng.Uint64() >> uint(rng.IntN(64))),
+			Start: rng.Uint64() >> uint(rng.IntN(64))}
+	}
 	for range []int{0, 1, 15, 16, 20}[rng.IntN(5)] {
 		r.Leases = append(r.Leases, engine.Lease{ID: str(), AgentID: str(), SessionID: str(), Resource: str(),
 			Predicate: engine.Predicate(rng.IntN(256)), AcquiredAt: i64(), ExpiresAt: i64(), TTL: i64(),
-			Fence: rng.Uint64() >> uint(rng.IntN(64)), OwnerUID: uint32(rng.Uint64()), OwnerPID: int32(i64())})
+			Fence: rng.Uint64() >> uint(rng.IntN(64)), OwnerUID: uint32(rng.Uint64()), OwnerPID: int32(i64()),
+			Bound: proc()})
 	}
+	r.Bound = proc()
 	return r
 }
 

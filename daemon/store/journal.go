@@ -61,7 +61,7 @@ const maxIDsPerRecord = 4096
 // splittable reports whether a record of kind k may be split by its
 // LeaseIDs: each id is removed on its own.
 func splittable(k engine.RecordKind) bool {
-	return k == engine.RecExpire || k == engine.RecRelease || k == engine.RecRevoke
+	return k == engine.RecExpire || k == engine.RecRelease || k == engine.RecRevoke || k == engine.RecProcessEnd
 }
 
 // encodeLocked appends one record frame to the pending buffer, encoding

@@ -324,11 +324,19 @@ func TestMassExpiryIsSplit(t *testing.T) {
 		}
 		return nil
 	})
+	checkSplit(t, w, dir, n, "expiry")
+}
+
+// checkSplit closes w after a removal of n leases, each granted in a
+// record of its own after one registration, and checks that the removal
+// was logged in two parts that replay to the same state.
+func checkSplit(t *testing.T, w *world, dir string, n int, what string) {
+	t.Helper()
 	want := w.snapshot()
 	w.close()
 	offs, _ := recordOffsets(t, currentLog(t, dir))
 	if len(offs) != 1+n+2 {
-		t.Errorf("log has %d records; want register + %d grants + 2 expiry parts", len(offs), n)
+		t.Errorf("log has %d records; want register + %d grants + 2 %s parts", len(offs), n, what)
 	}
 	sameState(t, newWorldClosed(t, dir), want)
 }

@@ -1,0 +1,135 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// boundProc is one process that leases or queued requests are bound to.
+// The leases point at proc, so binding costs a lease one pointer and one
+// index, whatever the number of leases of the process.
+type boundProc struct {
+	proc    *Process  // shared by the leases' Bound; never changed
+	leases  []*lease  // present leases bound to it (expired ones too, until removed)
+	waiters []*waiter // queued requests bound to it
+}
+
+// procFor returns the table entry of p, creating it.
+func (e *Engine) procFor(p Process) *boundProc {
+	bp := e.procs[p]
+	if bp == nil {
+		if e.procs == nil {
+			e.procs = make(map[Process]*boundProc)
+		}
+		q := p
+		bp = &boundProc{proc: &q}
+		e.procs[p] = bp
+	}
+	return bp
+}
+
+// bindLease files a lease under its process; x.Bound is replaced by the
+// table's shared Process.
+func (e *Engine) bindLease(x *lease) {
+	bp := e.procFor(*x.Bound)
+	x.Bound = bp.proc
+	x.procIdx = int32(len(bp.leases))
+	bp.leases = append(bp.leases, x)
+}
+
+// unbindLease takes a lease out of its process's list, dropping the
+// process when nothing is bound to it any more.
+func (e *Engine) unbindLease(x *lease) {
+	bp := e.procs[*x.Bound]
+	last := len(bp.leases) - 1
+	bp.leases[x.procIdx] = bp.leases[last]
+	bp.leases[x.procIdx].procIdx = x.procIdx
+	bp.leases[last] = nil
+	bp.leases = bp.leases[:last]
+	e.dropProcIfUnused(bp)
+}
+
+// bindWaiter files a queued request under its process.
+func (e *Engine) bindWaiter(w *waiter) {
+	bp := e.procFor(*w.bind)
+	w.bind = bp.proc
+	bp.waiters = append(bp.waiters, w)
+}
+
+// unbindWaiter takes a queued request out of its process's list.
+func (e *Engine) unbindWaiter(w *waiter) {
+	bp := e.procs[*w.bind]
+	if i := slices.Index(bp.waiters, w); i >= 0 {
+		bp.waiters = slices.Delete(bp.waiters, i, i+1)
+	}
+	e.dropProcIfUnused(bp)
+}
+
+func (e *Engine) dropProcIfUnused(bp *boundProc) {
+	if len(bp.leases) == 0 && len(bp.waiters) == 0 {
+		delete(e.procs, *bp.proc)
+	}
+}
+
+// ProcessEnded ends everything bound to process p, which the daemon saw
+// end: every lease bound to it is removed exactly as a release removes it
+// (one RecProcessEnd record lists them, and the requests queued on their
+// resources are decided again), and its queued requests are answered with
+// WAIT, since nobody is left to use a grant. It returns how many active
+// leases it ended and the wake-ups. A process nothing is bound to is a
+// no-op: no record.
+func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
+	bp := e.procs[p]
+	if bp == nil {
+		return 0, nil
+	}
+	var wake []Wakeup
+	for len(bp.waiters) > 0 {
+		w := bp.waiters[0]
+		v := e.decide(now, w.agent, w.session, w.priority, w.targets, w)
+		d := e.denial(now, w.agent, w.session, &v)
+		d.Reason = protocol.ReasonWait
+		d.Message = fmt.Sprintf("process %d, which this request was bound to, has ended; the request was dropped", p.PID)
+		e.waits++
+		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: d}})
+		e.dropWaiter(w) // removes it from bp.waiters; may drop bp
+	}
+	n := 0
+	var ids []string
+	for len(bp.leases) > 0 {
+		l := bp.leases[len(bp.leases)-1]
+		if l.ExpiresAt > now {
+			n++
+		}
+		ids = append(ids, l.ID)
+		e.removeLease(l) // removes it from bp.leases; may drop bp
+	}
+	e.exitReleases += uint64(n)
+	if len(ids) > 0 {
+		e.record(Record{Kind: RecProcessEnd, Time: now, Bound: bp.proc, LeaseIDs: ids})
+	}
+	return n, e.settle(now, wake)
+}
+
+// ProcessBound reports whether a lease or a queued request is bound to p.
+func (e *Engine) ProcessBound(p Process) bool {
+	_, ok := e.procs[p]
+	return ok
+}
+
+// BoundProcesses returns every process that leases or queued requests are
+// bound to, sorted by pid then start time. After a restart the daemon
+// checks each is still alive, and ends the ones that are not.
+func (e *Engine) BoundProcesses() []Process {
+	out := make([]Process, 0, len(e.procs))
+	for p := range e.procs {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Process) int {
+		return cmp.Or(cmp.Compare(a.PID, b.PID), cmp.Compare(a.Start, b.Start), cmp.Compare(a.Boot, b.Boot))
+	})
+	return out
+}
