@@ -151,7 +151,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
+		// A *server.PanicError lands here too: the state in memory may no
+		// longer match the log, so klockd stops and exits non-zero for its
+		// supervisor to restart it from the log.
 		d.log.Error("serving failed", "err", serveErr)
+		_, _ = systemd.Notify("STATUS=stopping after an error: " + serveErr.Error())
 	}
 	_, _ = systemd.Notify("STOPPING=1")
 	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)

@@ -29,15 +29,10 @@ func TestStateSurvivesRestart(t *testing.T) {
 	d.Restart(t)
 
 	r = d.Raw(t)
-	var list protocol.ListLeasesResult
-	mustOK(t, "list", r.Call(4, protocol.OpListLeases, nil), &list)
-	got := map[string]uint64{}
-	for _, l := range list.Leases {
-		got[l.LeaseID] = l.Fence
-	}
+	got := leaseFences(t, r, 4)
 	for _, g := range []protocol.Grant{first, second} {
 		if f, ok := got[g.LeaseID]; !ok || f != g.Fence {
-			t.Errorf("lease %s (fence %d) after restarts: present %v fence %d; leases %+v", g.LeaseID, g.Fence, ok, f, list.Leases)
+			t.Errorf("lease %s (fence %d) after restarts: present %v fence %d; leases %v", g.LeaseID, g.Fence, ok, f, got)
 		}
 	}
 }

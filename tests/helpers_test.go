@@ -225,3 +225,16 @@ func waitForStats(t *testing.T, ctx context.Context, c *clientlib.Client, what s
 func fileIntent(path, predicate string) []clientlib.Intent {
 	return []clientlib.Intent{{ResourceType: "FILE", ResourcePath: path, Predicate: predicate}}
 }
+
+// leaseFences lists the daemon's leases over r (request id) and returns
+// each lease's fence by lease id.
+func leaseFences(t *testing.T, r *harness.Raw, id uint64) map[string]uint64 {
+	t.Helper()
+	var list protocol.ListLeasesResult
+	mustOK(t, "list_leases", r.Call(id, protocol.OpListLeases, nil), &list)
+	got := map[string]uint64{}
+	for _, l := range list.Leases {
+		got[l.LeaseID] = l.Fence
+	}
+	return got
+}

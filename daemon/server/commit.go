@@ -53,14 +53,28 @@ func (s *Server) admitLocked(c *conn, ch *change) error {
 // caller's acquire (c, id) when it must wait, answers the parked acquires
 // the change decided, and re-arms the expiry timer. It returns the outcome
 // and the journal sequence the answers depend on; the caller answers c.
-// c is nil for the daemon's own changes. The caller holds s.mu.
-func (s *Server) commitLocked(c *conn, id uint64, ch *change) (outcome, uint64) {
+// c is nil for the daemon's own changes. A panic anywhere in it breaks the
+// server (panic.go). The caller holds s.mu.
+func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq uint64) {
+	if s.broken.Load() != nil {
+		return outcome{err: errBroken}, s.lastSeq
+	}
+	recorded := false
+	defer func() {
+		if r := recover(); r != nil {
+			o, seq = s.breakLocked(ch, r, recorded), s.lastSeq
+		}
+	}()
 	ch.at = s.nowMS()
-	o := applyChange(s.eng, ch)
+	o = applyChange(s.eng, ch)
+	if midChangeHook != nil {
+		midChangeHook(ch.op)
+	}
 	recs := s.eng.Records()
 	// Every record of every state change passes here, with the outcome that
 	// caused it: the one place to tell watchers about it.
-	seq := s.journalLocked(recs)
+	seq = s.journalLocked(recs)
+	recorded = true
 	if o.parked != 0 {
 		s.parkLocked(c, id, ch.op == protocol.OpAcquireMany, o.parked)
 	}
@@ -72,10 +86,15 @@ func (s *Server) commitLocked(c *conn, id uint64, ch *change) (outcome, uint64) 
 // read runs a query on the engine under s.mu at the current engine time and
 // returns its answer with the journal sequence of the last change: a read
 // is sent only once what it saw is written, so it never shows state that
-// could still be lost.
+// could still be lost. Once a change has panicked nothing is read: memory
+// may hold what the log never will.
 func read[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.broken.Load() != nil {
+		var zero T
+		return zero, s.lastSeq, errBroken
+	}
 	v, err := query(s.nowMS())
 	return v, s.lastSeq, err
 }

@@ -12,6 +12,7 @@
 // The API follows net/http: New, Serve, Shutdown, Close and ErrServerClosed.
 //
 // Lock order: Server.mu (the engine and everything keyed by waiter) before
-// conn.outMu (one connection's output buffer). No goroutine writes to a
+// conn.outMu (one connection's output buffer) and before Server.lnMu (the
+// listeners and connections). No goroutine writes to a
 // socket while holding Server.mu.
 package server

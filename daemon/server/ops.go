@@ -10,9 +10,13 @@ import (
 // change state are in change.go.
 
 func (s *Server) activeLeaseCount(c *conn, id uint64) {
-	n, seq, _ := read(s, func(now int64) (int, error) {
+	n, seq, err := read(s, func(now int64) (int, error) {
 		return s.eng.ActiveLeaseCount(now), nil
 	})
+	if err != nil {
+		c.answerErr(id, err, seq)
+		return
+	}
 	c.appendResult(id, &protocol.CountResult{Count: n}, seq)
 }
 
@@ -82,12 +86,16 @@ func clampLimit(n int64) int {
 }
 
 func (s *Server) stats(c *conn, id uint64) {
-	st, seq, _ := read(s, func(now int64) (engine.Stats, error) {
+	st, seq, err := read(s, func(now int64) (engine.Stats, error) {
 		st := s.eng.Stats()
 		// Stats counts leases not yet removed; expired ones are never counted.
 		st.Leases = s.eng.ActiveLeaseCount(now)
 		return st, nil
 	})
+	if err != nil {
+		c.answerErr(id, err, seq)
+		return
+	}
 	c.appendResult(id, &protocol.StatsResult{
 		UptimeMS:    s.uptime(),
 		Connections: s.Connections(),

@@ -22,7 +22,8 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 )
 
-// ErrServerClosed is returned by Serve after Shutdown or Close.
+// ErrServerClosed is returned by Serve after Shutdown or Close. After a
+// panic while changing state, Serve returns a *PanicError instead.
 var ErrServerClosed = errors.New("klock: server closed")
 
 // Journal makes state changes durable before they are acknowledged.
@@ -58,9 +59,10 @@ type Server struct {
 	now       func() time.Time
 	startedAt time.Time
 
-	ops       atomic.Uint64 // requests answered
-	nconns    atomic.Int64  // open connections
-	shutting  atomic.Bool   // Shutdown or Close has begun
+	ops       atomic.Uint64              // requests answered
+	nconns    atomic.Int64               // open connections
+	shutting  atomic.Bool                // Shutdown or Close has begun
+	broken    atomic.Pointer[PanicError] // a state change panicked (panic.go)
 	connsDone sync.WaitGroup
 
 	// mu guards the engine and the fields that follow.
@@ -162,6 +164,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
+			if pe := s.broken.Load(); pe != nil {
+				return pe
+			}
 			if s.shutting.Load() {
 				return ErrServerClosed
 			}
@@ -243,13 +248,14 @@ func (s *Server) forget(c *conn) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.beginShutdown()
 
-	// Parked acquires are answered now; nothing will wake them later.
+	// Parked acquires are answered now; nothing will wake them later. After
+	// a panic the engine is not touched again: they are answered from the
+	// server's own table.
 	s.mu.Lock()
-	for _, id := range s.eng.CancelAll(s.nowMS()) {
-		w, ok := s.waiters[id]
-		if !ok {
-			continue
-		}
+	if s.broken.Load() == nil {
+		s.eng.CancelAll(s.nowMS())
+	}
+	for id, w := range s.waiters {
 		delete(s.waiters, id)
 		w.c.dropWaiterLocked(id)
 		w.c.appendError(w.id, errShuttingDown.Code, errShuttingDown.Message, s.lastSeq)

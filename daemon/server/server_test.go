@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,9 @@ type testServer struct {
 	path string
 	done chan error
 	logs *lockedBuf
+
+	serveOnce sync.Once
+	err       error // what Serve returned, once serveErr has seen it
 }
 
 type lockedBuf struct {
@@ -63,12 +67,26 @@ func start(t *testing.T, cfg Config) *testServer {
 	go func() { ts.done <- ts.Serve(context.Background(), ln) }()
 	t.Cleanup(func() {
 		ts.Close()
-		if err := <-ts.done; !errors.Is(err, ErrServerClosed) {
+		var pe *PanicError
+		if err := ts.serveErr(t); !errors.Is(err, ErrServerClosed) && !errors.As(err, &pe) {
 			t.Errorf("Serve returned %v; want ErrServerClosed", err)
 		}
 		goleak.VerifyNone(t)
 	})
 	return ts
+}
+
+// serveErr waits for Serve to return and returns its error.
+func (ts *testServer) serveErr(t *testing.T) error {
+	t.Helper()
+	ts.serveOnce.Do(func() {
+		select {
+		case ts.err = <-ts.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return")
+		}
+	})
+	return ts.err
 }
 
 // client is a bare protocol connection.
@@ -192,20 +210,110 @@ func (j *panicJournal) Wait(seq uint64) error {
 	return nil
 }
 
-func TestPanicIsAnsweredInternalAndServingContinues(t *testing.T) {
+// TestPanicInAChangeStopsServing: a panic in a state change (here in the
+// journal, as a bug in encoding its records would) is answered INTERNAL
+// saying the change was not made; then nothing more is read or changed,
+// and Serve returns a *PanicError so that the daemon exits and restarts
+// from its log.
+func TestPanicInAChangeStopsServing(t *testing.T) {
 	j := &panicJournal{}
 	ts := start(t, Config{Journal: j})
 	c := ts.dial(t)
 	a := &protocol.Args{AgentID: "a"}
 	a.Set(protocol.ArgAgentID)
 	r := c.call(1, protocol.OpRegisterAgent, a, nil)
+	if r.OK || r.Error.Code != protocol.CodeInternal || !strings.Contains(r.Error.Message, "was not made") {
+		t.Fatalf("answer to the panicking change = %+v; want INTERNAL saying it was not made", r)
+	}
+	for i, op := range []string{protocol.OpStats, protocol.OpRegisterAgent, protocol.OpListLeases} {
+		r := c.call(uint64(2+i), op, a, nil)
+		if r.OK || r.Error.Code != protocol.CodeShuttingDown {
+			t.Errorf("%s after the panic = %+v; want SHUTTING_DOWN", op, r)
+		}
+	}
+	var pe *PanicError
+	if err := ts.serveErr(t); !errors.As(err, &pe) || pe.Op != protocol.OpRegisterAgent || pe.Recorded {
+		t.Fatalf("Serve returned %v; want a *PanicError for register_agent, not recorded", err)
+	}
+	if !strings.Contains(ts.logs.String(), "panic while changing state") || !strings.Contains(ts.logs.String(), "goroutine") {
+		t.Errorf("the panic and its stack were not logged:\n%s", ts.logs.String())
+	}
+}
+
+// TestPanicAfterTheEngineChangedIsNeverJournaled: a change that panics
+// after the engine made it and before its records reached the journal
+// leaves the journal without them, and no later change reaches it either.
+func TestPanicAfterTheEngineChangedIsNeverJournaled(t *testing.T) {
+	j := &recordingJournal{}
+	ts := start(t, Config{Journal: j})
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	midChangeHook = func(op string) {
+		if op == protocol.OpAcquire {
+			panic("test: mid-change")
+		}
+	}
+	t.Cleanup(func() { midChangeHook = nil })
+	r := c.call(2, protocol.OpAcquire, acquireArgs("a", "/x", 60000, 0), nil)
 	if r.OK || r.Error.Code != protocol.CodeInternal {
-		t.Fatalf("answer to the panicking request = %+v; want INTERNAL", r)
+		t.Fatalf("acquire that panicked = %+v; want INTERNAL", r)
+	}
+	r = c.call(3, protocol.OpRelease, &protocol.Args{LeaseID: "x"}, nil)
+	if r.OK || r.Error.Code != protocol.CodeShuttingDown {
+		t.Fatalf("release after the panic = %+v; want SHUTTING_DOWN", r)
+	}
+	ts.serveErr(t)
+	if kinds := j.kinds(); len(kinds) != 1 || kinds[0] != engine.RecRegister {
+		t.Fatalf("journal holds record kinds %v; want only the register", kinds)
+	}
+}
+
+// TestPanicOutsideAChangeKeepsServing: a panic while serving a read (here
+// the clock) is answered INTERNAL and the daemon serves on.
+func TestPanicOutsideAChangeKeepsServing(t *testing.T) {
+	var bomb atomic.Bool
+	ts := start(t, Config{Now: func() time.Time {
+		if bomb.Load() {
+			panic("test: clock")
+		}
+		return time.Now()
+	}})
+	c := ts.dial(t)
+	bomb.Store(true)
+	r := c.call(1, protocol.OpListAgents, nil, nil)
+	bomb.Store(false)
+	if r.OK || r.Error.Code != protocol.CodeInternal {
+		t.Fatalf("answer to the panicking read = %+v; want INTERNAL", r)
 	}
 	register(c, 2, "b", 7)
 	if !strings.Contains(ts.logs.String(), "panic while serving a request") {
 		t.Errorf("the panic was not logged:\n%s", ts.logs.String())
 	}
+}
+
+// recordingJournal keeps every record appended.
+type recordingJournal struct {
+	mu   sync.Mutex
+	recs []engine.Record
+}
+
+func (j *recordingJournal) Append(recs []engine.Record) uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.recs = append(j.recs, recs...)
+	return uint64(len(j.recs))
+}
+
+func (j *recordingJournal) Wait(uint64) error { return nil }
+
+func (j *recordingJournal) kinds() []engine.RecordKind {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var ks []engine.RecordKind
+	for _, r := range j.recs {
+		ks = append(ks, r.Kind)
+	}
+	return ks
 }
 
 // TestAnswersWaitForTheJournal: every answer to a change is sent only after

@@ -36,6 +36,14 @@ func (s *Store) Append(recs []engine.Record) uint64 {
 		return s.appended
 	}
 	before := len(s.pending)
+	defer func() {
+		if r := recover(); r != nil {
+			// A bug while encoding: no part of this operation may reach
+			// the log. The server stops on this panic (server/panic.go).
+			s.pending = s.pending[:before]
+			panic(r)
+		}
+	}()
 	for i := range recs {
 		r := recs[i]
 		// A removal of many leases (expiry after a long stop) is split so

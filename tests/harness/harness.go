@@ -32,6 +32,8 @@ var (
 	klockdErr    error
 	klockctlOnce sync.Once
 	klockctlErr  error
+	hooksOnce    sync.Once
+	hooksErr     error
 )
 
 // repoRoot is the module root, found from this file's location.
@@ -40,13 +42,21 @@ func repoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// build compiles ./cmd/<name> into the shared binary directory.
-func build(name string) error {
+// build compiles ./cmd/<name> into the shared binary directory, as out
+// (name when ""), with the given build tags.
+func build(name, out string, tags ...string) error {
 	buildOnce.Do(func() { buildDir, buildErr = os.MkdirTemp("", "klock-bin-") })
 	if buildErr != nil {
 		return buildErr
 	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, name), "./cmd/"+name)
+	if out == "" {
+		out = name
+	}
+	args := []string{"build", "-o", filepath.Join(buildDir, out)}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, "./cmd/"+name)...)
 	cmd.Dir = repoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
@@ -65,11 +75,23 @@ func RemoveBinaries() {
 // Klockd builds ./cmd/klockd once per test process and returns its path.
 func Klockd(tb testing.TB) string {
 	tb.Helper()
-	klockdOnce.Do(func() { klockdErr = build("klockd") })
+	klockdOnce.Do(func() { klockdErr = build("klockd", "") })
 	if klockdErr != nil {
 		tb.Fatalf("harness: %v", klockdErr)
 	}
 	return filepath.Join(buildDir, "klockd")
+}
+
+// KlockdTestHooks builds ./cmd/klockd with the klockd_testhooks build tag
+// once per test process and returns its path: a daemon that obeys the
+// test-only fault hooks (KLOCKD_TEST_PANIC, see daemon/server).
+func KlockdTestHooks(tb testing.TB) string {
+	tb.Helper()
+	hooksOnce.Do(func() { hooksErr = build("klockd", "klockd-testhooks", "klockd_testhooks") })
+	if hooksErr != nil {
+		tb.Fatalf("harness: %v", hooksErr)
+	}
+	return filepath.Join(buildDir, "klockd-testhooks")
 }
 
 // Binaries builds ./cmd/klockd and ./cmd/klockctl once per test process
@@ -77,7 +99,7 @@ func Klockd(tb testing.TB) string {
 func Binaries(tb testing.TB) (klockd, klockctl string) {
 	tb.Helper()
 	klockd = Klockd(tb)
-	klockctlOnce.Do(func() { klockctlErr = build("klockctl") })
+	klockctlOnce.Do(func() { klockctlErr = build("klockctl", "") })
 	if klockctlErr != nil {
 		tb.Fatalf("harness: %v", klockctlErr)
 	}
@@ -90,6 +112,9 @@ type Options struct {
 	Env      []string // extra environment, "KEY=value"; KLOCK_* from the test's own environment are dropped
 	StateDir string   // "" = a new temporary directory; "none" = --state-dir '' (in memory)
 	Socket   string   // "" = a socket in a new short temporary directory
+	// TestHooks runs the klockd built with the test-only fault hooks
+	// (KlockdTestHooks), which Env then sets.
+	TestHooks bool
 }
 
 // Daemon is a running (or stopped) klockd.
@@ -139,6 +164,9 @@ func Start(tb testing.TB, opts Options) *Daemon {
 func (d *Daemon) start(tb testing.TB) {
 	tb.Helper()
 	bin := Klockd(tb)
+	if d.opts.TestHooks {
+		bin = KlockdTestHooks(tb)
+	}
 	args := append([]string{"run", "--socket", d.Socket, "--state-dir", d.StateDir}, d.opts.Args...)
 	cmd := exec.Command(bin, args...)
 	for _, kv := range os.Environ() {
@@ -216,6 +244,21 @@ func (d *Daemon) exitErr() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.err
+}
+
+// ExitCode waits up to StartTimeout for the current klockd process to exit
+// on its own and returns its exit code (-1 when a signal ended it); it
+// fails the test if the process is still running.
+func (d *Daemon) ExitCode(tb testing.TB) int {
+	tb.Helper()
+	select {
+	case <-d.Done():
+	case <-time.After(StartTimeout):
+		tb.Fatalf("harness: klockd did not exit within %s; logs:\n%s", StartTimeout, d.Logs())
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.Cmd.ProcessState.ExitCode()
 }
 
 // Running reports whether the current klockd process has not exited.
