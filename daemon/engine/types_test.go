@@ -73,7 +73,13 @@ func TestConflictMatrix(t *testing.T) {
 func TestResourceKey(t *testing.T) {
 	cases := []struct{ typ, path, want string }{
 		{"FILE", "/src/./a/../auth.ts", "FILE:/src/auth.ts"},
-		{"file", "/src//x/", "FILE:/src/x"},
+		{"file", "/src//x/", "FILE:/src/x/"}, // the trailing '/' makes a subtree
+		{"FILE", "/src/x/./", "FILE:/src/x/"},
+		{"FILE", "/src/x/.", "FILE:/src/x"},
+		{"FILE", "/src/..", "FILE:/"},
+		{"FILE", "/", "FILE:/"},
+		{"FILE", "//", "FILE:/"},
+		{"SYMBOL", "pkg/", "SYMBOL:pkg/"},
 		{"SYMBOL", "pkg.Func/./x", "SYMBOL:pkg.Func/./x"},
 		{"api_endpoint", "GET /users", "API_ENDPOINT:GET /users"},
 		{"DATABASE_TABLE", "users", "DATABASE_TABLE:users"},
@@ -92,6 +98,9 @@ func TestResourceKey(t *testing.T) {
 		{"FILE", "/a\nb", "control character"},
 		{"FILE", "/a\u0085b", "control character"},
 		{"FILE", "/a\xffb", "UTF-8"},
+		{"FILE", "src/a.ts", `resource_path "src/a.ts" is relative; a FILE path must be absolute`},
+		{"FILE", "./a.ts", "klockd cannot know"},
+		{"file", "..", "is relative"},
 	}
 	for _, c := range bad {
 		_, err := ResourceKey(c.typ, c.path)
@@ -103,4 +112,8 @@ func TestResourceKey(t *testing.T) {
 	}
 	_, err := ResourceKey("SYMBOL", string(long))
 	require.NoError(t, err)
+	// Other types may be relative: only FILE paths name places on disk.
+	got, err := ResourceKey("CONFIG_KEY", "db/url")
+	require.NoError(t, err)
+	require.Equal(t, "CONFIG_KEY:db/url", got)
 }

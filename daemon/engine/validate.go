@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"path"
 	"unicode/utf8"
 
 	"github.com/klockd/klock/protocol"
@@ -92,10 +91,11 @@ func checkLimit(limit int) (int, *Error) {
 }
 
 // ResourceKey returns the resource key "TYPE:path" for a resource type
-// (any case) and path. FILE paths are cleaned ("/src/./a/../b" is
-// "/src/b"); other types are taken as given. An unknown type, or a path
-// that is empty, too long or holds control characters, is an
-// INVALID_ARGUMENT *Error.
+// (any case) and path. FILE paths must be absolute and are cleaned
+// ("/src/./a/../b" is "/src/b"), keeping a trailing '/' ("/src//" is
+// "/src/"); other types are taken as given. An unknown type, a relative
+// FILE path, or a path that is empty, too long or holds control characters,
+// is an INVALID_ARGUMENT *Error.
 func ResourceKey(typ, p string) (string, error) {
 	k, err := resourceKey("", typ, p)
 	if err != nil {
@@ -111,13 +111,28 @@ func resourceKey(field, typ, p string) (string, *Error) {
 	if err != nil {
 		return "", err
 	}
+	p, err = checkPath(field, t, p)
+	if err != nil {
+		return "", err
+	}
+	return resourceTypeNames[t] + ":" + p, nil
+}
+
+// checkPath checks a resource_path and returns it as keyed: a FILE path
+// must be absolute and is cleaned, keeping a trailing '/' (see
+// protocol.CleanFilePath); other types are taken as given.
+func checkPath(field string, t ResourceType, p string) (string, *Error) {
 	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
 		return "", err
 	}
-	if t == File {
-		p = path.Clean(p)
+	if t != File {
+		return p, nil
 	}
-	return resourceTypeNames[t] + ":" + p, nil
+	if p[0] != '/' {
+		return "", invalidf("klock: %sresource_path %q is relative; a FILE path must be absolute: "+
+			"the client makes it absolute against its own working directory, which klockd cannot know", field, p)
+	}
+	return protocol.CleanFilePath(p), nil
 }
 
 // internKey is resourceKey without allocating when the key's resource is
@@ -128,11 +143,9 @@ func (e *Engine) internKey(field, typ, p string) (string, *resource, *Error) {
 	if err != nil {
 		return "", nil, err
 	}
-	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
+	p, err = checkPath(field, t, p)
+	if err != nil {
 		return "", nil, err
-	}
-	if t == File {
-		p = path.Clean(p)
 	}
 	b := append(e.keyBuf[:0], resourceTypeNames[t]...)
 	b = append(b, ':')
