@@ -63,25 +63,40 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 		e.requeue(now, targets, nil)
 		return Result{Granted: true, Leases: ls}, nil
 	}
-	d := e.denial(now, a, req.SessionID, &v)
 	if v.reason == protocol.ReasonWait && req.WaitTimeout > 0 {
 		if e.cfg.MaxWaiters > 0 && len(e.waiters) >= e.cfg.MaxWaiters {
 			return Result{}, limitReached("waiter", e.cfg.MaxWaiters, "retry without wait_timeout", "max-waiters")
 		}
 		w := e.enqueue(now, c, a, req, targets)
 		e.requeue(now, w.targets, w)
-		return Result{Denial: d, Queued: true, Waiter: w.id}, nil
+		e.emitVerdict(now, a, req.SessionID, &v)
+		return Result{Denial: e.denial(now, a, req.SessionID, &v), Queued: true, Waiter: w.id}, nil
 	}
-	e.count(v.reason)
-	return Result{Denial: d}, nil
+	return Result{Denial: e.deny(now, a, req.SessionID, &v)}, nil
 }
 
-func (e *Engine) count(r protocol.Reason) {
+// deny answers a request with a denial now: it counts the denial by
+// reason, tells the watchers of a WAIT or DIE (see Events), and returns
+// the Denial the client sees.
+func (e *Engine) deny(now int64, a *agent, session string, v *verdict) Denial {
+	e.countDenial(v.reason)
+	e.emitVerdict(now, a, session, v)
+	return e.denial(now, a, session, v)
+}
+
+// countDenial counts one denial answered with reason r.
+func (e *Engine) countDenial(r protocol.Reason) {
 	switch r {
 	case protocol.ReasonWait:
 		e.waits++
 	case protocol.ReasonDie:
 		e.dies++
+	case protocol.ReasonConflict:
+		e.conflicts++
+	case protocol.ReasonResourceLocked:
+		e.locked++
+	case protocol.ReasonSessionExpired:
+		e.sessionExpired++
 	}
 }
 
@@ -119,17 +134,34 @@ func (en *idemEntry) answer(key string, targets []target, bind *Process) (Result
 }
 
 // verdict is the decision for one request: reason "" is a grant. by* name
-// the lease or queued request that decided it.
+// the lease or queued request that decided it, step the rule that did.
 type verdict struct {
 	reason    protocol.Reason
+	step      Step
 	key       string    // the resource that decided it
 	pred      Predicate // the requested predicate on key
 	by        *agent
 	bySession string
 	byPred    Predicate
 	byQueued  bool
+	byExpires int64 // expiry of the deciding lease (0 for a queued request)
 	maxExpiry int64 // latest expiry of the conflicting active leases seen
 }
+
+// Step names the rule of DESIGN.md "Deciding an acquire" that reached a
+// verdict: its number, then what applied.
+type Step string
+
+// The steps a verdict can come from.
+const (
+	StepFrozen           Step = "1:frozen"             // RESOURCE_LOCKED: the key is frozen
+	StepSessionEnded     Step = "1:session-ended"      // SESSION_EXPIRED: the requester's session was ended
+	StepOwnAgent         Step = "3:own-agent"          // CONFLICT: the requester's agent holds it in another session
+	StepSeniorHolder     Step = "4:senior-holder"      // DIE: a conflicting holder is older or equal
+	StepSeniorQueued     Step = "4:senior-queued"      // DIE: an older conflicting request is queued first
+	StepNoConflict       Step = "5:no-conflict"        // grant: no conflicting holder
+	StepOlderThanHolders Step = "5:older-than-holders" // WAIT: the requester is older than every holder
+)
 
 // rank orders verdicts from best (grant) to worst.
 func rank(r protocol.Reason) int {
@@ -157,24 +189,24 @@ func (e *Engine) decide(now int64, a *agent, session string, prio int64, targets
 	for i := range targets {
 		v := e.decideOne(now, a, session, prio, targets[i], targets[i].res, self)
 		maxExp = max(maxExp, v.maxExpiry)
-		if rank(v.reason) > rank(worst.reason) {
+		if i == 0 || rank(v.reason) > rank(worst.reason) {
 			worst = v
 		}
 	}
 	if worst.reason != protocol.ReasonResourceLocked && a.ended.has(session) {
-		worst = verdict{reason: protocol.ReasonSessionExpired}
+		worst = verdict{reason: protocol.ReasonSessionExpired, step: StepSessionEnded}
 	}
 	worst.maxExpiry = maxExp
 	return worst
 }
 
 func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t target, r *resource, self *waiter) verdict {
-	v := verdict{key: t.key, pred: t.pred}
+	v := verdict{key: t.key, pred: t.pred, step: StepNoConflict}
 	if r == nil {
 		return v
 	}
 	if r.frozen {
-		v.reason = protocol.ReasonResourceLocked
+		v.reason, v.step = protocol.ReasonResourceLocked, StepFrozen
 		return v
 	}
 	var die, wait *lease
@@ -186,7 +218,8 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 			if l.SessionID == session {
 				continue // re-entrant
 			}
-			v.reason, v.by, v.bySession, v.byPred = protocol.ReasonConflict, a, l.SessionID, l.Predicate
+			v.reason, v.step, v.by, v.bySession, v.byPred = protocol.ReasonConflict, StepOwnAgent, a, l.SessionID, l.Predicate
+			v.byExpires = l.ExpiresAt
 			v.maxExpiry = max(v.maxExpiry, l.ExpiresAt)
 			return v
 		}
@@ -200,7 +233,8 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 		}
 	}
 	if die != nil {
-		v.reason, v.by, v.bySession, v.byPred = protocol.ReasonDie, die.agent, die.SessionID, die.Predicate
+		v.reason, v.step, v.by, v.bySession, v.byPred = protocol.ReasonDie, StepSeniorHolder, die.agent, die.SessionID, die.Predicate
+		v.byExpires = die.ExpiresAt
 		return v
 	}
 	// The queue is sorted oldest first: the first conflicting request of
@@ -210,13 +244,14 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 			continue
 		}
 		if q.w.priority <= prio {
-			v.reason, v.by, v.bySession, v.byPred, v.byQueued = protocol.ReasonDie, q.w.agent, q.w.session, q.pred, true
+			v.reason, v.step, v.by, v.bySession, v.byPred, v.byQueued = protocol.ReasonDie, StepSeniorQueued, q.w.agent, q.w.session, q.pred, true
 			return v
 		}
 		break
 	}
 	if wait != nil {
-		v.reason, v.by, v.bySession, v.byPred = protocol.ReasonWait, wait.agent, wait.SessionID, wait.Predicate
+		v.reason, v.step, v.by, v.bySession, v.byPred = protocol.ReasonWait, StepOlderThanHolders, wait.agent, wait.SessionID, wait.Predicate
+		v.byExpires = wait.ExpiresAt
 	}
 	return v
 }
@@ -245,6 +280,7 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 		if idem != "" {
 			xs = append(xs, x)
 		}
+		e.emitLease(EvGrant, now, &ls[i])
 	}
 	if idem != "" {
 		e.bindIdem(a, idem, xs)

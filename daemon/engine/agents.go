@@ -53,7 +53,7 @@ func (e *Engine) Register(now int64, c Caller, agentID string, priority int64, h
 	}
 	r := Record{Kind: RecRegister, Time: now, AgentID: agentID, Priority: priority, UID: c.UID}
 	if !hasPriority {
-		r.Priority = max(now, e.lastAuto+1)
+		r.Priority = e.autoPriority(now)
 		r.Auto = true
 	}
 	a = e.applyRegister(&r)

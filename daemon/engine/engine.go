@@ -28,6 +28,11 @@ type Engine struct {
 	registered int // agents registered (not counting leftovers)
 
 	grants, waits, dies, expirations, exitReleases uint64
+	conflicts, locked, sessionExpired              uint64 // the other denials, by reason
+	releases, revocations                          uint64 // leases ended by release (or end_session) and revoke
+
+	eventsOn bool    // SetEvents: build Events for watchers
+	events   []Event // produced since the last Events call
 
 	ids *rand.ChaCha8 // lease id generator (see newLeaseID)
 

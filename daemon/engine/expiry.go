@@ -61,6 +61,7 @@ func (e *Engine) Expire(now int64) (int, []Wakeup) {
 		if e.cfg.Journal {
 			ids = append(ids, l.ID)
 		}
+		e.emitLease(EvExpire, now, &l.Lease)
 		e.removeLease(l)
 		n++
 	}

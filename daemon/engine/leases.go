@@ -14,7 +14,9 @@ func (e *Engine) Release(now int64, c Caller, leaseID string) (bool, []Wakeup, e
 	if l == nil || l.ExpiresAt <= now {
 		return false, nil, nil
 	}
+	e.emitLease(EvRelease, now, &l.Lease)
 	e.removeLease(l)
+	e.releases++
 	e.recordLease(RecRelease, now, leaseID, 0)
 	return true, e.settle(now, nil), nil
 }
@@ -91,7 +93,9 @@ func (e *Engine) Revoke(now int64, c Caller, leaseID string) (bool, []Wakeup, er
 	if l == nil || l.ExpiresAt <= now {
 		return false, nil, nil
 	}
+	e.emitLease(EvRevoke, now, &l.Lease)
 	e.removeLease(l)
+	e.revocations++
 	e.recordLease(RecRevoke, now, leaseID, 0)
 	return true, e.settle(now, nil), nil
 }
@@ -124,11 +128,25 @@ func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int
 			i++
 			continue
 		}
-		v := verdict{reason: protocol.ReasonSessionExpired}
+		v := verdict{reason: protocol.ReasonSessionExpired, step: StepSessionEnded}
+		e.countDenial(v.reason)
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, a, sessionID, &v)}})
 		e.dropWaiter(w) // moves the last waiter to i
 	}
+	if e.eventsOn {
+		for _, l := range a.leases {
+			if l.SessionID != sessionID {
+				continue
+			}
+			kind := EvRelease
+			if l.ExpiresAt <= now {
+				kind = EvExpire // expired, not yet removed by the timer
+			}
+			e.emitLease(kind, now, &l.Lease)
+		}
+	}
 	n := e.endSession(now, a, sessionID)
+	e.releases += uint64(n)
 	e.record(Record{Kind: RecEndSession, Time: now, AgentID: agentID, SessionID: sessionID})
 	return n, e.settle(now, wake), nil
 }
@@ -150,6 +168,7 @@ func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, 
 	r := e.resourceFor(key)
 	r.frozen = true
 	e.record(Record{Kind: RecFreeze, Time: now, Resource: key})
+	e.emitResource(EvFreeze, now, key)
 	return true, e.answerQueued(now, r, protocol.ReasonResourceLocked, nil), nil
 }
 
@@ -169,5 +188,6 @@ func (e *Engine) Thaw(now int64, c Caller, typ, path string) (bool, error) {
 	r.frozen = false
 	e.dropIfIdle(r)
 	e.record(Record{Kind: RecThaw, Time: now, Resource: key})
+	e.emitResource(EvThaw, now, key)
 	return false, nil
 }

@@ -291,24 +291,31 @@ func (m *model) checkNotOvertaken(ls []Lease) {
 	}
 }
 
+// newModel returns a model over a fresh engine with 2..5 registered
+// agents, 2 sessions and 3 paths.
+func newModel(t *rapid.T) *model {
+	m := &model{
+		t:        t,
+		e:        New(Config{Journal: true, MaxTTL: 1000}),
+		now:      t0,
+		prompt:   rapid.Bool().Draw(t, "prompt"),
+		sessions: []string{"s1", "s2"},
+		paths:    []string{"/a", "/b", "/c"},
+		procs:    []Process{{PID: 10, Boot: 1, Start: 1}, {PID: 11, Boot: 1, Start: 2}},
+	}
+	for i, n := 0, rapid.IntRange(2, 5).Draw(t, "agents"); i < n; i++ {
+		id := fmt.Sprintf("agent%d", i)
+		m.agents = append(m.agents, id)
+		// Small priorities: equal ones happen.
+		_, err := m.e.Register(m.now, m.caller(), id, int64(rapid.IntRange(1, 5).Draw(t, "prio")), true)
+		require.NoError(t, err)
+	}
+	return m
+}
+
 func TestProperties(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		m := &model{
-			t:        t,
-			e:        New(Config{Journal: true, MaxTTL: 1000}),
-			now:      t0,
-			prompt:   rapid.Bool().Draw(t, "prompt"),
-			sessions: []string{"s1", "s2"},
-			paths:    []string{"/a", "/b", "/c"},
-			procs:    []Process{{PID: 10, Boot: 1, Start: 1}, {PID: 11, Boot: 1, Start: 2}},
-		}
-		for i, n := 0, rapid.IntRange(2, 5).Draw(t, "agents"); i < n; i++ {
-			id := fmt.Sprintf("agent%d", i)
-			m.agents = append(m.agents, id)
-			// Small priorities: equal ones happen.
-			_, err := m.e.Register(m.now, m.caller(), id, int64(rapid.IntRange(1, 5).Draw(t, "prio")), true)
-			require.NoError(t, err)
-		}
+		m := newModel(t)
 		for i, n := 0, rapid.IntRange(1, 150).Draw(t, "steps"); i < n; i++ {
 			m.step()
 		}

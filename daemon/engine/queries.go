@@ -19,15 +19,8 @@ func (e *Engine) ListLeases(now int64, f LeaseFilter) ([]Lease, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if f.AgentID != "" {
-		if err := checkText("agent_id", f.AgentID, MaxIDLen); err != nil {
-			return nil, false, err
-		}
-	}
-	if f.ResourcePrefix != "" {
-		if err := checkText("resource_prefix", f.ResourcePrefix, maxPrefixLen); err != nil {
-			return nil, false, err
-		}
+	if err := checkFilter(f.AgentID, f.ResourcePrefix); err != nil {
+		return nil, false, err
 	}
 	var out []Lease
 	add := func(l *lease) {
@@ -54,6 +47,30 @@ func (e *Engine) ListLeases(now int64, f LeaseFilter) ([]Lease, bool, error) {
 		return out[:limit:limit], true, nil
 	}
 	return out, false, nil
+}
+
+// CheckFilter validates the optional filters of list_leases and watch: an
+// agent id and a resource key prefix ("" for none). A bad one is an
+// INVALID_ARGUMENT *Error naming it.
+func CheckFilter(agentID, resourcePrefix string) error {
+	if err := checkFilter(agentID, resourcePrefix); err != nil {
+		return err
+	}
+	return nil
+}
+
+func checkFilter(agentID, resourcePrefix string) *Error {
+	if agentID != "" {
+		if err := checkText("agent_id", agentID, MaxIDLen); err != nil {
+			return err
+		}
+	}
+	if resourcePrefix != "" {
+		if err := checkText("resource_prefix", resourcePrefix, maxPrefixLen); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ListAgents returns the registered agents sorted by priority (then id),
@@ -93,5 +110,7 @@ func (e *Engine) Stats() Stats {
 		Agents: e.registered, Leases: e.leases.len(), Waiters: len(e.waiters), Processes: len(e.procs),
 		Grants: e.grants, Waits: e.waits, Dies: e.dies, Expirations: e.expirations,
 		ExitReleases: e.exitReleases, Fence: e.fence,
+		Conflicts: e.conflicts, Locked: e.locked, SessionExpired: e.sessionExpired,
+		Releases: e.releases, Revocations: e.revocations,
 	}
 }

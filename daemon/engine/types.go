@@ -248,4 +248,11 @@ type LeaseFilter struct {
 type Stats struct {
 	Agents, Leases, Waiters, Processes                    int
 	Grants, Waits, Dies, Expirations, ExitReleases, Fence uint64
+	// Conflicts, Locked and SessionExpired count the denials answered
+	// CONFLICT, RESOURCE_LOCKED and SESSION_EXPIRED (queued requests
+	// answered so included).
+	Conflicts, Locked, SessionExpired uint64
+	// Releases counts leases ended by release or end_session, Revocations
+	// those ended by revoke.
+	Releases, Revocations uint64
 }

@@ -162,8 +162,7 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 				}
 				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Granted: true, Leases: ls}})
 			default:
-				e.count(v.reason)
-				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, w.agent, w.session, &v)}})
+				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.deny(now, w.agent, w.session, &v)}})
 			}
 			e.dropWaiter(w) // removes r.queue[j]; the next entry moves to j
 		}
@@ -178,7 +177,7 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 // with what it waited for.
 func (e *Engine) timeout(now int64, w *waiter) Result {
 	v := e.decide(now, w.agent, w.session, w.priority, w.targets, w)
-	e.waits++
+	e.countDenial(protocol.ReasonWait)
 	d := e.denial(now, w.agent, w.session, &v)
 	why := d.Message
 	if v.reason != protocol.ReasonWait {
@@ -197,6 +196,7 @@ func (e *Engine) answerQueued(now int64, r *resource, reason protocol.Reason, wa
 	for len(r.queue) > 0 {
 		w := r.queue[0].w
 		v := verdict{reason: reason, key: r.key, pred: r.queue[0].pred}
+		e.countDenial(reason)
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, w.agent, w.session, &v)}})
 		e.dropWaiter(w)
 	}

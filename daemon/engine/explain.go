@@ -1,0 +1,267 @@
+package engine
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// ExplainRequest asks what Acquire would answer, without acquiring: the
+// agent (optional), its session (optional), the resource and the predicate
+// (MUTATES when empty).
+type ExplainRequest struct {
+	AgentID, SessionID         string
+	ResourceType, ResourcePath string
+	Predicate                  string
+}
+
+// Explanation is the dry run of one acquire: who holds and awaits the
+// resource, and the verdict the requester would get, with the step of
+// DESIGN.md that decided it and a sentence for humans.
+type Explanation struct {
+	Resource  string    // the resource key
+	Predicate Predicate // the requested predicate
+	AgentID   string    // the requester ("" when none was named)
+	Priority  int64     // the requester's priority (for none: what a new agent would get now)
+
+	Holders []Holder  // every active lease on a key overlapping Resource
+	Queue   []Waiting // every request queued on a key overlapping Resource, oldest first
+
+	Reason   protocol.Reason // "" when the acquire would be granted
+	WaitTime int64           // the wait_time a denial would carry (0 on grant)
+	HeldBy   string          // the agent whose lease or queued request decided a denial
+	Step     Step
+	Message  string // one sentence saying why
+}
+
+// Holder is one active lease as explain lists it: the lease, its agent's
+// priority, and whether it conflicts with the request explained.
+type Holder struct {
+	Lease
+	Priority  int64
+	Conflicts bool // would block the request (the requester's own session is re-entrant and never does)
+}
+
+// Waiting is one queued request: who, for which resource and predicate,
+// since when and until when, and whom its current verdict waits for.
+type Waiting struct {
+	AgentID, SessionID string
+	Priority           int64
+	Resource           string
+	Predicate          Predicate
+	Since, Deadline    int64  // Unix ms: queued at, answered WAIT at
+	WaitsFor           string // the agent whose lease it waits for ("" if the verdict is no longer WAIT)
+	Conflicts          bool   // in an Explanation: conflicts with the request explained
+}
+
+// Explain decides an acquire of one resource as Acquire would, at now,
+// and changes nothing: no lease, no queue entry, no record, no event, no
+// counter. It runs the same decision code as Acquire (decide), so an
+// Acquire with the same arguments right after gets the same reason and
+// held_by, unless a limit (max-leases, max-waiters) refuses it first.
+//
+// Without an agent the requester is a new agent registered now: its
+// priority is what register_agent would assign, so it is younger than
+// every registered agent. Without a session it is a new session of the
+// agent (its leases in any session conflict as another session's).
+// Explain needs no permission: it shows what list_leases shows anyone.
+// Invalid arguments are INVALID_ARGUMENT, an unregistered agent
+// UNKNOWN_AGENT.
+func (e *Engine) Explain(now int64, req ExplainRequest) (Explanation, error) {
+	x, err := e.explain(now, &req)
+	if err != nil {
+		return Explanation{}, err
+	}
+	return x, nil
+}
+
+func (e *Engine) explain(now int64, req *ExplainRequest) (Explanation, *Error) {
+	if req.AgentID != "" {
+		if err := checkText("agent_id", req.AgentID, MaxIDLen); err != nil {
+			return Explanation{}, err
+		}
+	}
+	if req.SessionID != "" {
+		if err := checkText("session_id", req.SessionID, MaxIDLen); err != nil {
+			return Explanation{}, err
+		}
+	}
+	key, r, err := e.internKey("", req.ResourceType, req.ResourcePath)
+	if err != nil {
+		return Explanation{}, err
+	}
+	pred := Mutates
+	if req.Predicate != "" {
+		if pred, err = parsePredicate("", req.Predicate); err != nil {
+			return Explanation{}, err
+		}
+	}
+	a := &agent{priority: e.autoPriority(now)} // a new agent, registered nowhere
+	if req.AgentID != "" {
+		a = e.agents[req.AgentID]
+		if a == nil || a.unregistered {
+			return Explanation{}, unknownAgent(req.AgentID)
+		}
+	}
+	t := target{key: key, pred: pred, res: r}
+	v := e.decide(now, a, req.SessionID, a.priority, []target{t}, nil)
+	x := Explanation{
+		Resource: key, Predicate: pred, AgentID: a.id, Priority: a.priority,
+		Holders: e.holders(now, a, req.SessionID, t),
+		Queue:   e.queueOn(now, a, t),
+		Reason:  v.reason, HeldBy: "", Step: v.step,
+	}
+	if v.reason != "" {
+		d := e.denial(now, a, req.SessionID, &v)
+		x.WaitTime, x.HeldBy = d.WaitTime, d.HeldBy
+	}
+	x.Message = explainSentence(now, a, req.SessionID, &v, x.WaitTime)
+	return x, nil
+}
+
+// autoPriority is the priority register_agent assigns a new agent at now
+// when none is given: the time, strictly above every earlier one.
+func (e *Engine) autoPriority(now int64) int64 { return max(now, e.lastAuto+1) }
+
+// holders lists the active leases on t's resource, sorted by fence, each
+// marked with whether it conflicts with t for agent a in session.
+func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder {
+	if t.res == nil {
+		return nil
+	}
+	var out []Holder
+	for _, l := range t.res.leases {
+		if l.ExpiresAt <= now {
+			continue
+		}
+		reentrant := l.agent == a && l.SessionID == session
+		out = append(out, Holder{Lease: l.Lease, Priority: l.agent.priority,
+			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
+	}
+	slices.SortFunc(out, func(x, y Holder) int { return cmp.Compare(x.Fence, y.Fence) })
+	return out
+}
+
+// queueOn lists the requests queued on t's resource in queue order, each
+// marked with whether it conflicts with t for agent a.
+func (e *Engine) queueOn(now int64, a *agent, t target) []Waiting {
+	if t.res == nil {
+		return nil
+	}
+	out := make([]Waiting, 0, len(t.res.queue))
+	for _, q := range t.res.queue {
+		w := e.waiting(now, t.key, q)
+		w.Conflicts = q.w.agent != a && Conflicts(q.pred, t.pred)
+		out = append(out, w)
+	}
+	return out
+}
+
+// waiting describes one entry of the queue on key; WaitsFor comes from
+// deciding the request again now, as the engine would.
+func (e *Engine) waiting(now int64, key string, q queued) Waiting {
+	w := q.w
+	out := Waiting{
+		AgentID: w.agent.id, SessionID: w.session, Priority: w.priority, Resource: key,
+		Predicate: q.pred, Since: w.since, Deadline: w.deadline,
+	}
+	if v := e.decide(now, w.agent, w.session, w.priority, w.targets, w); v.reason == protocol.ReasonWait && v.by != nil {
+		out.WaitsFor = v.by.id
+	}
+	return out
+}
+
+// ListWaiting returns the queued requests, one entry per resource each is
+// queued on, sorted by resource then queue order: the first limit of them
+// (1000 when 0), and whether there were more.
+func (e *Engine) ListWaiting(now int64, limit int) ([]Waiting, bool, error) {
+	limit, err := checkLimit(limit)
+	if err != nil {
+		return nil, false, err
+	}
+	var keys []string
+	for k, r := range e.resources {
+		if len(r.queue) > 0 {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var out []Waiting
+	for _, k := range keys {
+		for _, q := range e.resources[k].queue {
+			if len(out) == limit {
+				return out, true, nil
+			}
+			out = append(out, e.waiting(now, k, q))
+		}
+	}
+	return out, false, nil
+}
+
+// explainSentence says in one sentence why v is the verdict for agent a
+// (the requester, "you"), e.g. "FILE:/a is held by builder (priority 100,
+// MUTATES, 2m0s left); you (priority 200) are younger, so Wait-Die says
+// abort and retry in 1s".
+func explainSentence(now int64, a *agent, session string, v *verdict, waitTime int64) string {
+	who := a.id
+	if who == "" {
+		who = "a new agent"
+	}
+	you := fmt.Sprintf("you (%s, priority %d)", who, a.priority)
+	holder := func() string {
+		if v.by == nil {
+			return "?"
+		}
+		if v.byQueued {
+			return fmt.Sprintf("%s (priority %d, %s, queued)", v.by.id, v.by.priority, v.byPred)
+		}
+		return fmt.Sprintf("%s (priority %d, %s, %s left)", v.by.id, v.by.priority, v.byPred, left(v.byExpires-now))
+	}
+	switch v.reason {
+	case "":
+		return fmt.Sprintf("GRANT: nothing on %s conflicts with %s, so %s would get the lease at once", v.key, v.pred, you)
+	case protocol.ReasonResourceLocked:
+		return fmt.Sprintf("RESOURCE_LOCKED: %s is frozen by an operator; no lease on it can be acquired until it is thawed", v.key)
+	case protocol.ReasonSessionExpired:
+		return fmt.Sprintf("SESSION_EXPIRED: session %q of %s has ended; start a new session", session, a.id)
+	case protocol.ReasonConflict:
+		return fmt.Sprintf("CONFLICT: %s is held by %s itself in session %q (%s); an agent cannot wait for itself, so release it or use that session",
+			v.key, a.id, v.bySession, v.byPred)
+	case protocol.ReasonDie:
+		what := "is held by"
+		if v.byQueued {
+			what = "is awaited first by"
+		}
+		age := "are younger"
+		if v.by.priority == a.priority {
+			age = "have equal priority"
+		}
+		return fmt.Sprintf("DIE: %s %s %s; %s %s, so Wait-Die says abort and retry in %s",
+			v.key, what, holder(), you, age, left(waitTime))
+	case protocol.ReasonWait:
+		return fmt.Sprintf("WAIT: %s is held by %s; %s are older than every holder, so Wait-Die lets you wait for it",
+			v.key, holder(), you)
+	}
+	return string(v.reason)
+}
+
+// left formats a duration in ms the way people read time left: "2m0s",
+// "1.5s", "300ms".
+func left(ms int64) string {
+	switch {
+	case ms <= 0:
+		return "0s"
+	case ms < 1000:
+		return fmt.Sprintf("%dms", ms)
+	case ms < 60_000:
+		return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.1f", float64(ms)/1000), "0"), ".") + "s"
+	}
+	s := ms / 1000
+	if s < 3600 {
+		return fmt.Sprintf("%dm%ds", s/60, s%60)
+	}
+	return fmt.Sprintf("%dh%dm", s/3600, s%3600/60)
+}
