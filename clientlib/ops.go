@@ -165,16 +165,21 @@ func (c *Client) ListLeases(ctx context.Context, f LeaseFilter) ([]protocol.Leas
 // ListAgents returns registered agents sorted by priority, at most limit
 // (0 means 1000), and whether there were more.
 func (c *Client) ListAgents(ctx context.Context, limit int) ([]protocol.AgentInfo, bool, error) {
+	var res protocol.ListAgentsResult
+	if err := c.do(ctx, protocol.OpListAgents, limitArgs(limit), &res); err != nil {
+		return nil, false, err
+	}
+	return res.Agents, res.Truncated, nil
+}
+
+// limitArgs is the args of a list op that takes only a limit (0: none).
+func limitArgs(limit int) *protocol.Args {
 	var args protocol.Args
 	if limit != 0 {
 		args.Limit = int64(limit)
 		args.Set(protocol.ArgLimit)
 	}
-	var res protocol.ListAgentsResult
-	if err := c.do(ctx, protocol.OpListAgents, &args, &res); err != nil {
-		return nil, false, err
-	}
-	return res.Agents, res.Truncated, nil
+	return &args
 }
 
 // Stats returns the daemon's counters.

@@ -20,6 +20,7 @@ const (
 	ArgClient
 	ArgResourcePrefix
 	ArgLimit
+	ArgWatchID
 )
 
 // MaxIntents is the most intents one acquire_many may carry.
@@ -57,6 +58,7 @@ var argSpecs = [...]argSpec{
 	{"client", ArgClient, kindString},
 	{"resource_prefix", ArgResourcePrefix, kindString},
 	{"limit", ArgLimit, kindUint},
+	{"watch_id", ArgWatchID, kindUint},
 }
 
 // Intent is one element of acquire_many's intents.
@@ -86,6 +88,7 @@ type Args struct {
 	Client         string
 	ResourcePrefix string
 	Limit          int64
+	WatchID        int64
 
 	present Arg
 }
@@ -136,6 +139,8 @@ func (a *Args) uintField(arg Arg) *int64 {
 		return &a.Priority
 	case ArgLimit:
 		return &a.Limit
+	case ArgWatchID:
+		return &a.WatchID
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 )
 
 // Hand-written encoders and decoders for the results on the hot path
-// (acquire, release, heartbeat, count), so the common round trip uses no
+// (acquire, release, heartbeat, count, watch events), so the common round trip uses no
 // reflection. They produce and accept exactly what the msgpack library
 // does for the same structs; other results go through the library.
 
@@ -79,6 +79,42 @@ func (h *HeartbeatResult) appendMsgpack(b []byte) []byte {
 	b = appendStr(b, h.LeaseID)
 	b = appendStr(b, "expires_at")
 	return appendInt(b, h.ExpiresAt)
+}
+
+func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
+	n := 8
+	if ev.Reason != "" {
+		n++
+	}
+	if ev.HeldBy != "" {
+		n++
+	}
+	b = appendMapLen(b, n)
+	b = appendStr(b, "event")
+	b = appendStr(b, ev.Event)
+	b = appendStr(b, "at")
+	b = appendInt(b, ev.At)
+	b = appendStr(b, "resource")
+	b = appendStr(b, ev.Resource)
+	b = appendStr(b, "agent_id")
+	b = appendStr(b, ev.AgentID)
+	b = appendStr(b, "session_id")
+	b = appendStr(b, ev.SessionID)
+	b = appendStr(b, "lease_id")
+	b = appendStr(b, ev.LeaseID)
+	b = appendStr(b, "predicate")
+	b = appendStr(b, ev.Predicate)
+	b = appendStr(b, "fence")
+	b = appendUint(b, ev.Fence)
+	if ev.Reason != "" {
+		b = appendStr(b, "reason")
+		b = appendStr(b, string(ev.Reason))
+	}
+	if ev.HeldBy != "" {
+		b = appendStr(b, "held_by")
+		b = appendStr(b, ev.HeldBy)
+	}
+	return b
 }
 
 func (c *CountResult) appendMsgpack(b []byte) []byte {

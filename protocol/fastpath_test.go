@@ -44,7 +44,11 @@ func TestFastEncodersMatchLibrary(t *testing.T) {
 		rel := ReleaseResult{Released: rapid.Bool().Draw(t, "released")}
 		hb := HeartbeatResult{LeaseID: rapid.String().Draw(t, "hb"), ExpiresAt: rapid.Int64().Draw(t, "hbexp")}
 		cnt := CountResult{Count: rapid.Int().Draw(t, "count")}
-		for _, v := range []wireAppender{&g, &many, &d, &rel, &hb, &cnt} {
+		ev := WatchEvent{Event: rapid.String().Draw(t, "event"), At: rapid.Int64().Draw(t, "at"), Resource: g.Resource,
+			AgentID: g.AgentID, SessionID: g.SessionID, LeaseID: g.LeaseID, Predicate: g.Predicate, Fence: g.Fence,
+			Reason: Reason(rapid.SampledFrom([]string{"", "DIE", "WAIT"}).Draw(t, "evreason")),
+			HeldBy: rapid.SampledFrom([]string{"", "x", g.AgentID}).Draw(t, "evheld")}
+		for _, v := range []wireAppender{&g, &many, &d, &rel, &hb, &cnt, &ev} {
 			require.Equal(t, libraryEncode(t, v), v.appendMsgpack(nil), "%T %+v", v, v)
 		}
 

@@ -18,6 +18,10 @@ const (
 	OpFreeze           = "freeze"
 	OpThaw             = "thaw"
 	OpStats            = "stats"
+	OpExplain          = "explain"
+	OpWatch            = "watch"
+	OpUnwatch          = "unwatch"
+	OpListWaiters      = "list_waiters"
 )
 
 // Ops lists every operation, in the order README.md documents them.
@@ -25,6 +29,7 @@ var Ops = []string{
 	OpHello, OpRegisterAgent, OpUnregisterAgent, OpAcquire, OpAcquireMany,
 	OpRelease, OpHeartbeat, OpEndSession, OpActiveLeaseCount, OpEvictExpired,
 	OpListLeases, OpListAgents, OpRevoke, OpFreeze, OpThaw, OpStats,
+	OpExplain, OpWatch, OpUnwatch, OpListWaiters,
 }
 
 // AdminOp reports whether op needs root or the daemon's own uid.
@@ -51,6 +56,10 @@ var opArgs = map[string]Arg{
 	OpFreeze:           ArgResourceType | ArgResourcePath,
 	OpThaw:             ArgResourceType | ArgResourcePath,
 	OpStats:            0,
+	OpExplain:          ArgAgentID | ArgSessionID | ArgResourceType | ArgResourcePath | ArgPredicate,
+	OpWatch:            ArgAgentID | ArgResourcePrefix,
+	OpUnwatch:          ArgWatchID,
+	OpListWaiters:      ArgLimit,
 }
 
 // KnownOp reports whether op names an operation.

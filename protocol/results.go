@@ -159,3 +159,91 @@ type StatsResult struct {
 	Expirations uint64 `msgpack:"expirations"`
 	Fence       uint64 `msgpack:"fence"`
 }
+
+// ExplainResult is explain's result: the dry run of an acquire.
+type ExplainResult struct {
+	Resource  string       `msgpack:"resource"`
+	Predicate string       `msgpack:"predicate"`
+	AgentID   string       `msgpack:"agent_id"` // "" when none was named
+	Priority  int64        `msgpack:"priority"` // the requester's (for none: what a new agent would get)
+	Holders   []HolderInfo `msgpack:"holders"`
+	Queue     []WaiterInfo `msgpack:"queue"`
+	Verdict   string       `msgpack:"verdict"` // "GRANT" or the denial reason
+	Reason    Reason       `msgpack:"reason"`  // "" when it would be granted
+	WaitTime  int64        `msgpack:"wait_time"`
+	HeldBy    string       `msgpack:"held_by"`
+	Step      string       `msgpack:"step"`
+	Message   string       `msgpack:"message"`
+	Truncated bool         `msgpack:"truncated"` // holders or queue cut to fit in a frame
+}
+
+// VerdictGrant is explain's verdict when the acquire would be granted.
+const VerdictGrant = "GRANT"
+
+// HolderInfo is one holder in explain: a lease, its agent's priority and
+// whether it conflicts with the request explained.
+type HolderInfo struct {
+	LeaseInfo `msgpack:",inline"`
+	Priority  int64 `msgpack:"priority"`
+	Conflicts bool  `msgpack:"conflicts"`
+}
+
+// WaiterInfo is one queued request, in explain's queue and in
+// list_waiters.
+type WaiterInfo struct {
+	AgentID   string `msgpack:"agent_id"`
+	SessionID string `msgpack:"session_id"`
+	Priority  int64  `msgpack:"priority"`
+	Resource  string `msgpack:"resource"`
+	Predicate string `msgpack:"predicate"`
+	Since     int64  `msgpack:"since"`     // queued at
+	Deadline  int64  `msgpack:"deadline"`  // answered WAIT at, unless decided before
+	WaitsFor  string `msgpack:"waits_for"` // the agent whose lease it waits for now
+	Conflicts bool   `msgpack:"conflicts,omitempty"`
+}
+
+// ListWaitersResult is list_waiters' result.
+type ListWaitersResult struct {
+	Waiters   []WaiterInfo `msgpack:"waiters"`
+	Truncated bool         `msgpack:"truncated"`
+}
+
+// WatchResult is the first answer to watch.
+type WatchResult struct {
+	Watching bool  `msgpack:"watching"`
+	WatchID  int64 `msgpack:"watch_id"`
+}
+
+// UnwatchResult is unwatch's result.
+type UnwatchResult struct {
+	Unwatched bool `msgpack:"unwatched"`
+}
+
+// The event names of watch (README.md "watch").
+const (
+	EventGrant    = "grant"
+	EventRelease  = "release"
+	EventExpire   = "expire"
+	EventRevoke   = "revoke"
+	EventWait     = "wait"
+	EventDie      = "die"
+	EventFreeze   = "freeze"
+	EventThaw     = "thaw"
+	EventEnd      = "end"
+	EventOverflow = "overflow"
+)
+
+// WatchEvent is one event of a watch stream, sent as a result with the
+// watch request's id.
+type WatchEvent struct {
+	Event     string `msgpack:"event"`
+	At        int64  `msgpack:"at"`
+	Resource  string `msgpack:"resource"`
+	AgentID   string `msgpack:"agent_id"`
+	SessionID string `msgpack:"session_id"`
+	LeaseID   string `msgpack:"lease_id"`
+	Predicate string `msgpack:"predicate"`
+	Fence     uint64 `msgpack:"fence"`
+	Reason    Reason `msgpack:"reason,omitempty"`
+	HeldBy    string `msgpack:"held_by,omitempty"`
+}

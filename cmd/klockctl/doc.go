@@ -16,6 +16,7 @@
 //	end-session AGENT SESSION
 //	count | evict
 //	revoke LEASE_ID | freeze RESOURCE | thaw RESOURCE   (root or the daemon's uid)
+//	why [--agent A] [--session S] [--predicate P] RESOURCE   holders, queue and the verdict, explained
 //	run [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--kill-after D] RESOURCE... -- COMMAND [ARGS...]
 //	version
 //	hook claude-code [--fail-closed] [--ttl D]    (Claude Code's PreToolUse and SessionEnd hook; JSON on stdin)

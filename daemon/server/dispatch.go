@@ -69,6 +69,10 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 		protocol.OpRevoke, protocol.OpFreeze, protocol.OpThaw:
 		// Every state change takes the one path.
 		s.commit(c, req.ID, &change{op: req.Op, args: a, caller: c.caller})
+	case protocol.OpExplain:
+		s.explain(c, req.ID, a)
+	case protocol.OpListWaiters:
+		s.listWaiters(c, req.ID, a)
 	default:
 		c.appendError(req.ID, protocol.CodeUnknownOp, unknownOpMessage(req.Op), 0)
 	}

@@ -36,12 +36,7 @@ func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 	}
 	r := &protocol.ListLeasesResult{Leases: make([]protocol.LeaseInfo, len(ls.leases)), Truncated: ls.truncated}
 	for i := range ls.leases {
-		l := &ls.leases[i]
-		r.Leases[i] = protocol.LeaseInfo{
-			LeaseID: l.ID, AgentID: l.AgentID, SessionID: l.SessionID, Resource: l.Resource,
-			Predicate: l.Predicate.String(), AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt,
-			Fence: l.Fence, OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID,
-		}
+		r.Leases[i] = leaseInfo(&ls.leases[i])
 	}
 	c.appendBounded(id, r, seq, func(keep float64) bool {
 		k, ok := keepCount(len(r.Leases), keep)
