@@ -9,8 +9,12 @@ The seed SDK's API, served by ``klockd`` over a Unix socket::
     result = klock.acquire_lease("senior-bot", "s1", "FILE", "/src/auth.ts", "MUTATES", 60000)
     if result["success"]:
         klock.release_lease(result["lease_id"])
+
+``klock.asyncio.KlockClient`` is the same API for asyncio, and
+``klock.protected`` guards a tool call (or a block) with leases.
 """
 
+from ._version import __version__
 from .client import Intent, KlockClient
 from .errors import (
     AcquireTimeoutError,
@@ -19,6 +23,7 @@ from .errors import (
     DaemonNotRunningError,
     InternalError,
     InvalidArgumentError,
+    KlockConflictError,
     KlockConnectionError,
     KlockError,
     KlockTimeoutError,
@@ -29,17 +34,19 @@ from .errors import (
     PriorityConflictError,
     ResourceExhaustedError,
     ShuttingDownError,
+    UnavailableError,
     UnknownAgentError,
     UnknownOpError,
 )
 from .lease import Lease
+from .protected import Protected, protected
 from .socketpath import default_socket_path
-
-__version__ = "0.1.0"
 
 __all__ = [
     "KlockClient",
     "Lease",
+    "protected",
+    "Protected",
     "Intent",
     "default_socket_path",
     "KlockError",
@@ -53,6 +60,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "ShuttingDownError",
+    "UnavailableError",
     "InternalError",
     "KlockConnectionError",
     "DaemonNotRunningError",
@@ -60,4 +68,6 @@ __all__ = [
     "LeaseDeniedError",
     "AcquireTimeoutError",
     "LeaseLostError",
+    "KlockConflictError",
+    "__version__",
 ]

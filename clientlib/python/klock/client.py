@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-import uuid
 import weakref
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from . import wire
+from ._core import (
+    AcquireRounds,
+    IdemSource,
+    Intent,
+    UnavailableBackoff,
+    describe,
+    intent_args,
+    wait_seconds,
+)
 from .connection import CLIENT_NAME, Connection
-from .errors import AcquireTimeoutError, KlockError, LeaseDeniedError
-from .lease import Lease
+from .errors import KlockError, UnavailableError
+from .lease import KeepAlive, Lease
 from .socketpath import default_socket_path
 
 __all__ = ["KlockClient", "Intent"]
 
-#: One intent of :meth:`KlockClient.acquire_many`: a
-#: ``(resource_type, resource_path, predicate)`` tuple or a dict with those keys.
-Intent = Union[Tuple[str, str, str], Mapping[str, str]]
-
-# A blocking acquire parks in the daemon at most this long per round trip, so
-# a lost answer is noticed and the overall timeout is honoured.
-_MAX_WAIT_ROUND_MS = 30000
-
-# Denials that waiting cannot cure: the blocking helpers raise at once.
-_FINAL_REASONS = frozenset({"CONFLICT", "SESSION_EXPIRED"})
-
-
-def _new_idem() -> str:
-    return uuid.uuid4().hex
+_monotonic = time.monotonic
+_acquire_tail = wire.acquire_tail
+_release_tail = wire.release_tail
 
 
 def _optional(args: Dict[str, Any], **kv: Any) -> Dict[str, Any]:
@@ -72,11 +69,14 @@ class KlockClient:
         self.timeout: float = float(timeout)
         self._closed = False
         self._reopen_lock = threading.Lock()
+        self._idem = IdemSource()
+        self._keepalive = KeepAlive(self)
         self._conn = self._open()
 
     def _open(self) -> Connection:
         conn = Connection(self.socket_path)
         conn.open()
+        conn.on_orphan_grant = self._release_orphans
         # Close the socket and stop the reader when the client is collected.
         self._finalizer = weakref.finalize(self, conn.close)
         return conn
@@ -88,9 +88,11 @@ class KlockClient:
 
         Leases are not released: they expire after their ttl (use
         :meth:`end_session` or the :meth:`lease` context manager for that).
+        Leases kept alive by :meth:`lease` are no longer renewed.
         """
         self._closed = True
         self._finalizer()
+        self._keepalive.stop()
 
     def __enter__(self) -> "KlockClient":
         return self
@@ -106,22 +108,53 @@ class KlockClient:
         """How many times the client reconnected after the connection broke."""
         return self._conn.reconnects
 
-    def _call(self, op: str, args: Optional[Dict[str, Any]] = None,
-              timeout: Optional[float] = None) -> Dict[str, Any]:
+    def _call(self, op: str, tail: bytes, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Sends one request and returns its result; retries UNAVAILABLE within the timeout."""
         conn = self._conn
-        if conn.forked and not self._closed:
+        if conn._forked and not self._closed:
             conn = self._after_fork()
-        return conn.call(op, args, self.timeout if timeout is None else timeout)
+        if timeout is None:
+            timeout = self.timeout
+        deadline = _monotonic() + timeout
+        try:
+            return conn.call(op, tail, timeout)
+        except UnavailableError as e:
+            last = e
+        backoff = UnavailableBackoff(deadline)
+        while True:
+            delay = backoff.next()
+            if delay is None:
+                raise last
+            time.sleep(delay)
+            left = deadline - _monotonic()
+            if left <= 0:
+                raise last
+            try:
+                return conn.call(op, tail, left)
+            except UnavailableError as e:
+                last = e
+
+    def _request(self, op: str, args: Optional[Dict[str, Any]] = None,
+                 timeout: Optional[float] = None) -> Dict[str, Any]:
+        return self._call(op, wire.request_tail(op, args), timeout)
 
     def _after_fork(self) -> Connection:
-        """Gives a forked child its own connection; the parent's is left alone."""
+        """Gives a forked child its own connection and idempotency keys; the
+        parent's are left alone."""
         with self._reopen_lock:
-            if self._conn.forked:
+            if self._conn._forked:
                 old = self._conn
                 self._finalizer.detach()
                 old.close()  # closes only the child's copy of the socket
+                self._idem.reseed()
+                self._keepalive = KeepAlive(self)  # the parent's thread is not here
                 self._conn = self._open()
             return self._conn
+
+    def _release_orphans(self, lease_ids: List[str]) -> None:
+        """Releases leases granted to acquires whose caller had given up."""
+        for lease_id in lease_ids:
+            self._conn.submit("release", _release_tail(lease_id))
 
     # ----- the seed's API --------------------------------------------------
 
@@ -142,7 +175,7 @@ class KlockClient:
                 or waits for a lease.
             PermissionDeniedError: the agent belongs to another uid.
         """
-        self._call("register_agent", _optional({"agent_id": agent_id}, priority=priority))
+        self._request("register_agent", _optional({"agent_id": agent_id}, priority=priority))
 
     def acquire_lease(
         self,
@@ -179,23 +212,19 @@ class KlockClient:
         Args:
             wait_timeout: on a WAIT verdict, let the daemon hold the request
                 up to this many ms and answer once decided (0/None: at once).
-            idem: idempotency key (<= 64 bytes); default a fresh random key,
-                which makes a resend after a reconnect return the same lease.
+            idem: idempotency key (<= 64 bytes); default a fresh key unique
+                to this client, which makes a resend after a reconnect return
+                the same lease.
 
         Raises:
             InvalidArgumentError: a bad type, predicate, path or ttl.
             UnknownAgentError: the agent was never registered.
         """
-        args = {
-            "agent_id": agent_id,
-            "session_id": session_id,
-            "resource_type": resource_type,
-            "resource_path": resource_path,
-            "predicate": predicate,
-            "ttl": ttl,
-            "idem": idem if idem is not None else _new_idem(),
-        }
-        return self._acquire("acquire", _optional(args, wait_timeout=wait_timeout or None))
+        tail = _acquire_tail(agent_id, session_id, resource_type, resource_path, predicate, ttl,
+                             idem or self._idem(), wait_timeout or None)
+        if wait_timeout:
+            return self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
+        return self._call("acquire", tail)
 
     def release_lease(self, lease_id: str) -> bool:
         """Release a lease. Returns ``True`` if the lease was found and released.
@@ -207,7 +236,7 @@ class KlockClient:
         assert released is True
         ```
         """
-        return bool(self._call("release", {"lease_id": lease_id}).get("released", False))
+        return self._call("release", _release_tail(lease_id)).get("released") is True
 
     def active_lease_count(self) -> int:
         """Get the count of currently active leases (expired ones never count).
@@ -216,7 +245,7 @@ class KlockClient:
         print(klock.active_lease_count())  # 3
         ```
         """
-        return int(self._call("active_lease_count").get("count", 0))
+        return int(self._request("active_lease_count").get("count", 0))
 
     def evict_expired(self) -> int:
         """Remove expired leases. Returns the number evicted by this call.
@@ -228,7 +257,7 @@ class KlockClient:
         print(f"Evicted {evicted} expired leases")
         ```
         """
-        return int(self._call("evict_expired").get("evicted", 0))
+        return int(self._request("evict_expired").get("evicted", 0))
 
     # ----- the rest of the protocol ----------------------------------------
 
@@ -239,7 +268,7 @@ class KlockClient:
         (The client also says hello by itself on every connection, to learn
         ``max_frame``.)
         """
-        result = self._call("hello", {"client": client})
+        result = self._request("hello", {"client": client})
         max_frame = result.get("max_frame")
         if isinstance(max_frame, int) and max_frame > 0:
             self._conn.max_frame = max_frame
@@ -251,7 +280,7 @@ class KlockClient:
         Raises:
             PriorityConflictError: the agent holds or waits for a lease.
         """
-        return bool(self._call("unregister_agent", {"agent_id": agent_id}).get("unregistered", False))
+        return bool(self._request("unregister_agent", {"agent_id": agent_id}).get("unregistered", False))
 
     def acquire_many(
         self,
@@ -278,14 +307,10 @@ class KlockClient:
         intent, in order. Failure: the worst verdict over all intents, with
         the same fields as :meth:`acquire_lease`; no lease is created.
         """
-        args = {
-            "agent_id": agent_id,
-            "session_id": session_id,
-            "ttl": ttl,
-            "intents": [_intent(i) for i in intents],
-            "idem": idem if idem is not None else _new_idem(),
-        }
-        return self._acquire("acquire_many", _optional(args, wait_timeout=wait_timeout or None))
+        args = _optional({"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
+                          "intents": [intent_args(i) for i in intents],
+                          "idem": idem or self._idem()}, wait_timeout=wait_timeout or None)
+        return self._request("acquire_many", args, self.timeout + wait_seconds(wait_timeout))
 
     def heartbeat_lease(self, lease_id: str, ttl: Optional[int] = None) -> Dict[str, Any]:
         """Extend a lease to now + ``ttl`` ms (default: its current ttl).
@@ -296,7 +321,7 @@ class KlockClient:
         Raises:
             NotFoundError: the lease expired or was released.
         """
-        return self._call("heartbeat", _optional({"lease_id": lease_id}, ttl=ttl))
+        return self._call("heartbeat", wire.heartbeat_tail(lease_id, ttl))
 
     def end_session(self, agent_id: str, session_id: str) -> int:
         """Release every lease of a session; returns how many were released.
@@ -304,7 +329,7 @@ class KlockClient:
         Later acquires in that session are denied with ``SESSION_EXPIRED``
         (klockd remembers the last 1024 sessions each agent ended).
         """
-        result = self._call("end_session", {"agent_id": agent_id, "session_id": session_id})
+        result = self._request("end_session", {"agent_id": agent_id, "session_id": session_id})
         return int(result.get("released", 0))
 
     def list_leases(
@@ -327,7 +352,7 @@ class KlockClient:
                 ``truncated`` says more matched.
         """
         args = _optional({}, agent_id=agent_id, resource_prefix=resource_prefix, limit=limit)
-        return self._call("list_leases", args)
+        return self._request("list_leases", args)
 
     def list_agents(self, limit: Optional[int] = None) -> Dict[str, Any]:
         """List registered agents, sorted by priority.
@@ -335,7 +360,7 @@ class KlockClient:
         Returns ``{"agents": [{"agent_id", "priority", "registered_at",
         "leases", "waiting"}, ...], "truncated": bool}``.
         """
-        return self._call("list_agents", _optional({}, limit=limit))
+        return self._request("list_agents", _optional({}, limit=limit))
 
     def stats(self) -> Dict[str, Any]:
         """Get the daemon's counters.
@@ -343,14 +368,14 @@ class KlockClient:
         Returns ``{"uptime_ms", "connections", "agents", "leases", "waiters",
         "ops", "grants", "waits", "dies", "expirations", "fence"}``.
         """
-        return self._call("stats")
+        return self._request("stats")
 
     def revoke(self, lease_id: str) -> bool:
         """End a lease now, as if it expired (admin: root or the daemon's uid).
 
         Returns ``False`` if the lease was not active.
         """
-        return bool(self._call("revoke", {"lease_id": lease_id}).get("revoked", False))
+        return bool(self._request("revoke", {"lease_id": lease_id}).get("revoked", False))
 
     def freeze(self, resource_type: str, resource_path: str) -> bool:
         """Deny every acquire on a resource with ``RESOURCE_LOCKED`` (admin).
@@ -358,12 +383,12 @@ class KlockClient:
         Leases already held keep running. Returns the frozen state (True).
         """
         args = {"resource_type": resource_type, "resource_path": resource_path}
-        return bool(self._call("freeze", args).get("frozen", False))
+        return bool(self._request("freeze", args).get("frozen", False))
 
     def thaw(self, resource_type: str, resource_path: str) -> bool:
         """Undo :meth:`freeze` (admin). Returns the frozen state (False)."""
         args = {"resource_type": resource_type, "resource_path": resource_path}
-        return bool(self._call("thaw", args).get("frozen", False))
+        return bool(self._request("thaw", args).get("frozen", False))
 
     # ----- blocking helpers ------------------------------------------------
 
@@ -397,16 +422,22 @@ class KlockClient:
             LeaseDeniedError: a denial waiting cannot cure (``CONFLICT``,
                 ``SESSION_EXPIRED``).
         """
-        args = {
-            "agent_id": agent_id,
-            "session_id": session_id,
-            "resource_type": resource_type,
-            "resource_path": resource_path,
-            "predicate": predicate,
-            "ttl": ttl,
-            "idem": _new_idem(),
-        }
-        return self._acquire_blocking("acquire", args, timeout)
+        return self._acquire_blocking(agent_id, session_id,
+                                      [(resource_type, resource_path, predicate)], ttl, timeout)
+
+    def acquire_all(
+        self,
+        agent_id: str,
+        session_id: str,
+        intents: Sequence[Intent],
+        ttl: int,
+        timeout: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """:meth:`acquire_many`, waiting as :meth:`acquire` does until all are granted.
+
+        Returns ``{"success": True, "leases": [grant, ...]}``.
+        """
+        return self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True)
 
     def lease(
         self,
@@ -421,8 +452,9 @@ class KlockClient:
     ) -> Lease:
         """Acquire a lease (waiting as :meth:`acquire` does) and keep it alive.
 
-        Returns a :class:`Lease`, renewed by a background thread every
-        ``ttl / 3`` ms and released when the ``with`` block ends::
+        Returns a :class:`Lease`, renewed every ``ttl / 3`` ms by the
+        client's keep-alive thread (one for all of its leases), and released
+        when the ``with`` block ends::
 
             with klock.lease("agent-1", "s1", "FILE", "/src/auth.ts", "MUTATES") as lease:
                 print(lease.lease_id, lease.fence)
@@ -435,51 +467,46 @@ class KlockClient:
         """
         grant = self.acquire(agent_id, session_id, resource_type, resource_path, predicate,
                              ttl, timeout)
-        return Lease(self, grant, ttl, on_lost)
+        return Lease(self, [grant], ttl, on_lost)
 
-    def _acquire(self, op: str, args: Dict[str, Any]) -> Dict[str, Any]:
-        wait = args.get("wait_timeout")
-        timeout = self.timeout
-        if isinstance(wait, int) and wait > 0:
-            timeout += wait / 1000.0
-        return self._call(op, args, timeout)
+    def lease_all(
+        self,
+        agent_id: str,
+        session_id: str,
+        intents: Sequence[Intent],
+        ttl: int = 30000,
+        timeout: Optional[float] = None,
+        on_lost: Optional[Callable[[KlockError], None]] = None,
+    ) -> Lease:
+        """:meth:`lease` for several resources, taken atomically (acquire_many).
 
-    def _acquire_blocking(self, op: str, args: Dict[str, Any],
-                          timeout: Optional[float]) -> Dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        The returned :class:`Lease` holds one grant per intent
+        (``lease.grants``), renews them together and releases them together.
+        """
+        result = self.acquire_all(agent_id, session_id, intents, ttl, timeout)
+        return Lease(self, list(result["leases"]), ttl, on_lost)
+
+    def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
+                          ttl: int, timeout: Optional[float], many: bool = False) -> Dict[str, Any]:
+        wire_intents = [intent_args(i) for i in intents]
+        op = "acquire_many" if many else "acquire"
+        rounds = AcquireRounds(describe(op, wire_intents), timeout)
+        idem = self._idem()
         while True:
-            wait_ms = _MAX_WAIT_ROUND_MS
-            if deadline is not None:
-                wait_ms = min(wait_ms, int((deadline - time.monotonic()) * 1000))
-            round_args = dict(args)
-            if wait_ms > 0:
-                round_args["wait_timeout"] = wait_ms
-            started = time.monotonic()
-            result = self._acquire(op, round_args)
-            if result.get("success"):
+            wait_ms = rounds.wait_ms()
+            if many:
+                args = _optional({"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
+                                  "intents": wire_intents, "idem": idem},
+                                 wait_timeout=wait_ms or None)
+                tail = wire.request_tail(op, args)
+            else:
+                i = wire_intents[0]
+                tail = _acquire_tail(agent_id, session_id, i["resource_type"], i["resource_path"],
+                                     i["predicate"], ttl, idem, wait_ms or None)
+            result = self._call(op, tail, self.timeout + wait_ms / 1000.0)
+            delay = rounds.after(result)
+            if delay is None:
                 return result
-            reason = str(result.get("reason", ""))
-            what = "%s on %s:%s" % (op, args.get("resource_type"), args.get("resource_path")) \
-                if op == "acquire" else op
-            if reason in _FINAL_REASONS:
-                raise LeaseDeniedError(
-                    "klock: %s denied (%s): %s" % (what, reason, result.get("message", "")), result)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise AcquireTimeoutError(
-                    "klock: %s still denied (%s, held by %s) after %.3gs"
-                    % (what, reason, result.get("held_by", "?"), timeout or 0.0), result)
-            if reason == "WAIT" and time.monotonic() - started >= 0.9 * wait_ms / 1000.0:
-                continue  # the daemon's wait ran out without a decision; wait again
-            delay = max(int(result.get("wait_time", 1) or 1), 1) / 1000.0
-            delay *= 1.0 + 0.25 * random.random()  # spread retries of competing juniors
-            if left is not None:
-                delay = min(delay, left)
-            time.sleep(delay)
+            if delay > 0:
+                time.sleep(delay)
 
-
-def _intent(i: Intent) -> Dict[str, str]:
-    if isinstance(i, Mapping):
-        return {k: i[k] for k in ("resource_type", "resource_path", "predicate") if k in i}
-    resource_type, resource_path, predicate = i
-    return {"resource_type": resource_type, "resource_path": resource_path, "predicate": predicate}

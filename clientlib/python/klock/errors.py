@@ -29,6 +29,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "ShuttingDownError",
+    "UnavailableError",
     "InternalError",
     "KlockConnectionError",
     "DaemonNotRunningError",
@@ -36,6 +37,7 @@ __all__ = [
     "LeaseDeniedError",
     "AcquireTimeoutError",
     "LeaseLostError",
+    "KlockConflictError",
     "error_from_wire",
 ]
 
@@ -136,6 +138,17 @@ class ShuttingDownError(KlockError):
     CODE = "SHUTTING_DOWN"
 
 
+class UnavailableError(KlockError):
+    """The daemon cannot make state changes durable right now (a full or failing disk).
+
+    Reads are still served, and klockd heals on its own when the disk does.
+    The client retries a refused change with backoff within the call's
+    timeout, and raises this only when the timeout runs out.
+    """
+
+    CODE = "UNAVAILABLE"
+
+
 class InternalError(KlockError):
     """A bug in the daemon; it logged it and keeps serving."""
 
@@ -199,6 +212,34 @@ class AcquireTimeoutError(LeaseDeniedError, KlockTimeoutError):
     """
 
 
+class KlockConflictError(LeaseDeniedError, RuntimeError):
+    """A tool protected with :func:`klock.protected` could not get its lease(s).
+
+    Raised at once on ``DIE`` (a senior agent holds the resource: abort and
+    retry later), on ``CONFLICT``, ``RESOURCE_LOCKED`` and
+    ``SESSION_EXPIRED``, and with reason ``WAIT_TIMEOUT`` when a ``WAIT``
+    outlasted the decorator's wait. Also a :class:`RuntimeError`, as
+    upstream klock-langchain's error of the same name is.
+
+    Attributes:
+        reason: ``"DIE"``, ``"CONFLICT"``, ``"RESOURCE_LOCKED"``,
+            ``"SESSION_EXPIRED"`` or ``"WAIT_TIMEOUT"``.
+        held_by: the agent whose lease (or queued request) decided it.
+        wait_time: the daemon's suggested delay before retrying, in ms (for
+            ``WAIT_TIMEOUT``: how long the decorator waited).
+        agent_id: the agent that asked.
+        resource_path: the path (or paths, comma-separated) it asked for.
+        wait_time_ms: ``wait_time`` under upstream's name.
+    """
+
+    def __init__(self, message: str, result: Dict[str, Any], agent_id: str = "",
+                 resource_path: str = "") -> None:
+        super().__init__(message, result)
+        self.agent_id: str = agent_id
+        self.resource_path: str = resource_path
+        self.wait_time_ms: int = self.wait_time
+
+
 class LeaseLostError(KlockError):
     """A lease held with :meth:`KlockClient.lease` is no longer held.
 
@@ -220,6 +261,7 @@ _BY_CODE: Dict[str, Type[KlockError]] = {
         PermissionDeniedError,
         ResourceExhaustedError,
         ShuttingDownError,
+        UnavailableError,
         InternalError,
     )
     if cls.CODE is not None

@@ -1,28 +1,166 @@
-"""Lease: a granted lease kept alive in the background until released."""
+"""Lease: granted leases kept alive in the background until released.
+
+One keep-alive thread per client renews all of that client's leases (not a
+thread per lease): it sleeps until the next renewal is due, sends every due
+heartbeat at once (pipelined on the client's connection), and collects the
+answers.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
+from . import wire
+from ._core import grant_ids
 from .errors import KlockError, LeaseLostError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import KlockClient
+    from .connection import Call
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "LeaseState", "KeepAlive"]
+
+log = logging.getLogger("klock")
+
+_monotonic = time.monotonic
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """Wall-clock Unix time in ms, as the daemon's ``expires_at``."""
     return int(time.time() * 1000)
 
 
-class Lease:
-    """A granted lease, renewed by a background thread at ``ttl / 3``.
+class LeaseState:
+    """What a kept-alive lease knows, shared by the sync and asyncio leases.
 
-    Returned by :meth:`KlockClient.lease`. Use it as a context manager so the
-    lease is released however the block ends::
+    Holds one grant or several (taken together with ``acquire_many``), which
+    are renewed and released together.
+
+    Attributes:
+        grants: the daemon's grant dicts, one per resource.
+        grant: the first grant (``lease_id``, ``fence``, ``resource``, ...).
+        lease_id: the first grant's UUID.
+        lease_ids: every grant's UUID.
+        fence: the first grant's fencing token.
+        resource: the first grant's resource key, e.g. ``"FILE:/src/auth.ts"``.
+        ttl: the lease lifetime in ms; each renewal extends it by this much.
+    """
+
+    def __init__(self, grants: List[Dict[str, Any]], ttl: int,
+                 on_lost: Optional[Callable[[KlockError], None]]) -> None:
+        if not grants:
+            raise ValueError("klock: a lease needs at least one grant")
+        self.grants: List[Dict[str, Any]] = grants
+        self.grant: Dict[str, Any] = grants[0]
+        self.lease_ids: List[str] = [i for g in grants for i in grant_ids(g)]
+        self.lease_id: str = self.lease_ids[0]
+        self.fence: int = int(self.grant.get("fence", 0))
+        self.resource: str = self.grant.get("resource", "")
+        self.agent_id: str = self.grant.get("agent_id", "")
+        self.session_id: str = self.grant.get("session_id", "")
+        self.predicate: str = self.grant.get("predicate", "")
+        self.ttl: int = int(ttl)
+        self._on_lost = on_lost
+        # _state_lock guards the fields that follow.
+        self._state_lock = threading.Lock()
+        self._expires_at: int = min(int(g.get("expires_at", 0)) for g in grants)
+        self._lost_error: Optional[KlockError] = None
+        self._released = False
+        #: Monotonic time of the next renewal; owned by the keep-alive.
+        self.due = _monotonic() + self.interval()
+
+    def interval(self) -> float:
+        """Seconds between renewals: a third of the ttl."""
+        return max(self.ttl / 3.0, 1.0) / 1000.0
+
+    @property
+    def expires_at(self) -> int:
+        """When the lease expires unless renewed (Unix ms), as of the last renewal."""
+        with self._state_lock:
+            return self._expires_at
+
+    @property
+    def lost_error(self) -> Optional[KlockError]:
+        """Why the lease was lost, or None while it is held."""
+        with self._state_lock:
+            return self._lost_error
+
+    @property
+    def lost(self) -> bool:
+        """Reports whether the lease was lost while held (not set by release())."""
+        return self.lost_error is not None
+
+    @property
+    def released(self) -> bool:
+        """Reports whether release() was called."""
+        with self._state_lock:
+            return self._released
+
+    def check(self) -> None:
+        """Raises :class:`LeaseLostError` if the lease was lost; else returns None."""
+        err = self.lost_error
+        if err is not None:
+            raise err
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else ("released" if self.released else "held")
+        more = " +%d" % (len(self.lease_ids) - 1) if len(self.lease_ids) > 1 else ""
+        return "<%s %s %s%s fence=%d %s>" % (type(self).__name__, self.lease_id, self.resource,
+                                            more, self.fence, state)
+
+    # ----- for the keep-alive ----------------------------------------------
+
+    def _begin_release(self) -> bool:
+        """Marks the lease released; reports whether it still needs releasing."""
+        with self._state_lock:
+            if self._released:
+                return False
+            self._released = True
+            return self._lost_error is None
+
+    def renewed(self, results: List[Dict[str, Any]]) -> None:
+        """Records the daemon's answers to a renewal of every grant."""
+        times = [r.get("expires_at") for r in results]
+        ints = [t for t in times if isinstance(t, int)]
+        if ints:
+            with self._state_lock:
+                self._expires_at = min(ints)
+        self.due = _monotonic() + self.interval()
+
+    def lose(self, message: str) -> Optional[LeaseLostError]:
+        """Marks the lease lost (unless released); returns the error to report once."""
+        err = LeaseLostError(message)
+        with self._state_lock:
+            if self._released or self._lost_error is not None:
+                return None
+            self._lost_error = err
+        return err
+
+    def retry_soon(self) -> None:
+        """Schedules the next renewal well before expiry, after a failed one."""
+        left = (self.expires_at - now_ms()) / 4000.0
+        self.due = _monotonic() + min(self.interval(), max(left, 0.005))
+
+    def report_lost(self, err: LeaseLostError) -> None:
+        """Runs the on_lost callback; it must not kill the keep-alive."""
+        callback = self._on_lost
+        if callback is None:
+            return
+        try:
+            callback(err)
+        except Exception:
+            log.exception("klock: on_lost callback of lease %s raised", self.lease_id)
+
+
+class Lease(LeaseState):
+    """Granted leases, renewed by the client's keep-alive thread at ``ttl / 3``.
+
+    Returned by :meth:`KlockClient.lease` (one resource) and
+    :meth:`KlockClient.lease_all` (several, taken atomically). Use it as a
+    context manager so the lease is released however the block ends::
 
         with klock.lease("agent-1", "s1", "FILE", "/src/auth.ts", "MUTATES", ttl=30000) as lease:
             edit_file()
@@ -33,43 +171,19 @@ class Lease:
     becomes True, :meth:`wait_lost` returns, :meth:`check` raises
     :class:`LeaseLostError`, and the ``on_lost`` callback (if any) runs once,
     in the keep-alive thread, with the error.
-
-    Attributes:
-        grant: the daemon's grant dict (``lease_id``, ``fence``, ``resource``, ...).
-        lease_id: the lease's UUID.
-        fence: the fencing token of this grant.
-        resource: the resource key, e.g. ``"FILE:/src/auth.ts"``.
-        ttl: the lease lifetime in ms; each renewal extends it by this much.
     """
 
     def __init__(
         self,
         client: "KlockClient",
-        grant: Dict[str, Any],
+        grants: List[Dict[str, Any]],
         ttl: int,
         on_lost: Optional[Callable[[KlockError], None]] = None,
     ) -> None:
-        self.grant: Dict[str, Any] = grant
-        self.lease_id: str = grant["lease_id"]
-        self.fence: int = int(grant.get("fence", 0))
-        self.resource: str = grant.get("resource", "")
-        self.agent_id: str = grant.get("agent_id", "")
-        self.session_id: str = grant.get("session_id", "")
-        self.predicate: str = grant.get("predicate", "")
-        self.ttl: int = int(ttl)
+        super().__init__(grants, ttl, on_lost)
         self._client = client
-        self._on_lost = on_lost
-        self._stop = threading.Event()
-        self._lost = threading.Event()
-        # _lock guards the fields that follow.
-        self._lock = threading.Lock()
-        self._expires_at: int = int(grant.get("expires_at", 0))
-        self._lost_error: Optional[KlockError] = None
-        self._released = False
-        self._thread = threading.Thread(
-            target=self._keep_alive, name="klock-keepalive-" + self.lease_id[:8], daemon=True
-        )
-        self._thread.start()
+        self._lost_event = threading.Event()
+        client._keepalive.add(self)
 
     def __enter__(self) -> "Lease":
         return self
@@ -77,96 +191,122 @@ class Lease:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def __repr__(self) -> str:
-        state = "lost" if self.lost else ("released" if self._released else "held")
-        return "<Lease %s %s fence=%d %s>" % (self.lease_id, self.resource, self.fence, state)
-
-    @property
-    def expires_at(self) -> int:
-        """When the lease expires unless renewed (Unix ms), as of the last renewal."""
-        with self._lock:
-            return self._expires_at
-
-    @property
-    def lost(self) -> bool:
-        """Reports whether the lease was lost while held (not set by release())."""
-        return self._lost.is_set()
-
-    @property
-    def lost_error(self) -> Optional[KlockError]:
-        """Why the lease was lost, or None while it is held."""
-        with self._lock:
-            return self._lost_error
-
     def wait_lost(self, timeout: Optional[float] = None) -> bool:
         """Blocks until the lease is lost or ``timeout`` seconds pass; returns :attr:`lost`."""
-        return self._lost.wait(timeout)
-
-    def check(self) -> None:
-        """Raises :class:`LeaseLostError` if the lease was lost; else returns None."""
-        err = self.lost_error
-        if err is not None:
-            raise err
+        return self._lost_event.wait(timeout)
 
     def release(self) -> bool:
-        """Stops the keep-alive and releases the lease.
+        """Stops renewing and releases the lease (all of its grants).
 
-        Returns True if the daemon released it, False if it was no longer
-        active (lost, or already released). Safe to call more than once.
+        Returns True if the daemon released them, False if they were no
+        longer active (lost, or already released). Safe to call more than once.
         """
-        with self._lock:
-            if self._released:
-                return False
-            self._released = True
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-        if self.lost:
+        self._client._keepalive.remove(self)
+        if not self._begin_release():
             return False
-        return self._client.release_lease(self.lease_id)
+        released = [self._client.release_lease(i) for i in self.lease_ids]
+        return all(released)
 
-    def _keep_alive(self) -> None:
-        interval = max(self.ttl / 3.0, 1.0) / 1000.0
-        delay = interval
-        while not self._stop.wait(delay):
-            remaining = self.expires_at - _now_ms()
-            # Never wait for an answer past the lease's expiry.
-            timeout = min(max(remaining / 1000.0, 0.05), self._client.timeout)
-            try:
-                result = self._client._call("heartbeat", {"lease_id": self.lease_id}, timeout)
-            except NotFoundError as e:
-                self._mark_lost(LeaseLostError(
-                    "klock: lease %s on %s is no longer active: %s"
-                    % (self.lease_id, self.resource, e.message)
-                ))
-                return
-            except Exception as e:  # transport trouble: retry until the lease would expire
-                if self._stop.is_set():
-                    return
-                if _now_ms() >= self.expires_at:
-                    self._mark_lost(LeaseLostError(
-                        "klock: could not renew lease %s on %s before it expired: %s"
-                        % (self.lease_id, self.resource, e)
-                    ))
-                    return
-                # Retry soon, well before expiry.
-                delay = min(interval, max((self.expires_at - _now_ms()) / 4000.0, 0.005))
-                continue
-            with self._lock:
-                self._expires_at = int(result.get("expires_at", self._expires_at))
-            delay = interval
+    def report_lost(self, err: LeaseLostError) -> None:
+        self._lost_event.set()
+        super().report_lost(err)
 
-    def _mark_lost(self, err: LeaseLostError) -> None:
+
+class KeepAlive:
+    """Renews every kept-alive lease of one client, from one thread.
+
+    The thread starts with the first lease and ends when the client has none
+    left (or is closed), so an idle client has no keep-alive thread.
+    """
+
+    def __init__(self, client: "KlockClient") -> None:
+        self._client = client
+        # _lock guards the fields that follow.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._leases: Set[Lease] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._stopped = False
+
+    def add(self, lease: Lease) -> None:
         with self._lock:
-            if self._released:
-                return
-            self._lost_error = err
-        self._lost.set()
-        callback = self._on_lost
-        if callback is not None:
-            try:
-                callback(err)
-            except Exception:  # a user callback must not kill the keep-alive thread silently
-                import traceback
+            self._leases.add(lease)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="klock-keepalive",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
 
-                traceback.print_exc()
+    def remove(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Stops renewing (the client is closing)."""
+        with self._lock:
+            self._stopped = True
+            self._leases.clear()
+            self._cond.notify()
+
+    def threads(self) -> int:
+        """How many keep-alive threads run for this client (0 or 1)."""
+        with self._lock:
+            return 0 if self._thread is None else 1
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._stopped or not self._leases:
+                        self._thread = None
+                        return
+                    now = _monotonic()
+                    due = [l for l in self._leases if l.due <= now]
+                    if due:
+                        break
+                    self._cond.wait(min(l.due for l in self._leases) - now)
+            self._renew(due)
+
+    def _renew(self, leases: List[Lease]) -> None:
+        """Sends every due heartbeat at once, then judges the answers."""
+        conn = self._client._conn
+        sent: List[Tuple[Lease, List["Call"]]] = []
+        lost: List[Tuple[Lease, LeaseLostError]] = []
+        for lease in leases:
+            try:
+                calls = [conn.submit("heartbeat", wire.heartbeat_tail(i)) for i in lease.lease_ids]
+            except KlockError as e:
+                self._failed(lease, e, lost)
+                continue
+            sent.append((lease, calls))
+        for lease, calls in sent:
+            # Never wait for an answer past the lease's expiry.
+            remaining = (lease.expires_at - now_ms()) / 1000.0
+            timeout = min(max(remaining, 0.05), self._client.timeout)
+            deadline = _monotonic() + timeout
+            try:
+                results = [conn.wait(c, deadline, timeout) for c in calls]
+            except NotFoundError as e:
+                err = lease.lose("klock: lease %s on %s is no longer active: %s"
+                                 % (lease.lease_id, lease.resource, e.message))
+                if err is not None:
+                    lost.append((lease, err))
+                continue
+            except KlockError as e:  # transport trouble, UNAVAILABLE: retry until expiry
+                self._failed(lease, e, lost)
+                continue
+            lease.renewed(results)
+        for lease, err in lost:
+            self.remove(lease)
+            lease.report_lost(err)  # outside every lock: it runs user code
+
+    def _failed(self, lease: Lease, e: KlockError,
+                lost: List[Tuple[Lease, LeaseLostError]]) -> None:
+        if now_ms() < lease.expires_at:
+            lease.retry_soon()
+            return
+        err = lease.lose("klock: could not renew lease %s on %s before it expired: %s"
+                         % (lease.lease_id, lease.resource, e))
+        if err is not None:
+            lost.append((lease, err))

@@ -294,7 +294,7 @@ class BadArgumentsTest(KlockdTestCase):
         with self.assertRaises(klock.NotFoundError):
             k.heartbeat_lease(str(uuid.uuid4()))
         with self.assertRaises(klock.UnknownOpError):
-            k._call("no_such_op")
+            k._request("no_such_op")
 
     def test_case_insensitive_vocabulary(self) -> None:
         k = self.klock

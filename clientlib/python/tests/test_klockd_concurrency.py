@@ -4,6 +4,7 @@ and reconnecting across a daemon restart (env KLOCKD_BIN)."""
 from __future__ import annotations
 
 import threading
+import time
 import unittest
 from typing import Any, Dict, List
 
@@ -107,6 +108,41 @@ class LeaseContextTest(KlockdTestCase):
             self.assertGreater(lease.fence, held["fence"])
 
 
+class KeepAliveThreadTest(KlockdTestCase):
+    def test_one_keepalive_thread_for_all_leases(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+
+        def keepalives() -> int:
+            return sum(1 for t in threading.enumerate() if t.name == "klock-keepalive")
+
+        base = keepalives()  # other tests' clients may still be winding down
+        leases = [k.lease("a", "s", "FILE", "/f%d" % n, "MUTATES", ttl=300) for n in range(6)]
+        wait_until(lambda: all(l.expires_at > l.grants[0]["expires_at"] for l in leases),
+                   what="every lease renewed")
+        self.assertEqual(k._keepalive.threads(), 1)
+        self.assertLessEqual(keepalives(), base + 1, "one keep-alive thread for six leases")
+        for l in leases:
+            self.assertTrue(l.release())
+        wait_until(lambda: k._keepalive.threads() == 0, what="the keep-alive thread to end")
+        self.assertEqual(k.active_lease_count(), 0)
+
+    def test_a_failing_on_lost_callback_is_logged(self) -> None:
+        k = self.klock
+        k.register_agent("a", 1)
+
+        def broken(err: klock.KlockError) -> None:
+            raise RuntimeError("callback bug")
+
+        with self.assertLogs("klock", level="ERROR") as logs:
+            lease = k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=300, on_lost=broken)
+            self.assertTrue(k.revoke(lease.lease_id))
+            self.assertTrue(lease.wait_lost(10))
+            wait_until(lambda: logs.output, what="the log record")
+        self.assertIn("callback bug", "\n".join(logs.output))
+        self.assertIn(lease.lease_id, logs.output[0])
+
+
 class ThreadsTest(KlockdTestCase):
     def test_threads_share_one_client_safely(self) -> None:
         """Eight agents take turns on one file through one shared client; the
@@ -147,6 +183,112 @@ class ThreadsTest(KlockdTestCase):
         self.assertEqual(k.active_lease_count(), 0)
         self.assertEqual(k.stats()["grants"], workers * rounds)
         wait_until(lambda: k.stats()["connections"] == 1, what="one socket shared by all threads")
+
+
+# The conflict matrix of protocol/README.md: the pairs that may coexist.
+_COMPATIBLE = {frozenset(p) for p in [("PROVIDES", "CONSUMES"), ("PROVIDES", "DEPENDS_ON"),
+                                      ("CONSUMES",), ("CONSUMES", "DEPENDS_ON"), ("DEPENDS_ON",)]}
+_PREDICATES = ["PROVIDES", "CONSUMES", "MUTATES", "DELETES", "DEPENDS_ON", "RENAMES"]
+
+
+def conflicts(a: str, b: str) -> bool:
+    return frozenset((a, b)) not in _COMPATIBLE
+
+
+class Occupancy:
+    """The occupancy check of tests/e2e_safety_test.go: a thread marks a
+    lease once the daemon's grant reaches it and unmarks it before sending
+    the release, so two conflicting marks held at once would mean the daemon
+    granted a conflicting lease (or the client handed a grant to the wrong
+    caller). Fences must be unique too."""
+
+    def __init__(self) -> None:
+        self.mu = threading.Lock()
+        self.held: Dict[str, List[Dict[str, Any]]] = {}
+        self.fences: Dict[int, str] = {}
+        self.errors: List[str] = []
+
+    def mark(self, agent: str, grant: Dict[str, Any]) -> None:
+        with self.mu:
+            for other in self.held.get(grant["resource"], []):
+                if other["agent_id"] != agent and conflicts(other["predicate"], grant["predicate"]):
+                    self.errors.append("%s: %s holds %s (fence %d) while %s was granted %s (fence %d)"
+                                       % (grant["resource"], other["agent_id"], other["predicate"],
+                                          other["fence"], agent, grant["predicate"], grant["fence"]))
+            if grant["agent_id"] != agent:
+                self.errors.append("%s got a grant for %s" % (agent, grant["agent_id"]))
+            prev = self.fences.get(grant["fence"])
+            if prev is not None and prev != grant["lease_id"]:
+                self.errors.append("fence %d given to %s and %s" % (grant["fence"], prev,
+                                                                   grant["lease_id"]))
+            self.fences[grant["fence"]] = grant["lease_id"]
+            self.held.setdefault(grant["resource"], []).append(grant)
+
+    def unmark(self, grant: Dict[str, Any]) -> None:
+        with self.mu:
+            self.held[grant["resource"]].remove(grant)
+
+
+class OccupancyTest(KlockdTestCase):
+    def test_eight_threads_hammer_one_client(self) -> None:
+        """8 threads, each its own agent, share one client on 4 resources with
+        every predicate, single and atomic multi acquires, some parked in the
+        daemon; bounded by rounds and time. No two conflicting leases are ever
+        held at once, every release of a held lease succeeds, and all of it
+        goes through one connection."""
+        import random
+
+        k = self.klock
+        threads, rounds, resources = 8, 150, 4
+        for n in range(threads):
+            k.register_agent("agent-%d" % n, 100 + n)
+        occ = Occupancy()
+        errors: List[BaseException] = []
+        counts = {"grants": 0, "denials": 0}
+        stop_at = time.monotonic() + 20
+
+        def worker(n: int) -> None:
+            agent = "agent-%d" % n
+            rng = random.Random(n)
+            try:
+                for _ in range(rounds):
+                    if time.monotonic() > stop_at:
+                        return
+                    first = rng.randrange(resources)
+                    intents = [("SYMBOL", "r%d" % ((first + i) % resources), rng.choice(_PREDICATES))
+                               for i in range(rng.randint(1, 2))]
+                    wait = 50 if rng.randrange(3) == 0 else None
+                    if len(intents) == 1:
+                        r = k.acquire_lease(agent, "s", *intents[0], 60000, wait_timeout=wait)
+                        grants = [r] if r["success"] else []
+                    else:
+                        r = k.acquire_many(agent, "s", intents, 60000, wait_timeout=wait)
+                        grants = r["leases"] if r["success"] else []
+                    with occ.mu:
+                        counts["grants" if grants else "denials"] += 1
+                    for g in grants:
+                        occ.mark(agent, g)
+                    for _ in range(rng.randrange(50)):  # hold them a moment, without sleeping
+                        rng.random()
+                    for g in grants:
+                        occ.unmark(g)
+                        if not k.release_lease(g["lease_id"]):
+                            raise AssertionError("release of held lease %s on %s returned False"
+                                                 % (g["lease_id"], g["resource"]))
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        self.assertFalse(any(t.is_alive() for t in ts), "a worker hung")
+        self.assertEqual(errors, [])
+        self.assertEqual(occ.errors, [])
+        self.assertGreaterEqual(counts["grants"], threads, counts)
+        self.assertEqual(k.active_lease_count(), 0)
+        self.assertEqual(k.stats()["connections"], 1, "all threads share one connection")
 
 
 class ReconnectInMemoryTest(KlockdTestCase):
@@ -257,7 +399,6 @@ class ReconnectTest(KlockdTestCase):
         k = self.klock
         k.register_agent("a", 1)
         self.daemon.stop()
-        wait_until(lambda: not k._conn.connected, what="the client to see the daemon go")
         got: Dict[str, Any] = {}
         t = threading.Thread(target=lambda: got.update(
             k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 60000)))

@@ -76,6 +76,70 @@ class WireTest(unittest.TestCase):
         self.assertEqual(d.requests[2]["args"]["wait_timeout"], 250)
         self.assertEqual(d.requests[2]["args"]["idem"], "k")
 
+    def test_hot_requests_decode_as_the_plain_encoding(self) -> None:
+        # The precomputed encoder of acquire, release and heartbeat must say
+        # exactly what msgpack.packb of the same map says, for every kind of
+        # value a caller may pass (the daemon judges the odd ones).
+        from klock import wire
+
+        long = "/p/" + "é" * 200
+        odd = [1.0, True, -1, 2**64 - 1, None, ["x"], b"bytes", "ä" * 40000]
+        cases = [("a", "s", "FILE", "/x", "MUTATES", 60000),
+                 ("agent-" + "x" * 40, "s" * 300, "file", long, "mutates", 2**40)]
+        cases += [("a", "s", "FILE", "/x", "MUTATES", v) for v in odd]
+        cases += [("a", v, "FILE", "/x", "MUTATES", 5) for v in odd]
+        for args in cases:
+            for wait, bind in ((None, None), (250, None), (None, "process"), (0, "none")):
+                with self.subTest(args=repr(args)[:60], wait=wait, bind=bind):
+                    want: Dict[str, Any] = dict(zip(("agent_id", "session_id", "resource_type",
+                                                     "resource_path", "predicate", "ttl"), args))
+                    want["idem"] = "k1"
+                    if wait is not None:
+                        want["wait_timeout"] = wait
+                    if bind is not None:
+                        want["bind"] = bind
+                    tail = wire.acquire_tail(*args, "k1", wait, bind)  # type: ignore[arg-type]
+                    got = msgpack.unpackb(wire.frame(tail, 77)[4:], raw=False)
+                    self.assertEqual(got, {"id": 77, "op": "acquire", "args": want})
+                    self.assertEqual(type(got["args"]["ttl"]), type(args[5]))
+        for lease_id in ("L", "x" * 40, "y" * 70000):
+            got = msgpack.unpackb(wire.frame(wire.release_tail(lease_id), 2**33)[4:], raw=False)
+            self.assertEqual(got, {"id": 2**33, "op": "release", "args": {"lease_id": lease_id}})
+            for ttl in (None, 5000):
+                got = msgpack.unpackb(wire.frame(wire.heartbeat_tail(lease_id, ttl), 9)[4:])
+                self.assertEqual(got["args"], {"lease_id": lease_id} if ttl is None
+                                 else {"lease_id": lease_id, "ttl": ttl})
+        frame = wire.frame(wire.request_tail("stats"), 1)
+        self.assertEqual(int.from_bytes(frame[:4], "big"), len(frame) - 4)
+        with self.assertRaises(klock.InvalidArgumentError):
+            wire.acquire_tail("a", "\ud800", "FILE", "/x", "MUTATES", 1, "k")
+
+    def test_unavailable_is_retried_within_the_timeout(self) -> None:
+        state = {"n": 0}
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            if req["op"] == "acquire":
+                state["n"] += 1
+                if state["n"] <= 3 or req["args"]["agent_id"] == "never":
+                    conn.error(req, "UNAVAILABLE", "klock: the state dir is full (ENOSPC)")
+                    return
+            echo(conn, req)
+
+        d = self.serve(handler)
+        c = self.client(timeout=5)
+        g = c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000)
+        self.assertTrue(g["success"])
+        acquires = [r for r in d.requests if r["op"] == "acquire"]
+        self.assertEqual(len(acquires), 4, "three refusals, then the grant")
+        self.assertEqual(len({r["args"]["idem"] for r in acquires}), 1, "retries keep the idem key")
+        c.timeout = 0.3
+        started = time.monotonic()
+        with self.assertRaises(klock.UnavailableError) as cm:
+            c.acquire_lease("never", "s", "FILE", "/x", "MUTATES", 1000)
+        self.assertEqual(cm.exception.code, "UNAVAILABLE")
+        self.assertIn("ENOSPC", str(cm.exception))
+        self.assertLess(time.monotonic() - started, 5, "gave up within about the timeout")
+
     def test_acquire_many_intents(self) -> None:
         d = self.serve(lambda conn, req: conn.ok(req, {"success": True, "leases": []}))
         c = self.client()
@@ -107,7 +171,7 @@ class WireTest(unittest.TestCase):
         got: Dict[int, int] = {}
 
         def worker(n: int) -> None:
-            got[n] = c._call("active_lease_count", {"limit": n})["count"]
+            got[n] = c._request("active_lease_count", {"limit": n})["count"]
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in (1, 2, 3)]
         for t in threads:
@@ -124,7 +188,7 @@ class WireTest(unittest.TestCase):
         def worker(n: int) -> None:
             try:
                 for i in range(50):
-                    r = c._call("stats", {"n": n, "i": i})
+                    r = c._request("stats", {"n": n, "i": i})
                     assert r["args"] == {"n": n, "i": i}, r
             except Exception as e:  # reported below
                 errors.append(e)
@@ -149,6 +213,7 @@ class WireTest(unittest.TestCase):
             "UNKNOWN_OP": klock.UnknownOpError,
             "BAD_REQUEST": klock.BadRequestError,
             "INTERNAL": klock.InternalError,
+            "UNAVAILABLE": klock.UnavailableError,
         }
         self.serve(lambda conn, req: conn.error(req, req["args"]["lease_id"], "klock: it is wrong"))
         c = self.client()
@@ -175,6 +240,20 @@ class WireTest(unittest.TestCase):
         self.assertEqual(classes - set(klock.__all__), set(), "klock.__all__ lacks error classes")
         for name in classes:
             self.assertIs(getattr(klock, name), getattr(klock.errors, name))
+
+    def test_version_is_written_once(self) -> None:
+        import re
+
+        from klock import wire
+
+        self.assertRegex(klock.__version__, r"^\d+\.\d+\.\d+$")
+        self.assertEqual(wire.CLIENT_NAME, "klock-python/" + klock.__version__)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "pyproject.toml")) as f:
+            pyproject = f.read()
+        self.assertIsNone(re.search(r'(?m)^version\s*=\s*"', pyproject), "pyproject repeats the version")
+        self.assertIn('version = {attr = "klock._version.__version__"}', pyproject)
+        self.assertIn('requires-python = ">=3.9"', pyproject)
 
     def test_daemon_not_running(self) -> None:
         with self.assertRaises(klock.DaemonNotRunningError) as cm:
@@ -241,11 +320,13 @@ class WireTest(unittest.TestCase):
         c = self.client()
         self.assertEqual(c.stats()["op"], "stats")
         d.stop()
-        wait_until(lambda: not c._conn.connected, what="client to notice the close")
+        # An idle client notices the close with its next call, which waits
+        # (redialling) while nothing listens.
         result: Dict[str, Any] = {}
         t = threading.Thread(target=lambda: result.update(c.stats()))
         t.start()
-        # the call is waiting while nothing listens; bring the daemon back
+        wait_until(lambda: c._conn.in_flight() and not c._conn.connected, what="the call to wait")
+        # bring the daemon back
         d2 = self.serve(echo)
         t.join(10)
         self.assertEqual(result.get("op"), "stats")
@@ -256,7 +337,6 @@ class WireTest(unittest.TestCase):
         c = self.client(timeout=0.3)
         self.assertEqual(c.stats()["op"], "stats")
         d.stop()
-        wait_until(lambda: not c._conn.connected, what="client to notice the close")
         with self.assertRaises(klock.DaemonNotRunningError) as cm:
             c.stats()
         self.assertIn(self.path, str(cm.exception))

@@ -1,0 +1,158 @@
+"""What the sync and the asyncio clients share: how a request is built and
+how an answer is judged, with no I/O, so that both behave alike."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import AcquireTimeoutError, LeaseDeniedError
+
+__all__ = ["Intent", "IdemSource", "AcquireRounds", "UnavailableBackoff", "intent_args",
+           "grant_ids", "describe", "wait_seconds", "MAX_WAIT_ROUND_MS"]
+
+#: One intent of ``acquire_many``: a ``(resource_type, resource_path,
+#: predicate)`` tuple or a dict with those keys.
+Intent = Union[Tuple[str, str, str], Mapping[str, str]]
+
+#: A blocking acquire parks in the daemon at most this long per round trip,
+#: so that a lost answer is noticed and the overall timeout is honoured.
+MAX_WAIT_ROUND_MS = 30000
+
+# Denials that waiting cannot cure: the blocking helpers raise at once.
+_FINAL_REASONS = frozenset({"CONFLICT", "SESSION_EXPIRED"})
+
+_monotonic = time.monotonic
+
+
+class IdemSource:
+    """Idempotency keys unique to one client: a random prefix and a counter.
+
+    Cheaper than a uuid4 per acquire (no getrandom(2) per call). A forked
+    child must call :meth:`reseed`, or it would repeat its parent's keys.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Starts a new random prefix."""
+        self._prefix = os.urandom(8).hex() + "-"
+        self._seq = itertools.count(1)
+
+    def __call__(self) -> str:
+        return "%s%x" % (self._prefix, next(self._seq))
+
+
+def intent_args(i: Intent) -> Dict[str, str]:
+    """The wire form of one acquire_many intent."""
+    if isinstance(i, Mapping):
+        return {k: i[k] for k in ("resource_type", "resource_path", "predicate") if k in i}
+    resource_type, resource_path, predicate = i
+    return {"resource_type": resource_type, "resource_path": resource_path, "predicate": predicate}
+
+
+def grant_ids(result: Mapping[str, Any]) -> List[str]:
+    """The lease ids of a grant of acquire or acquire_many."""
+    grants = result.get("leases")
+    if isinstance(grants, list):
+        return [str(g["lease_id"]) for g in grants]
+    return [str(result["lease_id"])]
+
+
+class AcquireRounds:
+    """The decisions of a blocking acquire, round by round.
+
+    Each round asks the daemon with ``wait_timeout`` (so a WAIT verdict is
+    waited for in the daemon, not by polling); :meth:`after` judges the
+    answer: a grant ends it, ``CONFLICT``/``SESSION_EXPIRED`` raise
+    :class:`LeaseDeniedError`, a timeout raises :class:`AcquireTimeoutError`,
+    anything else (DIE, RESOURCE_LOCKED, a WAIT whose daemon-side wait ran
+    out) asks again after a delay: the suggested ``wait_time`` plus jitter,
+    or at once after a WAIT that used its whole wait.
+
+    Args:
+        what: the request, for messages (``"acquire on FILE:/x"``).
+        timeout: seconds in all; None waits forever.
+    """
+
+    def __init__(self, what: str, timeout: Optional[float]) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.deadline = None if timeout is None else _monotonic() + timeout
+        self._wait_ms = 0
+        self._started = 0.0
+
+    def wait_ms(self) -> int:
+        """The ``wait_timeout`` of the next round, in ms (0: answer at once)."""
+        wait_ms = MAX_WAIT_ROUND_MS
+        if self.deadline is not None:
+            wait_ms = min(wait_ms, int((self.deadline - _monotonic()) * 1000))
+        self._wait_ms = max(wait_ms, 0)
+        self._started = _monotonic()
+        return self._wait_ms
+
+    def after(self, result: Dict[str, Any]) -> Optional[float]:
+        """Returns None when result is a grant, else the delay before the next round.
+
+        Raises:
+            LeaseDeniedError: a denial waiting cannot cure.
+            AcquireTimeoutError: still denied when the timeout ran out.
+        """
+        if result.get("success"):
+            return None
+        reason = str(result.get("reason", ""))
+        if reason in _FINAL_REASONS:
+            raise LeaseDeniedError(
+                "klock: %s denied (%s): %s" % (self.what, reason, result.get("message", "")), result)
+        now = _monotonic()
+        left = None if self.deadline is None else self.deadline - now
+        if left is not None and left <= 0:
+            raise AcquireTimeoutError(
+                "klock: %s still denied (%s, held by %s) after %.3gs"
+                % (self.what, reason, result.get("held_by", "?"), self.timeout or 0.0), result)
+        if reason == "WAIT" and now - self._started >= 0.9 * self._wait_ms / 1000.0:
+            return 0.0  # the daemon's wait ran out without a decision; wait again
+        delay = max(int(result.get("wait_time", 1) or 1), 1) / 1000.0
+        delay *= 1.0 + 0.25 * random.random()  # spread retries of competing juniors
+        return delay if left is None else min(delay, left)
+
+
+class UnavailableBackoff:
+    """Delays between retries of a change the daemon refused with UNAVAILABLE.
+
+    Capped exponential backoff with jitter, within the caller's deadline:
+    :meth:`next` returns the next delay in seconds, or None once retrying
+    would pass the deadline.
+    """
+
+    FIRST = 0.01
+    CAP = 1.0
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._delay = self.FIRST
+
+    def next(self) -> Optional[float]:
+        left = self.deadline - _monotonic()
+        if left <= 0:
+            return None
+        delay = min(self._delay * (0.8 + 0.4 * random.random()), left)
+        self._delay = min(self._delay * 2, self.CAP)
+        return delay
+
+
+def describe(op: str, intents: Sequence[Mapping[str, Any]]) -> str:
+    """How a blocking acquire names its request in errors."""
+    keys = ", ".join("%s:%s" % (i.get("resource_type"), i.get("resource_path")) for i in intents)
+    return "%s on %s" % (op, keys)
+
+
+def wait_seconds(wait_timeout: Any) -> float:
+    """A ``wait_timeout`` in ms as seconds to add to a call's timeout (0 if none)."""
+    if isinstance(wait_timeout, int) and wait_timeout > 0:
+        return wait_timeout / 1000.0
+    return 0.0
