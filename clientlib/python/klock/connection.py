@@ -9,11 +9,14 @@ time. A caller whose request finds the role free takes it and reads its own
 answer, as the Go client does: with one call in flight (a single-threaded
 program, the common case) no other thread is involved and no thread switch
 is paid. Answers it reads for others are handed to them. When it has its
-answer and other calls are still waiting, it passes the role to the
-connection's reader thread, which reads for everyone until nothing is in
-flight, and which also redials when the connection breaks: with capped,
-jittered exponential backoff, then it resends every request in flight.
-Resending is safe because every op is idempotent or made so by its
+answer and other calls are still waiting, it wakes one of their callers to
+take the role, which then reads its own answer too (measured against
+handing every answer over from the reader thread: BENCHMARKS.md, "Python
+client"). The connection's reader thread reads only when calls are in
+flight that no caller waits on (an acquire whose caller gave up, heartbeats
+sent before they are collected), and it redials when the connection breaks:
+with capped, jittered exponential backoff, then it resends every request in
+flight. Resending is safe because every op is idempotent or made so by its
 arguments (acquire carries an ``idem`` key).
 """
 
@@ -65,7 +68,6 @@ _BACKOFF_CAP = 1.0
 _RECV_SIZE = 1 << 16
 
 _allocate_lock = threading.Lock
-HANDOFF = os.environ.get("KLOCK_HANDOFF", "1") == "1"
 
 # Ops whose late answer may be a grant nobody waits for.
 _ACQUIRE_OPS = frozenset({"acquire", "acquire_many"})
@@ -446,7 +448,7 @@ class Connection:
             # The reader thread stops as soon as a caller waits: that caller
             # then reads for itself (see _give_up_role).
             stop = own.done if own is not None else (
-                not self._pending or (HANDOFF and self._waiting_caller() is not None))
+                not self._pending or self._waiting_caller() is not None)
         for grant in late:
             self._orphan_grant(grant)
         return stop
@@ -489,7 +491,7 @@ class Connection:
         """
         if not self._pending:
             return
-        c = self._waiting_caller() if HANDOFF else None
+        c = self._waiting_caller()
         if c is None:
             self._cond.notify_all()
             return
