@@ -3,6 +3,8 @@ package tests
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,14 +25,7 @@ const pythonBin = "/usr/bin/python3"
 // msgpack it skips, unless KLOCK_REQUIRE_PYTHON=1 (set by CI) makes that a
 // failure.
 func TestPythonClient(t *testing.T) {
-	if out, err := exec.Command(pythonBin, "-c", "import msgpack").CombinedOutput(); err != nil {
-		msg := "klock: the Python client tests need " + pythonBin + " with msgpack" +
-			" (apt-get install -y python3-msgpack): " + strings.TrimSpace(string(out)) + " " + err.Error()
-		if os.Getenv("KLOCK_REQUIRE_PYTHON") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	requirePython(t, "msgpack", "python3-msgpack")
 	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
@@ -73,4 +68,117 @@ func TestPythonClient(t *testing.T) {
 	if testing.Verbose() {
 		t.Log(out.String())
 	}
+}
+
+// requirePython skips the test (fails it under KLOCK_REQUIRE_PYTHON=1)
+// unless pythonBin can import module, which the Debian package pkg provides.
+func requirePython(t *testing.T, module, pkg string) {
+	t.Helper()
+	if out, err := exec.Command(pythonBin, "-c", "import "+module).CombinedOutput(); err != nil {
+		msg := "klock: this test needs " + pythonBin + " with " + module +
+			" (apt-get install -y " + pkg + "): " + strings.TrimSpace(string(out)) + " " + err.Error()
+		if os.Getenv("KLOCK_REQUIRE_PYTHON") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
+// pythonCommand runs pythonBin with args in clientlib/python, with the
+// package on the path and no default socket to touch.
+func pythonCommand(t *testing.T, ctx context.Context, args ...string) *exec.Cmd {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Join("..", "clientlib", "python"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, pythonBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+dir, "PYTHONDONTWRITEBYTECODE=1", "KLOCK_SOCKET=")
+	return cmd
+}
+
+// TestPythonTypes type-checks the Python client with mypy --strict (the
+// settings are in clientlib/python/pyproject.toml).
+func TestPythonTypes(t *testing.T) {
+	requirePython(t, "msgpack", "python3-msgpack")
+	requirePython(t, "mypy", "python3-mypy")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := pythonCommand(t, ctx, "-m", "mypy", "--strict", "--cache-dir", t.TempDir(),
+		"klock", "bench/bench.py").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mypy --strict klock: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(string(out)))
+}
+
+// pyBenchCell is the part of a cell of clientlib/python/bench/bench.py's
+// JSON that this test checks.
+type pyBenchCell struct {
+	Backend     string  `json:"backend"`
+	Threads     int     `json:"threads"`
+	Pairs       float64 `json:"pairs"`
+	PairsPerSec float64 `json:"pairs_per_sec"`
+	P50PairUs   float64 `json:"p50_pair_us"`
+	P50CallUs   float64 `json:"p50_call_us"`
+}
+
+// TestPythonBenchShort runs the Python client's benchmark in its short mode
+// against redis-py, so that it cannot rot. It checks that every cell ran
+// and that the table is written; it never asserts a timing.
+func TestPythonBenchShort(t *testing.T) {
+	requirePython(t, "msgpack", "python3-msgpack")
+	requirePython(t, "redis", "python3-redis")
+	redis := "redis-server"
+	if _, err := exec.LookPath(redis); err != nil {
+		redis = "/usr/bin/redis-server"
+		if _, err := os.Stat(redis); err != nil {
+			if os.Getenv("KLOCK_REQUIRE_PYTHON") == "1" {
+				t.Fatal("redis-server not installed (apt-get install -y redis-server)")
+			}
+			t.Skip("redis-server not installed (apt-get install -y redis-server)")
+		}
+	}
+	klockd := harness.Klockd(t)
+	dir := t.TempDir()
+	jsonOut, mdOut := filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.md")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := pythonCommand(t, ctx, "bench/bench.py", "--short", "--klockd", klockd,
+		"--redis-server", redis, "--json", jsonOut, "--md", mdOut).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench.py --short: %v\n%s", err, out)
+	}
+	var res struct {
+		Cells   []pyBenchCell `json:"cells"`
+		Summary []pyBenchCell `json:"summary"`
+	}
+	data, err := os.ReadFile(jsonOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatalf("bench.py JSON: %v\n%s", err, data)
+	}
+	seen := map[string]bool{}
+	for _, c := range res.Summary {
+		seen[fmt.Sprintf("%s/%d", c.Backend, c.Threads)] = true
+		if c.Pairs <= 0 || c.PairsPerSec <= 0 || c.P50PairUs <= 0 || c.P50CallUs <= 0 {
+			t.Errorf("cell %s W=%d did no work: %+v", c.Backend, c.Threads, c)
+		}
+	}
+	for _, want := range []string{"klock/1", "klock/8", "redis-py/1", "redis-py/8"} {
+		if !seen[want] {
+			t.Errorf("no summary row for %s in %s", want, data)
+		}
+	}
+	md, err := os.ReadFile(mdOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "| 1 | klock |") || !strings.Contains(string(md), "redis-py") {
+		t.Errorf("bench.py -md table lacks its rows:\n%s", md)
+	}
+	t.Logf("%s", md)
 }
