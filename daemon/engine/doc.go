@@ -5,7 +5,13 @@
 // The engine is pure. It does no I/O, starts no goroutines and never reads
 // the clock: every call takes the current time as Unix milliseconds, so the
 // same calls at the same times reach the same state (lease ids are the only
-// random part, and replay takes them from the records). Effects that a call
+// random part, and replay takes them from the records).
+//
+// Given a seed for its lease ids (ReseedLeaseIDs) the engine is a function
+// of the calls it is fed, down to the ids, fences and waiter ids it hands
+// out, and an engine restored from a ReplicaSnapshot goes on exactly as the
+// one that took it. Cluster mode (daemon/cluster) relies on that: every node
+// feeds its own engine the same command stream. Effects that a call
 // has on other requests (a queued request granted because a lease ended, a
 // waiter timed out) are returned as values (Wakeup); the engine never calls
 // out.

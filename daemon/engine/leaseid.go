@@ -24,6 +24,15 @@ func (e *Engine) newLeaseID() (leaseKey, string) {
 	return k, uuid.UUID(k).String()
 }
 
+// ReseedLeaseIDs restarts the lease id generator from seed. The ids of the
+// grants that follow are then a function of seed and of the leases held
+// (which slots are free) alone, so engines fed the same calls after the
+// same seed hand out the same ids: cluster mode reseeds every replica from
+// each command's revision. New seeds the generator from crypto/rand.
+func (e *Engine) ReseedLeaseIDs(seed [32]byte) {
+	e.ids.Seed(seed)
+}
+
 // parseLeaseKey parses the canonical text of a lease id (lower-case hex,
 // 8-4-4-4-12), the only form the engine hands out; any other text names no
 // lease.

@@ -4,14 +4,19 @@ import "encoding/binary"
 
 // leaseTable is the lease index by id. Each lease id carries, mixed into
 // its random bytes, the number of a slot in a dense table; a lookup decodes
-// the slot and checks the full id there. A new lease takes the slot freed
-// most recently, so an acquire and release touch memory that is already in
-// the cache: with 100000 leases, a hash table keyed by random ids misses
-// the cache (and the TLB) on every insert, and that alone costs more than
-// the rest of an acquire.
+// the slot and checks the full id there. A new lease takes the lowest free
+// slot, so the table stays dense and an acquire and release touch memory
+// that is already in the cache: with 100000 leases, a hash table keyed by
+// random ids misses the cache (and the TLB) on every insert, and that alone
+// costs more than the rest of an acquire.
+//
+// The lowest free slot depends only on which slots are taken, not on the
+// order they were freed in, so two engines holding the same leases (one of
+// them restored from a snapshot) hand out the same slot next: cluster mode
+// needs that for every replica to give a grant the same lease id.
 type leaseTable struct {
 	slots []leaseSlot
-	free  []uint32 // freed slots, most recent last; may hold taken ones (skipped)
+	free  slotHeap // free slots, a min-heap; may hold taken ones (skipped)
 	n     int
 }
 
@@ -48,12 +53,10 @@ func slotMask(k *leaseKey) uint32 {
 	return uint32(x)
 }
 
-// alloc returns a free slot, the most recently freed one when there is one.
+// alloc returns the lowest free slot.
 func (t *leaseTable) alloc() uint32 {
 	for len(t.free) > 0 {
-		s := t.free[len(t.free)-1]
-		t.free = t.free[:len(t.free)-1]
-		if t.slots[s].l == nil {
+		if s := t.free.pop(); t.slots[s].l == nil {
 			return s
 		}
 	}
@@ -82,7 +85,7 @@ func (t *leaseTable) put(k leaseKey, l *lease) bool {
 		return false
 	}
 	for uint32(len(t.slots)) <= s {
-		t.free = append(t.free, uint32(len(t.slots)))
+		t.free.push(uint32(len(t.slots)))
 		t.slots = append(t.slots, leaseSlot{})
 	}
 	if t.slots[s].l != nil {
@@ -100,7 +103,7 @@ func (t *leaseTable) del(k leaseKey) {
 		return
 	}
 	t.slots[s] = leaseSlot{}
-	t.free = append(t.free, s)
+	t.free.push(s)
 	t.n--
 }
 
@@ -114,4 +117,45 @@ func (t *leaseTable) each(fn func(*lease)) {
 			fn(l)
 		}
 	}
+}
+
+// slotHeap is a binary min-heap of slot numbers.
+type slotHeap []uint32
+
+func (h *slotHeap) push(s uint32) {
+	*h = append(*h, s)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if q[p] <= q[i] {
+			break
+		}
+		q[p], q[i] = q[i], q[p]
+		i = p
+	}
+}
+
+// pop removes and returns the lowest slot; the heap must not be empty.
+func (h *slotHeap) pop() uint32 {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q = q[:last]
+	for i := 0; ; {
+		c := 2*i + 1
+		if c >= len(q) {
+			break
+		}
+		if c+1 < len(q) && q[c+1] < q[c] {
+			c++
+		}
+		if q[i] <= q[c] {
+			break
+		}
+		q[i], q[c] = q[c], q[i]
+		i = c
+	}
+	*h = q
+	return top
 }

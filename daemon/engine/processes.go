@@ -97,19 +97,11 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: d}})
 		e.dropWaiter(w) // removes it from bp.waiters; may drop bp
 	}
-	n := 0
-	var ids []string
-	for len(bp.leases) > 0 {
-		l := bp.leases[len(bp.leases)-1]
-		if l.ExpiresAt > now {
-			n++
-		}
-		ids = append(ids, l.ID)
-		e.removeLease(l) // removes it from bp.leases; may drop bp
-	}
+	proc := bp.proc
+	n, ids := e.removeInFenceOrder(now, slices.Clone(bp.leases), true) // may drop bp
 	e.exitReleases += uint64(n)
 	if len(ids) > 0 {
-		e.record(Record{Kind: RecProcessEnd, Time: now, Bound: bp.proc, LeaseIDs: ids})
+		e.record(Record{Kind: RecProcessEnd, Time: now, Bound: proc, LeaseIDs: ids})
 	}
 	return n, e.settle(now, wake)
 }

@@ -1,6 +1,11 @@
 package engine
 
-import "github.com/klockd/klock/protocol"
+import (
+	"cmp"
+	"slices"
+
+	"github.com/klockd/klock/protocol"
+)
 
 // This file holds the primitive state changes shared by the live calls and
 // by Apply: they update every index and never write records.
@@ -170,17 +175,34 @@ func (e *Engine) bindIdem(a *agent, key string, ls []*lease) {
 // endSession removes the session's leases and marks it ended (see
 // endedSessions.add); it returns how many of them were active.
 func (e *Engine) endSession(now int64, a *agent, session string) int {
-	n := 0
-	for i := 0; i < len(a.leases); {
-		if l := a.leases[i]; l.SessionID == session {
-			if l.ExpiresAt > now {
-				n++
-			}
-			e.removeLease(l)
-			continue
+	var ended []*lease
+	for _, l := range a.leases {
+		if l.SessionID == session {
+			ended = append(ended, l)
 		}
-		i++
 	}
+	n, _ := e.removeInFenceOrder(now, ended, false)
 	a.ended.add(session)
 	return n
+}
+
+// removeInFenceOrder sorts ls, leases the caller collected from an index,
+// by fence and removes them in that order; it returns how many were active
+// and, when withIDs, their ids in that order. The order an index holds them in depends on earlier removals, which an
+// engine restored from a snapshot does not know, and the removal order
+// decides which queue is decided again first: replicas must agree on it.
+func (e *Engine) removeInFenceOrder(now int64, ls []*lease, withIDs bool) (int, []string) {
+	slices.SortFunc(ls, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })
+	n := 0
+	var ids []string
+	for _, l := range ls {
+		if l.ExpiresAt > now {
+			n++
+		}
+		if withIDs {
+			ids = append(ids, l.ID)
+		}
+		e.removeLease(l) // may recycle l
+	}
+	return n, ids
 }

@@ -50,10 +50,21 @@ func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, tar
 	e.nextWaiter++
 	w := &waiter{
 		id: e.nextWaiter, agent: a, session: req.SessionID, priority: a.priority,
-		targets: slices.Clone(targets), res: make([]*resource, len(targets)),
-		ttl: req.TTL, idem: req.Idem, uid: c.UID, pid: c.PID, bind: req.Bind,
-		since: now, deadline: now + req.WaitTimeout, agentIdx: len(a.waiters),
+		targets: slices.Clone(targets),
+		ttl:     req.TTL, idem: req.Idem, uid: c.UID, pid: c.PID, bind: req.Bind,
+		since: now, deadline: now + req.WaitTimeout,
 	}
+	e.park(w)
+	return w
+}
+
+// park files a new waiter in the queues of its targets (oldest first), on
+// its agent and its bound process, in the waiter index and in the deadline
+// heap.
+func (e *Engine) park(w *waiter) {
+	a := w.agent
+	w.res = make([]*resource, len(w.targets))
+	w.agentIdx = len(a.waiters)
 	if w.bind != nil {
 		e.bindWaiter(w)
 	}
@@ -73,7 +84,6 @@ func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, tar
 	a.waiters = append(a.waiters, w)
 	e.waiters[w.id] = w
 	heap.Push(&e.waiterDeadlines, w)
-	return w
 }
 
 // dropWaiter removes a queued request from every index.
