@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/daemon/server"
+	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/daemon/systemd"
 	"github.com/klockd/klock/protocol"
 )
@@ -55,6 +57,7 @@ type Config struct {
 type Daemon struct {
 	cfg Config
 	log *slog.Logger
+	srv atomic.Pointer[server.Server] // while Run serves
 }
 
 // New checks cfg and returns a Daemon.
@@ -130,7 +133,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxConns:    cfg.MaxConns,
 		MaxInflight: cfg.MaxInflight,
 		Logger:      d.log,
+		OnDegraded: func(f *store.Fault) {
+			status := "STATUS=serving on " + socket
+			if f != nil {
+				status = "STATUS=degraded since " + f.Since.UTC().Format(time.RFC3339) + ": state changes are refused (" + f.Reason() + "); reads are served; retrying every second"
+			}
+			if _, err := systemd.Notify(status); err != nil {
+				d.log.Warn("telling the service manager our status failed", "err", err)
+			}
+		},
 	})
+	d.srv.Store(srv)
+	defer d.srv.Store(nil)
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {
 		go func() { errc <- srv.Serve(context.Background(), ln) }()

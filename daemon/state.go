@@ -22,7 +22,14 @@ func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	st, err := store.Open(d.cfg.StateDir, store.Options{Fsync: fsync, Recover: rec, Logger: d.log})
+	// A fault (a full or failing disk) is acted on at once, not at the
+	// next request; the server exists by the time one can happen.
+	onFault := func() {
+		if srv := d.srv.Load(); srv != nil {
+			srv.NoticeFault()
+		}
+	}
+	st, err := store.Open(d.cfg.StateDir, store.Options{Fsync: fsync, Recover: rec, Logger: d.log, OnFault: onFault})
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -16,6 +16,7 @@ const (
 	CodePermissionDenied  Code = "PERMISSION_DENIED"
 	CodeResourceExhausted Code = "RESOURCE_EXHAUSTED"
 	CodeShuttingDown      Code = "SHUTTING_DOWN"
+	CodeUnavailable       Code = "UNAVAILABLE"
 	CodeInternal          Code = "INTERNAL"
 )
 

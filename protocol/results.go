@@ -158,6 +158,13 @@ type StatsResult struct {
 	Dies        uint64 `msgpack:"dies"`
 	Expirations uint64 `msgpack:"expirations"`
 	Fence       uint64 `msgpack:"fence"`
+	// Degraded says state changes are refused with UNAVAILABLE because
+	// klockd cannot make them durable; DegradedSince (Unix ms) and
+	// DegradedReason (errno, operation and file) say since when and why.
+	// They are 0 and "" when not degraded.
+	Degraded       bool   `msgpack:"degraded"`
+	DegradedSince  int64  `msgpack:"degraded_since"`
+	DegradedReason string `msgpack:"degraded_reason"`
 }
 
 // ExplainResult is explain's result: the dry run of an acquire.

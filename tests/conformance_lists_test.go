@@ -247,7 +247,8 @@ func TestConformanceStats(t *testing.T) {
 		r := c.ok("stats", nil)
 		cfCheckShape(t, "stats", r, cfShape{"uptime_ms": cfUint, "connections": cfUint, "agents": cfUint,
 			"leases": cfUint, "waiters": cfUint, "ops": cfUint, "grants": cfUint, "waits": cfUint,
-			"dies": cfUint, "expirations": cfUint, "fence": cfUint})
+			"dies": cfUint, "expirations": cfUint, "fence": cfUint,
+			"degraded": cfBool, "degraded_since": cfUint, "degraded_reason": cfStr})
 		return r
 	}
 	s0 := stats()

@@ -103,6 +103,11 @@ type statsJSON struct {
 	Dies        uint64 `json:"dies"`
 	Expirations uint64 `json:"expirations"`
 	Fence       uint64 `json:"fence"`
+	// Degraded: state changes are refused (UNAVAILABLE) since
+	// DegradedSince (Unix ms), for DegradedReason.
+	Degraded       bool   `json:"degraded"`
+	DegradedSince  int64  `json:"degraded_since"`
+	DegradedReason string `json:"degraded_reason"`
 }
 
 // statusJSON is the status command's output: where it connected, hello and
@@ -217,6 +222,12 @@ func formatStatus(w io.Writer, socket, kind string, h *protocol.HelloResult, s *
 	fmt.Fprintf(tw, "denials\t%d wait, %d die\n", s.Waits, s.Dies)
 	fmt.Fprintf(tw, "expirations\t%d\n", s.Expirations)
 	fmt.Fprintf(tw, "fence\t%d\n", s.Fence)
+	if s.Degraded {
+		fmt.Fprintf(tw, "state\tDEGRADED since %s: changes are refused (UNAVAILABLE), reads are served; %s\n",
+			clockText(time.UnixMilli(s.DegradedSince), loc), oneLine(s.DegradedReason))
+	} else {
+		fmt.Fprintf(tw, "state\tok\n")
+	}
 	return tw.Flush()
 }
 

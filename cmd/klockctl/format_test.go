@@ -82,9 +82,19 @@ grants       90
 denials      4 wait, 6 die
 expirations  2
 fence        90
+state        ok
 `
 	if b.String() != want {
 		t.Errorf("formatStatus =\n%s\nwant\n%s", b.String(), want)
+	}
+	s.Degraded, s.DegradedSince, s.DegradedReason = true, ms(testNow), "ENOSPC: writing /s/log.0000000000000001: no space left on device"
+	b.Reset()
+	if err := formatStatus(&b, "/tmp/k.sock", "per-user", h, s, time.UTC); err != nil {
+		t.Fatal(err)
+	}
+	line := "state        DEGRADED since 2026-11-29 12:00:00: changes are refused (UNAVAILABLE), reads are served; ENOSPC: writing /s/log.0000000000000001: no space left on device\n"
+	if !strings.HasSuffix(b.String(), line) {
+		t.Errorf("formatStatus when degraded =\n%s\nwant it to end with\n%s", b.String(), line)
 	}
 }
 

@@ -45,7 +45,7 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.StringVar(&o.socket, "socket", "", "Unix socket path (default: as root "+protocol.SystemSocket+", else /run/user/$UID/klock/klockd.sock when /run/user/$UID exists, else /tmp/klock-$UID/klockd.sock; here "+protocol.DefaultSocket()+")")
 	fs.StringVar(&o.socketMode, "socket-mode", "0660", "permission bits of the socket file, octal")
 	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or gid) that owns the socket, so its members may connect (default: the daemon's group)")
-	fs.StringVar(&o.stateDir, "state-dir", protocol.DefaultStateDir(), "state directory for the lease log and snapshots (default: as root "+protocol.SystemStateDir+", else $XDG_STATE_HOME/klock or ~/.local/state/klock); '' runs in memory only")
+	fs.StringVar(&o.stateDir, "state-dir", protocol.DefaultStateDir(), "state directory for the lease log and snapshots (default: as root "+protocol.SystemStateDir+", else $XDG_STATE_HOME/klock or ~/.local/state/klock); '' runs in memory only. While it cannot be written (disk full, failing or read-only) state changes are refused with UNAVAILABLE and reads are served, until it heals by itself")
 	fs.StringVar(&o.fsync, "fsync", "everysec", "when to fsync the log: always (power-loss safe per reply), everysec (lose at most ~1s on power loss), never (leave it to the OS)")
 	fs.StringVar(&o.recover, "recover", "fail", "on a corrupt log or snapshot: fail (refuse to start) or truncate (keep what precedes the damage)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")

@@ -59,6 +59,9 @@ func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq ui
 	if s.broken.Load() != nil {
 		return outcome{err: errBroken}, s.lastSeq
 	}
+	if err := s.unavailableLocked(); err != nil {
+		return outcome{err: err}, s.lastSeq
+	}
 	recorded := false
 	defer func() {
 		if r := recover(); r != nil {
@@ -91,6 +94,7 @@ func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq ui
 func read[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.unavailableLocked() // a new fault rolls memory back first
 	if s.broken.Load() != nil {
 		var zero T
 		return zero, s.lastSeq, errBroken

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/protocol"
 )
 
@@ -44,11 +45,13 @@ type conn struct {
 
 	// outMu guards the fields that follow.
 	outMu  sync.Mutex
-	out    []byte // framed answers not yet written
-	spare  []byte // the other buffer, while out is being written
-	outSeq uint64 // journal sequence the answers in out depend on
-	kicked bool   // a flush goroutine has been started and not yet run
-	dead   bool   // closed or dropped: answers are discarded
+	out    []byte       // framed answers not yet written
+	spare  []byte       // the other buffer, while out is being written
+	outSeq uint64       // journal sequence the answers in out depend on
+	marks  []answerMark // where each answer in out starts, for retract
+	spareM []answerMark // the other marks slice, while out is being written
+	kicked bool         // a flush goroutine has been started and not yet run
+	dead   bool         // closed or dropped: answers are discarded
 }
 
 func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
@@ -117,7 +120,7 @@ func (c *conn) finish() {
 	}()
 	c.outMu.Lock()
 	c.dead = true
-	c.out, c.spare = nil, nil
+	c.out, c.spare, c.marks, c.spareM = nil, nil, nil, nil
 	c.outMu.Unlock()
 	c.nc.Close()
 	s.forget(c)
@@ -137,12 +140,13 @@ func (c *conn) appendResult(id uint64, result any, seq uint64) {
 	if c.dead {
 		return
 	}
+	off := len(c.out)
 	out, err := protocol.AppendResult(c.out, id, result)
 	if err != nil {
 		c.s.log.Error("encoding an answer failed", "id", id, "err", err)
-		out = protocol.AppendError(out, id, protocol.CodeInternal, "klock: internal error encoding the answer; the daemon logged it")
+		out = protocol.AppendError(out[:off], id, protocol.CodeInternal, "klock: internal error encoding the answer; the daemon logged it")
 	}
-	c.appendedLocked(out, seq)
+	c.appendedLocked(out, off, id, seq)
 }
 
 // appendBounded appends a list answer that must fit in one frame: while
@@ -173,7 +177,7 @@ func (c *conn) appendBounded(id uint64, result any, seq uint64, shrink func(keep
 		c.s.log.Error("encoding an answer failed", "id", id, "err", err)
 		out = protocol.AppendError(out[:off], id, protocol.CodeInternal, "klock: internal error encoding the answer; the daemon logged it")
 	}
-	c.appendedLocked(out, seq)
+	c.appendedLocked(out, off, id, seq)
 }
 
 // keepCount is how many of n entries to keep for fraction keep: fewer
@@ -192,13 +196,23 @@ func (c *conn) appendError(id uint64, code protocol.Code, msg string, seq uint64
 	if c.dead {
 		return
 	}
-	c.appendedLocked(protocol.AppendError(c.out, id, code, msg), seq)
+	c.appendedLocked(protocol.AppendError(c.out, id, code, msg), len(c.out), id, seq)
 }
 
-// appendedLocked stores the grown output buffer and enforces MaxOutbound:
-// a peer that lets answers pile up unread is dropped.
-func (c *conn) appendedLocked(out []byte, seq uint64) {
+// answerMark is where one answer starts in a connection's output, with
+// its request id and the journal sequence it waits for.
+type answerMark struct {
+	off int
+	id  uint64
+	seq uint64
+}
+
+// appendedLocked stores the grown output buffer, in which the answer to
+// id, waiting for journal sequence seq, starts at off, and enforces
+// MaxOutbound: a peer that lets answers pile up unread is dropped.
+func (c *conn) appendedLocked(out []byte, off int, id, seq uint64) {
 	c.out = out
+	c.marks = append(c.marks, answerMark{off: off, id: id, seq: seq})
 	c.s.ops.Add(1)
 	if seq > c.outSeq {
 		c.outSeq = seq
@@ -207,7 +221,7 @@ func (c *conn) appendedLocked(out []byte, seq uint64) {
 		c.s.log.Warn("dropping a connection that does not read its answers",
 			"uid", c.caller.UID, "pid", c.caller.PID, "unsent_bytes", len(c.out))
 		c.dead = true
-		c.out = nil
+		c.out, c.marks = nil, nil
 		c.nc.Close()
 	}
 }
@@ -242,28 +256,41 @@ func (c *conn) flush() error {
 			c.outMu.Unlock()
 			return net.ErrClosed
 		}
-		buf, seq := c.out, c.outSeq
+		buf, seq, marks := c.out, c.outSeq, c.marks
 		if len(buf) == 0 {
 			c.outMu.Unlock()
 			return nil
 		}
 		c.out, c.spare, c.outSeq = c.spare[:0], nil, 0
+		c.marks, c.spareM = c.spareM[:0], nil
 		c.outMu.Unlock()
 
+		send := buf
 		if seq > 0 && c.s.cfg.Journal != nil {
 			if err := c.s.cfg.Journal.Wait(seq); err != nil {
-				c.s.log.Error("journal write failed; closing the connection instead of acknowledging", "err", err)
-				c.kill()
-				return err
+				// Answers whose changes were lost in a journal fault become
+				// UNAVAILABLE, once memory no longer shows those changes;
+				// any other failure closes the connection unanswered.
+				send = nil
+				var ue *store.UnavailableError
+				if errors.As(err, &ue) && !ue.Fault.Fatal && c.s.noticeFault() {
+					send = c.s.retract(buf, marks)
+				}
+				if send == nil {
+					c.s.log.Error("journal write failed; closing the connection instead of acknowledging", "err", err)
+					c.kill()
+					return err
+				}
 			}
 		}
 		c.armWriteDeadline()
-		_, err := c.nc.Write(buf)
+		_, err := c.nc.Write(send)
 
 		c.outMu.Lock()
 		if cap(buf) <= keepBufCap {
 			c.spare = buf[:0]
 		}
+		c.spareM = marks[:0]
 		c.outMu.Unlock()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
@@ -295,7 +322,7 @@ func (c *conn) armWriteDeadline() {
 func (c *conn) kill() {
 	c.outMu.Lock()
 	c.dead = true
-	c.out = nil
+	c.out, c.marks = nil, nil
 	c.outMu.Unlock()
 	c.nc.Close()
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/protocol"
 )
 
@@ -81,17 +82,25 @@ func clampLimit(n int64) int {
 }
 
 func (s *Server) stats(c *conn, id uint64) {
-	st, seq, err := read(s, func(now int64) (engine.Stats, error) {
+	type stats struct {
+		engine.Stats
+		fault *store.Fault
+	}
+	st, seq, err := read(s, func(now int64) (stats, error) {
 		st := s.eng.Stats()
 		// Stats counts leases not yet removed; expired ones are never counted.
 		st.Leases = s.eng.ActiveLeaseCount(now)
-		return st, nil
+		st.Grants += s.totals.Grants
+		st.Waits += s.totals.Waits
+		st.Dies += s.totals.Dies
+		st.Expirations += s.totals.Expirations
+		return stats{st, s.degradedLocked()}, nil
 	})
 	if err != nil {
 		c.answerErr(id, err, seq)
 		return
 	}
-	c.appendResult(id, &protocol.StatsResult{
+	r := &protocol.StatsResult{
 		UptimeMS:    s.uptime(),
 		Connections: s.Connections(),
 		Agents:      st.Agents,
@@ -103,5 +112,9 @@ func (s *Server) stats(c *conn, id uint64) {
 		Dies:        st.Dies,
 		Expirations: st.Expirations,
 		Fence:       st.Fence,
-	}, seq)
+	}
+	if f := st.fault; f != nil {
+		r.Degraded, r.DegradedSince, r.DegradedReason = true, f.Since.UnixMilli(), f.Reason()
+	}
+	c.appendResult(id, r, seq)
 }

@@ -41,17 +41,26 @@ var midChangeHook func(op string)
 // outcome to answer ch with. recorded says whether ch's records had reached
 // the journal. Called from commitLocked's deferred recover, with s.mu held.
 func (s *Server) breakLocked(ch *change, r any, recorded bool) outcome {
-	pe := &PanicError{Op: ch.op, Value: r, Recorded: recorded}
-	s.broken.Store(pe)
 	s.log.Error("panic while changing state; klockd stops so that it restarts from its log",
 		"op", ch.op, "recorded", recorded, "panic", r, "stack", string(debug.Stack()))
-	s.beginShutdown()
+	s.stopLocked(&PanicError{Op: ch.op, Value: r, Recorded: recorded})
 	msg := "klock: internal error while making this change; it was not made (the daemon logged it and restarts from its log); retry after reconnecting"
 	if recorded {
 		msg = "klock: internal error after this change was recorded; it was made, but its answer is lost (the daemon logged it and restarts from its log); check the state after reconnecting"
 	}
 	return outcome{err: &protocol.Error{Code: protocol.CodeInternal, Message: msg}}
 }
+
+// stopLocked stops the server because memory may no longer match the log
+// (err says why): nothing is read or changed any more, the listeners
+// close, and Serve returns err. The caller holds s.mu.
+func (s *Server) stopLocked(err error) {
+	s.broken.Store(&stopCause{err})
+	s.beginShutdown()
+}
+
+// stopCause is why the server stopped itself.
+type stopCause struct{ err error }
 
 // errBroken answers changes and reads that arrive after a state change
 // panicked, until the daemon has stopped.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/protocol"
 )
 
@@ -50,6 +51,10 @@ type Config struct {
 	WriteTimeout time.Duration
 	Logger       *slog.Logger     // nil = slog.Default()
 	Now          func() time.Time // clock; nil = time.Now
+	// OnDegraded, when set, is called when the server starts refusing
+	// changes because the journal cannot make them durable (with the
+	// fault) and when it accepts them again (with nil); never under a lock.
+	OnDegraded func(*store.Fault)
 }
 
 // Server serves the klock protocol on any number of listeners.
@@ -59,19 +64,26 @@ type Server struct {
 	now       func() time.Time
 	startedAt time.Time
 
-	ops       atomic.Uint64              // requests answered
-	nconns    atomic.Int64               // open connections
-	shutting  atomic.Bool                // Shutdown or Close has begun
-	broken    atomic.Pointer[PanicError] // a state change panicked (panic.go)
+	ops       atomic.Uint64             // requests answered
+	nconns    atomic.Int64              // open connections
+	shutting  atomic.Bool               // Shutdown or Close has begun
+	broken    atomic.Pointer[stopCause] // memory may not match the log: stopped (panic.go)
+	stopc     chan struct{}             // closed when shutdown begins
+	stopOnce  sync.Once
+	healWG    sync.WaitGroup // the heal loop (degraded.go)
 	connsDone sync.WaitGroup
 
 	// mu guards the engine and the fields that follow.
 	mu      sync.Mutex
 	eng     *engine.Engine
 	waiters map[engine.WaiterID]waiter
-	lastSeq uint64      // journal sequence of the last state change
-	timer   *time.Timer // fires at armed, the engine's next deadline
-	armed   int64       // Unix ms the timer is set for; 0 = not set
+	lastSeq uint64        // journal sequence of the last state change
+	fj      faultyJournal // the journal, when it can fail and heal (degraded.go)
+	fault   *store.Fault  // the journal fault in effect; nil when healthy
+	healing bool          // the heal loop runs
+	totals  engine.Stats  // totals of engines replaced by a rollback
+	timer   *time.Timer   // fires at armed, the engine's next deadline
+	armed   int64         // Unix ms the timer is set for; 0 = not set
 	closed  bool
 
 	// lnMu guards the listeners and connections.
@@ -118,7 +130,9 @@ func New(cfg Config) *Server {
 		waiters: make(map[engine.WaiterID]waiter),
 		lns:     make(map[net.Listener]struct{}),
 		conns:   make(map[*conn]struct{}),
+		stopc:   make(chan struct{}),
 	}
+	s.fj, _ = cfg.Journal.(faultyJournal)
 	s.startedAt = s.now()
 	s.timer = time.AfterFunc(time.Hour, s.onTimer)
 	s.timer.Stop()
@@ -164,8 +178,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			if pe := s.broken.Load(); pe != nil {
-				return pe
+			if b := s.broken.Load(); b != nil {
+				return b.err
 			}
 			if s.shutting.Load() {
 				return ErrServerClosed
@@ -280,10 +294,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.healWG.Wait()
 		return nil
 	case <-ctx.Done():
 		s.closeConns()
 		<-done
+		s.healWG.Wait()
 		return ctx.Err()
 	}
 }
@@ -298,11 +314,13 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.closeConns()
 	s.connsDone.Wait()
+	s.healWG.Wait()
 	return nil
 }
 
 // beginShutdown marks the server as stopping and closes its listeners.
 func (s *Server) beginShutdown() {
+	s.stopOnce.Do(func() { close(s.stopc) })
 	s.lnMu.Lock()
 	s.shutting.Store(true)
 	for ln := range s.lns {

@@ -176,6 +176,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// parkOne registers "young" (priority 10) and "old" (1) over holder, has
+// young take path (ids 1-3) and parks old's acquire of it over waiter (id 1).
+func (ts *testServer) parkOne(t *testing.T, holder, waiter *client, path string) {
+	t.Helper()
+	register(holder, 1, "young", 10)
+	register(holder, 2, "old", 1)
+	holder.call(3, protocol.OpAcquire, acquireArgs("young", path, 60000, 0), &protocol.Grant{})
+	waiter.send(1, protocol.OpAcquire, acquireArgs("old", path, 60000, 60000))
+	waitFor(t, "the acquire to park", func() bool { return ts.engineWaiters() == 1 })
+}
+
 func (ts *testServer) engineWaiters() int {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
@@ -353,11 +364,7 @@ func TestMaxInflightCountsParkedAcquires(t *testing.T) {
 func TestClosedConnectionCancelsItsWaiters(t *testing.T) {
 	ts := start(t, Config{})
 	holder, waiter := ts.dial(t), ts.dial(t)
-	register(holder, 1, "young", 10)
-	register(holder, 2, "old", 1)
-	holder.call(3, protocol.OpAcquire, acquireArgs("young", "/a", 60000, 0), &protocol.Grant{})
-	waiter.send(1, protocol.OpAcquire, acquireArgs("old", "/a", 60000, 60000))
-	waitFor(t, "the acquire to park", func() bool { return ts.engineWaiters() == 1 })
+	ts.parkOne(t, holder, waiter, "/a")
 	waiter.nc.Close()
 	waitFor(t, "the parked acquire to be cancelled", func() bool { return ts.engineWaiters() == 0 })
 }

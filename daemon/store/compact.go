@@ -73,12 +73,12 @@ const copyStateMax = 5000
 // between two Appends; does no I/O.
 func (s *Store) rotateLocked(state *engine.State) {
 	s.compactState = state
-	s.old, s.oldPending = s.file, s.pending
+	s.old, s.oldPending, s.oldEnd, s.oldUpto = s.file, s.pending, s.fileEnd, s.appended
 	s.pending = nil
 	s.file, s.next = s.next, nil
 	s.compactThrough = s.gen
 	s.gen++
-	s.logBytes = logHeaderSize
+	s.fileEnd, s.logBytes = logHeaderSize, logHeaderSize
 	s.compacting = true
 	s.signalLocked()
 }
@@ -165,17 +165,17 @@ func (s *Store) prepareNextNow() error {
 // the directory entry, and returns it open for appending.
 func createLog(dir string, gen uint64) (*os.File, error) {
 	path := filepath.Join(dir, logName(gen))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	f, err := createFile(path, os.O_APPEND)
 	if err != nil {
 		return nil, fmt.Errorf("klock: creating log: %w", err)
 	}
-	if _, err := f.Write(appendLogHeader(nil, gen)); err != nil {
+	if err := writeAll(f, appendLogHeader(nil, gen)); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("klock: writing %s: %w", path, err)
+		return nil, err
 	}
-	if err := f.Sync(); err != nil {
+	if err := syncFile(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("klock: fsync %s: %w", path, err)
+		return nil, err
 	}
 	if err := syncDir(dir); err != nil {
 		f.Close()
@@ -197,6 +197,14 @@ func (s *Store) compact() {
 	// The old log must be complete and fsynced before the snapshot that
 	// replaces it exists, and before anything lands in the new log.
 	s.drainOldLocked()
+	if s.err != nil {
+		// A fault: the copied state may hold changes that were never
+		// written. Healing writes the snapshot instead.
+		s.compacting = false
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		return
+	}
 	s.mu.Unlock()
 
 	start := time.Now()
@@ -205,6 +213,7 @@ func (s *Store) compact() {
 	if state == nil {
 		state, err = rebuildState(s.dir, base, through)
 	}
+	unreadable := err != nil
 	var size int64
 	if err == nil {
 		size, err = saveSnapshot(s.dir, gen, state)
@@ -212,9 +221,14 @@ func (s *Store) compact() {
 	if err == nil {
 		removeBefore(s.dir, gen, s.log)
 	}
-	if err != nil {
+	switch {
+	case unreadable:
 		s.log.Error("klock: compaction failed; automatic compaction is off until restart", "dir", s.dir, "err", err)
-	} else {
+	case err != nil:
+		// The logs stay as they are; the next rotation, a log's worth
+		// later, snapshots them all.
+		s.log.Warn("klock: writing a snapshot failed; compaction postponed", "dir", s.dir, "err", err)
+	default:
 		s.log.Debug("klock: snapshot written", "file", snapshotName(gen), "bytes", size, "leases", len(state.Leases), "took", time.Since(start))
 	}
 	s.mu.Lock()
@@ -223,8 +237,8 @@ func (s *Store) compact() {
 	s.compactErr = err
 	if err == nil {
 		s.snapBytes, s.baseGen = size, gen
-	} else {
-		// Retrying would fail the same way; the log keeps growing and the
+	} else if unreadable {
+		// Replaying would fail the same way; the log keeps growing and the
 		// operator is told now, not at the next start.
 		s.opts.CompactMinBytes = -1
 	}
@@ -267,24 +281,28 @@ func saveSnapshot(dir string, gen uint64, state *engine.State) (int64, error) {
 	buf = append(buf, body...)
 	final := filepath.Join(dir, snapshotName(gen))
 	tmp := final + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := createFile(tmp, 0)
 	if err != nil {
 		return 0, fmt.Errorf("klock: creating snapshot: %w", err)
 	}
-	_, werr := f.Write(buf)
+	werr := writeAll(f, buf)
 	if werr == nil {
-		werr = f.Sync()
+		werr = syncFile(f)
 	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
+	if cerr := f.Close(); werr == nil && cerr != nil {
+		werr = fmt.Errorf("klock: closing %s: %w", tmp, cerr)
 	}
 	if werr != nil {
 		os.Remove(tmp)
-		return 0, fmt.Errorf("klock: writing snapshot %s: %w", tmp, werr)
+		return 0, werr
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	err = injectedFault(ioRename, final)
+	if err == nil {
+		err = os.Rename(tmp, final)
+	}
+	if err != nil {
 		os.Remove(tmp)
-		return 0, fmt.Errorf("klock: installing snapshot: %w", err)
+		return 0, fmt.Errorf("klock: installing snapshot %s: %w", final, err)
 	}
 	if err := syncDir(dir); err != nil {
 		return 0, err
@@ -309,4 +327,13 @@ func removeBefore(dir string, gen uint64, log interface {
 			}
 		}
 	}
+}
+
+// createFile creates (or truncates) path for writing, mode 0600, with the
+// extra open flags.
+func createFile(path string, flags int) (*os.File, error) {
+	if err := injectedFault(ioCreate, path); err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|flags, 0o600)
 }

@@ -95,9 +95,10 @@ func (s *Store) encodeLocked(r *engine.Record) {
 }
 
 // Wait returns once every record up to seq has been written with write(2),
-// and fsynced when the mode is FsyncAlways. It returns the store's error if
-// a write or fsync failed (the store then refuses all later work: what is on
-// disk may no longer match the engine), or ErrClosed after Close.
+// and fsynced when the mode is FsyncAlways. It returns an
+// *UnavailableError if the records were not written because of a fault
+// (see fault.go): they never will be, even after the fault heals. It
+// returns ErrClosed after Close.
 //
 // Group commit: the first waiter to find nobody writing becomes the writer
 // for everything pending, in one write(2); the others wait for it and find
@@ -111,6 +112,11 @@ func (s *Store) encodeLocked(r *engine.Record) {
 func (s *Store) Wait(seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.lost) > 0 {
+		if err := s.lostLocked(seq); err != nil {
+			return err
+		}
+	}
 	for {
 		if s.written >= seq {
 			return nil
@@ -138,65 +144,86 @@ func (s *Store) drainOldLocked() {
 	}
 }
 
-// leadLocked makes the caller the writer for one round: it takes everything
-// pending, writes it outside the lock, then publishes the new written mark.
-// Called with s.mu held and s.writing false; returns with s.mu held.
+// leadLocked makes the caller the writer for one round: it takes what is
+// pending for one file, writes it outside the lock, then publishes the new
+// written mark. A rotation's old log is completed (written, fsynced,
+// closed) in a round of its own before anything reaches the new one, so
+// the logs on disk never have a gap, whatever the fsync mode. A failed
+// round is cut off its file again and starts a fault. Called with s.mu held
+// and s.writing false; returns with s.mu held.
 func (s *Store) leadLocked() {
 	s.writing = true
-	upto := s.appended
-	buf := s.pending
-	s.pending = s.spare[:0]
-	old, oldBuf := s.old, s.oldPending
-	s.old, s.oldPending = nil, nil
-	file := s.file
+	f, buf, end, upto, isOld := s.file, s.pending, s.fileEnd, s.appended, false
+	if s.old != nil {
+		f, buf, end, upto, isOld = s.old, s.oldPending, s.oldEnd, s.oldUpto, true
+		s.old, s.oldPending = nil, nil
+	} else {
+		s.pending = s.spare[:0]
+	}
 	s.mu.Unlock()
 
-	err := s.writeRound(old, oldBuf, file, buf)
+	err := s.writeRound(f, buf, isOld)
+	cut := true
+	if err != nil {
+		cut = cutBack(f, end)
+		if isOld {
+			f.Close()
+		}
+	}
 
 	s.mu.Lock()
-	s.spare = buf[:0]
+	if !isOld {
+		s.spare = buf[:0]
+	}
 	s.writing = false
 	if err != nil {
-		s.failLocked(err)
+		s.enterFaultLocked(err, !cut)
 	} else {
+		// A rotation during the round may have made f the old log.
+		switch f {
+		case s.file:
+			s.fileEnd = end + int64(len(buf))
+		case s.old:
+			s.oldEnd = end + int64(len(buf))
+		}
 		if len(buf) > 0 {
 			s.writes++
+			s.dirty = !isOld
 		}
 		s.written = upto
-		if len(buf) > 0 {
-			s.dirty = true
-		}
 	}
 	s.cond.Broadcast()
 }
 
-// writeRound does the I/O of one writer round. A rotation's old log is
-// completed and fsynced before anything reaches the new one, so the logs
-// on disk never have a gap, whatever the fsync mode.
-func (s *Store) writeRound(old *os.File, oldBuf []byte, file *os.File, buf []byte) error {
-	if old != nil {
-		if err := writeAll(old, oldBuf); err != nil {
-			return err
-		}
-		if err := old.Sync(); err != nil {
-			return fmt.Errorf("klock: fsync %s: %w", old.Name(), err)
-		}
-		if err := old.Close(); err != nil {
-			return fmt.Errorf("klock: closing %s: %w", old.Name(), err)
-		}
-	}
-	if len(buf) == 0 {
+// writeRound does the I/O of one writer round on f: the bytes, then for a
+// rotation's old log an fsync and close, else an fdatasync in FsyncAlways.
+func (s *Store) writeRound(f *os.File, buf []byte, isOld bool) error {
+	if len(buf) == 0 && !isOld {
 		return nil
 	}
-	if file == nil {
+	if f == nil {
 		return errors.New("klock: store used before Recover opened its log")
 	}
-	if err := writeAll(file, buf); err != nil {
+	if err := writeAll(f, buf); err != nil {
 		return err
 	}
+	if isOld {
+		if err := syncFile(f); err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			// Written and fsynced: the records are safe; only the
+			// descriptor is in doubt.
+			s.log.Warn("klock: closing a completed log failed", "file", f.Name(), "err", err)
+		}
+		return nil
+	}
 	if s.opts.Fsync == FsyncAlways {
-		if err := unix.Fdatasync(int(file.Fd())); err != nil {
-			return fmt.Errorf("klock: fdatasync %s: %w", file.Name(), err)
+		if err := injectedFault(ioSync, f.Name()); err != nil {
+			return fmt.Errorf("klock: fdatasync %s: %w", f.Name(), err)
+		}
+		if err := unix.Fdatasync(int(f.Fd())); err != nil {
+			return fmt.Errorf("klock: fdatasync %s: %w", f.Name(), err)
 		}
 	}
 	return nil
@@ -208,23 +235,49 @@ func writeAll(f *os.File, b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if _, err := f.Write(b); err != nil {
-		return fmt.Errorf("klock: writing %s: %w", f.Name(), err)
+	err := injectedFault(ioWrite, f.Name())
+	if err != nil {
+		f.Write(b[:len(b)/2])
+	} else {
+		_, err = f.Write(b)
+	}
+	if err != nil {
+		return fmt.Errorf("klock: writing %s: %w", f.Name(), pathErr(err))
 	}
 	return nil
 }
 
-// failLocked makes err the store's sticky error and wakes every waiter.
-func (s *Store) failLocked(err error) {
-	if s.err == nil {
-		s.err = err
-		s.log.Error("klock: the state log can no longer be written; mutations are refused", "dir", s.dir, "err", err)
+// syncFile fsyncs f.
+func syncFile(f *os.File) error {
+	err := injectedFault(ioSync, f.Name())
+	if err == nil {
+		err = f.Sync()
 	}
-	s.cond.Broadcast()
+	if err != nil {
+		return fmt.Errorf("klock: fsync %s: %w", f.Name(), pathErr(err))
+	}
+	return nil
+}
+
+// pathErr drops the *os.PathError around err: messages name the file once.
+func pathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// failLocked starts a fault for an error that is not the failure of a
+// round (encoding a record): nothing reached the file.
+func (s *Store) failLocked(err error) {
+	s.enterFaultLocked(err, false)
 }
 
 // syncLog fsyncs the current log if anything was written since the last
-// fsync (FsyncEverySec, once a second, from syncEverySec).
+// fsync (FsyncEverySec, once a second, from syncEverySec). A failure starts
+// a fault: what was written stays acknowledged (it survives a crash of
+// klockd), and healing writes it all again in a snapshot that is fsynced.
 func (s *Store) syncLog() {
 	s.mu.Lock()
 	if !s.dirty || s.err != nil || s.file == nil {
@@ -235,13 +288,13 @@ func (s *Store) syncLog() {
 	f := s.file
 	s.mu.Unlock()
 	// fsync runs beside writers, as in Redis: write(2) and fsync(2) on one
-	// file may overlap. A rotation may close f meanwhile; the old log was
-	// fsynced by the rotation itself, so ErrClosed is harmless.
+	// file may overlap. A rotation or a heal may close f meanwhile; the old
+	// log was fsynced by the rotation itself, so ErrClosed is harmless.
 	// (*os.File).Sync is used rather than fdatasync on the raw descriptor
 	// because it is safe against that concurrent Close.
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+	if err := syncFile(f); err != nil && !errors.Is(err, os.ErrClosed) {
 		s.mu.Lock()
-		s.failLocked(fmt.Errorf("klock: fsync %s: %w", f.Name(), err))
+		s.enterFaultLocked(err, false)
 		s.mu.Unlock()
 	}
 }

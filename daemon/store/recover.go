@@ -273,7 +273,7 @@ func (s *Store) openForAppend(chain []uint64, base uint64) error {
 		if err != nil {
 			return err
 		}
-		s.file, s.gen, s.logBytes = f, base, logHeaderSize
+		s.file, s.gen, s.fileEnd, s.logBytes = f, base, logHeaderSize, logHeaderSize
 		return nil
 	}
 	g := chain[len(chain)-1]
@@ -287,7 +287,7 @@ func (s *Store) openForAppend(chain []uint64, base uint64) error {
 		f.Close()
 		return fmt.Errorf("klock: opening log for appending: %w", err)
 	}
-	s.file, s.gen, s.logBytes = f, g, fi.Size()
+	s.file, s.gen, s.fileEnd, s.logBytes = f, g, fi.Size(), fi.Size()
 	return nil
 }
 

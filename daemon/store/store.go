@@ -33,6 +33,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -122,6 +123,10 @@ type Options struct {
 	// CompactMinBytes: the log is compacted once it is larger than both this
 	// and the last snapshot. 0 = DefaultCompactMinBytes; negative = never.
 	CompactMinBytes int64
+	// OnFault, when set, is called on a goroutine of its own each time the
+	// store enters a fault (see fault.go), so that the engine's owner acts
+	// on it without waiting for its next request.
+	OnFault func()
 }
 
 // Store is an open state directory. Append and Wait may be called from any
@@ -150,15 +155,18 @@ type Store struct {
 	writing  bool   // a writer round is in progress
 	writes   uint64 // writer rounds that wrote something (group commits)
 	dirty    bool   // written since the last fsync (everysec)
-	err      error  // sticky: a write or fsync failed
+	err      error  // why Wait fails past written: an *UnavailableError during a fault, or ErrClosed
 	closed   bool
 	file     *os.File // current log, opened for append
+	fileEnd  int64    // bytes of file written by rounds that succeeded
 	gen      uint64   // current log's generation
 	logBytes int64    // bytes of log since the last snapshot (all files), pending frames included
 
 	// Rotation and compaction (compact.go).
 	old            *os.File      // previous log, until its pending frames are written
 	oldPending     []byte        // frames for old
+	oldEnd         int64         // bytes of old written by rounds that succeeded
+	oldUpto        uint64        // sequence of the last Append whose frames went to old
 	next           *os.File      // pre-created log gen+1, ready for rotation
 	snapBytes      int64         // size of the last snapshot
 	baseGen        uint64        // generation of the last snapshot; 0 = none
@@ -167,6 +175,11 @@ type Store struct {
 	compacting     bool          // a rotation happened and its snapshot is not written yet
 	compactErr     error         // the last compaction's error
 	nextFailed     time.Time     // last failure to pre-create the next log
+
+	// Faults (fault.go). fault is also read without mu, by Fault.
+	fault atomic.Pointer[Fault] // the current fault; nil when healthy
+	epoch uint64                // faults so far
+	lost  []lostRange           // sequences healed faults never wrote
 
 	wake chan struct{} // wakes the maintenance goroutine
 	done chan struct{} // closed by Close
@@ -314,7 +327,11 @@ func syncDir(dir string) error {
 		return err
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	err = injectedFault(ioSync, dir)
+	if err == nil {
+		err = d.Sync()
+	}
+	if err != nil {
 		return fmt.Errorf("klock: fsync directory %s: %w", dir, err)
 	}
 	return nil
