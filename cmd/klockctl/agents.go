@@ -47,13 +47,9 @@ agent holds or waits for a lease.
 				if len(args) != 2 {
 					return usagef("agents", "want \"agents register ID\"")
 				}
-				var p *int64
-				if priority != "" {
-					v, err := strconv.ParseInt(priority, 10, 64)
-					if err != nil || v < 0 {
-						return usagef("agents", "--priority must be an integer >= 0, got %q", priority)
-					}
-					p = &v
+				p, err := parsePriority("agents", priority)
+				if err != nil {
+					return err
 				}
 				return a.registerAgent(args[1], p)
 			case "unregister":
@@ -110,4 +106,17 @@ func (a *app) unregisterAgent(id string) error {
 		}
 		return a.writeAnswer("unregistered", ok, text)
 	})
+}
+
+// parsePriority parses a --priority flag of command cmd: nil when it is
+// empty (the daemon assigns one), else an integer >= 0.
+func parsePriority(cmd, s string) (*int64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 {
+		return nil, usagef(cmd, "--priority must be an integer >= 0, got %q", s)
+	}
+	return &v, nil
 }

@@ -19,6 +19,7 @@
 //	why [--agent A] [--session S] [--predicate P] RESOURCE   holders, queue and the verdict, explained
 //	run [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--kill-after D] RESOURCE... -- COMMAND [ARGS...]
 //	version
+//	mcp [--agent A] [--priority N]       (MCP server on stdin/stdout: klock_acquire, klock_release, klock_status, klock_why)
 //	hook claude-code [--fail-closed] [--ttl D]    (Claude Code's PreToolUse and SessionEnd hook; JSON on stdin)
 //
 // Every command documents its flags with --help. Flags may follow the
