@@ -74,7 +74,7 @@ func commands() map[string]*command {
 		agentsCommand(),
 		revokeCommand(), freezeCommand(), thawCommand(),
 		runCommand(), versionCommand(),
-		hookCommand(), whyCommand(), mcpCommand(),
+		hookCommand(), whyCommand(), mcpCommand(), guardCommand(), integrateCommand(),
 	}
 	m := make(map[string]*command, len(list))
 	for _, c := range list {

@@ -21,6 +21,8 @@
 //	version
 //	mcp [--agent A] [--priority N]       (MCP server on stdin/stdout: klock_acquire, klock_release, klock_status, klock_why)
 //	hook claude-code [--fail-closed] [--ttl D]    (Claude Code's PreToolUse and SessionEnd hook; JSON on stdin)
+//	guard [--agent A] [--warn]           (git pre-commit: refuse to commit files other agents hold)
+//	integrate claude-code|git [--dir D] [--dry-run]
 //
 // Every command documents its flags with --help. Flags may follow the
 // arguments; "--" ends them. --json prints the protocol's result map (see
