@@ -60,7 +60,13 @@ type hookDecision struct {
 // socket, and returns what it did.
 func runHook(t *testing.T, socket, input string, extra ...string) cmdResult {
 	t.Helper()
-	cmd := kcCommand(t, nil, []string{"KLOCK_SOCKET=" + socket}, append([]string{"hook", "claude-code"}, extra...)...)
+	return runHookEnv(t, socket, nil, input, extra...)
+}
+
+// runHookEnv is runHook with more environment.
+func runHookEnv(t *testing.T, socket string, env []string, input string, extra ...string) cmdResult {
+	t.Helper()
+	cmd := kcCommand(t, nil, append([]string{"KLOCK_SOCKET=" + socket}, env...), append([]string{"hook", "claude-code"}, extra...)...)
 	cmd.Stdin = strings.NewReader(input)
 	return runCmd(t, cmd)
 }
@@ -182,6 +188,30 @@ func TestClaudeCodeHookLeasesDeniesAndReleases(t *testing.T) {
 	}
 	hookAllows(t, "second session's Edit after the first ended", runHook(t, d.Socket, preToolUse(t, "sess-b", dir, "Edit",
 		map[string]any{"file_path": file, "old_string": "y", "new_string": "z", "replace_all": false})))
+}
+
+func TestClaudeCodeHookSharedAgent(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "shared.go")
+	env := []string{"KLOCK_AGENT=team"}
+	hookAllows(t, "first session", runHookEnv(t, d.Socket, env,
+		preToolUse(t, "sess-1", dir, "Write", map[string]any{"file_path": file, "content": ""})))
+	// The same agent in another session is not given the first session's
+	// lease: it is told the file is held in another session.
+	dec := hookDecides(t, "second session of the same agent", runHookEnv(t, d.Socket, env,
+		preToolUse(t, "sess-2", dir, "Write", map[string]any{"file_path": file, "content": ""})))
+	if h := dec.HookSpecificOutput; h == nil || h.PermissionDecision != "deny" ||
+		!strings.Contains(h.PermissionDecisionReason, "another session of the same agent") {
+		t.Fatalf("second session's decision = %+v; want a deny naming the other session", dec)
+	}
+	// SessionEnd of the first session releases it, and leaves the shared
+	// agent registered.
+	if r := runHookEnv(t, d.Socket, env, sessionEndInput("sess-1", dir)); r.code != 0 {
+		t.Fatalf("SessionEnd: exit %d, stderr %q", r.code, r.stderr)
+	}
+	hookAllows(t, "second session after the first ended", runHookEnv(t, d.Socket, env,
+		preToolUse(t, "sess-2", dir, "Write", map[string]any{"file_path": file, "content": ""})))
 }
 
 func TestClaudeCodeHookDaemonDown(t *testing.T) {

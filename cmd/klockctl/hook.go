@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"runtime/debug"
 	"time"
 
@@ -184,11 +185,13 @@ func (a *app) preEdit(in *hookInput, field string, failClosed bool, ttl time.Dur
 	if cwd == "" {
 		cwd = a.cwd()
 	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(cwd, path) // so that a name like "a:b" stays a file
+	}
 	r, err := parseResource(path, cwd)
 	if err != nil {
 		return err
 	}
-	r.Type = "FILE" // a file name that looks like TYPE:x is still a file
 	agent, session, _ := a.hookAgent(in)
 
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
@@ -200,7 +203,7 @@ func (a *app) preEdit(in *hookInput, field string, failClosed bool, ttl time.Dur
 	defer c.Close()
 
 	req := clientlib.AcquireRequest{
-		AgentID: agent, SessionID: session, TTL: ttl, Idem: hookIdem(r.Path),
+		AgentID: agent, SessionID: session, TTL: ttl, Idem: hookIdem(session, r.Path),
 		Intents: []clientlib.Intent{{ResourceType: r.Type, ResourcePath: r.Path, Predicate: "MUTATES"}},
 	}
 	res, err := c.AcquireOnce(ctx, req)
@@ -236,10 +239,12 @@ func (a *app) hookDial(ctx context.Context) (*clientlib.Client, error) {
 }
 
 // hookIdem is the idempotency key of a session's lease on a file: the same
-// for every edit of that file, so that a repeat edit returns the lease the
-// session already holds rather than stacking another.
-func hookIdem(path string) string {
-	sum := sha256.Sum256([]byte(path))
+// for every edit of that file in that session, so that a repeat edit
+// returns the lease the session already holds rather than stacking
+// another. Keys are per agent across sessions, so the session is part of
+// it: with a shared $KLOCK_AGENT, another session must not get this lease.
+func hookIdem(session, path string) string {
+	sum := sha256.Sum256([]byte(session + "\x00" + path))
 	return "claude-code-" + hex.EncodeToString(sum[:16])
 }
 
@@ -250,8 +255,8 @@ func editDenial(path string, res *clientlib.AcquireResult, holders []protocol.Le
 	switch protocol.Reason(res.Reason) {
 	case protocol.ReasonDie:
 		return fmt.Sprintf("klock: %s is reserved by another agent: %s. Do not edit it now: "+
-			"work on other files, and try this edit again later (in %s at the soonest), "+
-			"or ask the user to coordinate with that agent.", path, who, retry)
+			"work on other files and try this edit again later, after that agent is done with it, "+
+			"or ask the user to coordinate with that agent.", path, who)
 	case protocol.ReasonWait:
 		return fmt.Sprintf("klock: %s is reserved by another agent: %s. Your session is older, "+
 			"so it gets the file as soon as that lease ends: do other work and try this edit again in %s.",
