@@ -35,7 +35,8 @@ than --agent (default $KLOCK_AGENT), with any predicate, it prints a table
 (file, holder, session, predicate, until when) and exits 1, so git refuses
 the commit. --warn prints the same table and exits 0.
 
-When klockd cannot be reached, the commit is allowed with a warning.
+When klockd cannot be reached, the commit is allowed with a warning (the
+guard never starts klockd: with none running, nobody holds anything).
 
 To commit anyway, skip the hook: git commit --no-verify.`,
 		flags: func(fs *flag.FlagSet) {
@@ -68,8 +69,13 @@ func (a *app) guard(agent string, warn bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	c, err := a.dial(ctx, false)
+	// No klockd running means nobody holds anything: the guard never
+	// starts one (protocol/README.md "Autostart") just to find that out.
+	c, err := clientlib.Dial(ctx, clientlib.Options{
+		Socket: a.socketPath(), ClientName: "klockctl-guard/" + version(), NoReconnect: true, NoAutostart: true,
+	})
 	if err != nil {
+		err = unreachableError(err)
 		fmt.Fprintf(a.stderr, "klockctl guard: not checked, commit allowed: %s\n", oneLine(errText(err)))
 		return nil
 	}

@@ -230,11 +230,17 @@ func (a *app) preEdit(in *hookInput, field string, failClosed bool, ttl time.Dur
 }
 
 // hookDial connects without reconnecting: a hook that cannot reach klockd
-// answers at once rather than retrying.
+// answers rather than retrying. With no socket named, Dial starts klockd on
+// first use (protocol/README.md "Autostart"), so that the session's edits
+// are protected from then on; hookDialTimeout bounds that too, and a
+// daemon that is not up by then counts as unreachable.
 func (a *app) hookDial(ctx context.Context) (*clientlib.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, hookDialTimeout)
+	defer cancel()
 	return clientlib.Dial(ctx, clientlib.Options{
 		Socket: a.socketPath(), ClientName: "klockctl-hook/" + version(),
 		NoReconnect: true, DialTimeout: hookDialTimeout,
+		NoAutostart: clientlib.AutostartDisabled(a.getenv), Stderr: a.stderr,
 	})
 }
 

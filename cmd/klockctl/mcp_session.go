@@ -19,7 +19,7 @@ import (
 // renews until they are released or the server exits.
 type mcpSession struct {
 	a         *app
-	socket    string
+	socket    string // --socket or $KLOCK_SOCKET; "" finds (or starts) klockd
 	cwd       string // where relative paths are resolved
 	agentName string // --agent or $KLOCK_AGENT; "" builds one from the client's name
 	priority  *int64
@@ -59,7 +59,10 @@ func (s *mcpSession) client(ctx context.Context) (*clientlib.Client, error) {
 	if c != nil {
 		return c, nil
 	}
-	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: s.socket, ClientName: "klockctl-mcp/" + version()})
+	// Dial may start klockd on first use; its one line goes to stderr, which
+	// MCP clients log: stdout carries the protocol.
+	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: s.socket, ClientName: "klockctl-mcp/" + version(),
+		NoAutostart: clientlib.AutostartDisabled(s.a.getenv), Stderr: s.a.stderr})
 	if err != nil {
 		return nil, unreachableError(err)
 	}

@@ -350,13 +350,13 @@ func (s *mcpSession) release(ctx context.Context, req *mcp.CallToolRequest, in r
 }
 
 func (s *mcpSession) status(ctx context.Context, req *mcp.CallToolRequest, _ statusArgs) (*mcp.CallToolResult, statusResult, error) {
-	out := statusResult{Session: s.session, Socket: s.socket}
+	out := statusResult{Session: s.session}
 	out.Leases, out.Lost = s.heldLeases()
 	out.Leases, out.Lost = orEmpty(out.Leases), orEmpty(out.Lost)
 	ctx, cancel := context.WithTimeout(ctx, mcpCallTimeout)
 	defer cancel()
 	err := s.withAgent(ctx, clientName(req), func(c *clientlib.Client, agent string) error {
-		out.Agent = agent
+		out.Agent, out.Socket = agent, c.Socket()
 		h, err := c.Hello(ctx)
 		if err != nil {
 			return err
