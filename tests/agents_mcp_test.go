@@ -157,12 +157,24 @@ func TestMCPTwoAgents(t *testing.T) {
 	// klock_why names the holder.
 	var why struct {
 		Resource string `json:"resource"`
-		Message  string `json:"message"`
+		Verdict  string `json:"verdict"`
+		HeldBy   string `json:"held_by"`
+		Holders  []struct {
+			Agent     string `json:"agent"`
+			Conflicts bool   `json:"conflicts"`
+		} `json:"holders"`
+		Message string `json:"message"`
 	}
 	second.callOK(t, "klock_why", map[string]any{"path": auth}, &why)
 	t.Logf("why: %s", why.Message)
-	if why.Resource != "FILE:"+auth || !strings.Contains(why.Message, st.Agent) {
-		t.Fatalf("klock_why = %+v; want it to name %s", why, st.Agent)
+	if why.Resource != "FILE:"+auth || why.Verdict != "DIE" || why.HeldBy != st.Agent || len(why.Holders) != 1 ||
+		why.Holders[0].Agent != st.Agent || !why.Holders[0].Conflicts || !strings.Contains(why.Message, st.Agent) {
+		t.Fatalf("klock_why = %+v; want DIE, held by %s, named in the message", why, st.Agent)
+	}
+	// A file nobody holds would be granted.
+	second.callOK(t, "klock_why", map[string]any{"path": filepath.Join(dir, "free.ts")}, &why)
+	if why.Verdict != "GRANT" || len(why.Holders) != 0 {
+		t.Fatalf("klock_why on a free file = %+v; want GRANT and no holders", why)
 	}
 
 	// An older agent is told it may wait.

@@ -30,10 +30,11 @@ func guardCommand() *command {
 		help: `Run as a git pre-commit hook ("klockctl integrate git" installs it). It takes
 the staged paths (git diff --cached --name-only -z --no-renames: added,
 modified, deleted, and both sides of a rename), makes each absolute, and
-asks klockd who holds it. When any staged path is held by an agent other
-than --agent (default $KLOCK_AGENT), with any predicate, it prints a table
-(file, holder, session, predicate, until when) and exits 1, so git refuses
-the commit. --warn prints the same table and exits 0.
+asks klockd who holds it, directly or through a subtree lease above it.
+When any staged path is held by an agent other than --agent (default
+$KLOCK_AGENT), with any predicate, it prints a table (file, holder,
+session, predicate, until when) and exits 1, so git refuses the commit.
+--warn prints the same table and exits 0.
 
 When klockd cannot be reached, the commit is allowed with a warning (the
 guard never starts klockd: with none running, nobody holds anything).
@@ -193,7 +194,11 @@ func (a *app) printHeld(held []heldPath) {
 	fmt.Fprintln(tw, "FILE\tHOLDER\tSESSION\tPREDICATE\tUNTIL")
 	for _, h := range held {
 		until := time.UnixMilli(h.lease.ExpiresAt)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s (%s)\n", oneLine(h.path.rel), oneLine(h.lease.AgentID),
+		file := h.path.rel
+		if h.lease.Resource != h.path.key {
+			file += " (in " + strings.TrimPrefix(h.lease.Resource, "FILE:") + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s (%s)\n", oneLine(file), oneLine(h.lease.AgentID),
 			oneLine(h.lease.SessionID), h.lease.Predicate, clock(until), untilText(until, now))
 	}
 	tw.Flush()

@@ -14,18 +14,19 @@ import (
 // who holds a resource: they look the holders up, and describe them in one
 // sentence a model or a person can act on.
 
-// holdersOf returns the active leases on the resource key (TYPE:path)
-// itself, oldest fence first.
+// holdersOf returns the active leases that cover the resource key
+// (TYPE:path): on the key itself, or on a subtree above it. It asks the
+// daemon's explain op, so the daemon, not this client, decides what covers
+// what.
 func holdersOf(ctx context.Context, c *clientlib.Client, key string) ([]protocol.LeaseInfo, error) {
-	ls, _, err := c.ListLeases(ctx, clientlib.LeaseFilter{Prefix: key, Limit: 1000})
+	typ, path, _ := strings.Cut(key, ":")
+	x, err := c.Explain(ctx, clientlib.ExplainRequest{ResourceType: typ, ResourcePath: path})
 	if err != nil {
 		return nil, err
 	}
-	out := ls[:0]
-	for _, l := range ls {
-		if l.Resource == key {
-			out = append(out, l)
-		}
+	out := make([]protocol.LeaseInfo, len(x.Holders))
+	for i, h := range x.Holders {
+		out[i] = h.LeaseInfo
 	}
 	return out, nil
 }
@@ -74,8 +75,12 @@ func describeHolders(ls []protocol.LeaseInfo, heldBy string, now time.Time) stri
 func holderClause(l protocol.LeaseInfo, now time.Time) string {
 	since := time.UnixMilli(l.AcquiredAt)
 	until := time.UnixMilli(l.ExpiresAt)
-	return fmt.Sprintf("agent %s (session %s) holds it for %s since %s (%s ago) until %s (%s) unless renewed",
-		oneLine(l.AgentID), oneLine(l.SessionID), l.Predicate,
+	it := "it"
+	if strings.HasSuffix(l.Resource, "/") {
+		it = l.Resource + " (a subtree that covers it)"
+	}
+	return fmt.Sprintf("agent %s (session %s) holds %s for %s since %s (%s ago) until %s (%s) unless renewed",
+		oneLine(l.AgentID), oneLine(l.SessionID), it, l.Predicate,
 		clock(since), roundDuration(max(now.Sub(since), 0)),
 		clock(until), untilText(until, now))
 }

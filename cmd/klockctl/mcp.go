@@ -43,7 +43,8 @@ Tools:
                  lease every path at once, or none, and say who holds them if denied
   klock_release  paths, lease_ids, or all: true
   klock_status   this agent's leases and the daemon's counters
-  klock_why      path: who holds it, and what this agent would be told
+  klock_why      path, predicate (MUTATES): who holds it and what klock_acquire
+                 would answer now (klockd's explain, a dry run)
 
 Paths are files, absolute or relative to the server's working directory; a
 TYPE:path string names another resource type (SYMBOL:auth.login).

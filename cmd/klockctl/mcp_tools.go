@@ -248,26 +248,29 @@ func (s *mcpSession) denied(ctx context.Context, c *clientlib.Client, agent stri
 	if held == "" {
 		held = describeHolders(nil, d.HeldBy, now)
 	}
-	retry := roundDuration(time.Duration(max(d.WaitTime, 1)) * time.Millisecond)
-	switch protocol.Reason(d.Reason) {
-	case protocol.ReasonDie:
-		out.Message = fmt.Sprintf("Denied (DIE): %s. That agent is older than you, so klock says do not wait for it: "+
-			"work on something else, and call klock_acquire again later (not before %s).", held, retry)
-	case protocol.ReasonWait:
-		out.Message = fmt.Sprintf("Denied (WAIT): %s. You are older than that holder, so you may wait for it: "+
-			"call klock_acquire again with wait_seconds (for example 60) to wait until it is free.", held)
-	case protocol.ReasonConflict:
-		out.Message = fmt.Sprintf("Denied (CONFLICT): %s. That is your own agent in another session; "+
-			"finish there first, or ask the user.", held)
-	case protocol.ReasonResourceLocked:
-		out.Message = fmt.Sprintf("Denied (RESOURCE_LOCKED): an operator froze it (%s). Do not edit it; ask the user.", oneLine(d.Message))
-	case protocol.ReasonSessionExpired:
-		out.Message = fmt.Sprintf("Denied (SESSION_EXPIRED): this MCP server's klock session was ended (%s); "+
-			"restart the klock MCP server to reserve files again.", oneLine(d.Message))
-	default:
-		out.Message = fmt.Sprintf("Denied (%s): %s.", d.Reason, oneLine(d.Message))
-	}
+	out.Message = fmt.Sprintf("Denied (%s): %s. %s", d.Reason, held, denialAdvice(protocol.Reason(d.Reason), d.WaitTime, d.Message))
 	return out
+}
+
+// denialAdvice tells the model what to do about a denial.
+func denialAdvice(reason protocol.Reason, waitMs int64, message string) string {
+	switch reason {
+	case protocol.ReasonDie:
+		return fmt.Sprintf("That agent is older than you, so klock says do not wait for it: "+
+			"work on something else, and call klock_acquire again later (not before %s).",
+			roundDuration(time.Duration(max(waitMs, 1))*time.Millisecond))
+	case protocol.ReasonWait:
+		return "You are older than that holder, so you may wait for it: " +
+			"call klock_acquire again with wait_seconds (for example 60) to wait until it is free."
+	case protocol.ReasonConflict:
+		return "That is your own agent in another session; finish there first, or ask the user."
+	case protocol.ReasonResourceLocked:
+		return fmt.Sprintf("An operator froze it (%s): do not edit it; ask the user.", oneLine(message))
+	case protocol.ReasonSessionExpired:
+		return fmt.Sprintf("This MCP server's klock session was ended (%s): "+
+			"restart the klock MCP server to reserve files again.", oneLine(message))
+	}
+	return oneLine(message)
 }
 
 // othersOnlyOrSession keeps the leases not held by this agent in this
