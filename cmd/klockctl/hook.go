@@ -257,7 +257,6 @@ func hookIdem(session, path string) string {
 // editDenial is the reason Claude is given when it may not edit path.
 func editDenial(path string, res *clientlib.AcquireResult, holders []protocol.LeaseInfo, agent string, now time.Time) string {
 	who := describeHolders(othersOnly(holders, agent), res.HeldBy, now)
-	retry := roundDuration(max(res.WaitTime, time.Second))
 	switch protocol.Reason(res.Reason) {
 	case protocol.ReasonDie:
 		return fmt.Sprintf("klock: %s is reserved by another agent: %s. Do not edit it now: "+
@@ -265,8 +264,8 @@ func editDenial(path string, res *clientlib.AcquireResult, holders []protocol.Le
 			"or ask the user to coordinate with that agent.", path, who)
 	case protocol.ReasonWait:
 		return fmt.Sprintf("klock: %s is reserved by another agent: %s. Your session is older, "+
-			"so it gets the file as soon as that lease ends: do other work and try this edit again in %s.",
-			path, who, retry)
+			"so klock will give you the file once that agent is done with it: do other work first "+
+			"and try this edit again later.", path, who)
 	case protocol.ReasonConflict:
 		return fmt.Sprintf("klock: %s is reserved by another session of the same agent (%s): %s. "+
 			"Do not edit it from this session; finish the work in that session, or ask the user.",
