@@ -48,6 +48,7 @@ type Config struct {
 	MaxLeases   int         // 0 = unlimited; klockd's flag defaults to DefaultMaxLeases
 	MaxWaiters  int         // 0 = unlimited; klockd's flag defaults to DefaultMaxWaiters
 	MaxAgents   int         // registered agents; 0 = unlimited; klockd's flag defaults to DefaultMaxAgents
+	MaxPidfds   int         // processes watched for bound leases, a pidfd each; 0 = unlimited; klockd's flag defaults to MaxAgents
 	MaxTTL      time.Duration
 	Version     string       // reported by hello and logs
 	Logger      *slog.Logger // nil = slog.Default()
@@ -76,7 +77,7 @@ func New(cfg Config) (*Daemon, error) {
 	default:
 		return nil, fmt.Errorf("klock: --recover %q is not one of fail, truncate", cfg.Recover)
 	}
-	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxAgents < 0 || cfg.MaxTTL < 0 {
+	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxAgents < 0 || cfg.MaxPidfds < 0 || cfg.MaxTTL < 0 {
 		return nil, errors.New("klock: limits must not be negative")
 	}
 	if cfg.MaxFrame > 0 && cfg.MaxFrame < 1024 {
@@ -132,6 +133,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxFrame:    cfg.MaxFrame,
 		MaxConns:    cfg.MaxConns,
 		MaxInflight: cfg.MaxInflight,
+		MaxPidfds:   cfg.MaxPidfds,
 		Logger:      d.log,
 		OnDegraded: func(f *store.Fault) {
 			status := "STATUS=serving on " + socket

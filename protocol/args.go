@@ -21,6 +21,7 @@ const (
 	ArgResourcePrefix
 	ArgLimit
 	ArgWatchID
+	ArgBind
 )
 
 // MaxIntents is the most intents one acquire_many may carry.
@@ -59,6 +60,7 @@ var argSpecs = [...]argSpec{
 	{"resource_prefix", ArgResourcePrefix, kindString},
 	{"limit", ArgLimit, kindUint},
 	{"watch_id", ArgWatchID, kindUint},
+	{"bind", ArgBind, kindString},
 }
 
 // Intent is one element of acquire_many's intents.
@@ -89,6 +91,7 @@ type Args struct {
 	ResourcePrefix string
 	Limit          int64
 	WatchID        int64
+	Bind           string // "", "none" or "process"; the daemon checks the value
 
 	present Arg
 }
@@ -125,6 +128,8 @@ func (a *Args) stringField(arg Arg) *string {
 		return &a.Client
 	case ArgResourcePrefix:
 		return &a.ResourcePrefix
+	case ArgBind:
+		return &a.Bind
 	}
 	return nil
 }

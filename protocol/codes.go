@@ -17,6 +17,7 @@ const (
 	CodeResourceExhausted Code = "RESOURCE_EXHAUSTED"
 	CodeShuttingDown      Code = "SHUTTING_DOWN"
 	CodeUnavailable       Code = "UNAVAILABLE"
+	CodeBindUnavailable   Code = "BIND_UNAVAILABLE"
 	CodeInternal          Code = "INTERNAL"
 )
 

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -22,7 +23,11 @@ type wireDecoder interface {
 }
 
 func (g *Grant) appendMsgpack(b []byte) []byte {
-	b = appendMapLen(b, 9)
+	if g.BoundPID != 0 {
+		b = appendMapLen(b, 10)
+	} else {
+		b = appendMapLen(b, 9)
+	}
 	b = appendStr(b, "success")
 	b = appendBool(b, g.Success)
 	b = appendStr(b, "lease_id")
@@ -40,7 +45,12 @@ func (g *Grant) appendMsgpack(b []byte) []byte {
 	b = appendStr(b, "expires_at")
 	b = appendInt(b, g.ExpiresAt)
 	b = appendStr(b, "fence")
-	return appendUint(b, g.Fence)
+	b = appendUint(b, g.Fence)
+	if g.BoundPID != 0 {
+		b = appendStr(b, "bound_pid")
+		b = appendInt(b, int64(g.BoundPID))
+	}
+	return b
 }
 
 func (d *Denial) appendMsgpack(b []byte) []byte {
@@ -257,6 +267,16 @@ func (r *reader) grantField(key []byte, g *Grant) (bool, error) {
 		return true, r.decodeInt(&g.ExpiresAt)
 	case "fence":
 		return true, r.decodeUint(&g.Fence)
+	case "bound_pid":
+		var v int64
+		if err := r.decodeInt(&v); err != nil {
+			return true, err
+		}
+		if v < math.MinInt32 || v > math.MaxInt32 {
+			return true, fmt.Errorf("bound_pid %d does not fit a pid", v)
+		}
+		g.BoundPID = int32(v)
+		return true, nil
 	}
 	return false, nil
 }
@@ -289,6 +309,7 @@ func (a *AcquireResult) decodeMsgpack(r *reader) error {
 	})
 	a.Success, a.LeaseID, a.AgentID, a.SessionID = g.Success, g.LeaseID, g.AgentID, g.SessionID
 	a.Resource, a.Predicate, a.AcquiredAt, a.ExpiresAt, a.Fence = g.Resource, g.Predicate, g.AcquiredAt, g.ExpiresAt, g.Fence
+	a.BoundPID = g.BoundPID
 	return err
 }
 

@@ -30,6 +30,7 @@ func genGrant(t *rapid.T) Grant {
 		AcquiredAt: rapid.Int64().Draw(t, "acquired"),
 		ExpiresAt:  rapid.Int64().Draw(t, "expires"),
 		Fence:      rapid.Uint64().Draw(t, "fence"),
+		BoundPID:   rapid.Int32().Draw(t, "bound_pid"),
 	}
 }
 

@@ -24,9 +24,9 @@ func TestRequestRoundTrip(t *testing.T) {
 	var args Args
 	args.AgentID, args.SessionID = "agent-senior", "s1"
 	args.ResourceType, args.ResourcePath, args.Predicate = "FILE", "/src/auth.ts", "MUTATES"
-	args.TTL, args.WaitTimeout, args.Idem = 60000, 250, "k1"
+	args.TTL, args.WaitTimeout, args.Idem, args.Bind = 60000, 250, "k1", "process"
 	args.Intents = []Intent{{"FILE", "/a", "CONSUMES"}, {"SYMBOL", "pkg.F", "PROVIDES"}}
-	for _, a := range []Arg{ArgAgentID, ArgSessionID, ArgResourceType, ArgResourcePath, ArgPredicate, ArgTTL, ArgWaitTimeout, ArgIdem, ArgIntents} {
+	for _, a := range []Arg{ArgAgentID, ArgSessionID, ArgResourceType, ArgResourcePath, ArgPredicate, ArgTTL, ArgWaitTimeout, ArgIdem, ArgIntents, ArgBind} {
 		args.Set(a)
 	}
 	frame, err := AppendRequest(nil, 42, OpAcquire, &args)
@@ -65,6 +65,7 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{"ttl float", body(t, map[string]any{"id": 6, "op": "acquire", "args": map[string]any{"ttl": 1.5}}), CodeInvalidArgument, 6, "got a float"},
 		{"ttl too big", body(t, map[string]any{"id": 6, "op": "acquire", "args": map[string]any{"ttl": uint64(1 << 63)}}), CodeInvalidArgument, 6, "out of range"},
 		{"agent int", body(t, map[string]any{"id": 6, "op": "acquire", "args": map[string]any{"agent_id": 12}}), CodeInvalidArgument, 6, "agent_id must be a string"},
+		{"bind bool", body(t, map[string]any{"id": 6, "op": "acquire_many", "args": map[string]any{"bind": true}}), CodeInvalidArgument, 6, "bind must be a string"},
 		{"intents not array", body(t, map[string]any{"id": 6, "op": "acquire_many", "args": map[string]any{"intents": map[string]any{}}}), CodeInvalidArgument, 6, "intents must be an array"},
 		{"intent not map", body(t, map[string]any{"id": 6, "op": "acquire_many", "args": map[string]any{"intents": []any{1}}}), CodeInvalidArgument, 6, "intents[0] must be a map"},
 		{"intent field type", body(t, map[string]any{"id": 6, "op": "acquire_many", "args": map[string]any{"intents": []any{map[string]any{"predicate": true}}}}), CodeInvalidArgument, 6, "intents[0].predicate must be a string"},
@@ -102,6 +103,10 @@ func TestDecodeRequestLenient(t *testing.T) {
 
 	require.NoError(t, DecodeRequest(body(t, map[string]any{"id": 1, "op": "stats", "args": nil}), &req))
 	assert.Equal(t, OpStats, req.Op)
+
+	// bind is an argument of acquire and acquire_many only.
+	require.NoError(t, DecodeRequest(body(t, map[string]any{"id": 2, "op": "release", "args": map[string]any{"lease_id": "L", "bind": 5}}), &req))
+	assert.False(t, req.Args.Has(ArgBind))
 }
 
 func TestReadFrame(t *testing.T) {

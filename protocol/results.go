@@ -34,8 +34,9 @@ type Grant struct {
 	Resource   string `msgpack:"resource"`
 	Predicate  string `msgpack:"predicate"`
 	AcquiredAt int64  `msgpack:"acquired_at"`
-	ExpiresAt  int64  `msgpack:"expires_at"`
+	ExpiresAt  int64  `msgpack:"expires_at"` // 0: no ttl (a bound lease)
 	Fence      uint64 `msgpack:"fence"`
+	BoundPID   int32  `msgpack:"bound_pid,omitempty"` // the process it ends with (bind "process"); 0: not bound
 }
 
 // Denial is the result of a denied acquire or acquire_many. Success is
@@ -67,6 +68,7 @@ type AcquireResult struct {
 	AcquiredAt int64   `msgpack:"acquired_at"`
 	ExpiresAt  int64   `msgpack:"expires_at"`
 	Fence      uint64  `msgpack:"fence"`
+	BoundPID   int32   `msgpack:"bound_pid,omitempty"`
 	Reason     Reason  `msgpack:"reason"`
 	WaitTime   int64   `msgpack:"wait_time"`
 	HeldBy     string  `msgpack:"held_by"`
@@ -82,7 +84,7 @@ type ReleaseResult struct {
 // HeartbeatResult is heartbeat's result.
 type HeartbeatResult struct {
 	LeaseID   string `msgpack:"lease_id"`
-	ExpiresAt int64  `msgpack:"expires_at"`
+	ExpiresAt int64  `msgpack:"expires_at"` // 0: no ttl
 }
 
 // EndSessionResult is end_session's result: how many leases it released.
@@ -112,6 +114,7 @@ type LeaseInfo struct {
 	Fence      uint64 `msgpack:"fence"`
 	OwnerUID   uint32 `msgpack:"owner_uid"`
 	OwnerPID   int32  `msgpack:"owner_pid"`
+	BoundPID   int32  `msgpack:"bound_pid,omitempty"`
 }
 
 // ListLeasesResult is list_leases' result.
@@ -165,6 +168,14 @@ type StatsResult struct {
 	Degraded       bool   `msgpack:"degraded"`
 	DegradedSince  int64  `msgpack:"degraded_since"`
 	DegradedReason string `msgpack:"degraded_reason"`
+
+	// BoundProcesses counts processes leases or parked acquires are bound
+	// to; Pidfds the processes klockd watches (a pidfd each); ExitReleases
+	// the leases ended because their process ended; Goroutines klockd's.
+	BoundProcesses int    `msgpack:"bound_processes"`
+	Pidfds         int    `msgpack:"pidfds"`
+	ExitReleases   uint64 `msgpack:"exit_releases"`
+	Goroutines     int    `msgpack:"goroutines"`
 }
 
 // ExplainResult is explain's result: the dry run of an acquire.

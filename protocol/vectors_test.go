@@ -20,7 +20,10 @@ var (
 	vecGrant    = "000000ca83a2696402a26f6bc3a6726573756c7489a773756363657373c3a86c656173655f6964d92435663063336231652d386437612d346135332d396331652d326237663664396534613130a86167656e745f6964ac6167656e742d73656e696f72aa73657373696f6e5f6964a27331a87265736f75726365b146494c453a2f7372632f617574682e7473a9707265646963617465a74d555441544553ab61637175697265645f6174cf0000018dd674df00aa657870697265735f6174cf0000018dd675c960a566656e636501"
 	vecDie      = "0000007a83a2696404a26f6bc3a6726573756c7485a773756363657373c2a6726561736f6ea3444945a9776169745f74696d65cd03e8a768656c645f6279ac6167656e742d73656e696f72a76d657373616765d92946494c453a2f7372632f617574682e74732069732068656c64206279206167656e742d73656e696f72"
 	vecCountRes = "0000001883a2696403a26f6bc3a6726573756c7481a5636f756e7400"
-	vecBadFrame = "0000002983a2696400a26f6bc2a56572726f7282a4636f6465a94241445f4652414d45a76d657373616765a178"
+	// An acquire bound to its process, without a ttl, and its grant.
+	vecAcquireBound = "0000008783a2696405a26f70a761637175697265a46172677386a86167656e745f6964ac6167656e742d73656e696f72aa73657373696f6e5f6964a27331ad7265736f757263655f74797065a446494c45ad7265736f757263655f70617468ac2f7372632f617574682e7473a9707265646963617465a74d555441544553a462696e64a770726f63657373"
+	vecGrantBound   = "000000cf83a2696405a26f6bc3a6726573756c748aa773756363657373c3a86c656173655f6964d92430643463326139652d366231662d346533372d386135322d393363316637653662303234a86167656e745f6964ac6167656e742d73656e696f72aa73657373696f6e5f6964a27331a87265736f75726365b146494c453a2f7372632f617574682e7473a9707265646963617465a74d555441544553ab61637175697265645f6174cf0000018dd674df00aa657870697265735f617400a566656e636502a9626f756e645f706964cd1092"
+	vecBadFrame     = "0000002983a2696400a26f6bc2a56572726f7282a4636f6465a94241445f4652414d45a76d657373616765a178"
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -52,6 +55,11 @@ func TestRequestVectors(t *testing.T) {
 	assert.Equal(t, "/src/auth.ts", req.Args.ResourcePath)
 	assert.Equal(t, int64(60000), req.Args.TTL)
 
+	req = decodeVector(t, vecAcquireBound)
+	assert.Equal(t, OpAcquire, req.Op)
+	assert.Equal(t, "process", req.Args.Bind)
+	assert.False(t, req.Args.Has(ArgTTL))
+
 	req = decodeVector(t, vecCount)
 	assert.Equal(t, uint64(3), req.ID)
 	assert.Equal(t, OpActiveLeaseCount, req.Op)
@@ -75,11 +83,14 @@ func TestResponseVectors(t *testing.T) {
 		AcquiredAt: 1708700000000, ExpiresAt: 1708700060000, Fence: 1}
 	die := Denial{Reason: ReasonDie, WaitTime: 1000, HeldBy: "agent-senior",
 		Message: "FILE:/src/auth.ts is held by agent-senior"}
+	boundGrant := Grant{Success: true, LeaseID: "0d4c2a9e-6b1f-4e37-8a52-93c1f7e6b024", AgentID: "agent-senior",
+		SessionID: "s1", Resource: "FILE:/src/auth.ts", Predicate: "MUTATES",
+		AcquiredAt: 1708700000000, ExpiresAt: 0, Fence: 2, BoundPID: 4242}
 	for _, v := range []struct {
 		hex    string
 		id     uint64
 		result any
-	}{{vecGrant, 2, grant}, {vecDie, 4, die}, {vecCountRes, 3, CountResult{}}} {
+	}{{vecGrant, 2, grant}, {vecDie, 4, die}, {vecCountRes, 3, CountResult{}}, {vecGrantBound, 5, boundGrant}} {
 		got, err := AppendResult(nil, v.id, v.result)
 		require.NoError(t, err)
 		assert.Equal(t, v.hex, hex.EncodeToString(got), "AppendResult(%d, %+v)", v.id, v.result)
@@ -94,4 +105,11 @@ func TestResponseVectors(t *testing.T) {
 	require.NoError(t, DecodeResult(resp.Result, &res))
 	assert.Equal(t, grant.ExpiresAt, res.ExpiresAt)
 	assert.True(t, res.Success)
+
+	body, err = ReadFrame(bytes.NewReader(unhex(t, vecGrantBound)), nil, DefaultMaxFrame)
+	require.NoError(t, err)
+	require.NoError(t, DecodeResponse(body, &resp))
+	require.NoError(t, DecodeResult(resp.Result, &res))
+	assert.Equal(t, int32(4242), res.BoundPID)
+	assert.Zero(t, res.ExpiresAt)
 }

@@ -248,7 +248,8 @@ func TestConformanceStats(t *testing.T) {
 		cfCheckShape(t, "stats", r, cfShape{"uptime_ms": cfUint, "connections": cfUint, "agents": cfUint,
 			"leases": cfUint, "waiters": cfUint, "ops": cfUint, "grants": cfUint, "waits": cfUint,
 			"dies": cfUint, "expirations": cfUint, "fence": cfUint,
-			"degraded": cfBool, "degraded_since": cfUint, "degraded_reason": cfStr})
+			"degraded": cfBool, "degraded_since": cfUint, "degraded_reason": cfStr,
+			"bound_processes": cfUint, "pidfds": cfUint, "exit_releases": cfUint, "goroutines": cfUint})
 		return r
 	}
 	s0 := stats()

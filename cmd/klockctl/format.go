@@ -29,6 +29,7 @@ type grantJSON struct {
 	AcquiredAt int64  `json:"acquired_at"`
 	ExpiresAt  int64  `json:"expires_at"`
 	Fence      uint64 `json:"fence"`
+	BoundPID   int32  `json:"bound_pid,omitempty"`
 }
 
 // manyGrantJSON is acquire_many's result on grant.
@@ -58,6 +59,7 @@ type leaseJSON struct {
 	Fence      uint64 `json:"fence"`
 	OwnerUID   uint32 `json:"owner_uid"`
 	OwnerPID   int32  `json:"owner_pid"`
+	BoundPID   int32  `json:"bound_pid,omitempty"`
 }
 
 // leasesJSON is list_leases' result.
@@ -108,6 +110,11 @@ type statsJSON struct {
 	Degraded       bool   `json:"degraded"`
 	DegradedSince  int64  `json:"degraded_since"`
 	DegradedReason string `json:"degraded_reason"`
+
+	BoundProcesses int    `json:"bound_processes"`
+	Pidfds         int    `json:"pidfds"`
+	ExitReleases   uint64 `json:"exit_releases"`
+	Goroutines     int    `json:"goroutines"`
 }
 
 // statusJSON is the status command's output: where it connected, hello and

@@ -33,7 +33,39 @@ type options struct {
 	maxLeases   int
 	maxWaiters  int
 	maxAgents   int
+	maxPidfds   optionalInt // unset: maxAgents
 	maxTTL      time.Duration
+}
+
+// optionalInt is an int flag whose default is another flag's value: it
+// remembers whether it was set.
+type optionalInt struct {
+	v   int
+	set bool
+}
+
+func (o *optionalInt) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.Itoa(o.v)
+}
+
+func (o *optionalInt) Set(s string) error {
+	v, err := strconv.ParseInt(s, 0, strconv.IntSize)
+	if err != nil {
+		return errors.New("parse error")
+	}
+	o.v, o.set = int(v), true
+	return nil
+}
+
+// or returns the value if it was set, else def.
+func (o *optionalInt) or(def int) int {
+	if o.set {
+		return o.v
+	}
+	return def
 }
 
 // newFlags defines every flag on a new FlagSet. Each flag can also be set
@@ -56,6 +88,7 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.IntVar(&o.maxLeases, "max-leases", daemon.DefaultMaxLeases, "most active leases (about 0.5 KiB each); more get RESOURCE_EXHAUSTED; 0 = unlimited")
 	fs.IntVar(&o.maxWaiters, "max-waiters", daemon.DefaultMaxWaiters, "most acquires parked in the daemon at once; more get RESOURCE_EXHAUSTED; 0 = unlimited")
 	fs.IntVar(&o.maxAgents, "max-agents", daemon.DefaultMaxAgents, "most registered agents; registering more gets RESOURCE_EXHAUSTED (registering one again is always allowed); 0 = unlimited")
+	fs.Var(&o.maxPidfds, "max-pidfds", "watch at most `N` processes at once for the leases bound to them (bind \"process\"), a pidfd each; a bound acquire from one more process gets RESOURCE_EXHAUSTED (default: the value of --max-agents); 0 = unlimited")
 	fs.DurationVar(&o.maxTTL, "max-ttl", 24*time.Hour, "longest lease ttl and wait_timeout")
 	// Parse errors print one line and a hint, not the whole help.
 	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }
@@ -149,6 +182,7 @@ func (o *options) config(stderr io.Writer) (daemon.Config, error) {
 		MaxLeases:   o.maxLeases,
 		MaxWaiters:  o.maxWaiters,
 		MaxAgents:   o.maxAgents,
+		MaxPidfds:   o.maxPidfds.or(o.maxAgents),
 		MaxTTL:      o.maxTTL,
 		Version:     daemonVersion(),
 		Logger:      log,

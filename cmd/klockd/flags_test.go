@@ -75,3 +75,34 @@ func TestBadOptionValues(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxPidfdsDefaultsToMaxAgents: without --max-pidfds the pidfd limit
+// follows --max-agents; given (0 included), it is its own.
+func TestMaxPidfdsDefaultsToMaxAgents(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 10_000},
+		{[]string{"--max-agents", "50"}, 50},
+		{[]string{"--max-agents", "50", "--max-pidfds", "7"}, 7},
+		{[]string{"--max-pidfds", "0"}, 0},
+	} {
+		var o options
+		fs := newFlags(io.Discard, &o)
+		if code, done := parseFlags(fs, tt.args, io.Discard); done {
+			t.Fatalf("parseFlags(%q) stopped with %d", tt.args, code)
+		}
+		cfg, err := o.config(io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.MaxPidfds != tt.want {
+			t.Errorf("flags %q: MaxPidfds = %d; want %d", tt.args, cfg.MaxPidfds, tt.want)
+		}
+	}
+	var errOut bytes.Buffer
+	if code, done := parseFlags(newFlags(&errOut, &options{}), []string{"--max-pidfds", "x"}, io.Discard); !done || code != 2 {
+		t.Errorf("--max-pidfds x: code %d done %v; want a usage error (stderr %q)", code, done, errOut.String())
+	}
+}

@@ -35,6 +35,17 @@ func (e *Engine) AcquireMany(now int64, c Caller, req AcquireRequest) (Result, e
 	return r, nil
 }
 
+// CheckAcquire checks req's arguments as Acquire (many false) or
+// AcquireMany would, and returns the INVALID_ARGUMENT error they would
+// return first, or nil. It decides and changes nothing.
+func (e *Engine) CheckAcquire(req AcquireRequest, many bool) error {
+	var buf [1]target
+	if _, err := e.checkAcquire(&req, !many, buf[:0]); err != nil {
+		return err
+	}
+	return nil
+}
+
 func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) (Result, *Error) {
 	var buf [1]target
 	targets, err := e.checkAcquire(req, single, buf[:0])

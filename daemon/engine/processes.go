@@ -77,10 +77,10 @@ func (e *Engine) dropProcIfUnused(bp *boundProc) {
 // ProcessEnded ends everything bound to process p, which the daemon saw
 // end: every lease bound to it is removed exactly as a release removes it
 // (one RecProcessEnd record lists them, and the requests queued on their
-// resources are decided again), and its queued requests are answered with
-// WAIT, since nobody is left to use a grant. It returns how many active
-// leases it ended and the wake-ups. A process nothing is bound to is a
-// no-op: no record.
+// resources are decided again, an end event per lease for watchers), and
+// its queued requests are answered with WAIT, since nobody is left to use
+// a grant. It returns how many active leases it ended and the wake-ups. A
+// process nothing is bound to is a no-op: no record.
 func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 	bp := e.procs[p]
 	if bp == nil {
@@ -93,12 +93,23 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 		d := e.denial(now, w.agent, w.session, &v)
 		d.Reason = protocol.ReasonWait
 		d.Message = fmt.Sprintf("process %d, which this request was bound to, has ended; the request was dropped", p.PID)
-		e.waits++
+		e.countDenial(protocol.ReasonWait)
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: d}})
 		e.dropWaiter(w) // removes it from bp.waiters; may drop bp
 	}
 	proc := bp.proc
-	n, ids := e.removeInFenceOrder(now, slices.Clone(bp.leases), true) // may drop bp
+	ls := slices.Clone(bp.leases)
+	if e.eventsOn {
+		slices.SortFunc(ls, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })
+		for _, l := range ls {
+			kind := EvExpire // expired, not yet removed by the timer
+			if l.ExpiresAt > now {
+				kind = EvEnd
+			}
+			e.emitLease(kind, now, &l.Lease)
+		}
+	}
+	n, ids := e.removeInFenceOrder(now, ls, true) // may drop bp
 	e.exitReleases += uint64(n)
 	if len(ids) > 0 {
 		e.record(Record{Kind: RecProcessEnd, Time: now, Bound: proc, LeaseIDs: ids})

@@ -242,3 +242,24 @@ func TestBindingSurvivesReplayAndSnapshot(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, t0+60_000, at, "the bound lease with a ttl left the expiry queue; the unbound one is next")
 }
+
+// TestProcessEndEvents: watchers see an end event for each active lease a
+// process's end releases (an expired one not yet removed as an expiry),
+// and nothing for a process nothing is bound to.
+func TestProcessEndEvents(t *testing.T) {
+	e := newTestEngine(t)
+	e.SetEvents(true)
+	mustRegister(t, e, "a", 1)
+	l := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/x", "MUTATES", 0), procA))
+	short := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/y", "MUTATES", 5), procA))
+	e.Events()
+	e.ProcessEnded(t0+10, procB)
+	require.Empty(t, e.Events())
+	e.ProcessEnded(t0+10, procA)
+	evs := e.Events()
+	require.ElementsMatch(t, []string{"end", "expire"}, kinds(evs))
+	for _, ev := range evs {
+		want := map[string]string{l.ID: "end", short.ID: "expire"}[ev.LeaseID]
+		require.Equal(t, want, ev.Kind.String(), "event for lease %s", ev.LeaseID)
+	}
+}

@@ -17,12 +17,19 @@ type change struct {
 	caller engine.Caller  // who asked; zero for the daemon's own changes
 	at     int64          // engine time, Unix ms; set by the driver
 	waiter engine.WaiterID
+	// bind is the process an acquire's leases are bound to (bind
+	// "process"), identified by the server before the change is made;
+	// proc is the process that ended, for opProcessEnd.
+	bind *engine.Process
+	proc engine.Process
 }
 
 // The daemon's own changes, which no client asks for.
 const (
 	opExpire = "klockd.expire" // the expiry timer: remove what is due at ch.at
 	opCancel = "klockd.cancel" // a closed connection drops its parked acquire ch.waiter
+	// opProcessEnd: process ch.proc ended; the leases bound to it end.
+	opProcessEnd = "klockd.process_end"
 )
 
 // outcome is what applying a change did.
@@ -32,6 +39,7 @@ type outcome struct {
 	wakes   []engine.Wakeup
 	parked  engine.WaiterID // the caller's acquire was parked under this id; 0 = not parked
 	expired int             // opExpire: leases removed
+	ended   int             // opProcessEnd: active leases ended
 }
 
 // applyChange makes ch on eng. It does no I/O and reads no clock: the same
@@ -64,7 +72,7 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		if err != nil {
 			return outcome{err: err}
 		}
-		return outcome{result: &protocol.HeartbeatResult{LeaseID: l.ID, ExpiresAt: l.ExpiresAt}}
+		return outcome{result: &protocol.HeartbeatResult{LeaseID: l.ID, ExpiresAt: wireExpiry(l.ExpiresAt)}}
 	case protocol.OpEndSession:
 		n, wakes, err := eng.EndSession(now, who, a.AgentID, a.SessionID)
 		return answer(&protocol.EndSessionResult{Released: n}, wakes, err)
@@ -85,6 +93,9 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		return outcome{wakes: wakes, expired: n}
 	case opCancel:
 		return outcome{wakes: eng.Cancel(now, ch.waiter)}
+	case opProcessEnd:
+		n, wakes := eng.ProcessEnded(now, ch.proc)
+		return outcome{wakes: wakes, ended: n}
 	}
 	return outcome{err: &protocol.Error{Code: protocol.CodeInternal, Message: "klock: internal error: op " + quote(ch.op) + " is not a state change"}}
 }
@@ -102,26 +113,13 @@ func answer(result any, wakes []engine.Wakeup, err error) outcome {
 // acquire_many. A WAIT verdict with wait_timeout is parked: its answer
 // comes later as a wake-up.
 func applyAcquire(eng *engine.Engine, ch *change) outcome {
-	a, many := ch.args, ch.op == protocol.OpAcquireMany
-	req := engine.AcquireRequest{
-		AgentID:     a.AgentID,
-		SessionID:   a.SessionID,
-		TTL:         a.TTL,
-		WaitTimeout: a.WaitTimeout,
-		Idem:        a.Idem,
-	}
 	var one [1]engine.Intent
+	req, many := acquireRequest(ch, one[:0])
 	var res engine.Result
 	var err error
 	if many {
-		req.Intents = make([]engine.Intent, len(a.Intents))
-		for i, in := range a.Intents {
-			req.Intents[i] = engine.Intent{ResourceType: in.ResourceType, ResourcePath: in.ResourcePath, Predicate: in.Predicate}
-		}
 		res, err = eng.AcquireMany(ch.at, ch.caller, req)
 	} else {
-		one[0] = engine.Intent{ResourceType: a.ResourceType, ResourcePath: a.ResourcePath, Predicate: a.Predicate}
-		req.Intents = one[:]
 		res, err = eng.Acquire(ch.at, ch.caller, req)
 	}
 	switch {
@@ -131,4 +129,28 @@ func applyAcquire(eng *engine.Engine, ch *change) outcome {
 		return outcome{parked: res.Waiter}
 	}
 	return outcome{result: acquireAnswer(&res, many)}
+}
+
+// acquireRequest builds the engine request of an acquire (one intent from
+// the flat args, appended to intents) or acquire_many change, and says
+// which it is.
+func acquireRequest(ch *change, intents []engine.Intent) (engine.AcquireRequest, bool) {
+	a, many := ch.args, ch.op == protocol.OpAcquireMany
+	req := engine.AcquireRequest{
+		AgentID:     a.AgentID,
+		SessionID:   a.SessionID,
+		TTL:         a.TTL,
+		WaitTimeout: a.WaitTimeout,
+		Idem:        a.Idem,
+		Bind:        ch.bind,
+	}
+	if many {
+		req.Intents = make([]engine.Intent, len(a.Intents))
+		for i, in := range a.Intents {
+			req.Intents[i] = engine.Intent{ResourceType: in.ResourceType, ResourcePath: in.ResourcePath, Predicate: in.Predicate}
+		}
+	} else {
+		req.Intents = append(intents, engine.Intent{ResourceType: a.ResourceType, ResourcePath: a.ResourcePath, Predicate: a.Predicate})
+	}
+	return req, many
 }

@@ -32,7 +32,9 @@ func (s *Server) commit(c *conn, id uint64, ch *change) {
 
 // admitLocked refuses a change before it reaches the engine: an acquire
 // once shutdown has answered the parked ones (nothing would answer it), or
-// one that would park past MaxInflight on its connection. The caller holds
+// one that would park past MaxInflight on its connection. A bound acquire's
+// process is watched from here on, so that it cannot end unnoticed between
+// the grant and the watch (refused past the pidfd limit). The caller holds
 // s.mu.
 func (s *Server) admitLocked(c *conn, ch *change) error {
 	if ch.op != protocol.OpAcquire && ch.op != protocol.OpAcquireMany {
@@ -44,6 +46,9 @@ func (s *Server) admitLocked(c *conn, ch *change) error {
 	if ch.args.WaitTimeout > 0 && len(c.waiters) >= s.cfg.MaxInflight {
 		return &protocol.Error{Code: protocol.CodeResourceExhausted,
 			Message: "klock: too many requests in flight on this connection; at most " + itoa(s.cfg.MaxInflight) + " may wait at once"}
+	}
+	if ch.bind != nil {
+		return s.watchLocked(c, *ch.bind)
 	}
 	return nil
 }

@@ -38,6 +38,13 @@ type conn struct {
 	// waiters are this connection's parked acquires; guarded by Server.mu.
 	waiters map[engine.WaiterID]struct{}
 
+	// proc is the process that connected, once a bound acquire has
+	// identified it, and pidfd a pidfd for it (-1 when none) until the
+	// process watcher adopts or closes it. Used by the reader goroutine,
+	// and under Server.mu.
+	proc  *engine.Process
+	pidfd int
+
 	// writeMu serialises writers, so a final flush writes everything,
 	// and guards writeDeadline, the write deadline currently set.
 	writeMu       sync.Mutex
@@ -60,6 +67,7 @@ func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
 		nc:     nc,
 		caller: engine.Caller{UID: p.UID, PID: p.PID},
 		br:     bufio.NewReaderSize(nc, readBufSize),
+		pidfd:  -1,
 	}
 }
 
@@ -117,6 +125,8 @@ func (c *conn) finish() {
 			s.commitLocked(nil, 0, &change{op: opCancel, waiter: id})
 		}
 		c.waiters = nil
+		closeFD(c.pidfd)
+		c.pidfd = -1
 	}()
 	c.outMu.Lock()
 	c.dead = true

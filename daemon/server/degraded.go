@@ -121,6 +121,10 @@ func (s *Server) rollBackLocked(f *store.Fault) error {
 	s.totals.Waits += before.Waits
 	s.totals.Dies += before.Dies
 	s.totals.Expirations += before.Expirations
+	s.totals.ExitReleases += before.ExitReleases
+	// Undone process ends bring back leases of processes no longer
+	// watched: watch the live ones; the ended ones end when healed.
+	s.syncWatchesLocked("rollback")
 	return nil
 }
 
@@ -183,6 +187,7 @@ func (s *Server) healLoop() {
 		}
 		since := s.fault.Since
 		s.fault, s.healing = nil, false
+		s.syncWatchesLocked("healed") // processes that ended meanwhile
 		s.armLocked(s.nowMS())
 		s.mu.Unlock()
 		s.log.Info("klockd can make state changes durable again: changes are accepted", "degraded_for", time.Since(since).Round(time.Millisecond))

@@ -64,7 +64,10 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 		s.listAgents(c, req.ID, a)
 	case protocol.OpStats:
 		s.stats(c, req.ID)
-	case protocol.OpRegisterAgent, protocol.OpUnregisterAgent, protocol.OpAcquire, protocol.OpAcquireMany,
+	case protocol.OpAcquire, protocol.OpAcquireMany:
+		// The one path too, once a bound acquire has named its process.
+		s.acquire(c, req.ID, &change{op: req.Op, args: a, caller: c.caller})
+	case protocol.OpRegisterAgent, protocol.OpUnregisterAgent,
 		protocol.OpRelease, protocol.OpHeartbeat, protocol.OpEndSession, protocol.OpEvictExpired,
 		protocol.OpRevoke, protocol.OpFreeze, protocol.OpThaw:
 		// Every state change takes the one path.
@@ -107,9 +110,18 @@ func grant(l *engine.Lease) protocol.Grant {
 		Resource:   l.Resource,
 		Predicate:  l.Predicate.String(),
 		AcquiredAt: l.AcquiredAt,
-		ExpiresAt:  l.ExpiresAt,
+		ExpiresAt:  wireExpiry(l.ExpiresAt),
 		Fence:      l.Fence,
+		BoundPID:   boundPID(l),
 	}
+}
+
+// boundPID is the pid a lease is bound to, 0 when it is not bound.
+func boundPID(l *engine.Lease) int32 {
+	if l.Bound == nil {
+		return 0
+	}
+	return l.Bound.PID
 }
 
 // acquireAnswer converts an engine acquire result (not Queued) to its wire

@@ -59,8 +59,8 @@ func explainAnswer(x *engine.Explanation) *protocol.ExplainResult {
 func leaseInfo(l *engine.Lease) protocol.LeaseInfo {
 	return protocol.LeaseInfo{
 		LeaseID: l.ID, AgentID: l.AgentID, SessionID: l.SessionID, Resource: l.Resource,
-		Predicate: l.Predicate.String(), AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt,
-		Fence: l.Fence, OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID,
+		Predicate: l.Predicate.String(), AcquiredAt: l.AcquiredAt, ExpiresAt: wireExpiry(l.ExpiresAt),
+		Fence: l.Fence, OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID, BoundPID: boundPID(l),
 	}
 }
 

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"runtime"
+
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/protocol"
@@ -84,7 +86,8 @@ func clampLimit(n int64) int {
 func (s *Server) stats(c *conn, id uint64) {
 	type stats struct {
 		engine.Stats
-		fault *store.Fault
+		fault  *store.Fault
+		pidfds int
 	}
 	st, seq, err := read(s, func(now int64) (stats, error) {
 		st := s.eng.Stats()
@@ -94,7 +97,8 @@ func (s *Server) stats(c *conn, id uint64) {
 		st.Waits += s.totals.Waits
 		st.Dies += s.totals.Dies
 		st.Expirations += s.totals.Expirations
-		return stats{st, s.degradedLocked()}, nil
+		st.ExitReleases += s.totals.ExitReleases
+		return stats{st, s.degradedLocked(), s.procs.len()}, nil
 	})
 	if err != nil {
 		c.answerErr(id, err, seq)
@@ -112,6 +116,11 @@ func (s *Server) stats(c *conn, id uint64) {
 		Dies:        st.Dies,
 		Expirations: st.Expirations,
 		Fence:       st.Fence,
+
+		BoundProcesses: st.Processes,
+		Pidfds:         st.pidfds,
+		ExitReleases:   st.ExitReleases,
+		Goroutines:     runtime.NumGoroutine(),
 	}
 	if f := st.fault; f != nil {
 		r.Degraded, r.DegradedSince, r.DegradedReason = true, f.Since.UnixMilli(), f.Reason()

@@ -49,6 +49,7 @@ type Config struct {
 	MaxInflight  int     // requests awaiting an answer per connection; 0 = DefaultMaxInflight
 	MaxOutbound  int     // unsent response bytes per connection; 0 = DefaultMaxOutbound
 	WriteTimeout time.Duration
+	MaxPidfds    int              // processes watched for bound leases (a pidfd each); 0 = no limit
 	Logger       *slog.Logger     // nil = slog.Default()
 	Now          func() time.Time // clock; nil = time.Now
 	// OnDegraded, when set, is called when the server starts refusing
@@ -84,6 +85,7 @@ type Server struct {
 	totals  engine.Stats  // totals of engines replaced by a rollback
 	timer   *time.Timer   // fires at armed, the engine's next deadline
 	armed   int64         // Unix ms the timer is set for; 0 = not set
+	procs   *procWatcher  // the processes leases are bound to (procwatch.go)
 	closed  bool
 
 	// lnMu guards the listeners and connections.
@@ -128,6 +130,7 @@ func New(cfg Config) *Server {
 		now:     cfg.Now,
 		eng:     cfg.Engine,
 		waiters: make(map[engine.WaiterID]waiter),
+		procs:   newProcWatcher(cfg.MaxPidfds),
 		lns:     make(map[net.Listener]struct{}),
 		conns:   make(map[*conn]struct{}),
 		stopc:   make(chan struct{}),
@@ -136,8 +139,11 @@ func New(cfg Config) *Server {
 	s.startedAt = s.now()
 	s.timer = time.AfterFunc(time.Hour, s.onTimer)
 	s.timer.Stop()
-	// Leases recovered from the store may already have deadlines.
 	s.mu.Lock()
+	// Leases recovered from the store may be bound to processes that
+	// ended meanwhile (their ends are recorded now, before serving), and
+	// may already have deadlines.
+	s.syncWatchesLocked("start")
 	s.armLocked(s.nowMS())
 	s.mu.Unlock()
 	return s
@@ -277,7 +283,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.closed = true
 	s.timer.Stop()
+	watchDone := s.procs.shutdownLocked()
 	s.mu.Unlock()
+	if watchDone != nil {
+		<-watchDone
+	}
 
 	// Half-close each connection: its reader serves what it has already
 	// received, then sees end of stream, flushes and closes.
@@ -311,7 +321,11 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.timer.Stop()
+	watchDone := s.procs.shutdownLocked()
 	s.mu.Unlock()
+	if watchDone != nil {
+		<-watchDone
+	}
 	s.closeConns()
 	s.connsDone.Wait()
 	s.healWG.Wait()
