@@ -212,6 +212,10 @@ func TestClaudeCodeHookSharedAgent(t *testing.T) {
 	}
 	hookAllows(t, "second session after the first ended", runHookEnv(t, d.Socket, env,
 		preToolUse(t, "sess-2", dir, "Write", map[string]any{"file_path": file, "content": ""})))
+	// A session of a shared agent resumed after its SessionEnd (Claude Code
+	// keeps the session_id on resume) may take files again.
+	hookAllows(t, "resumed first session", runHookEnv(t, d.Socket, env,
+		preToolUse(t, "sess-1", dir, "Write", map[string]any{"file_path": filepath.Join(dir, "other.go"), "content": ""})))
 }
 
 func TestClaudeCodeHookDaemonDown(t *testing.T) {

@@ -102,8 +102,9 @@ goes through Claude Code's usual permission checks. When another agent
 holds the file, the hook denies the edit, and Claude is told who holds it,
 since and until when, and what to do. Other tools are ignored.
 
-SessionEnd: ends the klock session, which releases every lease it took,
-and unregisters the per-session agent.
+SessionEnd: releases every lease the session took; the per-session agent
+is ended and unregistered (a $KLOCK_AGENT is left registered, and its
+session only emptied, so that a resumed session can take files again).
 
 When klockd cannot be reached (or refuses the request), the edit is
 allowed with a one-line warning to the user; --fail-closed denies it
@@ -317,12 +318,44 @@ func (a *app) sessionEnd(in *hookInput) error {
 		return nil
 	}
 	defer c.Close()
-	if _, err := c.EndSession(ctx, agent, session); err != nil && !errors.Is(err, clientlib.ErrUnknownAgent) {
+	if err := endHookSession(ctx, c, agent, session, own); err != nil {
 		fmt.Fprintf(a.stderr, "klockctl: ending session %s: %s\n", oneLine(session), oneLine(errText(err)))
-		return nil
 	}
+	return nil
+}
+
+// endHookSession releases everything a Claude Code session holds. The
+// session's own agent is ended and unregistered, which also forgets the
+// ended session. A shared agent ($KLOCK_AGENT) is not unregistered, so its
+// session is not ended either, only emptied: Claude Code may resume a
+// session with the same session_id, and klockd refuses acquires in a
+// session it remembers as ended (SESSION_EXPIRED).
+func endHookSession(ctx context.Context, c *clientlib.Client, agent, session string, own bool) error {
 	if own {
-		_, _ = c.UnregisterAgent(ctx, agent)
+		_, err := c.EndSession(ctx, agent, session)
+		if errors.Is(err, clientlib.ErrUnknownAgent) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		_, err = c.UnregisterAgent(ctx, agent)
+		if errors.Is(err, clientlib.ErrUnknownAgent) {
+			return nil
+		}
+		return err
+	}
+	ls, _, err := c.ListLeases(ctx, clientlib.LeaseFilter{AgentID: agent, Limit: 10000})
+	if err != nil {
+		return err
+	}
+	for _, l := range ls {
+		if l.SessionID != session {
+			continue
+		}
+		if _, err := c.ReleaseLease(ctx, l.LeaseID); err != nil {
+			return err
+		}
 	}
 	return nil
 }
