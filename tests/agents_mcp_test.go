@@ -228,7 +228,7 @@ func TestMCPRenewsLeases(t *testing.T) {
 	c := d.Client(t)
 	m := startMCP(t, d.Socket, "renewer")
 	var got mcpAcquireOut
-	m.callOK(t, "klock_acquire", map[string]any{"paths": []string{"/renewed/file"}, "ttl_seconds": 1}, &got)
+	m.callOK(t, "klock_acquire", map[string]any{"paths": []string{"/renewed/file"}, "ttl_seconds": 2}, &got)
 	if !got.Granted {
 		t.Fatalf("acquire = %+v", got)
 	}
@@ -236,8 +236,8 @@ func TestMCPRenewsLeases(t *testing.T) {
 	if len(first) != 1 {
 		t.Fatalf("leases = %+v; want 1", first)
 	}
-	// Outliving its 1 s ttl several times over proves it is renewed.
-	deadline := time.UnixMilli(first[0].ExpiresAt).Add(2 * time.Second)
+	// Outliving its 2 s ttl a few times over proves it is renewed.
+	deadline := time.UnixMilli(first[0].ExpiresAt).Add(3 * time.Second)
 	waitFor(t, "the lease to outlive its ttl", func() bool {
 		ls := fileLeases(t, c, "/renewed/file")
 		if len(ls) != 1 || ls[0].LeaseID != first[0].LeaseID {

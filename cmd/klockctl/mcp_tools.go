@@ -184,10 +184,20 @@ func toolError(tool string, err error) error {
 		return fmt.Errorf("%s: klockd is not running, so nothing was done: %s. "+
 			"Ask the user to start it (run `klockd`, or `systemctl --user start klockd`), then call %s again",
 			tool, why, tool)
+	case isCode(err, protocol.CodeUnavailable):
+		return fmt.Errorf("%s: klockd cannot save changes right now, so nothing was done (%s); "+
+			"it heals on its own when its disk does: try again in a little while, and tell the user if it persists",
+			tool, strings.TrimPrefix(err.Error(), "klock: "))
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: klockd did not answer in time (%s); try again, and if it persists ask the user to check klockd", tool, err)
 	}
 	return fmt.Errorf("%s: klockd refused the request: %s", tool, strings.TrimPrefix(err.Error(), "klock: "))
+}
+
+// isCode reports whether err is klockd's refusal with code.
+func isCode(err error, code protocol.Code) bool {
+	var e *clientlib.Error
+	return errors.As(err, &e) && e.Code == code
 }
 
 func (s *mcpSession) acquire(ctx context.Context, req *mcp.CallToolRequest, in acquireArgs) (*mcp.CallToolResult, acquireResult, error) {
