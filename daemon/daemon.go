@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -50,8 +51,12 @@ type Config struct {
 	MaxAgents   int         // registered agents; 0 = unlimited; klockd's flag defaults to DefaultMaxAgents
 	MaxPidfds   int         // processes watched for bound leases, a pidfd each; 0 = unlimited; klockd's flag defaults to MaxAgents
 	MaxTTL      time.Duration
-	Version     string       // reported by hello and logs
-	Logger      *slog.Logger // nil = slog.Default()
+	// Cluster, when set, makes klockd one node of a lock table shared
+	// through etcd; the state then lives in etcd, and StateDir only keeps
+	// the node id.
+	Cluster *ClusterConfig
+	Version string       // reported by hello and logs
+	Logger  *slog.Logger // nil = slog.Default()
 }
 
 // Daemon is a configured klockd, ready to Run.
@@ -86,6 +91,11 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.MaxTTL > 0 && cfg.MaxTTL < time.Millisecond {
 		return nil, fmt.Errorf("klock: --max-ttl %s is too small; at least 1ms", cfg.MaxTTL)
 	}
+	if cfg.Cluster != nil {
+		if err := cfg.Cluster.check(); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Socket == "" {
 		cfg.Socket = protocol.DefaultSocket()
 	}
@@ -115,11 +125,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxTTL:     cfg.MaxTTL.Milliseconds(),
 		AdminUID:   uint32(os.Getuid()),
 	}
-	eng, journal, closeStore, err := d.openState(ecfg)
-	if err != nil {
-		return err
+	var eng *engine.Engine
+	var journal server.Journal
+	if cfg.Cluster != nil {
+		eng = engine.New(ecfg) // its state comes from the cluster
+		if cfg.StateDir != "" {
+			// It keeps only the node id, but two daemons sharing it would
+			// be one node twice.
+			unlock, err := store.LockDir(cfg.StateDir)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+		}
+	} else {
+		var closeStore func()
+		var err error
+		if eng, journal, closeStore, err = d.openState(ecfg); err != nil {
+			return err
+		}
+		defer closeStore()
 	}
-	defer closeStore()
 
 	lns, socket, err := d.listeners()
 	if err != nil {
@@ -145,6 +171,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		},
 	})
+	if cfg.Cluster != nil {
+		node, err := d.joinCluster(ctx, srv, ecfg)
+		if err != nil {
+			srv.Close()
+			closeListeners(lns)
+			return err
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+			defer cancel()
+			if err := node.Close(cctx); err != nil {
+				d.log.Warn("leaving the cluster cleanly failed; its session lapses on its own", "err", err)
+			}
+		}()
+	}
 	d.srv.Store(srv)
 	defer d.srv.Store(nil)
 	errc := make(chan error, len(lns))
@@ -152,7 +193,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		go func() { errc <- srv.Serve(context.Background(), ln) }()
 	}
 	stateDir := cfg.StateDir
-	if stateDir == "" {
+	switch {
+	case cfg.Cluster != nil:
+		stateDir = "(etcd " + strings.Join(cfg.Cluster.Endpoints, ",") + " " + cfg.Cluster.Prefix + ")"
+	case stateDir == "":
 		stateDir = "(in memory)"
 	}
 	d.log.Info("klockd started", "version", cfg.Version, "socket", socket, "pid", os.Getpid(), "state_dir", stateDir, "fsync", cfg.Fsync)
@@ -206,4 +250,11 @@ func (d *Daemon) listeners() ([]net.Listener, string, error) {
 		return nil, "", err
 	}
 	return []net.Listener{ln}, d.cfg.Socket, nil
+}
+
+// closeListeners closes the sockets of a start that failed.
+func closeListeners(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
 }

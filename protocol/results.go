@@ -176,6 +176,20 @@ type StatsResult struct {
 	Pidfds         int    `msgpack:"pidfds"`
 	ExitReleases   uint64 `msgpack:"exit_releases"`
 	Goroutines     int    `msgpack:"goroutines"`
+	// Cluster is set in cluster mode (klockd --etcd): this node and its
+	// view of etcd.
+	Cluster *ClusterStats `msgpack:"cluster,omitempty"`
+}
+
+// ClusterStats is a cluster-mode node's part of stats. The JSON tags are
+// klockctl's (status --json).
+type ClusterStats struct {
+	Node     string `msgpack:"node" json:"node"`         // --node-id
+	Leader   bool   `msgpack:"leader" json:"leader"`     // elected to tick, drop lapsed nodes' requests and write snapshots
+	EtcdOK   bool   `msgpack:"etcd_ok" json:"etcd_ok"`   // an etcd quorum is reachable
+	Since    int64  `msgpack:"since" json:"since"`       // ms: when etcd_ok last changed
+	Error    string `msgpack:"error" json:"error"`       // why not etcd_ok ("" when ok)
+	Revision int64  `msgpack:"revision" json:"revision"` // etcd revision of the last change applied
 }
 
 // ExplainResult is explain's result: the dry run of an acquire.

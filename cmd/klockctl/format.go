@@ -115,6 +115,8 @@ type statsJSON struct {
 	Pidfds         int    `json:"pidfds"`
 	ExitReleases   uint64 `json:"exit_releases"`
 	Goroutines     int    `json:"goroutines"`
+	// Cluster is set in cluster mode.
+	Cluster *protocol.ClusterStats `json:"cluster,omitempty"`
 }
 
 // statusJSON is the status command's output: where it connected, hello and
@@ -234,6 +236,18 @@ func formatStatus(w io.Writer, socket, kind string, h *protocol.HelloResult, s *
 			clockText(time.UnixMilli(s.DegradedSince), loc), oneLine(s.DegradedReason))
 	} else {
 		fmt.Fprintf(tw, "state\tok\n")
+	}
+	if c := s.Cluster; c != nil {
+		role := "follower"
+		if c.Leader {
+			role = "leader"
+		}
+		fmt.Fprintf(tw, "cluster\tnode %s (%s), etcd revision %d\n", oneLine(c.Node), role, c.Revision)
+		if c.EtcdOK {
+			fmt.Fprintf(tw, "etcd\tquorum reachable since %s\n", clockText(time.UnixMilli(c.Since), loc))
+		} else {
+			fmt.Fprintf(tw, "etcd\tNO QUORUM since %s: %s (changes and reads get UNAVAILABLE)\n", clockText(time.UnixMilli(c.Since), loc), oneLine(c.Error))
+		}
 	}
 	return tw.Flush()
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/klockd/klock/daemon"
+	"github.com/klockd/klock/daemon/cluster"
 	"github.com/klockd/klock/daemon/server"
 	"github.com/klockd/klock/protocol"
 )
@@ -35,6 +36,14 @@ type options struct {
 	maxAgents   int
 	maxPidfds   optionalInt // unset: maxAgents
 	maxTTL      time.Duration
+
+	etcd           string // cluster mode: etcd client URLs, comma-separated
+	etcdPrefix     string
+	nodeID         string
+	etcdCACert     string
+	etcdCert       string
+	etcdKey        string
+	etcdSessionTTL time.Duration
 }
 
 // optionalInt is an int flag whose default is another flag's value: it
@@ -90,6 +99,13 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.IntVar(&o.maxAgents, "max-agents", daemon.DefaultMaxAgents, "most registered agents; registering more gets RESOURCE_EXHAUSTED (registering one again is always allowed); 0 = unlimited")
 	fs.Var(&o.maxPidfds, "max-pidfds", "watch at most `N` processes at once for the leases bound to them (bind \"process\"), a pidfd each; a bound acquire from one more process gets RESOURCE_EXHAUSTED (default: the value of --max-agents); 0 = unlimited")
 	fs.DurationVar(&o.maxTTL, "max-ttl", 24*time.Hour, "longest lease ttl and wait_timeout")
+	fs.StringVar(&o.etcd, "etcd", "", "cluster mode: etcd client URLs, comma-separated (http://host:2379,...); klockds given the same etcd and prefix share one lock table (README \"Several machines\"); the state then lives in etcd")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", cluster.DefaultPrefix, "cluster mode: etcd key prefix of the lock table; klockds with another prefix form another cluster")
+	fs.StringVar(&o.nodeID, "node-id", "", "cluster mode: this klockd's name in the cluster, 1..64 of A-Z a-z 0-9 . _ - (default: the host name plus a short random suffix, kept in the state directory)")
+	fs.StringVar(&o.etcdCACert, "etcd-cacert", "", "cluster mode: CA bundle (PEM) to verify etcd's server certificate")
+	fs.StringVar(&o.etcdCert, "etcd-cert", "", "cluster mode: client certificate (PEM) to present to etcd; with --etcd-key")
+	fs.StringVar(&o.etcdKey, "etcd-key", "", "cluster mode: private key (PEM) of --etcd-cert")
+	fs.DurationVar(&o.etcdSessionTTL, "etcd-session-ttl", cluster.DefaultSessionTTL, "cluster mode: how long after it stops answering etcd a klockd counts as gone, and the others drop the acquires parked on it")
 	// Parse errors print one line and a hint, not the whole help.
 	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }
 	return fs
@@ -169,6 +185,10 @@ func (o *options) config(stderr io.Writer) (daemon.Config, error) {
 	if err != nil {
 		return daemon.Config{}, err
 	}
+	cc, err := o.clusterConfig()
+	if err != nil {
+		return daemon.Config{}, err
+	}
 	return daemon.Config{
 		Socket:      o.socket,
 		SocketMode:  fs.FileMode(mode),
@@ -184,6 +204,7 @@ func (o *options) config(stderr io.Writer) (daemon.Config, error) {
 		MaxAgents:   o.maxAgents,
 		MaxPidfds:   o.maxPidfds.or(o.maxAgents),
 		MaxTTL:      o.maxTTL,
+		Cluster:     cc,
 		Version:     daemonVersion(),
 		Logger:      log,
 	}, nil
@@ -203,4 +224,29 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q is not one of text, json", format)
+}
+
+// clusterConfig returns the cluster mode settings, or nil without --etcd.
+func (o *options) clusterConfig() (*daemon.ClusterConfig, error) {
+	if o.etcd == "" {
+		for name, v := range map[string]string{"--node-id": o.nodeID, "--etcd-cacert": o.etcdCACert, "--etcd-cert": o.etcdCert, "--etcd-key": o.etcdKey} {
+			if v != "" {
+				return nil, fmt.Errorf("%s is for cluster mode; give --etcd too", name)
+			}
+		}
+		return nil, nil
+	}
+	eps, err := cluster.ParseEndpoints(o.etcd)
+	if err != nil {
+		return nil, err
+	}
+	return &daemon.ClusterConfig{
+		Endpoints:  eps,
+		Prefix:     o.etcdPrefix,
+		NodeID:     o.nodeID,
+		CACert:     o.etcdCACert,
+		Cert:       o.etcdCert,
+		Key:        o.etcdKey,
+		SessionTTL: o.etcdSessionTTL,
+	}, nil
 }

@@ -61,7 +61,7 @@ func (s *Server) refuseBind(c *conn, id uint64, ch *change, err error) {
 	ch.bind = &engine.Process{} // checked as bound: it may omit its ttl
 	var one [1]engine.Intent
 	req, many := acquireRequest(ch, one[:0])
-	_, seq, invalid := read(s, func(int64) (struct{}, error) {
+	_, seq, invalid := readLocal(s, func(int64) (struct{}, error) {
 		return struct{}{}, s.eng.CheckAcquire(req, many)
 	})
 	if invalid != nil {

@@ -12,6 +12,10 @@ import (
 // answers it: see commitLocked. The answer is appended after s.mu is
 // released, tagged with the journal sequence it must wait for.
 func (s *Server) commit(c *conn, id uint64, ch *change) {
+	if s.rep.log != nil {
+		s.propose(c, id, ch)
+		return
+	}
 	o, seq := func() (outcome, uint64) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -96,7 +100,21 @@ func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq ui
 // is sent only once what it saw is written, so it never shows state that
 // could still be lost. Once a change has panicked nothing is read: memory
 // may hold what the log never will.
-func read[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error) {
+//
+// In cluster mode it first waits until the node has applied every change
+// acknowledged before the read arrived, on any node (barrier), or fails
+// with UNAVAILABLE when it cannot know.
+func read[T any](s *Server, c *conn, query func(now int64) (T, error)) (T, uint64, error) {
+	if err := s.barrier(c); err != nil {
+		var zero T
+		return zero, 0, err
+	}
+	return readLocal(s, query)
+}
+
+// readLocal is read without the cluster's barrier: what this node holds
+// now (stats, which must answer while the quorum is lost).
+func readLocal[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.unavailableLocked() // a new fault rolls memory back first
@@ -104,7 +122,7 @@ func read[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error)
 		var zero T
 		return zero, s.lastSeq, errBroken
 	}
-	v, err := query(s.nowMS())
+	v, err := query(s.engineNowLocked())
 	return v, s.lastSeq, err
 }
 
@@ -149,4 +167,15 @@ func (s *Server) wakeLocked(wakes []engine.Wakeup, seq uint64, self *conn) {
 			wt.c.kick()
 		}
 	}
+}
+
+// ownChangeLocked runs one of the daemon's own changes that nobody waits
+// for: at once on a single daemon, through the log in cluster mode. The
+// caller holds s.mu.
+func (s *Server) ownChangeLocked(ch *change) {
+	if s.rep.log != nil {
+		s.proposeOwnLocked(ch)
+		return
+	}
+	s.commitLocked(nil, 0, ch)
 }

@@ -44,6 +44,11 @@ type conn struct {
 	// and under Server.mu.
 	proc  *engine.Process
 	pidfd int
+	// proposals counts the changes proposed (cluster mode) and not yet
+	// answered; a read waits for them (replica.go). Guarded by propMu.
+	propMu    sync.Mutex
+	proposals int
+	propIdle  chan struct{} // closed when proposals drops to 0
 
 	// writeMu serialises writers, so a final flush writes everything,
 	// and guards writeDeadline, the write deadline currently set.
@@ -114,6 +119,7 @@ func (c *conn) frameBuffered() bool {
 // finish ends the connection: it writes what is pending, cancels the
 // connection's parked acquires (which may wake others) and closes it.
 func (c *conn) finish() {
+	c.waitProposals() // cluster mode: the answers to changes it sent
 	c.flush()
 	s := c.s
 	func() {
@@ -122,7 +128,7 @@ func (c *conn) finish() {
 		defer s.recoverBug("cancelling a closed connection's acquires")
 		for id := range c.waiters {
 			delete(s.waiters, id)
-			s.commitLocked(nil, 0, &change{op: opCancel, waiter: id})
+			s.ownChangeLocked(&change{op: opCancel, waiter: id})
 		}
 		c.waiters = nil
 		closeFD(c.pidfd)

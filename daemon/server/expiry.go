@@ -10,8 +10,8 @@ import (
 // later (a lease released) leaves the timer early; it then fires, finds
 // nothing due and re-arms. The caller holds s.mu.
 func (s *Server) armLocked(now int64) {
-	if s.closed {
-		return
+	if s.closed || s.rep.log != nil {
+		return // in cluster mode the leader ticks (replica.go)
 	}
 	dl, ok := s.eng.NextDeadline()
 	if !ok || (s.armed != 0 && s.armed <= dl) {

@@ -12,7 +12,7 @@ func (s *Server) explain(c *conn, id uint64, a *protocol.Args) {
 		AgentID: a.AgentID, SessionID: a.SessionID,
 		ResourceType: a.ResourceType, ResourcePath: a.ResourcePath, Predicate: a.Predicate,
 	}
-	x, seq, err := read(s, func(now int64) (engine.Explanation, error) {
+	x, seq, err := read(s, c, func(now int64) (engine.Explanation, error) {
 		return s.eng.Explain(now, req)
 	})
 	if err != nil {
@@ -79,7 +79,7 @@ func (s *Server) listWaiters(c *conn, id uint64, a *protocol.Args) {
 		waiters   []engine.Waiting
 		truncated bool
 	}
-	ws, seq, err := read(s, func(now int64) (list, error) {
+	ws, seq, err := read(s, c, func(now int64) (list, error) {
 		ws, truncated, err := s.eng.ListWaiting(now, clampLimit(a.Limit))
 		return list{ws, truncated}, err
 	})

@@ -13,7 +13,7 @@ import (
 // change state are in change.go.
 
 func (s *Server) activeLeaseCount(c *conn, id uint64) {
-	n, seq, err := read(s, func(now int64) (int, error) {
+	n, seq, err := read(s, c, func(now int64) (int, error) {
 		return s.eng.ActiveLeaseCount(now), nil
 	})
 	if err != nil {
@@ -29,7 +29,7 @@ func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 		leases    []engine.Lease
 		truncated bool
 	}
-	ls, seq, err := read(s, func(now int64) (list, error) {
+	ls, seq, err := read(s, c, func(now int64) (list, error) {
 		ls, truncated, err := s.eng.ListLeases(now, f)
 		return list{ls, truncated}, err
 	})
@@ -53,7 +53,7 @@ func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
 		agents    []engine.Agent
 		truncated bool
 	}
-	ags, seq, err := read(s, func(now int64) (list, error) {
+	ags, seq, err := read(s, c, func(now int64) (list, error) {
 		ags, truncated, err := s.eng.ListAgents(now, clampLimit(a.Limit))
 		return list{ags, truncated}, err
 	})
@@ -89,7 +89,7 @@ func (s *Server) stats(c *conn, id uint64) {
 		fault  *store.Fault
 		pidfds int
 	}
-	st, seq, err := read(s, func(now int64) (stats, error) {
+	st, seq, err := readLocal(s, func(now int64) (stats, error) {
 		st := s.eng.Stats()
 		// Stats counts leases not yet removed; expired ones are never counted.
 		st.Leases = s.eng.ActiveLeaseCount(now)
@@ -121,6 +121,7 @@ func (s *Server) stats(c *conn, id uint64) {
 		Pidfds:         st.pidfds,
 		ExitReleases:   st.ExitReleases,
 		Goroutines:     runtime.NumGoroutine(),
+		Cluster:        s.clusterStats(),
 	}
 	if f := st.fault; f != nil {
 		r.Degraded, r.DegradedSince, r.DegradedReason = true, f.Since.UnixMilli(), f.Reason()

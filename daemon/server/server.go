@@ -87,6 +87,7 @@ type Server struct {
 	armed   int64         // Unix ms the timer is set for; 0 = not set
 	procs   *procWatcher  // the processes leases are bound to (procwatch.go)
 	closed  bool
+	rep     replicated // cluster mode (replica.go); rep.log is nil on a single daemon
 
 	// lnMu guards the listeners and connections.
 	lnMu  sync.Mutex
@@ -272,7 +273,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// a panic the engine is not touched again: they are answered from the
 	// server's own table.
 	s.mu.Lock()
-	if s.broken.Load() == nil {
+	if s.broken.Load() == nil && s.rep.log == nil {
+		// In cluster mode the engine is the cluster's: the leader drops
+		// this node's requests once its etcd session ends.
 		s.eng.CancelAll(s.nowMS())
 	}
 	for id, w := range s.waiters {

@@ -60,3 +60,18 @@ func unlockDir(f *os.File) error {
 	}
 	return f.Close()
 }
+
+// LockDir takes the state directory's lock without opening a store, for a
+// daemon that keeps only small files there (cluster mode keeps its node id):
+// two daemons never share a directory. It creates dir (0700) if needed and
+// returns the function that releases the lock.
+func LockDir(dir string) (unlock func() error, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("klock: creating state directory: %w", err)
+	}
+	f, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return func() error { return unlockDir(f) }, nil
+}
