@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/klockd/klock/tests/harness"
 )
 
 // leaseInfoShape is one entry of list_leases.
@@ -243,13 +245,17 @@ func TestConformanceAdmin(t *testing.T) {
 // TestConformanceStats checks the stats keys and counters.
 func TestConformanceStats(t *testing.T) {
 	d, c := confStart(t)
+	shape := cfShape{"uptime_ms": cfUint, "connections": cfUint, "agents": cfUint,
+		"leases": cfUint, "waiters": cfUint, "ops": cfUint, "grants": cfUint, "waits": cfUint,
+		"dies": cfUint, "expirations": cfUint, "fence": cfUint,
+		"degraded": cfBool, "degraded_since": cfUint, "degraded_reason": cfStr,
+		"bound_processes": cfUint, "pidfds": cfUint, "exit_releases": cfUint, "goroutines": cfUint}
+	if harness.ClusterMode() {
+		shape["cluster"] = cfMap // protocol/README.md "stats"
+	}
 	stats := func() map[string]any {
 		r := c.ok("stats", nil)
-		cfCheckShape(t, "stats", r, cfShape{"uptime_ms": cfUint, "connections": cfUint, "agents": cfUint,
-			"leases": cfUint, "waiters": cfUint, "ops": cfUint, "grants": cfUint, "waits": cfUint,
-			"dies": cfUint, "expirations": cfUint, "fence": cfUint,
-			"degraded": cfBool, "degraded_since": cfUint, "degraded_reason": cfStr,
-			"bound_processes": cfUint, "pidfds": cfUint, "exit_releases": cfUint, "goroutines": cfUint})
+		cfCheckShape(t, "stats", r, shape)
 		return r
 	}
 	s0 := stats()

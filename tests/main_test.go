@@ -12,5 +12,6 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	harness.RemoveBinaries()
+	harness.StopEtcd()
 	os.Exit(code)
 }

@@ -118,6 +118,7 @@ func klockdMustFail(t *testing.T, dir string, extra ...string) string {
 }
 
 func TestRecoveryCutsTornTail(t *testing.T) {
+	harness.SkipInClusterMode(t, "the state lives in etcd, not in log and snapshot files")
 	d := harness.Start(t, harness.Options{})
 	ids := recoveryLeases(t, d, "/torn/a", "/torn/b")
 	d.Kill(t)
@@ -152,6 +153,7 @@ func TestRecoveryCutsTornTail(t *testing.T) {
 }
 
 func TestRecoveryRefusesMidLogDamage(t *testing.T) {
+	harness.SkipInClusterMode(t, "the state lives in etcd, not in log and snapshot files")
 	d := harness.Start(t, harness.Options{})
 	ids := recoveryLeases(t, d, "/mid/a", "/mid/b", "/mid/c")
 	d.Stop(t)
@@ -205,6 +207,7 @@ func compactOffline(t testing.TB, dir string) {
 }
 
 func TestRecoveryRefusesSnapshotDamage(t *testing.T) {
+	harness.SkipInClusterMode(t, "the state lives in etcd, not in log and snapshot files")
 	d := harness.Start(t, harness.Options{})
 	ids := recoveryLeases(t, d, "/snap/a", "/snap/b")
 	d.Stop(t)

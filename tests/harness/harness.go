@@ -115,6 +115,20 @@ type Options struct {
 	// TestHooks runs the klockd built with the test-only fault hooks
 	// (KlockdTestHooks), which Env then sets.
 	TestHooks bool
+	// Cluster starts klockd in cluster mode on these etcd settings. Left
+	// nil, Start still runs cluster mode when KLOCK_TEST_ETCD is set (see
+	// ClusterMode), each daemon on its own prefix of one shared etcd.
+	Cluster *ClusterOptions
+}
+
+// ClusterOptions say how a klockd joins a cluster.
+type ClusterOptions struct {
+	Etcd   string // etcd client URLs, comma-separated (--etcd)
+	Prefix string // --etcd-prefix
+	NodeID string // --node-id
+	// SessionTTL is --etcd-session-ttl; "" = 2s, so that tests see a
+	// killed node's parked acquires dropped soon.
+	SessionTTL string
 }
 
 // Daemon is a running (or stopped) klockd.
@@ -155,6 +169,9 @@ func Start(tb testing.TB, opts Options) *Daemon {
 	default:
 		d.StateDir = opts.StateDir
 	}
+	if opts.Cluster == nil && ClusterMode() {
+		d.opts.Cluster = sharedCluster(tb)
+	}
 	tb.Cleanup(func() { d.cleanup(tb) })
 	d.start(tb)
 	return d
@@ -167,7 +184,15 @@ func (d *Daemon) start(tb testing.TB) {
 	if d.opts.TestHooks {
 		bin = KlockdTestHooks(tb)
 	}
-	args := append([]string{"run", "--socket", d.Socket, "--state-dir", d.StateDir}, d.opts.Args...)
+	args := []string{"run", "--socket", d.Socket, "--state-dir", d.StateDir}
+	if co := d.opts.Cluster; co != nil {
+		ttl := co.SessionTTL
+		if ttl == "" {
+			ttl = "2s"
+		}
+		args = append(args, "--etcd", co.Etcd, "--etcd-prefix", co.Prefix, "--node-id", co.NodeID, "--etcd-session-ttl", ttl)
+	}
+	args = append(args, d.opts.Args...)
 	cmd := exec.Command(bin, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "KLOCK_") && !strings.HasPrefix(kv, "LISTEN_") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
