@@ -59,6 +59,13 @@ func TestBenchShort(t *testing.T) {
 	} else {
 		t.Log("redis-server not installed; benchmarking without redis (apt-get install -y redis-server)")
 	}
+	if _, err := exec.LookPath("etcd"); err == nil {
+		backends = append(backends, "klock-etcd", "klock-etcd3", "etcd-mutex")
+	} else if os.Getenv("CI") != "" {
+		t.Fatal("etcd not installed; CI must benchmark cluster mode against it (apt-get install -y etcd-server)")
+	} else {
+		t.Log("etcd not installed; benchmarking without cluster mode (apt-get install -y etcd-server)")
+	}
 	args := []string{"-short", "-klockd", klockd, "-backends", strings.Join(backends, ","),
 		"-json", filepath.Join(dir, "out.json"), "-plot", filepath.Join(dir, "out.png")}
 	if testing.Short() {

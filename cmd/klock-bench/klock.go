@@ -26,13 +26,14 @@ const (
 // clientlib: either one client (one connection) shared by every worker of a
 // cell, or one client per worker.
 type klockBackend struct {
-	name    string
-	perConn bool // one connection per worker
-	args    []string
-	dir     string
-	srv     *server
-	holder  *clientlib.Client // keeps the many-leases leases' owner connected
-	version string
+	name       string
+	perConn    bool // one connection per worker
+	args       []string
+	dir        string
+	srvs       []*server         // one klockd, or the nodes of a cluster (etcd.go)
+	holder     *clientlib.Client // keeps the many-leases leases' owner connected
+	version    string
+	closeExtra func() // stops what else the back end started (etcd)
 }
 
 // newKlockBackend starts klockd in memory (fsync "") or with a temp state
@@ -54,10 +55,12 @@ func newKlockBackend(ctx context.Context, env *runEnv, name string, perConn bool
 	} else {
 		b.args = append(b.args, "--state-dir", filepath.Join(dir, "state"), "--fsync", fsync)
 	}
-	if b.srv, err = startServer(ctx, name, socket, bin, b.args...); err != nil {
+	srv, err := startServer(ctx, name, socket, bin, b.args...)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	b.srvs = []*server{srv}
 	if v, err := exec.Command(bin, "version").Output(); err == nil {
 		b.version = strings.TrimSpace(string(v))
 	}
@@ -94,14 +97,33 @@ func (b *klockBackend) Settings() string {
 	if b.perConn {
 		conn = "one clientlib connection per worker"
 	}
+	if len(b.srvs) > 1 {
+		conn = fmt.Sprintf("%d klockd nodes; worker i on node i mod %d; %s", len(b.srvs), len(b.srvs), conn)
+		if !b.perConn {
+			conn = strings.Replace(conn, "shared by all workers of a cell", "per node, shared by its workers", 1)
+		}
+	}
 	return fmt.Sprintf("%s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, one agent per worker), release = ReleaseLease",
 		b.version, quoteArgs(b.args[2:]), conn)
 }
 
-func (b *klockBackend) RSS() (int64, bool) { return b.srv.RSS() }
+// RSS is the resident memory of the klockd processes, summed over the
+// nodes of a cluster.
+func (b *klockBackend) RSS() (int64, bool) {
+	var sum int64
+	for _, s := range b.srvs {
+		n, ok := s.RSS()
+		if !ok {
+			return 0, false
+		}
+		sum += n
+	}
+	return sum, true
+}
 
-func (b *klockBackend) dial(ctx context.Context) (*clientlib.Client, error) {
-	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: b.srv.socket, NoReconnect: true})
+// dial connects to node i (mod the number of nodes).
+func (b *klockBackend) dial(ctx context.Context, i int) (*clientlib.Client, error) {
+	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: b.srvs[i%len(b.srvs)].socket, NoReconnect: true})
 	if err != nil {
 		return nil, fmt.Errorf("klock-bench: dial klockd: %w", err)
 	}
@@ -110,22 +132,28 @@ func (b *klockBackend) dial(ctx context.Context) (*clientlib.Client, error) {
 
 func (b *klockBackend) Clients(ctx context.Context, w int) ([]Locker, io.Closer, error) {
 	var cs closers
-	shared, err := b.dial(ctx)
-	if err != nil {
-		return nil, nil, err
+	shared := make([]*clientlib.Client, min(w, len(b.srvs)))
+	for i := range shared {
+		c, err := b.dial(ctx, i)
+		if err != nil {
+			cs.Close()
+			return nil, nil, err
+		}
+		shared[i] = c
+		cs = append(cs, c)
 	}
-	cs = append(cs, shared)
 	ls := make([]Locker, w)
 	for i := range ls {
 		agent := "w" + strconv.Itoa(i)
 		// Distinct priorities, so contention produces both Wait-Die verdicts.
-		if err := shared.RegisterAgent(ctx, agent, int64(i+1)); err != nil {
+		if err := shared[0].RegisterAgent(ctx, agent, int64(i+1)); err != nil {
 			cs.Close()
 			return nil, nil, fmt.Errorf("klock-bench: register %s: %w", agent, err)
 		}
-		c := shared
-		if b.perConn && i > 0 {
-			if c, err = b.dial(ctx); err != nil {
+		c := shared[i%len(shared)]
+		if b.perConn && i >= len(shared) {
+			var err error
+			if c, err = b.dial(ctx, i); err != nil {
 				cs.Close()
 				return nil, nil, err
 			}
@@ -139,7 +167,7 @@ func (b *klockBackend) Clients(ctx context.Context, w int) ([]Locker, io.Closer,
 // Hold acquires n leases for one agent with acquire_many batches of 64,
 // several batches in flight on one connection.
 func (b *klockBackend) Hold(ctx context.Context, n int) error {
-	c, err := b.dial(ctx)
+	c, err := b.dial(ctx, 0)
 	if err != nil {
 		return err
 	}
@@ -204,7 +232,15 @@ func (b *klockBackend) Close() error {
 	if b.holder != nil {
 		b.holder.Close()
 	}
-	err := b.srv.Close()
+	var err error
+	for _, s := range b.srvs {
+		if e := s.Close(); e != nil && err == nil {
+			err = e
+		}
+	}
+	if b.closeExtra != nil {
+		b.closeExtra()
+	}
 	os.RemoveAll(b.dir)
 	return err
 }

@@ -68,7 +68,7 @@ func main() {
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("klock-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir), klock-conn-everysec (both)")
+	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir), klock-conn-everysec (both), klock-etcd (cluster mode: one node on one etcd member), klock-etcd3 (three nodes on three members), etcd-mutex (etcd's concurrency.Mutex on one member)")
 	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated")
 	workers := fs.String("w", "1,8,64", "worker counts, comma separated")
 	cfg := config{args: args}
@@ -320,6 +320,13 @@ var backendMakers = map[string]func(context.Context, *runEnv) (Backend, error){
 	"klock-always": func(ctx context.Context, e *runEnv) (Backend, error) {
 		return newKlockBackend(ctx, e, "klock-always", false, "always")
 	},
+	"klock-etcd": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockEtcdBackend(ctx, e, "klock-etcd", 1)
+	},
+	"klock-etcd3": func(ctx context.Context, e *runEnv) (Backend, error) {
+		return newKlockEtcdBackend(ctx, e, "klock-etcd3", 3)
+	},
+	"etcd-mutex": func(context.Context, *runEnv) (Backend, error) { return newEtcdMutexBackend() },
 }
 
 func backendNames() []string {
