@@ -227,6 +227,17 @@ func (r *Results) summarize(cfg config) {
 			add(k, fmt.Sprintf("W=%d: throughput with %d leases held >= 0.9 x uncontended", w, r.Leases), x, atLeast(x, 0.9))
 		}
 	}
+	// Cluster mode (issue 17): batching proposals is to beat etcd's own
+	// lock by ten times at W=64.
+	for _, k := range []string{"klock-etcd", "klock-etcd3"} {
+		if !slices.Contains(r.order, k) || !slices.Contains(r.order, "etcd-mutex") {
+			continue
+		}
+		for _, wl := range []string{Uncontended, Contended} {
+			x := ratio(k, "etcd-mutex", wl, wl, 64, thr)
+			add(k, "W=64 "+wl+": throughput >= 10 x etcd-mutex", x, atLeast(x, 10))
+		}
+	}
 	for _, pair := range [][2]string{{"klock-everysec", "klock"}, {"klock-conn-everysec", "klock-conn"}} {
 		if slices.Contains(r.order, pair[0]) {
 			x := ratio(pair[0], pair[1], Uncontended, Uncontended, 64, thr)
