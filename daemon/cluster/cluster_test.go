@@ -311,3 +311,19 @@ func TestSettingsMustMatch(t *testing.T) {
 func clientWithPrefix() []clientv3.OpOption {
 	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCountOnly()}
 }
+
+// TestNodeIDInUse: a second node under the id of a running one refuses to
+// start; once that one is gone, its id is free again at once.
+func TestNodeIDInUse(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	a := startNode(t, ec, "same", new(chain), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := cluster.Start(ctx, cluster.Config{
+		Endpoints: ec.Endpoints(), Prefix: "/test/", NodeID: "same", StateMachine: new(chain),
+		SessionTTL: 2 * time.Second, Settings: map[string]string{"max-leases": "10"}, Logger: testLogger(t),
+	})
+	require.ErrorContains(t, err, `node id "same" is in use by a running klockd`)
+	require.NoError(t, a.Close(ctx))
+	startNode(t, ec, "same", new(chain), nil)
+}

@@ -124,6 +124,9 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		return fmt.Errorf("klock: etcd at %s: %w", where, err)
 	}
+	if err := n.waitPredecessor(ctx); err != nil {
+		return err
+	}
 	if err := n.newSession(ctx); err != nil {
 		return fmt.Errorf("klock: etcd at %s: starting a session: %w", where, err)
 	}
@@ -316,6 +319,47 @@ func (n *Node) newSession(ctx context.Context) error {
 	n.sessCh = make(chan struct{})
 	n.sessMu.Unlock()
 	return nil
+}
+
+// waitPredecessor waits, when another session announces this node id, for
+// that session to lapse: a klockd killed a moment ago has stopped renewing
+// it, and it lapses within the session ttl. One still alive after that is
+// renewed by a klockd still running under the same node id, and this one
+// refuses to start: two nodes under one id would drop each other's parked
+// requests.
+func (n *Node) waitPredecessor(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+	resp, err := n.cli.Get(rctx, n.keys.node(n.cfg.NodeID))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("klock: etcd: reading %s: %w", n.keys.node(n.cfg.NodeID), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	other, lease := string(resp.Kvs[0].Value), clientv3.LeaseID(resp.Kvs[0].Lease)
+	n.log.Info("waiting for the previous session of this node id to lapse", "owner", other, "up_to", n.cfg.SessionTTL)
+	// etcd checks for lapsed leases about every half second.
+	deadline := time.Now().Add(n.cfg.SessionTTL + 2*time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+		ttl, err := n.cli.TimeToLive(rctx, lease)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("klock: etcd: checking the session of %s: %w", other, err)
+		}
+		if ttl.TTL <= 0 {
+			return nil // lapsed (or revoked)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("klock: node id %q is in use by a running klockd (its session %s is still renewed after %s); give each klockd its own --node-id", n.cfg.NodeID, other, n.cfg.SessionTTL)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // currentSession returns the session and a channel closed when it is
