@@ -117,6 +117,24 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 	return n, e.settle(now, wake)
 }
 
+// BoundLeases returns the leases bound to p that have no ttl (ExpiresAt
+// Never), in fence order: in cluster mode they are released when the node
+// that watched p is gone, since nothing else would ever end them.
+func (e *Engine) BoundLeases(p Process) []Lease {
+	bp := e.procs[p]
+	if bp == nil {
+		return nil
+	}
+	var out []Lease
+	for _, l := range bp.leases {
+		if l.ExpiresAt == Never {
+			out = append(out, l.Lease)
+		}
+	}
+	slices.SortFunc(out, func(x, y Lease) int { return cmp.Compare(x.Fence, y.Fence) })
+	return out
+}
+
 // ProcessBound reports whether a lease or a queued request is bound to p.
 func (e *Engine) ProcessBound(p Process) bool {
 	_, ok := e.procs[p]

@@ -103,6 +103,10 @@ func (s *Server) processesEnded(keys []uint64) {
 	defer s.mu.Unlock()
 	defer s.recoverBug("ending the leases of ended processes")
 	for _, p := range s.procs.endedLocked(keys) {
+		if s.rep.log != nil {
+			s.ownChangeLocked(&change{op: opProcessEnd, proc: p}) // applied by every node (replica.go)
+			continue
+		}
 		o, _ := s.commitLocked(nil, 0, &change{op: opProcessEnd, proc: p})
 		if o.ended > 0 {
 			s.log.Debug("bound process ended; its leases were released", "pid", p.PID, "leases", o.ended)
@@ -121,7 +125,9 @@ func (s *Server) processesEnded(keys []uint64) {
 func (s *Server) syncWatchesLocked(why string) {
 	var procs []engine.Process
 	for _, p := range s.eng.BoundProcesses() {
-		if !s.procs.watching(p) {
+		// In cluster mode the engine holds every node's processes; this
+		// node watches only those its clients bound (replica.go).
+		if !s.procs.watching(p) && s.ownProcessLocked(p) {
 			procs = append(procs, p)
 		}
 	}
@@ -140,6 +146,9 @@ func (s *Server) syncWatchesLocked(why string) {
 			unwatched++
 			s.log.Warn("cannot watch a process that leases are bound to; they stay until released or their ttl passes",
 				"pid", p.PID, "err", err)
+		case !alive && s.rep.log != nil:
+			s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
+			ended++
 		case !alive:
 			o, _ := s.commitLocked(nil, 0, &change{op: opProcessEnd, proc: p})
 			if o.err != nil {

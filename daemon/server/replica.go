@@ -60,6 +60,11 @@ type replicated struct {
 	// proposed it: part of the replicated state, so the leader can drop
 	// the requests of a node that is gone.
 	owners map[engine.WaiterID]string
+	// procs maps each process that leases are bound to (bind "process")
+	// to the owner whose client bound it: only that node can watch it, and
+	// when it is gone its leases without a ttl are released. Entries of
+	// processes nothing is bound to any more are dropped lazily.
+	procs map[engine.Process]string
 }
 
 // SetReplicator switches the server to cluster mode: from then on state
@@ -70,11 +75,31 @@ func (s *Server) SetReplicator(log Replicator) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rep.log = log
-	if s.rep.owners == nil {
-		s.rep.owners = make(map[engine.WaiterID]string)
-	}
+	s.rep.init()
 	s.timer.Stop()
 	s.armed = 0
+	// The processes this node's clients bound before it restarted.
+	s.syncWatchesLocked("joined the cluster")
+}
+
+func (r *replicated) init() {
+	if r.owners == nil {
+		r.owners = make(map[engine.WaiterID]string)
+	}
+	if r.procs == nil {
+		r.procs = make(map[engine.Process]string)
+	}
+}
+
+// ownProcessLocked reports whether this node watches p: always on a single
+// daemon; in cluster mode when this node's clients bound it. The caller
+// holds s.mu.
+func (s *Server) ownProcessLocked(p engine.Process) bool {
+	if s.rep.log == nil {
+		return true
+	}
+	o, ok := s.rep.procs[p]
+	return ok && cluster.OwnerNode(o) == cluster.OwnerNode(s.rep.log.Owner())
 }
 
 // StateMachine returns the server as the cluster's state machine.
@@ -94,14 +119,19 @@ type origin struct {
 // wireChange is a change as stored in the log.
 type wireChange struct {
 	Req    []byte          `msgpack:"r,omitempty"` // op and args, as a request body on the wire
-	Op     string          `msgpack:"o,omitempty"` // the daemon's own changes (opCancel)
+	Op     string          `msgpack:"o,omitempty"` // the daemon's own changes (opCancel, opProcessEnd)
 	UID    uint32          `msgpack:"u,omitempty"`
 	PID    int32           `msgpack:"p,omitempty"`
 	Waiter engine.WaiterID `msgpack:"w,omitempty"`
+	Bind   *engine.Process `msgpack:"b,omitempty"`  // the process an acquire binds its leases to
+	Proc   *engine.Process `msgpack:"pe,omitempty"` // opProcessEnd: the process that ended
 }
 
 func encodeChange(ch *change) ([]byte, error) {
-	w := wireChange{UID: ch.caller.UID, PID: ch.caller.PID, Waiter: ch.waiter}
+	w := wireChange{UID: ch.caller.UID, PID: ch.caller.PID, Waiter: ch.waiter, Bind: ch.bind}
+	if ch.op == opProcessEnd {
+		w.Proc = &ch.proc
+	}
 	if ch.args != nil {
 		req, err := protocol.AppendRequest(nil, 1, ch.op, ch.args)
 		if err != nil {
@@ -119,7 +149,10 @@ func decodeChange(b []byte) (*change, error) {
 	if err := msgpack.Unmarshal(b, &w); err != nil {
 		return nil, err
 	}
-	ch := &change{op: w.Op, caller: engine.Caller{UID: w.UID, PID: w.PID}, waiter: w.Waiter}
+	ch := &change{op: w.Op, caller: engine.Caller{UID: w.UID, PID: w.PID}, waiter: w.Waiter, bind: w.Bind}
+	if w.Proc != nil {
+		ch.proc = *w.Proc
+	}
 	if w.Req != nil {
 		var req protocol.Request
 		if err := protocol.DecodeRequest(w.Req, &req); err != nil {
@@ -246,9 +279,7 @@ func (m *stateMachine) Apply(e *cluster.Entry, tag any) (res any) {
 				Message: "klock: internal error while applying this change; every node of the cluster applied it alike and logged it; it may have been made in part"}}
 		}
 	}()
-	if s.rep.owners == nil {
-		s.rep.owners = make(map[engine.WaiterID]string)
-	}
+	s.rep.init()
 	s.eng.ReseedLeaseIDs(e.Seed)
 	s.rep.clock = e.Time
 	var o outcome
@@ -265,8 +296,13 @@ func (m *stateMachine) Apply(e *cluster.Entry, tag any) (res any) {
 		if midChangeHook != nil {
 			midChangeHook(ch.op)
 		}
-		if ch.op == opCancel {
+		switch {
+		case ch.op == opCancel:
 			delete(s.rep.owners, ch.waiter)
+		case ch.op == opProcessEnd:
+			delete(s.rep.procs, ch.proc)
+		case ch.bind != nil && s.eng.ProcessBound(*ch.bind):
+			s.rep.procs[*ch.bind] = e.Owner
 		}
 		if o.parked != 0 {
 			s.rep.owners[o.parked] = e.Owner
@@ -276,6 +312,13 @@ func (m *stateMachine) Apply(e *cluster.Entry, tag any) (res any) {
 		}
 	case cluster.KindTick:
 		o = applyChange(s.eng, &change{op: opExpire, at: e.Time})
+		// Forget processes nothing is bound to any more (their leases were
+		// released): only bound ones count anywhere.
+		for p := range s.rep.procs {
+			if !s.eng.ProcessBound(p) {
+				delete(s.rep.procs, p)
+			}
+		}
 	case cluster.KindDropOwner:
 		o.wakes = s.dropOwnerLocked(e.Time, string(e.Body))
 	}
@@ -310,6 +353,24 @@ func (s *Server) dropOwnerLocked(now int64, owner string) []engine.Wakeup {
 		wakes = append(wakes, s.eng.Cancel(now, id)...)
 		s.answerLostLocked(id, "klock: this klockd lost its etcd session, and the cluster dropped the request; retry")
 	}
+	// Leases bound to its processes without a ttl: nothing else would end
+	// them. Those with a ttl run out as any lease.
+	var procs []engine.Process
+	for p, o := range s.rep.procs {
+		if o == owner {
+			procs = append(procs, p)
+		}
+	}
+	slices.SortFunc(procs, func(a, b engine.Process) int {
+		return cmp.Or(cmp.Compare(a.PID, b.PID), cmp.Compare(a.Start, b.Start), cmp.Compare(a.Boot, b.Boot))
+	})
+	for _, p := range procs {
+		delete(s.rep.procs, p)
+		for _, l := range s.eng.BoundLeases(p) {
+			_, w, _ := s.eng.Release(now, engine.Caller{UID: 0}, l.ID)
+			wakes = append(wakes, w...)
+		}
+	}
 	return wakes
 }
 
@@ -332,6 +393,12 @@ type replicaState struct {
 	Version int                  `msgpack:"v"`
 	Engine  *engine.ReplicaState `msgpack:"e"`
 	Owners  []waiterOwner        `msgpack:"o"`
+	Procs   []procOwner          `msgpack:"p,omitempty"`
+}
+
+type procOwner struct {
+	Proc  engine.Process `msgpack:"p"`
+	Owner string         `msgpack:"o"`
 }
 
 type waiterOwner struct {
@@ -349,8 +416,16 @@ func (m *stateMachine) Snapshot() ([]byte, error) {
 	for w, o := range s.rep.owners {
 		st.Owners = append(st.Owners, waiterOwner{w, o})
 	}
+	for p, o := range s.rep.procs {
+		if s.eng.ProcessBound(p) {
+			st.Procs = append(st.Procs, procOwner{p, o})
+		}
+	}
 	s.mu.Unlock()
 	slices.SortFunc(st.Owners, func(x, y waiterOwner) int { return cmp.Compare(x.Waiter, y.Waiter) })
+	slices.SortFunc(st.Procs, func(x, y procOwner) int {
+		return cmp.Or(cmp.Compare(x.Proc.PID, y.Proc.PID), cmp.Compare(x.Proc.Start, y.Proc.Start), cmp.Compare(x.Proc.Boot, y.Proc.Boot))
+	})
 	return msgpack.Marshal(&st)
 }
 
@@ -375,6 +450,10 @@ func (m *stateMachine) Restore(b []byte) error {
 	s.rep.owners = make(map[engine.WaiterID]string, len(st.Owners))
 	for _, wo := range st.Owners {
 		s.rep.owners[wo.Waiter] = wo.Owner
+	}
+	s.rep.procs = make(map[engine.Process]string, len(st.Procs))
+	for _, po := range st.Procs {
+		s.rep.procs[po.Proc] = po.Owner
 	}
 	mine := ""
 	if s.rep.log != nil {
@@ -404,10 +483,18 @@ func (m *stateMachine) Owners() []string {
 	defer s.mu.Unlock()
 	seen := make(map[string]bool)
 	var out []string
-	for _, o := range s.rep.owners {
+	add := func(o string) {
 		if !seen[o] {
 			seen[o] = true
 			out = append(out, o)
+		}
+	}
+	for _, o := range s.rep.owners {
+		add(o)
+	}
+	for p, o := range s.rep.procs {
+		if len(s.eng.BoundLeases(p)) > 0 {
+			add(o)
 		}
 	}
 	return out

@@ -65,7 +65,17 @@ func (g *logGen) entry(rev int64) *cluster.Entry {
 		}
 		a.Set(protocol.ArgLeaseID)
 	}
-	switch rapid.IntRange(0, 11).Draw(t, "op") {
+	switch rapid.IntRange(0, 13).Draw(t, "op") {
+	case 12:
+		ch.op = protocol.OpAcquire
+		a.ResourceType, a.ResourcePath, a.Predicate = "FILE", rapid.SampledFrom([]string{"/a", "/b"}).Draw(t, "path"), "MUTATES"
+		a.TTL = int64(rapid.SampledFrom([]int{0, 50}).Draw(t, "bound ttl")) // 0: none
+		for _, x := range []protocol.Arg{protocol.ArgResourceType, protocol.ArgResourcePath, protocol.ArgPredicate, protocol.ArgTTL} {
+			a.Set(x)
+		}
+		ch.bind = &engine.Process{PID: int32(rapid.IntRange(1, 2).Draw(t, "pid")), Start: 1}
+	case 13:
+		ch = &change{op: opProcessEnd, proc: engine.Process{PID: int32(rapid.IntRange(1, 2).Draw(t, "pid")), Start: 1}}
 	case 0:
 		ch.op = protocol.OpRegisterAgent
 		a.Priority = int64(rapid.IntRange(1, 3).Draw(t, "prio"))
@@ -245,4 +255,42 @@ func TestReplicaPanicAnswersInternal(t *testing.T) {
 	require.ErrorContains(t, o.err, "internal error while applying this change")
 	o = m.Apply(&cluster.Entry{Rev: 2, Time: 2, Kind: cluster.KindTick}, nil).(outcome)
 	require.NoError(t, o.err)
+}
+
+// TestDropOwnerReleasesUntimedBoundLeases: when a node is gone, the leases
+// bound to its clients' processes without a ttl are released (nothing else
+// would end them), on a restored node too; those with a ttl run on.
+func TestDropOwnerReleasesUntimedBoundLeases(t *testing.T) {
+	m := newReplica(t)
+	rev := int64(0)
+	apply := func(m *stateMachine, owner string, ch *change) outcome {
+		body, err := encodeChange(ch)
+		require.NoError(t, err)
+		rev++
+		return m.Apply(&cluster.Entry{Rev: rev, Time: 1_700_000_000_000, Kind: cluster.KindChange, Owner: owner, Body: body}, nil).(outcome)
+	}
+	acquire := func(path string, ttl int64) *change {
+		ch := &change{op: protocol.OpAcquire, bind: &engine.Process{PID: 42, Start: 7, Boot: 9},
+			args: &protocol.Args{AgentID: "a", SessionID: "s", ResourceType: "FILE", ResourcePath: path, Predicate: "MUTATES", TTL: ttl}}
+		for _, x := range []protocol.Arg{protocol.ArgAgentID, protocol.ArgSessionID, protocol.ArgResourceType,
+			protocol.ArgResourcePath, protocol.ArgPredicate, protocol.ArgTTL} {
+			ch.args.Set(x)
+		}
+		return ch
+	}
+	reg := &change{op: protocol.OpRegisterAgent, args: &protocol.Args{AgentID: "a", Priority: 1}}
+	reg.args.Set(protocol.ArgAgentID)
+	reg.args.Set(protocol.ArgPriority)
+	apply(m, "n1.1", reg)
+	require.NotNil(t, apply(m, "n2.7", acquire("/untimed", 0)).result)
+	require.NotNil(t, apply(m, "n2.7", acquire("/timed", 900)).result)
+	require.Equal(t, []string{"n2.7"}, m.Owners())
+	for _, r := range []*stateMachine{m, restored(t, m)} {
+		r.Apply(&cluster.Entry{Rev: 10, Time: 1_700_000_000_001, Kind: cluster.KindDropOwner, Body: []byte("n2.7")}, nil)
+		ls, _, err := r.eng.ListLeases(1_700_000_000_001, engine.LeaseFilter{})
+		require.NoError(t, err)
+		require.Len(t, ls, 1)
+		require.Equal(t, "FILE:/timed", ls[0].Resource)
+		require.Empty(t, r.Owners())
+	}
 }
