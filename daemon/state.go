@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"time"
+
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/daemon/server"
 	"github.com/klockd/klock/daemon/store"
@@ -12,7 +14,11 @@ import (
 // stopped.
 func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, func(), error) {
 	if d.cfg.StateDir == "" {
-		return engine.New(ecfg), nil, func() {}, nil
+		eng := engine.New(ecfg)
+		if err := eng.Restore(&engine.State{Version: engine.StateVersion, Fence: memoryFenceBase(time.Now())}); err != nil {
+			return nil, nil, nil, err
+		}
+		return eng, nil, func() {}, nil
 	}
 	fsync, err := store.ParseFsyncMode(d.cfg.Fsync)
 	if err != nil {
@@ -46,4 +52,16 @@ func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, 
 		}
 	}
 	return eng, st, closeStore, nil
+}
+
+// memoryFenceBase is the last fence a klockd without a state directory
+// counts as issued when it starts: the wall clock in microseconds. A
+// restarted klockd has no log to continue from, and a fencing token that
+// went backwards would let a stale holder win; starting from the clock, the
+// fences of a new run are above those of every earlier run as long as that
+// run granted fewer than a million leases per second on average and the
+// wall clock did not step back between the runs. (2^53 µs, the largest
+// integer a float64 holds exactly, is reached in the year 2255.)
+func memoryFenceBase(now time.Time) uint64 {
+	return uint64(now.UnixMicro())
 }

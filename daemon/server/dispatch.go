@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
-	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -162,11 +161,6 @@ func quote(s string) string {
 		b = append(b, ch)
 	}
 	return string(append(b, '"'))
-}
-
-// uptime returns how long the server has run, in ms.
-func (s *Server) uptime() int64 {
-	return int64(s.now().Sub(s.startedAt) / time.Millisecond)
 }
 
 // unknownOpMessage is the UNKNOWN_OP message for op.

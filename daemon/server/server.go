@@ -49,9 +49,9 @@ type Config struct {
 	MaxInflight  int     // requests awaiting an answer per connection; 0 = DefaultMaxInflight
 	MaxOutbound  int     // unsent response bytes per connection; 0 = DefaultMaxOutbound
 	WriteTimeout time.Duration
-	MaxPidfds    int              // processes watched for bound leases (a pidfd each); 0 = no limit
-	Logger       *slog.Logger     // nil = slog.Default()
-	Now          func() time.Time // clock; nil = time.Now
+	MaxPidfds    int          // processes watched for bound leases (a pidfd each); 0 = no limit
+	Logger       *slog.Logger // nil = slog.Default()
+	Clock        Clock        // nil = SystemClock()
 	// OnDegraded, when set, is called when the server starts refusing
 	// changes because the journal cannot make them durable (with the
 	// fault) and when it accepts them again (with nil); never under a lock.
@@ -62,8 +62,10 @@ type Config struct {
 type Server struct {
 	cfg       Config
 	log       *slog.Logger
-	now       func() time.Time
-	startedAt time.Time
+	clock     Clock
+	startedAt time.Time     // Clock.Wall at start
+	startMono time.Duration // Clock.Mono at start
+	startMS   int64         // startedAt in Unix ms: the engine's time at start
 
 	ops       atomic.Uint64             // requests answered
 	nconns    atomic.Int64              // open connections
@@ -122,13 +124,13 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock()
 	}
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		now:     cfg.Now,
+		clock:   cfg.Clock,
 		eng:     cfg.Engine,
 		waiters: make(map[engine.WaiterID]waiter),
 		procs:   newProcWatcher(cfg.MaxPidfds),
@@ -137,7 +139,8 @@ func New(cfg Config) *Server {
 		stopc:   make(chan struct{}),
 	}
 	s.fj, _ = cfg.Journal.(faultyJournal)
-	s.startedAt = s.now()
+	s.startedAt, s.startMono = cfg.Clock.Wall(), cfg.Clock.Mono()
+	s.startMS = s.startedAt.UnixMilli()
 	s.timer = time.AfterFunc(time.Hour, s.onTimer)
 	s.timer.Stop()
 	s.mu.Lock()
@@ -149,9 +152,6 @@ func New(cfg Config) *Server {
 	s.mu.Unlock()
 	return s
 }
-
-// nowMS is the engine's clock: Unix milliseconds.
-func (s *Server) nowMS() int64 { return s.now().UnixMilli() }
 
 // Serve accepts connections on ln and serves each on its own goroutine
 // until Shutdown or Close, when it returns ErrServerClosed; other accept

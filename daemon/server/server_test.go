@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -282,17 +281,12 @@ func TestPanicAfterTheEngineChangedIsNeverJournaled(t *testing.T) {
 // TestPanicOutsideAChangeKeepsServing: a panic while serving a read (here
 // the clock) is answered INTERNAL and the daemon serves on.
 func TestPanicOutsideAChangeKeepsServing(t *testing.T) {
-	var bomb atomic.Bool
-	ts := start(t, Config{Now: func() time.Time {
-		if bomb.Load() {
-			panic("test: clock")
-		}
-		return time.Now()
-	}})
+	clock := newFakeClock()
+	ts := start(t, Config{Clock: clock})
 	c := ts.dial(t)
-	bomb.Store(true)
+	clock.bomb.Store(true)
 	r := c.call(1, protocol.OpListAgents, nil, nil)
-	bomb.Store(false)
+	clock.bomb.Store(false)
 	if r.OK || r.Error.Code != protocol.CodeInternal {
 		t.Fatalf("answer to the panicking read = %+v; want INTERNAL", r)
 	}
