@@ -2,6 +2,8 @@ package protocol
 
 import (
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -51,8 +53,14 @@ func AppendResult(dst []byte, id uint64, result any) ([]byte, error) {
 	return endFrame(dst, off), nil
 }
 
-// AppendError appends one error response frame to dst.
+// AppendError appends one error response frame to dst. Bytes of message
+// that are not UTF-8 are sent as '?'.
 func AppendError(dst []byte, id uint64, code Code, message string) []byte {
+	// A message may quote what a client sent; a msgpack str must hold
+	// valid UTF-8 (strict decoders, like Python's, refuse anything else).
+	if !utf8.ValidString(message) {
+		message = strings.ToValidUTF8(message, "?")
+	}
 	dst, off := beginFrame(dst)
 	dst = appendEnvelope(dst, id, false, "error")
 	dst = appendMapLen(dst, 2)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -146,19 +148,22 @@ func acquireAnswer(r *engine.Result, many bool) any {
 	}
 }
 
-// quote bounds and quotes a client-supplied name for an error message.
+// quote bounds and quotes a client-supplied name for an error message. The
+// result is valid UTF-8 whatever s holds (a message is a msgpack str):
+// bytes that are not UTF-8, control characters, quotes and backslashes
+// become '?', and a name over 64 bytes is cut at a character boundary.
 func quote(s string) string {
-	if len(s) > 64 {
-		s = s[:64] + "..."
-	}
-	b := make([]byte, 0, len(s)+2)
+	b := make([]byte, 0, min(len(s), 64)+5)
 	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		if ch < 0x20 || ch == '"' || ch == '\\' || ch == 0x7f {
-			ch = '?'
+	for i, r := range s {
+		if i >= 64 {
+			b = append(b, "..."...)
+			break
 		}
-		b = append(b, ch)
+		if r == utf8.RuneError || unicode.IsControl(r) || r == '"' || r == '\\' {
+			r = '?'
+		}
+		b = utf8.AppendRune(b, r)
 	}
 	return string(append(b, '"'))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -85,6 +86,9 @@ func FuzzConnection(f *testing.F) {
 			}
 			if !resp.OK && resp.Error.Code == protocol.CodeInternal {
 				t.Fatalf("INTERNAL answer: %s", resp.Error.Message)
+			}
+			if !resp.OK && !utf8.ValidString(resp.Error.Message) {
+				t.Fatalf("error message is not valid UTF-8: %q", resp.Error.Message)
 			}
 		}
 		// The expiry timer may hold the lock for a moment; a leaked hold

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"go.uber.org/goleak"
@@ -526,5 +527,25 @@ func TestHeartbeatTTLZeroIsInvalid(t *testing.T) {
 	c.call(4, protocol.OpHeartbeat, a, &hb)
 	if hb.ExpiresAt < g.ExpiresAt {
 		t.Fatalf("heartbeat without ttl moved expiry back: %d < %d", hb.ExpiresAt, g.ExpiresAt)
+	}
+}
+
+// TestUnknownOpIsEchoedAsValidUTF8: an op name that is not UTF-8, or that
+// is long enough to be cut inside a character, is quoted in UNKNOWN_OP's
+// message as valid UTF-8.
+func TestUnknownOpIsEchoedAsValidUTF8(t *testing.T) {
+	ts := start(t, Config{})
+	c := ts.dial(t)
+	for i, op := range []string{"\xff\xfe", "bad\xc3", strings.Repeat("a", 63) + "é and more", "ctl\u0085\x01", "ok-é"} {
+		r := c.rawBody(map[string]any{"id": i + 1, "op": op})
+		if r.OK || r.Error.Code != protocol.CodeUnknownOp {
+			t.Fatalf("op %q = %+v; want UNKNOWN_OP", op, r)
+		}
+		if !utf8.ValidString(r.Error.Message) {
+			t.Errorf("op %q: message %q is not valid UTF-8", op, r.Error.Message)
+		}
+	}
+	if got := quote("ok-é"); got != `"ok-é"` {
+		t.Errorf("quote(ok-é) = %s; want it unchanged", got)
 	}
 }
