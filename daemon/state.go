@@ -46,6 +46,7 @@ func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, 
 		st.Close()
 		return nil, nil, nil, err
 	}
+	st.Start()
 	closeStore := func() {
 		if err := st.Close(); err != nil {
 			d.log.Error("closing the state directory failed", "state_dir", st.Dir(), "err", err)

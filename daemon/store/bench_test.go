@@ -115,6 +115,7 @@ func BenchmarkAppendWait(b *testing.B) {
 				if _, err := st.Recover(engine.New(engine.Config{Journal: true})); err != nil {
 					b.Fatal(err)
 				}
+				st.Start()
 				var mu sync.Mutex // the engine mutex Append runs under
 				var left atomic.Int64
 				left.Store(int64(b.N))
@@ -160,6 +161,7 @@ func BenchmarkCompact100k(b *testing.B) {
 	if _, err := st.Recover(engine.New(engine.Config{Journal: true})); err != nil {
 		b.Fatal(err)
 	}
+	st.Start()
 	b.ResetTimer()
 	for b.Loop() {
 		if err := st.Compact(); err != nil {

@@ -85,7 +85,8 @@ func (s *Store) rotateLocked(state *engine.State) {
 
 // Compact forces a compaction now, as if the log had outgrown the snapshot,
 // and waits until the snapshot is durable (after any compaction already
-// running). The daemon compacts on its own; this is for tests and tools.
+// running). The store must have been started (Start). The daemon compacts
+// on its own; this is for tests and tools.
 func (s *Store) Compact() error {
 	for {
 		if err := s.prepareNextNow(); err != nil {

@@ -75,6 +75,7 @@ func openWorld(tb testing.TB, dir string, opts Options) (*world, error) {
 		st.Close()
 		return nil, err
 	}
+	st.Start()
 	w.st = st
 	tb.Cleanup(func() { w.st.Close() })
 	return w, nil

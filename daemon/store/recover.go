@@ -27,64 +27,122 @@ type RecoveryInfo struct {
 	Duration      time.Duration
 }
 
-// Recover loads the newest snapshot into eng with Restore, replays the logs
-// that follow with Apply, cuts a torn tail (warning with file and offset),
-// opens the last log for appending and starts the background fsync and
-// compaction work. eng must be new; it is the engine whose records Append
-// will be given. On damage other than a torn tail it
-// returns an error naming the file and offset, unless the store was opened
-// with RecoverTruncate; it never returns a silently emptied state.
+// Recover loads the state directory into eng, in four steps: pickBase
+// loads the newest snapshot that loads (Restore), checkChain finds the logs
+// that follow it without a gap, replay applies them (Apply), cutting a torn
+// tail with a warning, and openForAppend opens the last log for appending.
+// eng must be new; it is the engine whose records Append will be given.
+// On damage other than a torn tail it returns an error naming the file and
+// offset, unless the store was opened with RecoverTruncate; it never
+// returns a silently emptied state. Recover starts nothing in the
+// background: call Start once it has succeeded.
 func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
-	start := time.Now()
-	var info RecoveryInfo
+	r := &recovery{s: s, eng: eng, start: time.Now()}
+	r.stamp = r.start.UTC().Format("20060102T150405Z")
+	snaps, logs, err := s.scan()
+	if err != nil {
+		return r.info, err
+	}
+	base, err := r.pickBase(snaps)
+	if err != nil {
+		return r.info, err
+	}
+	chain, err := r.checkChain(base, logs)
+	if err != nil {
+		return r.info, err
+	}
+	if chain, err = r.replay(chain); err != nil {
+		return r.info, err
+	}
+	if err := s.openForAppend(chain, base); err != nil {
+		return r.info, err
+	}
+	r.finish(chain, base)
+	return r.info, nil
+}
+
+// Start starts the store's background work: the maintenance goroutine
+// (pre-creating the next log, compaction) and, with FsyncEverySec, the
+// once-a-second fsync. Call it once, after Recover succeeded; Close stops
+// them.
+func (s *Store) Start() {
+	s.wg.Add(1)
+	go s.maintain()
+	if s.opts.Fsync == FsyncEverySec {
+		s.wg.Add(1)
+		go s.syncEverySec()
+	}
+}
+
+// recovery is one Recover in progress.
+type recovery struct {
+	s     *Store
+	eng   *engine.Engine
+	info  RecoveryInfo
+	start time.Time
+	stamp string // names files moved aside
+}
+
+// scan lists the state directory: snapshot and log generations, in order.
+// An unfinished snapshot (*.tmp) is removed.
+func (s *Store) scan() (snaps, logs []uint64, err error) {
 	files, err := listState(s.dir)
 	if err != nil {
-		return info, err
+		return nil, nil, err
 	}
-	stamp := start.UTC().Format("20060102T150405Z")
-	var snaps, logs []uint64
 	for _, f := range files {
 		switch f.kind {
 		case kindTemp:
-			os.Remove(filepath.Join(s.dir, f.name)) // an unfinished snapshot
+			os.Remove(filepath.Join(s.dir, f.name))
 		case kindSnapshot:
 			snaps = append(snaps, f.gen)
 		case kindLog:
 			logs = append(logs, f.gen)
 		}
 	}
+	return snaps, logs, nil
+}
 
-	// The newest snapshot that loads is the base; log.<base> follows it.
-	// Without a snapshot the history starts empty at log.1.
-	base := uint64(1)
+// pickBase restores the newest snapshot that loads into the engine and
+// returns its generation, the first log that follows it; without one the
+// history starts empty at log.1. A damaged snapshot stops recovery, or is
+// moved aside under RecoverTruncate.
+func (r *recovery) pickBase(snaps []uint64) (uint64, error) {
+	s := r.s
 	for _, g := range slices.Backward(snaps) {
 		name := snapshotName(g)
 		st, size, err := loadSnapshot(filepath.Join(s.dir, name), g)
 		var d *DamageError
 		if errors.As(err, &d) {
 			if s.opts.Recover != RecoverTruncate {
-				return info, fmt.Errorf("klock: snapshot %s is damaged (%s); refusing to start from a partial state. Inspect %s, or start with --recover=truncate to move it aside and use what remains", filepath.Join(s.dir, name), d.Reason, s.dir)
+				return 0, fmt.Errorf("klock: snapshot %s is damaged (%s); refusing to start from a partial state. Inspect %s, or start with --recover=truncate to move it aside and use what remains", filepath.Join(s.dir, name), d.Reason, s.dir)
 			}
-			aside := asideName(s.dir, name, stamp)
+			aside := asideName(s.dir, name, r.stamp)
 			s.log.Warn("klock: snapshot damaged; moved aside (--recover=truncate)", "file", name, "reason", d.Reason, "moved_to", aside)
 			if err := os.Rename(filepath.Join(s.dir, name), aside); err != nil {
-				return info, fmt.Errorf("klock: moving damaged snapshot aside: %w", err)
+				return 0, fmt.Errorf("klock: moving damaged snapshot aside: %w", err)
 			}
-			info.Truncated = true
+			r.info.Truncated = true
 			continue
 		}
 		if err != nil {
-			return info, err
+			return 0, err
 		}
-		if err := eng.Restore(st); err != nil {
-			return info, fmt.Errorf("klock: snapshot %s passes its checksum but the engine rejects it: %w", filepath.Join(s.dir, name), err)
+		if err := r.eng.Restore(st); err != nil {
+			return 0, fmt.Errorf("klock: snapshot %s passes its checksum but the engine rejects it: %w", filepath.Join(s.dir, name), err)
 		}
-		base, info.Snapshot, info.SnapshotBytes = g, name, size
-		break
+		r.info.Snapshot, r.info.SnapshotBytes = name, size
+		return g, nil
 	}
+	return 1, nil
+}
 
-	// Logs older than the base were replaced by it (a compaction stopped
-	// before deleting them).
+// checkChain returns the logs from base on, which must follow each other
+// without a gap. Logs older than base were replaced by it (a compaction
+// stopped before deleting them) and are removed. A gap stops recovery, or
+// moves the logs after it aside under RecoverTruncate.
+func (r *recovery) checkChain(base uint64, logs []uint64) ([]uint64, error) {
+	s := r.s
 	var chain []uint64
 	for _, g := range logs {
 		if g < base {
@@ -99,71 +157,62 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 		}
 		want := logName(base + uint64(i))
 		if s.opts.Recover != RecoverTruncate {
-			return info, fmt.Errorf("klock: %s is missing from %s but later logs exist; refusing to start from a partial state. Start with --recover=truncate to keep what precedes the gap", want, s.dir)
+			return nil, fmt.Errorf("klock: %s is missing from %s but later logs exist; refusing to start from a partial state. Start with --recover=truncate to keep what precedes the gap", want, s.dir)
 		}
 		s.log.Warn("klock: log missing; later logs moved aside (--recover=truncate)", "missing", want)
-		s.asideLogs(chain[i:], stamp)
-		chain, info.Truncated = chain[:i], true
-		break
+		s.asideLogs(chain[i:], r.stamp)
+		r.info.Truncated = true
+		return chain[:i], nil
 	}
+	return chain, nil
+}
 
+// replay applies the chain's logs to the engine in order and returns the
+// chain as it stands after: a torn tail is cut (a log with a torn header is
+// removed), damage with intact records after it stops recovery, or is cut
+// away under RecoverTruncate (a copy kept, later logs moved aside). A next
+// log created ahead of a rotation that never happened is dropped.
+func (r *recovery) replay(chain []uint64) ([]uint64, error) {
+	s := r.s
 	for i := 0; i < len(chain); i++ {
 		g := chain[i]
-		name := logName(g)
-		path := filepath.Join(s.dir, name)
-		n, end, err := replayLog(eng, path, g)
-		info.Records += n
-		info.LogBytes += end
-		info.Logs++
+		path := filepath.Join(s.dir, logName(g))
+		n, end, err := replayLog(r.eng, path, g)
+		r.info.Records += n
+		r.info.LogBytes += end
+		r.info.Logs++
 		if err == nil {
 			continue
 		}
 		var d *DamageError
 		if !errors.As(err, &d) {
-			return info, err
+			return nil, err
 		}
 		rest := chain[i+1:]
 		if d.Torn && logsEmpty(s.dir, rest) {
-			info.TornTail = true
+			r.info.TornTail = true
 			if d.Offset < logHeaderSize {
 				// A log whose header never made it to disk has no records:
-				// remove it; it is recreated below if it was the last.
+				// remove it; it is recreated if it was the last.
 				s.log.Warn("klock: removed a log with a torn header", "file", path, "reason", d.Reason)
 				os.Remove(path)
-				info.Logs--
+				r.info.Logs--
 				s.removeLogs(rest)
 				chain = chain[:i]
 				break
 			}
 			s.log.Warn("klock: cut torn tail of log", "file", path, "offset", d.Offset, "reason", d.Reason)
 			if err := truncateFile(path, d.Offset); err != nil {
-				return info, err
+				return nil, err
 			}
 			continue
 		}
-		if s.opts.Recover != RecoverTruncate {
-			return info, fmt.Errorf("klock: log %s is damaged at offset %d (%s) and intact data follows; refusing to start from a partial state. Inspect it, or start with --recover=truncate to keep the records before the damage", path, d.Offset, d.Reason)
+		if chain, err = r.cutDamage(chain, i, d); err != nil {
+			return nil, err
 		}
-		aside := asideName(s.dir, name, stamp)
-		s.log.Warn("klock: log damaged; keeping the records before the damage (--recover=truncate)", "file", path, "offset", d.Offset, "reason", d.Reason, "copy", aside)
-		if err := copyFile(path, aside); err != nil {
-			return info, err
-		}
-		info.Truncated = true
-		s.asideLogs(rest, stamp)
-		if d.Offset < logHeaderSize {
-			os.Remove(path)
-			info.Logs--
-			chain = chain[:i]
-			break
-		}
-		if err := truncateFile(path, d.Offset); err != nil {
-			return info, err
-		}
-		chain = chain[:i+1]
 		break
 	}
-	eng.Records() // replay may journal; those records are on disk already
+	r.eng.Records() // replay may journal; those records are on disk already
 
 	// A next log created ahead of a rotation that never happened holds no
 	// records: drop it rather than start every run in a new file.
@@ -171,9 +220,41 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 		os.Remove(filepath.Join(s.dir, logName(chain[len(chain)-1])))
 		chain = chain[:len(chain)-1]
 	}
-	if err := s.openForAppend(chain, base); err != nil {
-		return info, err
+	return chain, nil
+}
+
+// cutDamage handles damage d in chain[i] that is not a torn tail: an error,
+// unless RecoverTruncate, which keeps a copy of the log, cuts it at the
+// damage and moves the later logs aside. It returns the chain that remains.
+func (r *recovery) cutDamage(chain []uint64, i int, d *DamageError) ([]uint64, error) {
+	s := r.s
+	name := logName(chain[i])
+	path := filepath.Join(s.dir, name)
+	if s.opts.Recover != RecoverTruncate {
+		return nil, fmt.Errorf("klock: log %s is damaged at offset %d (%s) and intact data follows; refusing to start from a partial state. Inspect it, or start with --recover=truncate to keep the records before the damage", path, d.Offset, d.Reason)
 	}
+	aside := asideName(s.dir, name, r.stamp)
+	s.log.Warn("klock: log damaged; keeping the records before the damage (--recover=truncate)", "file", path, "offset", d.Offset, "reason", d.Reason, "copy", aside)
+	if err := copyFile(path, aside); err != nil {
+		return nil, err
+	}
+	r.info.Truncated = true
+	s.asideLogs(chain[i+1:], r.stamp)
+	if d.Offset < logHeaderSize {
+		os.Remove(path)
+		r.info.Logs--
+		return chain[:i], nil
+	}
+	if err := truncateFile(path, d.Offset); err != nil {
+		return nil, err
+	}
+	return chain[:i+1], nil
+}
+
+// finish records what was recovered in the store (the engine, the base,
+// the log bytes compaction weighs) and in the info, and logs one line.
+func (r *recovery) finish(chain []uint64, base uint64) {
+	s := r.s
 	// Compaction weighs everything replayed since the snapshot, however
 	// many files it spans.
 	if len(chain) > 1 {
@@ -184,24 +265,18 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 			}
 		}
 	}
-	s.eng = eng
-	s.snapBytes = info.SnapshotBytes
-	if info.Snapshot != "" {
+	s.eng = r.eng
+	s.snapBytes = r.info.SnapshotBytes
+	if r.info.Snapshot != "" {
 		s.baseGen = base
 	}
-	st := eng.Stats()
+	st := r.eng.Stats()
+	info := &r.info
 	info.Agents, info.Leases, info.Fence = st.Agents, st.Leases, st.Fence
-	info.Duration = time.Since(start)
+	info.Duration = time.Since(r.start)
 	s.log.Info("klock: state recovered", "dir", s.dir, "snapshot", info.Snapshot, "logs", info.Logs,
 		"records", info.Records, "agents", info.Agents, "leases", info.Leases, "fence", info.Fence,
 		"torn_tail", info.TornTail, "truncated", info.Truncated, "took", info.Duration.Round(time.Microsecond))
-	s.wg.Add(1)
-	go s.maintain()
-	if s.opts.Fsync == FsyncEverySec {
-		s.wg.Add(1)
-		go s.syncEverySec()
-	}
-	return info, nil
 }
 
 // replayLog applies every record of one log to eng. It returns the number

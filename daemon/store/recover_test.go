@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 
 	"github.com/klockd/klock/daemon/engine"
 )
@@ -364,4 +368,32 @@ func TestUnusedNextLogIsDropped(t *testing.T) {
 	if gen != 1 || size != fileSize(t, filepath.Join(crashed, logName(1))) {
 		t.Fatalf("appending to log %d with %d bytes counted; want log 1 and its size", gen, size)
 	}
+}
+
+// TestRecoverStartsNothing: Recover only recovers; the background fsync and
+// compaction goroutines start with Start and end with Close.
+func TestRecoverStartsNothing(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, dir, Options{})
+	w.populate(5)
+	w.close()
+	st, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := goleak.IgnoreCurrent()
+	if _, err := st.Recover(engine.New(engine.Config{Journal: true})); err != nil {
+		t.Fatal(err)
+	}
+	if err := goleak.Find(idle); err != nil {
+		t.Fatalf("Recover started goroutines: %v", err)
+	}
+	st.Start()
+	if err := goleak.Find(idle); err == nil {
+		t.Fatal("Start started no goroutine")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	goleak.VerifyNone(t, idle)
 }

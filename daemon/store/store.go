@@ -5,6 +5,7 @@ package store
 //	st, err := store.Open(dir, store.Options{Fsync: mode, Recover: rmode, Logger: log})
 //	eng := engine.New(engine.Config{..., Journal: true})
 //	info, err := st.Recover(eng)          // before serving; logs one line
+//	st.Start()                            // fsync and compaction in the background
 //	srv := server.New(server.Config{Engine: eng, Journal: st, ...})
 //	... serve ...
 //	srv.Shutdown(ctx); st.Close()         // Close after the last Append
@@ -130,7 +131,8 @@ type Options struct {
 }
 
 // Store is an open state directory. Append and Wait may be called from any
-// goroutine (Append under the engine mutex); Recover must come first.
+// goroutine (Append under the engine mutex); Recover must come first, and
+// Start after it.
 type Store struct {
 	dir  string
 	opts Options
@@ -337,9 +339,9 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// OpenEngine opens and recovers dir in one step, for the daemon: it locks
-// the directory, makes an engine from ecfg (with Journal set), recovers its
-// state and returns both. On error nothing stays open. Close the store
+// OpenEngine opens, recovers and starts dir in one step: it locks the
+// directory, makes an engine from ecfg (with Journal set), recovers its
+// state, starts the background work and returns both. On error nothing stays open. Close the store
 // after the server has stopped calling Append.
 func OpenEngine(dir string, opts Options, ecfg engine.Config) (*engine.Engine, *Store, RecoveryInfo, error) {
 	s, err := Open(dir, opts)
@@ -353,5 +355,6 @@ func OpenEngine(dir string, opts Options, ecfg engine.Config) (*engine.Engine, *
 		s.Close()
 		return nil, nil, info, err
 	}
+	s.Start()
 	return eng, s, info, nil
 }
