@@ -29,7 +29,7 @@ func (c systemClock) Mono() time.Duration { return time.Since(c.origin) }
 // nowMS is the engine's clock: Unix milliseconds, the wall clock at start
 // plus the monotonic time elapsed since.
 func (s *Server) nowMS() int64 {
-	return s.startMS + int64((s.clock.Mono()-s.startMono)/time.Millisecond)
+	return (s.startNS + int64(s.clock.Mono()-s.startMono)) / int64(time.Millisecond)
 }
 
 // uptime returns how long the server has run, in ms.

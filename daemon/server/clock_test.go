@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
 )
 
@@ -104,5 +105,21 @@ func TestWallClockStepsNeitherExpireNorExtend(t *testing.T) {
 	c.call(9, protocol.OpStats, nil, &st)
 	if st.UptimeMS != 90000 {
 		t.Fatalf("uptime = %d ms; want 90000 (monotonic time only)", st.UptimeMS)
+	}
+}
+
+// TestEngineTimeIsTheWallClockWithoutSteps: while the wall clock does not
+// step, engine time is the wall clock in Unix ms exactly, whatever the
+// sub-millisecond phase of the start.
+func TestEngineTimeIsTheWallClockWithoutSteps(t *testing.T) {
+	clock := newFakeClock()
+	clock.advance(900 * time.Microsecond)
+	s := New(Config{Engine: engine.New(engine.Config{}), Clock: clock})
+	defer s.Close()
+	for range 50 {
+		clock.advance(170 * time.Microsecond)
+		if got, want := s.nowMS(), clock.Wall().UnixMilli(); got != want {
+			t.Fatalf("engine time %d; want the wall clock %d", got, want)
+		}
 	}
 }

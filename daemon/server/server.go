@@ -65,7 +65,7 @@ type Server struct {
 	clock     Clock
 	startedAt time.Time     // Clock.Wall at start
 	startMono time.Duration // Clock.Mono at start
-	startMS   int64         // startedAt in Unix ms: the engine's time at start
+	startNS   int64         // startedAt in Unix ns: the engine's time at start
 
 	ops       atomic.Uint64             // requests answered
 	nconns    atomic.Int64              // open connections
@@ -140,7 +140,7 @@ func New(cfg Config) *Server {
 	}
 	s.fj, _ = cfg.Journal.(faultyJournal)
 	s.startedAt, s.startMono = cfg.Clock.Wall(), cfg.Clock.Mono()
-	s.startMS = s.startedAt.UnixMilli()
+	s.startNS = s.startedAt.UnixNano()
 	s.timer = time.AfterFunc(time.Hour, s.onTimer)
 	s.timer.Stop()
 	s.mu.Lock()
