@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -39,7 +40,9 @@ type Client struct {
 	dialing bool             // the redial loop is running
 	dialErr error            // why the last (re)connection failed; nil once connected
 	backoff time.Duration    // delay before the next redial; 0 once a connection has answered
-	closed  bool
+	// redialKick (buffered 1) cuts the redial loop's backoff sleep short.
+	redialKick chan struct{}
+	closed     bool
 }
 
 // call is one request in flight. Calls are pooled; a call is referenced by
@@ -91,6 +94,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		idemPrefix: hex.EncodeToString(seed[:]) + "-",
 		pending:    make(map[uint64]*call),
 		orphans:    make(map[uint64]*call),
+		redialKick: make(chan struct{}, 1),
 	}
 	nc, socket, err := c.connect(ctx)
 	if err != nil {
@@ -164,20 +168,58 @@ func (c *Client) newIdem() string {
 }
 
 // do sends one request and decodes its result into out (nil to ignore it).
-// A refusal from the daemon is an *Error.
+// A refusal from the daemon is an *Error. UNAVAILABLE is retried as
+// Options.UnavailableWait says: nothing was changed, so the same request is
+// sent again.
 func (c *Client) do(ctx context.Context, op string, args *protocol.Args, out any) error {
-	cl, err := c.roundTrip(ctx, op, args)
-	if err != nil {
-		return err
+	var retry unavailableRetry
+	for {
+		cl, err := c.roundTrip(ctx, op, args)
+		if err != nil {
+			return err
+		}
+		if cl.resp.OK {
+			err = nil
+			if out != nil {
+				err = protocol.DecodeResult(cl.resp.Result, out)
+			}
+			putCall(cl)
+			return err
+		}
+		err = remoteError(cl.resp.Error)
+		putCall(cl)
+		if !errors.Is(err, ErrUnavailable) || !retry.again(ctx, c.opts.UnavailableWait) {
+			return err
+		}
 	}
-	defer putCall(cl)
-	if !cl.resp.OK {
-		return remoteError(cl.resp.Error)
+}
+
+// unavailableRetry paces the retries of one call answered UNAVAILABLE.
+type unavailableRetry struct {
+	start time.Time
+	delay time.Duration
+}
+
+// again waits before the next try and reports whether to make it: not when
+// the wait would run past limit (counted from the first UNAVAILABLE; 0 =
+// none, negative = no retry) or past ctx's deadline, nor when ctx ends.
+func (r *unavailableRetry) again(ctx context.Context, limit time.Duration) bool {
+	if limit < 0 {
+		return false
 	}
-	if out == nil {
-		return nil
+	if r.start.IsZero() {
+		r.start, r.delay = time.Now(), 50*time.Millisecond
 	}
-	return protocol.DecodeResult(cl.resp.Result, out)
+	d := jitter(r.delay)
+	r.delay = min(2*r.delay, time.Second)
+	until := time.Now().Add(d)
+	if limit > 0 && until.After(r.start.Add(limit)) {
+		return false
+	}
+	if dl, ok := ctx.Deadline(); ok && until.After(dl) {
+		return false
+	}
+	return sleep(ctx, d) == nil
 }
 
 func remoteError(e *protocol.Error) error {

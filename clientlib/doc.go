@@ -14,14 +14,22 @@
 // idempotency key generated per logical call, so a resent acquire returns the
 // lease it already obtained, never a second one; release, heartbeat and
 // register are idempotent. A request the daemon refuses with SHUTTING_DOWN
-// (it is stopping for a restart) is likewise resent once reconnected.
+// (it is stopping for a restart) is likewise resent once reconnected. One
+// refused with UNAVAILABLE (the daemon cannot make changes durable: a full
+// or failing disk; nothing was changed) is resent on the same connection
+// with backoff while the call's context and Options.UnavailableWait allow,
+// and then returned as an error matching ErrUnavailable.
 //
 // The calls mirror the wire operations of protocol/README.md, with the seed
 // SDK's names for the seed's calls (RegisterAgent, AcquireLease,
 // ReleaseLease, ActiveLeaseCount, EvictExpired). Acquire adds what most
 // callers want: it blocks until the lease is granted (waiting in the daemon on
 // WAIT, retrying after the suggested delay on DIE) and keeps the lease alive
-// until Lease.Release, reporting on Lease.Lost if a renewal fails.
+// until Lease.Release, reporting on Lease.Lost if a renewal fails. The
+// keep-alive measures a lease on this process's monotonic clock (from when
+// it sent the request that granted or renewed it, plus the ttl), never by
+// the daemon's expires_at, and before it declares a lease lost for want of
+// a connection it makes one immediate redial and renewal.
 //
 // Typical use by an agent:
 //

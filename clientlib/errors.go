@@ -51,6 +51,11 @@ var (
 	ErrResourceExhausted = &Error{Code: protocol.CodeResourceExhausted}
 	ErrShuttingDown      = &Error{Code: protocol.CodeShuttingDown}
 	ErrInternal          = &Error{Code: protocol.CodeInternal}
+	// ErrUnavailable: the daemon cannot make state changes durable right
+	// now (its disk is full, failing or read-only) and changed nothing.
+	// Calls retry it with backoff (Options.UnavailableWait) before
+	// returning it.
+	ErrUnavailable = &Error{Code: protocol.CodeUnavailable}
 )
 
 // ErrClosed is returned by calls on a closed Client, and by calls whose

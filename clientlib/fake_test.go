@@ -80,7 +80,7 @@ func blockingFake(t *testing.T, opts Options) (f *fakeDaemon, c *Client, held <-
 
 type fakeLease struct {
 	id, agent, session, resource, predicate string
-	expires                                 int64
+	expires, ttl                            int64
 	fence                                   uint64
 }
 
@@ -296,7 +296,7 @@ func (f *fakeDaemon) handle(req *protocol.Request) (any, *protocol.Error) {
 		f.seq++
 		f.fence++
 		l := &fakeLease{id: fmt.Sprintf("lease-%d", f.seq), agent: a.AgentID, session: a.SessionID,
-			resource: res, predicate: a.Predicate, expires: now + a.TTL, fence: f.fence}
+			resource: res, predicate: a.Predicate, expires: now + a.TTL, ttl: a.TTL, fence: f.fence}
 		f.leases[l.id] = l
 		f.byRes[res] = l.id
 		if a.Idem != "" {
@@ -318,11 +318,10 @@ func (f *fakeDaemon) handle(req *protocol.Request) (any, *protocol.Error) {
 		if !ok || l.expires <= now {
 			return nil, protocol.Errorf(protocol.CodeNotFound, "klock: lease %s is not active", a.LeaseID)
 		}
-		ttl := a.TTL
-		if ttl == 0 {
-			ttl = 1000
+		if a.TTL > 0 {
+			l.ttl = a.TTL
 		}
-		l.expires = now + ttl
+		l.expires = now + l.ttl
 		return protocol.HeartbeatResult{LeaseID: l.id, ExpiresAt: l.expires}, nil
 	case protocol.OpActiveLeaseCount:
 		n := 0

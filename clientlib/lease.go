@@ -28,7 +28,8 @@ type Lease struct {
 	lost   chan struct{}
 
 	mu       sync.Mutex // guards the fields that follow
-	expires  time.Time  // the earliest expiry among grants, as last renewed
+	expires  time.Time  // the earliest expiry among grants, as last renewed, on this process's clock
+	soon     bool       // renew at once: the grant may be older than this Acquire
 	err      error
 	released bool
 }
@@ -46,7 +47,10 @@ func (l *Lease) Resource() string { return l.grants[0].Resource }
 func (l *Lease) Leases() []AcquireResult { return append([]AcquireResult(nil), l.grants...) }
 
 // ExpiresAt returns when the lease expires unless renewed again (the
-// earliest expiry for a set), as of the last renewal.
+// earliest expiry for a set), as of the last renewal. It is measured on
+// this process's monotonic clock from when the request that granted or
+// renewed the lease was sent, plus its ttl: a lower bound that no step of
+// the wall clock moves (the daemon's expires_at is on its own lease clock).
 func (l *Lease) ExpiresAt() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -124,7 +128,10 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 	if len(req.Intents) == 0 {
 		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: "Acquire needs at least 1 intent"}
 	}
-	if req.Idem == "" {
+	// A key of the caller's may return a lease granted before this call,
+	// with less time left than a new one: renew it at once.
+	old := req.Idem != ""
+	if !old {
 		req.Idem = c.newIdem()
 	}
 	maxWait := req.WaitTimeout
@@ -159,7 +166,7 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 		case err != nil:
 			return nil, err
 		case grants != nil:
-			return c.keep(grants, req.TTL), nil
+			return c.keep(grants, req.TTL, start, old), nil
 		case denial.Reason == string(protocol.ReasonSessionExpired):
 			return nil, denialError(resource, denial, nil)
 		case denial.Reason == string(protocol.ReasonWait) && time.Since(start) >= attempt.WaitTimeout && attempt.WaitTimeout > 0:
@@ -241,10 +248,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// keep wraps granted leases in a Lease and starts its keep-alive.
-func (c *Client) keep(grants []AcquireResult, ttl time.Duration) *Lease {
+// keep wraps granted leases in a Lease and starts its keep-alive. The
+// leases were granted after sent, so they last at least until sent + ttl;
+// soon renews them at once.
+func (c *Client) keep(grants []AcquireResult, ttl time.Duration, sent time.Time, soon bool) *Lease {
 	l := &Lease{c: c, grants: grants, ttl: ttl, exited: make(chan struct{}), lost: make(chan struct{})}
-	l.expires = earliest(grants)
+	l.expires, l.soon = sent.Add(ttl), soon
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l.ctx, l.stop = context.WithCancel(c.life)
@@ -259,24 +268,17 @@ func (c *Client) keep(grants []AcquireResult, ttl time.Duration) *Lease {
 	return l
 }
 
-func earliest(grants []AcquireResult) time.Time {
-	var t time.Time
-	for _, g := range grants {
-		if t.IsZero() || g.ExpiresAt.Before(t) {
-			t = g.ExpiresAt
-		}
-	}
-	return t
-}
-
 // keepAlive renews the leases every ttl/3 until Release or a renewal fails.
 func (l *Lease) keepAlive() {
 	defer l.c.bg.Done()
 	defer close(l.exited)
-	// The first renewal comes sooner when the grant is older than it looks
-	// (a resent acquire returns the lease granted before the reconnect).
+	// The first renewal comes a third of the ttl after the acquire was
+	// sent, or at once for a lease that may be older.
 	l.mu.Lock()
-	first := min(l.ttl/3, time.Until(l.expires)/2)
+	first := time.Until(l.expires.Add(-l.ttl * 2 / 3))
+	if l.soon {
+		first = 0
+	}
 	l.mu.Unlock()
 	t := time.NewTimer(max(first, time.Millisecond))
 	defer t.Stop()
@@ -302,24 +304,33 @@ func (l *Lease) keepAlive() {
 }
 
 // renew heartbeats every lease of the set, retrying transient refusals,
-// until they are renewed or the earliest expiry passes. It returns the delay
-// until the next renewal.
+// until they are renewed or the earliest expiry is near. It returns the
+// delay until the next renewal.
+//
+// Renewals are given up a margin before the lease expires, so that the
+// holder hears of the loss before anyone else can be granted it. When the
+// daemon has been unreachable until a margin before that (a restart, say,
+// while the redial backoff sleeps), one immediate redial and renewal are
+// tried before the lease is declared lost.
 func (l *Lease) renew() (time.Duration, error) {
 	l.mu.Lock()
 	expires := l.expires
 	l.mu.Unlock()
-	// Give up a little before the daemon would expire the lease, so the
-	// holder hears of the loss before anyone else can be granted it.
-	deadline := expires.Add(-min(l.ttl/10, 250*time.Millisecond))
-	ctx, cancel := context.WithDeadline(l.ctx, deadline)
+	margin := min(l.ttl/10, 250*time.Millisecond)
+	deadline := expires.Add(-margin)
+	last, cancelLast := context.WithDeadline(l.ctx, deadline)
+	defer cancelLast()
+	ctx, cancel := context.WithDeadline(last, deadline.Add(-margin))
 	defer cancel()
+	lastTry := false
 	var renewed time.Time
 	for i := 0; i < len(l.grants); {
 		g := &l.grants[i]
-		exp, err := l.c.Heartbeat(ctx, g.LeaseID, 0)
+		sent := time.Now()
+		_, err := l.c.Heartbeat(ctx, g.LeaseID, 0)
 		switch {
 		case err == nil:
-			if renewed.IsZero() || exp.Before(renewed) {
+			if exp := sent.Add(l.ttl); renewed.IsZero() || exp.Before(renewed) {
 				renewed = exp
 			}
 			i++
@@ -327,11 +338,18 @@ func (l *Lease) renew() (time.Duration, error) {
 		case errors.Is(err, ErrNotFound):
 			return 0, fmt.Errorf("klock: lease %s on %s was lost: it expired or was revoked or released "+
 				"before it could be renewed: %w", g.LeaseID, g.Resource, err)
+		case errors.Is(err, context.DeadlineExceeded) && l.ctx.Err() == nil && !lastTry:
+			lastTry, ctx = true, last
+			l.c.redialNow()
+			continue
 		case errors.Is(err, context.DeadlineExceeded) && l.ctx.Err() == nil:
 			return 0, fmt.Errorf("klock: lease %s on %s was lost: it could not be renewed before it expired "+
-				"at %s (daemon unreachable?): %w", g.LeaseID, g.Resource, expires.Format(time.RFC3339Nano), err)
-		case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrResourceExhausted), errors.Is(err, ErrInternal):
-			if serr := sleep(ctx, jitter(max(l.ttl/20, 5*time.Millisecond))); serr != nil {
+				"(daemon unreachable?): %w", g.LeaseID, g.Resource, err)
+		case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrResourceExhausted), errors.Is(err, ErrInternal),
+			errors.Is(err, ErrUnavailable):
+			// UNAVAILABLE: the daemon cannot make the renewal durable (its
+			// disk is full); the lease keeps its expiry meanwhile.
+			if serr := sleep(ctx, jitter(max(l.ttl/20, 5*time.Millisecond))); serr != nil && lastTry {
 				return 0, fmt.Errorf("klock: lease %s on %s was lost: renewal kept failing until it expired: %w",
 					g.LeaseID, g.Resource, err)
 			}
@@ -342,5 +360,5 @@ func (l *Lease) renew() (time.Duration, error) {
 	l.mu.Lock()
 	l.expires = renewed
 	l.mu.Unlock()
-	return max(l.ttl/3, time.Millisecond), nil
+	return max(time.Until(renewed.Add(-l.ttl*2/3)), time.Millisecond), nil
 }

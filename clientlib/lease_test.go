@@ -149,3 +149,79 @@ func TestWaitFor(t *testing.T) {
 		t.Errorf("waitFor(30ms left) = %v, %v; want 0, false", w, ok)
 	}
 }
+
+// TestKeepAliveRedialsOnceBeforeGivingUp: the daemon restarts while the
+// redial backoff sleeps far past the lease's expiry; before declaring the
+// lease lost, the keep-alive makes one immediate redial and renewal, and
+// keeps the lease.
+func TestKeepAliveRedialsOnceBeforeGivingUp(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{MaxBackoff: time.Minute})
+	ctx := testCtx(t)
+	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next redial waits a minute, and the daemon restarts (its state
+	// kept) before the first renewal finds the connection broken.
+	c.mu.Lock()
+	c.backoff = time.Minute
+	c.mu.Unlock()
+	f.restart()
+	f.waitFor("a renewal after the restart", func() bool { return f.ops[protocol.OpHeartbeat] >= 1 })
+	select {
+	case <-l.Lost():
+		t.Fatalf("lease lost although the daemon was back before it expired: %v", l.Err())
+	default:
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeepAliveUsesItsOwnClock: the daemon's expires_at is on the daemon's
+// lease clock, which may be far from this process's wall clock (a step of
+// the wall clock, a suspend); the keep-alive measures the lease from when
+// it sent each request, so a daemon an hour behind neither loses the lease
+// nor makes ExpiresAt a time in the past.
+func TestKeepAliveUsesItsOwnClock(t *testing.T) {
+	f := newFakeDaemon(t)
+	const behind = int64(time.Hour / time.Millisecond)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		res, perr := f.handle(req)
+		switch r := res.(type) {
+		case protocol.Grant:
+			r.AcquiredAt, r.ExpiresAt = r.AcquiredAt-behind, r.ExpiresAt-behind
+			res = r
+		case protocol.HeartbeatResult:
+			r.ExpiresAt -= behind
+			res = r
+		}
+		reply(res, perr)
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 600 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(l.ExpiresAt()); left <= 0 || left > 600*time.Millisecond {
+		t.Fatalf("ExpiresAt is %v from now; want within the 600ms ttl", left)
+	}
+	f.waitFor("three renewals", func() bool { return f.ops[protocol.OpHeartbeat] >= 3 })
+	select {
+	case <-l.Lost():
+		t.Fatalf("lease lost: %v", l.Err())
+	default:
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

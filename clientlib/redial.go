@@ -45,6 +45,8 @@ func (c *Client) redial() {
 			case <-c.life.Done():
 				t.Stop()
 				continue
+			case <-c.redialKick:
+				t.Stop()
 			case <-t.C:
 			}
 		}
@@ -64,6 +66,18 @@ func (c *Client) redial() {
 		c.connected(newConn(nc))
 		c.mu.Unlock()
 		return
+	}
+}
+
+// redialNow makes the next redial attempt happen at once, cutting short
+// the backoff sleep: a lease about to be declared lost gets one more try.
+func (c *Client) redialNow() {
+	c.mu.Lock()
+	c.backoff = 0
+	c.mu.Unlock()
+	select {
+	case c.redialKick <- struct{}{}:
+	default:
 	}
 }
 

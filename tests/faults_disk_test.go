@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -8,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
 )
@@ -77,7 +81,9 @@ func (f *diskFault) stats() protocol.StatsResult {
 // heartbeat, release, register) are answered UNAVAILABLE naming the errno
 // and the file, a parked acquire too; reads are answered from memory and
 // stats says degraded since when and why; klockctl status says so and
-// klockctl acquire exits 1 with the message; one WARN line is logged. When
+// klockctl acquire exits 1 with the message; the Go client returns
+// ErrUnavailable when its context is short and succeeds across the fault
+// when it is not; one WARN line is logged. When
 // the disk is mended klockd heals by itself (one INFO line) and accepts
 // changes; after a kill -9 and a restart exactly the acknowledged leases
 // are there.
@@ -164,9 +170,23 @@ func TestDiskFaultsAreUnavailableAndHeal(t *testing.T) {
 		if out.code != 1 || !strings.Contains(out.stderr, "cannot make state changes durable") {
 			t.Errorf("klockctl acquire while degraded: exit %d; want 1 with the message\n%s%s", out.code, out.stdout, out.stderr)
 		}
+		// The Go client retries within its context, then says UNAVAILABLE.
+		gc := d.Client(t)
+		short, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		err := gc.RegisterAgent(short, "go-client", 3)
+		cancel()
+		if !errors.Is(err, clientlib.ErrUnavailable) {
+			t.Errorf("Go client RegisterAgent while degraded = %v; want ErrUnavailable", err)
+		}
+		// One with time to spare succeeds once the disk is mended.
+		healed := make(chan error, 1)
+		go func() { healed <- gc.RegisterAgent(testCtx(t), "patient", 4) }()
 
 		c.mend()
 		waitFor(t, "klockd to heal", func() bool { return !f.stats().Degraded })
+		if err := <-healed; err != nil {
+			t.Errorf("Go client RegisterAgent across the fault = %v; want success once healed", err)
+		}
 		mustOK(t, "acquire after healing", f.acquire(), nil)
 	}
 

@@ -200,7 +200,9 @@ absolute and cleaned, and a linked git worktree's paths are keyed as the
 main worktree's (KLOCK_WORKTREES=separate keeps them apart).
 
 exit codes: 0 ok; 1 denied or failed; 2 usage error; 3 klockd unreachable.
-"klockctl run" exits with its command's code.
+"klockctl run" exits with its command's code. A change klockd cannot make
+durable (UNAVAILABLE: its disk is full or failing) is retried for up to 5s,
+then reported with exit 1.
 
 global flags:
 `)
@@ -239,6 +241,11 @@ func exitCode(err error) int {
 // requestTimeout bounds one-shot requests, so that a wedged daemon cannot
 // hang a script.
 const requestTimeout = 30 * time.Second
+
+// oneShotUnavailableWait bounds how long a one-shot command retries a
+// change answered UNAVAILABLE before it reports it (exit 1): a person or a
+// script learns of a full disk in seconds, not at requestTimeout.
+const oneShotUnavailableWait = 5 * time.Second
 
 // cwd returns the working directory for resolving bare paths, or "" when it
 // cannot be read (then only absolute paths work).

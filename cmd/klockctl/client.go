@@ -23,16 +23,21 @@ func (a *app) socketPath() string {
 
 // dial connects to the daemon. One-shot commands dial without reconnecting:
 // a daemon that is not there is reported at once (exit 3) rather than
-// waited for. Long-running ones (run, acquire --wait) pass reconnect, so a
+// waited for, and a change it cannot make durable (UNAVAILABLE) is retried
+// for oneShotUnavailableWait only. Long-running ones (run, acquire --wait) pass reconnect, so a
 // daemon restart does not cost them their leases.
 func (a *app) dial(ctx context.Context, reconnect bool) (*clientlib.Client, error) {
-	c, err := clientlib.Dial(ctx, clientlib.Options{
+	opts := clientlib.Options{
 		Socket:      a.socketPath(),
 		ClientName:  "klockctl/" + version(),
 		NoReconnect: !reconnect,
 		NoAutostart: clientlib.AutostartDisabled(a.getenv),
 		Stderr:      a.stderr,
-	})
+	}
+	if !reconnect {
+		opts.UnavailableWait = oneShotUnavailableWait
+	}
+	c, err := clientlib.Dial(ctx, opts)
 	if err != nil {
 		return nil, unreachableError(err)
 	}

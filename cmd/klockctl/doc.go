@@ -49,6 +49,8 @@
 //
 // Exit codes: 0 success; 1 denied, or any error; 2 usage error; 3 klockd
 // unreachable (the message names the socket tried and how to start klockd).
+// A change klockd cannot make durable (UNAVAILABLE) is retried for 5 s by a
+// one-shot command, then reported (exit 1).
 // Errors are one line on stderr. "klockctl run" exits with its command's
 // code once the command has started (see run.go).
 package main
