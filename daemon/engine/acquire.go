@@ -144,129 +144,6 @@ func (en *idemEntry) answer(key string, targets []target, bind *Process) (Result
 	return Result{Granted: true, Leases: ls}, nil
 }
 
-// verdict is the decision for one request: reason "" is a grant. by* name
-// the lease or queued request that decided it, step the rule that did.
-type verdict struct {
-	reason    protocol.Reason
-	step      Step
-	key       string    // the resource that decided it
-	pred      Predicate // the requested predicate on key
-	by        *agent
-	bySession string
-	byPred    Predicate
-	byQueued  bool
-	byExpires int64 // expiry of the deciding lease (0 for a queued request)
-	maxExpiry int64 // latest expiry of the conflicting active leases seen
-}
-
-// Step names the rule of DESIGN.md "Deciding an acquire" that reached a
-// verdict: its number, then what applied.
-type Step string
-
-// The steps a verdict can come from.
-const (
-	StepFrozen           Step = "1:frozen"             // RESOURCE_LOCKED: the key is frozen
-	StepSessionEnded     Step = "1:session-ended"      // SESSION_EXPIRED: the requester's session was ended
-	StepOwnAgent         Step = "3:own-agent"          // CONFLICT: the requester's agent holds it in another session
-	StepSeniorHolder     Step = "4:senior-holder"      // DIE: a conflicting holder is older or equal
-	StepSeniorQueued     Step = "4:senior-queued"      // DIE: an older conflicting request is queued first
-	StepNoConflict       Step = "5:no-conflict"        // grant: no conflicting holder
-	StepOlderThanHolders Step = "5:older-than-holders" // WAIT: the requester is older than every holder
-)
-
-// rank orders verdicts from best (grant) to worst.
-func rank(r protocol.Reason) int {
-	switch r {
-	case "":
-		return 0
-	case protocol.ReasonWait:
-		return 1
-	case protocol.ReasonDie:
-		return 2
-	case protocol.ReasonConflict:
-		return 3
-	case protocol.ReasonSessionExpired:
-		return 4
-	}
-	return 5 // RESOURCE_LOCKED
-}
-
-// decide applies the five steps of DESIGN.md to every target and returns
-// the worst verdict. self is the queued request being decided again (it
-// does not count against itself).
-func (e *Engine) decide(now int64, a *agent, session string, prio int64, targets []target, self *waiter) verdict {
-	var worst verdict
-	var maxExp int64
-	for i := range targets {
-		v := e.decideOne(now, a, session, prio, targets[i], targets[i].res, self)
-		maxExp = max(maxExp, v.maxExpiry)
-		if i == 0 || rank(v.reason) > rank(worst.reason) {
-			worst = v
-		}
-	}
-	if worst.reason != protocol.ReasonResourceLocked && a.ended.has(session) {
-		worst = verdict{reason: protocol.ReasonSessionExpired, step: StepSessionEnded}
-	}
-	worst.maxExpiry = maxExp
-	return worst
-}
-
-func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t target, r *resource, self *waiter) verdict {
-	v := verdict{key: t.key, pred: t.pred, step: StepNoConflict}
-	if r == nil {
-		return v
-	}
-	if r.frozen {
-		v.reason, v.step = protocol.ReasonResourceLocked, StepFrozen
-		return v
-	}
-	var die, wait *lease
-	for _, l := range r.leases {
-		if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) {
-			continue
-		}
-		if l.agent == a {
-			if l.SessionID == session {
-				continue // re-entrant
-			}
-			v.reason, v.step, v.by, v.bySession, v.byPred = protocol.ReasonConflict, StepOwnAgent, a, l.SessionID, l.Predicate
-			v.byExpires = l.ExpiresAt
-			v.maxExpiry = max(v.maxExpiry, l.ExpiresAt)
-			return v
-		}
-		v.maxExpiry = max(v.maxExpiry, l.ExpiresAt)
-		if p := l.agent.priority; p <= prio {
-			if die == nil || p < die.agent.priority {
-				die = l
-			}
-		} else if wait == nil || p < wait.agent.priority {
-			wait = l
-		}
-	}
-	if die != nil {
-		v.reason, v.step, v.by, v.bySession, v.byPred = protocol.ReasonDie, StepSeniorHolder, die.agent, die.SessionID, die.Predicate
-		v.byExpires = die.ExpiresAt
-		return v
-	}
-	// The queue is sorted oldest first: the first conflicting request of
-	// another agent decides whether a junior would barge past a senior.
-	for _, q := range r.queue {
-		if q.w == self || q.w.agent == a || !Conflicts(q.pred, t.pred) {
-			continue
-		}
-		if q.w.priority <= prio {
-			v.reason, v.step, v.by, v.bySession, v.byPred, v.byQueued = protocol.ReasonDie, StepSeniorQueued, q.w.agent, q.w.session, q.pred, true
-			return v
-		}
-		break
-	}
-	if wait != nil {
-		v.reason, v.step, v.by, v.bySession, v.byPred = protocol.ReasonWait, StepOlderThanHolders, wait.agent, wait.SessionID, wait.Predicate
-		v.byExpires = wait.ExpiresAt
-	}
-	return v
-}
-
 // grant creates one lease per target, records them and returns them. With
 // bind set, the leases are bound to that process, and ttl 0 means none.
 func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session string, targets []target, ttl int64, idem string, bind *Process) []Lease {
@@ -287,7 +164,8 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 		if err != nil {
 			panic(err) // fresh ids of a registered agent: cannot happen
 		}
-		ls[i].Bound = x.Bound // the table's shared Process
+		targets[i].res = x.res // for requeue
+		ls[i].Bound = x.Bound  // the table's shared Process
 		if idem != "" {
 			xs = append(xs, x)
 		}

@@ -66,12 +66,20 @@ func (e *Engine) applyRegister(r *Record) *agent {
 	a := e.agents[r.AgentID]
 	switch {
 	case a == nil:
-		a = &agent{id: r.AgentID}
+		e.agentSeq++
+		a = &agent{id: r.AgentID, seq: e.agentSeq}
 		e.agents[r.AgentID] = a
 		e.registered++
 	case a.unregistered:
 		a.unregistered = false
 		e.registered++
+	}
+	if a.priority != r.Priority && len(a.leases) > 0 {
+		// Summaries are sorted by priority; this agent's leases have all
+		// expired (it is not busy) but are not removed yet.
+		e.reindexAgent(a, true)
+		a.priority = r.Priority
+		e.reindexAgent(a, false)
 	}
 	a.priority, a.registeredAt, a.uid = r.Priority, r.Time, r.UID
 	if r.Auto && r.Priority > e.lastAuto {

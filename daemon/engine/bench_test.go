@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -97,4 +98,105 @@ func BenchmarkAcquireContended(b *testing.B) {
 		}
 	}
 	cpu.stop(b)
+}
+
+// BenchmarkSubtreeVerdict measures one verdict on a subtree key at depth
+// d with n leases of another agent below it (issue 14: it must not grow
+// with n). die: a younger agent asks MUTATES and is refused by the older
+// holder below (one Acquire, nothing changes). grant: it asks CONSUMES
+// over CONSUMES leases, is granted and releases (Acquire plus Release).
+func BenchmarkSubtreeVerdict(b *testing.B) {
+	for _, verdict := range []string{"die", "grant"} {
+		for _, depth := range []int{1, 4, 8} {
+			for _, n := range []int{1, 1000, 100000} {
+				b.Run(fmt.Sprintf("%s/depth=%d/below=%d", verdict, depth, n), func(b *testing.B) {
+					benchSubtree(b, verdict, depth, n)
+				})
+			}
+		}
+	}
+}
+
+func benchSubtree(b *testing.B, verdict string, depth, n int) {
+	e := New(Config{})
+	c := Caller{UID: 1000}
+	if _, err := e.Register(t0, c, "holder", 100, true); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.Register(t0, c, "asker", 200, true); err != nil {
+		b.Fatal(err)
+	}
+	sub := "/"
+	for i := 1; i <= depth; i++ {
+		sub += "d" + strconv.Itoa(i) + "/"
+	}
+	pred := "MUTATES"
+	if verdict == "grant" {
+		pred = "CONSUMES"
+	}
+	// The leases below spread over 100 directories, two levels down.
+	for i := 0; i < n; i++ {
+		p := sub + "g" + strconv.Itoa(i%100) + "/f" + strconv.Itoa(i)
+		r, err := e.Acquire(t0, c, req1("holder", "s", "FILE", p, pred, 3_600_000))
+		if err != nil || !r.Granted {
+			b.Fatal(err, r.Denial)
+		}
+	}
+	req := req1("asker", "s", "FILE", sub, pred, 60_000)
+	cpu := startCPU(b)
+	for i := 0; i < b.N; i++ {
+		r, err := e.Acquire(t0, c, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if verdict == "die" {
+			if r.Granted || r.Denial.HeldBy != "holder" {
+				b.Fatal(r)
+			}
+			continue
+		}
+		if !r.Granted {
+			b.Fatal(r.Denial)
+		}
+		if ok, _, _ := e.Release(t0, c, r.Leases[0].ID); !ok {
+			b.Fatal("not released")
+		}
+	}
+	cpu.stop(b)
+}
+
+// BenchmarkLeaseMemory reports the heap one held lease costs ("B/lease"),
+// with 100,000 leases of one agent: flat, all in one directory, and deep,
+// five levels down in 1,000 directories.
+func BenchmarkLeaseMemory(b *testing.B) {
+	const n = 100_000
+	for _, shape := range []string{"flat", "deep"} {
+		b.Run(shape, func(b *testing.B) {
+			var perLease float64
+			for i := 0; i < b.N; i++ {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				e := New(Config{})
+				c := Caller{UID: 1000}
+				if _, err := e.Register(t0, c, "a", 1, true); err != nil {
+					b.Fatal(err)
+				}
+				for j := 0; j < n; j++ {
+					p := "/other/" + strconv.Itoa(j)
+					if shape == "deep" {
+						p = "/w/repo/src/pkg" + strconv.Itoa(j%1000) + "/x/f" + strconv.Itoa(j)
+					}
+					if r, err := e.Acquire(t0, c, req1("a", "s", "FILE", p, "MUTATES", 3_600_000)); err != nil || !r.Granted {
+						b.Fatal(err)
+					}
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perLease = float64(after.HeapAlloc-before.HeapAlloc) / n
+				runtime.KeepAlive(e)
+			}
+			b.ReportMetric(perLease, "B/lease")
+		})
+	}
 }

@@ -10,12 +10,14 @@ import (
 type Engine struct {
 	cfg Config
 
-	agents     map[string]*agent
-	leases     leaseTable
-	resources  map[string]*resource // keys with leases, waiters or a freeze (and a few idle ones)
-	idle       []*resource          // parked idle resources, oldest first
-	keyBuf     []byte               // scratch for building resource keys
-	freeLeases []*lease             // removed lease structs for reuse
+	agents        map[string]*agent
+	leases        leaseTable
+	resources     map[string]*resource // keys with leases, waiters or a freeze (and a few idle ones)
+	idle          []*resource          // parked idle resources, oldest first
+	keyBuf        []byte               // scratch for building resource keys
+	freeLeases    []*lease             // removed lease structs for reuse
+	freeHeld      []*heldBy            // emptied summary entries for reuse
+	freeSummaries []*summary           // emptied summaries for reuse
 
 	leaseDeadlines  leaseHeap
 	waiterDeadlines waiterHeap
@@ -25,7 +27,8 @@ type Engine struct {
 	fence      uint64 // last fencing token issued
 	lastAuto   int64  // last priority assigned from the clock
 	nextWaiter WaiterID
-	registered int // agents registered (not counting leftovers)
+	registered int    // agents registered (not counting leftovers)
+	agentSeq   uint64 // agent structs made, for agent.seq
 
 	grants, waits, dies, expirations, exitReleases uint64
 	conflicts, locked, sessionExpired              uint64 // the other denials, by reason
@@ -39,12 +42,15 @@ type Engine struct {
 	records  []Record
 	dirty    []*resource // keys whose queue must be decided again
 	settleAt int64       // when dirty keys became due (NextDeadline)
-	pass     uint64      // settle passes, so a request is decided once per pass
+	pass     uint64      // settle passes, so a request is decided once per pass (a grant starts a new one)
+
+	settled func(now int64, w *waiter, v *verdict) // test hook: each decision settle makes, before it acts on it
 }
 
 // agent is a registered agent with its indexes.
 type agent struct {
 	id           string
+	seq          uint64 // tells this struct from an earlier agent of the same id (summaries sort by it)
 	priority     int64
 	registeredAt int64
 	uid          uint32
@@ -67,6 +73,7 @@ type lease struct {
 	key      leaseKey
 	idem     *idemEntry
 	procIdx  int32 // index in its boundProc's leases, when Bound
+	upIdx    int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
 }
 
 // idemEntry is the set of leases granted under one idempotency key.
@@ -76,11 +83,15 @@ type idemEntry struct {
 }
 
 // resource is one resource key: its present leases, its queue and whether
-// it is frozen.
+// it is frozen; for a subtree key, also the summary of what is below it
+// (see trie.go).
 type resource struct {
 	key     string
 	leases  []*lease
-	queue   []queued // sorted by priority, then arrival
+	queue   []queued  // sorted by priority, then arrival
+	parent  *resource // the subtree key just above, nil at a root
+	below   *summary  // what is held and queued strictly below; nil when nothing
+	kids    int32     // resources whose parent this is
 	frozen  bool
 	isDirty bool
 	parked  bool // in Engine.idle

@@ -126,38 +126,103 @@ func (e *Engine) explain(now int64, req *ExplainRequest) (Explanation, *Error) {
 // when none is given: the time, strictly above every earlier one.
 func (e *Engine) autoPriority(now int64) int64 { return max(now, e.lastAuto+1) }
 
-// holders lists the active leases on t's resource, sorted by fence, each
-// marked with whether it conflicts with t for agent a in session.
+// holders lists the active leases on keys overlapping t's (the key, the
+// subtree keys above it, and for a subtree key the keys below it), sorted
+// by fence, each marked with whether it conflicts with t for agent a in
+// session.
 func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder {
-	if t.res == nil {
-		return nil
-	}
 	var out []Holder
-	for _, l := range t.res.leases {
+	add := func(l *lease) {
 		if l.ExpiresAt <= now {
-			continue
+			return
 		}
 		reentrant := l.agent == a && l.SessionID == session
 		out = append(out, Holder{Lease: l.Lease, Priority: l.agent.priority,
 			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
 	}
+	e.eachOverlapping(t, func(r *resource) {
+		for _, l := range r.leases {
+			add(l)
+		}
+	})
+	if t.res != nil {
+		eachLeaseBelow(t.res, add)
+	}
 	slices.SortFunc(out, func(x, y Holder) int { return cmp.Compare(x.Fence, y.Fence) })
 	return out
 }
 
-// queueOn lists the requests queued on t's resource in queue order, each
-// marked with whether it conflicts with t for agent a.
+// queueOn lists the requests queued on keys overlapping t's, oldest first
+// (by priority, then by arrival), each marked with whether it conflicts
+// with t for agent a.
 func (e *Engine) queueOn(now int64, a *agent, t target) []Waiting {
-	if t.res == nil {
-		return nil
+	var qs []queued
+	var keys []string
+	add := func(r *resource) {
+		for _, q := range r.queue {
+			qs = append(qs, q)
+			keys = append(keys, r.key)
+		}
 	}
-	out := make([]Waiting, 0, len(t.res.queue))
-	for _, q := range t.res.queue {
-		w := e.waiting(now, t.key, q)
-		w.Conflicts = q.w.agent != a && Conflicts(q.pred, t.pred)
+	e.eachOverlapping(t, add)
+	if t.res != nil {
+		seen := make(map[*resource]bool)
+		e.eachQueuedBelow(t.res, func(r *resource) {
+			if !seen[r] {
+				seen[r] = true
+				add(r)
+			}
+		})
+	}
+	order := make([]int, len(qs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(i, j int) int {
+		return cmp.Or(cmp.Compare(qs[i].w.priority, qs[j].w.priority), cmp.Compare(qs[i].w.id, qs[j].w.id))
+	})
+	out := make([]Waiting, 0, len(qs))
+	for _, i := range order {
+		w := e.waiting(now, keys[i], qs[i])
+		w.Conflicts = qs[i].w.agent != a && Conflicts(qs[i].pred, t.pred)
 		out = append(out, w)
 	}
 	return out
+}
+
+// eachOverlapping calls fn for t's resource, if it has one, and for every
+// subtree key above it.
+func (e *Engine) eachOverlapping(t target, fn func(*resource)) {
+	above := e.nodeAbove(t.key)
+	if t.res != nil {
+		fn(t.res)
+		above = t.res.parent
+	}
+	for n := above; n != nil; n = n.parent {
+		fn(n)
+	}
+}
+
+// eachLeaseBelow calls fn for every lease strictly below the subtree key r
+// (expired ones too), reading r's summary.
+func eachLeaseBelow(r *resource, fn func(*lease)) {
+	if r.below == nil {
+		return
+	}
+	var walk func(h *heldBy)
+	walk = func(h *heldBy) {
+		for _, it := range h.leases {
+			fn(it.v)
+		}
+		for _, it := range h.kids {
+			walk(it.v)
+		}
+	}
+	for c := range r.below.held {
+		for _, h := range r.below.held[c] {
+			walk(h)
+		}
+	}
 }
 
 // waiting describes one entry of the queue on key; WaitsFor comes from
@@ -224,12 +289,12 @@ func explainSentence(now int64, a *agent, session string, v *verdict, waitTime i
 	case "":
 		return fmt.Sprintf("GRANT: nothing on %s conflicts with %s, so %s would get the lease at once", v.key, v.pred, you)
 	case protocol.ReasonResourceLocked:
-		return fmt.Sprintf("RESOURCE_LOCKED: %s is frozen by an operator; no lease on it can be acquired until it is thawed", v.key)
+		return fmt.Sprintf("RESOURCE_LOCKED: %s is frozen by an operator; no lease on it can be acquired until it is thawed", where(v))
 	case protocol.ReasonSessionExpired:
 		return fmt.Sprintf("SESSION_EXPIRED: session %q of %s has ended; start a new session", session, a.id)
 	case protocol.ReasonConflict:
 		return fmt.Sprintf("CONFLICT: %s is held by %s itself in session %q (%s); an agent cannot wait for itself, so release it or use that session",
-			v.key, a.id, v.bySession, v.byPred)
+			where(v), a.id, v.bySession, v.byPred)
 	case protocol.ReasonDie:
 		what := "is held by"
 		if v.byQueued {
@@ -240,10 +305,10 @@ func explainSentence(now int64, a *agent, session string, v *verdict, waitTime i
 			age = "have equal priority"
 		}
 		return fmt.Sprintf("DIE: %s %s %s; %s %s, so Wait-Die says abort and retry in %s",
-			v.key, what, holder(), you, age, left(waitTime))
+			where(v), what, holder(), you, age, left(waitTime))
 	case protocol.ReasonWait:
 		return fmt.Sprintf("WAIT: %s is held by %s; %s are older than every holder, so Wait-Die lets you wait for it",
-			v.key, holder(), you)
+			where(v), holder(), you)
 	}
 	return string(v.reason)
 }

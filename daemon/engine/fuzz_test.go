@@ -7,9 +7,19 @@ import (
 )
 
 // FuzzAcquire feeds arbitrary arguments to the engine's entry points: they
-// must never panic, and every refusal is a typed *Error with a code.
+// must never panic, and every refusal is a typed *Error with a code. The
+// path is also taken as a subtree (with '/' added) and next to leases above
+// and below it, and every decision on it must agree with the brute-force
+// reference of subtree_property_test.go.
 func FuzzAcquire(f *testing.F) {
 	f.Add("a", "s", "FILE", "/src/../x", "mutates", int64(1000), int64(0), "k", "FILE:/")
+	f.Add("a", "s", "FILE", "/src//./x/../", "MUTATES", int64(1000), int64(5), "", "FILE:/src/")
+	f.Add("b", "s2", "FILE", "/x/", "CONSUMES", int64(10), int64(0), "", "")
+	f.Add("a", "s", "FILE", "//x//y/./z/..//", "PROVIDES", int64(1000), int64(0), "", "")
+	f.Add("a", "s", "FILE", "/..", "DELETES", int64(1000), int64(0), "", "")
+	f.Add("a", "s", "file", "x/../y/", "MUTATES", int64(1000), int64(0), "", "") // relative: refused
+	f.Add("a", "s", "SYMBOL", "a//b/./../", "RENAMES", int64(1000), int64(0), "", "SYMBOL:a/")
+	f.Add("a", "s", "CONFIG_KEY", "/", "MUTATES", int64(1000), int64(0), "", "")
 	f.Add("", "\x00", "file", "", "", int64(-1), int64(-1), "", "")
 	f.Add("a", "s", "SYMBOL", "\xff\xfe", "DEPENDS_ON", int64(1<<62), int64(5), "0123456789012345678901234567890123456789012345678901234567890123456789", "\u0085")
 	f.Fuzz(func(t *testing.T, agent, session, typ, path, pred string, ttl, wait int64, idem, prefix string) {
@@ -55,7 +65,33 @@ func FuzzAcquire(f *testing.F) {
 		check(err)
 		_, _, err = e.ListAgents(t0, int(wait))
 		check(err)
+		// Subtrees: leases of b above and below the path, then the path
+		// and the path as a subtree, decided against the reference.
+		for _, p := range []string{path + "/", path + "/below", path + "/deeper/", "/", "/x/"} {
+			_, err = e.Acquire(t0, alice, AcquireRequest{AgentID: "b", SessionID: "s", TTL: 500, Intents: []Intent{{typ, p, "CONSUMES"}}})
+			check(err)
+		}
+		for _, p := range []string{path, path + "/", path + "//./"} {
+			key, err := ResourceKey(typ, p)
+			if err != nil {
+				check(err)
+				continue
+			}
+			q, err := ParsePredicate(pred)
+			if err != nil {
+				q = Mutates
+			}
+			ts := []target{{key: key, pred: q, res: e.resources[key]}}
+			a := e.agents["a"]
+			v := e.decide(t0, a, "s", a.priority, ts, nil)
+			ref := refDecide(e, t0, a, "s", a.priority, ts, nil)
+			if by := v.by; v.reason != ref.reason || (by == nil) != (ref.heldBy == "") || by != nil && by.id != ref.heldBy || v.maxExpiry != ref.maxExp {
+				t.Fatalf("decide %s %s = %s %v %d; reference %+v", q, key, v.reason, by, v.maxExpiry, ref)
+			}
+		}
+		checkIndex(t, e)
 		e.Expire(t0 + ttl)
+		checkIndex(t, e)
 		replayEqual(t, e, e.Records())
 	})
 }

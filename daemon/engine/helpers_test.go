@@ -112,11 +112,12 @@ func replayMsgpack(t testing.TB, e *Engine, recs []Record) *Engine {
 	return f
 }
 
-// liveResources counts the resources that hold something.
+// liveResources counts the resources that hold something (subtree keys
+// kept only because keys below them are kept do not count).
 func liveResources(e *Engine) int {
 	n := 0
 	for _, r := range e.resources {
-		if !r.idle() {
+		if len(r.leases) > 0 || len(r.queue) > 0 || r.frozen || r.isDirty {
 			n++
 		}
 	}

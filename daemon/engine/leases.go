@@ -78,6 +78,7 @@ func (e *Engine) heartbeat(l *lease, now, ttl int64) {
 	case l.ExpiresAt != Never:
 		e.leaseDeadlines.push(l)
 	}
+	e.reholdBelow(l)
 }
 
 // Revoke ends an active lease now, as if it expired (admin: root or
@@ -151,9 +152,10 @@ func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int
 	return n, e.settle(now, wake), nil
 }
 
-// Freeze freezes a resource (admin): every acquire on it is then denied
-// RESOURCE_LOCKED and the requests queued on it are answered so; leases
-// already held keep running. It returns the state after the call (true).
+// Freeze freezes a resource (admin): every acquire on it, or for a
+// subtree key on any key it covers, is then denied RESOURCE_LOCKED and the
+// requests queued there are answered so; leases already held keep
+// running. It returns the state after the call (true).
 func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, error) {
 	key, err := resourceKey("", typ, path)
 	if err != nil {
@@ -169,7 +171,13 @@ func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, 
 	r.frozen = true
 	e.record(Record{Kind: RecFreeze, Time: now, Resource: key})
 	e.emitResource(EvFreeze, now, key)
-	return true, e.answerQueued(now, r, protocol.ReasonResourceLocked, nil), nil
+	wake := e.answerQueued(now, r, key, nil)
+	var below []*resource
+	e.eachQueuedBelow(r, func(o *resource) { below = append(below, o) })
+	for _, o := range below {
+		wake = e.answerQueued(now, o, key, wake)
+	}
+	return true, wake, nil
 }
 
 // Thaw ends a freeze (admin) and returns the state after the call (false).

@@ -124,8 +124,10 @@ func (e *Engine) restore(s *State) *Error {
 		if _, dup := e.agents[as.ID]; dup {
 			return errorf(protocol.CodeInternal, "klock: state lists agent %q twice", as.ID)
 		}
+		e.agentSeq++
 		e.agents[as.ID] = &agent{
-			id: as.ID, priority: as.Priority, registeredAt: as.RegisteredAt, uid: as.UID, unregistered: as.Unregistered,
+			seq: e.agentSeq,
+			id:  as.ID, priority: as.Priority, registeredAt: as.RegisteredAt, uid: as.UID, unregistered: as.Unregistered,
 		}
 		if !as.Unregistered {
 			e.registered++

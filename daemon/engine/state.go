@@ -10,45 +10,6 @@ import (
 // This file holds the primitive state changes shared by the live calls and
 // by Apply: they update every index and never write records.
 
-// resourceFor returns the resource for key, creating it.
-func (e *Engine) resourceFor(key string) *resource {
-	r := e.resources[key]
-	if r == nil {
-		r = &resource{key: key}
-		e.resources[key] = r
-	}
-	return r
-}
-
-// maxIdleResources bounds how many resources with nothing on them are kept
-// (for reuse: a hot key then costs no allocation and no map insert).
-const maxIdleResources = 4096
-
-func (r *resource) idle() bool {
-	return len(r.leases) == 0 && len(r.queue) == 0 && !r.frozen && !r.isDirty
-}
-
-// dropIfIdle parks a resource with no leases, no queue and no freeze in the
-// idle list; beyond maxIdleResources the oldest parked ones are forgotten.
-func (e *Engine) dropIfIdle(r *resource) {
-	if r.parked || !r.idle() || e.resources[r.key] != r {
-		return
-	}
-	r.parked = true
-	e.idle = append(e.idle, r)
-	if len(e.idle) > maxIdleResources {
-		n := len(e.idle) / 2
-		for i, old := range e.idle[:n] {
-			old.parked = false
-			if old.idle() && e.resources[old.key] == old {
-				delete(e.resources, old.key)
-			}
-			e.idle[i] = nil
-		}
-		e.idle = append(e.idle[:0], e.idle[n:]...)
-	}
-}
-
 // addLease inserts a granted lease into every index. The lease's agent must
 // exist (possibly as a leftover); r is the lease's resource and key its id
 // as bytes, when the caller knows them.
@@ -89,14 +50,16 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	if l.Bound != nil {
 		e.bindLease(x)
 	}
+	e.holdBelow(x)
 	if l.Fence > e.fence {
 		e.fence = l.Fence
 	}
 	return x, nil
 }
 
-// removeLease takes a lease out of every index and marks its resource for
-// its queue to be decided again.
+// removeLease takes a lease out of every index and marks the queues it may
+// have held up (its key's, and those of keys overlapping it) to be decided
+// again.
 func (e *Engine) removeLease(x *lease) {
 	e.leases.del(x.key)
 	if x.heapIdx >= 0 {
@@ -105,6 +68,7 @@ func (e *Engine) removeLease(x *lease) {
 	if x.Bound != nil {
 		e.unbindLease(x)
 	}
+	e.unholdBelow(x)
 
 	r := x.res
 	last := len(r.leases) - 1
@@ -127,11 +91,8 @@ func (e *Engine) removeLease(x *lease) {
 		}
 		x.idem = nil
 	}
-	if len(r.queue) > 0 {
-		e.markDirty(r)
-	} else {
-		e.dropIfIdle(r)
-	}
+	e.markOverlapping(r, nil)
+	e.dropIfIdle(r)
 	e.dropLeftover(a)
 	if len(e.freeLeases) < maxFreeLeases {
 		*x = lease{}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/klockd/klock/protocol"
@@ -101,6 +102,8 @@ func TestResourceKey(t *testing.T) {
 		{"FILE", "src/a.ts", `resource_path "src/a.ts" is relative; a FILE path must be absolute`},
 		{"FILE", "./a.ts", "klockd cannot know"},
 		{"file", "..", "is relative"},
+		{"FILE", strings.Repeat("/a", 65), "resource_path has 65 levels (a '/' before each); at most 64 are allowed"},
+		{"SYMBOL", strings.Repeat("a/", 66), "has 65 levels"},
 	}
 	for _, c := range bad {
 		_, err := ResourceKey(c.typ, c.path)
@@ -112,6 +115,10 @@ func TestResourceKey(t *testing.T) {
 	}
 	_, err := ResourceKey("SYMBOL", string(long))
 	require.NoError(t, err)
+	for _, p := range []string{strings.Repeat("/a", 64), strings.Repeat("/a", 64) + "/", strings.Repeat("/a", 64) + "/./b/.."} {
+		_, err = ResourceKey("FILE", p) // 64 levels, counted after cleaning
+		require.NoError(t, err)
+	}
 	// Other types may be relative: only FILE paths name places on disk.
 	got, err := ResourceKey("CONFIG_KEY", "db/url")
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/klockd/klock/protocol"
@@ -11,6 +12,7 @@ import (
 const (
 	MaxIDLen     = 256   // agent_id, session_id, lease_id: bytes
 	MaxPathLen   = 4096  // resource_path: bytes
+	MaxPathDepth = 64    // resource_path: '/' separators (each ends a subtree key above the path)
 	MaxIdemLen   = 64    // idem: bytes
 	MaxIntents   = 64    // intents per acquire_many
 	DefaultLimit = 1000  // list limit when 0
@@ -120,19 +122,26 @@ func resourceKey(field, typ, p string) (string, *Error) {
 
 // checkPath checks a resource_path and returns it as keyed: a FILE path
 // must be absolute and is cleaned, keeping a trailing '/' (see
-// protocol.CleanFilePath); other types are taken as given.
+// protocol.CleanFilePath); other types are taken as given. Either may
+// have at most MaxPathDepth levels.
 func checkPath(field string, t ResourceType, p string) (string, *Error) {
 	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
 		return "", err
 	}
-	if t != File {
-		return p, nil
+	if t == File {
+		if p[0] != '/' {
+			return "", invalidf("klock: %sresource_path %q is relative; a FILE path must be absolute: "+
+				"the client makes it absolute against its own working directory, which klockd cannot know", field, p)
+		}
+		p = protocol.CleanFilePath(p)
 	}
-	if p[0] != '/' {
-		return "", invalidf("klock: %sresource_path %q is relative; a FILE path must be absolute: "+
-			"the client makes it absolute against its own working directory, which klockd cannot know", field, p)
+	// Every '/' but a trailing one ends a subtree key above the path, which
+	// klockd keeps a summary for while something is below it: the limit
+	// bounds what one key can cost.
+	if n := strings.Count(strings.TrimSuffix(p, "/"), "/"); n > MaxPathDepth {
+		return "", invalidf("klock: %sresource_path has %d levels (a '/' before each); at most %d are allowed", field, n, MaxPathDepth)
 	}
-	return protocol.CleanFilePath(p), nil
+	return p, nil
 }
 
 // internKey is resourceKey without allocating when the key's resource is
@@ -240,5 +249,20 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 		}
 		dst = append(dst, target{key: key, pred: p, res: r})
 	}
-	return dst, nil
+	return dst, checkOverlap(dst)
+}
+
+// checkOverlap refuses intents of one request that overlap each other with
+// conflicting predicates (issue 14): one lease would conflict with the
+// other. Intents on one key with compatible predicates are fine.
+func checkOverlap(ts []target) *Error {
+	for i := range ts {
+		for j := i + 1; j < len(ts); j++ {
+			if Conflicts(ts[i].pred, ts[j].pred) && protocol.Overlaps(ts[i].key, ts[j].key) {
+				return invalidf("klock: intents[%d] (%s %s) and intents[%d] (%s %s) overlap with conflicting predicates; "+
+					"ask for the one that covers the other, or for compatible predicates", i, ts[i].pred, ts[i].key, j, ts[j].pred, ts[j].key)
+			}
+		}
+	}
+	return nil
 }

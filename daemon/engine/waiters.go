@@ -80,6 +80,7 @@ func (e *Engine) park(w *waiter) {
 			}
 		}
 		r.queue = slices.Insert(r.queue, at, queued{w: w, pred: t.pred})
+		e.queueBelow(r, a, classOf(t.pred), +1)
 	}
 	a.waiters = append(a.waiters, w)
 	e.waiters[w.id] = w
@@ -98,7 +99,8 @@ func (e *Engine) dropWaiter(w *waiter) {
 	a.waiters[w.agentIdx].agentIdx = w.agentIdx
 	a.waiters[last] = nil
 	a.waiters = a.waiters[:last]
-	for _, r := range w.res {
+	for i, r := range w.res {
+		e.queueBelow(r, a, classOf(w.targets[i].pred), -1)
 		r.queue = slices.DeleteFunc(r.queue, func(q queued) bool { return q.w == w })
 		e.dropIfIdle(r)
 	}
@@ -116,18 +118,18 @@ func (e *Engine) markDirty(r *resource) {
 	}
 }
 
-// requeue marks for deciding again the queues of resources a new request
-// was just granted or queued on: a request queued there may now wait for a
-// senior (it must DIE) or for its own agent (CONFLICT). Acquire cannot
-// return wake-ups, so the work is made due now: NextDeadline reports it and
-// the daemon's timer calls Expire, which answers them.
+// requeue marks for deciding again the queues overlapping the resources a
+// new request was just granted or queued on: a request queued there may
+// now wait for a senior (it must DIE) or for its own agent (CONFLICT).
+// Acquire cannot return wake-ups, so the work is made due now: NextDeadline
+// reports it and the daemon's timer calls Expire, which answers them.
 func (e *Engine) requeue(now int64, targets []target, self *waiter) {
+	if len(e.dirty) == 0 {
+		e.settleAt = now
+	}
 	for _, t := range targets {
-		if r := t.res; r != nil && othersQueued(r, self) {
-			if len(e.dirty) == 0 {
-				e.settleAt = now
-			}
-			e.markDirty(r)
+		if t.res != nil {
+			e.markOverlapping(t.res, self)
 		}
 	}
 }
@@ -142,9 +144,9 @@ func othersQueued(r *resource, self *waiter) bool {
 }
 
 // settle decides again, oldest first, the requests queued on every resource
-// marked dirty (a lease on it ended or was granted): grants and DIEs are
-// answered and leave the queue, WAITs stay. A grant of a request spanning
-// several resources marks the others dirty too, so no queued junior keeps
+// marked dirty (a lease overlapping it ended or was granted): grants and
+// DIEs are answered and leave the queue, WAITs stay. A grant marks the
+// queues overlapping its resources dirty too, so no queued junior keeps
 // waiting behind a senior's new lease.
 func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 	e.pass++
@@ -159,16 +161,22 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 			}
 			w.pass = e.pass
 			v := e.decide(now, w.agent, w.session, w.priority, w.targets, w)
+			if e.settled != nil {
+				e.settled(now, w, &v)
+			}
 			switch v.reason {
 			case protocol.ReasonWait:
 				j++
 				continue
 			case "":
 				ls := e.grant(now, w.uid, w.pid, w.agent, w.session, w.targets, w.ttl, w.idem, w.bind)
+				// Requests decided before in this pass may now have to
+				// die (or conflict) because of this grant: the queues it
+				// overlaps are decided again, and all of their requests
+				// with them.
+				e.pass++
 				for _, o := range w.res {
-					if o != r && len(o.queue) > 1 {
-						e.markDirty(o)
-					}
+					e.markOverlapping(o, w)
 				}
 				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Granted: true, Leases: ls}})
 			default:
@@ -200,13 +208,14 @@ func (e *Engine) timeout(now int64, w *waiter) Result {
 	return Result{Denial: d}
 }
 
-// answerQueued answers every request queued on r with reason (freeze) and
+// answerQueued answers every request queued on r with reason
+// RESOURCE_LOCKED, since by (r or a subtree key above it) was frozen, and
 // drops it.
-func (e *Engine) answerQueued(now int64, r *resource, reason protocol.Reason, wake []Wakeup) []Wakeup {
+func (e *Engine) answerQueued(now int64, r *resource, by string, wake []Wakeup) []Wakeup {
 	for len(r.queue) > 0 {
 		w := r.queue[0].w
-		v := verdict{reason: reason, key: r.key, pred: r.queue[0].pred}
-		e.countDenial(reason)
+		v := verdict{reason: protocol.ReasonResourceLocked, step: StepFrozen, key: r.key, pred: r.queue[0].pred, byKey: by}
+		e.countDenial(v.reason)
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, w.agent, w.session, &v)}})
 		e.dropWaiter(w)
 	}

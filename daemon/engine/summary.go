@@ -1,0 +1,518 @@
+package engine
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"strings"
+)
+
+// This file keeps, for every subtree key, a summary of what is held and
+// queued strictly below it, so that a request on a subtree is decided
+// from the summary in O(depth) instead of visiting the leases under it
+// (issue 14). Leases and requests are summed up per agent (and session),
+// never listed: a summary grows with the agents below a key, not with
+// their leases.
+
+// class groups the predicates that conflict with the same predicates:
+// the matrix has three kinds of rows.
+type class uint8
+
+const (
+	classShared    class = iota // CONSUMES, DEPENDS_ON
+	classProvides               // PROVIDES
+	classExclusive              // MUTATES, DELETES, RENAMES
+	numClasses
+)
+
+// classOf returns the class of a valid predicate.
+func classOf(p Predicate) class {
+	switch p {
+	case Consumes, DependsOn:
+		return classShared
+	case Provides:
+		return classProvides
+	}
+	return classExclusive
+}
+
+// classMember is one predicate of each class, to read the matrix with.
+var classMember = [numClasses]Predicate{classShared: Consumes, classProvides: Provides, classExclusive: Mutates}
+
+// conflictsClass reports whether predicate p conflicts with the predicates
+// of class c. It reads Conflicts, the one copy of the matrix; a test checks
+// that every member of a class answers alike.
+func conflictsClass(p Predicate, c class) bool { return Conflicts(p, classMember[c]) }
+
+// summary is what is held and queued strictly below one subtree key.
+type summary struct {
+	held   [numClasses][]*heldBy  // sorted by heldOrder
+	latest [numClasses]latestHeap // the same entries by their latest expiry
+	soft   [numClasses]*heldBy    // the one entry per class kept empty, for reuse (see soften)
+	queued [numClasses][]queuedBy // sorted by agent priority, agent id
+}
+
+func (s *summary) empty() bool {
+	for c := range s.held {
+		if len(s.held[c]) > 0 || len(s.queued[c]) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// heldBy sums up the leases of one class that one agent session holds
+// strictly below one subtree key: its leases on the key's children, and
+// the heldBy of the same agent session and class at child subtree keys
+// (kids), each in a max-heap by expiry. latest() is the later of the two
+// tops, and following the tops down reaches the lease that has it. Each
+// lease costs its parent's heldBy one 16-byte item, whatever its depth.
+//
+// An entry whose last lease below has gone is soft: it stays where it is
+// (in its summary, in its parent's kids), with latest() = math.MinInt64,
+// which every decision skips, until the same agent session holds something
+// below it again, or another entry of its class and key goes soft and
+// takes its place (see setExp): each summary keeps at most one soft entry
+// per class. Taking and releasing one file again and again then moves no
+// entry in or out of the summaries above it.
+type heldBy struct {
+	agent   *agent
+	session string
+	node    *resource // the subtree key whose summary lists it
+	up      *heldBy   // the same agent, session and class at node's parent (nil at a root)
+	leases  expHeap[*lease]
+	kids    expHeap[*heldBy]
+	prio    int64 // the agent's priority when the entry was made: its place in the summary
+	exp     int64 // latest() as last filed in node's latest heap and up.kids
+	upIdx   int32 // index in up.kids
+	expIdx  int32 // index in node.below.latest[class]
+	class   class
+}
+
+// queuedBy counts the requests of one class that one agent has queued on
+// keys strictly below one subtree key (a request of several intents counts
+// once per intent).
+type queuedBy struct {
+	agent *agent
+	n     int32
+}
+
+// latest returns the latest expiry of the leases summed up: any of them
+// is active at now exactly when latest() > now.
+func (h *heldBy) latest() int64 {
+	return max(h.leases.top(), h.kids.top())
+}
+
+// soft reports whether the entry sums up no lease.
+func (h *heldBy) soft() bool { return h.latest() == math.MinInt64 }
+
+// agentOrder orders agents by priority, then id: the order of queued
+// summaries.
+func agentOrder(a, b *agent) int {
+	if c := cmp.Compare(a.priority, b.priority); c != 0 {
+		return c
+	}
+	return strings.Compare(a.id, b.id)
+}
+
+// heldOrder orders the entries of a summary: by priority (as filed), agent
+// struct (a soft entry may outlive its agent, and an agent registered
+// again with that id is another struct), session.
+func heldOrder(h *heldBy, prio int64, a *agent, session string) int {
+	switch {
+	case h.prio != prio:
+		return cmp.Compare(h.prio, prio)
+	case h.agent != a:
+		return cmp.Compare(h.agent.seq, a.seq)
+	}
+	return strings.Compare(h.session, session)
+}
+
+// findHeld returns the index of the entry of (a, session), filed at a's
+// priority, in a summary's list, or where it would go. Most lists hold a
+// few entries: those are scanned.
+func findHeld(list []*heldBy, a *agent, session string) (int, bool) {
+	if len(list) > 8 {
+		return slices.BinarySearchFunc(list, a, func(h *heldBy, a *agent) int { return heldOrder(h, a.priority, a, session) })
+	}
+	for i, h := range list {
+		if h.agent == a && h.session == session && h.prio == a.priority {
+			return i, true
+		}
+		if heldOrder(h, a.priority, a, session) > 0 {
+			return i, false
+		}
+	}
+	return len(list), false
+}
+
+// maxFreeHeld bounds the heldBy structs kept for reuse.
+const maxFreeHeld = 1024
+
+// heldAt returns the heldBy of (a, session, c) at the subtree key n,
+// making it, and those above it, when missing.
+func (e *Engine) heldAt(n *resource, a *agent, session string, c class) *heldBy {
+	s := e.summaryOf(n)
+	list := s.held[c]
+	i, ok := findHeld(list, a, session)
+	if ok {
+		return list[i]
+	}
+	var h *heldBy
+	if k := len(e.freeHeld); k > 0 {
+		h = e.freeHeld[k-1]
+		e.freeHeld[k-1] = nil
+		e.freeHeld = e.freeHeld[:k-1]
+	} else {
+		h = new(heldBy)
+	}
+	// Not soft yet, though empty: the caller gives it an item at once.
+	h.agent, h.session, h.node, h.class, h.prio, h.exp = a, session, n, c, a.priority, math.MinInt64
+	s.held[c] = slices.Insert(list, i, h)
+	s.latest[c].push(h)
+	if n.parent != nil {
+		h.up = e.heldAt(n.parent, a, session, c)
+		h.up.kids.push(math.MinInt64, h) // raised by propagate
+	}
+	return h
+}
+
+// holdBelow files a new lease in the summaries of the subtree keys above
+// it.
+func (e *Engine) holdBelow(x *lease) {
+	p := x.res.parent
+	if p == nil {
+		return
+	}
+	h := e.heldAt(p, x.agent, x.SessionID, classOf(x.Predicate))
+	h.leases.push(x.ExpiresAt, x)
+	e.propagate(h)
+}
+
+// upOf returns the summary entry that lists a lease: its agent session's,
+// of its class, at its key's parent (nil at a root). Looking it up instead
+// of keeping a pointer in every lease saves the lease 16 bytes (its size
+// class); the list is short, and scanned.
+func upOf(x *lease) *heldBy {
+	p := x.res.parent
+	if p == nil {
+		return nil
+	}
+	list := p.below.held[classOf(x.Predicate)]
+	i, _ := findHeld(list, x.agent, x.SessionID)
+	return list[i]
+}
+
+// unholdBelow takes a lease out of the summaries above it.
+func (e *Engine) unholdBelow(x *lease) {
+	if h := upOf(x); h != nil {
+		h.leases.remove(int(x.upIdx))
+		e.propagate(h)
+	}
+}
+
+// reholdBelow updates the summaries above a lease whose expiry changed.
+func (e *Engine) reholdBelow(x *lease) {
+	if h := upOf(x); h != nil {
+		h.leases[x.upIdx].exp = x.ExpiresAt
+		h.leases.fix(int(x.upIdx))
+		e.propagate(h)
+	}
+}
+
+// propagate carries h's latest expiry, after its items changed, to its
+// summary's latest heap and up to the heldBy above it, as far as it
+// changes anything.
+func (e *Engine) propagate(h *heldBy) {
+	for {
+		m := h.latest()
+		if m == h.exp {
+			return
+		}
+		e.setExp(h, m)
+		if h.up == nil {
+			return
+		}
+		h.up.kids[h.upIdx].exp = m
+		h.up.kids.fix(int(h.upIdx))
+		h = h.up
+	}
+}
+
+// setExp files h's new latest expiry m in its summary. An entry that goes
+// soft takes its class's soft place there, and the one that had it is
+// dropped.
+func (e *Engine) setExp(h *heldBy, m int64) {
+	s := h.node.below
+	if h.exp == math.MinInt64 && s.soft[h.class] == h {
+		s.soft[h.class] = nil
+	}
+	h.exp = m
+	s.latest[h.class].fix(int(h.expIdx))
+	if m == math.MinInt64 {
+		if old := s.soft[h.class]; old != nil {
+			e.dropHeld(old)
+		}
+		s.soft[h.class] = h
+	}
+}
+
+// dropHeld removes a soft entry, and the soft entries under it, from the
+// summaries and their parents' kids, and keeps the structs for reuse.
+// Taking out an entry with nothing below changes no expiry above it.
+func (e *Engine) dropHeld(h *heldBy) {
+	for len(h.kids) > 0 {
+		e.dropHeld(h.kids[len(h.kids)-1].v) // takes itself out of h.kids
+	}
+	if h.up != nil {
+		h.up.kids.remove(int(h.upIdx))
+	}
+	s := h.node.below
+	list := s.held[h.class]
+	if i, ok := slices.BinarySearchFunc(list, h, func(x, h *heldBy) int { return heldOrder(x, h.prio, h.agent, h.session) }); ok {
+		s.held[h.class] = slices.Delete(list, i, i+1)
+	}
+	s.latest[h.class].remove(int(h.expIdx))
+	if s.soft[h.class] == h {
+		s.soft[h.class] = nil
+	}
+	e.dropIfEmpty(h.node)
+	if len(e.freeHeld) < maxFreeHeld {
+		*h = heldBy{leases: h.leases[:0], kids: h.kids[:0]}
+		e.freeHeld = append(e.freeHeld, h)
+	}
+}
+
+// dropSoft drops the entries of a subtree key that is being forgotten:
+// nothing is held or queued below it any more, so they are all soft.
+func (e *Engine) dropSoft(n *resource) {
+	if s := n.below; s != nil {
+		for c := range s.soft {
+			if h := s.soft[c]; h != nil {
+				e.dropHeld(h)
+			}
+		}
+	}
+}
+
+// queueBelow counts (delta +1) or uncounts (-1) one intent of a queued
+// request on r in the summaries of the subtree keys above r.
+func (e *Engine) queueBelow(r *resource, a *agent, c class, delta int32) {
+	for n := r.parent; n != nil; n = n.parent {
+		s := e.summaryOf(n)
+		list := s.queued[c]
+		i, ok := slices.BinarySearchFunc(list, a, func(q queuedBy, a *agent) int { return agentOrder(q.agent, a) })
+		switch {
+		case !ok:
+			s.queued[c] = slices.Insert(list, i, queuedBy{agent: a, n: delta})
+		case list[i].n+delta == 0:
+			s.queued[c] = slices.Delete(list, i, i+1)
+		default:
+			list[i].n += delta
+		}
+		e.dropIfEmpty(n)
+	}
+}
+
+// maxFreeSummaries bounds the emptied summaries kept for reuse (with their
+// slices: a key whose summary comes and goes costs no allocation).
+const maxFreeSummaries = 256
+
+// summaryOf returns n's summary, giving it one when it has none.
+func (e *Engine) summaryOf(n *resource) *summary {
+	if n.below == nil {
+		if k := len(e.freeSummaries); k > 0 {
+			n.below = e.freeSummaries[k-1]
+			e.freeSummaries[k-1] = nil
+			e.freeSummaries = e.freeSummaries[:k-1]
+		} else {
+			n.below = new(summary)
+		}
+	}
+	return n.below
+}
+
+// dropIfEmpty takes away n's summary when nothing is left in it.
+func (e *Engine) dropIfEmpty(n *resource) {
+	if s := n.below; s != nil && s.empty() {
+		n.below = nil
+		if len(e.freeSummaries) < maxFreeSummaries {
+			e.freeSummaries = append(e.freeSummaries, s)
+		}
+	}
+}
+
+// reindexAgent takes an agent's leases out of the summaries and files them
+// again: summaries are sorted by priority, which is about to change (an
+// agent whose leases have all expired may change it before they are
+// removed). With out false it files them back.
+func (e *Engine) reindexAgent(a *agent, out bool) {
+	for _, x := range a.leases {
+		if out {
+			e.unholdBelow(x)
+		} else {
+			e.holdBelow(x)
+		}
+	}
+}
+
+// expHeap is a max-heap of leases or heldBy entries by expiry, each
+// knowing its index in it (upIdx).
+type expHeap[T upIndexed] []expItem[T]
+
+type expItem[T upIndexed] struct {
+	exp int64
+	v   T
+}
+
+type upIndexed interface{ setUpIdx(int32) }
+
+func (x *lease) setUpIdx(i int32)  { x.upIdx = i }
+func (h *heldBy) setUpIdx(i int32) { h.upIdx = i }
+
+// top returns the latest expiry in the heap, or math.MinInt64.
+func (q expHeap[T]) top() int64 {
+	if len(q) == 0 {
+		return math.MinInt64
+	}
+	return q[0].exp
+}
+
+func (q *expHeap[T]) push(exp int64, v T) {
+	*q = append(*q, expItem[T]{exp, v})
+	q.siftUp(len(*q) - 1)
+}
+
+// remove takes out the item at index i.
+func (q *expHeap[T]) remove(i int) {
+	s := *q
+	last := len(s) - 1
+	if i != last {
+		s[i] = s[last]
+	}
+	s[last] = expItem[T]{}
+	*q = s[:last]
+	if i != last {
+		q.fix(i)
+	}
+}
+
+func (q expHeap[T]) fix(i int) {
+	if len(q) == 1 {
+		q[0].v.setUpIdx(0)
+		return
+	}
+	if !q.siftDown(i) {
+		q.siftUp(i)
+	}
+}
+
+func (q expHeap[T]) siftUp(i int) {
+	it := q[i]
+	for i > 0 {
+		p := (i - 1) / 2
+		if q[p].exp >= it.exp {
+			break
+		}
+		q[i] = q[p]
+		q[i].v.setUpIdx(int32(i))
+		i = p
+	}
+	q[i] = it
+	it.v.setUpIdx(int32(i))
+}
+
+func (q expHeap[T]) siftDown(i int) bool {
+	it := q[i]
+	start, n := i, len(q)
+	for {
+		c := 2*i + 1
+		if c >= n {
+			break
+		}
+		if c+1 < n && q[c+1].exp > q[c].exp {
+			c++
+		}
+		if q[c].exp <= it.exp {
+			break
+		}
+		q[i] = q[c]
+		q[i].v.setUpIdx(int32(i))
+		i = c
+	}
+	q[i] = it
+	it.v.setUpIdx(int32(i))
+	return i > start
+}
+
+// latestHeap is a summary's heldBy entries of one class in a max-heap by
+// their latest expiry (heldBy.exp), each knowing its index (expIdx): its
+// top two give the latest expiry below a key excluding any one session.
+type latestHeap []*heldBy
+
+func (q *latestHeap) push(h *heldBy) {
+	*q = append(*q, h)
+	q.siftUp(len(*q) - 1)
+}
+
+func (q *latestHeap) remove(i int) {
+	s := *q
+	last := len(s) - 1
+	if i != last {
+		s[i] = s[last]
+		s[i].expIdx = int32(i)
+	}
+	s[last] = nil
+	*q = s[:last]
+	if i != last {
+		q.fix(i)
+	}
+}
+
+func (q latestHeap) fix(i int) {
+	if len(q) == 1 {
+		q[0].expIdx = 0
+		return
+	}
+	if !q.siftDown(i) {
+		q.siftUp(i)
+	}
+}
+
+func (q latestHeap) siftUp(i int) {
+	h := q[i]
+	for i > 0 {
+		p := (i - 1) / 2
+		if q[p].exp >= h.exp {
+			break
+		}
+		q[i] = q[p]
+		q[i].expIdx = int32(i)
+		i = p
+	}
+	q[i] = h
+	h.expIdx = int32(i)
+}
+
+func (q latestHeap) siftDown(i int) bool {
+	h := q[i]
+	start, n := i, len(q)
+	for {
+		c := 2*i + 1
+		if c >= n {
+			break
+		}
+		if c+1 < n && q[c+1].exp > q[c].exp {
+			c++
+		}
+		if q[c].exp <= h.exp {
+			break
+		}
+		q[i] = q[c]
+		q[i].expIdx = int32(i)
+		i = c
+	}
+	q[i] = h
+	h.expIdx = int32(i)
+	return i > start
+}
