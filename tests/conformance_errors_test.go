@@ -210,6 +210,8 @@ func TestConformanceInvalidArgument(t *testing.T) {
 		// A relative FILE path: klockd cannot know the client's cwd.
 		{"resource_path relative FILE", "acquire", cfWith(ok, "resource_path", "src/a.ts"), `resource_path "src/a.ts" is relative; a FILE path must be absolute`},
 		{"resource_path ./ FILE", "acquire", cfWith(ok, "resource_path", "./"), "a FILE path must be absolute"},
+		{"resource_path 65 levels", "acquire", cfWith(ok, "resource_path", strings.Repeat("/a", 65)), "resource_path has 65 levels"},
+		{"freeze resource_path 65 levels", "freeze", map[string]any{"resource_type": "SYMBOL", "resource_path": strings.Repeat("a/", 66)}, "has 65 levels"},
 		{"freeze relative FILE", "freeze", map[string]any{"resource_type": "FILE", "resource_path": "x"}, "a FILE path must be absolute"},
 		{"thaw relative FILE", "thaw", map[string]any{"resource_type": "file", "resource_path": "x/"}, "a FILE path must be absolute"},
 		{"predicate missing", "acquire", cfWith(ok, "predicate", nil), "predicate"},

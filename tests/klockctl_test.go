@@ -449,3 +449,40 @@ func TestKlockctlAcquireWaitRetriesDie(t *testing.T) {
 		t.Errorf("junior acquire --wait = %d, %q, %q; want granted after the senior released", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestKlockctlSubtree: "klockctl acquire src/" takes the folder as a
+// subtree, which covers the files under it; "src" without the slash is one
+// plain key; "klockctl run src/x/ -- cmd" holds a subtree while cmd runs.
+func TestKlockctlSubtree(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	dir := t.TempDir()
+	in := func(args ...string) cmdResult {
+		t.Helper()
+		cmd := kcCommand(t, d, nil, args...)
+		cmd.Dir = dir
+		return runCmd(t, cmd)
+	}
+	kcOK(t, d, nil, "agents", "register", "senior", "--priority", "100")
+	kcOK(t, d, nil, "agents", "register", "junior", "--priority", "200")
+	r := in("acquire", "--json", "--agent", "senior", "src/")
+	var held kcLease
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &held) != nil || !strings.HasPrefix(held.Resource, "FILE:/") || !strings.HasSuffix(held.Resource, "/src/") {
+		t.Fatalf("klockctl acquire src/ = exit %d, %q (stderr %q); want a lease on FILE:<cwd>/src/", r.code, r.stdout, r.stderr)
+	}
+	folder := strings.TrimPrefix(held.Resource, "FILE:")
+	r = in("acquire", "--agent", "junior", "src/a/b.go")
+	if r.code != 1 || !strings.Contains(r.stderr, "DIE") || !strings.Contains(r.stderr, "senior") ||
+		!strings.Contains(r.stderr, "(which covers FILE:"+folder+"a/b.go)") {
+		t.Errorf("klockctl acquire src/a/b.go under senior's src/ = exit %d, stderr %q; want DIE by senior naming the folder", r.code, r.stderr)
+	}
+	if r = in("acquire", "--agent", "junior", "src"); r.code != 0 {
+		t.Errorf("klockctl acquire src (no slash) = exit %d, stderr %q; want a grant: a plain key", r.code, r.stderr)
+	}
+	if r = in("run", "--agent", "junior", "--wait", "300ms", "src/x/", "--", "true"); r.code != 1 {
+		t.Errorf("klockctl run src/x/ under senior's src/ = exit %d, stderr %q; want 1 (not granted)", r.code, r.stderr)
+	}
+	kcOK(t, d, nil, "release", held.LeaseID)
+	if r = in("run", "--agent", "junior", "--wait", "10s", "src/x/", "--", "sh", "-c", "exit 7"); r.code != 7 {
+		t.Errorf("klockctl run src/x/ after the release = exit %d, stderr %q; want the command's 7", r.code, r.stderr)
+	}
+}

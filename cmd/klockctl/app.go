@@ -197,7 +197,9 @@ Every command takes --help, --socket and --json. Flags may also follow the
 arguments. Resources are TYPE:path (FILE, SYMBOL, API_ENDPOINT,
 DATABASE_TABLE, CONFIG_KEY); a bare path is a FILE. FILE paths are made
 absolute and cleaned, and a linked git worktree's paths are keyed as the
-main worktree's (KLOCK_WORKTREES=separate keeps them apart).
+main worktree's (KLOCK_WORKTREES=separate keeps them apart). A path ending
+in '/' is a subtree covering everything under it (src/ is the folder; src
+is one plain key).
 
 exit codes: 0 ok; 1 denied or failed; 2 usage error; 3 klockd unreachable.
 "klockctl run" exits with its command's code. A change klockd cannot make

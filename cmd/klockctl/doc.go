@@ -45,7 +45,9 @@
 // inside a linked git worktree mapped to the same path in the main
 // worktree, so that shells in different directories and worktrees lock the
 // same key (KLOCK_WORKTREES=separate turns the mapping off). Write ./name:x
-// for a relative file whose name has a colon.
+// for a relative file whose name has a colon. A RESOURCE ending in '/' is a
+// subtree that covers every key under it ("acquire src/" takes the folder;
+// "src" without the slash is one plain key).
 //
 // Exit codes: 0 success; 1 denied, or any error; 2 usage error; 3 klockd
 // unreachable (the message names the socket tried and how to start klockd).

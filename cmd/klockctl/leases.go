@@ -138,6 +138,11 @@ made absolute against the current directory and cleaned, and inside a
 linked git worktree it is keyed as the same path in the main worktree
 (KLOCK_WORKTREES=separate: keep worktrees apart).
 
+A RESOURCE ending in '/' is a subtree: "klockctl acquire src/" takes the
+whole folder; it conflicts with leases on any path under it, and with
+subtree leases on the folders above it. A bare directory without the
+slash, "src", stays one plain key that covers nothing else.
+
 The agent is registered first if it is not (registering an existing agent
 is a no-op). Without --wait a denial is reported at once; with --wait the
 daemon queues a WAIT and klockctl retries a DIE after the suggested delay,

@@ -57,6 +57,11 @@ the leases were not granted (the denial is one line on stderr, or its map
 on stdout with --json), 3 when klockd is unreachable, 126/127 when COMMAND
 cannot be started.
 
+RESOURCEs are read as by "klockctl acquire" (see its --help). One ending in
+'/' is a subtree: "klockctl run src/ -- make" holds the whole folder, so no
+other agent takes a path under it while make runs. A bare directory
+without the slash, "src", stays one plain key that covers nothing else.
+
 The command sees KLOCK_LEASE_IDS and KLOCK_FENCE (comma-separated, in
 RESOURCE order), KLOCK_AGENT, KLOCK_SESSION and KLOCK_SOCKET, so klockctl
 inside it acts in the same agent and session. SIGINT, SIGTERM, SIGHUP and
