@@ -88,6 +88,7 @@ func (f *diskFault) stats() protocol.StatsResult {
 // changes; after a kill -9 and a restart exactly the acknowledged leases
 // are there.
 func TestDiskFaultsAreUnavailableAndHeal(t *testing.T) {
+	harness.SkipInClusterMode(t, "the state lives in etcd; the state directory holds only the node id (etcd quorum loss is TestClusterEtcdQuorum)")
 	mnt := mountTmpfs(t, "2m")
 	d := harness.Start(t, harness.Options{StateDir: filepath.Join(mnt, "state")})
 	f := &diskFault{t: t, d: d, r: d.Raw(t), acked: map[string]uint64{}}
