@@ -316,12 +316,15 @@ func clientWithPrefix() []clientv3.OpOption {
 // start; once that one is gone, its id is free again at once.
 func TestNodeIDInUse(t *testing.T) {
 	ec := etcdtest.Start(t, 1)
-	a := startNode(t, ec, "same", new(chain), nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// A session ttl long enough that a loaded machine does not let the
+	// running node's session lapse for real while the second one waits.
+	const ttl = 6 * time.Second
+	a := startNode(t, ec, "same", new(chain), func(c *cluster.Config) { c.SessionTTL = ttl })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err := cluster.Start(ctx, cluster.Config{
 		Endpoints: ec.Endpoints(), Prefix: "/test/", NodeID: "same", StateMachine: new(chain),
-		SessionTTL: 2 * time.Second, Settings: map[string]string{"max-leases": "10"}, Logger: testLogger(t),
+		SessionTTL: ttl, Settings: map[string]string{"max-leases": "10"}, Logger: testLogger(t),
 	})
 	require.ErrorContains(t, err, `node id "same" is in use by a running klockd`)
 	require.NoError(t, a.Close(ctx))

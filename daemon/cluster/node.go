@@ -348,8 +348,10 @@ func (n *Node) waitPredecessor(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("klock: etcd: checking the session of %s: %w", other, err)
 		}
-		if ttl.TTL <= 0 {
-			return nil // lapsed (or revoked)
+		// TTL is whole seconds left, rounded down: 0 is still alive;
+		// a lapsed or revoked lease is -1.
+		if ttl.TTL < 0 {
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("klock: node id %q is in use by a running klockd (its session %s is still renewed after %s); give each klockd its own --node-id", n.cfg.NodeID, other, n.cfg.SessionTTL)
