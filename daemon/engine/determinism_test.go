@@ -170,7 +170,7 @@ func (r *replica) wakes(ws []Wakeup) string {
 
 func drawStream(t *rapid.T) []streamCmd {
 	agents := []string{"a0", "a1", "a2", "a3"}
-	paths := []string{"/a", "/b", "/c", "/d"}
+	paths := []string{"/a", "/a/", "/a/b", "/a/b/", "/c", "/"}
 	var cmds []streamCmd
 	now := t0
 	// Start with registered agents, so most acquires mean something.
