@@ -15,6 +15,10 @@
 //	contended    all workers on 4 resources; denials counted by reason
 //	many-leases  100,000 leases held (acquired once, before the cells), then
 //	             the uncontended loop
+//	handoff      klock only: a holder releases a lease a senior waiter is
+//	             parked on; the cell's latency is from the release sent to
+//	             the waiter's grant arriving, shown next to the release's
+//	             own round trip
 //
 // Output is an aligned table on stdout with the ratios klock/redis and
 // klock/echo per cell, the targets evaluated as medians of ratios over

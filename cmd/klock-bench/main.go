@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -69,7 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("klock-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir), klock-conn-everysec (both), klock-etcd (cluster mode: one node on one etcd member), klock-etcd3 (three nodes on three members), etcd-mutex (etcd's concurrency.Mutex on one member)")
-	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated")
+	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated: uncontended, contended, many-leases, handoff (a parked waiter's grant after a release; klock only)")
 	workers := fs.String("w", "1,8,64", "worker counts, comma separated")
 	cfg := config{args: args}
 	fs.DurationVar(&cfg.duration, "d", 5*time.Second, "measured duration of each cell")
@@ -114,8 +115,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 	}
 	for _, wl := range cfg.workloads {
-		if wl != Uncontended && wl != Contended && wl != ManyLeases {
-			return cfg, fmt.Errorf("klock-bench: unknown workload %q (known: uncontended, contended, many-leases)", wl)
+		if !slices.Contains(knownWorkloads, wl) {
+			return cfg, fmt.Errorf("klock-bench: unknown workload %q (known: %s)", wl, strings.Join(knownWorkloads, ", "))
 		}
 	}
 	for _, s := range splitList(*workers) {
@@ -133,6 +134,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	return cfg, nil
 }
+
+// knownWorkloads are the -workloads names.
+var knownWorkloads = []string{Uncontended, Contended, ManyLeases, Handoff}
 
 func splitList(s string) []string {
 	var out []string
@@ -219,7 +223,16 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		res.Settings[b.Name()] = b.Settings()
 	}
 	measure := func(workload string, rep, w int, b Backend) error {
-		cell, err := runCell(ctx, b, workload, w, cfg.duration, cfg.warmup)
+		var cell Cell
+		var err error
+		if workload == Handoff {
+			if _, ok := b.(handoffBackend); !ok {
+				return nil // no waiters in this back end's server
+			}
+			cell, err = runHandoffCell(ctx, b, w, cfg.duration, cfg.warmup)
+		} else {
+			cell, err = runCell(ctx, b, workload, w, cfg.duration, cfg.warmup)
+		}
 		cell.Rep = rep
 		if err != nil {
 			return fmt.Errorf("klock-bench: %s: %w", cell.label(), err)

@@ -91,6 +91,11 @@ type Row struct {
 	VsEcho      *float64 `json:"throughput_vs_echo,omitempty"`
 	P50VsEcho   *float64 `json:"p50_vs_echo,omitempty"`
 	P99VsRedis  *float64 `json:"p99_vs_redis,omitempty"`
+	// The handoff workload: the release round trip, and the median of the
+	// per-repetition ratios of hand-off p50 to round-trip p50.
+	RTTP50us float64  `json:"rtt_p50_us,omitempty"`
+	RTTP99us float64  `json:"rtt_p99_us,omitempty"`
+	P50VsRTT *float64 `json:"p50_vs_rtt,omitempty"`
 }
 
 // Target is one of the issue's goals, evaluated on this run.
@@ -177,6 +182,20 @@ func (r *Results) summarize(cfg config) {
 				for _, c := range cs {
 					row.RSSBytes = max(row.RSSBytes, c.RSSBytes)
 				}
+				if wl == Handoff {
+					row.RTTP50us = medianOf(cs, func(c Cell) float64 { return c.RTTP50us })
+					row.RTTP99us = medianOf(cs, func(c Cell) float64 { return c.RTTP99us })
+					var xs []float64
+					for _, c := range cs {
+						if c.RTTP50us > 0 {
+							xs = append(xs, c.P50us/c.RTTP50us)
+						}
+					}
+					if len(xs) > 0 {
+						m := median(xs)
+						row.P50VsRTT = &m
+					}
+				}
 				if b != "echo" {
 					row.VsEcho = ratio(b, "echo", wl, wl, w, thr)
 					row.P50VsEcho = ratio(b, "echo", wl, wl, w, p50)
@@ -238,6 +257,11 @@ func (r *Results) summarize(cfg config) {
 			add(k, "W=64 "+wl+": throughput >= 10 x etcd-mutex", x, atLeast(x, 10))
 		}
 	}
+	for _, row := range r.Summary {
+		if row.Workload == Handoff {
+			add(row.Backend, fmt.Sprintf("W=%d handoff: p50 <= 1.5 x the release round trip", row.Workers), row.P50VsRTT, atMost(row.P50VsRTT, 1.5))
+		}
+	}
 	for _, pair := range [][2]string{{"klock-everysec", "klock"}, {"klock-conn-everysec", "klock-conn"}} {
 		if slices.Contains(r.order, pair[0]) {
 			x := ratio(pair[0], pair[1], Uncontended, Uncontended, 64, thr)
@@ -281,6 +305,27 @@ func (row Row) columns() []string {
 		fmtRatio(row.VsRedis), fmtRatio(row.VsEcho), fmtRatio(row.P50VsEcho), fmtRatio(row.P99VsRedis)}
 }
 
+// handoffHeader names the columns of the handoff table.
+var handoffHeader = []string{"W", "backend", "handoffs/s", "p50 µs", "p99 µs", "p999 µs", "rtt p50 µs", "rtt p99 µs", "p50/rtt"}
+
+// handoffRows are the summary rows of the handoff workload.
+func (r *Results) handoffRows() []Row {
+	var rows []Row
+	for _, row := range r.Summary {
+		if row.Workload == Handoff {
+			rows = append(rows, row)
+		}
+	}
+	return rows
+}
+
+// handoffColumns formats a handoff row as handoffHeader names.
+func (row Row) handoffColumns() []string {
+	return []string{strconv.Itoa(row.Workers), row.Backend, fmt.Sprintf("%.0f", row.PairsPerSec),
+		fmt.Sprintf("%.1f", row.P50us), fmt.Sprintf("%.1f", row.P99us), fmt.Sprintf("%.1f", row.P999us),
+		fmt.Sprintf("%.1f", row.RTTP50us), fmt.Sprintf("%.1f", row.RTTP99us), fmtRatio(row.P50VsRTT)}
+}
+
 // WriteTable prints the summary and the targets as aligned text.
 func (r *Results) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "klock-bench: %d CPUs (%s), %s per cell, %d rep(s), loadavg at start %s\n\n",
@@ -296,6 +341,15 @@ func (r *Results) WriteTable(w io.Writer) {
 	}
 	for _, s := range r.Skipped {
 		fmt.Fprintf(w, "skipped: %s\n", s)
+	}
+	if rows := r.handoffRows(); len(rows) > 0 {
+		fmt.Fprintln(w, "\nhandoff: from the release sent to the parked waiter's grant at its client, next to the release's round trip:")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, strings.Join(handoffHeader, "\t")+"\t")
+		for _, row := range rows {
+			fmt.Fprintln(tw, strings.Join(row.handoffColumns(), "\t")+"\t")
+		}
+		tw.Flush()
 	}
 	if len(r.Targets) == 0 {
 		return

@@ -42,6 +42,10 @@ type Cell struct {
 	Other       int64   `json:"other_denials"`
 	RSSBytes    int64   `json:"rss_bytes,omitempty"`
 	Skipped     string  `json:"skipped,omitempty"`
+	// RTTP50us and RTTP99us are, in the handoff workload, the holder's
+	// round trip for the release that hands the lease over.
+	RTTP50us float64 `json:"rtt_p50_us,omitempty"`
+	RTTP99us float64 `json:"rtt_p99_us,omitempty"`
 }
 
 // workerStats is what one worker counts; only its goroutine writes it.
@@ -68,30 +72,13 @@ func runCell(ctx context.Context, b Backend, workload string, w int, d, warmup t
 	}
 	defer closer.Close()
 
-	var phase atomic.Int32
 	stats := make([]workerStats, w)
-	var wg sync.WaitGroup
-	for i := range w {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st := &stats[i]
-			st.lat = make([]time.Duration, 0, 1<<14)
-			if err := work(ctx, lockers[i], workload, i, &phase, st); err != nil {
-				st.err = err
-				phase.Store(phaseStop)
-			}
-		}()
-	}
-	pause(ctx, warmup)
-	if phase.CompareAndSwap(phaseWarmup, phaseMeasure) {
-		start := time.Now()
-		pause(ctx, d)
-		phase.CompareAndSwap(phaseMeasure, phaseStop)
-		cell.Seconds = time.Since(start).Seconds()
-	}
-	phase.Store(phaseStop)
-	wg.Wait()
+	cell.Seconds = drive(ctx, w, d, warmup, func(i int, phase *atomic.Int32) error {
+		st := &stats[i]
+		st.lat = make([]time.Duration, 0, 1<<14)
+		st.err = work(ctx, lockers[i], workload, i, phase, st)
+		return st.err
+	})
 
 	var lat []time.Duration
 	var errs []error
@@ -123,6 +110,35 @@ func runCell(ctx context.Context, b Backend, workload string, w int, d, warmup t
 		cell.RSSBytes = rss
 	}
 	return cell, nil
+}
+
+// drive runs worker(i, phase) for i in 0..w-1, each on its own goroutine,
+// through a warm-up and then d measured, and returns the seconds measured
+// (0 when a worker failed first). A worker loops until phase is phaseStop,
+// recording only while it is phaseMeasure; an error stops them all.
+func drive(ctx context.Context, w int, d, warmup time.Duration, worker func(i int, phase *atomic.Int32) error) float64 {
+	var phase atomic.Int32
+	var wg sync.WaitGroup
+	for i := range w {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := worker(i, &phase); err != nil {
+				phase.Store(phaseStop)
+			}
+		}()
+	}
+	pause(ctx, warmup)
+	var seconds float64
+	if phase.CompareAndSwap(phaseWarmup, phaseMeasure) {
+		start := time.Now()
+		pause(ctx, d)
+		phase.CompareAndSwap(phaseMeasure, phaseStop)
+		seconds = time.Since(start).Seconds()
+	}
+	phase.Store(phaseStop)
+	wg.Wait()
+	return seconds
 }
 
 // work is the one workload loop every back end runs. A granted acquire is
