@@ -73,6 +73,8 @@ func (e *Engine) applyRegister(r *Record) *agent {
 	case a.unregistered:
 		a.unregistered = false
 		e.registered++
+	default:
+		e.byPriority.Delete(a) // its priority may change
 	}
 	if a.priority != r.Priority && len(a.leases) > 0 {
 		// Summaries are sorted by priority; this agent's leases have all
@@ -82,6 +84,7 @@ func (e *Engine) applyRegister(r *Record) *agent {
 		e.reindexAgent(a, false)
 	}
 	a.priority, a.registeredAt, a.uid = r.Priority, r.Time, r.UID
+	e.byPriority.ReplaceOrInsert(a)
 	if r.Auto && r.Priority > e.lastAuto {
 		e.lastAuto = r.Priority
 	}
@@ -118,6 +121,7 @@ func (e *Engine) applyUnregister(r *Record) bool {
 		return false
 	}
 	e.registered--
+	e.byPriority.Delete(a)
 	// A later agent with the same id starts afresh, even when this struct
 	// is kept as a leftover and registered again.
 	a.ended = endedSessions{}
@@ -139,32 +143,29 @@ func (e *Engine) dropLeftover(a *agent) {
 
 // busy reports whether the agent holds an active lease or waits.
 func (e *Engine) busy(now int64, a *agent) bool {
-	if len(a.waiters) > 0 {
-		return true
-	}
-	for _, l := range a.leases {
-		if l.ExpiresAt > now {
-			return true
-		}
-	}
-	return false
+	return len(a.waiters) > 0 || e.activeLeases(now, a) > 0
 }
 
-// activeLeases counts the agent's active leases.
-func activeLeases(now int64, a *agent) int {
-	n := 0
-	for _, l := range a.leases {
-		if l.ExpiresAt > now {
-			n++
-		}
+// activeLeases counts the agent's active leases: its present ones less
+// those expired and not yet removed, which are found in the expiry queue
+// (O(expired), not O(the agent's leases)).
+func (e *Engine) activeLeases(now int64, a *agent) int {
+	n := len(a.leases)
+	if n == 0 {
+		return 0
 	}
+	e.leaseDeadlines.eachDue(now, func(l *lease) {
+		if l.agent == a {
+			n--
+		}
+	})
 	return n
 }
 
 func (e *Engine) agentInfo(now int64, a *agent) Agent {
 	return Agent{
 		ID: a.id, Priority: a.priority, RegisteredAt: a.registeredAt, OwnerUID: a.uid,
-		Leases: activeLeases(now, a), Waiting: len(a.waiters),
+		Leases: e.activeLeases(now, a), Waiting: len(a.waiters),
 	}
 }
 

@@ -200,3 +200,77 @@ func BenchmarkLeaseMemory(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEndSessionStep measures one step of ending a session of 100,000
+// leases (1,000 leases released, oldest first) in an engine holding
+// 1,000,000 more, each released lease with a parked waiter that is granted:
+// the longest the daemon holds its lock for an end_session.
+func BenchmarkEndSessionStep(b *testing.B) {
+	for _, waiters := range []bool{false, true} {
+		b.Run(fmt.Sprintf("waiters=%v", waiters), func(b *testing.B) {
+			const session, step = 100_000, 1000
+			e := New(Config{Journal: true})
+			c := Caller{UID: 1000}
+			for _, a := range []struct {
+				id   string
+				prio int64
+			}{{"waiter", 1}, {"bulk", 2}, {"ender", 3}} {
+				if _, err := e.Register(t0, c, a.id, a.prio, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+			fillEngine(b, e, "bulk", "held", "/held/", 1_000_000)
+			round := 0
+			big := "big0"
+			start := func() {
+				round++
+				big = "big" + strconv.Itoa(round)
+				fillEngine(b, e, "ender", big, "/big/", session)
+				if waiters {
+					for i := range session {
+						req := req1("waiter", "w"+strconv.Itoa(round), "FILE", "/big/"+strconv.Itoa(i), "MUTATES", 3_600_000)
+						req.WaitTimeout = 3_600_000
+						if r, err := e.Acquire(t0, c, req); err != nil || !r.Queued {
+							b.Fatal(err, r.Denial)
+						}
+					}
+				}
+				e.Records()
+			}
+			start()
+			steps := 0
+			cpu := startCPU(b)
+			for i := 0; i < b.N; i++ {
+				_, wake, more, err := e.EndSessionStep(t0, c, "ender", big, step)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_ = wake
+				e.Records()
+				steps++
+				if !more {
+					b.StopTimer()
+					// The waiters now hold the leases: end their session too.
+					if _, _, err := e.EndSession(t0, c, "waiter", "w"+strconv.Itoa(round)); err != nil {
+						b.Fatal(err)
+					}
+					e.Records()
+					start()
+					b.StartTimer()
+				}
+			}
+			cpu.stop(b)
+		})
+	}
+}
+
+// fillEngine grants n leases to agent in session on prefix0...
+func fillEngine(b *testing.B, e *Engine, agent, session, prefix string, n int) {
+	c := Caller{UID: 1000}
+	for i := 0; i < n; i++ {
+		if r, err := e.Acquire(t0, c, req1(agent, session, "FILE", prefix+strconv.Itoa(i), "MUTATES", 3_600_000)); err != nil || !r.Granted {
+			b.Fatal(err, r.Denial)
+		}
+	}
+	e.Records()
+}

@@ -99,10 +99,17 @@ func (h leaseHeap) down(i int) bool {
 // countDue counts the leases with expiry <= now without popping them,
 // visiting only those and their children: O(due).
 func (h leaseHeap) countDue(now int64) int {
-	if len(h) == 0 || h[0].at > now {
-		return 0
-	}
 	n := 0
+	h.eachDue(now, func(*lease) { n++ })
+	return n
+}
+
+// eachDue calls fn for every lease with expiry <= now, in no particular
+// order, visiting only those and their children: O(due).
+func (h leaseHeap) eachDue(now int64, fn func(*lease)) {
+	if len(h) == 0 || h[0].at > now {
+		return
+	}
 	stack := []int{0}
 	for len(stack) > 0 {
 		i := stack[len(stack)-1]
@@ -110,8 +117,7 @@ func (h leaseHeap) countDue(now int64) int {
 		if i >= len(h) || h[i].at > now {
 			continue
 		}
-		n++
+		fn(h[i].l)
 		stack = append(stack, 4*i+1, 4*i+2, 4*i+3, 4*i+4)
 	}
-	return n
 }

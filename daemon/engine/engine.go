@@ -3,6 +3,8 @@ package engine
 import (
 	crand "crypto/rand"
 	"math/rand/v2"
+
+	"github.com/google/btree"
 )
 
 // Engine is the lease engine. Create it with New; it is not safe for
@@ -12,12 +14,14 @@ type Engine struct {
 
 	agents        map[string]*agent
 	leases        leaseTable
-	resources     map[string]*resource // keys with leases, waiters or a freeze (and a few idle ones)
-	idle          []*resource          // parked idle resources, oldest first
-	keyBuf        []byte               // scratch for building resource keys
-	freeLeases    []*lease             // removed lease structs for reuse
-	freeHeld      []*heldBy            // emptied summary entries for reuse
-	freeSummaries []*summary           // emptied summaries for reuse
+	resources     map[string]*resource     // keys with leases, waiters or a freeze (and a few idle ones)
+	byKey         *btree.BTreeG[*resource] // the same resources, sorted by key (order.go)
+	byPriority    *btree.BTreeG[*agent]    // registered agents by priority, then id (order.go)
+	idle          []*resource              // parked idle resources, oldest first
+	keyBuf        []byte                   // scratch for building resource keys
+	freeLeases    []*lease                 // removed lease structs for reuse
+	freeHeld      []*heldBy                // emptied summary entries for reuse
+	freeSummaries []*summary               // emptied summaries for reuse
 
 	leaseDeadlines  leaseHeap
 	waiterDeadlines waiterHeap
@@ -56,10 +60,12 @@ type agent struct {
 	uid          uint32
 	unregistered bool // kept only for leases not yet removed
 
-	leases  []*lease  // present leases (expired ones too, until removed)
-	waiters []*waiter // queued requests
-	idem    map[string]*idemEntry
-	ended   endedSessions // the last maxEndedSessions sessions ended
+	leases        []*lease                  // present leases (expired ones too, until removed)
+	sessions      map[string]*sessionLeases // the same leases by session, in fence order (order.go)
+	emptySessions int                       // lists in sessions that are empty
+	waiters       []*waiter                 // queued requests
+	idem          map[string]*idemEntry
+	ended         endedSessions // the last maxEndedSessions sessions ended
 }
 
 // lease is a lease with its places in the indexes.
@@ -74,6 +80,8 @@ type lease struct {
 	idem     *idemEntry
 	procIdx  int32 // index in its boundProc's leases, when Bound
 	upIdx    int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
+	sessIdx  int32 // index in sess.ls
+	sess     *sessionLeases
 }
 
 // idemEntry is the set of leases granted under one idempotency key.
@@ -110,10 +118,12 @@ func New(cfg Config) *Engine {
 		panic(err) // crypto/rand does not fail on supported systems
 	}
 	return &Engine{
-		ids:       rand.NewChaCha8(seed),
-		cfg:       cfg,
-		agents:    make(map[string]*agent),
-		resources: make(map[string]*resource),
-		waiters:   make(map[WaiterID]*waiter),
+		ids:        rand.NewChaCha8(seed),
+		cfg:        cfg,
+		agents:     make(map[string]*agent),
+		resources:  make(map[string]*resource),
+		byKey:      newResourceOrder(),
+		byPriority: newAgentOrder(),
+		waiters:    make(map[WaiterID]*waiter),
 	}
 }

@@ -54,9 +54,21 @@ func (e *Engine) NextDeadline() (at int64, ok bool) {
 // queued requests whose deadline has passed. It returns how many leases it
 // removed and the wake-ups, in the order they were decided.
 func (e *Engine) Expire(now int64) (int, []Wakeup) {
+	n, wake, _ := e.ExpireStep(now, 0)
+	return n, wake
+}
+
+// ExpireStep is Expire in steps of bounded work: it removes at most max
+// expired leases (earliest expiry first) and times out at most max queued
+// requests, and reports more = true when some were left for another call
+// (NextDeadline is then due). max 0 means no bound.
+func (e *Engine) ExpireStep(now int64, max int) (int, []Wakeup, bool) {
+	if max == 0 {
+		max = len(e.leaseDeadlines) + len(e.waiterDeadlines)
+	}
 	n := 0
 	var ids []string
-	for len(e.leaseDeadlines) > 0 && e.leaseDeadlines[0].at <= now {
+	for len(e.leaseDeadlines) > 0 && e.leaseDeadlines[0].at <= now && n < max {
 		l := e.leaseDeadlines[0].l
 		if e.cfg.Journal {
 			ids = append(ids, l.ID)
@@ -70,12 +82,16 @@ func (e *Engine) Expire(now int64) (int, []Wakeup) {
 		e.record(Record{Kind: RecExpire, Time: now, LeaseIDs: ids})
 	}
 	wake := e.settle(now, nil)
-	for len(e.waiterDeadlines) > 0 && e.waiterDeadlines[0].deadline <= now {
+	timedOut := 0
+	for len(e.waiterDeadlines) > 0 && e.waiterDeadlines[0].deadline <= now && timedOut < max {
 		w := e.waiterDeadlines[0]
 		wake = append(wake, Wakeup{Waiter: w.id, Result: e.timeout(now, w)})
 		e.dropWaiter(w)
+		timedOut++
 	}
-	return n, wake
+	more := len(e.leaseDeadlines) > 0 && e.leaseDeadlines[0].at <= now ||
+		len(e.waiterDeadlines) > 0 && e.waiterDeadlines[0].deadline <= now
+	return n, wake, more
 }
 
 // EvictExpired is the evict_expired op: Expire now, returning how many

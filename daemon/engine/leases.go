@@ -105,25 +105,58 @@ func (e *Engine) Revoke(now int64, c Caller, leaseID string) (bool, []Wakeup, er
 // session ended: its queued requests are answered SESSION_EXPIRED, and so
 // are later acquires in it. It returns how many active leases it released
 // and the wake-ups. Only the agent's uid or root may end its sessions.
+// However many leases the session holds, it does it all at once; the
+// daemon uses EndSessionStep.
 func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int, []Wakeup, error) {
+	n, wake, _, err := e.EndSessionStep(now, c, agentID, sessionID, 0)
+	return n, wake, err
+}
+
+// EndSessionStep is EndSession in steps of bounded work. While the
+// session has more than max leases, or more than max queued requests, a
+// call does one step and returns more = true: it answers up to max of the
+// session's queued requests SESSION_EXPIRED and releases up to max of its
+// leases, oldest first, exactly as release does (one RecRelease record
+// lists them, and the requests queued on their resources are decided
+// again). The call that finds at most max of each left ends the session
+// as EndSession does and returns more = false. The caller calls again
+// until then, letting other calls in between: they may see some of the
+// session's leases released and others not yet, as if its holder had been
+// releasing them one by one. n counts the active leases a step released.
+// max 0 means no bound: one call does it all.
+func (e *Engine) EndSessionStep(now int64, c Caller, agentID, sessionID string, max int) (n int, wake []Wakeup, more bool, err error) {
 	if err := checkText("agent_id", agentID, MaxIDLen); err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	if err := checkText("session_id", sessionID, MaxIDLen); err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	a := e.agents[agentID]
 	if a == nil || a.unregistered {
-		return 0, nil, unknownAgent(agentID)
+		return 0, nil, false, unknownAgent(agentID)
 	}
 	if !mayActFor(c, a) {
-		return 0, nil, permissionDenied(c, "end sessions of agent "+quote(agentID)+", which belongs to another uid")
+		return 0, nil, false, permissionDenied(c, "end sessions of agent "+quote(agentID)+", which belongs to another uid")
 	}
 	if a.ended.has(sessionID) {
-		return 0, nil, nil
+		return 0, nil, false, nil
 	}
-	var wake []Wakeup
-	for i := 0; i < len(a.waiters); {
+	sl := a.sessions[sessionID]
+	held := 0
+	if sl != nil {
+		held = sl.n
+	}
+	queued := 0
+	for _, w := range a.waiters {
+		if w.session == sessionID {
+			queued++
+		}
+	}
+	last := max == 0 || held <= max && queued <= max
+	if max == 0 {
+		max = len(a.waiters) + held
+	}
+	for i := 0; i < len(a.waiters) && len(wake) < max; {
 		w := a.waiters[i]
 		if w.session != sessionID {
 			i++
@@ -134,11 +167,12 @@ func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, a, sessionID, &v)}})
 		e.dropWaiter(w) // moves the last waiter to i
 	}
+	var ls []*lease
+	if sl != nil {
+		ls = sl.oldest(max)
+	}
 	if e.eventsOn {
-		for _, l := range a.leases {
-			if l.SessionID != sessionID {
-				continue
-			}
+		for _, l := range ls {
 			kind := EvRelease
 			if l.ExpiresAt <= now {
 				kind = EvExpire // expired, not yet removed by the timer
@@ -146,10 +180,17 @@ func (e *Engine) EndSession(now int64, c Caller, agentID, sessionID string) (int
 			e.emitLease(kind, now, &l.Lease)
 		}
 	}
-	n := e.endSession(now, a, sessionID)
+	n, ids := e.removeInFenceOrder(now, ls, !last && e.cfg.Journal)
 	e.releases += uint64(n)
+	if !last {
+		if len(ids) > 0 {
+			e.record(Record{Kind: RecRelease, Time: now, LeaseIDs: ids})
+		}
+		return n, e.settle(now, wake), true, nil
+	}
+	a.ended.add(sessionID)
 	e.record(Record{Kind: RecEndSession, Time: now, AgentID: agentID, SessionID: sessionID})
-	return n, e.settle(now, wake), nil
+	return n, e.settle(now, wake), false, nil
 }
 
 // Freeze freezes a resource (admin): every acquire on it, or for a

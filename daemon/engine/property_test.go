@@ -115,11 +115,21 @@ func (m *model) step() {
 		}
 	case 9:
 		if rapid.IntRange(0, 3).Draw(m.t, "end?") == 0 {
-			_, ws, err := m.e.EndSession(m.now, m.caller(), m.agent(), m.session())
-			if err != nil {
-				require.Equal(m.t, "UNKNOWN_AGENT", string(codeOf(err)))
+			// In steps of 0 (all at once) to 2 leases, checking the
+			// invariants between steps, as the daemon lets other calls in.
+			agent, session, max := m.agent(), m.session(), rapid.IntRange(0, 2).Draw(m.t, "end step")
+			for more := true; more; {
+				var ws []Wakeup
+				var err error
+				_, ws, more, err = m.e.EndSessionStep(m.now, m.caller(), agent, session, max)
+				if err != nil {
+					require.Equal(m.t, "UNKNOWN_AGENT", string(codeOf(err)))
+				}
+				m.wake(ws)
+				if more {
+					m.check()
+				}
 			}
-			m.wake(ws)
 		}
 	case 10:
 		path := rapid.SampledFrom(m.paths).Draw(m.t, "path")
@@ -136,8 +146,12 @@ func (m *model) step() {
 			m.wake(m.e.Cancel(m.now, rapid.SampledFrom(m.waiters).Draw(m.t, "waiter")))
 		}
 	case 12:
-		_, ws := m.e.Expire(m.now)
-		m.wake(ws)
+		max := rapid.IntRange(0, 2).Draw(m.t, "expire step")
+		for more := true; more; {
+			var ws []Wakeup
+			_, ws, more = m.e.ExpireStep(m.now, max)
+			m.wake(ws)
+		}
 	case 13:
 		var err error
 		switch rapid.IntRange(0, 3).Draw(m.t, "reg") {
@@ -276,6 +290,7 @@ func (m *model) check() {
 	require.Zero(m.t, bound, "bound leases and the process table disagree")
 	require.Zero(m.t, boundWaiters, "bound waiters and the process table disagree")
 	require.Equal(m.t, len(e.waiters), len(e.waiterDeadlines))
+	checkOrders(m.t, e)
 }
 
 // checkNotOvertaken is (e): no request still queued on a granted key, of

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"strings"
 )
@@ -12,41 +13,122 @@ func (e *Engine) ActiveLeaseCount(now int64) int {
 	return e.leases.len() - e.leaseDeadlines.countDue(now)
 }
 
-// ListLeases returns the active leases matching f, sorted by resource then
-// fence: the first f.Limit of them (1000 when 0), and whether more matched.
+// ListLeases returns the active leases matching f after f.After, sorted
+// by resource then fence: the first f.Limit of them (1000 when 0), and
+// whether more matched. It walks as far as it takes; LeasesPage is the
+// same walk with a bound on the work.
 func (e *Engine) ListLeases(now int64, f LeaseFilter) ([]Lease, bool, error) {
+	p, err := e.LeasesPage(now, f, 0)
+	return p.Leases, p.More, err
+}
+
+// LeasePage is one page of list_leases.
+type LeasePage struct {
+	Leases []Lease
+	// More says the walk stopped before the end (at the limit, or when its
+	// work ran out): the rest comes after Next, the position of the last
+	// lease returned or, when the work ran out first, of the last one
+	// looked at.
+	More bool
+	Next LeasePos
+}
+
+// LeasesPage returns up to f.Limit (1000 when 0) active leases matching f
+// that come strictly after f.After in list order (resource key, then
+// fence). It looks at no more than about work resources and leases (0: no
+// bound, besides the limit), so it may return fewer than the limit, even
+// none, with More set. Filtering by prefix costs nothing: the walk starts
+// at the prefix and ends after it. Filtering by agent walks that agent's
+// leases when they are few enough to sort within the bound, else every
+// key in order.
+//
+// Because the order is by values that never change while a lease lives,
+// paging with Next lists every lease that stays active from the first page
+// to the last exactly once, whatever else is granted or ended between the
+// pages; a lease granted or ended meanwhile is listed at most once.
+func (e *Engine) LeasesPage(now int64, f LeaseFilter, work int) (LeasePage, error) {
 	limit, err := checkLimit(f.Limit)
 	if err != nil {
-		return nil, false, err
+		return LeasePage{}, err
 	}
 	if err := checkFilter(f.AgentID, f.ResourcePrefix); err != nil {
-		return nil, false, err
-	}
-	var out []Lease
-	add := func(l *lease) {
-		if l.ExpiresAt > now && strings.HasPrefix(l.Resource, f.ResourcePrefix) {
-			out = append(out, l.Lease)
-		}
+		return LeasePage{}, err
 	}
 	if f.AgentID != "" {
-		if a := e.agents[f.AgentID]; a != nil {
-			for _, l := range a.leases {
-				add(l)
+		a := e.agents[f.AgentID]
+		if a == nil {
+			return LeasePage{}, nil
+		}
+		if work == 0 || len(a.leases) <= work {
+			return agentPage(now, a, &f, limit), nil
+		}
+	}
+	return e.walkLeases(now, &f, limit, work), nil
+}
+
+// agentPage lists the matching leases of one agent: all of them, sorted.
+func agentPage(now int64, a *agent, f *LeaseFilter, limit int) LeasePage {
+	var ls []*lease
+	for _, l := range a.leases {
+		if l.ExpiresAt > now && strings.HasPrefix(l.Resource, f.ResourcePrefix) && f.After.after(l.Resource, l.Fence) {
+			ls = append(ls, l)
+		}
+	}
+	slices.SortFunc(ls, func(x, y *lease) int {
+		return cmp.Or(strings.Compare(x.Resource, y.Resource), cmp.Compare(x.Fence, y.Fence))
+	})
+	var p LeasePage
+	if len(ls) > limit {
+		ls = ls[:limit]
+		p.More = true
+		p.Next = LeasePos{Resource: ls[limit-1].Resource, Fence: ls[limit-1].Fence}
+	}
+	p.Leases = make([]Lease, len(ls))
+	for i, l := range ls {
+		p.Leases[i] = l.Lease
+	}
+	return p
+}
+
+// walkLeases walks the resource keys in order from f.After (or the
+// prefix), collecting the matching leases. Next follows the walk: the
+// last lease taken, or a key whose leases were all looked at.
+func (e *Engine) walkLeases(now int64, f *LeaseFilter, limit, work int) LeasePage {
+	p := LeasePage{Next: f.After}
+	from := f.After.Resource
+	if f.After.Fence == math.MaxUint64 {
+		from += "\x00" // every lease of that key was looked at: start after it
+	}
+	var buf []*lease
+	seen := 0
+	e.byKey.AscendGreaterOrEqual(&resource{key: max(from, f.ResourcePrefix)}, func(r *resource) bool {
+		if !strings.HasPrefix(r.key, f.ResourcePrefix) {
+			return false // past every key with the prefix
+		}
+		if work > 0 && seen >= work {
+			p.More = true
+			return false
+		}
+		seen += 1 + len(r.leases)
+		buf = buf[:0]
+		for _, l := range r.leases {
+			if l.ExpiresAt > now && (f.AgentID == "" || l.AgentID == f.AgentID) && f.After.after(r.key, l.Fence) {
+				buf = append(buf, l)
 			}
 		}
-	} else {
-		e.leases.each(add)
-	}
-	slices.SortFunc(out, func(x, y Lease) int {
-		if c := strings.Compare(x.Resource, y.Resource); c != 0 {
-			return c
+		slices.SortFunc(buf, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })
+		for _, l := range buf {
+			if len(p.Leases) == limit {
+				p.More = true
+				return false
+			}
+			p.Leases = append(p.Leases, l.Lease)
+			p.Next = LeasePos{Resource: r.key, Fence: l.Fence}
 		}
-		return cmp.Compare(x.Fence, y.Fence)
+		p.Next = LeasePos{Resource: r.key, Fence: math.MaxUint64}
+		return true
 	})
-	if len(out) > limit {
-		return out[:limit:limit], true, nil
-	}
-	return out, false, nil
+	return p
 }
 
 // CheckFilter validates the optional filters of list_leases and watch: an
@@ -77,26 +159,43 @@ func checkFilter(agentID, resourcePrefix string) *Error {
 // with their active lease and queued request counts: the first limit of
 // them (1000 when 0), and whether there were more.
 func (e *Engine) ListAgents(now int64, limit int) ([]Agent, bool, error) {
+	p, err := e.AgentsPage(now, AgentPos{}, limit)
+	return p.Agents, p.More, err
+}
+
+// AgentPage is one page of list_agents: More says more agents follow
+// Next, the last one listed.
+type AgentPage struct {
+	Agents []Agent
+	More   bool
+	Next   AgentPos
+}
+
+// AgentsPage returns up to limit (1000 when 0) registered agents that come
+// strictly after pos in list order (priority, then id), with their active
+// lease and queued request counts. It costs O(log agents + limit), plus
+// the leases expired and not yet removed. Paging with Next lists every
+// agent registered from the first page to the last exactly once (an
+// agent whose priority changes meanwhile moves in the order).
+func (e *Engine) AgentsPage(now int64, after AgentPos, limit int) (AgentPage, error) {
 	limit, err := checkLimit(limit)
 	if err != nil {
-		return nil, false, err
+		return AgentPage{}, err
 	}
-	out := make([]Agent, 0, min(e.registered, limit+1))
-	for _, a := range e.agents {
-		if !a.unregistered {
-			out = append(out, e.agentInfo(now, a))
+	var p AgentPage
+	e.byPriority.AscendGreaterOrEqual(&agent{priority: after.Priority, id: after.ID}, func(a *agent) bool {
+		if !after.before(a) {
+			return true // the agent at the cursor itself
 		}
-	}
-	slices.SortFunc(out, func(x, y Agent) int {
-		if c := cmp.Compare(x.Priority, y.Priority); c != 0 {
-			return c
+		if len(p.Agents) == limit {
+			p.More = true
+			return false
 		}
-		return strings.Compare(x.ID, y.ID)
+		p.Agents = append(p.Agents, e.agentInfo(now, a))
+		p.Next = AgentPos{Priority: a.priority, ID: a.id}
+		return true
 	})
-	if len(out) > limit {
-		return out[:limit:limit], true, nil
-	}
-	return out, false, nil
+	return p, nil
 }
 
 // Stats returns the engine's counters. Leases counts every lease not yet

@@ -125,12 +125,14 @@ func (e *Engine) restore(s *State) *Error {
 			return errorf(protocol.CodeInternal, "klock: state lists agent %q twice", as.ID)
 		}
 		e.agentSeq++
-		e.agents[as.ID] = &agent{
+		a := &agent{
 			seq: e.agentSeq,
 			id:  as.ID, priority: as.Priority, registeredAt: as.RegisteredAt, uid: as.UID, unregistered: as.Unregistered,
 		}
+		e.agents[as.ID] = a
 		if !as.Unregistered {
 			e.registered++
+			e.byPriority.ReplaceOrInsert(a)
 		}
 	}
 	type idemKey struct{ agent, key string }

@@ -44,6 +44,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), heapIdx: -1, key: k}
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
+	a.session(l.SessionID).add(x)
 	if l.ExpiresAt != Never {
 		e.leaseDeadlines.push(x)
 	}
@@ -83,6 +84,12 @@ func (e *Engine) removeLease(x *lease) {
 	a.leases[x.agentIdx].agentIdx = x.agentIdx
 	a.leases[last] = nil
 	a.leases = a.leases[:last]
+	if sl := x.sess; sl != nil {
+		sl.remove(x)
+		if sl.n == 0 {
+			a.sessionEmptied()
+		}
+	}
 
 	if x.idem != nil {
 		x.idem.remove(x)
@@ -137,10 +144,8 @@ func (e *Engine) bindIdem(a *agent, key string, ls []*lease) {
 // endedSessions.add); it returns how many of them were active.
 func (e *Engine) endSession(now int64, a *agent, session string) int {
 	var ended []*lease
-	for _, l := range a.leases {
-		if l.SessionID == session {
-			ended = append(ended, l)
-		}
+	if sl := a.sessions[session]; sl != nil {
+		ended = sl.oldest(sl.n)
 	}
 	n, _ := e.removeInFenceOrder(now, ended, false)
 	a.ended.add(session)

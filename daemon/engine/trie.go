@@ -46,6 +46,7 @@ func (e *Engine) resourceFor(key string) *resource {
 			r.parent.kids++
 		}
 		e.resources[key] = r
+		e.byKey.ReplaceOrInsert(r)
 	}
 	return r
 }
@@ -108,6 +109,7 @@ func (e *Engine) dropIfIdle(r *resource) {
 		if old.idle() && e.resources[old.key] == old {
 			e.dropSoft(old)
 			delete(e.resources, old.key)
+			e.byKey.Delete(old)
 			if p := old.parent; p != nil {
 				p.kids--
 				if p.idle() {

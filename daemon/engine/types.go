@@ -235,11 +235,14 @@ type Agent struct {
 	Waiting      int // queued requests
 }
 
-// LeaseFilter selects leases for ListLeases. Limit 0 means 1000; above
-// 10000 is INVALID_ARGUMENT.
+// LeaseFilter selects leases for ListLeases and LeasesPage. Limit 0 means
+// 1000; above 10000 is INVALID_ARGUMENT. After is where the listing
+// starts: only leases strictly after it in list order (the zero LeasePos:
+// from the start).
 type LeaseFilter struct {
 	AgentID, ResourcePrefix string
 	Limit                   int
+	After                   LeasePos
 }
 
 // Stats are the engine's counters: current counts and totals since New.

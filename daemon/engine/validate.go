@@ -82,6 +82,16 @@ func (e *Engine) checkTTL(name string, ttl int64) *Error {
 	return nil
 }
 
+// CheckLimit returns a list's limit: 0 means DefaultLimit; out of
+// 0..MaxLimit is an INVALID_ARGUMENT *Error.
+func CheckLimit(limit int) (int, error) {
+	n, err := checkLimit(limit)
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
 func checkLimit(limit int) (int, *Error) {
 	switch {
 	case limit == 0:

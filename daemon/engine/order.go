@@ -1,0 +1,184 @@
+package engine
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	"github.com/google/btree"
+)
+
+// The orders that let a list, an end_session or any other operation over
+// many leases work on a bounded slice of them at a time, wherever it left
+// off, instead of visiting (or sorting) everything under the engine lock:
+//
+//   - resource keys, sorted (byKey): list_leases walks them from a cursor;
+//   - registered agents by priority then id (byPriority): list_agents;
+//   - each session's leases by fence (sessionLeases): end_session takes
+//     the oldest ones first, a bounded number per step.
+//
+// The two sorted sets are B-trees (github.com/google/btree): O(log n) to
+// insert, delete or seek, then O(1) per entry walked. The resource set
+// changes only when a key gets its first lease, waiter or freeze or is
+// forgotten (idle keys are parked first, see dropIfIdle), so a key that is
+// taken and released again and again costs nothing here.
+
+// btreeDegree is the B-trees' degree: nodes of up to 2×16-1 entries, a
+// few cache lines of pointers each.
+const btreeDegree = 16
+
+func resourceLess(a, b *resource) bool { return a.key < b.key }
+
+func agentLess(a, b *agent) bool {
+	if a.priority != b.priority {
+		return a.priority < b.priority
+	}
+	return a.id < b.id
+}
+
+func newResourceOrder() *btree.BTreeG[*resource] {
+	return btree.NewG(btreeDegree, resourceLess)
+}
+
+func newAgentOrder() *btree.BTreeG[*agent] {
+	return btree.NewG(btreeDegree, agentLess)
+}
+
+// sessionLeases are one session's present leases in fence order (grants
+// only ever raise the fence, so a new lease goes at the end). A removed
+// lease leaves a nil behind, which the next removals step over or a
+// compaction drops once nils are the majority: both O(1) per removal,
+// amortised, and the oldest lease is always at head.
+type sessionLeases struct {
+	name string
+	ls   []*lease // fence order; nil where a lease was removed
+	head int      // ls[:head] are nil
+	n    int      // leases (non-nil entries)
+	last uint64   // the highest fence added
+}
+
+// sessionEmptied notes that one of the agent's session lists became empty.
+// Empty lists are kept for a while (a session that takes and releases one
+// lease again and again would otherwise allocate and hash one each time)
+// and dropped together once they outnumber the others: O(1) amortised.
+func (a *agent) sessionEmptied() {
+	a.emptySessions++
+	if a.emptySessions <= 8 || 2*a.emptySessions <= len(a.sessions) {
+		return
+	}
+	for name, s := range a.sessions {
+		if s.n == 0 {
+			delete(a.sessions, name)
+		}
+	}
+	a.emptySessions = 0
+}
+
+// session returns the agent's lease list for session, creating it.
+func (a *agent) session(name string) *sessionLeases {
+	s := a.sessions[name]
+	if s == nil {
+		if a.sessions == nil {
+			a.sessions = make(map[string]*sessionLeases)
+		}
+		s = &sessionLeases{name: name}
+		a.sessions[name] = s
+	} else if s.n == 0 {
+		a.emptySessions--
+	}
+	return s
+}
+
+// add appends a lease, which normally has the highest fence so far; one
+// that does not (a state not in fence order) is put in its place.
+func (s *sessionLeases) add(x *lease) {
+	x.sess = s
+	s.n++
+	if x.Fence > s.last || len(s.ls) == s.head {
+		s.last = max(s.last, x.Fence)
+		x.sessIdx = int32(len(s.ls))
+		s.ls = append(s.ls, x)
+		return
+	}
+	s.compact()
+	i, _ := slices.BinarySearchFunc(s.ls, x.Fence, func(l *lease, f uint64) int { return cmp.Compare(l.Fence, f) })
+	s.ls = slices.Insert(s.ls, i, x)
+	for j := i; j < len(s.ls); j++ {
+		s.ls[j].sessIdx = int32(j)
+	}
+}
+
+// remove takes a lease out of the list.
+func (s *sessionLeases) remove(x *lease) {
+	s.ls[x.sessIdx] = nil
+	x.sess = nil
+	s.n--
+	if s.n == 0 {
+		clear(s.ls)
+		s.ls, s.head = s.ls[:0], 0
+		return
+	}
+	for s.ls[s.head] == nil {
+		s.head++
+	}
+	if span := len(s.ls) - s.head; span >= 32 && s.n < span/2 {
+		s.compact()
+	}
+}
+
+// compact drops the nils, keeping the order.
+func (s *sessionLeases) compact() {
+	j := 0
+	for _, x := range s.ls[s.head:] {
+		if x != nil {
+			x.sessIdx = int32(j)
+			s.ls[j] = x
+			j++
+		}
+	}
+	clear(s.ls[j:])
+	s.ls, s.head = s.ls[:j], 0
+}
+
+// oldest returns up to max of the session's leases, oldest first.
+func (s *sessionLeases) oldest(max int) []*lease {
+	out := make([]*lease, 0, min(max, s.n))
+	for _, x := range s.ls[s.head:] {
+		if len(out) == max {
+			break
+		}
+		if x != nil {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// LeasePos is a place in list_leases' order, by resource key then fence:
+// a page continues with the leases strictly after it. The zero LeasePos is
+// before every lease.
+type LeasePos struct {
+	Resource string
+	Fence    uint64
+}
+
+// after reports whether the lease at (key, fence) comes after p.
+func (p LeasePos) after(key string, fence uint64) bool {
+	if c := strings.Compare(key, p.Resource); c != 0 {
+		return c > 0
+	}
+	return fence > p.Fence
+}
+
+// AgentPos is a place in list_agents' order, by priority then agent id:
+// a page continues with the agents strictly after it. The zero AgentPos is
+// before every agent (ids are never empty).
+type AgentPos struct {
+	Priority int64
+	ID       string
+}
+
+// before reports whether agent a comes after p.
+func (p AgentPos) before(a *agent) bool {
+	return cmp.Or(cmp.Compare(a.priority, p.Priority), strings.Compare(a.id, p.ID)) > 0
+}
