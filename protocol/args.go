@@ -1,7 +1,7 @@
 package protocol
 
 // Arg names one request argument; Args.Has reports which were present.
-type Arg uint16
+type Arg uint32
 
 // The arguments any operation may take. An operation ignores the ones it
 // does not use, as it ignores unknown keys.
@@ -22,6 +22,7 @@ const (
 	ArgLimit
 	ArgWatchID
 	ArgBind
+	ArgAfter
 )
 
 // MaxIntents is the most intents one acquire_many may carry.
@@ -61,6 +62,7 @@ var argSpecs = [...]argSpec{
 	{"limit", ArgLimit, kindUint},
 	{"watch_id", ArgWatchID, kindUint},
 	{"bind", ArgBind, kindString},
+	{"after", ArgAfter, kindString},
 }
 
 // Intent is one element of acquire_many's intents.
@@ -92,6 +94,7 @@ type Args struct {
 	Limit          int64
 	WatchID        int64
 	Bind           string // "", "none" or "process"; the daemon checks the value
+	After          string // a list op's cursor: the next of the page before
 
 	present Arg
 }
@@ -130,6 +133,8 @@ func (a *Args) stringField(arg Arg) *string {
 		return &a.ResourcePrefix
 	case ArgBind:
 		return &a.Bind
+	case ArgAfter:
+		return &a.After
 	}
 	return nil
 }

@@ -117,10 +117,12 @@ type LeaseInfo struct {
 	BoundPID   int32  `msgpack:"bound_pid,omitempty"`
 }
 
-// ListLeasesResult is list_leases' result.
+// ListLeasesResult is list_leases' result. Next, when not empty, is the
+// cursor of the next page: pass it as the next request's after.
 type ListLeasesResult struct {
 	Leases    []LeaseInfo `msgpack:"leases"`
 	Truncated bool        `msgpack:"truncated"`
+	Next      string      `msgpack:"next,omitempty"`
 }
 
 // AgentInfo is one agent in list_agents.
@@ -132,10 +134,11 @@ type AgentInfo struct {
 	Waiting      int    `msgpack:"waiting"`
 }
 
-// ListAgentsResult is list_agents' result.
+// ListAgentsResult is list_agents' result; Next as in ListLeasesResult.
 type ListAgentsResult struct {
 	Agents    []AgentInfo `msgpack:"agents"`
 	Truncated bool        `msgpack:"truncated"`
+	Next      string      `msgpack:"next,omitempty"`
 }
 
 // RevokeResult is revoke's result.

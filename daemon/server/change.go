@@ -40,7 +40,16 @@ type outcome struct {
 	parked  engine.WaiterID // the caller's acquire was parked under this id; 0 = not parked
 	expired int             // opExpire: leases removed
 	ended   int             // opProcessEnd: active leases ended
+	// more says the change was one step of a long one (an end_session or
+	// an expiry of many leases, see stepWork): the driver applies it
+	// again, letting other requests in between, until more is false.
+	more bool
 }
+
+// stepWork bounds the leases (and queued requests) one step of a long
+// change ends, so that no change holds the engine for long: the driver
+// releases the lock between steps.
+const stepWork = 1000
 
 // applyChange makes ch on eng. It does no I/O and reads no clock: the same
 // change applied to the same state gives the same outcome (lease ids aside,
@@ -74,11 +83,13 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		}
 		return outcome{result: &protocol.HeartbeatResult{LeaseID: l.ID, ExpiresAt: wireExpiry(l.ExpiresAt)}}
 	case protocol.OpEndSession:
-		n, wakes, err := eng.EndSession(now, who, a.AgentID, a.SessionID)
-		return answer(&protocol.EndSessionResult{Released: n}, wakes, err)
+		n, wakes, more, err := eng.EndSessionStep(now, who, a.AgentID, a.SessionID, stepWork)
+		o := answer(&protocol.EndSessionResult{Released: n}, wakes, err)
+		o.more = more && err == nil
+		return o
 	case protocol.OpEvictExpired:
-		n, wakes := eng.EvictExpired(now)
-		return outcome{result: &protocol.EvictResult{Evicted: n}, wakes: wakes}
+		n, wakes, more := eng.ExpireStep(now, stepWork)
+		return outcome{result: &protocol.EvictResult{Evicted: n}, wakes: wakes, more: more}
 	case protocol.OpRevoke:
 		ok, wakes, err := eng.Revoke(now, who, a.LeaseID)
 		return answer(&protocol.RevokeResult{Revoked: ok}, wakes, err)
@@ -89,7 +100,9 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		ok, err := eng.Thaw(now, who, a.ResourceType, a.ResourcePath)
 		return answer(&protocol.FreezeResult{Frozen: ok}, nil, err)
 	case opExpire:
-		n, wakes := eng.Expire(now)
+		// The rest of a long expiry is due at once: the timer, re-armed,
+		// takes the next step.
+		n, wakes, _ := eng.ExpireStep(now, stepWork)
 		return outcome{wakes: wakes, expired: n}
 	case opCancel:
 		return outcome{wakes: eng.Cancel(now, ch.waiter)}

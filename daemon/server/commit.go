@@ -1,6 +1,8 @@
 package server
 
 import (
+	"runtime"
+
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
 )
@@ -11,19 +13,21 @@ import (
 // commit runs ch, asked by request id on c, through the local driver and
 // answers it: see commitLocked. The answer is appended after s.mu is
 // released, tagged with the journal sequence it must wait for.
+//
+// A long change (outcome.more) is applied in steps with s.mu released in
+// between, so that other requests are served while it runs; its answer
+// sums the steps' counts and waits for the last step's records.
 func (s *Server) commit(c *conn, id uint64, ch *change) {
 	if s.rep.log != nil {
 		s.propose(c, id, ch)
 		return
 	}
-	o, seq := func() (outcome, uint64) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if err := s.admitLocked(c, ch); err != nil {
-			return outcome{err: err}, s.lastSeq
-		}
-		return s.commitLocked(c, id, ch)
-	}()
+	o, seq := s.commitStep(c, id, ch, true)
+	for o.more && o.err == nil {
+		runtime.Gosched() // let a request waiting for s.mu take it
+		next, nseq := s.commitStep(c, id, ch, false)
+		o, seq = sumSteps(o, next), nseq
+	}
 	switch {
 	case o.err != nil:
 		c.answerErr(id, o.err, seq)
@@ -32,6 +36,35 @@ func (s *Server) commit(c *conn, id uint64, ch *change) {
 	default:
 		c.appendResult(id, o.result, seq)
 	}
+}
+
+// commitStep takes s.mu and runs ch through commitLocked, after
+// admitLocked for the first step.
+func (s *Server) commitStep(c *conn, id uint64, ch *change, first bool) (outcome, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if first {
+		if err := s.admitLocked(c, ch); err != nil {
+			return outcome{err: err}, s.lastSeq
+		}
+	}
+	return s.commitLocked(c, id, ch)
+}
+
+// sumSteps is the outcome of a long change so far (prev) and one more
+// step (next): next's, with the counts of both in its answer. An error in
+// a step is the answer, though the steps before it were made.
+func sumSteps(prev, next outcome) outcome {
+	if next.err != nil {
+		return next
+	}
+	switch r := next.result.(type) {
+	case *protocol.EndSessionResult:
+		r.Released += prev.result.(*protocol.EndSessionResult).Released
+	case *protocol.EvictResult:
+		r.Evicted += prev.result.(*protocol.EvictResult).Evicted
+	}
+	return next
 }
 
 // admitLocked refuses a change before it reaches the engine: an acquire

@@ -23,51 +23,108 @@ func (s *Server) activeLeaseCount(c *conn, id uint64) {
 	c.appendResult(id, &protocol.CountResult{Count: n}, seq)
 }
 
+// The list ops page (protocol/README.md "Paging"): a request holds the
+// engine lock for at most listWork entries looked at at a time, and for at
+// most listHolds such holds, releasing the lock in between; an answer that
+// stops early carries next, where the following request continues.
+const (
+	listWork  = 1000
+	listHolds = 100
+)
+
 func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
-	f := engine.LeaseFilter{AgentID: a.AgentID, ResourcePrefix: a.ResourcePrefix, Limit: clampLimit(a.Limit)}
-	type list struct {
-		leases    []engine.Lease
-		truncated bool
+	// Arguments are checked before the lock is taken, in the engine's
+	// order, the cursor last.
+	f := engine.LeaseFilter{AgentID: a.AgentID, ResourcePrefix: a.ResourcePrefix}
+	limit, err := engine.CheckLimit(clampLimit(a.Limit))
+	if err == nil {
+		err = engine.CheckFilter(f.AgentID, f.ResourcePrefix)
 	}
-	ls, seq, err := read(s, c, func(now int64) (list, error) {
-		ls, truncated, err := s.eng.ListLeases(now, f)
-		return list{ls, truncated}, err
-	})
+	if err == nil && a.After != "" {
+		f.After, err = parseLeaseCursor(a.After)
+	}
 	if err != nil {
-		c.answerErr(id, err, seq)
+		c.answerErr(id, err, 0)
 		return
 	}
-	r := &protocol.ListLeasesResult{Leases: make([]protocol.LeaseInfo, len(ls.leases)), Truncated: ls.truncated}
-	for i := range ls.leases {
-		r.Leases[i] = leaseInfo(&ls.leases[i])
+	var ls []engine.Lease
+	var more bool
+	var next engine.LeasePos
+	var seq uint64
+	for hold := 0; ; hold++ {
+		f.Limit = limit - len(ls)
+		p, sq, err := read(s, c, func(now int64) (engine.LeasePage, error) {
+			return s.eng.LeasesPage(now, f, listWork)
+		})
+		if err != nil {
+			c.answerErr(id, err, sq)
+			return
+		}
+		ls, seq = append(ls, p.Leases...), sq
+		if more, next = p.More, p.Next; !more || len(ls) >= limit || hold+1 == listHolds {
+			break
+		}
+		f.After = p.Next
+	}
+	r := &protocol.ListLeasesResult{Leases: make([]protocol.LeaseInfo, len(ls)), Truncated: more}
+	for i := range ls {
+		r.Leases[i] = leaseInfo(&ls[i])
+	}
+	if more {
+		r.Next = leaseCursor(next)
 	}
 	c.appendBounded(id, r, seq, func(keep float64) bool {
 		k, ok := keepCount(len(r.Leases), keep)
+		if k > 0 {
+			last := &r.Leases[k-1]
+			r.Next = leaseCursor(engine.LeasePos{Resource: last.Resource, Fence: last.Fence})
+		}
 		r.Leases, r.Truncated = r.Leases[:k], true
 		return ok
 	})
 }
 
 func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
-	type list struct {
-		agents    []engine.Agent
-		truncated bool
+	var after engine.AgentPos
+	limit, err := engine.CheckLimit(clampLimit(a.Limit))
+	if err == nil && a.After != "" {
+		after, err = parseAgentCursor(a.After)
 	}
-	ags, seq, err := read(s, c, func(now int64) (list, error) {
-		ags, truncated, err := s.eng.ListAgents(now, clampLimit(a.Limit))
-		return list{ags, truncated}, err
-	})
 	if err != nil {
-		c.answerErr(id, err, seq)
+		c.answerErr(id, err, 0)
 		return
 	}
-	r := &protocol.ListAgentsResult{Agents: make([]protocol.AgentInfo, len(ags.agents)), Truncated: ags.truncated}
-	for i := range ags.agents {
-		g := &ags.agents[i]
+	var ags []engine.Agent
+	var more bool
+	var seq uint64
+	for hold := 0; ; hold++ {
+		n := min(limit-len(ags), listWork)
+		p, sq, err := read(s, c, func(now int64) (engine.AgentPage, error) {
+			return s.eng.AgentsPage(now, after, n)
+		})
+		if err != nil {
+			c.answerErr(id, err, sq)
+			return
+		}
+		ags, seq = append(ags, p.Agents...), sq
+		if more, after = p.More, p.Next; !more || len(ags) >= limit || hold+1 == listHolds {
+			break
+		}
+	}
+	r := &protocol.ListAgentsResult{Agents: make([]protocol.AgentInfo, len(ags)), Truncated: more}
+	for i := range ags {
+		g := &ags[i]
 		r.Agents[i] = protocol.AgentInfo{AgentID: g.ID, Priority: g.Priority, RegisteredAt: g.RegisteredAt, Leases: g.Leases, Waiting: g.Waiting}
+	}
+	if more {
+		r.Next = agentCursor(after)
 	}
 	c.appendBounded(id, r, seq, func(keep float64) bool {
 		k, ok := keepCount(len(r.Agents), keep)
+		if k > 0 {
+			last := &r.Agents[k-1]
+			r.Next = agentCursor(engine.AgentPos{Priority: last.Priority, ID: last.AgentID})
+		}
 		r.Agents, r.Truncated = r.Agents[:k], true
 		return ok
 	})

@@ -175,6 +175,13 @@ func (s *Server) propose(c *conn, id uint64, ch *change) {
 		c.answerErr(id, err, 0)
 		return
 	}
+	s.proposeStep(c, id, ch, nil)
+}
+
+// proposeStep proposes ch and answers it once applied. A long change
+// (outcome.more, see stepWork) is proposed again, a step per log entry,
+// until its last step; prev is the outcome of the steps so far.
+func (s *Server) proposeStep(c *conn, id uint64, ch *change, prev *outcome) {
 	body, err := encodeChange(ch)
 	if err != nil {
 		c.answerErr(id, err, 0)
@@ -189,6 +196,13 @@ func (s *Server) propose(c *conn, id uint64, ch *change) {
 			return
 		}
 		o := res.(outcome)
+		if prev != nil {
+			o = sumSteps(*prev, o)
+		}
+		if o.more && o.err == nil {
+			s.proposeStep(c, id, ch, &o)
+			return
+		}
 		switch {
 		case o.err != nil:
 			c.answerErr(id, o.err, 0)
