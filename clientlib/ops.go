@@ -2,6 +2,8 @@ package clientlib
 
 import (
 	"context"
+	"errors"
+	"iter"
 	"time"
 
 	"github.com/klockd/klock/protocol"
@@ -132,16 +134,80 @@ func (c *Client) EvictExpired(ctx context.Context) (int, error) {
 }
 
 // LeaseFilter selects leases for ListLeases. Zero fields select everything;
-// Limit 0 means 1000 and may be at most 10000.
+// Limit 0 means 1000 and may be at most 10000. After continues a listing
+// after the page whose next it is ("" starts from the beginning).
 type LeaseFilter struct {
 	AgentID string
 	Prefix  string // start of the resource key, e.g. "FILE:/src/"
 	Limit   int
+	After   string
 }
 
 // ListLeases returns the active leases matching f, sorted by resource then
-// fence, and whether more matched than were returned.
+// fence, and whether more matched than were returned. ListLeasesPage also
+// says where the rest starts; ListAllLeases pages through all of them.
 func (c *Client) ListLeases(ctx context.Context, f LeaseFilter) ([]protocol.LeaseInfo, bool, error) {
+	res, err := c.listLeases(ctx, f)
+	if err != nil {
+		return nil, false, err
+	}
+	return res.Leases, res.Truncated, nil
+}
+
+// ListLeasesPage returns one page of the active leases matching f, sorted
+// by resource then fence, and the cursor of the next page: pass it as
+// f.After to continue. next is "" when nothing follows. A page may hold
+// fewer than f.Limit leases, even none, and still have a next: only a page
+// without one ends the listing (protocol/README.md "Paging").
+func (c *Client) ListLeasesPage(ctx context.Context, f LeaseFilter) (leases []protocol.LeaseInfo, next string, err error) {
+	res, err := c.listLeases(ctx, f)
+	if err != nil {
+		return nil, "", err
+	}
+	if res.Truncated && res.Next == "" {
+		return nil, "", errNoCursor
+	}
+	return res.Leases, res.Next, nil
+}
+
+// ListAllLeases pages through every active lease matching f, f.Limit per
+// page (0: 1000), starting after f.After. Every lease active from the
+// first page to the last is yielded exactly once, in order, even while
+// others are granted and released; one granted or ended meanwhile is
+// yielded at most once. An error is yielded last.
+func (c *Client) ListAllLeases(ctx context.Context, f LeaseFilter) iter.Seq2[protocol.LeaseInfo, error] {
+	return allPages(f.After, func(after string) ([]protocol.LeaseInfo, string, error) {
+		f.After = after
+		return c.ListLeasesPage(ctx, f)
+	})
+}
+
+// allPages yields the entries of the pages page fetches, the first after
+// the cursor after, each following the next of the one before, until a
+// page has no next; an error is yielded last.
+func allPages[T any](after string, page func(after string) ([]T, string, error)) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
+		for {
+			xs, next, err := page(after)
+			if err != nil {
+				var zero T
+				yield(zero, err)
+				return
+			}
+			for _, x := range xs {
+				if !yield(x, nil) {
+					return
+				}
+			}
+			if next == "" {
+				return
+			}
+			after = next
+		}
+	}
+}
+
+func (c *Client) listLeases(ctx context.Context, f LeaseFilter) (*protocol.ListLeasesResult, error) {
 	var args protocol.Args
 	if f.AgentID != "" {
 		args.AgentID = f.AgentID
@@ -155,21 +221,65 @@ func (c *Client) ListLeases(ctx context.Context, f LeaseFilter) ([]protocol.Leas
 		args.Limit = int64(f.Limit)
 		args.Set(protocol.ArgLimit)
 	}
+	if f.After != "" {
+		args.After = f.After
+		args.Set(protocol.ArgAfter)
+	}
 	var res protocol.ListLeasesResult
 	if err := c.do(ctx, protocol.OpListLeases, &args, &res); err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return res.Leases, res.Truncated, nil
+	return &res, nil
 }
+
+// errNoCursor is returned when a list was cut without a cursor to go on
+// from: a klockd from before paging.
+var errNoCursor = errors.New("klock: the daemon cut the list without a next cursor to continue from; it predates paging (upgrade klockd)")
 
 // ListAgents returns registered agents sorted by priority, at most limit
 // (0 means 1000), and whether there were more.
 func (c *Client) ListAgents(ctx context.Context, limit int) ([]protocol.AgentInfo, bool, error) {
-	var res protocol.ListAgentsResult
-	if err := c.do(ctx, protocol.OpListAgents, limitArgs(limit), &res); err != nil {
+	res, err := c.listAgents(ctx, limit, "")
+	if err != nil {
 		return nil, false, err
 	}
 	return res.Agents, res.Truncated, nil
+}
+
+// ListAgentsPage returns one page of the registered agents after the
+// cursor after ("" for the first page), sorted by priority then id, and
+// the cursor of the next page ("" when nothing follows), as
+// ListLeasesPage does for leases.
+func (c *Client) ListAgentsPage(ctx context.Context, limit int, after string) (agents []protocol.AgentInfo, next string, err error) {
+	res, err := c.listAgents(ctx, limit, after)
+	if err != nil {
+		return nil, "", err
+	}
+	if res.Truncated && res.Next == "" {
+		return nil, "", errNoCursor
+	}
+	return res.Agents, res.Next, nil
+}
+
+// ListAllAgents pages through every registered agent, limit per page (0:
+// 1000), as ListAllLeases does for leases.
+func (c *Client) ListAllAgents(ctx context.Context, limit int) iter.Seq2[protocol.AgentInfo, error] {
+	return allPages("", func(after string) ([]protocol.AgentInfo, string, error) {
+		return c.ListAgentsPage(ctx, limit, after)
+	})
+}
+
+func (c *Client) listAgents(ctx context.Context, limit int, after string) (*protocol.ListAgentsResult, error) {
+	args := limitArgs(limit)
+	if after != "" {
+		args.After = after
+		args.Set(protocol.ArgAfter)
+	}
+	var res protocol.ListAgentsResult
+	if err := c.do(ctx, protocol.OpListAgents, args, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 // limitArgs is the args of a list op that takes only a limit (0: none).

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/klockd/klock/clientlib"
+	"github.com/klockd/klock/protocol"
 )
 
 // This file holds the agents command and its register and unregister
@@ -22,7 +23,8 @@ func agentsCommand() *command {
 		summary:  "list, register or unregister agents",
 		help: `Without arguments, lists registered agents by priority (lower = older =
 wins under Wait-Die) with their registration time and how many leases they
-hold and wait for.
+hold and wait for: all of them, a page of 1000 at a time, or the first
+--limit.
 
 "agents register ID" registers an agent; without --priority the daemon
 assigns the registration time in ms, so agents registered later are
@@ -32,7 +34,7 @@ agent holds or waits for a lease.
 
 "agents unregister ID" removes an agent that holds and waits for nothing.`,
 		flags: func(fs *flag.FlagSet) {
-			fs.IntVar(&limit, "limit", 0, "list at most `N` agents (0: the daemon's default, 1000; at most 10000)")
+			fs.IntVar(&limit, "limit", 0, "list at most `N` agents (0: all of them)")
 			fs.StringVar(&priority, "priority", "", "with register: the agent's priority `N` (lower wins; default: the registration time in ms)")
 		},
 		run: func(a *app, _ *flag.FlagSet, args []string) error {
@@ -68,14 +70,26 @@ func (a *app) listAgents(limit int) error {
 		return usagef("agents", "--limit must be >= 0")
 	}
 	return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
-		as, truncated, err := c.ListAgents(ctx, limit)
-		if err != nil {
-			return err
+		var as []protocol.AgentInfo
+		next := ""
+		for {
+			page := engineListPage
+			if limit > 0 {
+				page = min(limit-len(as), engineListPage)
+			}
+			got, n, err := c.ListAgentsPage(ctx, page, next)
+			if err != nil {
+				return err
+			}
+			as, next = append(as, got...), n
+			if next == "" || limit > 0 && len(as) >= limit {
+				break
+			}
 		}
 		if a.json {
-			return writeJSON(a.stdout, toAgentsJSON(as, truncated))
+			return writeJSON(a.stdout, toAgentsJSON(as, next))
 		}
-		return formatAgents(a.stdout, as, truncated, a.loc)
+		return formatAgents(a.stdout, as, next != "", a.loc)
 	})
 }
 

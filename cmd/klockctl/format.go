@@ -66,6 +66,7 @@ type leaseJSON struct {
 type leasesJSON struct {
 	Leases    []leaseJSON `json:"leases"`
 	Truncated bool        `json:"truncated"`
+	Next      string      `json:"next,omitempty"` // where the rest starts, when --limit cut it
 }
 
 // agentJSON is one agent of list_agents.
@@ -81,6 +82,7 @@ type agentJSON struct {
 type agentsJSON struct {
 	Agents    []agentJSON `json:"agents"`
 	Truncated bool        `json:"truncated"`
+	Next      string      `json:"next,omitempty"` // where the rest starts, when --limit cut it
 }
 
 // helloJSON is hello's result.
@@ -152,16 +154,16 @@ func (a *app) writeAnswer(key string, value any, text string) error {
 	return err
 }
 
-func toLeasesJSON(ls []protocol.LeaseInfo, truncated bool) leasesJSON {
-	out := leasesJSON{Leases: make([]leaseJSON, 0, len(ls)), Truncated: truncated}
+func toLeasesJSON(ls []protocol.LeaseInfo, next string) leasesJSON {
+	out := leasesJSON{Leases: make([]leaseJSON, 0, len(ls)), Truncated: next != "", Next: next}
 	for _, l := range ls {
 		out.Leases = append(out.Leases, leaseJSON(l))
 	}
 	return out
 }
 
-func toAgentsJSON(as []protocol.AgentInfo, truncated bool) agentsJSON {
-	out := agentsJSON{Agents: make([]agentJSON, 0, len(as)), Truncated: truncated}
+func toAgentsJSON(as []protocol.AgentInfo, next string) agentsJSON {
+	out := agentsJSON{Agents: make([]agentJSON, 0, len(as)), Truncated: next != "", Next: next}
 	for _, a := range as {
 		out.Agents = append(out.Agents, agentJSON(a))
 	}
@@ -186,7 +188,7 @@ func formatLeases(w io.Writer, ls []protocol.LeaseInfo, truncated bool, now time
 		return err
 	}
 	if truncated {
-		_, err := fmt.Fprintf(w, "(first %d shown; more match: raise --limit or narrow with --agent/--prefix)\n", len(ls))
+		_, err := fmt.Fprintf(w, "(first %d shown, as --limit asks; more match)\n", len(ls))
 		return err
 	}
 	return nil
@@ -209,7 +211,7 @@ func formatAgents(w io.Writer, as []protocol.AgentInfo, truncated bool, loc *tim
 		return err
 	}
 	if truncated {
-		_, err := fmt.Fprintf(w, "(first %d shown; more are registered: raise --limit)\n", len(as))
+		_, err := fmt.Fprintf(w, "(first %d shown, as --limit asks; more are registered)\n", len(as))
 		return err
 	}
 	return nil

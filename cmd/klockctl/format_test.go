@@ -28,7 +28,7 @@ func TestFormatLeases(t *testing.T) {
 	want := `RESOURCE           PREDICATE  AGENT       SESSION            FENCE  EXPIRES   OWNER            LEASE
 FILE:/src/auth.ts  MUTATES    senior-bot  s1                 7      in 29.5s  uid=1000,pid=42  11111111-aaaa
 SYMBOL:x           CONSUMES   b           session with tabs  12     expired   uid=0,pid=1      22222222-bbbb
-(first 2 shown; more match: raise --limit or narrow with --agent/--prefix)
+(first 2 shown, as --limit asks; more match)
 `
 	if b.String() != want {
 		t.Errorf("formatLeases =\n%s\nwant\n%s", b.String(), want)
@@ -193,12 +193,12 @@ func TestJSONKeysMatchProtocol(t *testing.T) {
 }
 
 func TestLeasesJSONNeverNull(t *testing.T) {
-	b, err := json.Marshal(toLeasesJSON(nil, false))
+	b, err := json.Marshal(toLeasesJSON(nil, ""))
 	if err != nil || string(b) != `{"leases":[],"truncated":false}` {
 		t.Errorf("toLeasesJSON(nil) = %s, %v; want an empty list, not null", b, err)
 	}
-	b, err = json.Marshal(toAgentsJSON(nil, true))
-	if err != nil || string(b) != `{"agents":[],"truncated":true}` {
+	b, err = json.Marshal(toAgentsJSON(nil, "x"))
+	if err != nil || string(b) != `{"agents":[],"truncated":true,"next":"x"}` {
 		t.Errorf("toAgentsJSON(nil) = %s, %v; want an empty list, not null", b, err)
 	}
 }

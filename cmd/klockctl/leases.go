@@ -27,7 +27,9 @@ func leasesCommand() *command {
 		summary:  "list active leases as a table",
 		help: `Lists active leases, sorted by resource then fence, as an aligned table:
 resource, predicate, agent, session, fencing token, time left, the uid and
-pid that took it, and the lease id.
+pid that took it, and the lease id. It pages through all of them (1000 a
+request), or the first --limit; a lease granted or released while it pages
+may be listed or not, and none is listed twice.
 
 --prefix matches the start of the resource key (FILE:/src/, SYMBOL:auth.).
 A prefix without a TYPE: is a FILE path, resolved like a FILE resource
@@ -36,7 +38,7 @@ in /repo lists FILE:/repo/src/....`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&agent, "agent", "", "only leases held by agent `ID`")
 			fs.StringVar(&prefix, "prefix", "", "only resources whose key starts with `PREFIX`")
-			fs.IntVar(&limit, "limit", 0, "show at most `N` leases (0: the daemon's default, 1000; at most 10000)")
+			fs.IntVar(&limit, "limit", 0, "show at most `N` leases (0: all of them)")
 		},
 		run: func(a *app, _ *flag.FlagSet, args []string) error {
 			if len(args) != 0 {
@@ -53,18 +55,43 @@ in /repo lists FILE:/repo/src/....`,
 				prefix = r.Key()
 			}
 			return a.oneShot(func(ctx context.Context, c *clientlib.Client) error {
-				ls, truncated, err := c.ListLeases(ctx, clientlib.LeaseFilter{AgentID: agent, Prefix: prefix, Limit: limit})
+				ls, next, err := pageLeases(ctx, c, clientlib.LeaseFilter{AgentID: agent, Prefix: prefix}, limit)
 				if err != nil {
 					return err
 				}
 				if a.json {
-					return writeJSON(a.stdout, toLeasesJSON(ls, truncated))
+					return writeJSON(a.stdout, toLeasesJSON(ls, next))
 				}
-				return formatLeases(a.stdout, ls, truncated, a.now())
+				return formatLeases(a.stdout, ls, next != "", a.now())
 			})
 		},
 	}
 }
+
+// pageLeases collects the leases matching f, a page at a time, up to limit
+// (0: all), and returns where the rest starts when there is more.
+func pageLeases(ctx context.Context, c *clientlib.Client, f clientlib.LeaseFilter, limit int) ([]protocol.LeaseInfo, string, error) {
+	var out []protocol.LeaseInfo
+	for {
+		f.Limit = 0
+		if limit > 0 {
+			f.Limit = min(limit-len(out), engineListPage)
+		}
+		ls, next, err := c.ListLeasesPage(ctx, f)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, ls...)
+		if next == "" || limit > 0 && len(out) >= limit {
+			return out, next, nil
+		}
+		f.After = next
+	}
+}
+
+// engineListPage is the most entries klockctl asks for in one page: the
+// daemon's default page.
+const engineListPage = 1000
 
 // holderFlags are the flags naming who takes a lease, shared by acquire and run.
 type holderFlags struct {
