@@ -156,15 +156,7 @@ func TestWaitFor(t *testing.T) {
 // keeps the lease.
 func TestKeepAliveRedialsOnceBeforeGivingUp(t *testing.T) {
 	f := newFakeDaemon(t)
-	c := dialFake(t, f, Options{MaxBackoff: time.Minute})
-	ctx := testCtx(t)
-	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
-		t.Fatal(err)
-	}
-	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, l, ctx := keptLease(t, f, Options{MaxBackoff: time.Minute}, 3*time.Second)
 	// The next redial waits a minute, and the daemon restarts (its state
 	// kept) before the first renewal finds the connection broken.
 	c.mu.Lock()
@@ -203,15 +195,7 @@ func TestKeepAliveUsesItsOwnClock(t *testing.T) {
 		reply(res, perr)
 		return true
 	})
-	c := dialFake(t, f, Options{})
-	ctx := testCtx(t)
-	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
-		t.Fatal(err)
-	}
-	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 600 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, l, ctx := keptLease(t, f, Options{}, 600*time.Millisecond)
 	if left := time.Until(l.ExpiresAt()); left <= 0 || left > 600*time.Millisecond {
 		t.Fatalf("ExpiresAt is %v from now; want within the 600ms ttl", left)
 	}
@@ -224,4 +208,20 @@ func TestKeepAliveUsesItsOwnClock(t *testing.T) {
 	if err := l.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// keptLease dials f with opts, registers agent "a" and takes a kept lease
+// on FILE:/x with ttl.
+func keptLease(t *testing.T, f *fakeDaemon, opts Options, ttl time.Duration) (*Client, *Lease, context.Context) {
+	t.Helper()
+	c := dialFake(t, f, opts)
+	ctx := testCtx(t)
+	if err := c.RegisterAgent(ctx, "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, l, ctx
 }

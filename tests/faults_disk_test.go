@@ -83,10 +83,12 @@ func (f *diskFault) stats() protocol.StatsResult {
 // stats says degraded since when and why; klockctl status says so and
 // klockctl acquire exits 1 with the message; the Go client returns
 // ErrUnavailable when its context is short and succeeds across the fault
-// when it is not; one WARN line is logged. When
-// the disk is mended klockd heals by itself (one INFO line) and accepts
-// changes; after a kill -9 and a restart exactly the acknowledged leases
-// are there.
+// when it is not; one WARN line is logged. The first time, klockd is also
+// killed (-9) and restarted while the disk is still full: the acknowledged
+// leases are all there and the first change finds the disk full again.
+// When the disk is mended klockd heals by itself (one INFO line) and
+// accepts changes; after a kill -9 and a restart exactly the acknowledged
+// leases are there.
 func TestDiskFaultsAreUnavailableAndHeal(t *testing.T) {
 	harness.SkipInClusterMode(t, "the state lives in etcd; the state directory holds only the node id (etcd quorum loss is TestClusterEtcdQuorum)")
 	mnt := mountTmpfs(t, "2m")
@@ -163,6 +165,21 @@ func TestDiskFaultsAreUnavailableAndHeal(t *testing.T) {
 		if !st.Degraded || st.DegradedSince == 0 || !strings.Contains(st.DegradedReason, c.errno) {
 			t.Fatalf("stats while degraded = %+v; want degraded, since, and %s", st, c.errno)
 		}
+		if round == 0 {
+			// kill -9 while degraded, and a restart on the still full disk:
+			// everything acknowledged is there, and the first change
+			// finds the disk full again.
+			d.Kill(t)
+			d.Restart(t)
+			f.r = d.Raw(t)
+			if got := leaseFences(t, f.r, 2000); !maps.Equal(got, f.acked) {
+				t.Fatalf("leases after kill -9 while degraded = %v; want the acknowledged %v", got, f.acked)
+			}
+			expectCode(t, "acquire after the restart on a full disk", f.acquire(), protocol.CodeUnavailable)
+			if st := f.stats(); !st.Degraded {
+				t.Fatalf("stats after the restart and a refused change = %+v; want degraded", st)
+			}
+		}
 		out := kc(t, d, "status")
 		if out.code != 0 || !strings.Contains(out.stdout, "DEGRADED since") || !strings.Contains(out.stdout, c.errno) {
 			t.Errorf("klockctl status while degraded: exit %d\n%s%s", out.code, out.stdout, out.stderr)
@@ -192,8 +209,8 @@ func TestDiskFaultsAreUnavailableAndHeal(t *testing.T) {
 	}
 
 	logs := d.Logs()
-	if n := strings.Count(logs, "cannot make state changes durable: changes are refused"); n != 2 {
-		t.Errorf("%d WARN lines for entering degraded mode; want one per fault (2):\n%s", n, logs)
+	if n := strings.Count(logs, "cannot make state changes durable: changes are refused"); n != 3 {
+		t.Errorf("%d WARN lines for entering degraded mode; want one per fault (3, one after the restart):\n%s", n, logs)
 	}
 	if n := strings.Count(logs, "can make state changes durable again"); n != 2 {
 		t.Errorf("%d INFO lines for healing; want 2:\n%s", n, logs)

@@ -1,6 +1,10 @@
 package tests
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -22,5 +26,42 @@ func TestAnswersAreValidUTF8(t *testing.T) {
 		if !utf8.ValidString(resp.Error.Message) {
 			t.Errorf("op %q: message %q is not valid UTF-8", op, resp.Error.Message)
 		}
+	}
+}
+
+// TestOutOfDescriptorsWaitsAndRecovers: with its descriptors used up
+// (EMFILE), klockd keeps serving the connections it has, logs one WARN
+// line (at most one a minute, not one per retry), and accepts again once
+// connections close.
+func TestOutOfDescriptorsWaitsAndRecovers(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Skip("prlimit(1) is not installed (util-linux)")
+	}
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	served := d.Raw(t)
+	pid := d.Cmd.Process.Pid
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := len(fds) + 4
+	if out, err := exec.Command(prlimit, "--pid", strconv.Itoa(pid), fmt.Sprintf("--nofile=%d:%d", limit, limit)).CombinedOutput(); err != nil {
+		t.Fatalf("prlimit: %v\n%s", err, out)
+	}
+	var extra []*harness.Raw
+	for range 12 {
+		extra = append(extra, d.Raw(t))
+	}
+	waitFor(t, "klockd to run out of descriptors", func() bool {
+		return strings.Contains(d.Logs(), "accepting connections fails")
+	})
+	mustOK(t, "hello on a connection accepted before", served.Call(1, protocol.OpHello, nil), nil)
+	for _, r := range extra {
+		r.Conn.Close()
+	}
+	mustOK(t, "hello on a new connection", d.Raw(t).Call(1, protocol.OpHello, nil), nil)
+	if n := strings.Count(d.Logs(), "accepting connections fails"); n != 1 {
+		t.Errorf("%d WARN lines for running out of descriptors; want 1:\n%s", n, d.Logs())
 	}
 }

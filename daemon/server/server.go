@@ -182,6 +182,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 
 	var backoff time.Duration
+	var warned time.Time // last WARN about failing accepts
+	failed := 0          // accepts failed since that WARN
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -193,9 +195,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				// Out of descriptors and the like: wait, do not spin.
+				// Out of descriptors and the like: wait, do not spin, and
+				// say so at most once a minute, not once a retry.
+				if failed++; time.Since(warned) >= time.Minute {
+					s.log.Warn("accepting connections fails; new connections wait until it works (retrying up to every second)",
+						"err", err, "failures", failed)
+					warned, failed = time.Now(), 0
+				}
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
 				time.Sleep(backoff)
 				continue
 			}
