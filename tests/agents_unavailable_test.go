@@ -17,6 +17,7 @@ import (
 // --fail-closed), and the MCP server answers a tool error that says klockd
 // cannot save changes.
 func TestAgentsWhenKlockdCannotSave(t *testing.T) {
+	harness.SkipInClusterMode(t, "the state lives in etcd, not on the local disk (etcd quorum loss is TestClusterEtcdQuorum)")
 	mnt := mountTmpfs(t, "2m")
 	d := harness.Start(t, harness.Options{StateDir: filepath.Join(mnt, "state")})
 	m := startMCP(t, d.Socket, "unlucky")
