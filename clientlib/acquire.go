@@ -48,6 +48,7 @@ type AcquireResult struct {
 	Reason   string        // DIE, WAIT, CONFLICT, RESOURCE_LOCKED, SESSION_EXPIRED
 	WaitTime time.Duration // suggested delay before retrying
 	HeldBy   string        // the agent whose lease or queued request decided it
+	HeldPath string        // the path that lease's holder named, when not the key's (a git worktree)
 	Message  string
 }
 
@@ -59,6 +60,7 @@ type AcquireManyResult struct {
 	Reason   string
 	WaitTime time.Duration
 	HeldBy   string
+	HeldPath string
 	Message  string
 }
 
@@ -101,6 +103,10 @@ func (c *Client) AcquireOnce(ctx context.Context, req AcquireRequest) (*AcquireR
 	}
 	args.Set(protocol.ArgAgentID | protocol.ArgSessionID | protocol.ArgResourceType |
 		protocol.ArgResourcePath | protocol.ArgPredicate | protocol.ArgTTL)
+	if in.ClientPath != "" {
+		args.ClientPath = in.ClientPath
+		args.Set(protocol.ArgClientPath)
+	}
 	c.setWaitAndIdem(&args, req)
 	var res protocol.AcquireResult
 	if err := c.do(ctx, protocol.OpAcquire, &args, &res); err != nil {
@@ -116,7 +122,7 @@ func (c *Client) AcquireOnce(ctx context.Context, req AcquireRequest) (*AcquireR
 	}
 	return &AcquireResult{
 		Reason: string(res.Reason), WaitTime: time.Duration(res.WaitTime) * time.Millisecond,
-		HeldBy: res.HeldBy, Message: res.Message,
+		HeldBy: res.HeldBy, HeldPath: res.HeldPath, Message: res.Message,
 	}, nil
 }
 
@@ -139,7 +145,7 @@ func (c *Client) AcquireMany(ctx context.Context, req AcquireRequest) (*AcquireM
 	if !res.Success {
 		return &AcquireManyResult{
 			Reason: string(res.Reason), WaitTime: time.Duration(res.WaitTime) * time.Millisecond,
-			HeldBy: res.HeldBy, Message: res.Message,
+			HeldBy: res.HeldBy, HeldPath: res.HeldPath, Message: res.Message,
 		}, nil
 	}
 	out := &AcquireManyResult{Success: true, Leases: make([]AcquireResult, len(res.Leases))}

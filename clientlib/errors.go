@@ -118,6 +118,7 @@ type DenialError struct {
 	Resource string // the resource asked for (first intent)
 	Reason   string // the last verdict (protocol.Reason values)
 	HeldBy   string // the agent whose lease or queued request decided it
+	HeldPath string // the path that lease's holder named, when not the key's (a git worktree)
 	Message  string // the daemon's sentence
 	Err      error  // the context's error, or nil
 }
@@ -125,7 +126,10 @@ type DenialError struct {
 // Error describes the denial.
 func (e *DenialError) Error() string {
 	s := fmt.Sprintf("klock: acquire %s denied: %s", e.Resource, e.Reason)
-	if e.HeldBy != "" {
+	switch {
+	case e.HeldBy != "" && e.HeldPath != "":
+		s += " (held by " + e.HeldBy + ", as " + e.HeldPath + ")"
+	case e.HeldBy != "":
 		s += " (held by " + e.HeldBy + ")"
 	}
 	if e.Err != nil {

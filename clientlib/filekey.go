@@ -262,8 +262,10 @@ func readGitdirFile(name string) (string, bool) {
 }
 
 // resolveIntents returns intents with every FILE path resolved by the rule
-// against the process's working directory. The slice is copied only when
-// a path changes; a path the rule refuses is an INVALID_ARGUMENT *Error.
+// against the process's working directory, and ClientPath set to the path
+// as named when the worktree mapping changed it (unless the caller set
+// it). The slice is copied only when something changes; a path the rule
+// refuses is an INVALID_ARGUMENT *Error.
 func resolveIntents(intents []Intent) ([]Intent, error) {
 	out := intents
 	for i, in := range intents {
@@ -274,13 +276,17 @@ func resolveIntents(intents []Intent) ([]Intent, error) {
 		if err != nil {
 			return nil, &Error{Code: protocol.CodeInvalidArgument, Message: err.Error()}
 		}
-		if fp.Key == in.ResourcePath {
+		clientPath := in.ClientPath
+		if clientPath == "" && fp.Path != fp.Key {
+			clientPath = fp.Path
+		}
+		if fp.Key == in.ResourcePath && clientPath == in.ClientPath {
 			continue
 		}
 		if &out[0] == &intents[0] {
 			out = append([]Intent(nil), intents...)
 		}
-		out[i].ResourcePath = fp.Key
+		out[i].ResourcePath, out[i].ClientPath = fp.Key, clientPath
 	}
 	return out, nil
 }

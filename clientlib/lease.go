@@ -197,13 +197,13 @@ func (c *Client) acquireAttempt(ctx context.Context, req AcquireRequest) ([]Acqu
 		return nil, nil, err
 	}
 	if !r.Success {
-		return nil, &AcquireResult{Reason: r.Reason, WaitTime: r.WaitTime, HeldBy: r.HeldBy, Message: r.Message}, nil
+		return nil, &AcquireResult{Reason: r.Reason, WaitTime: r.WaitTime, HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
 	}
 	return r.Leases, nil, nil
 }
 
 func denialError(resource string, d *AcquireResult, err error) error {
-	return &DenialError{Resource: resource, Reason: d.Reason, HeldBy: d.HeldBy, Message: d.Message, Err: err}
+	return &DenialError{Resource: resource, Reason: d.Reason, HeldBy: d.HeldBy, HeldPath: d.HeldPath, Message: d.Message, Err: err}
 }
 
 // waitFor picks the server-side wait for one attempt: maxWait, shortened so

@@ -23,6 +23,7 @@ const (
 	ArgWatchID
 	ArgBind
 	ArgAfter
+	ArgClientPath
 )
 
 // MaxIntents is the most intents one acquire_many may carry.
@@ -63,6 +64,7 @@ var argSpecs = [...]argSpec{
 	{"watch_id", ArgWatchID, kindUint},
 	{"bind", ArgBind, kindString},
 	{"after", ArgAfter, kindString},
+	{"client_path", ArgClientPath, kindString},
 }
 
 // Intent is one element of acquire_many's intents.
@@ -70,6 +72,10 @@ type Intent struct {
 	ResourceType string `msgpack:"resource_type"`
 	ResourcePath string `msgpack:"resource_path"`
 	Predicate    string `msgpack:"predicate"`
+	// ClientPath is the FILE path as the client named it, when the
+	// worktree rule gave ResourcePath another (protocol/README.md
+	// "FILE paths"); "" otherwise.
+	ClientPath string `msgpack:"client_path,omitempty"`
 }
 
 // Args holds the arguments of any operation. The decoder checks each
@@ -95,6 +101,7 @@ type Args struct {
 	WatchID        int64
 	Bind           string // "", "none" or "process"; the daemon checks the value
 	After          string // a list op's cursor: the next of the page before
+	ClientPath     string
 
 	present Arg
 }
@@ -135,6 +142,8 @@ func (a *Args) stringField(arg Arg) *string {
 		return &a.Bind
 	case ArgAfter:
 		return &a.After
+	case ArgClientPath:
+		return &a.ClientPath
 	}
 	return nil
 }

@@ -54,7 +54,11 @@ func (g *Grant) appendMsgpack(b []byte) []byte {
 }
 
 func (d *Denial) appendMsgpack(b []byte) []byte {
-	b = appendMapLen(b, 5)
+	n := 5
+	if d.HeldPath != "" {
+		n = 6
+	}
+	b = appendMapLen(b, n)
 	b = appendStr(b, "success")
 	b = appendBool(b, d.Success)
 	b = appendStr(b, "reason")
@@ -64,7 +68,12 @@ func (d *Denial) appendMsgpack(b []byte) []byte {
 	b = appendStr(b, "held_by")
 	b = appendStr(b, d.HeldBy)
 	b = appendStr(b, "message")
-	return appendStr(b, d.Message)
+	b = appendStr(b, d.Message)
+	if d.HeldPath != "" {
+		b = appendStr(b, "held_path")
+		b = appendStr(b, d.HeldPath)
+	}
+	return b
 }
 
 func (g *AcquireManyGrant) appendMsgpack(b []byte) []byte {
@@ -300,6 +309,8 @@ func (a *AcquireResult) decodeMsgpack(r *reader) error {
 			return true, r.decodeInt(&a.WaitTime)
 		case "held_by":
 			return true, r.decodeStr(&a.HeldBy)
+		case "held_path":
+			return true, r.decodeStr(&a.HeldPath)
 		case "message":
 			return true, r.decodeStr(&a.Message)
 		case "leases":

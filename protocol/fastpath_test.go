@@ -41,7 +41,7 @@ func TestFastEncodersMatchLibrary(t *testing.T) {
 		g := genGrant(t)
 		many := AcquireManyGrant{Success: true, Leases: rapid.SliceOfN(rapid.Custom(genGrant), 0, 20).Draw(t, "leases")}
 		d := Denial{Reason: Reason(rapid.String().Draw(t, "reason")), WaitTime: rapid.Int64().Draw(t, "wait"),
-			HeldBy: rapid.String().Draw(t, "held"), Message: rapid.String().Draw(t, "msg")}
+			HeldBy: rapid.String().Draw(t, "held"), Message: rapid.String().Draw(t, "msg"), HeldPath: rapid.String().Draw(t, "heldpath")}
 		rel := ReleaseResult{Released: rapid.Bool().Draw(t, "released")}
 		hb := HeartbeatResult{LeaseID: rapid.String().Draw(t, "hb"), ExpiresAt: rapid.Int64().Draw(t, "hbexp")}
 		cnt := CountResult{Count: rapid.Int().Draw(t, "count")}
@@ -58,7 +58,7 @@ func TestFastEncodersMatchLibrary(t *testing.T) {
 		require.Equal(t, g, gotG)
 		var gotA AcquireResult
 		require.NoError(t, DecodeResult(d.appendMsgpack(nil), &gotA))
-		require.Equal(t, AcquireResult{Reason: d.Reason, WaitTime: d.WaitTime, HeldBy: d.HeldBy, Message: d.Message}, gotA)
+		require.Equal(t, AcquireResult{Reason: d.Reason, WaitTime: d.WaitTime, HeldBy: d.HeldBy, Message: d.Message, HeldPath: d.HeldPath}, gotA)
 		require.NoError(t, DecodeResult(many.appendMsgpack(nil), &gotA))
 		if len(many.Leases) == 0 {
 			require.Empty(t, gotA.Leases)

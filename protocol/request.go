@@ -341,6 +341,8 @@ func (d *requestDecoder) intent(i int) (Intent, error) {
 			field, name = &in.ResourcePath, "resource_path"
 		case string(key) == "predicate":
 			field, name = &in.Predicate, "predicate"
+		case string(key) == "client_path":
+			field, name = &in.ClientPath, "client_path"
 		default:
 			if err := d.r.skip(); err != nil {
 				return in, err
@@ -403,13 +405,21 @@ func AppendRequest(dst []byte, id uint64, op string, args *Args) ([]byte, error)
 		case kindIntents:
 			dst = appendArrayLen(dst, len(args.Intents))
 			for _, in := range args.Intents {
-				dst = appendMapLen(dst, 3)
+				if in.ClientPath == "" {
+					dst = appendMapLen(dst, 3)
+				} else {
+					dst = appendMapLen(dst, 4)
+				}
 				dst = appendStr(dst, "resource_type")
 				dst = appendStr(dst, in.ResourceType)
 				dst = appendStr(dst, "resource_path")
 				dst = appendStr(dst, in.ResourcePath)
 				dst = appendStr(dst, "predicate")
 				dst = appendStr(dst, in.Predicate)
+				if in.ClientPath != "" {
+					dst = appendStr(dst, "client_path")
+					dst = appendStr(dst, in.ClientPath)
+				}
 			}
 		}
 	}

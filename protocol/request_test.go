@@ -25,8 +25,9 @@ func TestRequestRoundTrip(t *testing.T) {
 	args.AgentID, args.SessionID = "agent-senior", "s1"
 	args.ResourceType, args.ResourcePath, args.Predicate = "FILE", "/src/auth.ts", "MUTATES"
 	args.TTL, args.WaitTimeout, args.Idem, args.Bind = 60000, 250, "k1", "process"
-	args.Intents = []Intent{{"FILE", "/a", "CONSUMES"}, {"SYMBOL", "pkg.F", "PROVIDES"}}
-	for _, a := range []Arg{ArgAgentID, ArgSessionID, ArgResourceType, ArgResourcePath, ArgPredicate, ArgTTL, ArgWaitTimeout, ArgIdem, ArgIntents, ArgBind} {
+	args.ClientPath = "/wt/src/auth.ts"
+	args.Intents = []Intent{{"FILE", "/a", "CONSUMES", ""}, {"SYMBOL", "pkg.F", "PROVIDES", ""}, {"FILE", "/r/b", "MUTATES", "/wt/b"}}
+	for _, a := range []Arg{ArgAgentID, ArgSessionID, ArgResourceType, ArgResourcePath, ArgPredicate, ArgTTL, ArgWaitTimeout, ArgIdem, ArgIntents, ArgBind, ArgClientPath} {
 		args.Set(a)
 	}
 	frame, err := AppendRequest(nil, 42, OpAcquire, &args)

@@ -47,6 +47,9 @@ type Denial struct {
 	WaitTime int64  `msgpack:"wait_time"`
 	HeldBy   string `msgpack:"held_by"`
 	Message  string `msgpack:"message"`
+	// HeldPath is the client_path of the lease that decided the denial,
+	// when it has one; omitted otherwise.
+	HeldPath string `msgpack:"held_path,omitempty"`
 }
 
 // AcquireManyGrant is acquire_many's result when every lease is granted.
@@ -73,6 +76,7 @@ type AcquireResult struct {
 	WaitTime   int64   `msgpack:"wait_time"`
 	HeldBy     string  `msgpack:"held_by"`
 	Message    string  `msgpack:"message"`
+	HeldPath   string  `msgpack:"held_path,omitempty"`
 	Leases     []Grant `msgpack:"leases"`
 }
 
@@ -115,6 +119,9 @@ type LeaseInfo struct {
 	OwnerUID   uint32 `msgpack:"owner_uid"`
 	OwnerPID   int32  `msgpack:"owner_pid"`
 	BoundPID   int32  `msgpack:"bound_pid,omitempty"`
+	// ClientPath is the path the holder named, when the worktree rule
+	// keyed it as another (see Intent.ClientPath); omitted otherwise.
+	ClientPath string `msgpack:"client_path,omitempty"`
 }
 
 // ListLeasesResult is list_leases' result. Next, when not empty, is the

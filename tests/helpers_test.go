@@ -126,6 +126,7 @@ func args(kv ...any) *protocol.Args {
 		protocol.ArgResourceType: &a.ResourceType, protocol.ArgResourcePath: &a.ResourcePath,
 		protocol.ArgPredicate: &a.Predicate, protocol.ArgIdem: &a.Idem,
 		protocol.ArgLeaseID: &a.LeaseID, protocol.ArgResourcePrefix: &a.ResourcePrefix,
+		protocol.ArgClientPath: &a.ClientPath,
 	}
 	ints := map[protocol.Arg]*int64{
 		protocol.ArgTTL: &a.TTL, protocol.ArgWaitTimeout: &a.WaitTimeout,

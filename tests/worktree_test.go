@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
 )
 
@@ -83,15 +84,16 @@ func TestWorktreesShareKeys(t *testing.T) {
 
 	// klockctl in the other worktree, by a relative path with a detour.
 	r = kcIn(t, d, filepath.Join(p["wt-b"], "src"), "acquire", "--agent", "junior", "./../src/auth.ts")
-	if r.code != 1 || !strings.Contains(r.stderr, "DIE") || !strings.Contains(r.stderr, "senior") {
-		t.Fatalf("junior's acquire in wt-b = exit %d, stderr %q; want exit 1, DIE held by senior", r.code, r.stderr)
+	if r.code != 1 || !strings.Contains(r.stderr, "DIE") || !strings.Contains(r.stderr, "held by senior, as "+p["wt-a"]+"/src/auth.ts") {
+		t.Fatalf("junior's acquire in wt-b = exit %d, stderr %q; want exit 1, DIE held by senior as %s/src/auth.ts", r.code, r.stderr, p["wt-a"])
 	}
 
 	// The Go client, in the main checkout, by a relative path.
 	t.Chdir(p["repo"])
 	res, err := c.AcquireLease(ctx, "junior", "s", "FILE", "src/auth.ts", "MUTATES", time.Minute)
-	if err != nil || res.Success || res.HeldBy != "senior" {
-		t.Fatalf("clientlib AcquireLease(src/auth.ts) in the main checkout = %+v, %v; want DIE held by senior", res, err)
+	if err != nil || res.Success || res.HeldBy != "senior" || res.HeldPath != p["wt-a"]+"/src/auth.ts" {
+		t.Fatalf("clientlib AcquireLease(src/auth.ts) in the main checkout = %+v, %v; want DIE held by senior, as %s/src/auth.ts",
+			res, err, p["wt-a"])
 	}
 
 	// A separate clone is another repository: its file is another key.
@@ -103,8 +105,11 @@ func TestWorktreesShareKeys(t *testing.T) {
 	// Listing by a path prefix from a worktree finds the lease by its key.
 	cmd := kcCommand(t, d, nil, "leases", "--json", "--prefix", "src/")
 	cmd.Dir = p["wt-b"]
-	if r := runCmd(t, cmd); r.code != 0 || !strings.Contains(r.stdout, key) {
-		t.Fatalf("leases --prefix src/ in wt-b = exit %d, %s %s; want the lease on %s", r.code, r.stdout, r.stderr, key)
+	if r := runCmd(t, cmd); r.code != 0 || !strings.Contains(r.stdout, key) || !strings.Contains(r.stdout, `"client_path": "`+p["wt-a"]+`/src/auth.ts"`) {
+		t.Fatalf("leases --prefix src/ in wt-b = exit %d, %s %s; want the lease on %s with the path senior used", r.code, r.stdout, r.stderr, key)
+	}
+	if r := kcIn(t, d, p["wt-b"], "leases"); !strings.Contains(r.stdout, key+" (as "+p["wt-a"]+"/src/auth.ts)") {
+		t.Errorf("leases table = %s; want the key followed by (as %s/src/auth.ts)", r.stdout, p["wt-a"])
 	}
 
 	// KLOCK_WORKTREES=separate: wt-b's file is its own key again.
@@ -114,4 +119,56 @@ func TestWorktreesShareKeys(t *testing.T) {
 		t.Fatalf("with KLOCK_WORKTREES=separate, junior's acquire in wt-b = exit %d, %s %s; want a grant on wt-b's own path",
 			r.code, r.stdout, r.stderr)
 	}
+}
+
+// TestClientPathOverTheWire: the path a holder named (client_path) is kept
+// with its lease, shown by list_leases and in the denials it decides,
+// checked like resource_path, and survives kill -9 and a restart.
+func TestClientPathOverTheWire(t *testing.T) {
+	d := harness.Start(t, harness.Options{})
+	r := d.Raw(t)
+	for i, a := range []struct {
+		id  string
+		pri int
+	}{{"wt-a", 100}, {"wt-b", 200}} {
+		mustOK(t, "register", r.Call(uint64(1+i), protocol.OpRegisterAgent, args(protocol.ArgAgentID, a.id, protocol.ArgPriority, a.pri)), nil)
+	}
+	held := acquireArgs("wt-a", "s", "/repo/src/x.go", "MUTATES", 600000)
+	held.ClientPath = "/repo-wt-a/src/x.go"
+	held.Set(protocol.ArgClientPath)
+	mustOK(t, "acquire with client_path", r.Call(3, protocol.OpAcquire, held), nil)
+
+	want := func(when string) {
+		t.Helper()
+		var list protocol.ListLeasesResult
+		mustOK(t, "list_leases", r.Call(10, protocol.OpListLeases, nil), &list)
+		if len(list.Leases) != 1 || list.Leases[0].ClientPath != "/repo-wt-a/src/x.go" {
+			t.Fatalf("%s: list_leases = %+v; want the lease with client_path /repo-wt-a/src/x.go", when, list.Leases)
+		}
+		var den protocol.AcquireResult
+		many := args(protocol.ArgAgentID, "wt-b", protocol.ArgSessionID, "s", protocol.ArgTTL, 1000,
+			protocol.ArgIntents, []protocol.Intent{{ResourceType: "FILE", ResourcePath: "/repo/src/x.go", Predicate: "MUTATES",
+				ClientPath: "/repo-wt-b/src/x.go"}})
+		mustOK(t, "acquire_many", r.Call(11, protocol.OpAcquireMany, many), &den)
+		if den.Success || den.HeldBy != "wt-a" || den.HeldPath != "/repo-wt-a/src/x.go" {
+			t.Fatalf("%s: the junior's acquire_many = %+v; want DIE held by wt-a with held_path /repo-wt-a/src/x.go", when, den)
+		}
+	}
+	want("while serving")
+
+	for i, bad := range []string{"/a\x01b", "/" + strings.Repeat("p", 4096)} {
+		a := acquireArgs("wt-b", "s", "/other", "MUTATES", 1000)
+		a.ClientPath = bad
+		a.Set(protocol.ArgClientPath)
+		resp := r.Call(uint64(20+i), protocol.OpAcquire, a)
+		expectCode(t, "acquire with a bad client_path", resp, protocol.CodeInvalidArgument)
+		if !strings.Contains(resp.Error.Message, "client_path") {
+			t.Errorf("bad client_path %d: message %q does not name client_path", i, resp.Error.Message)
+		}
+	}
+
+	d.Kill(t)
+	d.Restart(t)
+	r = d.Raw(t)
+	want("after kill -9 and a restart")
 }

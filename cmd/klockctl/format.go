@@ -45,6 +45,7 @@ type denialJSON struct {
 	WaitTime int64  `json:"wait_time"`
 	HeldBy   string `json:"held_by"`
 	Message  string `json:"message"`
+	HeldPath string `json:"held_path,omitempty"`
 }
 
 // leaseJSON is one lease of list_leases.
@@ -60,6 +61,7 @@ type leaseJSON struct {
 	OwnerUID   uint32 `json:"owner_uid"`
 	OwnerPID   int32  `json:"owner_pid"`
 	BoundPID   int32  `json:"bound_pid,omitempty"`
+	ClientPath string `json:"client_path,omitempty"`
 }
 
 // leasesJSON is list_leases' result.
@@ -181,7 +183,7 @@ func formatLeases(w io.Writer, ls []protocol.LeaseInfo, truncated bool, now time
 	fmt.Fprintln(tw, "RESOURCE\tPREDICATE\tAGENT\tSESSION\tFENCE\tEXPIRES\tOWNER\tLEASE")
 	for _, l := range ls {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
-			cell(l.Resource), l.Predicate, cell(l.AgentID), cell(l.SessionID), l.Fence,
+			cell(resourceText(l.Resource, l.ClientPath)), l.Predicate, cell(l.AgentID), cell(l.SessionID), l.Fence,
 			untilText(time.UnixMilli(l.ExpiresAt), now), ownerText(l.OwnerUID, l.OwnerPID), l.LeaseID)
 	}
 	if err := tw.Flush(); err != nil {
@@ -192,6 +194,15 @@ func formatLeases(w io.Writer, ls []protocol.LeaseInfo, truncated bool, now time
 		return err
 	}
 	return nil
+}
+
+// resourceText is a resource key followed, when the holder named the file
+// by another path (in a linked git worktree), by that path.
+func resourceText(key, clientPath string) string {
+	if clientPath == "" {
+		return key
+	}
+	return key + " (as " + clientPath + ")"
 }
 
 // formatAgents writes agents as an aligned table in the daemon's order
@@ -269,7 +280,10 @@ func formatGrants(w io.Writer, gs []grantJSON, now time.Time) error {
 func denialText(d denialJSON) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "denied: %s", d.Reason)
-	if d.HeldBy != "" {
+	switch {
+	case d.HeldBy != "" && d.HeldPath != "":
+		fmt.Fprintf(&b, " (held by %s, as %s)", oneLine(d.HeldBy), oneLine(d.HeldPath))
+	case d.HeldBy != "":
 		fmt.Fprintf(&b, " (held by %s)", oneLine(d.HeldBy))
 	}
 	if d.Message != "" {

@@ -128,7 +128,7 @@ func (h *holderFlags) intents(cmd string, args []string, cwd string) ([]clientli
 	}
 	out := make([]clientlib.Intent, len(rs))
 	for i, r := range rs {
-		out[i] = clientlib.Intent{ResourceType: r.Type, ResourcePath: r.Path, Predicate: pred}
+		out[i] = clientlib.Intent{ResourceType: r.Type, ResourcePath: r.Path, Predicate: pred, ClientPath: r.ClientPath}
 	}
 	return out, nil
 }
@@ -282,7 +282,7 @@ func acquireOnce(ctx context.Context, c *clientlib.Client, req clientlib.Acquire
 			return nil, nil, err
 		}
 		if !r.Success {
-			return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, Message: r.Message}, nil
+			return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
 		}
 		return []grantJSON{toGrantJSON(r)}, nil, nil
 	}
@@ -291,7 +291,7 @@ func acquireOnce(ctx context.Context, c *clientlib.Client, req clientlib.Acquire
 		return nil, nil, err
 	}
 	if !r.Success {
-		return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, Message: r.Message}, nil
+		return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
 	}
 	gs := make([]grantJSON, len(r.Leases))
 	for i := range r.Leases {

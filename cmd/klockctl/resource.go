@@ -19,6 +19,9 @@ var predicates = []string{"PROVIDES", "CONSUMES", "MUTATES", "DELETES", "DEPENDS
 type resource struct {
 	Type string // upper case, one of resourceTypes
 	Path string
+	// ClientPath is a FILE path as named (absolute, cleaned) when the
+	// worktree rule keyed it as another Path; "" otherwise.
+	ClientPath string
 }
 
 // Key returns the resource as the daemon names it, TYPE:path.
@@ -56,7 +59,11 @@ func parseResource(arg, cwd string) (resource, error) {
 	if err != nil {
 		return resource{}, err
 	}
-	return resource{Type: "FILE", Path: fp.Key}, nil
+	r := resource{Type: "FILE", Path: fp.Key}
+	if fp.Path != fp.Key {
+		r.ClientPath = fp.Path
+	}
+	return r, nil
 }
 
 // parseResources parses every argument with parseResource and rejects a

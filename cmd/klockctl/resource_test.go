@@ -11,23 +11,23 @@ func TestParseResource(t *testing.T) {
 		want    resource
 		wantErr string
 	}{
-		{arg: "FILE:/src/auth.ts", want: resource{"FILE", "/src/auth.ts"}},
-		{arg: "file:/src/auth.ts", want: resource{"FILE", "/src/auth.ts"}},
-		{arg: "FILE:src/./a.go", want: resource{"FILE", "/home/u/proj/src/a.go"}}, // typed or not, one rule
-		{arg: "FILE:/src/", want: resource{"FILE", "/src/"}},                      // a subtree keeps its '/'
-		{arg: "src//", want: resource{"FILE", "/home/u/proj/src/"}},
-		{arg: "SYMBOL:a/../b", want: resource{"SYMBOL", "a/../b"}}, // other types: as written
-		{arg: "symbol:auth.Login", want: resource{"SYMBOL", "auth.Login"}},
-		{arg: "API_ENDPOINT:GET /users/:id", want: resource{"API_ENDPOINT", "GET /users/:id"}},
-		{arg: "database_table:users", want: resource{"DATABASE_TABLE", "users"}},
-		{arg: "CONFIG_KEY:db.url", want: resource{"CONFIG_KEY", "db.url"}},
-		{arg: "/src/auth.ts", want: resource{"FILE", "/src/auth.ts"}},
-		{arg: "/src/../src/./auth.ts", want: resource{"FILE", "/src/auth.ts"}},
-		{arg: "a.go", want: resource{"FILE", "/home/u/proj/a.go"}},
-		{arg: "../other/b.go", want: resource{"FILE", "/home/u/other/b.go"}},
-		{arg: "./notes:draft", want: resource{"FILE", "/home/u/proj/notes:draft"}},
-		{arg: "/x/y:z", want: resource{"FILE", "/x/y:z"}},
-		{arg: "v1.2:x", want: resource{"FILE", "/home/u/proj/v1.2:x"}}, // prefix is not a type name
+		{arg: "FILE:/src/auth.ts", want: resource{Type: "FILE", Path: "/src/auth.ts"}},
+		{arg: "file:/src/auth.ts", want: resource{Type: "FILE", Path: "/src/auth.ts"}},
+		{arg: "FILE:src/./a.go", want: resource{Type: "FILE", Path: "/home/u/proj/src/a.go"}}, // typed or not, one rule
+		{arg: "FILE:/src/", want: resource{Type: "FILE", Path: "/src/"}},                      // a subtree keeps its '/'
+		{arg: "src//", want: resource{Type: "FILE", Path: "/home/u/proj/src/"}},
+		{arg: "SYMBOL:a/../b", want: resource{Type: "SYMBOL", Path: "a/../b"}}, // other types: as written
+		{arg: "symbol:auth.Login", want: resource{Type: "SYMBOL", Path: "auth.Login"}},
+		{arg: "API_ENDPOINT:GET /users/:id", want: resource{Type: "API_ENDPOINT", Path: "GET /users/:id"}},
+		{arg: "database_table:users", want: resource{Type: "DATABASE_TABLE", Path: "users"}},
+		{arg: "CONFIG_KEY:db.url", want: resource{Type: "CONFIG_KEY", Path: "db.url"}},
+		{arg: "/src/auth.ts", want: resource{Type: "FILE", Path: "/src/auth.ts"}},
+		{arg: "/src/../src/./auth.ts", want: resource{Type: "FILE", Path: "/src/auth.ts"}},
+		{arg: "a.go", want: resource{Type: "FILE", Path: "/home/u/proj/a.go"}},
+		{arg: "../other/b.go", want: resource{Type: "FILE", Path: "/home/u/other/b.go"}},
+		{arg: "./notes:draft", want: resource{Type: "FILE", Path: "/home/u/proj/notes:draft"}},
+		{arg: "/x/y:z", want: resource{Type: "FILE", Path: "/x/y:z"}},
+		{arg: "v1.2:x", want: resource{Type: "FILE", Path: "/home/u/proj/v1.2:x"}}, // prefix is not a type name
 		{arg: "", wantErr: "empty resource"},
 		{arg: "FILE:", wantErr: "empty path"},
 		{arg: "SYMBL:auth", wantErr: `unknown resource type "SYMBL"`},

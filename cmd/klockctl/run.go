@@ -191,7 +191,7 @@ func (a *app) acquireForRun(ctx context.Context, agent, session string,
 	}
 	var de *clientlib.DenialError
 	if errors.As(err, &de) {
-		d := denialJSON{Reason: string(de.Reason), HeldBy: de.HeldBy, Message: de.Message}
+		d := denialJSON{Reason: string(de.Reason), HeldBy: de.HeldBy, HeldPath: de.HeldPath, Message: de.Message}
 		if ctx.Err() != nil {
 			return c, nil, a.reportDenialLine(d, fmt.Sprintf("not granted within %s: ", wait))
 		}

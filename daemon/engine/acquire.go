@@ -158,7 +158,7 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 		ls[i] = Lease{
 			ID: id, AgentID: a.id, SessionID: session, Resource: t.key, Predicate: t.pred,
 			AcquiredAt: now, ExpiresAt: expiry(now, ttl), TTL: ttl, Fence: e.fence, OwnerUID: uid, OwnerPID: pid,
-			Bound: bind,
+			Bound: bind, ClientPath: t.clientPath,
 		}
 		x, err := e.addLease(ls[i], t.res, &k)
 		if err != nil {

@@ -190,7 +190,7 @@ func TestInvalidArguments(t *testing.T) {
 	_, err := e.AcquireMany(t0, alice, many)
 	requireCode(t, err, protocol.CodeInvalidArgument, "intents has 0 entries; allowed 1..64")
 	for i := 0; i < 65; i++ {
-		many.Intents = append(many.Intents, Intent{"FILE", fmt.Sprintf("/%d", i), "CONSUMES"})
+		many.Intents = append(many.Intents, Intent{ResourceType: "FILE", ResourcePath: fmt.Sprintf("/%d", i), Predicate: "CONSUMES"})
 	}
 	_, err = e.AcquireMany(t0, alice, many)
 	requireCode(t, err, protocol.CodeInvalidArgument, "intents has 65 entries")
@@ -239,7 +239,7 @@ func TestAcquireMany(t *testing.T) {
 	many := func(agent, session string, paths ...string) Result {
 		req := AcquireRequest{AgentID: agent, SessionID: session, TTL: 1000}
 		for _, p := range paths {
-			req.Intents = append(req.Intents, Intent{"FILE", p, "MUTATES"})
+			req.Intents = append(req.Intents, Intent{ResourceType: "FILE", ResourcePath: p, Predicate: "MUTATES"})
 		}
 		r, err := e.AcquireMany(t0, alice, req)
 		require.NoError(t, err)
@@ -403,7 +403,7 @@ func TestIdem(t *testing.T) {
 	requireCode(t, err, protocol.CodeInvalidArgument, `idem "k1"`)
 	// acquire_many shares the key space.
 	many := AcquireRequest{AgentID: "a", SessionID: "s", TTL: 1000, Idem: "k1",
-		Intents: []Intent{{"FILE", "/x", "MUTATES"}, {"FILE", "/z", "MUTATES"}}}
+		Intents: []Intent{{ResourceType: "FILE", ResourcePath: "/x", Predicate: "MUTATES"}, {ResourceType: "FILE", ResourcePath: "/z", Predicate: "MUTATES"}}}
 	_, err = e.AcquireMany(t0, alice, many)
 	requireCode(t, err, protocol.CodeInvalidArgument, `idem "k1"`)
 	many.Idem = "k2"

@@ -27,8 +27,9 @@ type verdict struct {
 	bySession string
 	byPred    Predicate
 	byQueued  bool
-	byExpires int64 // expiry of the deciding lease (0 for a queued request)
-	maxExpiry int64 // latest expiry of the conflicting active leases seen
+	byExpires int64  // expiry of the deciding lease (0 for a queued request)
+	byPath    string // the deciding lease's ClientPath ("" for a queued request)
+	maxExpiry int64  // latest expiry of the conflicting active leases seen
 }
 
 // Step names the rule of DESIGN.md "Deciding an acquire" that reached a
@@ -161,7 +162,8 @@ type candidate struct {
 	pred    Predicate
 	key     string
 	order   uint64
-	expires int64 // of a lease; 0 for a queued request
+	expires int64  // of a lease; 0 for a queued request
+	path    string // of a lease: its ClientPath
 }
 
 func (c *candidate) improve(o candidate) {
@@ -172,11 +174,12 @@ func (c *candidate) improve(o candidate) {
 }
 
 func (c *candidate) into(v *verdict) {
-	v.by, v.bySession, v.byPred, v.byKey, v.byExpires = c.agent, c.session, c.pred, c.key, c.expires
+	v.by, v.bySession, v.byPred, v.byKey, v.byExpires, v.byPath = c.agent, c.session, c.pred, c.key, c.expires, c.path
 }
 
 func leaseCandidate(l *lease) candidate {
-	return candidate{agent: l.agent, session: l.SessionID, pred: l.Predicate, key: l.Resource, order: l.Fence, expires: l.ExpiresAt}
+	return candidate{agent: l.agent, session: l.SessionID, pred: l.Predicate, key: l.Resource, order: l.Fence, expires: l.ExpiresAt,
+		path: l.ClientPath}
 }
 
 // atKey takes in the leases and the queue on one key that overlaps the

@@ -41,14 +41,14 @@ func FuzzAcquire(f *testing.F) {
 		}
 		mustGrant(t, e, t0, "b", "s", "/x", "MUTATES")
 		req := AcquireRequest{AgentID: agent, SessionID: session, TTL: ttl, WaitTimeout: wait, Idem: idem,
-			Intents: []Intent{{typ, path, pred}}}
+			Intents: []Intent{{ResourceType: typ, ResourcePath: path, Predicate: pred}}}
 		r, err := e.Acquire(t0, alice, req)
 		check(err)
 		if err == nil && r.Granted {
 			_, err = e.Heartbeat(t0, alice, r.Leases[0].ID, ttl)
 			check(err)
 		}
-		req.Intents = append(req.Intents, Intent{typ, "/x", pred})
+		req.Intents = append(req.Intents, Intent{ResourceType: typ, ResourcePath: "/x", Predicate: pred})
 		_, err = e.AcquireMany(t0, alice, req)
 		check(err)
 		_, err = e.Register(t0, alice, agent, ttl, ttl >= 0)
@@ -68,7 +68,7 @@ func FuzzAcquire(f *testing.F) {
 		// Subtrees: leases of b above and below the path, then the path
 		// and the path as a subtree, decided against the reference.
 		for _, p := range []string{path + "/", path + "/below", path + "/deeper/", "/", "/x/"} {
-			_, err = e.Acquire(t0, alice, AcquireRequest{AgentID: "b", SessionID: "s", TTL: 500, Intents: []Intent{{typ, p, "CONSUMES"}}})
+			_, err = e.Acquire(t0, alice, AcquireRequest{AgentID: "b", SessionID: "s", TTL: 500, Intents: []Intent{{ResourceType: typ, ResourcePath: p, Predicate: "CONSUMES"}}})
 			check(err)
 		}
 		for _, p := range []string{path, path + "/", path + "//./"} {

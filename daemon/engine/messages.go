@@ -17,7 +17,7 @@ func (e *Engine) denial(now int64, a *agent, session string, v *verdict) Denial 
 		d.WaitTime = min(maxWaitTime, max(1, v.maxExpiry-now))
 	}
 	if v.by != nil {
-		d.HeldBy = v.by.id
+		d.HeldBy, d.HeldPath = v.by.id, v.byPath
 	}
 	d.Message = message(a, session, v)
 	return d

@@ -181,7 +181,8 @@ func TestAcquireManyBindsEveryLease(t *testing.T) {
 	e := newTestEngine(t)
 	mustRegister(t, e, "a", 1)
 	req := AcquireRequest{AgentID: "a", SessionID: "s", Bind: &procA, Idem: "k",
-		Intents: []Intent{{"FILE", "/1", "MUTATES"}, {"SYMBOL", "x.Y", "PROVIDES"}}}
+		Intents: []Intent{{ResourceType: "FILE", ResourcePath: "/1", Predicate: "MUTATES"},
+			{ResourceType: "SYMBOL", ResourcePath: "x.Y", Predicate: "PROVIDES"}}}
 	r, err := e.AcquireMany(t0, alice, req)
 	require.NoError(t, err)
 	require.True(t, r.Granted)

@@ -20,7 +20,7 @@ func busyEngine(t *testing.T) *Engine {
 	_, _, err = e.Release(t0+1, alice, l.ID) // old granted from the queue
 	require.NoError(t, err)
 	req := AcquireRequest{AgentID: "old", SessionID: "o", TTL: 50, Idem: "k",
-		Intents: []Intent{{"SYMBOL", "a.B", "PROVIDES"}, {"CONFIG_KEY", "x.y", "CONSUMES"}}}
+		Intents: []Intent{{ResourceType: "SYMBOL", ResourcePath: "a.B", Predicate: "PROVIDES"}, {ResourceType: "CONFIG_KEY", ResourcePath: "x.y", Predicate: "CONSUMES"}}}
 	r, err := e.AcquireMany(t0+2, alice, req)
 	require.NoError(t, err)
 	require.True(t, r.Granted)

@@ -171,7 +171,7 @@ func TestSubtreeAcquireMany(t *testing.T) {
 	many := func(pairs ...string) AcquireRequest {
 		r := AcquireRequest{AgentID: "old", SessionID: "o", TTL: 1000}
 		for i := 0; i < len(pairs); i += 2 {
-			r.Intents = append(r.Intents, Intent{"FILE", pairs[i], pairs[i+1]})
+			r.Intents = append(r.Intents, Intent{ResourceType: "FILE", ResourcePath: pairs[i], Predicate: pairs[i+1]})
 		}
 		return r
 	}
@@ -193,7 +193,8 @@ func TestSubtreeAcquireMany(t *testing.T) {
 		"overlap with conflicting predicates; ask for the one that covers the other, or for compatible predicates")
 	// A younger agent's many-intent request dies on any level.
 	r, err = e.AcquireMany(t0, alice, AcquireRequest{AgentID: "young", SessionID: "y", TTL: 1000,
-		Intents: []Intent{{"FILE", "/other", "MUTATES"}, {"FILE", "/lib/deep/er", "CONSUMES"}}})
+		Intents: []Intent{{ResourceType: "FILE", ResourcePath: "/other", Predicate: "MUTATES"},
+			{ResourceType: "FILE", ResourcePath: "/lib/deep/er", Predicate: "CONSUMES"}}})
 	require.NoError(t, err)
 	require.Equal(t, protocol.ReasonDie, r.Denial.Reason)
 	require.Contains(t, r.Denial.Message, "FILE:/lib/ (which covers FILE:/lib/deep/er) is held by old")

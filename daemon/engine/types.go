@@ -154,6 +154,8 @@ type Lease struct {
 	// it is not bound. The leases of one process share one Process, which
 	// is never changed: copies of a Lease may share it too.
 	Bound *Process `msgpack:"b,omitempty"`
+	// ClientPath is the path the holder named, if not the key's (worktrees).
+	ClientPath string `msgpack:"cp,omitempty"`
 }
 
 // Never is the ExpiresAt of a lease without a ttl: a lease bound to its
@@ -180,6 +182,7 @@ type Denial struct {
 	Reason   protocol.Reason
 	WaitTime int64  // suggested delay before retrying, ms, 1..1000
 	HeldBy   string // agent whose lease or queued request decided it ("" if none)
+	HeldPath string // the ClientPath of the lease that decided it, if any
 	Message  string
 }
 
@@ -207,8 +210,11 @@ type Wakeup struct {
 }
 
 // Intent is one resource an acquire asks for, as given on the wire.
+// ClientPath, optional, is the path the client named before the worktree
+// rule mapped it to ResourcePath; it is kept on the lease for display.
 type Intent struct {
 	ResourceType, ResourcePath, Predicate string
+	ClientPath                            string
 }
 
 // AcquireRequest is an acquire or acquire_many request. Acquire takes

@@ -205,9 +205,10 @@ func parsePredicate(field, s string) (Predicate, *Error) {
 
 // target is one parsed intent, with its resource when it has one.
 type target struct {
-	key  string
-	pred Predicate
-	res  *resource // nil until a lease or request is on the key
+	key        string
+	pred       Predicate
+	res        *resource // nil until a lease or request is on the key
+	clientPath string    // Intent.ClientPath
 }
 
 // checkAcquire validates an acquire request and parses its intents into
@@ -257,7 +258,12 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 		if err != nil {
 			return nil, err
 		}
-		dst = append(dst, target{key: key, pred: p, res: r})
+		if in.ClientPath != "" {
+			if err := checkText(field+"client_path", in.ClientPath, MaxPathLen); err != nil {
+				return nil, err
+			}
+		}
+		dst = append(dst, target{key: key, pred: p, res: r, clientPath: in.ClientPath})
 	}
 	return dst, checkOverlap(dst)
 }

@@ -269,7 +269,7 @@ func TestManyWaiterSpansResources(t *testing.T) {
 	la := mustGrant(t, e, t0, "young", "y", "/a", "MUTATES")
 	lb := mustGrant(t, e, t0, "young", "y", "/b", "MUTATES")
 	req := AcquireRequest{AgentID: "old", SessionID: "o", TTL: 1000, WaitTimeout: 5000,
-		Intents: []Intent{{"FILE", "/a", "MUTATES"}, {"FILE", "/b", "MUTATES"}}}
+		Intents: []Intent{{ResourceType: "FILE", ResourcePath: "/a", Predicate: "MUTATES"}, {ResourceType: "FILE", ResourcePath: "/b", Predicate: "MUTATES"}}}
 	r, err := e.AcquireMany(t0, alice, req)
 	require.NoError(t, err)
 	require.True(t, r.Queued)
@@ -305,7 +305,7 @@ func TestManyGrantMakesOtherQueuesDecide(t *testing.T) {
 	_ = lb2
 	wm2 := mustQueue(t, e, t0, waitReq("mid", "m", "/c", "MUTATES", 1000, 5000))
 	req := AcquireRequest{AgentID: "old", SessionID: "o", TTL: 1000, WaitTimeout: 5000,
-		Intents: []Intent{{"FILE", "/a", "MUTATES"}, {"FILE", "/c", "CONSUMES"}}}
+		Intents: []Intent{{ResourceType: "FILE", ResourcePath: "/a", Predicate: "MUTATES"}, {ResourceType: "FILE", ResourcePath: "/c", Predicate: "CONSUMES"}}}
 	r, err := e.AcquireMany(t0, alice, req)
 	require.NoError(t, err)
 	require.True(t, r.Queued)

@@ -160,10 +160,12 @@ func acquireRequest(ch *change, intents []engine.Intent) (engine.AcquireRequest,
 	if many {
 		req.Intents = make([]engine.Intent, len(a.Intents))
 		for i, in := range a.Intents {
-			req.Intents[i] = engine.Intent{ResourceType: in.ResourceType, ResourcePath: in.ResourcePath, Predicate: in.Predicate}
+			req.Intents[i] = engine.Intent{ResourceType: in.ResourceType, ResourcePath: in.ResourcePath, Predicate: in.Predicate,
+				ClientPath: in.ClientPath}
 		}
 	} else {
-		req.Intents = append(intents, engine.Intent{ResourceType: a.ResourceType, ResourcePath: a.ResourcePath, Predicate: a.Predicate})
+		req.Intents = append(intents, engine.Intent{ResourceType: a.ResourceType, ResourcePath: a.ResourcePath, Predicate: a.Predicate,
+			ClientPath: a.ClientPath})
 	}
 	return req, many
 }

@@ -144,6 +144,7 @@ func acquireAnswer(r *engine.Result, many bool) any {
 			WaitTime: r.Denial.WaitTime,
 			HeldBy:   r.Denial.HeldBy,
 			Message:  r.Denial.Message,
+			HeldPath: r.Denial.HeldPath,
 		}
 	}
 }

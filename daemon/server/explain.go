@@ -61,6 +61,7 @@ func leaseInfo(l *engine.Lease) protocol.LeaseInfo {
 		LeaseID: l.ID, AgentID: l.AgentID, SessionID: l.SessionID, Resource: l.Resource,
 		Predicate: l.Predicate.String(), AcquiredAt: l.AcquiredAt, ExpiresAt: wireExpiry(l.ExpiresAt),
 		Fence: l.Fence, OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID, BoundPID: boundPID(l),
+		ClientPath: l.ClientPath,
 	}
 }
 

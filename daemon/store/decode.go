@@ -196,7 +196,7 @@ func (r *mpReader) once(seen *uint16, k uint) {
 // recordKeys and leaseKeys number the keys for duplicate detection.
 var (
 	recordKeys  = map[string]uint{"k": 0, "t": 1, "a": 2, "s": 3, "p": 4, "u": 5, "au": 6, "ttl": 7, "r": 8, "ls": 9, "g": 10, "i": 11, "b": 12}
-	leaseKeys   = map[string]uint{"id": 0, "a": 1, "s": 2, "r": 3, "p": 4, "at": 5, "ex": 6, "ttl": 7, "f": 8, "u": 9, "pid": 10, "b": 11}
+	leaseKeys   = map[string]uint{"id": 0, "a": 1, "s": 2, "r": 3, "p": 4, "at": 5, "ex": 6, "ttl": 7, "f": 8, "u": 9, "pid": 10, "b": 11, "cp": 12}
 	processKeys = map[string]uint{"pid": 0, "bt": 1, "st": 2}
 )
 
@@ -311,6 +311,8 @@ func (r *mpReader) lease(l *engine.Lease) {
 			l.OwnerPID = int32(r.int(math.MinInt32, math.MaxInt32))
 		case "b":
 			l.Bound = r.process()
+		case "cp":
+			l.ClientPath = r.str()
 		default:
 			r.ok = false
 		}

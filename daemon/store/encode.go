@@ -25,7 +25,7 @@ const (
 		"Bound *engine.Process b,omitempty;"
 	leaseLayout = "ID string id;AgentID string a;SessionID string s;Resource string r;Predicate engine.Predicate p;" +
 		"AcquiredAt int64 at;ExpiresAt int64 ex;TTL int64 ttl;Fence uint64 f;OwnerUID uint32 u;OwnerPID int32 pid;" +
-		"Bound *engine.Process b,omitempty;"
+		"Bound *engine.Process b,omitempty;ClientPath string cp,omitempty;"
 	processLayout = "PID int32 pid;Boot uint32 bt;Start uint64 st;"
 )
 
@@ -98,14 +98,17 @@ func appendRecord(dst []byte, r *engine.Record) []byte {
 	return dst
 }
 
-// appendLease appends l as msgpack: eleven fields, and Bound when it is
-// set, as the library does.
+// appendLease appends l as msgpack: eleven fields, then Bound and
+// ClientPath when they are set, as the library does.
 func appendLease(dst []byte, l *engine.Lease) []byte {
+	n := 11
 	if l.Bound != nil {
-		dst = append(dst, 0x80|12)
-	} else {
-		dst = append(dst, 0x80|11)
+		n++
 	}
+	if l.ClientPath != "" {
+		n++
+	}
+	dst = append(dst, 0x80|byte(n))
 	dst = appendStr(appendStr(dst, "id"), l.ID)
 	dst = appendStr(appendStr(dst, "a"), l.AgentID)
 	dst = appendStr(appendStr(dst, "s"), l.SessionID)
@@ -119,6 +122,9 @@ func appendLease(dst []byte, l *engine.Lease) []byte {
 	dst = appendInt(appendStr(dst, "pid"), int64(l.OwnerPID))
 	if l.Bound != nil {
 		dst = appendProcess(appendStr(dst, "b"), l.Bound)
+	}
+	if l.ClientPath != "" {
+		dst = appendStr(appendStr(dst, "cp"), l.ClientPath)
 	}
 	return dst
 }

@@ -60,7 +60,7 @@ func randomRecord(rng *rand.Rand) engine.Record {
 		r.Leases = append(r.Leases, engine.Lease{ID: str(), AgentID: str(), SessionID: str(), Resource: str(),
 			Predicate: engine.Predicate(rng.IntN(256)), AcquiredAt: i64(), ExpiresAt: i64(), TTL: i64(),
 			Fence: rng.Uint64() >> uint(rng.IntN(64)), OwnerUID: uint32(rng.Uint64()), OwnerPID: int32(i64()),
-			Bound: proc()})
+			Bound: proc(), ClientPath: str()})
 	}
 	r.Bound = proc()
 	return r
