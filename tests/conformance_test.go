@@ -1,6 +1,6 @@
 package tests
 
-// Conformance tests: an independent client written from PROTOCOL.md alone.
+// Conformance tests: an independent client written from protocol/README.md alone.
 // They speak the wire protocol with net and msgpack directly (plain Go maps
 // in, map[string]any out) and never use the repo's protocol or clientlib
 // packages, so that our own encoder or decoder cannot hide a mismatch.

@@ -109,7 +109,7 @@ func copyExecutable(t *testing.T, src, dir string) string {
 	return dst
 }
 
-// TestPermissionsAcrossUIDs checks PROTOCOL.md "Permissions" with real
+// TestPermissionsAcrossUIDs checks protocol/README.md "Permissions" with real
 // processes under other uids: the daemon runs as root, the socket is 0660
 // with a group, one user is in that group and one is not.
 func TestPermissionsAcrossUIDs(t *testing.T) {

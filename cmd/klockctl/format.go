@@ -12,7 +12,7 @@ import (
 )
 
 // The --json output of every command mirrors the protocol's result maps
-// (PROTOCOL.md): the same snake_case keys, times as Unix milliseconds and
+// (protocol/README.md): the same snake_case keys, times as Unix milliseconds and
 // durations as milliseconds, so a script reads the same shapes whether it
 // talks to the socket or runs klockctl. The types below carry the json tags;
 // the protocol types carry only msgpack ones.

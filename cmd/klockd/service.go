@@ -49,6 +49,7 @@ import (
 
 	"github.com/kardianos/service"
 
+	"github.com/klockd/klock/cmd/internal/installable"
 	units "github.com/klockd/klock/systemd"
 )
 
@@ -108,7 +109,16 @@ func runService(action string, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// A klockd that go run or go test built is deleted by Go: a unit
+	// naming it would fail at its next start.
+	var transient error
+	if action == "install" {
+		transient = installable.Check(setup.exe)
+	}
 	if dryRun {
+		if transient != nil {
+			fmt.Fprintf(stderr, "klockd: warning: the unit would run %v; %s\n", transient, installable.Advice("klockd"))
+		}
 		fmt.Fprintf(stdout, "# klockd install would write %s:\n%s", setup.unitPath, setup.unit)
 		return nil
 	}
@@ -117,6 +127,9 @@ func runService(action string, args []string, stdout, stderr io.Writer) error {
 			reportSocket(stdout, socketFromUnitArgs(setup.args))
 		}
 		return err
+	}
+	if transient != nil {
+		return fmt.Errorf("klock: install: refusing to write a unit that runs %v; %s", transient, installable.Advice("klockd"))
 	}
 	svc, err := service.New(&serviceProgram{}, &service.Config{
 		Name:        serviceName,

@@ -6,7 +6,7 @@ import (
 	"github.com/klockd/klock/protocol"
 )
 
-// maxWaitTime caps the suggested retry delay (PROTOCOL.md "acquire").
+// maxWaitTime caps the suggested retry delay (protocol/README.md "acquire").
 const maxWaitTime = 1000
 
 // denial turns a verdict into the Denial a client sees: the wait_time

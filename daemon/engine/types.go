@@ -126,7 +126,7 @@ type Caller struct {
 	PID int32
 }
 
-// Error is the type of every error the engine returns: a PROTOCOL.md error
+// Error is the type of every error the engine returns: a protocol/README.md error
 // code plus a lower-case "klock: ..." message for humans.
 type Error struct {
 	Code    protocol.Code

@@ -8,7 +8,7 @@ import (
 	"github.com/klockd/klock/protocol"
 )
 
-// Limits on arguments, from PROTOCOL.md "Vocabulary".
+// Limits on arguments, from protocol/README.md "Vocabulary".
 const (
 	MaxIDLen     = 256   // agent_id, session_id, lease_id: bytes
 	MaxPathLen   = 4096  // resource_path: bytes

@@ -171,5 +171,5 @@ func quote(s string) string {
 
 // unknownOpMessage is the UNKNOWN_OP message for op.
 func unknownOpMessage(op string) string {
-	return "klock: unknown op " + quote(op) + "; see PROTOCOL.md for the operations"
+	return "klock: unknown op " + quote(op) + "; see protocol/README.md for the operations"
 }

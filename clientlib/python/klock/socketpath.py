@@ -1,4 +1,4 @@
-"""Where klockd listens: the socket path resolution of PROTOCOL.md."""
+"""Where klockd listens: the socket path resolution of protocol/README.md."""
 
 from __future__ import annotations
 
