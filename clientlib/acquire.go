@@ -29,6 +29,9 @@ type AcquireRequest struct {
 	// Idem is the idempotency key; "" lets the client generate one per
 	// call, which is what makes resending an acquire after a reconnect safe.
 	Idem string
+	// NoWait makes Acquire ask once and answer at once: a denial is a
+	// *DenialError, with no wait in the daemon and no retry.
+	NoWait bool
 }
 
 // AcquireResult is the answer to an acquire: a grant (Success, with the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -115,12 +116,13 @@ func causeText(err error) string {
 // ends while the lease is still denied; in the latter case it also matches
 // the context's error with errors.Is.
 type DenialError struct {
-	Resource string // the resource asked for (first intent)
-	Reason   string // the last verdict (protocol.Reason values)
-	HeldBy   string // the agent whose lease or queued request decided it
-	HeldPath string // the path that lease's holder named, when not the key's (a git worktree)
-	Message  string // the daemon's sentence
-	Err      error  // the context's error, or nil
+	Resource string        // the resource asked for (first intent)
+	Reason   string        // the last verdict (protocol.Reason values)
+	HeldBy   string        // the agent whose lease or queued request decided it
+	HeldPath string        // the path that lease's holder named, when not the key's (a git worktree)
+	Message  string        // the daemon's sentence
+	WaitTime time.Duration // the daemon's suggested delay before asking again
+	Err      error         // the context's error, or nil
 }
 
 // Error describes the denial.

@@ -116,14 +116,22 @@ func (l *Lease) lose(err error) {
 // several: acquire_many, all or nothing) or ctx ends, then keeps the lease
 // alive by renewing it every TTL/3 until Release.
 //
-// On WAIT the request waits in the daemon (wait_timeout, bounded by ctx's
-// deadline); on DIE, CONFLICT or RESOURCE_LOCKED it is retried after the
-// daemon's suggested wait_time plus jitter; SHUTTING_DOWN and
-// RESOURCE_EXHAUSTED are retried with backoff. Every attempt carries the
-// same idempotency key, so a grant whose answer was lost to a reconnect is
+// It follows the "blocking acquire" column of the retry table in
+// protocol/README.md "Retries": on WAIT the request waits in the daemon
+// (wait_timeout, bounded by ctx's deadline); on DIE, CONFLICT or
+// RESOURCE_LOCKED it is retried after the daemon's suggested wait_time plus
+// jitter; RESOURCE_EXHAUSTED and UNAVAILABLE are retried with backoff (and
+// SHUTTING_DOWN resent once reconnected). Every attempt carries the same
+// idempotency key, so a grant whose answer was lost to a reconnect is
 // returned, never doubled. It fails with a *DenialError for SESSION_EXPIRED,
-// or when ctx ends while denied (matching ctx's error with errors.Is), and
-// with an *Error for a request the daemon refuses.
+// when ctx ends while denied (matching ctx's error with errors.Is), or at
+// the first denial when req.NoWait is set; and with an *Error for a request
+// the daemon refuses.
+//
+// The keep-alive follows the table's "keep-alive" column: a renewal that
+// gets NOT_FOUND (or any error the table marks lost) loses the lease at
+// once; RESOURCE_EXHAUSTED, UNAVAILABLE and INTERNAL are retried until just
+// before the lease would expire.
 func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error) {
 	if len(req.Intents) == 0 {
 		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: "Acquire needs at least 1 intent"}
@@ -138,12 +146,18 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 	if maxWait <= 0 {
 		maxWait = defaultWait
 	}
+	if req.NoWait {
+		maxWait = 0
+	}
 	resource := req.Intents[0].ResourceType + ":" + req.Intents[0].ResourcePath
 	backoff := 10 * time.Millisecond
 	var last *AcquireResult // the last denial
 	for {
 		attempt := req
 		wait, worth := waitFor(ctx, maxWait)
+		if req.NoWait {
+			wait = 0
+		}
 		if !worth && last != nil {
 			// Too little time is left for another answer to arrive before
 			// ctx ends: report the last denial when it does.
@@ -158,7 +172,7 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 		}
 		var delay time.Duration
 		switch {
-		case err != nil && (errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrResourceExhausted)):
+		case err != nil && !req.NoWait && (acquireAction(codeOf(err)) == actBackoff || acquireAction(codeOf(err)) == actResend):
 			delay = jitter(backoff)
 			backoff = min(2*backoff, time.Second)
 		case err != nil && last != nil && ctx.Err() != nil:
@@ -167,9 +181,9 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 			return nil, err
 		case grants != nil:
 			return c.keep(grants, req.TTL, start, old), nil
-		case denial.Reason == string(protocol.ReasonSessionExpired):
+		case req.NoWait || verdictAction(protocol.Reason(denial.Reason)) == actFail:
 			return nil, denialError(resource, denial, nil)
-		case denial.Reason == string(protocol.ReasonWait) && time.Since(start) >= attempt.WaitTimeout && attempt.WaitTimeout > 0:
+		case verdictAction(protocol.Reason(denial.Reason)) == actWaitAgain && attempt.WaitTimeout > 0 && time.Since(start) >= attempt.WaitTimeout:
 			delay = 0 // the daemon's wait ran out; wait again
 		default:
 			delay = jitter(max(denial.WaitTime, time.Millisecond))
@@ -203,7 +217,8 @@ func (c *Client) acquireAttempt(ctx context.Context, req AcquireRequest) ([]Acqu
 }
 
 func denialError(resource string, d *AcquireResult, err error) error {
-	return &DenialError{Resource: resource, Reason: d.Reason, HeldBy: d.HeldBy, HeldPath: d.HeldPath, Message: d.Message, Err: err}
+	return &DenialError{Resource: resource, Reason: d.Reason, HeldBy: d.HeldBy, HeldPath: d.HeldPath, Message: d.Message,
+		WaitTime: d.WaitTime, Err: err}
 }
 
 // waitFor picks the server-side wait for one attempt: maxWait, shortened so
@@ -345,8 +360,7 @@ func (l *Lease) renew() (time.Duration, error) {
 		case errors.Is(err, context.DeadlineExceeded) && l.ctx.Err() == nil:
 			return 0, fmt.Errorf("klock: lease %s on %s was lost: it could not be renewed before it expired "+
 				"(daemon unreachable?): %w", g.LeaseID, g.Resource, err)
-		case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrResourceExhausted), errors.Is(err, ErrInternal),
-			errors.Is(err, ErrUnavailable):
+		case keepAliveAction(codeOf(err)) == actUntilExpiry || keepAliveAction(codeOf(err)) == actResend:
 			// UNAVAILABLE: the daemon cannot make the renewal durable (its
 			// disk is full); the lease keeps its expiry meanwhile.
 			if serr := sleep(ctx, jitter(max(l.ttl/20, 5*time.Millisecond))); serr != nil && lastTry {

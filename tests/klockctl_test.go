@@ -128,6 +128,17 @@ type kcAgents struct {
 	Truncated bool `json:"truncated"`
 }
 
+// kcWaitUntilQueued waits until agent, the oldest of the daemon's agents,
+// has a request queued in the daemon.
+func kcWaitUntilQueued(t *testing.T, d *harness.Daemon, agent string) {
+	t.Helper()
+	waitFor(t, agent+" to wait in the daemon", func() bool {
+		var as kcAgents
+		kcOK(t, d, &as, "agents", "--json")
+		return len(as.Agents) > 0 && as.Agents[0].AgentID == agent && as.Agents[0].Waiting == 1
+	})
+}
+
 // kcCount returns the daemon's active lease count through klockctl.
 func kcCount(t *testing.T, d *harness.Daemon) int {
 	t.Helper()
@@ -294,9 +305,15 @@ func TestKlockctlAcquireListHeartbeatRelease(t *testing.T) {
 	if !rel.Released {
 		t.Errorf("release --json = %+v; want released", rel)
 	}
-	kcOK(t, d, &rel, "release", "--json", a.LeaseID)
-	if rel.Released {
-		t.Errorf("second release --json = %+v; want released false (and exit 0)", rel)
+	// Releasing it again changes nothing but exits 1, so that a script
+	// notices a mistyped id (issue 19).
+	r = kcExpect(t, d, 1, []string{a.LeaseID, "was not active (unknown, released or expired)"}, "release", a.LeaseID)
+	if r.stdout != "" {
+		t.Errorf("second release printed %q on stdout; want only the stderr line", r.stdout)
+	}
+	r = kc(t, d, "release", "--json", "no-such-lease")
+	if r.code != 1 || strings.TrimSpace(r.stdout) != `{"released":false}` && !strings.Contains(r.stdout, `"released": false`) {
+		t.Errorf("release --json of an unknown id: exit %d, stdout %q; want exit 1 and released false", r.code, r.stdout)
 	}
 	kcExpect(t, d, 1, []string{"not active"}, "heartbeat", a.LeaseID)
 	if n := kcCount(t, d); n != 4 {
@@ -330,11 +347,7 @@ func TestKlockctlAcquireWaitsForRelease(t *testing.T) {
 	held := kcYoungHolds(t, d, "senior", "junior", "/r")
 
 	p := kcStart(t, d, "acquire", "--json", "--agent", "senior", "--wait", "25s", "/r")
-	waitFor(t, "the senior to wait in the daemon", func() bool {
-		var as kcAgents
-		kcOK(t, d, &as, "agents", "--json")
-		return len(as.Agents) == 2 && as.Agents[0].AgentID == "senior" && as.Agents[0].Waiting == 1
-	})
+	kcWaitUntilQueued(t, d, "senior")
 	kcOK(t, d, nil, "release", held.LeaseID)
 	r := p.wait(t)
 	var got kcLease

@@ -59,6 +59,55 @@ func durationFlag(fs *flag.FlagSet, name string, def time.Duration, usage string
 	return &d
 }
 
+// waitForever is the value of a --wait flag that sets no limit.
+const waitForever time.Duration = -1
+
+// waitValue is the --wait flag of acquire and run, one meaning for both:
+// a duration as durationValue takes it (0: answer at once), or "forever" or
+// any negative value: no limit (waitForever).
+type waitValue time.Duration
+
+// Set parses s: "forever", a negative number or duration, or a duration.
+func (w *waitValue) Set(s string) error {
+	t := strings.TrimSpace(s)
+	if t == "forever" || strings.HasPrefix(t, "-") {
+		if _, err := parseDuration(strings.TrimPrefix(t, "-")); t != "forever" && err != nil {
+			return err
+		}
+		*w = waitValue(waitForever)
+		return nil
+	}
+	d, err := parseDuration(t)
+	if err != nil {
+		return fmt.Errorf("%v, or forever", err)
+	}
+	*w = waitValue(d)
+	return nil
+}
+
+// String returns "forever" or the duration in Go syntax.
+func (w *waitValue) String() string {
+	if time.Duration(*w) < 0 {
+		return "forever"
+	}
+	return time.Duration(*w).String()
+}
+
+// waitFlag defines --wait on fs with default def and returns where it lives.
+func waitFlag(fs *flag.FlagSet, def time.Duration) *time.Duration {
+	d := def
+	fs.Var((*waitValue)(&d), "wait", "wait up to this long for the grant: a duration (30s, 2m; 0 = answer at once),\n"+
+		"or forever (or any negative value) for no limit")
+	return &d
+}
+
+// flagGiven reports whether the flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}
+
 // usageError is a mistake on the command line: klockctl exits 2.
 type usageError struct {
 	cmd string // "" for the top level
@@ -110,6 +159,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		typ, usage := flag.UnquoteUsage(f)
 		if dv, ok := f.Value.(*durationValue); ok {
 			typ = dv.Type()
+		}
+		if _, ok := f.Value.(*waitValue); ok {
+			typ = "duration|forever"
 		}
 		head := "  --" + f.Name
 		if len(f.Name) == 1 {

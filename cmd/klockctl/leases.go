@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/user"
 	"strconv"
@@ -170,47 +169,50 @@ whole folder; it conflicts with leases on any path under it, and with
 subtree leases on the folders above it. A bare directory without the
 slash, "src", stays one plain key that covers nothing else.
 
-The agent is registered first if it is not (registering an existing agent
-is a no-op). Without --wait a denial is reported at once; with --wait the
-daemon queues a WAIT and klockctl retries a DIE after the suggested delay,
-until granted or the time is up. A denial prints one line on stderr (the
-denial map with --json, on stdout) and exits 1.`,
+An agent that is not registered is registered first, without a priority:
+klockd gives it its registration time, so it yields to every agent
+registered before it; klockctl says so on stderr. A registered agent is
+left as it is. --wait 0 (the default) answers at once; --wait D waits up
+to D (a WAIT is queued in the daemon, a DIE is asked again after the
+suggested delay); --wait forever has no limit. A denial prints one line on
+stderr (the denial map with --json, on stdout) and exits 1.`,
 		flags: func(fs *flag.FlagSet) {
 			h.define(fs,
 				"take the leases as agent `ID` (default $KLOCK_AGENT, else klockctl-$USER)",
 				"in session `ID`: same agent and session is re-entrant (default $KLOCK_SESSION, else klockctl)",
 				time.Minute)
-			wait = durationFlag(fs, "wait", 0, "wait up to this long for the grant (0: answer at once)")
+			wait = waitFlag(fs, 0)
 			fs.StringVar(&idem, "idem", "", "idempotency `KEY`: while its leases are active, the same agent and key get them back")
 			fs.BoolVar(&quiet, "q", false, "print only the lease ids, one per line")
 		},
-		run: func(a *app, _ *flag.FlagSet, args []string) error {
+		run: func(a *app, fs *flag.FlagSet, args []string) error {
+			if err := h.checkAgent("acquire", fs); err != nil {
+				return err
+			}
 			intents, err := h.intents("acquire", args, a.cwd())
 			if err != nil {
 				return err
 			}
 			agent := firstSet(h.agent, a.getenv("KLOCK_AGENT"), "klockctl-"+a.userName())
 			session := firstSet(h.session, a.getenv("KLOCK_SESSION"), "klockctl")
-			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout+*wait)
+			ctx, cancel := waitContext(context.Background(), requestTimeout, *wait)
 			defer cancel()
-			c, err := a.dial(ctx, false)
+			c, err := a.dial(ctx, *wait != 0)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			if _, err := c.Register(ctx, agent, nil); err != nil {
-				return err
-			}
-			req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: *h.ttl, Idem: idem}
-			grants, denial, err := acquireWithin(ctx, c, req, *wait)
+			defer c.Close() // stops the keep-alive Acquire starts: these leases live by their ttl
+			actx, cancelWait := waitContext(ctx, 0, *wait)
+			defer cancelWait()
+			req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: *h.ttl,
+				Idem: idem, NoWait: *wait == 0}
+			lease, err := a.acquireRegistering(actx, c, req)
 			if err != nil {
-				return err
+				return a.acquireFailure(err, actx, *wait)
 			}
-			if denial != nil && *wait > 0 {
-				return a.reportDenialLine(*denial, fmt.Sprintf("not granted within %s: ", *wait))
-			}
-			if denial != nil {
-				return a.reportDenial(*denial)
+			grants := make([]grantJSON, len(lease.Leases()))
+			for i, g := range lease.Leases() {
+				grants[i] = toGrantJSON(&g)
 			}
 			switch {
 			case a.json && len(grants) == 1:
@@ -228,6 +230,61 @@ denial map with --json, on stdout) and exits 1.`,
 	}
 }
 
+// checkAgent refuses an --agent given empty: it would otherwise fall back
+// to $KLOCK_AGENT or the default agent without a word.
+func (h *holderFlags) checkAgent(cmd string, fs *flag.FlagSet) error {
+	if h.agent == "" && flagGiven(fs, "agent") {
+		return usagef(cmd, "--agent is empty; name the agent, or leave the flag out for the default")
+	}
+	return nil
+}
+
+// waitContext bounds ctx by extra plus wait: with wait 0 by extra alone
+// (0: not at all), with waitForever not at all.
+func waitContext(ctx context.Context, extra, wait time.Duration) (context.Context, context.CancelFunc) {
+	switch {
+	case wait < 0, wait == 0 && extra == 0:
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, extra+wait)
+}
+
+// acquireRegistering is Client.Acquire for klockctl: when the agent is not
+// registered, it registers it without a priority (klockd assigns the
+// registration time), says so on stderr, and asks again. A registered
+// agent is never re-registered (protocol/README.md "Unregistered agents").
+func (a *app) acquireRegistering(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest) (*clientlib.Lease, error) {
+	lease, err := c.Acquire(ctx, req)
+	if !errors.Is(err, clientlib.ErrUnknownAgent) {
+		return lease, err
+	}
+	r, err := c.Register(ctx, req.AgentID, nil)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(a.stderr, "klockctl: registered agent %s with priority %d, its registration time: it yields to every agent "+
+		"registered before it (to choose: klockctl agents register %s --priority N)\n", oneLine(r.AgentID), r.Priority, oneLine(r.AgentID))
+	return c.Acquire(ctx, req)
+}
+
+// acquireFailure reports why an acquire with --wait did not end in a grant:
+// a denial (one line on stderr, its map on stdout with --json, exit 1),
+// else the error.
+func (a *app) acquireFailure(err error, ctx context.Context, wait time.Duration) error {
+	var de *clientlib.DenialError
+	if !errors.As(err, &de) {
+		if wait > 0 && ctx.Err() != nil {
+			return fmt.Errorf("not granted within %s: %v", wait, err)
+		}
+		return err
+	}
+	d := denialJSON{Reason: de.Reason, WaitTime: de.WaitTime.Milliseconds(), HeldBy: de.HeldBy, HeldPath: de.HeldPath, Message: de.Message}
+	if wait > 0 && ctx.Err() != nil {
+		return a.reportDenialLine(d, fmt.Sprintf("not granted within %s: ", wait))
+	}
+	return a.reportDenial(d)
+}
+
 // reportDenial prints a denial (as JSON on stdout with --json) and returns
 // the error that makes klockctl exit 1 with the denial's line on stderr.
 func (a *app) reportDenial(d denialJSON) error {
@@ -237,67 +294,6 @@ func (a *app) reportDenial(d denialJSON) error {
 		}
 	}
 	return &exitStatus{code: exitFailed, msg: denialText(d)}
-}
-
-// acquireWithin asks for req's intents once, or, when wait > 0, until
-// granted or wait has passed: a WAIT verdict is queued in the daemon for the
-// time left; DIE, CONFLICT and RESOURCE_LOCKED are asked again after the
-// suggested wait_time plus jitter (as clientlib's Acquire does); only
-// SESSION_EXPIRED is final at once. It returns the grants, or the last
-// denial.
-func acquireWithin(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest, wait time.Duration) ([]grantJSON, *denialJSON, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		req.WaitTimeout = 0
-		if left := time.Until(deadline); wait > 0 && left >= time.Millisecond {
-			req.WaitTimeout = left.Truncate(time.Millisecond)
-		}
-		grants, denial, err := acquireOnce(ctx, c, req)
-		if err != nil || denial == nil {
-			return grants, nil, err
-		}
-		if wait == 0 || denial.Reason == string(protocol.ReasonSessionExpired) {
-			return nil, denial, nil
-		}
-		retry := time.Duration(rand.Int64N(int64(50 * time.Millisecond)))
-		if denial.Reason != string(protocol.ReasonWait) {
-			retry += max(time.Duration(denial.WaitTime)*time.Millisecond, 10*time.Millisecond)
-		}
-		if time.Until(deadline) < retry {
-			return nil, denial, nil
-		}
-		select {
-		case <-time.After(retry):
-		case <-ctx.Done():
-			return nil, denial, nil
-		}
-	}
-}
-
-// acquireOnce sends one acquire (one intent) or acquire_many (several).
-func acquireOnce(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest) ([]grantJSON, *denialJSON, error) {
-	if len(req.Intents) == 1 {
-		r, err := c.AcquireOnce(ctx, req)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !r.Success {
-			return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
-		}
-		return []grantJSON{toGrantJSON(r)}, nil, nil
-	}
-	r, err := c.AcquireMany(ctx, req)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !r.Success {
-		return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
-	}
-	gs := make([]grantJSON, len(r.Leases))
-	for i := range r.Leases {
-		gs[i] = toGrantJSON(&r.Leases[i])
-	}
-	return gs, nil, nil
 }
 
 // toGrantJSON converts clientlib's grant to the protocol's shape.
@@ -324,9 +320,10 @@ func releaseCommand() *command {
 		name:     "release",
 		synopsis: "[flags] LEASE_ID",
 		summary:  "end a lease",
-		help: `Releases the lease. Releasing a lease that is not active (unknown, already
-released, expired) is harmless: it prints so and exits 0. Only the uid that
-took the lease, or root, may release it.`,
+		help: `Releases the lease. A lease that is not active (unknown, already released,
+expired) is left alone, but klockctl says so on stderr ({"released": false}
+on stdout with --json) and exits 1, so that a script notices a mistyped
+id. Only the uid that took the lease, or root, may release it.`,
 		run: func(a *app, _ *flag.FlagSet, args []string) error {
 			if len(args) != 1 {
 				return usagef("release", "want exactly one LEASE_ID")
@@ -336,11 +333,15 @@ took the lease, or root, may release it.`,
 				if err != nil {
 					return err
 				}
-				text := oneLine(args[0]) + " was not active (unknown, released or expired)"
 				if ok {
-					text = "released " + args[0]
+					return a.writeAnswer("released", ok, "released "+args[0])
 				}
-				return a.writeAnswer("released", ok, text)
+				if a.json {
+					if err := writeJSON(a.stdout, map[string]any{"released": false}); err != nil {
+						return err
+					}
+				}
+				return &exitStatus{code: exitFailed, msg: oneLine(args[0]) + " was not active (unknown, released or expired)"}
 			})
 		},
 	}

@@ -50,9 +50,9 @@ func runCommand() *command {
 		summary:      "hold leases while a command runs (flock for agents)",
 		takesCommand: true,
 		help: `Takes a lease on every RESOURCE atomically (all or none), waiting as long as
---wait allows, runs COMMAND with stdin, stdout and stderr attached, renews
-the leases every ttl/3 while it runs, releases them when it exits, and
-exits with its exit code (128+N when a signal N killed it). Exit 1 when
+--wait allows (default forever; 0 = answer at once), runs COMMAND with
+stdin, stdout and stderr attached, renews the leases every ttl/3 while it
+runs, releases them when it exits, and exits with its exit code (128+N when a signal N killed it). Exit 1 when
 the leases were not granted (the denial is one line on stderr, or its map
 on stdout with --json), 3 when klockd is unreachable, 126/127 when COMMAND
 cannot be started.
@@ -70,7 +70,10 @@ SIGQUIT sent to klockctl are forwarded to it.
 Without --agent (or $KLOCK_AGENT), run registers a fresh agent
 klockctl-$USER-$PID and unregisters it at the end; concurrent runs are then
 ordered by Wait-Die: the older run waits, the younger retries after the
-suggested delay. The default session is $KLOCK_SESSION, else run-$PID.
+suggested delay. A named agent that is not registered yet is registered
+without a priority (klockd assigns its registration time) and klockctl says
+so on stderr; a registered one is left as it is. The default session is
+$KLOCK_SESSION, else run-$PID.
 
 If a lease is lost while the command runs (renewal failed: the daemon was
 down longer than the ttl, or an operator revoked it), klockctl says so on
@@ -82,11 +85,14 @@ the leases expire after their ttl.`,
 				"hold the leases as agent `ID` (default $KLOCK_AGENT, else a fresh klockctl-$USER-$PID)",
 				"in session `ID` (default $KLOCK_SESSION, else run-$PID)",
 				30*time.Second)
-			wait = durationFlag(fs, "wait", 0, "give up when not granted within this long (0: wait as long as it takes)")
+			wait = waitFlag(fs, waitForever)
 			killAfter = durationFlag(fs, "kill-after", 10*time.Second,
 				"when a lease is lost, SIGKILL the command this long after SIGTERM")
 		},
-		run: func(a *app, _ *flag.FlagSet, args []string) error {
+		run: func(a *app, fs *flag.FlagSet, args []string) error {
+			if err := h.checkAgent("run", fs); err != nil {
+				return err
+			}
 			return a.run(&h, *wait, *killAfter, args)
 		},
 	}
@@ -127,13 +133,8 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigc)
 
-	waitCtx, stopWaiting := context.WithCancel(context.Background())
+	waitCtx, stopWaiting := waitContext(context.Background(), 0, wait)
 	defer stopWaiting()
-	if wait > 0 {
-		var cancel context.CancelFunc
-		waitCtx, cancel = context.WithTimeout(waitCtx, wait)
-		defer cancel()
-	}
 	var interrupted os.Signal // written by the watcher, read after watchDone
 	stopWatch := make(chan struct{})
 	watchDone := make(chan struct{})
@@ -147,7 +148,7 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 		}
 	}()
 
-	c, lease, err := a.acquireForRun(waitCtx, agent, session, intents, *h.ttl, wait)
+	c, lease, err := a.acquireForRun(waitCtx, agent, ownAgent, session, intents, *h.ttl, wait)
 	close(stopWatch)
 	<-watchDone
 	if interrupted != nil {
@@ -171,36 +172,30 @@ func (a *app) run(h *holderFlags, wait, killAfter time.Duration, resources []str
 	return &exitStatus{code: code}
 }
 
-// acquireForRun dials (reconnecting), registers the agent and takes the
-// leases with the blocking, self-renewing Acquire. On error it has closed
-// what it opened, except that the client is returned when only the wait
-// was cut short, for cleanupRun.
-func (a *app) acquireForRun(ctx context.Context, agent, session string,
+// acquireForRun dials (reconnecting) and takes the leases with the
+// blocking, self-renewing Acquire: at once with wait 0, else for up to
+// wait (ctx's deadline) or without limit. Its own fresh agent is
+// registered first; a named one only if it is not registered yet, saying
+// so. On error it has closed what it opened, except that the client is
+// returned when only the wait was cut short, for cleanupRun.
+func (a *app) acquireForRun(ctx context.Context, agent string, ownAgent bool, session string,
 	intents []clientlib.Intent, ttl, wait time.Duration) (*clientlib.Client, *clientlib.Lease, error) {
 	c, err := a.dial(ctx, true)
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := c.Register(ctx, agent, nil); err != nil {
-		c.Close()
-		return nil, nil, err
+	if ownAgent {
+		if _, err := c.Register(ctx, agent, nil); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
 	}
-	lease, err := c.Acquire(ctx, clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: ttl})
+	req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: ttl, NoWait: wait == 0}
+	lease, err := a.acquireRegistering(ctx, c, req)
 	if err == nil {
 		return c, lease, nil
 	}
-	var de *clientlib.DenialError
-	if errors.As(err, &de) {
-		d := denialJSON{Reason: string(de.Reason), HeldBy: de.HeldBy, HeldPath: de.HeldPath, Message: de.Message}
-		if ctx.Err() != nil {
-			return c, nil, a.reportDenialLine(d, fmt.Sprintf("not granted within %s: ", wait))
-		}
-		return c, nil, a.reportDenialLine(d, "")
-	}
-	if ctx.Err() != nil {
-		return c, nil, fmt.Errorf("not granted within %s: %v", wait, err)
-	}
-	return c, nil, err
+	return c, nil, a.acquireFailure(err, ctx, wait)
 }
 
 // reportDenialLine is reportDenial with a prefix on the stderr line.
