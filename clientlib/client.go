@@ -235,6 +235,9 @@ func (c *Client) roundTrip(ctx context.Context, op string, args *protocol.Args) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if err := checkArgs(args); err != nil {
+		return nil, err
+	}
 	cl := getCall()
 	cl.id = c.nextID.Add(1)
 	cl.acquire = op == protocol.OpAcquire || op == protocol.OpAcquireMany

@@ -349,7 +349,7 @@ func TestLargePipelinedVolume(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 3 {
-				prefix := fmt.Sprintf("%d/%d/", g, i) + strings.Repeat("p", 8<<10)
+				prefix := fmt.Sprintf("%d/%d/", g, i) + strings.Repeat("p", 4<<10) // within resource_prefix's 4128 bytes
 				leases, _, err := c.ListLeases(ctx, LeaseFilter{Prefix: prefix})
 				if err != nil || len(leases) != 1 || leases[0].Resource != prefix {
 					t.Errorf("ListLeases = %d leases, %v; want its own prefix echoed", len(leases), err)
@@ -374,9 +374,9 @@ func TestOversizeRequestRefusedLocally(t *testing.T) {
 	if _, err := c.Hello(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.EndSession(ctx, "a", strings.Repeat("s", 2000))
+	_, _, err := c.ListLeases(ctx, LeaseFilter{Prefix: strings.Repeat("p", 2000)})
 	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "max_frame is 1000") {
-		t.Fatalf("EndSession with a 2000-byte session = %v; want INVALID_ARGUMENT naming max_frame", err)
+		t.Fatalf("ListLeases with a 2000-byte prefix = %v; want INVALID_ARGUMENT naming max_frame", err)
 	}
 	if n, err := c.EndSession(ctx, "a", "ok"); err != nil || n != 2 {
 		t.Fatalf("EndSession after = %d, %v; want the connection still serving", n, err)
@@ -385,6 +385,48 @@ func TestOversizeRequestRefusedLocally(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.conns) != 1 {
 		t.Errorf("%d connections; want the first one kept", len(f.conns))
+	}
+}
+
+// TestArgumentLimitsCheckedLocally: an argument over its limit is refused
+// before anything is sent, naming the argument and its limit (the frame
+// limit would otherwise be what a 1 MB path reports).
+func TestArgumentLimitsCheckedLocally(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	big := "/" + strings.Repeat("p", 1<<20)
+	for _, tc := range []struct {
+		call func() error
+		want string
+	}{
+		{func() error {
+			_, err := c.AcquireLease(ctx, "a", "s", "SYMBOL", big, "MUTATES", time.Minute)
+			return err
+		},
+			"klock: resource_path is 1048577 bytes; at most 4096 are allowed"},
+		{func() error {
+			_, err := c.AcquireLease(ctx, strings.Repeat("a", 300), "s", "FILE", "/x", "MUTATES", time.Minute)
+			return err
+		},
+			"klock: agent_id is 300 bytes; at most 256 are allowed"},
+		{func() error { _, err := c.ReleaseLease(ctx, "id\x00"); return err },
+			"klock: lease_id contains control character 0x00 at byte 2; control characters are not allowed"},
+		{func() error {
+			_, err := c.AcquireMany(ctx, AcquireRequest{AgentID: "a", SessionID: "s", TTL: time.Second,
+				Intents: []Intent{{ResourceType: "SYMBOL", ResourcePath: "ok", Predicate: "MUTATES"},
+					{ResourceType: "SYMBOL", ResourcePath: "bad\u0085", Predicate: "MUTATES"}}})
+			return err
+		}, "klock: intents[1].resource_path contains control character U+0085; control characters are not allowed"},
+	} {
+		err := tc.call()
+		var e *Error
+		if !errors.As(err, &e) || e.Code != protocol.CodeInvalidArgument || e.Message != tc.want {
+			t.Errorf("err = %v; want INVALID_ARGUMENT %q", err, tc.want)
+		}
+	}
+	if n := f.count(protocol.OpAcquire) + f.count(protocol.OpAcquireMany) + f.count(protocol.OpRelease); n != 0 {
+		t.Errorf("the daemon received %d of those requests; want none sent", n)
 	}
 }
 

@@ -3,21 +3,20 @@ package engine
 import (
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/klockd/klock/protocol"
 )
 
-// Limits on arguments, from protocol/README.md "Vocabulary".
+// Limits on arguments: protocol's, which the Go client checks too.
 const (
-	MaxIDLen     = 256   // agent_id, session_id, lease_id: bytes
-	MaxPathLen   = 4096  // resource_path: bytes
-	MaxPathDepth = 64    // resource_path: '/' separators (each ends a subtree key above the path)
-	MaxIdemLen   = 64    // idem: bytes
-	MaxIntents   = 64    // intents per acquire_many
-	DefaultLimit = 1000  // list limit when 0
-	MaxLimit     = 10000 // largest list limit
-	maxPrefixLen = MaxPathLen + 32
+	MaxIDLen     = protocol.MaxIDLen
+	MaxPathLen   = protocol.MaxPathLen
+	MaxPathDepth = 64 // resource_path: '/' separators (each ends a subtree key above the path)
+	MaxIdemLen   = protocol.MaxIdemLen
+	MaxIntents   = protocol.MaxIntents
+	DefaultLimit = protocol.DefaultLimit
+	MaxLimit     = protocol.MaxLimit
+	maxPrefixLen = protocol.MaxPrefixLen
 )
 
 func errorf(code protocol.Code, format string, args ...any) *Error {
@@ -43,34 +42,11 @@ func limitReached(what string, limit int, remedy, flag string) *Error {
 }
 
 // checkText checks a string argument: 1..max bytes of UTF-8 without NUL or
-// other control characters.
+// other control characters (protocol.CheckText, so that the Go client's
+// own check says the same).
 func checkText(name, s string, max int) *Error {
-	if len(s) == 0 {
-		return invalidf("klock: %s is required (1..%d bytes)", name, max)
-	}
-	if len(s) > max {
-		return invalidf("klock: %s is %d bytes; at most %d are allowed", name, len(s), max)
-	}
-	for i := 0; i < len(s); i++ {
-		if b := s[i]; b < 0x20 || b == 0x7f {
-			return invalidf("klock: %s contains control character 0x%02x at byte %d; control characters are not allowed", name, b, i)
-		}
-		if s[i] >= utf8.RuneSelf {
-			if !utf8.ValidString(s[i:]) {
-				return invalidf("klock: %s is not valid UTF-8", name)
-			}
-			return checkControlRunes(name, s[i:])
-		}
-	}
-	return nil
-}
-
-// checkControlRunes rejects C1 control characters (U+0080..U+009F).
-func checkControlRunes(name, s string) *Error {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) {
-			return invalidf("klock: %s contains control character %U; control characters are not allowed", name, r)
-		}
+	if msg := protocol.CheckText(name, s, max); msg != "" {
+		return &Error{Code: protocol.CodeInvalidArgument, Message: msg}
 	}
 	return nil
 }

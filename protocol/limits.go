@@ -1,0 +1,53 @@
+package protocol
+
+import (
+	"fmt"
+	"unicode/utf8"
+)
+
+// Limits on arguments (protocol/README.md "Vocabulary" and "More limits"),
+// shared by the daemon, which enforces them, and the Go client, which
+// checks them before sending so that a caller hears of the argument it got
+// wrong, with the daemon's own words, rather than of a frame too large.
+const (
+	MaxIDLen     = 256             // agent_id, session_id, lease_id: bytes
+	MaxPathLen   = 4096            // resource_path, client_path: bytes
+	MaxIdemLen   = 64              // idem: bytes
+	MaxPrefixLen = MaxPathLen + 32 // resource_prefix: a type name, ':' and a path
+	DefaultLimit = 1000            // list_leases and list_agents limit when 0
+	MaxLimit     = 10000           // the largest list limit
+)
+
+// CheckText returns the INVALID_ARGUMENT message for the string argument
+// name when s is not 1..max bytes of UTF-8 free of control characters
+// (Unicode category Cc: C0, DEL and C1), or "" when s is fine.
+func CheckText(name, s string, max int) string {
+	if len(s) == 0 {
+		return fmt.Sprintf("klock: %s is required (1..%d bytes)", name, max)
+	}
+	if len(s) > max {
+		return fmt.Sprintf("klock: %s is %d bytes; at most %d are allowed", name, len(s), max)
+	}
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b < 0x20 || b == 0x7f {
+			return fmt.Sprintf("klock: %s contains control character 0x%02x at byte %d; control characters are not allowed", name, b, i)
+		}
+		if s[i] >= utf8.RuneSelf {
+			if !utf8.ValidString(s[i:]) {
+				return fmt.Sprintf("klock: %s is not valid UTF-8", name)
+			}
+			return checkControlRunes(name, s[i:])
+		}
+	}
+	return ""
+}
+
+// checkControlRunes finds C1 control characters (U+0080..U+009F).
+func checkControlRunes(name, s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) {
+			return fmt.Sprintf("klock: %s contains control character %U; control characters are not allowed", name, r)
+		}
+	}
+	return ""
+}
