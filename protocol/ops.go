@@ -32,18 +32,13 @@ var Ops = []string{
 	OpExplain, OpWatch, OpUnwatch, OpListWaiters,
 }
 
-// AdminOp reports whether op needs root or the daemon's own uid.
-func AdminOp(op string) bool {
-	return op == OpRevoke || op == OpFreeze || op == OpThaw
-}
-
 // opArgs lists the arguments each operation takes. Any other key in its
 // args is, for that op, an unknown key: ignored whatever its value.
 var opArgs = map[string]Arg{
 	OpHello:            ArgClient,
 	OpRegisterAgent:    ArgAgentID | ArgPriority,
 	OpUnregisterAgent:  ArgAgentID,
-	OpAcquire:          ArgAgentID | ArgSessionID | ArgResourceType | ArgResourcePath | ArgPredicate | ArgTTL | ArgWaitTimeout | ArgIdem | ArgBind,
+	OpAcquire:          ArgAgentID | ArgSessionID | ArgResourceType | ArgResourcePath | ArgPredicate | ArgTTL | ArgWaitTimeout | ArgIdem | ArgBind | ArgClientPath,
 	OpAcquireMany:      ArgAgentID | ArgSessionID | ArgTTL | ArgWaitTimeout | ArgIdem | ArgIntents | ArgBind,
 	OpRelease:          ArgLeaseID,
 	OpHeartbeat:        ArgLeaseID | ArgTTL,
@@ -60,12 +55,6 @@ var opArgs = map[string]Arg{
 	OpWatch:            ArgAgentID | ArgResourcePrefix,
 	OpUnwatch:          ArgWatchID,
 	OpListWaiters:      ArgLimit,
-}
-
-// KnownOp reports whether op names an operation.
-func KnownOp(op string) bool {
-	_, ok := opArgs[op]
-	return ok
 }
 
 // OpArgs returns the arguments op takes (0 for an unknown op).

@@ -190,14 +190,29 @@ func TestRecoveryRefusesMidLogDamage(t *testing.T) {
 // quietLog discards the store's log lines in offline setup.
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// openEngine opens dir with the store package, recovers its state into a
+// journaling engine and starts the store's background work, as the daemon
+// does at start.
+func openEngine(tb testing.TB, dir string, opts store.Options) (*engine.Engine, *store.Store) {
+	tb.Helper()
+	st, err := store.Open(dir, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	eng := engine.New(engine.Config{Journal: true})
+	if _, err := st.Recover(eng); err != nil {
+		st.Close()
+		tb.Fatal(err)
+	}
+	st.Start()
+	return eng, st
+}
+
 // compactOffline makes a snapshot of dir's state with the store package,
 // as the daemon does when its log grows.
 func compactOffline(t testing.TB, dir string) {
 	t.Helper()
-	_, st, _, err := store.OpenEngine(dir, store.Options{Logger: quietLog}, engine.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, st := openEngine(t, dir, store.Options{Logger: quietLog})
 	if err := st.Compact(); err != nil {
 		t.Fatal(err)
 	}
@@ -255,10 +270,7 @@ func TestSecondDaemonRefusesStateDir(t *testing.T) {
 func build100k(b *testing.B, snapshot bool) string {
 	b.Helper()
 	dir := b.TempDir()
-	eng, st, _, err := store.OpenEngine(dir, store.Options{Fsync: store.FsyncNever, CompactMinBytes: -1, Logger: quietLog}, engine.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	eng, st := openEngine(b, dir, store.Options{Fsync: store.FsyncNever, CompactMinBytes: -1, Logger: quietLog})
 	now := time.Now().UnixMilli()
 	root := engine.Caller{}
 	for a := range 100 {

@@ -65,8 +65,3 @@ func (cs closers) Close() error {
 	}
 	return first
 }
-
-// nopCloser is an io.Closer with nothing to close.
-type nopCloser struct{}
-
-func (nopCloser) Close() error { return nil }

@@ -95,12 +95,11 @@ const engineListPage = 1000
 // holderFlags are the flags naming who takes a lease, shared by acquire and run.
 type holderFlags struct {
 	agent, session, predicate string
-	ttl, wait                 *time.Duration
+	ttl                       *time.Duration
 }
 
 // define defines --agent, --session, --predicate and --ttl on fs; the
-// callers define --wait themselves, since its zero value means different
-// things to them.
+// callers define --wait (waitFlag) with their own default.
 func (h *holderFlags) define(fs *flag.FlagSet, agentHelp, sessionHelp string, ttl time.Duration) {
 	fs.StringVar(&h.agent, "agent", "", agentHelp)
 	fs.StringVar(&h.session, "session", "", sessionHelp)

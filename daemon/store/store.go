@@ -338,23 +338,3 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
-
-// OpenEngine opens, recovers and starts dir in one step: it locks the
-// directory, makes an engine from ecfg (with Journal set), recovers its
-// state, starts the background work and returns both. On error nothing stays open. Close the store
-// after the server has stopped calling Append.
-func OpenEngine(dir string, opts Options, ecfg engine.Config) (*engine.Engine, *Store, RecoveryInfo, error) {
-	s, err := Open(dir, opts)
-	if err != nil {
-		return nil, nil, RecoveryInfo{}, err
-	}
-	ecfg.Journal = true
-	eng := engine.New(ecfg)
-	info, err := s.Recover(eng)
-	if err != nil {
-		s.Close()
-		return nil, nil, info, err
-	}
-	s.Start()
-	return eng, s, info, nil
-}
