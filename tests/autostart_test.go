@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,14 +56,17 @@ func seedExample(t *testing.T) string {
 	return seedBin
 }
 
-// newUserShell creates (if needed) the user name and a shell for it with
-// the given programs on its PATH ("klockd", "klockctl", "seedexample").
-// When the test ends, every klockd the user runs is stopped and its
-// per-user socket directories are removed.
+// newUserShell creates (if needed) a user for this test process, named
+// name-PID, and a shell for it with the given programs on its PATH
+// ("klockd", "klockctl", "seedexample"). The pid keeps two test runs on
+// one machine (a lander's full run and a focused one) from sharing a user,
+// whose daemons and socket directories each run stops and removes. When
+// the test ends, every klockd the user runs is stopped and its per-user
+// socket directories are removed.
 func newUserShell(t *testing.T, name string, programs ...string) *userShell {
 	t.Helper()
 	requireRoot(t)
-	u := ensureUser(t, name)
+	u := ensureUser(t, fmt.Sprintf("%s-%d", name, os.Getpid()))
 	dir := publicDir(t)
 	sh := &userShell{u: u, bin: filepath.Join(dir, "bin"), home: filepath.Join(dir, "home")}
 	for _, d := range []string{sh.bin, sh.home} {
@@ -172,7 +176,7 @@ func startedLines(stderr string) int { return strings.Count(stderr, "klock: star
 // daemon running, twice: the first run starts one daemon and says so on
 // stderr, the second uses it; one daemon runs afterwards.
 func TestAutostartSeedExample(t *testing.T) {
-	sh := newUserShell(t, "klocktest-as1", "klockd", "klockctl", "seedexample")
+	sh := newUserShell(t, "klkas1", "klockd", "klockctl", "seedexample")
 	want := "Senior: success=true resource=FILE:/src/auth.ts\n" +
 		"Junior: success=false reason=DIE held_by=agent-senior\n" +
 		"Junior (other file): success=true resource=FILE:/src/utils.ts\n" +
@@ -206,7 +210,7 @@ func TestAutostartSeedExample(t *testing.T) {
 // TestAutostartConcurrentFirstUse starts several clients at once with no
 // daemon running: they end with one daemon, started by one of them.
 func TestAutostartConcurrentFirstUse(t *testing.T) {
-	sh := newUserShell(t, "klocktest-as2", "klockd", "klockctl")
+	sh := newUserShell(t, "klkas2", "klockd", "klockctl")
 	const n = 4
 	procs := make([]*kcProc, n)
 	for i := range procs {
@@ -235,7 +239,7 @@ func TestAutostartConcurrentFirstUse(t *testing.T) {
 // named socket never start klockd; without klockd to start, the error says
 // where to get it.
 func TestAutostartOptOut(t *testing.T) {
-	sh := newUserShell(t, "klocktest-as3", "klockd", "klockctl")
+	sh := newUserShell(t, "klkas3", "klockd", "klockctl")
 	for _, tc := range []struct {
 		env  []string
 		want string
@@ -253,7 +257,7 @@ func TestAutostartOptOut(t *testing.T) {
 		}
 	}
 
-	bare := newUserShell(t, "klocktest-as3", "klockctl") // klockd neither on PATH nor beside klockctl
+	bare := newUserShell(t, "klkas3", "klockctl") // klockd neither on PATH nor beside klockctl
 	r := bare.run(t, nil, "klockctl", "status")
 	if r.code != 3 || !strings.Contains(r.stderr, "go install github.com/klockd/klock/cmd/klockd@latest") {
 		t.Errorf("klockctl status without klockd: exit %d, stderr %q; want exit 3 and where to get klockd", r.code, r.stderr)
@@ -265,7 +269,7 @@ func TestAutostartOptOut(t *testing.T) {
 // the daemon was started while the user had a login session
 // (/run/user/$UID exists) or not.
 func TestSocketSameForSuShells(t *testing.T) {
-	sh := newUserShell(t, "klocktest-as4", "klockd", "klockctl")
+	sh := newUserShell(t, "klkas4", "klockd", "klockctl")
 	uid := strconv.Itoa(int(sh.u.uid))
 	runtimeDir := "/run/user/" + uid
 	desktop := []string{"XDG_RUNTIME_DIR=" + runtimeDir}
@@ -312,7 +316,7 @@ func TestSocketSameForSuShells(t *testing.T) {
 // the system daemon when it may connect to it, and starts its own when it
 // may not.
 func TestSystemDaemonBeforeAutostart(t *testing.T) {
-	sh := newUserShell(t, "klocktest-as5", "klockd", "klockctl")
+	sh := newUserShell(t, "klkas5", "klockd", "klockctl")
 	if _, err := os.Stat(protocol.SystemSocket); err == nil {
 		t.Skipf("%s exists (a system klockd runs here); this test needs to own it", protocol.SystemSocket)
 	}
