@@ -5,7 +5,7 @@ import "github.com/klockd/klock/protocol"
 // EventKind says what an Event reports.
 type EventKind uint8
 
-// The event kinds, with their wire names (PROTOCOL.md "watch").
+// The event kinds, with their wire names (protocol/README.md "watch").
 const (
 	EvGrant   EventKind = iota + 1 // a lease was granted (one event per lease)
 	EvRelease                      // a lease was released (release, or end_session)
