@@ -112,6 +112,12 @@ func TestWorktreesShareKeys(t *testing.T) {
 		t.Errorf("leases table = %s; want the key followed by (as %s/src/auth.ts)", r.stdout, p["wt-a"])
 	}
 
+	// klockctl resolve says the same without a daemon.
+	if r := kcIn(t, nil, p["wt-a"], "resolve", "--json", "src/auth.ts"); r.code != 0 ||
+		!strings.Contains(r.stdout, `"key": "`+key+`"`) || !strings.Contains(r.stdout, `"client_path": "`+p["wt-a"]+`/src/auth.ts"`) {
+		t.Errorf("klockctl resolve in wt-a = exit %d, %s %s; want key %s and the path as named", r.code, r.stdout, r.stderr, key)
+	}
+
 	// KLOCK_WORKTREES=separate: wt-b's file is its own key again.
 	cmd = kcCommand(t, d, []string{"KLOCK_WORKTREES=separate"}, "acquire", "--agent", "junior", "--json", "src/auth.ts")
 	cmd.Dir = p["wt-b"]

@@ -73,7 +73,7 @@ func commands() map[string]*command {
 		leasesCommand(), acquireCommand(), releaseCommand(), heartbeatCommand(), endSessionCommand(),
 		agentsCommand(),
 		revokeCommand(), freezeCommand(), thawCommand(),
-		runCommand(), versionCommand(),
+		runCommand(), versionCommand(), resolveCommand(),
 		hookCommand(), whyCommand(), mcpCommand(), guardCommand(), integrateCommand(),
 	}
 	m := make(map[string]*command, len(list))

@@ -18,6 +18,7 @@
 //	revoke LEASE_ID | freeze RESOURCE | thaw RESOURCE   (root or the daemon's uid)
 //	why [--agent A] [--session S] [--predicate P] RESOURCE   holders, queue and the verdict, explained
 //	run [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--kill-after D] RESOURCE... -- COMMAND [ARGS...]
+//	resolve [RESOURCE...]           keys of resources and where klockd is looked for (no daemon needed)
 //	version
 //	mcp [--agent A] [--priority N]       (MCP server on stdin/stdout: klock_acquire, klock_release, klock_status, klock_why)
 //	hook claude-code [--fail-closed] [--ttl D]    (Claude Code's PreToolUse and SessionEnd hook; JSON on stdin)
