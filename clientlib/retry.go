@@ -28,8 +28,8 @@ const (
 )
 
 // codeUnavailable is the code klockd answers a state change with while it
-// cannot make state durable (issue 12, the faults work).
-const codeUnavailable protocol.Code = "UNAVAILABLE"
+// cannot make state durable (protocol/README.md "A failing disk").
+const codeUnavailable = protocol.CodeUnavailable
 
 // verdictAction is what Acquire does with a denial's reason.
 func verdictAction(r protocol.Reason) retryAction {
