@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/user"
 	"strconv"
@@ -293,6 +294,68 @@ func (a *app) reportDenial(d denialJSON) error {
 		}
 	}
 	return &exitStatus{code: exitFailed, msg: denialText(d)}
+}
+
+// acquireWithin (the MCP server's klock_acquire) asks for req's intents
+// once, or, when wait > 0, until
+// granted or wait has passed: a WAIT verdict is queued in the daemon for the
+// time left; DIE, CONFLICT and RESOURCE_LOCKED are asked again after the
+// suggested wait_time plus jitter (as clientlib's Acquire does); only
+// SESSION_EXPIRED is final at once. It returns the grants, or the last
+// denial.
+func acquireWithin(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest, wait time.Duration) ([]grantJSON, *denialJSON, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		req.WaitTimeout = 0
+		if left := time.Until(deadline); wait > 0 && left >= time.Millisecond {
+			req.WaitTimeout = left.Truncate(time.Millisecond)
+		}
+		grants, denial, err := acquireOnce(ctx, c, req)
+		if err != nil || denial == nil {
+			return grants, nil, err
+		}
+		if wait == 0 || denial.Reason == string(protocol.ReasonSessionExpired) {
+			return nil, denial, nil
+		}
+		retry := time.Duration(rand.Int64N(int64(50 * time.Millisecond)))
+		if denial.Reason != string(protocol.ReasonWait) {
+			retry += max(time.Duration(denial.WaitTime)*time.Millisecond, 10*time.Millisecond)
+		}
+		if time.Until(deadline) < retry {
+			return nil, denial, nil
+		}
+		select {
+		case <-time.After(retry):
+		case <-ctx.Done():
+			return nil, denial, nil
+		}
+	}
+}
+
+// acquireOnce sends one acquire (one intent) or acquire_many (several).
+func acquireOnce(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest) ([]grantJSON, *denialJSON, error) {
+	if len(req.Intents) == 1 {
+		r, err := c.AcquireOnce(ctx, req)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !r.Success {
+			return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
+		}
+		return []grantJSON{toGrantJSON(r)}, nil, nil
+	}
+	r, err := c.AcquireMany(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !r.Success {
+		return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
+	}
+	gs := make([]grantJSON, len(r.Leases))
+	for i := range r.Leases {
+		gs[i] = toGrantJSON(&r.Leases[i])
+	}
+	return gs, nil, nil
 }
 
 // toGrantJSON converts clientlib's grant to the protocol's shape.
