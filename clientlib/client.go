@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -168,9 +167,9 @@ func (c *Client) newIdem() string {
 }
 
 // do sends one request and decodes its result into out (nil to ignore it).
-// A refusal from the daemon is an *Error. UNAVAILABLE is retried as
-// Options.UnavailableWait says: nothing was changed, so the same request is
-// sent again.
+// A refusal from the daemon is an *Error. UNAVAILABLE is retried as the
+// retry table's "one call" column and Options.UnavailableWait say: nothing
+// was changed, so the same request is sent again.
 func (c *Client) do(ctx context.Context, op string, args *protocol.Args, out any) error {
 	var retry unavailableRetry
 	for {
@@ -188,16 +187,17 @@ func (c *Client) do(ctx context.Context, op string, args *protocol.Args, out any
 		}
 		err = remoteError(cl.resp.Error)
 		putCall(cl)
-		if !errors.Is(err, ErrUnavailable) || !retry.again(ctx, c.opts.UnavailableWait) {
+		if callAction(codeOf(err)) != actBackoff || !retry.again(ctx, c.opts.UnavailableWait) {
 			return err
 		}
 	}
 }
 
-// unavailableRetry paces the retries of one call answered UNAVAILABLE.
+// unavailableRetry paces the retries of one call answered UNAVAILABLE: the
+// retry table's "retry with backoff", bounded by Options.UnavailableWait.
 type unavailableRetry struct {
 	start time.Time
-	delay time.Duration
+	wait  backoff
 }
 
 // again waits before the next try and reports whether to make it: not when
@@ -208,10 +208,9 @@ func (r *unavailableRetry) again(ctx context.Context, limit time.Duration) bool 
 		return false
 	}
 	if r.start.IsZero() {
-		r.start, r.delay = time.Now(), 50*time.Millisecond
+		r.start = time.Now()
 	}
-	d := jitter(r.delay)
-	r.delay = min(2*r.delay, time.Second)
+	d := r.wait.next()
 	until := time.Now().Add(d)
 	if limit > 0 && until.After(r.start.Add(limit)) {
 		return false

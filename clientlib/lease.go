@@ -150,7 +150,7 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 		maxWait = 0
 	}
 	resource := req.Intents[0].ResourceType + ":" + req.Intents[0].ResourcePath
-	backoff := 10 * time.Millisecond
+	var retry backoff
 	var last *AcquireResult // the last denial
 	for {
 		attempt := req
@@ -172,9 +172,8 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 		}
 		var delay time.Duration
 		switch {
-		case err != nil && !req.NoWait && (acquireAction(codeOf(err)) == actBackoff || acquireAction(codeOf(err)) == actResend):
-			delay = jitter(backoff)
-			backoff = min(2*backoff, time.Second)
+		case err != nil && !req.NoWait && acquireRetries(codeOf(err)):
+			delay = retry.next()
 		case err != nil && last != nil && ctx.Err() != nil:
 			return nil, denialError(resource, last, err)
 		case err != nil:

@@ -33,12 +33,12 @@ type Options struct {
 	NoReconnect bool
 	// MaxBackoff caps the delay between redial attempts; 0 means 2 s.
 	MaxBackoff time.Duration
-	// UnavailableWait bounds how long a call retries a request answered
-	// UNAVAILABLE (the daemon cannot make changes durable right now and
-	// changed nothing), with backoff from 50 ms up to 1 s, before it
-	// returns that error (errors.Is(err, ErrUnavailable)). The call's
-	// context bounds it too. 0 means as long as the context allows;
-	// negative means no retry.
+	// UnavailableWait bounds how long a call (Acquire too) retries a request
+	// answered UNAVAILABLE (the daemon cannot make changes durable right now
+	// and changed nothing), with the backoff of protocol/README.md "Retries"
+	// (10 ms doubling to 1 s, plus up to half), before it returns that error
+	// (errors.Is(err, ErrUnavailable)). The call's context bounds it too. 0
+	// means as long as the context allows; negative means no retry.
 	UnavailableWait time.Duration
 }
 

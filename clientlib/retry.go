@@ -2,6 +2,7 @@ package clientlib
 
 import (
 	"errors"
+	"time"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -74,6 +75,35 @@ func callAction(code protocol.Code) retryAction {
 		return actBackoff
 	}
 	return actFail
+}
+
+// acquireRetries reports whether Acquire asks again after an attempt that
+// ended with code. UNAVAILABLE is "retry with backoff" in every column, and
+// every call (Client.do) retries it already, within Options.UnavailableWait:
+// what reaches Acquire is final.
+func acquireRetries(code protocol.Code) bool {
+	a := acquireAction(code)
+	return (a == actBackoff || a == actResend) && callAction(code) != actBackoff
+}
+
+// The table's "retry with backoff": 10 ms, doubling to at most 1 s.
+const (
+	backoffFirst = 10 * time.Millisecond
+	backoffMax   = time.Second
+)
+
+// backoff paces one "retry with backoff": each next delay is the table's
+// step plus a random 0-50 % (jitter). The zero value starts at the first.
+type backoff struct{ step time.Duration }
+
+// next returns the delay before the next attempt.
+func (b *backoff) next() time.Duration {
+	if b.step == 0 {
+		b.step = backoffFirst
+	}
+	d := jitter(b.step)
+	b.step = min(2*b.step, backoffMax)
+	return d
 }
 
 // codeOf returns the protocol code of a remote error, or "".

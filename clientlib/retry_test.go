@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,18 +217,14 @@ func TestCallsFollowRetryTable(t *testing.T) {
 		if r.call == actResend {
 			continue // TestShuttingDownIsResent
 		}
-		if r.call == actBackoff {
-			// UNAVAILABLE: klockd does not send it yet; the faults work
-			// (issue 12) adds it and the one-call retry with it.
-			t.Logf("%s, one call: %q is not checked here yet", r.name, r.call)
-			continue
-		}
 		t.Run(r.name, func(t *testing.T) {
 			f := newFakeDaemon(t)
+			var answered atomic.Int64
 			f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
-				if req.Op != protocol.OpAcquire {
-					return false
+				if req.Op != protocol.OpAcquire || r.call == actBackoff && answered.Load() > 0 {
+					return false // a backoff row: the second attempt is granted
 				}
+				answered.Add(1)
 				if verdicts[r.name] {
 					reply(&protocol.Denial{Reason: protocol.Reason(r.name), WaitTime: 1, HeldBy: "other", Message: "m"}, nil)
 				} else {
@@ -236,6 +233,9 @@ func TestCallsFollowRetryTable(t *testing.T) {
 				return true
 			})
 			c := dialFake(t, f, Options{})
+			if err := c.RegisterAgent(testCtx(t), "a", 1); err != nil {
+				t.Fatal(err)
+			}
 			res, err := c.AcquireLease(testCtx(t), "a", "s", "FILE", "/x", "MUTATES", time.Minute)
 			asked := f.count(protocol.OpAcquire)
 			switch r.call {
@@ -247,9 +247,27 @@ func TestCallsFollowRetryTable(t *testing.T) {
 				if codeOf(err) != protocol.Code(r.name) || asked != 1 {
 					t.Fatalf("AcquireLease = %+v, %v after %d requests; want the %s error after one", res, err, asked, r.name)
 				}
+			case actBackoff:
+				if err != nil || !res.Success || asked != 2 {
+					t.Fatalf("AcquireLease = %+v, %v after %d requests; the table says %q: a grant at the second", res, err, asked, r.call)
+				}
 			default:
 				t.Fatalf("no check for the cell %q", r.call)
 			}
 		})
+	}
+}
+
+// TestBackoffFollowsTable: "retry with backoff" waits 10 ms, doubling to at
+// most 1 s per attempt, each plus a random 0-50 %, as the table's cell says.
+func TestBackoffFollowsTable(t *testing.T) {
+	var b backoff
+	step := 10 * time.Millisecond
+	for i := range 12 {
+		d := b.next()
+		if d < step || d > step+step/2 {
+			t.Fatalf("attempt %d waits %v; the table says %v plus 0-50 %%", i+1, d, step)
+		}
+		step = min(2*step, time.Second)
 	}
 }
