@@ -2,6 +2,7 @@ package clientlib
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -33,6 +34,11 @@ func checkArgs(a *protocol.Args) error {
 			return err
 		}
 	}
+	if a.Has(protocol.ArgResourcePath) && a.ResourcePath != "" {
+		if err := checkDepth("resource_path", a.ResourceType, a.ResourcePath); err != nil {
+			return err
+		}
+	}
 	if !a.Has(protocol.ArgIntents) {
 		return nil
 	}
@@ -41,7 +47,11 @@ func checkArgs(a *protocol.Args) error {
 			Message: fmt.Sprintf("klock: intents has %d entries; allowed 1..%d", n, protocol.MaxIntents)}
 	}
 	for i, in := range a.Intents {
-		if err := checkString(true, fmt.Sprintf("intents[%d].resource_path", i), in.ResourcePath, protocol.MaxPathLen); err != nil {
+		name := fmt.Sprintf("intents[%d].resource_path", i)
+		if err := checkString(true, name, in.ResourcePath, protocol.MaxPathLen); err != nil {
+			return err
+		}
+		if err := checkDepth(name, in.ResourceType, in.ResourcePath); err != nil {
 			return err
 		}
 		if err := checkString(true, fmt.Sprintf("intents[%d].client_path", i), in.ClientPath, protocol.MaxPathLen); err != nil {
@@ -57,6 +67,19 @@ func checkString(present bool, name, value string, max int) error {
 		return nil
 	}
 	if msg := protocol.CheckText(name, value, max); msg != "" {
+		return &Error{Code: protocol.CodeInvalidArgument, Message: msg}
+	}
+	return nil
+}
+
+// checkDepth checks a resource_path's levels as the daemon keys it: a FILE
+// path cleaned first (a relative one is left to the daemon, which refuses
+// it), any other type as given.
+func checkDepth(name, typ, p string) error {
+	if strings.EqualFold(typ, "FILE") && strings.HasPrefix(p, "/") {
+		p = protocol.CleanFilePath(p)
+	}
+	if msg := protocol.CheckDepth(name, p); msg != "" {
 		return &Error{Code: protocol.CodeInvalidArgument, Message: msg}
 	}
 	return nil

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -12,6 +13,7 @@ import (
 const (
 	MaxIDLen     = 256             // agent_id, session_id, lease_id: bytes
 	MaxPathLen   = 4096            // resource_path, client_path: bytes
+	MaxPathDepth = 64              // resource_path: '/' separators (each ends a subtree key above the path)
 	MaxIdemLen   = 64              // idem: bytes
 	MaxPrefixLen = MaxPathLen + 32 // resource_prefix: a type name, ':' and a path
 	DefaultLimit = 1000            // list_leases and list_agents limit when 0
@@ -48,6 +50,17 @@ func checkControlRunes(name, s string) string {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) {
 			return fmt.Sprintf("klock: %s contains control character %U; control characters are not allowed", name, r)
 		}
+	}
+	return ""
+}
+
+// CheckDepth returns the INVALID_ARGUMENT message for the resource_path
+// argument name when p, as keyed (a FILE path cleaned, CleanFilePath), has
+// more than MaxPathDepth levels, or "" when it has not. A trailing '/' (a
+// subtree key) is not a level.
+func CheckDepth(name, p string) string {
+	if n := strings.Count(strings.TrimSuffix(p, "/"), "/"); n > MaxPathDepth {
+		return fmt.Sprintf("klock: %s has %d levels (a '/' before each); at most %d are allowed", name, n, MaxPathDepth)
 	}
 	return ""
 }

@@ -32,12 +32,22 @@ func TestClientLimitsSayWhatTheDaemonSays(t *testing.T) {
 		{"a long agent id", strings.Repeat("a", protocol.MaxIDLen+1), "s", "/x"},
 		{"a control character", "a", "s\x1b[2J", "/x"},
 		{"a C1 control character", "a", "s", "/x\u009b"},
+		{"a path 65 levels deep", "a", "s", strings.Repeat("/d", protocol.MaxPathDepth+1)},
 	} {
-		_, err := c.AcquireLease(ctx, tc.agent, tc.session, "SYMBOL", tc.path, "MUTATES", time.Minute)
+		before, err := c.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.AcquireLease(ctx, tc.agent, tc.session, "SYMBOL", tc.path, "MUTATES", time.Minute)
 		var ce *clientlib.Error
 		if !errors.As(err, &ce) || ce.Code != protocol.CodeInvalidArgument {
 			t.Errorf("%s: clientlib = %v; want INVALID_ARGUMENT", tc.name, err)
 			continue
+		}
+		// Refused before sending: klockd answered nothing between the two
+		// stats calls but the first of them.
+		if after, err := c.Stats(ctx); err != nil || after.Ops != before.Ops+1 {
+			t.Errorf("%s: klockd answered %d requests while clientlib refused it (%v); want it refused in the client", tc.name, after.Ops-before.Ops-1, err)
 		}
 		if tc.name == "a 1 MB path" {
 			continue // the daemon cannot read it: the frame is over max_frame (BAD_FRAME), which is the point

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -11,7 +10,7 @@ import (
 const (
 	MaxIDLen     = protocol.MaxIDLen
 	MaxPathLen   = protocol.MaxPathLen
-	MaxPathDepth = 64 // resource_path: '/' separators (each ends a subtree key above the path)
+	MaxPathDepth = protocol.MaxPathDepth
 	MaxIdemLen   = protocol.MaxIdemLen
 	MaxIntents   = protocol.MaxIntents
 	DefaultLimit = protocol.DefaultLimit
@@ -124,8 +123,8 @@ func checkPath(field string, t ResourceType, p string) (string, *Error) {
 	// Every '/' but a trailing one ends a subtree key above the path, which
 	// klockd keeps a summary for while something is below it: the limit
 	// bounds what one key can cost.
-	if n := strings.Count(strings.TrimSuffix(p, "/"), "/"); n > MaxPathDepth {
-		return "", invalidf("klock: %sresource_path has %d levels (a '/' before each); at most %d are allowed", field, n, MaxPathDepth)
+	if msg := protocol.CheckDepth(field+"resource_path", p); msg != "" {
+		return "", &Error{Code: protocol.CodeInvalidArgument, Message: msg}
 	}
 	return p, nil
 }
