@@ -12,7 +12,7 @@ import (
 	"reflect"
 	"strings"
 
-	"github.com/klockd/klock/cmd/internal/buildpath"
+	"github.com/klockd/klock/cmd/internal/installable"
 )
 
 // The integrate command writes the configuration that makes an agent use
@@ -32,17 +32,19 @@ func integrateCommand() *command {
 		synopsis: "[flags] claude-code | git",
 		summary:  "wire klock into Claude Code (MCP + hooks) or into git (pre-commit guard)",
 		help: `"integrate claude-code" merges into DIR/.mcp.json an mcpServers.klock entry
-running "klockctl mcp", and into DIR/.claude/settings.json a PreToolUse hook
-for Edit|Write|MultiEdit|NotebookEdit and a SessionEnd hook, both running
-"klockctl hook claude-code". Everything else in those files is kept; running
-it again changes nothing; --dry-run prints what it would write instead.
+running "klockctl mcp", and into DIR/.claude/settings.json a SessionStart
+hook, a PreToolUse hook for Edit|Write|MultiEdit|NotebookEdit and a
+SessionEnd hook, all running "klockctl hook claude-code". Everything else in
+those files is kept; running it again changes nothing; --dry-run prints
+what it would write instead.
 
 "integrate git" installs DIR's .git/hooks/pre-commit running "klockctl
 guard". An existing pre-commit hook is kept and run first: it is renamed
 pre-commit.klock-chained and called by the new hook.
 
 Both write the absolute path of the klockctl that runs them, and warn when
-that path is temporary (a "go run" build, or under /tmp).`,
+that path will not last (a "go run" build, Go's build cache, or a
+temporary directory).`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&dir, "dir", "", "the project directory `DIR` (default: the current directory)")
 			fs.BoolVar(&dryRun, "dry-run", false, "print what would change, change nothing")
@@ -79,9 +81,9 @@ func (a *app) selfPath() (string, error) {
 	if resolved, err := filepath.EvalSymlinks(exe); err == nil {
 		exe = resolved
 	}
-	if why, tmp := buildpath.Temporary(exe); tmp {
-		fmt.Fprintf(a.stderr, "klockctl: warning: writing %s, but %s; install klockctl "+
-			"(go build -o ~/.local/bin/ ./cmd/klockctl) and run integrate again from there\n", exe, why)
+	if err := installable.Check(exe); err != nil {
+		fmt.Fprintf(a.stderr, "klockctl: warning: %v, and what integrate writes runs it; %s\n",
+			err, installable.Advice("klockctl"))
 	}
 	return exe, nil
 }
@@ -115,6 +117,12 @@ func (a *app) integrateClaudeCode(dir, exe string, dryRun bool) error {
 	return a.mergeJSON(settingsPath, dryRun, func(doc map[string]any) error {
 		hooks, err := objectAt(doc, "hooks", settingsPath)
 		if err != nil {
+			return err
+		}
+		// SessionStart (every source: a new, resumed, cleared, compacted or
+		// forked session) exports the session's agent to its Bash commands,
+		// for the guard; it writes a file and needs no klockd.
+		if err := setKlockHook(hooks, "SessionStart", "", hook, 5, settingsPath); err != nil {
 			return err
 		}
 		// SessionEnd hooks share a 1.5 s budget unless a hook's timeout
