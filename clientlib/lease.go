@@ -126,20 +126,42 @@ func (l *Lease) lose(err error) {
 // returned, never doubled. It fails with a *DenialError for SESSION_EXPIRED,
 // when ctx ends while denied (matching ctx's error with errors.Is), or at
 // the first denial when req.NoWait is set; and with an *Error for a request
-// the daemon refuses.
+// the daemon refuses (when ctx ends while a refusal is being retried, with
+// that *Error, matching ctx's error too).
 //
 // The keep-alive follows the table's "keep-alive" column: a renewal that
 // gets NOT_FOUND (or any error the table marks lost) loses the lease at
 // once; RESOURCE_EXHAUSTED, UNAVAILABLE and INTERNAL are retried until just
 // before the lease would expire.
 func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error) {
-	if len(req.Intents) == 0 {
-		return nil, &Error{Code: protocol.CodeInvalidArgument, Message: "Acquire needs at least 1 intent"}
-	}
 	// A key of the caller's may return a lease granted before this call,
 	// with less time left than a new one: renew it at once.
 	old := req.Idem != ""
-	if !old {
+	grants, start, err := c.acquire(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return c.keep(grants, req.TTL, start, old), nil
+}
+
+// AcquireGrants asks for req's intents exactly as Acquire does (the
+// "blocking acquire" column of the retry table; one attempt with
+// req.NoWait) and returns the grants, one per intent, but does not keep
+// them alive: they last their TTL unless the caller renews them
+// (Heartbeat) or releases them (ReleaseLease). For a program that renews
+// leases on its own schedule, or hands them to another process.
+func (c *Client) AcquireGrants(ctx context.Context, req AcquireRequest) ([]AcquireResult, error) {
+	grants, _, err := c.acquire(ctx, req)
+	return grants, err
+}
+
+// acquire is Acquire up to the grant: it returns the grants and when the
+// request that got them was sent.
+func (c *Client) acquire(ctx context.Context, req AcquireRequest) ([]AcquireResult, time.Time, error) {
+	if len(req.Intents) == 0 {
+		return nil, time.Time{}, &Error{Code: protocol.CodeInvalidArgument, Message: "Acquire needs at least 1 intent"}
+	}
+	if req.Idem == "" {
 		req.Idem = c.newIdem()
 	}
 	maxWait := req.WaitTimeout
@@ -162,7 +184,7 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 			// Too little time is left for another answer to arrive before
 			// ctx ends: report the last denial when it does.
 			<-ctx.Done()
-			return nil, denialError(resource, last, ctx.Err())
+			return nil, time.Time{}, denialError(resource, last, ctx.Err())
 		}
 		attempt.WaitTimeout = wait
 		start := time.Now()
@@ -175,23 +197,28 @@ func (c *Client) Acquire(ctx context.Context, req AcquireRequest) (*Lease, error
 		case err != nil && !req.NoWait && acquireRetries(codeOf(err)):
 			delay = retry.next()
 		case err != nil && last != nil && ctx.Err() != nil:
-			return nil, denialError(resource, last, err)
+			return nil, time.Time{}, denialError(resource, last, err)
 		case err != nil:
-			return nil, err
+			return nil, time.Time{}, err
 		case grants != nil:
-			return c.keep(grants, req.TTL, start, old), nil
+			return grants, start, nil
 		case req.NoWait || verdictAction(protocol.Reason(denial.Reason)) == actFail:
-			return nil, denialError(resource, denial, nil)
+			return nil, time.Time{}, denialError(resource, denial, nil)
 		case verdictAction(protocol.Reason(denial.Reason)) == actWaitAgain && attempt.WaitTimeout > 0 && time.Since(start) >= attempt.WaitTimeout:
 			delay = 0 // the daemon's wait ran out; wait again
 		default:
 			delay = jitter(max(denial.WaitTime, time.Millisecond))
 		}
-		if err := sleep(ctx, delay); err != nil {
-			if last == nil {
-				return nil, err
+		if serr := sleep(ctx, delay); serr != nil {
+			switch {
+			case last != nil:
+				return nil, time.Time{}, denialError(resource, last, serr)
+			case err != nil:
+				// The caller's deadline came while retrying a refusal:
+				// report both.
+				return nil, time.Time{}, fmt.Errorf("%w; gave up retrying: %w", err, serr)
 			}
-			return nil, denialError(resource, last, err)
+			return nil, time.Time{}, serr
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package clientlib
 
 import (
+	"context"
 	"errors"
 	"os"
 	"strings"
@@ -101,15 +102,26 @@ func TestRetryPolicyMatchesTable(t *testing.T) {
 	}
 }
 
-// TestAcquireFollowsRetryTable drives Acquire against a daemon that answers
-// the first attempt with each row's verdict or code, and checks what the
-// Client did: asked again (and was granted) or ended with that answer.
+// TestAcquireFollowsRetryTable drives Acquire (and AcquireGrants, which
+// asks the same way) against a daemon that answers the first attempt with
+// each row's verdict or code, and checks what the Client did: asked again
+// (and was granted) or ended with that answer.
 func TestAcquireFollowsRetryTable(t *testing.T) {
+	for _, grantsOnly := range []bool{false, true} {
+		testAcquireFollowsRetryTable(t, grantsOnly)
+	}
+}
+
+func testAcquireFollowsRetryTable(t *testing.T, grantsOnly bool) {
 	for _, r := range readRetryTable(t) {
 		if r.acquire == actResend {
 			continue // TestShuttingDownIsResent: the Client holds it across a reconnect
 		}
-		t.Run(r.name, func(t *testing.T) {
+		name := r.name
+		if grantsOnly {
+			name = "AcquireGrants/" + name
+		}
+		t.Run(name, func(t *testing.T) {
 			f := newFakeDaemon(t)
 			var once sync.Once
 			f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
@@ -132,14 +144,22 @@ func TestAcquireFollowsRetryTable(t *testing.T) {
 			if err := c.RegisterAgent(ctx, "a", 1); err != nil {
 				t.Fatal(err)
 			}
-			l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: time.Minute})
+			req := AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: time.Minute}
+			var err error
+			if grantsOnly {
+				_, err = c.AcquireGrants(ctx, req)
+			} else {
+				var l *Lease
+				if l, err = c.Acquire(ctx, req); err == nil {
+					defer l.Release(ctx)
+				}
+			}
 			asked := f.count(protocol.OpAcquire)
 			switch r.acquire {
 			case actAfterWaitTime, actWaitAgain, actBackoff:
 				if err != nil || asked != 2 {
 					t.Fatalf("Acquire = %v after %d attempts; the table says %q: a grant at the second", err, asked, r.acquire)
 				}
-				l.Release(ctx)
 			case actFail:
 				var de *DenialError
 				wrong := err == nil || asked != 1 ||
@@ -269,5 +289,29 @@ func TestBackoffFollowsTable(t *testing.T) {
 			t.Fatalf("attempt %d waits %v; the table says %v plus 0-50 %%", i+1, d, step)
 		}
 		step = min(2*step, time.Second)
+	}
+}
+
+// TestAcquireGivesUpWithTheRefusal: when the caller's deadline ends the
+// backoff of a refusal the table retries (RESOURCE_EXHAUSTED), Acquire
+// returns that refusal, and the deadline, not the deadline alone.
+func TestAcquireGivesUpWithTheRefusal(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if req.Op != protocol.OpAcquire {
+			return false
+		}
+		reply(nil, protocol.Errorf(protocol.CodeResourceExhausted, "klock: 100 leases held; the limit is 100"))
+		return true
+	})
+	c := dialFake(t, f, Options{})
+	if err := c.RegisterAgent(testCtx(t), "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.AcquireGrants(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: time.Minute})
+	if codeOf(err) != protocol.CodeResourceExhausted || !errors.Is(err, context.DeadlineExceeded) || f.count(protocol.OpAcquire) < 2 {
+		t.Fatalf("AcquireGrants = %v after %d attempts; want RESOURCE_EXHAUSTED retried, then it and the deadline", err, f.count(protocol.OpAcquire))
 	}
 }

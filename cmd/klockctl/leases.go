@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/user"
 	"strconv"
@@ -201,18 +200,23 @@ stderr (the denial map with --json, on stdout) and exits 1.`,
 			if err != nil {
 				return err
 			}
-			defer c.Close() // stops the keep-alive Acquire starts: these leases live by their ttl
+			defer c.Close()
 			actx, cancelWait := waitContext(ctx, 0, *wait)
 			defer cancelWait()
 			req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: *h.ttl,
 				Idem: idem, NoWait: *wait == 0}
-			lease, err := a.acquireRegistering(actx, c, req)
+			var leases []clientlib.AcquireResult // not kept alive: they live by their ttl
+			notice, err := acquireRegistering(actx, c, agent, func() (err error) {
+				leases, err = c.AcquireGrants(actx, req)
+				return err
+			})
+			a.sayRegistered(notice)
 			if err != nil {
 				return a.acquireFailure(err, actx, *wait)
 			}
-			grants := make([]grantJSON, len(lease.Leases()))
-			for i, g := range lease.Leases() {
-				grants[i] = toGrantJSON(&g)
+			grants := make([]grantJSON, len(leases))
+			for i := range leases {
+				grants[i] = toGrantJSON(&leases[i])
 			}
 			switch {
 			case a.json && len(grants) == 1:
@@ -249,22 +253,32 @@ func waitContext(ctx context.Context, extra, wait time.Duration) (context.Contex
 	return context.WithTimeout(ctx, extra+wait)
 }
 
-// acquireRegistering is Client.Acquire for klockctl: when the agent is not
-// registered, it registers it without a priority (klockd assigns the
-// registration time), says so on stderr, and asks again. A registered
-// agent is never re-registered (protocol/README.md "Unregistered agents").
-func (a *app) acquireRegistering(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest) (*clientlib.Lease, error) {
-	lease, err := c.Acquire(ctx, req)
+// acquireRegistering runs acquire, and when klockd does not know agent,
+// registers it without a priority (klockd gives it its registration time,
+// so it yields to every agent registered before it) and runs acquire again:
+// the rule of protocol/README.md "Unregistered agents" for tools. A
+// registered agent is never registered again. notice, set when it
+// registered the agent, says so, for the tool to show where its user (or
+// agent) reads it.
+func acquireRegistering(ctx context.Context, c *clientlib.Client, agent string, acquire func() error) (notice string, err error) {
+	err = acquire()
 	if !errors.Is(err, clientlib.ErrUnknownAgent) {
-		return lease, err
+		return "", err
 	}
-	r, err := c.Register(ctx, req.AgentID, nil)
+	r, err := c.Register(ctx, agent, nil)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	fmt.Fprintf(a.stderr, "klockctl: registered agent %s with priority %d, its registration time: it yields to every agent "+
-		"registered before it (to choose: klockctl agents register %s --priority N)\n", oneLine(r.AgentID), r.Priority, oneLine(r.AgentID))
-	return c.Acquire(ctx, req)
+	notice = fmt.Sprintf("registered agent %s with priority %d, its registration time: it yields to every agent "+
+		"registered before it (to choose: klockctl agents register %s --priority N)", oneLine(r.AgentID), r.Priority, oneLine(r.AgentID))
+	return notice, acquire()
+}
+
+// sayRegistered prints acquireRegistering's notice, if any, on stderr.
+func (a *app) sayRegistered(notice string) {
+	if notice != "" {
+		fmt.Fprintln(a.stderr, "klockctl: "+notice)
+	}
 }
 
 // acquireFailure reports why an acquire with --wait did not end in a grant:
@@ -278,11 +292,16 @@ func (a *app) acquireFailure(err error, ctx context.Context, wait time.Duration)
 		}
 		return err
 	}
-	d := denialJSON{Reason: de.Reason, WaitTime: de.WaitTime.Milliseconds(), HeldBy: de.HeldBy, HeldPath: de.HeldPath, Message: de.Message}
+	d := denialOf(de)
 	if wait > 0 && ctx.Err() != nil {
 		return a.reportDenialLine(d, fmt.Sprintf("not granted within %s: ", wait))
 	}
 	return a.reportDenial(d)
+}
+
+// denialOf is a blocking acquire's denial in the protocol's shape.
+func denialOf(de *clientlib.DenialError) denialJSON {
+	return denialJSON{Reason: de.Reason, WaitTime: de.WaitTime.Milliseconds(), HeldBy: de.HeldBy, HeldPath: de.HeldPath, Message: de.Message}
 }
 
 // reportDenial prints a denial (as JSON on stdout with --json) and returns
@@ -294,68 +313,6 @@ func (a *app) reportDenial(d denialJSON) error {
 		}
 	}
 	return &exitStatus{code: exitFailed, msg: denialText(d)}
-}
-
-// acquireWithin (the MCP server's klock_acquire) asks for req's intents
-// once, or, when wait > 0, until
-// granted or wait has passed: a WAIT verdict is queued in the daemon for the
-// time left; DIE, CONFLICT and RESOURCE_LOCKED are asked again after the
-// suggested wait_time plus jitter (as clientlib's Acquire does); only
-// SESSION_EXPIRED is final at once. It returns the grants, or the last
-// denial.
-func acquireWithin(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest, wait time.Duration) ([]grantJSON, *denialJSON, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		req.WaitTimeout = 0
-		if left := time.Until(deadline); wait > 0 && left >= time.Millisecond {
-			req.WaitTimeout = left.Truncate(time.Millisecond)
-		}
-		grants, denial, err := acquireOnce(ctx, c, req)
-		if err != nil || denial == nil {
-			return grants, nil, err
-		}
-		if wait == 0 || denial.Reason == string(protocol.ReasonSessionExpired) {
-			return nil, denial, nil
-		}
-		retry := time.Duration(rand.Int64N(int64(50 * time.Millisecond)))
-		if denial.Reason != string(protocol.ReasonWait) {
-			retry += max(time.Duration(denial.WaitTime)*time.Millisecond, 10*time.Millisecond)
-		}
-		if time.Until(deadline) < retry {
-			return nil, denial, nil
-		}
-		select {
-		case <-time.After(retry):
-		case <-ctx.Done():
-			return nil, denial, nil
-		}
-	}
-}
-
-// acquireOnce sends one acquire (one intent) or acquire_many (several).
-func acquireOnce(ctx context.Context, c *clientlib.Client, req clientlib.AcquireRequest) ([]grantJSON, *denialJSON, error) {
-	if len(req.Intents) == 1 {
-		r, err := c.AcquireOnce(ctx, req)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !r.Success {
-			return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
-		}
-		return []grantJSON{toGrantJSON(r)}, nil, nil
-	}
-	r, err := c.AcquireMany(ctx, req)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !r.Success {
-		return nil, &denialJSON{Reason: r.Reason, WaitTime: r.WaitTime.Milliseconds(), HeldBy: r.HeldBy, HeldPath: r.HeldPath, Message: r.Message}, nil
-	}
-	gs := make([]grantJSON, len(r.Leases))
-	for i := range r.Leases {
-		gs[i] = toGrantJSON(&r.Leases[i])
-	}
-	return gs, nil, nil
 }
 
 // toGrantJSON converts clientlib's grant to the protocol's shape.

@@ -188,10 +188,26 @@ func toolError(tool string, err error) error {
 		return fmt.Errorf("%s: klockd cannot save changes right now, so nothing was done (%s); "+
 			"it heals on its own when its disk does: try again in a little while, and tell the user if it persists",
 			tool, strings.TrimPrefix(err.Error(), "klock: "))
+	case isCode(err, protocol.CodeResourceExhausted):
+		// Retried for a wait_seconds (protocol/README.md "Retries"); what
+		// is left is a limit that others' releases did not free in time.
+		return fmt.Errorf("%s: klockd is at one of its limits, so nothing was done (%s); "+
+			"release files you are done with (klock_release), or wait for others to, and call %s again; "+
+			"tell the user if it persists",
+			tool, strings.TrimPrefix(codeMessage(err), "klock: "), tool)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: klockd did not answer in time (%s); try again, and if it persists ask the user to check klockd", tool, err)
 	}
 	return fmt.Errorf("%s: klockd refused the request: %s", tool, strings.TrimPrefix(err.Error(), "klock: "))
+}
+
+// codeMessage is the daemon's sentence in err, a refusal from klockd.
+func codeMessage(err error) string {
+	var e *clientlib.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
 }
 
 // isCode reports whether err is klockd's refusal with code.
@@ -213,11 +229,21 @@ func (s *mcpSession) acquire(ctx context.Context, req *mcp.CallToolRequest, in a
 	var grants []grantJSON
 	var denial *denialJSON
 	err = s.withAgent(ctx, clientName(req), func(c *clientlib.Client, agent string) error {
-		var err error
-		grants, denial, err = acquireWithin(ctx, c, clientlib.AcquireRequest{
-			AgentID: agent, SessionID: s.session, Intents: intents, TTL: ttl}, wait)
-		if denial != nil {
+		// wait_seconds 0 asks once; more is a blocking acquire for that
+		// long: both as the retry table of protocol/README.md "Retries" says.
+		wctx, cancelWait := waitContext(ctx, 0, wait)
+		defer cancelWait()
+		leases, err := c.AcquireGrants(wctx, clientlib.AcquireRequest{
+			AgentID: agent, SessionID: s.session, Intents: intents, TTL: ttl, NoWait: wait == 0})
+		var de *clientlib.DenialError
+		if errors.As(err, &de) {
+			d := denialOf(de)
+			denial = &d
 			out = s.denied(ctx, c, agent, intents, denial)
+			return nil
+		}
+		for i := range leases {
+			grants = append(grants, toGrantJSON(&leases[i]))
 		}
 		return err
 	})

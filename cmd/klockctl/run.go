@@ -191,7 +191,12 @@ func (a *app) acquireForRun(ctx context.Context, agent string, ownAgent bool, se
 		}
 	}
 	req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: ttl, NoWait: wait == 0}
-	lease, err := a.acquireRegistering(ctx, c, req)
+	var lease *clientlib.Lease
+	notice, err := acquireRegistering(ctx, c, agent, func() (err error) {
+		lease, err = c.Acquire(ctx, req)
+		return err
+	})
+	a.sayRegistered(notice)
 	if err == nil {
 		return c, lease, nil
 	}
