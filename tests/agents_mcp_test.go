@@ -32,7 +32,14 @@ type mcpAgent struct {
 // client named clientName to it. The session is closed when the test ends.
 func startMCP(t *testing.T, socket, clientName string, args ...string) *mcpAgent {
 	t.Helper()
+	return startMCPIn(t, socket, "", clientName, args...)
+}
+
+// startMCPIn is startMCP with the server working in dir ("" = the test's).
+func startMCPIn(t *testing.T, socket, dir, clientName string, args ...string) *mcpAgent {
+	t.Helper()
 	cmd := kcCommand(t, nil, []string{"KLOCK_SOCKET=" + socket}, append([]string{"mcp"}, args...)...)
+	cmd.Dir = dir
 	client := mcp.NewClient(&mcp.Implementation{Name: clientName, Version: "1.0"}, nil)
 	cs, err := client.Connect(testCtx(t), &mcp.CommandTransport{Command: cmd}, nil)
 	if err != nil {

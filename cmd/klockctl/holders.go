@@ -79,6 +79,9 @@ func holderClause(l protocol.LeaseInfo, now time.Time) string {
 	if strings.HasSuffix(l.Resource, "/") {
 		it = l.Resource + " (a subtree that covers it)"
 	}
+	if l.ClientPath != "" { // named in a linked git worktree
+		it += ", as " + oneLine(l.ClientPath) + ","
+	}
 	return fmt.Sprintf("agent %s (session %s) holds %s for %s since %s (%s ago) until %s (%s) unless renewed",
 		oneLine(l.AgentID), oneLine(l.SessionID), it, l.Predicate,
 		clock(since), roundDuration(max(now.Sub(since), 0)),

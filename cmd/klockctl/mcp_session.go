@@ -308,7 +308,7 @@ func (s *mcpSession) mcpIntents(paths []string, predicate string) ([]clientlib.I
 	}
 	out := make([]clientlib.Intent, len(rs))
 	for i, r := range rs {
-		out[i] = clientlib.Intent{ResourceType: r.Type, ResourcePath: r.Path, Predicate: predicate}
+		out[i] = clientlib.Intent{ResourceType: r.Type, ResourcePath: r.Path, Predicate: predicate, ClientPath: r.ClientPath}
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -131,11 +132,22 @@ func formatExplain(w io.Writer, x *protocol.ExplainResult, now time.Time) error 
 	if len(x.Holders) == 0 {
 		fmt.Fprintln(tw, "holders: none")
 	} else {
-		fmt.Fprintln(tw, "HOLDER\tPRIORITY\tPREDICATE\tAGE\tEXPIRES\tCONFLICTS\tSESSION\tFENCE")
+		// AS: the path a holder named, when the worktree rule keyed it as
+		// another (protocol/README.md "FILE paths"); shown when any has one.
+		withPath := slices.ContainsFunc(x.Holders, func(h protocol.HolderInfo) bool { return h.ClientPath != "" })
+		head := "HOLDER\tPRIORITY\tPREDICATE\tAGE\tEXPIRES\tCONFLICTS\tSESSION\tFENCE"
+		if withPath {
+			head += "\tAS"
+		}
+		fmt.Fprintln(tw, head)
 		for _, h := range x.Holders {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", cell(h.AgentID), h.Priority, h.Predicate,
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d", cell(h.AgentID), h.Priority, h.Predicate,
 				roundDuration(now.Sub(time.UnixMilli(h.AcquiredAt))), untilText(time.UnixMilli(h.ExpiresAt), now),
 				yesNo(h.Conflicts), cell(h.SessionID), h.Fence)
+			if withPath {
+				fmt.Fprintf(tw, "\t%s", cell(firstSet(h.ClientPath, "-")))
+			}
+			fmt.Fprintln(tw)
 		}
 	}
 	if err := tw.Flush(); err != nil {
