@@ -205,6 +205,10 @@ func TestIntegrateClaudeCodeKeepsSettings(t *testing.T) {
 	if len(end) != 1 || end[0].Hooks[0].Command != bin+" hook claude-code" || end[0].Hooks[0].Timeout == 0 {
 		t.Fatalf("SessionEnd hooks = %+v; want the klock hook with a timeout", end)
 	}
+	start := s.Hooks["SessionStart"]
+	if len(start) != 1 || start[0].Matcher != "" || start[0].Hooks[0].Command != bin+" hook claude-code" {
+		t.Fatalf("SessionStart hooks = %+v; want the klock hook for every source, running %s", start, bin)
+	}
 	var m struct {
 		MCPServers map[string]struct {
 			Type    string   `json:"type"`

@@ -80,6 +80,21 @@ func hookAllows(t *testing.T, what string, r cmdResult) {
 	}
 }
 
+// hookAllowsRegistering requires what hookAllows does for the first edit
+// of an agent klockd did not know: exit 0 and no decision, with context
+// telling Claude that the hook registered agent (protocol/README.md
+// "Unregistered agents": tools say so).
+func hookAllowsRegistering(t *testing.T, what, agent string, r cmdResult) {
+	t.Helper()
+	var out hookContext
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &out) != nil || out.HookSpecificOutput == nil ||
+		out.HookSpecificOutput.HookEventName != "PreToolUse" || out.HookSpecificOutput.PermissionDecision != "" ||
+		!strings.Contains(out.HookSpecificOutput.AdditionalContext, "registered agent "+agent+" with priority") {
+		t.Fatalf("%s: exit %d, stdout %q, stderr %q; want exit 0, no decision, and context saying %s was registered",
+			what, r.code, r.stdout, r.stderr, agent)
+	}
+}
+
 // hookDecides decodes the hook's JSON output after requiring exit 0.
 func hookDecides(t *testing.T, what string, r cmdResult) hookDecision {
 	t.Helper()
@@ -115,8 +130,9 @@ func TestClaudeCodeHookLeasesDeniesAndReleases(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "src", "auth.ts")
 
-	// Allow: the first session's Write takes the lease and prints nothing.
-	hookAllows(t, "first Write", runHook(t, d.Socket,
+	// Allow: the first session's Write takes the lease, makes no decision,
+	// and tells Claude the session's agent was registered.
+	hookAllowsRegistering(t, "first Write", "claude-code:sess-a", runHook(t, d.Socket,
 		preToolUse(t, "sess-a", dir, "Write", map[string]any{"file_path": file, "content": "x"}), "--ttl", "1m"))
 	ls := fileLeases(t, c, file)
 	if len(ls) != 1 || ls[0].AgentID != "claude-code:sess-a" || ls[0].SessionID != "sess-a" || ls[0].Predicate != "MUTATES" {
@@ -195,7 +211,7 @@ func TestClaudeCodeHookSharedAgent(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "shared.go")
 	env := []string{"KLOCK_AGENT=team"}
-	hookAllows(t, "first session", runHookEnv(t, d.Socket, env,
+	hookAllowsRegistering(t, "first session", "team", runHookEnv(t, d.Socket, env,
 		preToolUse(t, "sess-1", dir, "Write", map[string]any{"file_path": file, "content": ""})))
 	// The same agent in another session is not given the first session's
 	// lease: it is told the file is held in another session.

@@ -9,30 +9,39 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/protocol"
 )
 
-// The hook command: Claude Code's hooks call it before every file edit and
-// when a session ends. The formats below follow Claude Code's hooks
-// reference, https://code.claude.com/docs/en/hooks (sections "Hook input
-// and output", "PreToolUse", "PreToolUse decision control", "SessionEnd",
-// "Exit code output"):
+// The hook command: Claude Code's hooks call it when a session starts,
+// before every file edit and when a session ends. The formats below follow
+// Claude Code's hooks reference, https://code.claude.com/docs/en/hooks
+// (sections "Hook input and output", "SessionStart", "Persist environment
+// variables", "PreToolUse", "PreToolUse decision control", "Add context for
+// Claude", "SessionEnd", "Exit code output"):
 //
 //   - The hook reads one JSON object on stdin: session_id, cwd,
 //     hook_event_name, and for PreToolUse tool_name and tool_input (Write,
 //     Edit and MultiEdit carry tool_input.file_path, absolute; NotebookEdit
-//     carries tool_input.notebook_path); for SessionEnd, reason.
+//     carries tool_input.notebook_path); for SessionStart, source; for
+//     SessionEnd, reason.
+//   - SessionStart hooks get $CLAUDE_ENV_FILE, a file to which they append
+//     "export NAME=value" lines that Claude Code applies to the session's
+//     later Bash commands.
 //   - Exit 0 with no output is "no decision": the edit goes through
 //     Claude Code's normal permission flow. The hook never answers "allow",
 //     which would skip the user's permission prompt.
 //   - Exit 0 with {"hookSpecificOutput": {"hookEventName": "PreToolUse",
 //     "permissionDecision": "deny", "permissionDecisionReason": ...}} on
-//     stdout blocks the edit and shows Claude the reason.
+//     stdout blocks the edit and shows Claude the reason; with only
+//     "additionalContext" it makes no decision and adds that text to
+//     Claude's context next to the tool's result.
 //   - {"systemMessage": ...} is a warning shown to the user (not to Claude).
 //   - Any other non-zero exit than 2 is a non-blocking error: the action
 //     proceeds and the first line of stderr is shown.
@@ -58,6 +67,7 @@ type hookInput struct {
 		FilePath     string `json:"file_path"`
 		NotebookPath string `json:"notebook_path"`
 	} `json:"tool_input"`
+	Source string `json:"source"` // SessionStart: startup, resume, clear, compact or fork
 	Reason string `json:"reason"` // SessionEnd
 }
 
@@ -68,11 +78,13 @@ type hookOutput struct {
 	SystemMessage      string        `json:"systemMessage,omitempty"`
 }
 
-// hookDecision is PreToolUse's hookSpecificOutput.
+// hookDecision is PreToolUse's hookSpecificOutput: a decision, or no
+// decision and context for Claude.
 type hookDecision struct {
 	HookEventName            string `json:"hookEventName"`
-	PermissionDecision       string `json:"permissionDecision"`
-	PermissionDecisionReason string `json:"permissionDecisionReason"`
+	PermissionDecision       string `json:"permissionDecision,omitempty"`
+	PermissionDecisionReason string `json:"permissionDecisionReason,omitempty"`
+	AdditionalContext        string `json:"additionalContext,omitempty"`
 }
 
 // maxHookInput bounds what the hook reads: a Write's tool_input carries the
@@ -93,18 +105,29 @@ func hookCommand() *command {
 		help: `A command for Claude Code's hooks (settings.json "hooks"; "klockctl integrate
 claude-code" writes the entries). It reads the hook's JSON input on stdin.
 
-PreToolUse for Edit, Write, MultiEdit and NotebookEdit: takes a MUTATES
-lease on the file (tool_input.file_path, or notebook_path) for the agent
-claude-code:<session_id> (or $KLOCK_AGENT) in session <session_id>, with
---ttl. A repeat edit of the file in the same session reuses that lease and
-renews it. When the lease is granted the hook prints nothing and the edit
-goes through Claude Code's usual permission checks. When another agent
-holds the file, the hook denies the edit, and Claude is told who holds it,
-since and until when, and what to do. Other tools are ignored.
+A session acts as the agent claude-code:<session_id>, its own, in session
+<session_id>; or as $KLOCK_AGENT, a shared agent, when that is set to
+another name.
 
-SessionEnd: releases every lease the session took; the per-session agent
-is ended and unregistered (a $KLOCK_AGENT is left registered, and its
-session only emptied, so that a resumed session can take files again).
+SessionStart: appends "export KLOCK_AGENT=claude-code:<session_id>" to
+$CLAUDE_ENV_FILE, which Claude Code applies to the session's Bash
+commands, so that "klockctl guard" run by a git commit in the session
+knows the files its own edits leased. Nothing is written for a shared
+agent: the Bash commands inherit $KLOCK_AGENT already.
+
+PreToolUse for Edit, Write, MultiEdit and NotebookEdit: takes a MUTATES
+lease on the file (tool_input.file_path, or notebook_path) for the
+session's agent, with --ttl. A repeat edit of the file in the same
+session reuses that lease and renews it. When the lease is granted the
+hook makes no decision and the edit goes through Claude Code's usual
+permission checks. When another agent holds the file, the hook denies the
+edit, and Claude is told who holds it, since and until when, and what to
+do. An agent klockd does not know is registered first, without a
+priority, and Claude is told so. Other tools are ignored.
+
+SessionEnd: releases every lease the session took; the session's own
+agent is ended and unregistered (a shared agent is left registered, and
+its session only emptied, so that a resumed session can take files again).
 
 When klockd cannot be reached (or refuses the request), the edit is
 allowed with a one-line warning to the user; --fail-closed denies it
@@ -154,6 +177,8 @@ func (a *app) claudeCodeHook(failClosed bool, ttl time.Duration) (err error) {
 			return nil
 		}
 		return a.preEdit(&in, field, failClosed, ttl)
+	case "SessionStart":
+		return a.sessionStart(&in)
 	case "SessionEnd":
 		return a.sessionEnd(&in)
 	}
@@ -162,12 +187,49 @@ func (a *app) claudeCodeHook(failClosed bool, ttl time.Duration) (err error) {
 
 // hookAgent returns the agent and session a Claude Code session acts as,
 // and whether the agent is the session's own (then SessionEnd unregisters
-// it).
+// it). $KLOCK_AGENT names a shared agent, unless it is the session's own
+// name, which SessionStart exported for the session's commands.
 func (a *app) hookAgent(in *hookInput) (agent, session string, own bool) {
-	if env := a.getenv("KLOCK_AGENT"); env != "" {
+	agent = "claude-code:" + in.SessionID
+	if env := a.getenv("KLOCK_AGENT"); env != "" && env != agent {
 		return env, in.SessionID, false
 	}
-	return "claude-code:" + in.SessionID, in.SessionID, true
+	return agent, in.SessionID, true
+}
+
+// sessionStart exports the session's own agent to its Bash commands by
+// appending "export KLOCK_AGENT=..." to $CLAUDE_ENV_FILE. It needs no
+// klockd. Without the file (a Claude Code that does not offer it) the user
+// is told that a commit in the session does not know its agent.
+func (a *app) sessionStart(in *hookInput) error {
+	if in.SessionID == "" {
+		return errors.New("the hook input has no session_id")
+	}
+	agent, _, own := a.hookAgent(in)
+	if msg := protocol.CheckText("agent_id", agent, protocol.MaxIDLen); msg != "" {
+		return fmt.Errorf("the session's agent cannot be %q: %s", agent, strings.TrimPrefix(msg, "klock: "))
+	}
+	if !own {
+		return nil // a shared $KLOCK_AGENT: the Bash commands inherit it
+	}
+	envFile := a.getenv("CLAUDE_ENV_FILE")
+	if envFile == "" {
+		return writeJSON(a.stdout, hookOutput{SystemMessage: fmt.Sprintf("klock: $CLAUDE_ENV_FILE is not set, "+
+			"so this session's Bash commands do not know its klock agent, and klockctl guard (a git commit) "+
+			"treats the files this session's edits leased as another agent's; export KLOCK_AGENT=%s there", agent)})
+	}
+	f, err := os.OpenFile(envFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("exporting KLOCK_AGENT to the session: %v", err)
+	}
+	_, err = fmt.Fprintf(f, "export KLOCK_AGENT=%s\n", shellQuote(agent))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("exporting KLOCK_AGENT to the session: %v", err)
+	}
+	return nil
 }
 
 // preEdit decides one PreToolUse of an editing tool.
@@ -205,13 +267,15 @@ func (a *app) preEdit(in *hookInput, field string, failClosed bool, ttl time.Dur
 
 	req := clientlib.AcquireRequest{
 		AgentID: agent, SessionID: session, TTL: ttl, Idem: hookIdem(session, r.Path),
-		Intents: []clientlib.Intent{{ResourceType: r.Type, ResourcePath: r.Path, Predicate: "MUTATES"}},
+		Intents: []clientlib.Intent{{ResourceType: r.Type, ResourcePath: r.Path, Predicate: "MUTATES", ClientPath: r.ClientPath}},
 	}
-	res, err := c.AcquireOnce(ctx, req)
-	if errors.Is(err, clientlib.ErrUnknownAgent) {
-		if _, err = c.Register(ctx, agent, nil); err == nil {
-			res, err = c.AcquireOnce(ctx, req)
-		}
+	var res *clientlib.AcquireResult
+	notice, err := acquireRegistering(ctx, c, agent, func() (err error) {
+		res, err = c.AcquireOnce(ctx, req)
+		return err
+	})
+	if notice != "" {
+		notice = "klock: " + notice + "."
 	}
 	if err != nil {
 		return a.hookUnavailable(failClosed, path, err)
@@ -224,10 +288,18 @@ func (a *app) preEdit(in *hookInput, field string, failClosed bool, ttl time.Dur
 				return a.hookUnavailable(failClosed, path, err)
 			}
 		}
+		if notice != "" {
+			return writeJSON(a.stdout, hookOutput{HookSpecificOutput: &hookDecision{
+				HookEventName: "PreToolUse", AdditionalContext: notice}})
+		}
 		return nil
 	}
 	holders, _ := holdersOf(ctx, c, r.Key())
-	return a.hookDeny(editDenial(path, res, holders, agent, time.Now()))
+	reason := editDenial(path, res, holders, agent, time.Now())
+	if notice != "" {
+		reason += " " + notice
+	}
+	return a.hookDeny(reason)
 }
 
 // hookDial connects without reconnecting: a hook that cannot reach klockd
