@@ -294,3 +294,34 @@ func TestIntegrateGitChainsExistingHook(t *testing.T) {
 		t.Fatalf("git commit --no-verify: %v\n%s", err, out)
 	}
 }
+
+// TestGuardRefusesFilesInsideAnotherAgentsSubtree: a lease on a directory
+// (a subtree key, FILE:<dir>/) covers every file below it, so the guard
+// refuses a commit of such a file by another agent, names the subtree the
+// file is held through, and lets the subtree's holder commit it.
+func TestGuardRefusesFilesInsideAnotherAgentsSubtree(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	c := d.Client(t)
+	repo := gitRepo(t, "src/auth/login.go", "src/authz.go")
+	writeFile(t, filepath.Join(repo, "src", "auth", "login.go"), "v2\n")
+	writeFile(t, filepath.Join(repo, "src", "authz.go"), "v2\n")
+	holdFile(t, c, "dir-owner", filepath.Join(repo, "src", "auth")+"/")
+
+	// Next to the subtree, not in it: src/authz.go is free.
+	gitIn(t, repo, "add", "src/authz.go")
+	if r := guardIn(t, d, repo, "committer"); r.code != 0 {
+		t.Fatalf("guard on src/authz.go beside the subtree src/auth/: exit %d, stderr %q; want 0", r.code, r.stderr)
+	}
+	gitIn(t, repo, "add", "src/auth/login.go")
+	r := guardIn(t, d, repo, "committer")
+	if r.code != 1 || !strings.Contains(r.stderr, "dir-owner") ||
+		!strings.Contains(r.stderr, "src/auth/login.go (in "+filepath.Join(repo, "src", "auth")+"/)") {
+		t.Fatalf("guard on a file inside another agent's subtree: exit %d, stderr %q; want 1 naming dir-owner and the subtree", r.code, r.stderr)
+	}
+	if strings.Contains(r.stderr, "src/authz.go") {
+		t.Fatalf("guard listed src/authz.go, which is outside the subtree: %q", r.stderr)
+	}
+	if r := guardIn(t, d, repo, "dir-owner"); r.code != 0 {
+		t.Fatalf("guard as the subtree's holder: exit %d, stderr %q; want 0", r.code, r.stderr)
+	}
+}
