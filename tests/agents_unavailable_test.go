@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/tests/harness"
 )
 
@@ -24,7 +25,13 @@ func TestAgentsWhenKlockdCannotSave(t *testing.T) {
 	exec.Command("dd", "if=/dev/zero", "of="+filepath.Join(mnt, "fill"), "bs=64k").Run()
 	// A little room may be left in the log's last page: change state until
 	// klockd says it cannot (from then on it refuses every change).
-	c := d.Client(t)
+	// The filler asks once per change (no UNAVAILABLE retry): its first
+	// refusal is what it waits for.
+	c, err := clientlib.Dial(testCtx(t), clientlib.Options{Socket: d.Socket, UnavailableWait: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	if _, err := c.Register(testCtx(t), "filler", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -95,6 +95,12 @@ const maxHookInput = 64 << 20
 // every edit, and a daemon that does not answer at once is treated as down.
 const hookDialTimeout = 2 * time.Second
 
+// hookUnavailableWait bounds how long the hook retries a change klockd
+// cannot make durable (UNAVAILABLE) before it allows the edit with its
+// warning (or denies it, --fail-closed): the edit waits for the hook, and
+// a full disk does not heal in the seconds an edit can wait.
+const hookUnavailableWait = time.Second
+
 func hookCommand() *command {
 	var failClosed bool
 	var ttl *time.Duration
@@ -312,7 +318,7 @@ func (a *app) hookDial(ctx context.Context) (*clientlib.Client, error) {
 	defer cancel()
 	return clientlib.Dial(ctx, clientlib.Options{
 		Socket: a.socketPath(), ClientName: "klockctl-hook/" + version(),
-		NoReconnect: true, DialTimeout: hookDialTimeout,
+		NoReconnect: true, DialTimeout: hookDialTimeout, UnavailableWait: hookUnavailableWait,
 		NoAutostart: clientlib.AutostartDisabled(a.getenv), Stderr: a.stderr,
 	})
 }

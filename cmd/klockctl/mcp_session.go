@@ -60,9 +60,11 @@ func (s *mcpSession) client(ctx context.Context) (*clientlib.Client, error) {
 		return c, nil
 	}
 	// Dial may start klockd on first use; its one line goes to stderr, which
-	// MCP clients log: stdout carries the protocol.
+	// MCP clients log: stdout carries the protocol. A tool call retries a
+	// change klockd cannot make durable (UNAVAILABLE) as a one-shot command
+	// does, then tells the model so, rather than hold the call.
 	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: s.socket, ClientName: "klockctl-mcp/" + version(),
-		NoAutostart: clientlib.AutostartDisabled(s.a.getenv), Stderr: s.a.stderr})
+		NoAutostart: clientlib.AutostartDisabled(s.a.getenv), Stderr: s.a.stderr, UnavailableWait: oneShotUnavailableWait})
 	if err != nil {
 		return nil, unreachableError(err)
 	}
