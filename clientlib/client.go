@@ -173,7 +173,9 @@ func (c *Client) newIdem() string {
 func (c *Client) do(ctx context.Context, op string, args *protocol.Args, out any) error {
 	var retry unavailableRetry
 	for {
+		sent := time.Now()
 		cl, err := c.roundTrip(ctx, op, args)
+		retry.rtt = time.Since(sent)
 		if err != nil {
 			return err
 		}
@@ -198,11 +200,14 @@ func (c *Client) do(ctx context.Context, op string, args *protocol.Args, out any
 type unavailableRetry struct {
 	start time.Time
 	wait  backoff
+	rtt   time.Duration // how long the last attempt took to be answered
 }
 
 // again waits before the next try and reports whether to make it: not when
 // the wait would run past limit (counted from the first UNAVAILABLE; 0 =
-// none, negative = no retry) or past ctx's deadline, nor when ctx ends.
+// none, negative = no retry), nor when ctx's deadline would come before
+// the next answer could (the wait plus the last attempt's round trip): the
+// caller then gets UNAVAILABLE rather than its deadline. Nor when ctx ends.
 func (r *unavailableRetry) again(ctx context.Context, limit time.Duration) bool {
 	if limit < 0 {
 		return false
@@ -215,7 +220,7 @@ func (r *unavailableRetry) again(ctx context.Context, limit time.Duration) bool 
 	if limit > 0 && until.After(r.start.Add(limit)) {
 		return false
 	}
-	if dl, ok := ctx.Deadline(); ok && until.After(dl) {
+	if dl, ok := ctx.Deadline(); ok && until.Add(r.rtt).After(dl) {
 		return false
 	}
 	return sleep(ctx, d) == nil
