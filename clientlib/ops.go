@@ -165,7 +165,7 @@ func (c *Client) ListLeasesPage(ctx context.Context, f LeaseFilter) (leases []pr
 		return nil, "", err
 	}
 	if res.Truncated && res.Next == "" {
-		return nil, "", errNoCursor
+		return nil, "", ErrNoCursor
 	}
 	return res.Leases, res.Next, nil
 }
@@ -232,9 +232,9 @@ func (c *Client) listLeases(ctx context.Context, f LeaseFilter) (*protocol.ListL
 	return &res, nil
 }
 
-// errNoCursor is returned when a list was cut without a cursor to go on
-// from: a klockd from before paging.
-var errNoCursor = errors.New("klock: the daemon cut the list without a next cursor to continue from; it predates paging (upgrade klockd)")
+// ErrNoCursor is returned by the paging calls when the daemon cut a list
+// without a cursor to go on from: a klockd from before paging.
+var ErrNoCursor = errors.New("klock: the daemon cut the list without a next cursor to continue from; it predates paging (upgrade klockd)")
 
 // ListAgents returns registered agents sorted by priority, at most limit
 // (0 means 1000), and whether there were more.
@@ -256,7 +256,7 @@ func (c *Client) ListAgentsPage(ctx context.Context, limit int, after string) (a
 		return nil, "", err
 	}
 	if res.Truncated && res.Next == "" {
-		return nil, "", errNoCursor
+		return nil, "", ErrNoCursor
 	}
 	return res.Agents, res.Next, nil
 }

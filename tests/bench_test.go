@@ -39,6 +39,12 @@ type benchResults struct {
 		Subject string `json:"subject"`
 		Goal    string `json:"goal"`
 	} `json:"targets"`
+	Memory []struct {
+		Backend  string `json:"backend"`
+		Leases   int    `json:"leases"`
+		RSSHeld  int64  `json:"rss_held_bytes"`
+		RSSAfter int64  `json:"rss_after_bytes"`
+	} `json:"memory"`
 }
 
 // TestBenchShort runs klock-bench in its CI mode against every back end this
@@ -130,6 +136,16 @@ func TestBenchShort(t *testing.T) {
 	}
 	if len(res.Targets) == 0 {
 		t.Error("JSON has no targets")
+	}
+	// The memory report: klock's held instance, measured, then released.
+	var klockMem bool
+	for _, m := range res.Memory {
+		if m.Backend == "klock" {
+			klockMem = m.Leases > 0 && m.RSSHeld > 0 && m.RSSAfter > 0
+		}
+	}
+	if !klockMem {
+		t.Errorf("JSON memory report has no measured klock row: %+v", res.Memory)
 	}
 
 	png, err := os.ReadFile(filepath.Join(dir, "out.png"))

@@ -121,3 +121,50 @@ func deref(x *float64) float64 {
 	}
 	return *x
 }
+
+// TestMemoryAndStallTargets checks the memory and stall bounds:
+// durable back ends are held to 400 B per lease, the others to 300, the
+// release target is judged only for a large release, and the stall target
+// is the median over repetitions of the longest stats call.
+func TestMemoryAndStallTargets(t *testing.T) {
+	cfg := config{backends: []string{"klock", "klock-everysec"}, workloads: []string{Stall}, workers: []int{1}}
+	r := &Results{Reps: 3, Leases: 1_000_000, Session: 100_000}
+	for rep := 1; rep <= 3; rep++ {
+		r.Cells = append(r.Cells, Cell{Backend: "klock", Workload: Stall, Workers: 1, Rep: rep, PairsPerSec: 100, P50us: 50, P99us: 90,
+			MaxUs: []float64{20_000, 60_000, 40_000}[rep-1]})
+	}
+	r.Memory = []MemoryRow{
+		{Backend: "klock", Leases: 1_000_000, BytesPerLease: 290, AfterRatio: 0.4, RSSWait: "20s"},
+		{Backend: "klock-everysec", Leases: 1_000_000, BytesPerLease: 390, AfterRatio: 0.6, RSSWait: "20s"},
+		{Backend: "klock-conn", Leases: 2000, BytesPerLease: 13000, AfterRatio: 1},
+	}
+	r.summarize(cfg)
+	type verdict struct {
+		ratio float64
+		pass  bool
+	}
+	want := map[string]verdict{
+		"klock stall (1000000 leases paged, a session of 100000 ended): longest stats <= 50 ms (ratio: ms/50)": {0.8, true},
+		"klock RSS per lease at 1000000 leases in memory <= 300 B (ratio: B/300)":                              {290.0 / 300, true},
+		"klock RSS 20s after releasing 1000000 leases <= 0.5 x held":                                           {0.4, true},
+		"klock-everysec RSS per lease at 1000000 leases durable <= 400 B (ratio: B/400)":                       {390.0 / 400, true},
+		"klock-everysec RSS 20s after releasing 1000000 leases <= 0.5 x held":                                  {0.6, false},
+	}
+	got := map[string]verdict{}
+	for _, tg := range r.Targets {
+		if tg.Ratio != nil && tg.Pass != nil {
+			got[tg.Subject+" "+tg.Goal] = verdict{*tg.Ratio, *tg.Pass}
+		}
+	}
+	for goal, w := range want {
+		g, ok := got[goal]
+		if !ok || abs(g.ratio-w.ratio) > 1e-9 || g.pass != w.pass {
+			t.Errorf("target %q = %+v (found %v); want %+v", goal, g, ok, w)
+		}
+	}
+	for goal := range got {
+		if strings.Contains(goal, "klock-conn") {
+			t.Errorf("target %q judged a release of 2000 leases and a back end outside the run", goal)
+		}
+	}
+}

@@ -100,9 +100,7 @@ func runHandoffCell(ctx context.Context, b Backend, w int, d, warmup time.Durati
 	if cell.Seconds > 0 {
 		cell.PairsPerSec = float64(cell.Pairs) / cell.Seconds
 	}
-	cell.P50us = micros(percentile(handoff, 0.50))
-	cell.P99us = micros(percentile(handoff, 0.99))
-	cell.P999us = micros(percentile(handoff, 0.999))
+	cell.setLatencies(handoff)
 	cell.RTTP50us = micros(percentile(rtt, 0.50))
 	cell.RTTP99us = micros(percentile(rtt, 0.99))
 	if rss, ok := b.RSS(); ok {

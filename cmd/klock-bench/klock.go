@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/klockd/klock/clientlib"
+	"github.com/klockd/klock/daemon"
 )
 
 // klockTTL is the lease ttl in the loop; the held leases of many-leases
@@ -50,6 +51,10 @@ func newKlockBackend(ctx context.Context, env *runEnv, name string, perConn bool
 	socket := filepath.Join(dir, "klockd.sock")
 	b := &klockBackend{name: name, perConn: perConn, dir: dir}
 	b.args = []string{"--socket", socket, "--log-level", "warn"}
+	if env.cfg.leases+env.cfg.session+4096 > daemon.DefaultMaxLeases || env.cfg.session >= daemon.DefaultMaxWaiters {
+		// The held leases, the stall session and the cells' own leases.
+		b.args = append(b.args, "--max-leases", "0", "--max-waiters", "0")
+	}
 	if fsync == "" {
 		b.args = append(b.args, "--state-dir", "")
 	} else {
@@ -175,6 +180,30 @@ func (b *klockBackend) Hold(ctx context.Context, n int) error {
 	if err := c.RegisterAgent(ctx, "holder", 1<<40); err != nil {
 		return err
 	}
+	if err := fillLeases(ctx, c, "holder", "held", "/held/", n); err != nil {
+		return err
+	}
+	got, err := c.ActiveLeaseCount(ctx)
+	if err != nil {
+		return err
+	}
+	if got < n {
+		return fmt.Errorf("klock-bench: klockd holds %d leases, want %d", got, n)
+	}
+	return nil
+}
+
+// Release ends the held leases' session and reports how long klockd took
+// to answer.
+func (b *klockBackend) Release(ctx context.Context) (time.Duration, error) {
+	t0 := time.Now()
+	_, err := b.holder.EndSession(ctx, "holder", "held")
+	return time.Since(t0), err
+}
+
+// fillLeases acquires n leases for agent in session on prefix0..prefix(n-1)
+// with acquire_many batches of 64, several in flight on c.
+func fillLeases(ctx context.Context, c *clientlib.Client, agent, session, prefix string, n int) error {
 	// A few batches in flight keep the daemon busy while answers return;
 	// each batch is ~4 KiB, so the client's write buffer can pass 64 KiB —
 	// the case that exposed clientlib's write-buffer aliasing (55a1cfe).
@@ -187,9 +216,9 @@ func (b *klockBackend) Hold(ctx context.Context, n int) error {
 		go func() {
 			defer wg.Done()
 			for start := range next {
-				req := clientlib.AcquireRequest{AgentID: "holder", SessionID: "held", TTL: klockHeldTTL}
+				req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, TTL: klockHeldTTL}
 				for i := start; i < min(n, start+batch); i++ {
-					req.Intents = append(req.Intents, clientlib.Intent{ResourceType: "FILE", ResourcePath: "/held/" + strconv.Itoa(i), Predicate: "MUTATES"})
+					req.Intents = append(req.Intents, clientlib.Intent{ResourceType: "FILE", ResourcePath: prefix + strconv.Itoa(i), Predicate: "MUTATES"})
 				}
 				res, err := c.AcquireMany(ctx, req)
 				if err == nil && !res.Success {
@@ -215,17 +244,7 @@ func (b *klockBackend) Hold(ctx context.Context, n int) error {
 	if sendErr != nil {
 		return sendErr
 	}
-	if err := <-errs; err != nil {
-		return err
-	}
-	got, err := c.ActiveLeaseCount(ctx)
-	if err != nil {
-		return err
-	}
-	if got < n {
-		return fmt.Errorf("klock-bench: klockd holds %d leases, want %d", got, n)
-	}
-	return nil
+	return <-errs
 }
 
 func (b *klockBackend) Close() error {

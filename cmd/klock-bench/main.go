@@ -25,14 +25,18 @@ type config struct {
 	warmup    time.Duration
 	reps      int
 	leases    int // held in the many-leases workload
-	klockd    string
-	jsonOut   string
-	mdOut     string
-	from      string // re-report a JSON file instead of measuring
-	plotOut   string
-	short     bool
-	profile   string // CPU profile of the tool (the client side)
-	args      []string
+	session   int // leases and waiters of the stall workload's session
+	// releaseWait is how long the memory report watches RSS after the
+	// held leases are released; 0: no memory report.
+	releaseWait time.Duration
+	klockd      string
+	jsonOut     string
+	mdOut       string
+	from        string // re-report a JSON file instead of measuring
+	plotOut     string
+	short       bool
+	profile     string // CPU profile of the tool (the client side)
+	args        []string
 }
 
 func main() {
@@ -70,13 +74,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("klock-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	backends := fs.String("backends", "echo,flock,redis,klock", "back ends, comma separated: echo, flock, redis, redis-aof, klock, klock-conn (one connection per worker), klock-never, klock-everysec, klock-always (durable, temp state dir), klock-conn-everysec (both), klock-etcd (cluster mode: one node on one etcd member), klock-etcd3 (three nodes on three members), etcd-mutex (etcd's concurrency.Mutex on one member)")
-	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated: uncontended, contended, many-leases, handoff (a parked waiter's grant after a release; klock only)")
+	workloads := fs.String("workloads", "uncontended,contended,many-leases", "workloads, comma separated: uncontended, contended, many-leases, handoff (a parked waiter's grant after a release; klock only), stall (stats while a session of -session leases and waiters ends and every lease is paged; klock only)")
 	workers := fs.String("w", "1,8,64", "worker counts, comma separated")
 	cfg := config{args: args}
 	fs.DurationVar(&cfg.duration, "d", 5*time.Second, "measured duration of each cell")
 	fs.DurationVar(&cfg.warmup, "warmup", 0, "unmeasured warm-up before each cell (default d/10, at most 500ms)")
 	fs.IntVar(&cfg.reps, "reps", 1, "repetitions of every cell, interleaved across back ends; the table shows medians")
-	fs.IntVar(&cfg.leases, "leases", 100000, "leases held during the many-leases workload")
+	fs.IntVar(&cfg.leases, "leases", 100000, "leases held during the many-leases and stall workloads")
+	fs.IntVar(&cfg.session, "session", 10000, "stall workload: leases of the session ended, each with a parked waiter")
+	fs.DurationVar(&cfg.releaseWait, "release-wait", 20*time.Second, "memory report: after the cells, release the held leases and watch klockd's RSS this long (0: no memory report)")
 	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&cfg.mdOut, "md", "", "write the table, targets and peer settings as Markdown to this file (for BENCHMARKS.md)")
@@ -102,6 +108,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		if !set["leases"] {
 			cfg.leases = 2000
+		}
+		if !set["session"] {
+			cfg.session = 1000
+		}
+		if !set["release-wait"] {
+			cfg.releaseWait = time.Second
 		}
 	}
 	if !set["warmup"] {
@@ -129,14 +141,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	switch {
 	case len(cfg.backends) == 0 || len(cfg.workloads) == 0 || len(cfg.workers) == 0:
 		return cfg, errors.New("klock-bench: -backends, -workloads and -w must each name at least one")
-	case cfg.duration <= 0 || cfg.reps < 1 || cfg.leases < 0:
-		return cfg, errors.New("klock-bench: -d must be positive, -reps at least 1, -leases not negative")
+	case cfg.duration <= 0 || cfg.reps < 1 || cfg.leases < 0 || cfg.session < 1 || cfg.releaseWait < 0:
+		return cfg, errors.New("klock-bench: -d must be positive, -reps and -session at least 1, -leases and -release-wait not negative")
 	}
 	return cfg, nil
 }
 
 // knownWorkloads are the -workloads names.
-var knownWorkloads = []string{Uncontended, Contended, ManyLeases, Handoff}
+var knownWorkloads = []string{Uncontended, Contended, ManyLeases, Handoff, Stall}
 
 func splitList(s string) []string {
 	var out []string
@@ -183,7 +195,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			return err
 		}
 		bs = append(bs, b)
-		if !contains(cfg.workloads, ManyLeases) {
+		if !contains(cfg.workloads, ManyLeases) && !contains(cfg.workloads, Stall) {
 			continue
 		}
 		h, err := backendMakers[name](ctx, env)
@@ -217,7 +229,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	res := &Results{Machine: describeMachine(), Command: "klock-bench " + strings.Join(cfg.args, " "),
-		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Settings: map[string]string{},
+		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Session: cfg.session, Settings: map[string]string{},
 		Skipped: skipped}
 	for _, b := range bs {
 		res.Settings[b.Name()] = b.Settings()
@@ -225,19 +237,31 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	measure := func(workload string, rep, w int, b Backend) error {
 		var cell Cell
 		var err error
-		if workload == Handoff {
+		switch workload {
+		case Handoff:
 			if _, ok := b.(handoffBackend); !ok {
 				return nil // no waiters in this back end's server
 			}
 			cell, err = runHandoffCell(ctx, b, w, cfg.duration, cfg.warmup)
-		} else {
+		case Stall:
+			sb, ok := b.(stallBackend)
+			if !ok || w != cfg.workers[0] {
+				return nil // klock only, once per repetition
+			}
+			cell, err = sb.Stall(ctx, rep, cfg.session)
+		default:
 			cell, err = runCell(ctx, b, workload, w, cfg.duration, cfg.warmup)
 		}
 		cell.Rep = rep
 		if err != nil {
 			return fmt.Errorf("klock-bench: %s: %w", cell.label(), err)
 		}
-		fmt.Fprintf(stderr, "%-40s %10.0f pairs/s  p50 %7.1fµs  p99 %8.1fµs\n", cell.label(), cell.PairsPerSec, cell.P50us, cell.P99us)
+		if workload == Stall {
+			fmt.Fprintf(stderr, "%-40s stats p50 %7.1fµs  p99 %8.1fµs  max %9.1fµs  paging %.2fs  end_session %.2fs\n",
+				cell.label(), cell.P50us, cell.P99us, cell.MaxUs, cell.PageSeconds, cell.EndSeconds)
+		} else {
+			fmt.Fprintf(stderr, "%-40s %10.0f pairs/s  p50 %7.1fµs  p99 %8.1fµs\n", cell.label(), cell.PairsPerSec, cell.P50us, cell.P99us)
+		}
 		res.Cells = append(res.Cells, cell)
 		return nil
 	}
@@ -247,7 +271,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		for _, w := range cfg.workers {
 			for _, wl := range cfg.workloads {
 				for _, b := range bs {
-					if wl == ManyLeases {
+					if wl == ManyLeases || wl == Stall {
 						if b = held[b.Name()]; b == nil {
 							continue
 						}
@@ -256,6 +280,23 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 						return err
 					}
 				}
+			}
+		}
+	}
+
+	if cfg.releaseWait > 0 {
+		for _, b := range bs {
+			if h := held[b.Name()]; h != nil {
+				m, err := measureRelease(ctx, b, h, cfg.leases, cfg.releaseWait)
+				if errors.Is(err, errUnsupported) {
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("klock-bench: %s: memory: %w", b.Name(), err)
+				}
+				fmt.Fprintf(stderr, "%-40s %.0f B/lease held; %.1f MiB -> %.1f MiB %v after the release\n", b.Name()+"/memory",
+					m.BytesPerLease, float64(m.RSSHeld)/(1<<20), float64(m.RSSAfter)/(1<<20), cfg.releaseWait)
+				res.Memory = append(res.Memory, m)
 			}
 		}
 	}

@@ -33,12 +33,12 @@ func (r *Results) markdown(w io.Writer) {
 	for _, s := range r.Skipped {
 		fmt.Fprintf(w, "\nSkipped: %s\n", s)
 	}
-	if rows := r.handoffRows(); len(rows) > 0 {
-		fmt.Fprintln(w, "\nHandoff: from the release sent to the parked waiter's grant at its client, next to the release's round trip:")
-		fmt.Fprintln(w, "\n| "+strings.Join(handoffHeader, " | ")+" |")
-		fmt.Fprintln(w, "|--:|---|--:|--:|--:|--:|--:|--:|--:|")
-		for _, row := range rows {
-			fmt.Fprintln(w, "| "+strings.Join(row.handoffColumns(), " | ")+" |")
+	for _, t := range r.extraTables() {
+		fmt.Fprintf(w, "\n%s%s:\n\n", strings.ToUpper(t.title[:1]), t.title[1:])
+		fmt.Fprintln(w, "| "+strings.Join(t.header, " | ")+" |")
+		fmt.Fprintln(w, t.align)
+		for _, row := range t.rows {
+			fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
 		}
 	}
 	fmt.Fprintln(w, "\nTargets:\n\n| subject | goal | measured ratio | verdict |\n|---|---|--:|---|")

@@ -29,6 +29,8 @@ type Results struct {
 	Targets  []Target          `json:"targets"`
 	Skipped  []string          `json:"skipped,omitempty"`
 	Backends []string          `json:"backends"` // in -backends order
+	Session  int               `json:"stall_session,omitempty"`
+	Memory   []MemoryRow       `json:"memory,omitempty"`
 
 	order []string // back ends in -backends order
 }
@@ -96,6 +98,10 @@ type Row struct {
 	RTTP50us float64  `json:"rtt_p50_us,omitempty"`
 	RTTP99us float64  `json:"rtt_p99_us,omitempty"`
 	P50VsRTT *float64 `json:"p50_vs_rtt,omitempty"`
+	// The stall workload, medians over repetitions.
+	MaxUs       float64 `json:"max_us,omitempty"`
+	PageSeconds float64 `json:"page_seconds,omitempty"`
+	EndSeconds  float64 `json:"end_seconds,omitempty"`
 }
 
 // Target is one of the issue's goals, evaluated on this run.
@@ -182,6 +188,11 @@ func (r *Results) summarize(cfg config) {
 				for _, c := range cs {
 					row.RSSBytes = max(row.RSSBytes, c.RSSBytes)
 				}
+				if wl == Stall {
+					row.MaxUs = medianOf(cs, func(c Cell) float64 { return c.MaxUs })
+					row.PageSeconds = medianOf(cs, func(c Cell) float64 { return c.PageSeconds })
+					row.EndSeconds = medianOf(cs, func(c Cell) float64 { return c.EndSeconds })
+				}
 				if wl == Handoff {
 					row.RTTP50us = medianOf(cs, func(c Cell) float64 { return c.RTTP50us })
 					row.RTTP99us = medianOf(cs, func(c Cell) float64 { return c.RTTP99us })
@@ -258,8 +269,29 @@ func (r *Results) summarize(cfg config) {
 		}
 	}
 	for _, row := range r.Summary {
-		if row.Workload == Handoff {
+		switch row.Workload {
+		case Handoff:
 			add(row.Backend, fmt.Sprintf("W=%d handoff: p50 <= 1.5 x the release round trip", row.Workers), row.P50VsRTT, atMost(row.P50VsRTT, 1.5))
+		case Stall:
+			ms := row.MaxUs / 1000
+			add(row.Backend, fmt.Sprintf("stall (%d leases paged, a session of %d ended): longest stats <= 50 ms (ratio: ms/50)", r.Leases, r.Session),
+				ptr(ms/50), atMost(&ms, 50))
+		}
+	}
+	for _, m := range r.Memory {
+		if !strings.HasPrefix(m.Backend, "klock") {
+			continue
+		}
+		goal, bound := "in memory", 300.0
+		if durable(m.Backend) {
+			goal, bound = "durable", 400
+		}
+		if m.Leases >= 1_000_000 {
+			add(m.Backend, fmt.Sprintf("RSS per lease at %d leases %s <= %.0f B (ratio: B/%.0f)", m.Leases, goal, bound, bound),
+				ptr(m.BytesPerLease/bound), atMost(&m.BytesPerLease, bound))
+		}
+		if m.Leases >= bigRelease {
+			add(m.Backend, fmt.Sprintf("RSS %s after releasing %d leases <= 0.5 x held", m.RSSWait, m.Leases), ptr(m.AfterRatio), atMost(&m.AfterRatio, 0.5))
 		}
 	}
 	for _, pair := range [][2]string{{"klock-everysec", "klock"}, {"klock-conn-everysec", "klock-conn"}} {
@@ -268,6 +300,17 @@ func (r *Results) summarize(cfg config) {
 			add(pair[0], "W=64 uncontended: durable everysec >= 0.8 x in-memory", x, atLeast(x, 0.8))
 		}
 	}
+}
+
+// bigRelease is the smallest release the memory target judges: below it
+// the process's fixed memory (runtime, buffers) outweighs the leases'.
+const bigRelease = 100_000
+
+func ptr(x float64) *float64 { return &x }
+
+// durable reports whether a klock back end writes a log.
+func durable(b string) bool {
+	return slices.Contains([]string{"klock-never", "klock-everysec", "klock-always", "klock-conn-everysec"}, b)
 }
 
 // redisPeer is the Redis configuration a back end is compared with: the
@@ -305,25 +348,51 @@ func (row Row) columns() []string {
 		fmtRatio(row.VsRedis), fmtRatio(row.VsEcho), fmtRatio(row.P50VsEcho), fmtRatio(row.P99VsRedis)}
 }
 
-// handoffHeader names the columns of the handoff table.
-var handoffHeader = []string{"W", "backend", "handoffs/s", "p50 µs", "p99 µs", "p999 µs", "rtt p50 µs", "rtt p99 µs", "p50/rtt"}
-
-// handoffRows are the summary rows of the handoff workload.
-func (r *Results) handoffRows() []Row {
-	var rows []Row
-	for _, row := range r.Summary {
-		if row.Workload == Handoff {
-			rows = append(rows, row)
-		}
-	}
-	return rows
+// table is a titled table of the workloads that are not pairs.
+type table struct {
+	title  string
+	header []string
+	align  string // the Markdown alignment row
+	rows   [][]string
 }
 
-// handoffColumns formats a handoff row as handoffHeader names.
-func (row Row) handoffColumns() []string {
-	return []string{strconv.Itoa(row.Workers), row.Backend, fmt.Sprintf("%.0f", row.PairsPerSec),
-		fmt.Sprintf("%.1f", row.P50us), fmt.Sprintf("%.1f", row.P99us), fmt.Sprintf("%.1f", row.P999us),
-		fmt.Sprintf("%.1f", row.RTTP50us), fmt.Sprintf("%.1f", row.RTTP99us), fmtRatio(row.P50VsRTT)}
+// extraTables are the handoff, stall and memory tables, those that have
+// rows.
+func (r *Results) extraTables() []table {
+	handoff := table{title: "handoff: from the release sent to the parked waiter's grant at its client, next to the release's round trip",
+		header: []string{"W", "backend", "handoffs/s", "p50 µs", "p99 µs", "p999 µs", "rtt p50 µs", "rtt p99 µs", "p50/rtt"},
+		align:  "|--:|---|--:|--:|--:|--:|--:|--:|--:|"}
+	stall := table{title: fmt.Sprintf("stall: a client's stats while another pages through every lease (%d held) and a third ends a session of %d leases with %d parked waiters", r.Leases, r.Session, r.Session),
+		header: []string{"backend", "stats/s", "p50 µs", "p99 µs", "p999 µs", "max µs", "paging s", "end_session s", "RSS MiB"},
+		align:  "|---|--:|--:|--:|--:|--:|--:|--:|--:|"}
+	for _, row := range r.Summary {
+		switch row.Workload {
+		case Handoff:
+			handoff.rows = append(handoff.rows, []string{strconv.Itoa(row.Workers), row.Backend, fmt.Sprintf("%.0f", row.PairsPerSec),
+				fmt.Sprintf("%.1f", row.P50us), fmt.Sprintf("%.1f", row.P99us), fmt.Sprintf("%.1f", row.P999us),
+				fmt.Sprintf("%.1f", row.RTTP50us), fmt.Sprintf("%.1f", row.RTTP99us), fmtRatio(row.P50VsRTT)})
+		case Stall:
+			stall.rows = append(stall.rows, []string{row.Backend, fmt.Sprintf("%.0f", row.PairsPerSec),
+				fmt.Sprintf("%.1f", row.P50us), fmt.Sprintf("%.1f", row.P99us), fmt.Sprintf("%.1f", row.P999us), fmt.Sprintf("%.1f", row.MaxUs),
+				fmt.Sprintf("%.2f", row.PageSeconds), fmt.Sprintf("%.2f", row.EndSeconds), fmt.Sprintf("%.1f", float64(row.RSSBytes)/(1<<20))})
+		}
+	}
+	memory := table{title: "memory: RSS with the leases held, then after releasing them all at once",
+		header: []string{"backend", "leases", "RSS empty MiB", "RSS held MiB", "B/lease", "release s", "RSS after MiB", "after/held"},
+		align:  "|---|--:|--:|--:|--:|--:|--:|--:|"}
+	for _, m := range r.Memory {
+		memory.rows = append(memory.rows, []string{m.Backend, strconv.Itoa(m.Leases),
+			fmt.Sprintf("%.1f", float64(m.RSSEmpty)/(1<<20)), fmt.Sprintf("%.1f", float64(m.RSSHeld)/(1<<20)),
+			fmt.Sprintf("%.0f", m.BytesPerLease), fmt.Sprintf("%.2f", m.ReleaseSeconds),
+			fmt.Sprintf("%.1f (%s)", float64(m.RSSAfter)/(1<<20), m.RSSWait), fmt.Sprintf("%.2f", m.AfterRatio)})
+	}
+	var out []table
+	for _, t := range []table{handoff, stall, memory} {
+		if len(t.rows) > 0 {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // WriteTable prints the summary and the targets as aligned text.
@@ -342,12 +411,12 @@ func (r *Results) WriteTable(w io.Writer) {
 	for _, s := range r.Skipped {
 		fmt.Fprintf(w, "skipped: %s\n", s)
 	}
-	if rows := r.handoffRows(); len(rows) > 0 {
-		fmt.Fprintln(w, "\nhandoff: from the release sent to the parked waiter's grant at its client, next to the release's round trip:")
+	for _, t := range r.extraTables() {
+		fmt.Fprintf(w, "\n%s:\n", t.title)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, strings.Join(handoffHeader, "\t")+"\t")
-		for _, row := range rows {
-			fmt.Fprintln(tw, strings.Join(row.handoffColumns(), "\t")+"\t")
+		fmt.Fprintln(tw, strings.Join(t.header, "\t")+"\t")
+		for _, row := range t.rows {
+			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		}
 		tw.Flush()
 	}

@@ -46,6 +46,19 @@ type Cell struct {
 	// round trip for the release that hands the lease over.
 	RTTP50us float64 `json:"rtt_p50_us,omitempty"`
 	RTTP99us float64 `json:"rtt_p99_us,omitempty"`
+	// In the stall workload the latencies are the probe's stats calls
+	// (MaxUs the longest), Pairs the leases paged, PageSeconds one pass of
+	// the pager over them and EndSeconds the end_session.
+	MaxUs       float64 `json:"max_us,omitempty"`
+	PageSeconds float64 `json:"page_seconds,omitempty"`
+	EndSeconds  float64 `json:"end_seconds,omitempty"`
+}
+
+// setLatencies sets the cell's percentiles from lat, sorted.
+func (c *Cell) setLatencies(lat []time.Duration) {
+	c.P50us = micros(percentile(lat, 0.50))
+	c.P99us = micros(percentile(lat, 0.99))
+	c.P999us = micros(percentile(lat, 0.999))
 }
 
 // workerStats is what one worker counts; only its goroutine writes it.
@@ -103,9 +116,7 @@ func runCell(ctx context.Context, b Backend, workload string, w int, d, warmup t
 	if cell.Seconds > 0 {
 		cell.PairsPerSec = float64(cell.Pairs) / cell.Seconds
 	}
-	cell.P50us = micros(percentile(lat, 0.50))
-	cell.P99us = micros(percentile(lat, 0.99))
-	cell.P999us = micros(percentile(lat, 0.999))
+	cell.setLatencies(lat)
 	if rss, ok := b.RSS(); ok {
 		cell.RSSBytes = rss
 	}
