@@ -10,11 +10,13 @@ import (
 
 // boundProc is one process that leases or queued requests are bound to.
 // The leases point at proc, so binding costs a lease one pointer and one
-// index, whatever the number of leases of the process.
+// index, whatever the number of leases of the process. A process with one
+// lease, the common case, costs one allocation: leases starts in first.
 type boundProc struct {
-	proc    *Process  // shared by the leases' Bound; never changed
+	proc    Process   // the leases' Bound points here; never changed
 	leases  []*lease  // present leases bound to it (expired ones too, until removed)
 	waiters []*waiter // queued requests bound to it
+	first   [1]*lease // leases' first backing array
 }
 
 // procFor returns the table entry of p, creating it.
@@ -24,8 +26,8 @@ func (e *Engine) procFor(p Process) *boundProc {
 		if e.procs == nil {
 			e.procs = make(map[Process]*boundProc)
 		}
-		q := p
-		bp = &boundProc{proc: &q}
+		bp = &boundProc{proc: p}
+		bp.leases = bp.first[:0]
 		e.procs[p] = bp
 	}
 	return bp
@@ -35,7 +37,7 @@ func (e *Engine) procFor(p Process) *boundProc {
 // table's shared Process.
 func (e *Engine) bindLease(x *lease) {
 	bp := e.procFor(*x.Bound)
-	x.Bound = bp.proc
+	x.Bound = &bp.proc
 	x.procIdx = int32(len(bp.leases))
 	bp.leases = append(bp.leases, x)
 }
@@ -55,7 +57,7 @@ func (e *Engine) unbindLease(x *lease) {
 // bindWaiter files a queued request under its process.
 func (e *Engine) bindWaiter(w *waiter) {
 	bp := e.procFor(*w.bind)
-	w.bind = bp.proc
+	w.bind = &bp.proc
 	bp.waiters = append(bp.waiters, w)
 }
 
@@ -70,7 +72,7 @@ func (e *Engine) unbindWaiter(w *waiter) {
 
 func (e *Engine) dropProcIfUnused(bp *boundProc) {
 	if len(bp.leases) == 0 && len(bp.waiters) == 0 {
-		delete(e.procs, *bp.proc)
+		delete(e.procs, bp.proc)
 	}
 }
 
@@ -97,7 +99,7 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: d}})
 		e.dropWaiter(w) // removes it from bp.waiters; may drop bp
 	}
-	proc := bp.proc
+	proc := &bp.proc
 	ls := slices.Clone(bp.leases)
 	if e.eventsOn {
 		slices.SortFunc(ls, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })

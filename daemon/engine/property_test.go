@@ -270,7 +270,7 @@ func (m *model) check() {
 			bp := e.procs[*l.Bound]
 			require.NotNil(m.t, bp, "lease bound to %+v, which is not in the table", *l.Bound)
 			require.Same(m.t, l, bp.leases[l.procIdx])
-			require.Same(m.t, bp.proc, l.Bound)
+			require.Same(m.t, &bp.proc, l.Bound)
 		}
 	})
 	require.Equal(m.t, withTTL, len(e.leaseDeadlines))
@@ -282,7 +282,7 @@ func (m *model) check() {
 		}
 	}
 	for p, bp := range e.procs {
-		require.Equal(m.t, p, *bp.proc)
+		require.Equal(m.t, p, bp.proc)
 		require.NotZero(m.t, len(bp.leases)+len(bp.waiters), "process %+v kept with nothing bound", p)
 		bound -= len(bp.leases)
 		boundWaiters -= len(bp.waiters)
