@@ -13,13 +13,42 @@ import (
 // CONSUMES, MUTATES, DELETES, DEPENDS_ON, RENAMES).
 type Intent = protocol.Intent
 
+// Bind says what else a lease's life follows besides its TTL (protocol
+// "Leases bound to a process").
+type Bind string
+
+const (
+	// BindProcess binds the lease to this process: klockd ends it the
+	// moment the process exits, however it exits, as a release would; it
+	// does not end when the connection drops while the process lives. It is
+	// the default (the zero Bind means it too). klockd refuses it with
+	// ErrBindUnavailable where it cannot watch this process (another pid
+	// namespace, no pidfds).
+	BindProcess Bind = "process"
+	// BindNone leaves the lease unbound: it lives until released or its
+	// TTL passes, whether this process lives or not. Use it for leases that
+	// must outlive the process that takes them.
+	BindNone Bind = "none"
+)
+
+// wire returns the bind argument to send.
+func (b Bind) wire() string {
+	if b == "" {
+		return string(BindProcess)
+	}
+	return string(b)
+}
+
 // AcquireRequest asks for one lease (AcquireOnce, Acquire with one intent)
 // or several at once, all or nothing (AcquireMany, Acquire with several).
 type AcquireRequest struct {
 	AgentID   string
 	SessionID string
 	Intents   []Intent
-	// TTL is the lease lifetime; Acquire renews it at TTL/3.
+	// TTL is the lease lifetime; Acquire renews it at TTL/3. With the
+	// default binding (BindProcess) it may be 0: the lease then has no ttl
+	// and lasts until it is released or this process exits, and Acquire
+	// does not renew it.
 	TTL time.Duration
 	// WaitTimeout: on a WAIT verdict, let the daemon hold the request up to
 	// this long and answer when it is decided (0 = answer at once). Acquire
@@ -32,6 +61,8 @@ type AcquireRequest struct {
 	// NoWait makes Acquire ask once and answer at once: a denial is a
 	// *DenialError, with no wait in the daemon and no retry.
 	NoWait bool
+	// Bind is BindProcess (the default, also when empty) or BindNone.
+	Bind Bind
 }
 
 // AcquireResult is the answer to an acquire: a grant (Success, with the
@@ -45,8 +76,9 @@ type AcquireResult struct {
 	Resource   string // the resource key, e.g. "FILE:/src/auth.ts"
 	Predicate  string
 	AcquiredAt time.Time
-	ExpiresAt  time.Time
-	Fence      uint64 // grows with every grant the daemon makes, across restarts
+	ExpiresAt  time.Time // zero for a lease without a ttl (bound to its process)
+	Fence      uint64    // grows with every grant the daemon makes, across restarts
+	BoundPID   int       // the process the lease ends with, as klockd sees it; 0 when unbound
 
 	Reason   string        // DIE, WAIT, CONFLICT, RESOURCE_LOCKED, SESSION_EXPIRED
 	WaitTime time.Duration // suggested delay before retrying
@@ -71,12 +103,15 @@ func grantResult(g *protocol.Grant) AcquireResult {
 	return AcquireResult{
 		Success: true, LeaseID: g.LeaseID, AgentID: g.AgentID, SessionID: g.SessionID,
 		Resource: g.Resource, Predicate: g.Predicate, AcquiredAt: fromMillis(g.AcquiredAt),
-		ExpiresAt: fromMillis(g.ExpiresAt), Fence: g.Fence,
+		ExpiresAt: fromMillis(g.ExpiresAt), Fence: g.Fence, BoundPID: int(g.BoundPID),
 	}
 }
 
 // AcquireLease tries once to take a lease, as the seed SDK's acquire_lease:
-// the answer comes at once, granted or denied.
+// the answer comes at once, granted or denied. The lease is bound to this
+// process (BindProcess), so it ends when the process does, even if it
+// never releases it; use AcquireOnce with BindNone for a lease that must
+// outlive the process.
 func (c *Client) AcquireLease(ctx context.Context, agentID, sessionID, resourceType, resourcePath, predicate string, ttl time.Duration) (*AcquireResult, error) {
 	return c.AcquireOnce(ctx, AcquireRequest{
 		AgentID: agentID, SessionID: sessionID, TTL: ttl,
@@ -119,7 +154,7 @@ func (c *Client) AcquireOnce(ctx context.Context, req AcquireRequest) (*AcquireR
 		r := grantResult(&protocol.Grant{
 			LeaseID: res.LeaseID, AgentID: res.AgentID, SessionID: res.SessionID,
 			Resource: res.Resource, Predicate: res.Predicate, AcquiredAt: res.AcquiredAt,
-			ExpiresAt: res.ExpiresAt, Fence: res.Fence,
+			ExpiresAt: res.ExpiresAt, Fence: res.Fence, BoundPID: res.BoundPID,
 		})
 		return &r, nil
 	}
@@ -158,7 +193,11 @@ func (c *Client) AcquireMany(ctx context.Context, req AcquireRequest) (*AcquireM
 	return out, nil
 }
 
+// setWaitAndIdem sets the arguments every acquire shares: wait_timeout,
+// idem (generated when req has none) and bind.
 func (c *Client) setWaitAndIdem(args *protocol.Args, req AcquireRequest) {
+	args.Bind = req.Bind.wire()
+	args.Set(protocol.ArgBind)
 	if req.WaitTimeout != 0 {
 		args.WaitTimeout = millis(req.WaitTimeout)
 		args.Set(protocol.ArgWaitTimeout)

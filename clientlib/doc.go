@@ -53,6 +53,16 @@
 //	// each step that must not run without the lease; pass lease.Fence() to
 //	// anything that can reject stale writers.
 //
+// Leases are bound to the calling process by default (AcquireRequest.Bind,
+// BindProcess): klockd ends them the moment the process exits, however it
+// exits, so a crashed agent frees its files at once rather than a TTL
+// later; they survive reconnects and daemon restarts while the process
+// lives. With the default binding the TTL may be 0 (the lease lasts until
+// released or the process exits, and is not renewed). BindNone opts out,
+// for a lease that must outlive the process. A bound acquire fails with
+// ErrBindUnavailable where klockd cannot watch the process (another pid
+// namespace, no pidfds): use BindNone and a TTL there.
+//
 // Remote errors are *Error values with the protocol code; they match the
 // sentinels (ErrInvalidArgument, ErrNotFound, ...) with errors.Is. Transport
 // failures are distinct: ErrClosed for every closed-connection flavour and

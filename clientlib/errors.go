@@ -57,6 +57,9 @@ var (
 	// Calls retry it with backoff (Options.UnavailableWait) before
 	// returning it.
 	ErrUnavailable = &Error{Code: protocol.CodeUnavailable}
+	// ErrBindUnavailable: klockd cannot bind a lease to this process (its
+	// message says why); acquire with BindNone and a TTL instead.
+	ErrBindUnavailable = &Error{Code: protocol.CodeBindUnavailable}
 )
 
 // ErrClosed is returned by calls on a closed Client, and by calls whose

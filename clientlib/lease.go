@@ -51,6 +51,7 @@ func (l *Lease) Leases() []AcquireResult { return append([]AcquireResult(nil), l
 // this process's monotonic clock from when the request that granted or
 // renewed the lease was sent, plus its ttl: a lower bound that no step of
 // the wall clock moves (the daemon's expires_at is on its own lease clock).
+// It is the zero time for a lease without a ttl.
 func (l *Lease) ExpiresAt() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -60,7 +61,8 @@ func (l *Lease) ExpiresAt() time.Time {
 // Lost returns a channel closed when the lease is lost: a renewal failed
 // (it expired, was revoked, or the daemon stayed unreachable until just
 // before it would expire) or the Client was closed. It is not closed by
-// Release.
+// Release. A lease without a ttl is never renewed, so only closing the
+// Client closes Lost.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 // Err returns nil while the lease is held; why it was lost once Lost is
@@ -294,7 +296,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 // soon renews them at once.
 func (c *Client) keep(grants []AcquireResult, ttl time.Duration, sent time.Time, soon bool) *Lease {
 	l := &Lease{c: c, grants: grants, ttl: ttl, exited: make(chan struct{}), lost: make(chan struct{})}
-	l.expires, l.soon = sent.Add(ttl), soon
+	l.soon = soon
+	if ttl > 0 {
+		l.expires = sent.Add(ttl)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l.ctx, l.stop = context.WithCancel(c.life)
@@ -310,9 +315,18 @@ func (c *Client) keep(grants []AcquireResult, ttl time.Duration, sent time.Time,
 }
 
 // keepAlive renews the leases every ttl/3 until Release or a renewal fails.
+// A lease without a ttl needs no renewal: it only waits for Release or
+// Client.Close.
 func (l *Lease) keepAlive() {
 	defer l.c.bg.Done()
 	defer close(l.exited)
+	if l.ttl <= 0 {
+		<-l.ctx.Done()
+		if l.c.life.Err() != nil {
+			l.lose(fmt.Errorf("klock: lease %s on %s: %w", l.ID(), l.Resource(), ErrClosed))
+		}
+		return
+	}
 	// The first renewal comes a third of the ttl after the acquire was
 	// sent, or at once for a lease that may be older.
 	l.mu.Lock()

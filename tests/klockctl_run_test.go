@@ -174,12 +174,14 @@ func TestKlockctlRunInterruptedWhileWaiting(t *testing.T) {
 	})
 }
 
-// TestKlockctlRunKilledLeasesExpire checks the documented SIGKILL case: the
-// command gets SIGTERM from the kernel and the lease ends at its ttl.
-func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
+// TestKlockctlRunKilledFreesLeaseAndCommand checks the documented SIGKILL
+// case: the leases are bound to klockctl's process, so they are released
+// at once, long before their 10 minute ttl, and the command gets SIGTERM
+// from the kernel (its parent-death signal).
+func TestKlockctlRunKilledFreesLeaseAndCommand(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	pidFile := filepath.Join(t.TempDir(), "pid")
-	p := kcStart(t, d, "run", "--ttl", "1s", "/res/x", "--", "sh", "-c", `echo $$ > "$1"; exec sleep 60`, "sh", pidFile)
+	p := kcStart(t, d, "run", "--ttl", "10m", "/res/x", "--", "sh", "-c", `echo $$ > "$1"; exec sleep 100`, "sh", pidFile)
 	var childPID int
 	waitFor(t, "the command to start", func() bool {
 		b, err := os.ReadFile(pidFile)
@@ -189,6 +191,11 @@ func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
 		childPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
 		return err == nil
 	})
+	var ls kcLeases
+	kcOK(t, d, &ls, "leases", "--json")
+	if len(ls.Leases) != 1 || ls.Leases[0].BoundPID != int32(p.cmd.Process.Pid) {
+		t.Fatalf("leases while run holds one = %+v; want it bound to klockctl (pid %d)", ls.Leases, p.cmd.Process.Pid)
+	}
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -198,5 +205,5 @@ func TestKlockctlRunKilledLeasesExpire(t *testing.T) {
 		// Gone, or a zombie waiting for a reaper.
 		return err != nil || strings.Contains(string(stat), ") Z ")
 	})
-	waitFor(t, "the lease to expire at its ttl", func() bool { return kcCount(t, d) == 0 })
+	waitFor(t, "the lease to be released with klockctl's process", func() bool { return kcCount(t, d) == 0 })
 }

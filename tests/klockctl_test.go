@@ -104,6 +104,7 @@ type kcLease struct {
 	Fence      uint64 `json:"fence"`
 	OwnerUID   uint32 `json:"owner_uid"`
 	OwnerPID   int32  `json:"owner_pid"`
+	BoundPID   int32  `json:"bound_pid"`
 }
 
 type kcLeases struct {

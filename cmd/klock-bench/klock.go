@@ -108,7 +108,7 @@ func (b *klockBackend) Settings() string {
 			conn = strings.Replace(conn, "shared by all workers of a cell", "per node, shared by its workers", 1)
 		}
 	}
-	return fmt.Sprintf("%s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, one agent per worker), release = ReleaseLease",
+	return fmt.Sprintf("%s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, bound to the bench process as clientlib binds by default, one agent per worker), release = ReleaseLease",
 		b.version, quoteArgs(b.args[2:]), conn)
 }
 

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -180,11 +182,11 @@ func formatLeases(w io.Writer, ls []protocol.LeaseInfo, truncated bool, now time
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RESOURCE\tPREDICATE\tAGENT\tSESSION\tFENCE\tEXPIRES\tOWNER\tLEASE")
+	fmt.Fprintln(tw, "RESOURCE\tPREDICATE\tAGENT\tSESSION\tFENCE\tEXPIRES\tOWNER\tBOUND TO\tLEASE")
 	for _, l := range ls {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
 			cell(resourceText(l.Resource, l.ClientPath)), l.Predicate, cell(l.AgentID), cell(l.SessionID), l.Fence,
-			untilText(time.UnixMilli(l.ExpiresAt), now), ownerText(l.OwnerUID, l.OwnerPID), l.LeaseID)
+			expiresText(l.ExpiresAt, now), ownerText(l.OwnerUID, l.OwnerPID), boundText(l.BoundPID), l.LeaseID)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -244,6 +246,8 @@ func formatStatus(w io.Writer, socket, kind string, h *protocol.HelloResult, s *
 	fmt.Fprintf(tw, "denials\t%d wait, %d die\n", s.Waits, s.Dies)
 	fmt.Fprintf(tw, "expirations\t%d\n", s.Expirations)
 	fmt.Fprintf(tw, "fence\t%d\n", s.Fence)
+	fmt.Fprintf(tw, "bound\t%d processes (%d pidfds); %d leases ended with their process\n",
+		s.BoundProcesses, s.Pidfds, s.ExitReleases)
 	if s.Degraded {
 		fmt.Fprintf(tw, "state\tDEGRADED since %s: changes are refused (UNAVAILABLE), reads are served; %s\n",
 			clockText(time.UnixMilli(s.DegradedSince), loc), oneLine(s.DegradedReason))
@@ -271,7 +275,7 @@ func formatGrants(w io.Writer, gs []grantJSON, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, g := range gs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\tfence %d\texpires %s\n", g.LeaseID, cell(g.Resource), g.Predicate,
-			g.Fence, untilText(time.UnixMilli(g.ExpiresAt), now))
+			g.Fence, expiresText(g.ExpiresAt, now))
 	}
 	return tw.Flush()
 }
@@ -296,6 +300,30 @@ func denialText(d denialJSON) string {
 }
 
 // untilText says how long until t, as "in 29s", or "expired".
+// expiresText is untilText for a wire expires_at, which is 0 for a lease
+// without a ttl.
+func expiresText(ms int64, now time.Time) string {
+	if ms == 0 {
+		return "no ttl"
+	}
+	return untilText(time.UnixMilli(ms), now)
+}
+
+// boundText shows the process a lease is bound to: its pid and, when this
+// machine's /proc has it, its name; "-" for an unbound lease. The name is
+// read here, so it is right when klockctl shares klockd's pid namespace
+// (the usual case); elsewhere it may be missing.
+func boundText(pid int32) string {
+	if pid == 0 {
+		return "-"
+	}
+	name, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/comm")
+	if err != nil {
+		return strconv.Itoa(int(pid))
+	}
+	return strconv.Itoa(int(pid)) + " (" + oneLine(strings.TrimSpace(string(name))) + ")"
+}
+
 func untilText(t, now time.Time) string {
 	d := t.Sub(now)
 	if d <= 0 {

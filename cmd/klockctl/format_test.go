@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -25,13 +27,31 @@ func TestFormatLeases(t *testing.T) {
 	if err := formatLeases(&b, ls, true, testNow); err != nil {
 		t.Fatal(err)
 	}
-	want := `RESOURCE           PREDICATE  AGENT       SESSION            FENCE  EXPIRES   OWNER            LEASE
-FILE:/src/auth.ts  MUTATES    senior-bot  s1                 7      in 29.5s  uid=1000,pid=42  11111111-aaaa
-SYMBOL:x           CONSUMES   b           session with tabs  12     expired   uid=0,pid=1      22222222-bbbb
+	want := `RESOURCE           PREDICATE  AGENT       SESSION            FENCE  EXPIRES   OWNER            BOUND TO  LEASE
+FILE:/src/auth.ts  MUTATES    senior-bot  s1                 7      in 29.5s  uid=1000,pid=42  -         11111111-aaaa
+SYMBOL:x           CONSUMES   b           session with tabs  12     expired   uid=0,pid=1      -         22222222-bbbb
 (first 2 shown, as --limit asks; more match)
 `
 	if b.String() != want {
 		t.Errorf("formatLeases =\n%s\nwant\n%s", b.String(), want)
+	}
+
+	// Bound to this test process, without a ttl: its name is read from /proc.
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := int32(os.Getpid())
+	b.Reset()
+	bound := []protocol.LeaseInfo{{LeaseID: "33333333-cccc", AgentID: "c", SessionID: "s", Resource: "FILE:/b",
+		Predicate: "MUTATES", Fence: 13, OwnerUID: 0, OwnerPID: me, BoundPID: me}}
+	if err := formatLeases(&b, bound, false, testNow); err != nil {
+		t.Fatal(err)
+	}
+	row := strings.Join(strings.Fields(strings.Split(b.String(), "\n")[1]), " ")
+	wantRow := fmt.Sprintf("FILE:/b MUTATES c s 13 no ttl uid=0,pid=%d %d (%s) 33333333-cccc", me, me, strings.TrimSpace(string(comm)))
+	if row != wantRow {
+		t.Errorf("formatLeases of a bound lease without a ttl: row %q; want %q", row, wantRow)
 	}
 
 	b.Reset()
@@ -65,7 +85,7 @@ junior      200       2026-11-29 12:01:00  0       1
 func TestFormatStatus(t *testing.T) {
 	h := &protocol.HelloResult{Server: "klockd/1.0", Protocol: 1, PID: 99, MaxFrame: 1 << 20, StartedAt: ms(testNow)}
 	s := &protocol.StatsResult{UptimeMS: 3723000, Connections: 3, Agents: 2, Leases: 5, Waiters: 1,
-		Ops: 1000, Grants: 90, Waits: 4, Dies: 6, Expirations: 2, Fence: 90}
+		Ops: 1000, Grants: 90, Waits: 4, Dies: 6, Expirations: 2, Fence: 90, BoundProcesses: 2, Pidfds: 2, ExitReleases: 7}
 	var b strings.Builder
 	if err := formatStatus(&b, "/tmp/k.sock", "per-user", h, s, time.UTC); err != nil {
 		t.Fatal(err)
@@ -82,6 +102,7 @@ grants       90
 denials      4 wait, 6 die
 expirations  2
 fence        90
+bound        2 processes (2 pidfds); 7 leases ended with their process
 state        ok
 `
 	if b.String() != want {

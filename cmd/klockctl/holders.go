@@ -74,7 +74,6 @@ func describeHolders(ls []protocol.LeaseInfo, heldBy string, now time.Time) stri
 // until when.
 func holderClause(l protocol.LeaseInfo, now time.Time) string {
 	since := time.UnixMilli(l.AcquiredAt)
-	until := time.UnixMilli(l.ExpiresAt)
 	it := "it"
 	if strings.HasSuffix(l.Resource, "/") {
 		it = l.Resource + " (a subtree that covers it)"
@@ -82,10 +81,18 @@ func holderClause(l protocol.LeaseInfo, now time.Time) string {
 	if l.ClientPath != "" { // named in a linked git worktree
 		it += ", as " + oneLine(l.ClientPath) + ","
 	}
-	return fmt.Sprintf("agent %s (session %s) holds %s for %s since %s (%s ago) until %s (%s) unless renewed",
+	s := fmt.Sprintf("agent %s (session %s) holds %s for %s since %s (%s ago)",
 		oneLine(l.AgentID), oneLine(l.SessionID), it, l.Predicate,
-		clock(since), roundDuration(max(now.Sub(since), 0)),
-		clock(until), untilText(until, now))
+		clock(since), roundDuration(max(now.Sub(since), 0)))
+	if l.ExpiresAt == 0 { // bound to its process, without a ttl
+		return s + fmt.Sprintf(" until it releases it or process %d exits", l.BoundPID)
+	}
+	until := time.UnixMilli(l.ExpiresAt)
+	s += fmt.Sprintf(" until %s (%s) unless renewed", clock(until), untilText(until, now))
+	if l.BoundPID != 0 {
+		s += fmt.Sprintf(", or until process %d exits", l.BoundPID)
+	}
+	return s
 }
 
 // clock formats t as the local time of day, with the date when it is not

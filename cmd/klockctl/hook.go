@@ -271,8 +271,10 @@ func (a *app) preEdit(in *hookInput, field string, failClosed bool, ttl time.Dur
 	}
 	defer c.Close()
 
+	// Not bound: the hook process exits at once, and the lease must last
+	// while the agent edits.
 	req := clientlib.AcquireRequest{
-		AgentID: agent, SessionID: session, TTL: ttl, Idem: hookIdem(session, r.Path),
+		AgentID: agent, SessionID: session, TTL: ttl, Idem: hookIdem(session, r.Path), Bind: clientlib.BindNone,
 		Intents: []clientlib.Intent{{ResourceType: r.Type, ResourcePath: r.Path, Predicate: "MUTATES", ClientPath: r.ClientPath}},
 	}
 	var res *clientlib.AcquireResult

@@ -25,10 +25,12 @@ func leasesCommand() *command {
 		synopsis: "[flags]",
 		summary:  "list active leases as a table",
 		help: `Lists active leases, sorted by resource then fence, as an aligned table:
-resource, predicate, agent, session, fencing token, time left, the uid and
-pid that took it, and the lease id. It pages through all of them (1000 a
-request), or the first --limit; a lease granted or released while it pages
-may be listed or not, and none is listed twice.
+resource, predicate, agent, session, fencing token, time left ("no ttl" for
+a lease bound to its process without one), the uid and pid that took it,
+the pid and name of the process it is bound to ("-" when it is not bound;
+klockd ends it when that process exits), and the lease id. It pages through
+all of them (1000 a request), or the first --limit; a lease granted or
+released while it pages may be listed or not, and none is listed twice.
 
 --prefix matches the start of the resource key (FILE:/src/, SYMBOL:auth.).
 A prefix without a TYPE: is a FILE path, resolved like a FILE resource
@@ -153,9 +155,10 @@ func acquireCommand() *command {
 		summary:  "take leases and print them (they outlive klockctl)",
 		help: `Takes a lease on each RESOURCE and prints it: lease id, resource, predicate,
 fencing token and time left. Several resources are taken atomically
-(acquire_many): all or none. The leases are NOT kept alive: they expire
-after --ttl unless renewed with "klockctl heartbeat" or ended with
-"klockctl release" (use "klockctl run" to hold leases for a command).
+(acquire_many): all or none. The leases are NOT kept alive, and not bound
+to klockctl's process (bind "none"), so they outlive it: they expire after
+--ttl unless renewed with "klockctl heartbeat" or ended with "klockctl
+release" (use "klockctl run" to hold leases for a command, bound to it).
 
 A RESOURCE is TYPE:path with TYPE one of FILE, SYMBOL, API_ENDPOINT,
 DATABASE_TABLE, CONFIG_KEY (any case); a bare path is a FILE. A FILE path is
@@ -203,8 +206,9 @@ stderr (the denial map with --json, on stdout) and exits 1.`,
 			defer c.Close()
 			actx, cancelWait := waitContext(ctx, 0, *wait)
 			defer cancelWait()
+			// Not bound: the lease must outlive this short-lived command.
 			req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: *h.ttl,
-				Idem: idem, NoWait: *wait == 0}
+				Idem: idem, NoWait: *wait == 0, Bind: clientlib.BindNone}
 			var leases []clientlib.AcquireResult // not kept alive: they live by their ttl
 			notice, err := acquireRegistering(actx, c, agent, func() (err error) {
 				leases, err = c.AcquireGrants(actx, req)
@@ -320,8 +324,17 @@ func toGrantJSON(r *clientlib.AcquireResult) grantJSON {
 	return grantJSON{
 		Success: true, LeaseID: r.LeaseID, AgentID: r.AgentID, SessionID: r.SessionID,
 		Resource: r.Resource, Predicate: r.Predicate,
-		AcquiredAt: r.AcquiredAt.UnixMilli(), ExpiresAt: r.ExpiresAt.UnixMilli(), Fence: r.Fence,
+		AcquiredAt: r.AcquiredAt.UnixMilli(), ExpiresAt: unixMilli(r.ExpiresAt), Fence: r.Fence,
+		BoundPID: int32(r.BoundPID),
 	}
+}
+
+// unixMilli is t in Unix ms, 0 for the zero time (no expiry).
+func unixMilli(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
 }
 
 // firstSet returns the first non-empty string.

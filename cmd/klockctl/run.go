@@ -37,9 +37,11 @@ import (
 //     operator revoked it): klockctl says so on stderr, sends the command
 //     SIGTERM, SIGKILL after --kill-after, and exits 1 whatever the command's
 //     code, since its work was no longer protected.
-//   - klockctl killed with SIGKILL: the command gets SIGTERM from the kernel
-//     (PR_SET_PDEATHSIG) and the leases expire at their ttl; a fresh agent
-//     stays registered (remove with "klockctl agents unregister").
+//   - The leases are bound to klockctl's own process (bind "process"), so
+//     klockctl killed with SIGKILL frees them at once, and the command gets
+//     SIGTERM from the kernel (PR_SET_PDEATHSIG): the work and its leases
+//     end together. A fresh agent stays registered then (remove it with
+//     "klockctl agents unregister").
 
 func runCommand() *command {
 	var h holderFlags
@@ -78,8 +80,10 @@ $KLOCK_SESSION, else run-$PID.
 If a lease is lost while the command runs (renewal failed: the daemon was
 down longer than the ttl, or an operator revoked it), klockctl says so on
 stderr, sends the command SIGTERM (SIGKILL after --kill-after) and exits 1.
-If klockctl itself is killed with SIGKILL, the command receives SIGTERM and
-the leases expire after their ttl.`,
+The leases are bound to klockctl's process: if klockctl itself is killed
+(even with SIGKILL), klockd releases them at once, and the command receives
+SIGTERM from the kernel, so the work stops with its leases. (A command that
+ignores SIGTERM keeps running, no longer protected.)`,
 		flags: func(fs *flag.FlagSet) {
 			h.define(fs,
 				"hold the leases as agent `ID` (default $KLOCK_AGENT, else a fresh klockctl-$USER-$PID)",
@@ -190,7 +194,10 @@ func (a *app) acquireForRun(ctx context.Context, agent string, ownAgent bool, se
 			return nil, nil, err
 		}
 	}
-	req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: ttl, NoWait: wait == 0}
+	// Bound to this process (clientlib's default): a klockctl killed with
+	// SIGKILL frees the leases at once, and Pdeathsig stops the command.
+	req := clientlib.AcquireRequest{AgentID: agent, SessionID: session, Intents: intents, TTL: ttl, NoWait: wait == 0,
+		Bind: clientlib.BindProcess}
 	var lease *clientlib.Lease
 	notice, err := acquireRegistering(ctx, c, agent, func() (err error) {
 		lease, err = c.Acquire(ctx, req)
