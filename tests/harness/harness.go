@@ -34,6 +34,8 @@ var (
 	klockctlErr  error
 	hooksOnce    sync.Once
 	hooksErr     error
+	holderOnce   sync.Once
+	holderErr    error
 )
 
 // repoRoot is the module root, found from this file's location.
@@ -45,23 +47,42 @@ func repoRoot() string {
 // build compiles ./cmd/<name> into the shared binary directory, as out
 // (name when ""), with the given build tags.
 func build(name, out string, tags ...string) error {
+	if out == "" {
+		out = name
+	}
+	return buildPackage("./cmd/"+name, out, tags...)
+}
+
+// buildPackage compiles the main package pkg (a path from the module root)
+// into the shared binary directory as out.
+func buildPackage(pkg, out string, tags ...string) error {
 	buildOnce.Do(func() { buildDir, buildErr = os.MkdirTemp("", "klock-bin-") })
 	if buildErr != nil {
 		return buildErr
-	}
-	if out == "" {
-		out = name
 	}
 	args := []string{"build", "-o", filepath.Join(buildDir, out)}
 	if len(tags) > 0 {
 		args = append(args, "-tags", strings.Join(tags, ","))
 	}
-	cmd := exec.Command("go", append(args, "./cmd/"+name)...)
+	cmd := exec.Command("go", append(args, pkg)...)
 	cmd.Dir = repoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return nil
+}
+
+// BoundHolder builds the test helper ./tests/harness/boundholder once per
+// test process and returns its path: a process that takes a lease bound
+// to itself through clientlib and then exits, waits or reconnects (see its
+// -help).
+func BoundHolder(tb testing.TB) string {
+	tb.Helper()
+	holderOnce.Do(func() { holderErr = buildPackage("./tests/harness/boundholder", "boundholder") })
+	if holderErr != nil {
+		tb.Fatalf("harness: %v", holderErr)
+	}
+	return filepath.Join(buildDir, "boundholder")
 }
 
 // RemoveBinaries deletes the directory the binaries were built into. Call it
@@ -115,6 +136,10 @@ type Options struct {
 	// TestHooks runs the klockd built with the test-only fault hooks
 	// (KlockdTestHooks), which Env then sets.
 	TestHooks bool
+	// Wrap runs klockd under this command (e.g. unshare(1) to start it in
+	// its own pid namespace), with klockd's path and arguments appended.
+	// Signals then go to the wrapper.
+	Wrap []string
 	// Cluster starts klockd in cluster mode on these etcd settings. Left
 	// nil, Start still runs cluster mode when KLOCK_TEST_ETCD is set (see
 	// ClusterMode), each daemon on its own prefix of one shared etcd.
@@ -193,6 +218,10 @@ func (d *Daemon) start(tb testing.TB) {
 		args = append(args, "--etcd", co.Etcd, "--etcd-prefix", co.Prefix, "--node-id", co.NodeID, "--etcd-session-ttl", ttl)
 	}
 	args = append(args, d.opts.Args...)
+	if len(d.opts.Wrap) > 0 {
+		args = append(append(d.opts.Wrap[1:len(d.opts.Wrap):len(d.opts.Wrap)], bin), args...)
+		bin = d.opts.Wrap[0]
+	}
 	cmd := exec.Command(bin, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "KLOCK_") && !strings.HasPrefix(kv, "LISTEN_") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
