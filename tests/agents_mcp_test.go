@@ -230,6 +230,39 @@ func TestMCPTwoAgents(t *testing.T) {
 	}
 }
 
+// TestMCPKill9FreesLeases: the MCP server binds its leases to its own
+// process (issue 13 §1, issue 15), so even kill -9, which gives it no chance
+// to release them, frees its files at once rather than at the end of their
+// 10 minute ttl, and another agent is granted them.
+func TestMCPKill9FreesLeases(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	c := d.Client(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "killed.ts")
+	first := startMCP(t, d.Socket, "killed-agent")
+	second := startMCP(t, d.Socket, "other-agent", "--agent", "other")
+	var got mcpAcquireOut
+	first.callOK(t, "klock_acquire", map[string]any{"paths": []string{file}, "ttl_seconds": 600}, &got)
+	if !got.Granted {
+		t.Fatalf("acquire = %+v; want granted", got)
+	}
+	ls := fileLeases(t, c, file)
+	if len(ls) != 1 || ls[0].BoundPID != int32(first.cmd.Process.Pid) {
+		t.Fatalf("leases = %+v; want one bound to the MCP server (pid %d)", ls, first.cmd.Process.Pid)
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the killed MCP server's lease to end with its process", func() bool {
+		return len(fileLeases(t, c, file)) == 0
+	})
+	var granted mcpAcquireOut
+	second.callOK(t, "klock_acquire", map[string]any{"paths": []string{file}}, &granted)
+	if !granted.Granted {
+		t.Fatalf("the other agent's acquire after the kill = %+v; want granted", granted)
+	}
+}
+
 func TestMCPRenewsLeases(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	c := d.Client(t)

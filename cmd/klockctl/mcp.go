@@ -26,7 +26,8 @@ import (
 //
 // One server process is one klock session (see mcpSession): its leases are
 // renewed while it runs and released when it exits, whether stdin closes or
-// a signal arrives.
+// a signal arrives. They are also bound to its process (bind "process"),
+// so klockd frees them at once even when it is killed with SIGKILL.
 
 func mcpCommand() *command {
 	var agent, priority string
@@ -54,7 +55,8 @@ from the MCP client's name, registered on first use and unregistered at
 exit. Without --priority klockd assigns one (agents registered earlier win).
 The server is one klock session: its leases are renewed while it runs and
 all released when it exits (stdin closed, SIGINT, SIGTERM or SIGHUP).
-If klockd is not running, each tool call says so and how to start it.`,
+They are bound to the server's process, so klockd frees them at once even
+if it is killed with SIGKILL. If klockd is not running, each tool call says so and how to start it.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&agent, "agent", "", "act as agent `ID` (default $KLOCK_AGENT, else <client name>-<pid>)")
 			fs.StringVar(&priority, "priority", "", "register the agent with priority `N` (lower wins; default: assigned by klockd)")

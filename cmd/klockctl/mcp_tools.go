@@ -234,7 +234,8 @@ func (s *mcpSession) acquire(ctx context.Context, req *mcp.CallToolRequest, in a
 		wctx, cancelWait := waitContext(ctx, 0, wait)
 		defer cancelWait()
 		leases, err := c.AcquireGrants(wctx, clientlib.AcquireRequest{
-			AgentID: agent, SessionID: s.session, Intents: intents, TTL: ttl, NoWait: wait == 0})
+			AgentID: agent, SessionID: s.session, Intents: intents, TTL: ttl, NoWait: wait == 0,
+			Bind: clientlib.BindProcess}) // kill -9 of this server frees them at once
 		var de *clientlib.DenialError
 		if errors.As(err, &de) {
 			d := denialOf(de)
