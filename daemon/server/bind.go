@@ -103,12 +103,9 @@ func (s *Server) processesEnded(keys []uint64) {
 	defer s.mu.Unlock()
 	defer s.recoverBug("ending the leases of ended processes")
 	for _, p := range s.procs.endedLocked(keys) {
-		if s.rep.log != nil {
-			s.ownChangeLocked(&change{op: opProcessEnd, proc: p}) // applied by every node (replica.go)
-			continue
-		}
-		o, _ := s.commitLocked(nil, 0, &change{op: opProcessEnd, proc: p})
-		if o.ended > 0 {
+		// In cluster mode it is proposed and applied by every node.
+		o, applied := s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
+		if applied && o.ended > 0 {
 			s.log.Debug("bound process ended; its leases were released", "pid", p.PID, "leases", o.ended)
 		}
 	}
@@ -146,12 +143,10 @@ func (s *Server) syncWatchesLocked(why string) {
 			unwatched++
 			s.log.Warn("cannot watch a process that leases are bound to; they stay until released or their ttl passes",
 				"pid", p.PID, "err", err)
-		case !alive && s.rep.log != nil:
-			s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
-			ended++
 		case !alive:
-			o, _ := s.commitLocked(nil, 0, &change{op: opProcessEnd, proc: p})
-			if o.err != nil {
+			// In cluster mode it is proposed and applied by every node.
+			o, applied := s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
+			if applied && o.err != nil {
 				unwatched++ // refused while degraded: checked again when it heals
 				continue
 			}

@@ -38,6 +38,11 @@ func (s *Server) commit(c *conn, id uint64, ch *change) {
 	}
 }
 
+// errLocalInCluster answers a change that reached the local driver in
+// cluster mode (commitLocked), which would be a bug.
+var errLocalInCluster = &protocol.Error{Code: protocol.CodeInternal,
+	Message: "klock: internal error: a change bypassed the cluster log; nothing was changed"}
+
 // commitStep takes s.mu and runs ch through commitLocked, after
 // admitLocked for the first step.
 func (s *Server) commitStep(c *conn, id uint64, ch *change, first bool) (outcome, uint64) {
@@ -98,6 +103,13 @@ func (s *Server) admitLocked(c *conn, ch *change) error {
 // c is nil for the daemon's own changes. A panic anywhere in it breaks the
 // server (panic.go). The caller holds s.mu.
 func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq uint64) {
+	if s.rep.log != nil {
+		// A bug: in cluster mode changes are proposed (commit,
+		// ownChangeLocked) and applied in the log's order by every node;
+		// one applied here would change this node alone.
+		s.log.Error("a change bypassed the cluster log; refused", "op", ch.op)
+		return outcome{err: errLocalInCluster}, s.lastSeq
+	}
 	if s.broken.Load() != nil {
 		return outcome{err: errBroken}, s.lastSeq
 	}
@@ -203,12 +215,18 @@ func (s *Server) wakeLocked(wakes []engine.Wakeup, seq uint64, self *conn) {
 }
 
 // ownChangeLocked runs one of the daemon's own changes that nobody waits
-// for: at once on a single daemon, through the log in cluster mode. The
-// caller holds s.mu.
-func (s *Server) ownChangeLocked(ch *change) {
+// for (a cancelled acquire, a process that ended): at once on a single
+// daemon, through the log in cluster mode, where every node applies it.
+// applied reports whether it was made here and now, and o is then its
+// outcome; a proposed change is applied later, in the log's order. The
+// daemon's own changes go through here, never straight to commitLocked,
+// which would change this node alone in cluster mode. The caller holds
+// s.mu.
+func (s *Server) ownChangeLocked(ch *change) (o outcome, applied bool) {
 	if s.rep.log != nil {
 		s.proposeOwnLocked(ch)
-		return
+		return outcome{}, false
 	}
-	s.commitLocked(nil, 0, ch)
+	o, _ = s.commitLocked(nil, 0, ch)
+	return o, true
 }

@@ -32,8 +32,8 @@ func (s *Server) onTimer() {
 	defer s.mu.Unlock()
 	defer s.recoverBug("expiring leases")
 	s.armed = 0
-	if s.closed {
-		return
+	if s.closed || s.rep.log != nil {
+		return // in cluster mode the leader ticks (replica.go)
 	}
 	o, _ := s.commitLocked(nil, 0, &change{op: opExpire})
 	if o.expired > 0 {

@@ -1,9 +1,12 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -293,4 +296,81 @@ func TestDropOwnerReleasesUntimedBoundLeases(t *testing.T) {
 		require.Equal(t, "FILE:/timed", ls[0].Resource)
 		require.Empty(t, r.Owners())
 	}
+}
+
+// proposalLog is a Replicator that keeps what is proposed and applies
+// nothing: what a node would have applied alone shows in its engine.
+type proposalLog struct {
+	mu      sync.Mutex
+	changes []*change
+}
+
+func (l *proposalLog) Propose(kind cluster.Kind, body []byte, _ any, _ func(any, error)) {
+	ch, err := decodeChange(body)
+	if kind != cluster.KindChange || err != nil {
+		panic(fmt.Sprintf("proposed %v %v", kind, err))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.changes = append(l.changes, ch)
+}
+
+func (l *proposalLog) proposed() []*change {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.changes)
+}
+
+func (*proposalLog) Barrier(context.Context) error { return nil }
+func (*proposalLog) Owner() string                 { return "n1.1" }
+func (*proposalLog) Status() cluster.Status        { return cluster.Status{NodeID: "n1"} }
+
+// TestProcessEndsGoThroughTheLog: in cluster mode, the end of a process
+// that this node's clients bound leases to, whether found when the node
+// joins (it died meanwhile) or seen by its pidfd, is proposed to the log
+// for every node to apply, never applied by this node alone.
+func TestProcessEndsGoThroughTheLog(t *testing.T) {
+	self(t)
+	live, liveP := child(t)
+	dead, deadP := child(t)
+	dead.Process.Kill()
+	dead.Wait()
+
+	m := newReplica(t)
+	s := (*Server)(m)
+	t.Cleanup(func() { s.Close() })
+	rev := int64(0)
+	apply := func(ch *change) {
+		body, err := encodeChange(ch)
+		require.NoError(t, err)
+		rev++
+		o := m.Apply(&cluster.Entry{Rev: rev, Time: 1_700_000_000_000, Kind: cluster.KindChange, Owner: "n1.1", Body: body}, nil).(outcome)
+		require.NoError(t, o.err)
+	}
+	reg := &change{op: protocol.OpRegisterAgent, args: &protocol.Args{AgentID: "a", Priority: 1}}
+	reg.args.Set(protocol.ArgAgentID)
+	reg.args.Set(protocol.ArgPriority)
+	apply(reg)
+	for i, p := range []engine.Process{liveP, deadP} {
+		ch := &change{op: protocol.OpAcquire, bind: &p, args: acquireArgs("a", fmt.Sprintf("/p%d", i), 900, 0)}
+		apply(ch)
+	}
+
+	l := &proposalLog{}
+	s.SetReplicator(l) // checks the bound processes: deadP has ended
+	if err := live.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both process ends to be proposed", func() bool { return len(l.proposed()) == 2 })
+	var ended []engine.Process
+	for _, ch := range l.proposed() {
+		require.Equal(t, opProcessEnd, ch.op)
+		ended = append(ended, ch.proc)
+	}
+	require.ElementsMatch(t, []engine.Process{liveP, deadP}, ended)
+	s.mu.Lock()
+	ls, _, err := s.eng.ListLeases(1_700_000_000_000, engine.LeaseFilter{})
+	s.mu.Unlock()
+	require.NoError(t, err)
+	require.Len(t, ls, 2, "leases this node ended alone, outside the log")
 }
