@@ -5,6 +5,7 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -195,6 +196,10 @@ func TestKlockctlRunKilledFreesLeaseAndCommand(t *testing.T) {
 	kcOK(t, d, &ls, "leases", "--json")
 	if len(ls.Leases) != 1 || ls.Leases[0].BoundPID != int32(p.cmd.Process.Pid) {
 		t.Fatalf("leases while run holds one = %+v; want it bound to klockctl (pid %d)", ls.Leases, p.cmd.Process.Pid)
+	}
+	// The table names the process too, read from /proc.
+	if r := kcOK(t, d, nil, "leases"); !strings.Contains(r.stdout, fmt.Sprintf(" %d (klockctl) ", p.cmd.Process.Pid)) {
+		t.Errorf("klockctl leases =\n%s\nwant the lease bound to %d (klockctl)", r.stdout, p.cmd.Process.Pid)
 	}
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
