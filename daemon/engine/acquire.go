@@ -139,7 +139,7 @@ func (en *idemEntry) answer(key string, targets []target, bind *Process) (Result
 			return Result{}, invalidf("klock: idem %q was used for a lease %s, not %s; use a new key for a different request",
 				key, bindingText(l.Bound), bindingText(bind))
 		}
-		ls[i] = l.Lease
+		ls[i] = l.public()
 	}
 	return Result{Granted: true, Leases: ls}, nil
 }

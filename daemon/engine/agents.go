@@ -2,6 +2,7 @@ package engine
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -67,8 +68,8 @@ func (e *Engine) applyRegister(r *Record) *agent {
 	switch {
 	case a == nil:
 		e.agentSeq++
-		a = &agent{id: r.AgentID, seq: e.agentSeq}
-		e.agents[r.AgentID] = a
+		a = &agent{id: strings.Clone(r.AgentID), seq: e.agentSeq} // outlives the request
+		e.agents[a.id] = a
 		e.registered++
 	case a.unregistered:
 		a.unregistered = false

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/google/btree"
+	"github.com/google/uuid"
 )
 
 // Engine is the lease engine. Create it with New; it is not safe for
@@ -68,8 +69,13 @@ type agent struct {
 	ended         endedSessions // the last maxEndedSessions sessions ended
 }
 
-// lease is a lease with its places in the indexes.
+// lease is a lease with its places in the indexes. Its id lives only in
+// key (the text is made when a caller needs it: id, public): 48 bytes a
+// lease less than keeping the text too. Lease.ID is always "" here, and
+// the ID field below hides it, so x.ID does not compile. AgentID,
+// SessionID and Resource share the strings of agent, sess and res.
 type lease struct {
+	ID noID
 	Lease
 	agent    *agent
 	res      *resource
@@ -82,6 +88,19 @@ type lease struct {
 	upIdx    int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
 	sessIdx  int32 // index in sess.ls
 	sess     *sessionLeases
+}
+
+// noID hides Lease.ID in lease.
+type noID struct{}
+
+// id returns the lease's id as text.
+func (x *lease) id() string { return uuid.UUID(x.key).String() }
+
+// public returns the lease as callers see it, with its id.
+func (x *lease) public() Lease {
+	l := x.Lease
+	l.ID = x.id()
+	return l
 }
 
 // idemEntry is the set of leases granted under one idempotency key.

@@ -80,6 +80,14 @@ func (e *Engine) emitLease(kind EventKind, now int64, l *Lease) {
 	})
 }
 
+// emitLeaseOf reports a change to one of the table's leases.
+func (e *Engine) emitLeaseOf(kind EventKind, now int64, x *lease) {
+	if e.eventsOn {
+		l := x.public()
+		e.emitLease(kind, now, &l)
+	}
+}
+
 // emitVerdict reports a WAIT or DIE verdict given to a request; other
 // verdicts are not events.
 func (e *Engine) emitVerdict(now int64, a *agent, session string, v *verdict) {

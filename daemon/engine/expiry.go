@@ -71,9 +71,9 @@ func (e *Engine) ExpireStep(now int64, max int) (int, []Wakeup, bool) {
 	for len(e.leaseDeadlines) > 0 && e.leaseDeadlines[0].at <= now && n < max {
 		l := e.leaseDeadlines[0].l
 		if e.cfg.Journal {
-			ids = append(ids, l.ID)
+			ids = append(ids, l.id())
 		}
-		e.emitLease(EvExpire, now, &l.Lease)
+		e.emitLeaseOf(EvExpire, now, l)
 		e.removeLease(l)
 		n++
 	}

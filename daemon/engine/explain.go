@@ -137,7 +137,7 @@ func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder
 			return
 		}
 		reentrant := l.agent == a && l.SessionID == session
-		out = append(out, Holder{Lease: l.Lease, Priority: l.agent.priority,
+		out = append(out, Holder{Lease: l.public(), Priority: l.agent.priority,
 			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
 	}
 	e.eachOverlapping(t, func(r *resource) {

@@ -14,7 +14,7 @@ func (e *Engine) Release(now int64, c Caller, leaseID string) (bool, []Wakeup, e
 	if l == nil || l.ExpiresAt <= now {
 		return false, nil, nil
 	}
-	e.emitLease(EvRelease, now, &l.Lease)
+	e.emitLeaseOf(EvRelease, now, l)
 	e.removeLease(l)
 	e.releases++
 	e.recordLease(RecRelease, now, leaseID, 0)
@@ -58,11 +58,11 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 		ttl = l.TTL
 	}
 	if ttl == 0 {
-		return l.Lease, nil // a bound lease without a ttl: nothing to extend
+		return l.public(), nil // a bound lease without a ttl: nothing to extend
 	}
 	e.heartbeat(l, now, ttl)
 	e.recordLease(RecHeartbeat, now, leaseID, ttl)
-	return l.Lease, nil
+	return l.public(), nil
 }
 
 // heartbeat sets a lease's ttl and extends it to now + ttl; a lease that
@@ -94,7 +94,7 @@ func (e *Engine) Revoke(now int64, c Caller, leaseID string) (bool, []Wakeup, er
 	if l == nil || l.ExpiresAt <= now {
 		return false, nil, nil
 	}
-	e.emitLease(EvRevoke, now, &l.Lease)
+	e.emitLeaseOf(EvRevoke, now, l)
 	e.removeLease(l)
 	e.revocations++
 	e.recordLease(RecRevoke, now, leaseID, 0)
@@ -177,7 +177,7 @@ func (e *Engine) EndSessionStep(now int64, c Caller, agentID, sessionID string, 
 			if l.ExpiresAt <= now {
 				kind = EvExpire // expired, not yet removed by the timer
 			}
-			e.emitLease(kind, now, &l.Lease)
+			e.emitLeaseOf(kind, now, l)
 		}
 	}
 	n, ids := e.removeInFenceOrder(now, ls, !last && e.cfg.Journal)

@@ -81,7 +81,7 @@ func (a *agent) session(name string) *sessionLeases {
 		if a.sessions == nil {
 			a.sessions = make(map[string]*sessionLeases)
 		}
-		s = &sessionLeases{name: name}
+		s = &sessionLeases{name: strings.Clone(name)} // outlives the request
 		a.sessions[name] = s
 	} else if s.n == 0 {
 		a.emptySessions--

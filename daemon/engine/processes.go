@@ -108,7 +108,7 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 			if l.ExpiresAt > now {
 				kind = EvEnd
 			}
-			e.emitLease(kind, now, &l.Lease)
+			e.emitLeaseOf(kind, now, l)
 		}
 	}
 	n, ids := e.removeInFenceOrder(now, ls, true) // may drop bp
@@ -130,7 +130,7 @@ func (e *Engine) BoundLeases(p Process) []Lease {
 	var out []Lease
 	for _, l := range bp.leases {
 		if l.ExpiresAt == Never {
-			out = append(out, l.Lease)
+			out = append(out, l.public())
 		}
 	}
 	slices.SortFunc(out, func(x, y Lease) int { return cmp.Compare(x.Fence, y.Fence) })

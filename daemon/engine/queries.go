@@ -85,7 +85,7 @@ func agentPage(now int64, a *agent, f *LeaseFilter, limit int) LeasePage {
 	}
 	p.Leases = make([]Lease, len(ls))
 	for i, l := range ls {
-		p.Leases[i] = l.Lease
+		p.Leases[i] = l.public()
 	}
 	return p
 }
@@ -122,7 +122,7 @@ func (e *Engine) walkLeases(now int64, f *LeaseFilter, limit, work int) LeasePag
 				p.More = true
 				return false
 			}
-			p.Leases = append(p.Leases, l.Lease)
+			p.Leases = append(p.Leases, l.public())
 			p.Next = LeasePos{Resource: r.key, Fence: l.Fence}
 		}
 		p.Next = LeasePos{Resource: r.key, Fence: math.MaxUint64}

@@ -3,6 +3,7 @@ package engine
 import (
 	"cmp"
 	"slices"
+	"strings"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -41,10 +42,14 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	if r == nil {
 		r = e.resourceFor(l.Resource)
 	}
+	sl := a.session(l.SessionID)
 	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), heapIdx: -1, key: k}
+	// The id is in key; the strings are the engine's own, not the
+	// caller's (a request's strings share the bytes of its whole frame).
+	x.Lease.ID, x.AgentID, x.SessionID, x.Resource = "", a.id, sl.name, r.key
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
-	a.session(l.SessionID).add(x)
+	sl.add(x)
 	if l.ExpiresAt != Never {
 		e.leaseDeadlines.push(x)
 	}
@@ -133,11 +138,11 @@ func (e *Engine) bindIdem(a *agent, key string, ls []*lease) {
 	if a.idem == nil {
 		a.idem = make(map[string]*idemEntry)
 	}
-	en := &idemEntry{key: key, leases: ls}
+	en := &idemEntry{key: strings.Clone(key), leases: ls} // outlives the request
 	for _, l := range ls {
 		l.idem = en
 	}
-	a.idem[key] = en
+	a.idem[en.key] = en
 }
 
 // endSession removes the session's leases and marks it ended (see
@@ -166,7 +171,7 @@ func (e *Engine) removeInFenceOrder(now int64, ls []*lease, withIDs bool) (int, 
 			n++
 		}
 		if withIDs {
-			ids = append(ids, l.ID)
+			ids = append(ids, l.id())
 		}
 		e.removeLease(l) // may recycle l
 	}

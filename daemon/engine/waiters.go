@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/klockd/klock/protocol"
 )
@@ -49,9 +50,10 @@ func (q queued) before(w *waiter) bool {
 func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, targets []target) *waiter {
 	e.nextWaiter++
 	w := &waiter{
-		id: e.nextWaiter, agent: a, session: req.SessionID, priority: a.priority,
+		// The strings are cloned: a request's share the bytes of its frame.
+		id: e.nextWaiter, agent: a, session: strings.Clone(req.SessionID), priority: a.priority,
 		targets: slices.Clone(targets),
-		ttl:     req.TTL, idem: req.Idem, uid: c.UID, pid: c.PID, bind: req.Bind,
+		ttl:     req.TTL, idem: strings.Clone(req.Idem), uid: c.UID, pid: c.PID, bind: req.Bind,
 		since: now, deadline: now + req.WaitTimeout,
 	}
 	e.park(w)

@@ -72,6 +72,7 @@ type Server struct {
 	shutting  atomic.Bool               // Shutdown or Close has begun
 	broken    atomic.Pointer[stopCause] // memory may not match the log: stopped (panic.go)
 	stopc     chan struct{}             // closed when shutdown begins
+	reclaim   sync.Once                 // starts reclaimLoop on the first Serve
 	stopOnce  sync.Once
 	healWG    sync.WaitGroup // the heal loop (degraded.go)
 	connsDone sync.WaitGroup
@@ -159,6 +160,7 @@ func New(cfg Config) *Server {
 // Shutdown bounded by five seconds. Serve may be called for several
 // listeners; each is closed when Serve returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.reclaim.Do(func() { go s.reclaimLoop() })
 	s.lnMu.Lock()
 	if s.shutting.Load() {
 		s.lnMu.Unlock()

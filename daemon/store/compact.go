@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -62,6 +63,10 @@ func (s *Store) maybeCompactLocked() {
 	}
 	s.rotateLocked(state)
 }
+
+// reclaimAfter is the smallest snapshot (in leases) after which compaction
+// returns its memory to the kernel at once.
+const reclaimAfter = 50_000
 
 // copyStateMax is the largest state (agents + leases) compaction copies
 // under the engine mutex rather than rebuilding it from the files.
@@ -222,6 +227,17 @@ func (s *Store) compact() {
 	if err == nil {
 		removeBefore(s.dir, gen, s.log)
 	}
+	leases := 0
+	if state != nil {
+		leases = len(state.Leases)
+	}
+	if leases >= reclaimAfter {
+		// The copy, the engine it was rebuilt in and its encoding are
+		// garbage now: hand that memory back to the kernel rather than
+		// keep it mapped until the runtime gets round to it.
+		state = nil
+		debug.FreeOSMemory()
+	}
 	switch {
 	case unreadable:
 		s.log.Error("klock: compaction failed; automatic compaction is off until restart", "dir", s.dir, "err", err)
@@ -230,7 +246,7 @@ func (s *Store) compact() {
 		// later, snapshots them all.
 		s.log.Warn("klock: writing a snapshot failed; compaction postponed", "dir", s.dir, "err", err)
 	default:
-		s.log.Debug("klock: snapshot written", "file", snapshotName(gen), "bytes", size, "leases", len(state.Leases), "took", time.Since(start))
+		s.log.Debug("klock: snapshot written", "file", snapshotName(gen), "bytes", size, "leases", leases, "took", time.Since(start))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -278,15 +294,19 @@ func saveSnapshot(dir string, gen uint64, state *engine.State) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("klock: encoding snapshot: %w", err)
 	}
-	buf := appendSnapshotHeader(make([]byte, 0, snapshotHeaderSize+len(body)), gen, body)
-	buf = append(buf, body...)
+	// Header and body are written apart: a copy of the body in one buffer
+	// would cost as much memory again as the encoding.
+	head := appendSnapshotHeader(make([]byte, 0, snapshotHeaderSize), gen, body)
 	final := filepath.Join(dir, snapshotName(gen))
 	tmp := final + ".tmp"
 	f, err := createFile(tmp, 0)
 	if err != nil {
 		return 0, fmt.Errorf("klock: creating snapshot: %w", err)
 	}
-	werr := writeAll(f, buf)
+	werr := writeAll(f, head)
+	if werr == nil {
+		werr = writeAll(f, body)
+	}
 	if werr == nil {
 		werr = syncFile(f)
 	}
@@ -308,7 +328,7 @@ func saveSnapshot(dir string, gen uint64, state *engine.State) (int64, error) {
 	if err := syncDir(dir); err != nil {
 		return 0, err
 	}
-	return int64(len(buf)), nil
+	return int64(len(head) + len(body)), nil
 }
 
 // removeBefore deletes snapshots and logs older than gen, which the
