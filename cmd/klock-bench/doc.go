@@ -19,6 +19,17 @@
 //	             parked on; the cell's latency is from the release sent to
 //	             the waiter's grant arriving, shown next to the release's
 //	             own round trip
+//	stall        klock only, once per repetition, on the instance holding
+//	             the many-leases leases: one client pages through every
+//	             lease (list_leases, 1,000 a page) while another ends a
+//	             session of -session leases, each with a parked senior
+//	             waiter; the cell's latencies are a third client's stats
+//	             calls meanwhile (issue 18: the longest <= 50 ms)
+//
+// After the cells, the memory report (-release-wait, 20 s by default; 0
+// skips it): for each back end holding the many-leases leases, its RSS per
+// lease held, then everything released at once (klock: end_session;
+// redis: FLUSHALL) and RSS sampled each second for -release-wait.
 //
 // Output is an aligned table on stdout with the ratios klock/redis and
 // klock/echo per cell, the issue's targets evaluated as medians of ratios over
@@ -29,6 +40,7 @@
 //
 //	go run ./cmd/klock-bench [-backends echo,flock,redis,klock] [-w 1,8,64]
 //	    [-d 5s] [-reps 1] [-workloads uncontended,contended,many-leases]
+//	    [-leases 100000] [-session 10000] [-release-wait 20s]
 //	    [-json out.json] [-plot out.svg] [-short]
 //
 // The tool re-executes itself as the echo server ("klock-bench echo-server

@@ -64,10 +64,6 @@ func (s *Store) maybeCompactLocked() {
 	s.rotateLocked(state)
 }
 
-// reclaimAfter is the smallest snapshot (in leases) after which compaction
-// returns its memory to the kernel at once.
-const reclaimAfter = 50_000
-
 // copyStateMax is the largest state (agents + leases) compaction copies
 // under the engine mutex rather than rebuilding it from the files.
 const copyStateMax = 5000
@@ -216,7 +212,8 @@ func (s *Store) compact() {
 	start := time.Now()
 	gen := through + 1
 	var err error
-	if state == nil {
+	rebuilt := state == nil
+	if rebuilt {
 		state, err = rebuildState(s.dir, base, through)
 	}
 	unreadable := err != nil
@@ -231,10 +228,14 @@ func (s *Store) compact() {
 	if state != nil {
 		leases = len(state.Leases)
 	}
-	if leases >= reclaimAfter {
-		// The copy, the engine it was rebuilt in and its encoding are
-		// garbage now: hand that memory back to the kernel rather than
-		// keep it mapped until the runtime gets round to it.
+	if rebuilt {
+		// The state, the engine it was rebuilt in (which held every lease
+		// the logs granted, though it may end with few: after a big
+		// release, say) and its encoding are garbage now: hand that memory
+		// back to the kernel rather than keep it mapped until the runtime
+		// gets round to it. Rebuilds happen only for a state too large to
+		// copy (copyStateMax), at most once a log's worth (CompactMinBytes) of
+		// appends.
 		state = nil
 		debug.FreeOSMemory()
 	}
