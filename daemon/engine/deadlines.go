@@ -33,7 +33,7 @@ func (h *leaseHeap) remove(i int) {
 	s[i].l.heapIdx = -1
 	if i != last {
 		s[i] = s[last]
-		s[i].l.heapIdx = i
+		s[i].l.heapIdx = int32(i)
 	}
 	s[last] = deadline{}
 	*h = s[:last]
@@ -60,11 +60,11 @@ func (h leaseHeap) up(i int) {
 			break
 		}
 		h[i] = h[p]
-		h[i].l.heapIdx = i
+		h[i].l.heapIdx = int32(i)
 		i = p
 	}
 	h[i] = d
-	d.l.heapIdx = i
+	d.l.heapIdx = int32(i)
 }
 
 // down sifts the entry at i towards the leaves and reports whether it
@@ -88,11 +88,11 @@ func (h leaseHeap) down(i int) bool {
 			break
 		}
 		h[i] = h[m]
-		h[i].l.heapIdx = i
+		h[i].l.heapIdx = int32(i)
 		i = m
 	}
 	h[i] = d
-	d.l.heapIdx = i
+	d.l.heapIdx = int32(i)
 	return i > start
 }
 

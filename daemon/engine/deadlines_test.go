@@ -23,17 +23,17 @@ func TestLeaseHeap(t *testing.T) {
 				live = append(live, l)
 			case op == 2:
 				k := rapid.IntRange(0, len(live)-1).Draw(t, "k")
-				h.remove(live[k].heapIdx)
-				require.Equal(t, -1, live[k].heapIdx)
+				h.remove(int(live[k].heapIdx))
+				require.Equal(t, int32(-1), live[k].heapIdx)
 				live = slices.Delete(live, k, k+1)
 			default:
 				k := rapid.IntRange(0, len(live)-1).Draw(t, "k")
 				live[k].ExpiresAt = int64(rapid.IntRange(0, 20).Draw(t, "at"))
-				h.fix(live[k].heapIdx)
+				h.fix(int(live[k].heapIdx))
 			}
 			require.Len(t, h, len(live))
 			for i := range h {
-				require.Equal(t, i, h[i].l.heapIdx)
+				require.Equal(t, int32(i), h[i].l.heapIdx)
 				require.Equal(t, h[i].l.ExpiresAt, h[i].at)
 				if i > 0 {
 					require.False(t, h[i].before(&h[(i-1)/4]), "heap order")
@@ -63,7 +63,7 @@ func BenchmarkLeaseHeap(b *testing.B) {
 			x := &lease{Lease: Lease{ExpiresAt: 5, Fence: 1 << 40}}
 			for i := 0; i < b.N; i++ {
 				h.push(x)
-				h.remove(x.heapIdx)
+				h.remove(int(x.heapIdx))
 			}
 		})
 	}

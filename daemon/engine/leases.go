@@ -72,9 +72,9 @@ func (e *Engine) heartbeat(l *lease, now, ttl int64) {
 	l.ExpiresAt = expiry(now, ttl)
 	switch {
 	case l.heapIdx >= 0 && l.ExpiresAt == Never:
-		e.leaseDeadlines.remove(l.heapIdx)
+		e.leaseDeadlines.remove(int(l.heapIdx))
 	case l.heapIdx >= 0:
-		e.leaseDeadlines.fix(l.heapIdx)
+		e.leaseDeadlines.fix(int(l.heapIdx))
 	case l.ExpiresAt != Never:
 		e.leaseDeadlines.push(l)
 	}

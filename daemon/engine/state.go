@@ -43,7 +43,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 		r = e.resourceFor(l.Resource)
 	}
 	sl := a.session(l.SessionID)
-	*x = lease{Lease: l, agent: a, res: r, resIdx: len(r.leases), agentIdx: len(a.leases), heapIdx: -1, key: k}
+	*x = lease{Lease: l, agent: a, res: r, resIdx: int32(len(r.leases)), agentIdx: int32(len(a.leases)), heapIdx: -1, key: k}
 	// The id is in key; the strings are the engine's own, not the
 	// caller's (a request's strings share the bytes of its whole frame).
 	x.Lease.ID, x.AgentID, x.SessionID, x.Resource = "", a.id, sl.name, r.key
@@ -69,7 +69,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 func (e *Engine) removeLease(x *lease) {
 	e.leases.del(x.key)
 	if x.heapIdx >= 0 {
-		e.leaseDeadlines.remove(x.heapIdx)
+		e.leaseDeadlines.remove(int(x.heapIdx))
 	}
 	if x.Bound != nil {
 		e.unbindLease(x)
