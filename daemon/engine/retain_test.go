@@ -15,22 +15,24 @@ import (
 // acquire_many of 64, the whole frame for a single acquire).
 func TestLeaseKeepsNoRequestBytes(t *testing.T) {
 	e := New(Config{})
-	frame := strings.Repeat("x", 4096) + "agent-1session-1/src/a.go" // one allocation, as a decoded frame
-	agent, session, path := frame[4096:4103], frame[4103:4112], frame[4112:]
+	frame := strings.Repeat("x", 4096) + "agent-1session-1/src/a.go/wt/src/a.go" // one allocation, as a decoded frame
+	agent, session, path, clientPath := frame[4096:4103], frame[4103:4112], frame[4112:4121], frame[4121:]
 	inFrame := func(s string) bool {
 		p, lo := uintptr(unsafe.Pointer(unsafe.StringData(s))), uintptr(unsafe.Pointer(unsafe.StringData(frame)))
 		return p >= lo && p < lo+uintptr(len(frame))
 	}
 	_, err := e.Register(t0, alice, agent, 1, true)
 	require.NoError(t, err)
-	r, err := e.Acquire(t0, alice, req1(agent, session, "FILE", path, "MUTATES", 60_000))
+	req := req1(agent, session, "FILE", path, "MUTATES", 60_000)
+	req.Intents[0].ClientPath = clientPath
+	r, err := e.Acquire(t0, alice, req)
 	require.NoError(t, err)
 	require.True(t, r.Granted)
 	x := e.lookup(r.Leases[0].ID)
 	require.NotNil(t, x)
 	require.Equal(t, Lease{}.ID, x.Lease.ID, "the id lives in the key only")
 	require.Equal(t, r.Leases[0], x.public())
-	for name, s := range map[string]string{"agent": x.AgentID, "session": x.SessionID, "resource": x.Resource, "agent's id": x.agent.id, "session list": x.sess.name} {
+	for name, s := range map[string]string{"agent": x.AgentID, "session": x.SessionID, "resource": x.Resource, "client path": x.ClientPath, "agent's id": x.agent.id, "session list": x.sess.name} {
 		require.False(t, inFrame(s), "the lease's %s %q points into the request's bytes", name, s)
 	}
 
@@ -38,7 +40,8 @@ func TestLeaseKeepsNoRequestBytes(t *testing.T) {
 	older := "agent-0"
 	_, err = e.Register(t0, alice, older, 0, true)
 	require.NoError(t, err)
-	req := req1(older, session, "FILE", path, "MUTATES", 60_000)
+	req = req1(older, session, "FILE", path, "MUTATES", 60_000)
+	req.Intents[0].ClientPath = clientPath
 	req.WaitTimeout = 60_000
 	req.Idem = frame[4103:4110]
 	r, err = e.Acquire(t0, alice, req)
@@ -47,5 +50,6 @@ func TestLeaseKeepsNoRequestBytes(t *testing.T) {
 	for _, w := range e.waiters {
 		require.False(t, inFrame(w.session), "the waiter's session points into the request's bytes")
 		require.False(t, inFrame(w.idem), "the waiter's idem points into the request's bytes")
+		require.False(t, inFrame(w.targets[0].clientPath), "the waiter's client path points into the request's bytes")
 	}
 }

@@ -47,6 +47,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	// The id is in key; the strings are the engine's own, not the
 	// caller's (a request's strings share the bytes of its whole frame).
 	x.Lease.ID, x.AgentID, x.SessionID, x.Resource = "", a.id, sl.name, r.key
+	x.ClientPath = strings.Clone(l.ClientPath)
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
 	sl.add(x)

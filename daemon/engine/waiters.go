@@ -56,6 +56,9 @@ func (e *Engine) enqueue(now int64, c Caller, a *agent, req *AcquireRequest, tar
 		ttl:     req.TTL, idem: strings.Clone(req.Idem), uid: c.UID, pid: c.PID, bind: req.Bind,
 		since: now, deadline: now + req.WaitTimeout,
 	}
+	for i := range w.targets {
+		w.targets[i].clientPath = strings.Clone(w.targets[i].clientPath)
+	}
 	e.park(w)
 	return w
 }
