@@ -95,13 +95,27 @@ func (s *mcpSession) ensureAgent(ctx context.Context, c *clientlib.Client, clien
 	if agent == "" {
 		agent, fresh = agentNameFor(clientName), true
 	}
-	if _, err := c.Register(ctx, agent, s.priority); err != nil {
+	r, err := c.Register(ctx, agent, s.priority)
+	if err != nil {
 		return "", err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.agent, s.fresh = agent, fresh
+	s.sayAgent(r)
 	return agent, nil
+}
+
+// sayAgent logs, on stderr (which MCP clients keep as the server's log),
+// the agent this server acts as and its priority, and where the priority
+// came from: protocol/README.md "Unregistered agents" has tools say so.
+func (s *mcpSession) sayAgent(r *protocol.RegisterResult) {
+	from := "given by --priority"
+	if s.priority == nil {
+		from = fmt.Sprintf("klockd's registration time unless the agent was registered before: it yields to every agent "+
+			"registered before it (to choose: --priority N, or klockctl agents register %s --priority N)", oneLine(r.AgentID))
+	}
+	fmt.Fprintf(s.a.stderr, "klockctl mcp: acting as agent %s, priority %d, %s\n", oneLine(r.AgentID), r.Priority, from)
 }
 
 // agentNameFor builds an agent id from the MCP client's name and this
