@@ -182,3 +182,42 @@ func TestPythonBenchShort(t *testing.T) {
 	}
 	t.Logf("%s", md)
 }
+
+// TestPythonInstallOnDebian follows the README's install recipe for Debian
+// (PEP 668 refuses pip into the system Python): a venv that sees Debian's
+// packages, and pip with --no-build-isolation and --no-index, so nothing is
+// downloaded. The package must then import from the venv's own Python.
+func TestPythonInstallOnDebian(t *testing.T) {
+	requirePython(t, "msgpack", "python3-msgpack")
+	requirePython(t, "ensurepip", "python3-venv")
+	requirePython(t, "pip", "python3-pip")
+	requirePython(t, "wheel", "python3-wheel")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	// pip builds in the source tree: build a copy, not the checkout.
+	if out, err := exec.Command("cp", "-r", filepath.Join("..", "clientlib", "python"), src).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	venv := filepath.Join(dir, "venv")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, args := range [][]string{
+		{pythonBin, "-m", "venv", "--system-site-packages", venv},
+		{filepath.Join(venv, "bin", "pip"), "install", "--no-build-isolation", "--no-index", src},
+	} {
+		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+		cmd.Env = append(os.Environ(), "PIP_NO_CACHE_DIR=1", "PYTHONPATH=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(venv, "bin", "python"), "-c",
+		"import klock, klock.asyncio; print(klock.__version__, klock.__file__)")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PYTHONPATH=")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), filepath.Join(venv, "lib")) {
+		t.Fatalf("import klock from the venv: %v\n%s", err, out)
+	}
+	t.Logf("installed: %s", strings.TrimSpace(string(out)))
+}

@@ -9,9 +9,12 @@ import random
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from . import wire
 from .errors import AcquireTimeoutError, LeaseDeniedError
+from .filekey import file_key
 
 __all__ = ["Intent", "IdemSource", "AcquireRounds", "UnavailableBackoff", "intent_args",
+           "intents_args", "key_path",
            "grant_ids", "describe", "wait_seconds", "MAX_WAIT_ROUND_MS"]
 
 #: One intent of ``acquire_many``: a ``(resource_type, resource_path,
@@ -47,12 +50,32 @@ class IdemSource:
         return "%s%x" % (self._prefix, next(self._seq))
 
 
-def intent_args(i: Intent) -> Dict[str, str]:
-    """The wire form of one acquire_many intent."""
+def key_path(resource_type: Any, resource_path: Any) -> Any:
+    """The resource_path to send: a FILE path resolved by the one rule
+    (:func:`klock.filekey.file_key`), any other as given."""
+    if type(resource_path) is str and resource_path and type(resource_type) is str and (
+            resource_type == "FILE" or resource_type.upper() == "FILE"):
+        return file_key(resource_path)
+    return resource_path
+
+
+def intent_args(i: Intent, n: int = 0) -> Dict[str, str]:
+    """The wire form of the n-th intent of acquire_many, its FILE path resolved."""
     if isinstance(i, Mapping):
-        return {k: i[k] for k in ("resource_type", "resource_path", "predicate") if k in i}
-    resource_type, resource_path, predicate = i
-    return {"resource_type": resource_type, "resource_path": resource_path, "predicate": predicate}
+        args = {k: i[k] for k in ("resource_type", "resource_path", "predicate") if k in i}
+    else:
+        resource_type, resource_path, predicate = i
+        args = {"resource_type": resource_type, "resource_path": resource_path,
+                "predicate": predicate}
+    if "resource_path" in args:
+        path = args["resource_path"] = key_path(args.get("resource_type"), args["resource_path"])
+        wire.check_text("intents[%d].resource_path" % n, path, wire.MAX_PATH_LEN)
+    return args
+
+
+def intents_args(intents: Sequence[Intent]) -> List[Dict[str, str]]:
+    """The wire form of acquire_many's intents."""
+    return [intent_args(i, n) for n, i in enumerate(intents)]
 
 
 def grant_ids(result: Mapping[str, Any]) -> List[str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 import time
 from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Set, Tuple
@@ -39,7 +40,8 @@ from ._core import (
     Intent,
     UnavailableBackoff,
     describe,
-    intent_args,
+    intents_args,
+    key_path,
     wait_seconds,
 )
 from .errors import (
@@ -55,7 +57,7 @@ from .errors import (
     error_from_wire,
 )
 from .lease import LeaseState, now_ms
-from .socketpath import default_socket_path
+from .autostart import find_daemon, probe
 
 __all__ = ["KlockClient", "AsyncLease"]
 
@@ -335,13 +337,15 @@ class KlockClient:
         async with KlockClient() as klock:
             await klock.register_agent("agent-1", 100)
 
+    Which daemon, and starting one on first use: as :class:`klock.KlockClient`.
+
     Args:
-        socket_path: the daemon's socket; default as :class:`klock.KlockClient`.
+        socket_path: the daemon's socket (never autostarted).
         timeout: seconds to wait for each answer (a waiting acquire adds its wait).
     """
 
     def __init__(self, socket_path: Optional[str] = None, timeout: float = 30.0) -> None:
-        self.socket_path: str = socket_path or default_socket_path()
+        self.socket_path: str = socket_path or os.environ.get("KLOCK_SOCKET") or ""
         self.timeout: float = float(timeout)
         self._conn = _Connection(self.socket_path)
         self._conn.on_orphan_grant = self._release_orphans
@@ -362,6 +366,10 @@ class KlockClient:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if not self._opened:
+                if not self.socket_path:
+                    # Probing (and starting klockd on first use) is quick
+                    # local work, done here rather than on a thread.
+                    self.socket_path = self._conn.socket_path = find_daemon(probe)
                 await self._conn.open()
                 self._opened = True
         return self
@@ -438,8 +446,9 @@ class KlockClient:
                             wait_timeout: Optional[int] = None,
                             idem: Optional[str] = None) -> Dict[str, Any]:
         """See :meth:`klock.KlockClient.acquire_lease`: the grant or denial dict."""
-        tail = wire.acquire_tail(agent_id, session_id, resource_type, resource_path, predicate,
-                                 ttl, idem or self._idem(), wait_timeout or None)
+        tail = wire.acquire_tail(agent_id, session_id, resource_type,
+                                 key_path(resource_type, resource_path), predicate, ttl,
+                                 idem or self._idem(), wait_timeout or None)
         return await self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
 
     async def release_lease(self, lease_id: str) -> bool:
@@ -470,7 +479,7 @@ class KlockClient:
                            idem: Optional[str] = None) -> Dict[str, Any]:
         """See :meth:`klock.KlockClient.acquire_many`."""
         args: Dict[str, Any] = {"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
-                                "intents": [intent_args(i) for i in intents],
+                                "intents": intents_args(intents),
                                 "idem": idem or self._idem()}
         if wait_timeout:
             args["wait_timeout"] = wait_timeout
@@ -507,12 +516,14 @@ class KlockClient:
 
     async def freeze(self, resource_type: str, resource_path: str) -> bool:
         """See :meth:`klock.KlockClient.freeze` (admin)."""
-        args = {"resource_type": resource_type, "resource_path": resource_path}
+        args = {"resource_type": resource_type,
+                "resource_path": key_path(resource_type, resource_path)}
         return bool((await self._request("freeze", args)).get("frozen", False))
 
     async def thaw(self, resource_type: str, resource_path: str) -> bool:
         """See :meth:`klock.KlockClient.thaw` (admin)."""
-        args = {"resource_type": resource_type, "resource_path": resource_path}
+        args = {"resource_type": resource_type,
+                "resource_path": key_path(resource_type, resource_path)}
         return bool((await self._request("thaw", args)).get("frozen", False))
 
     # ----- blocking helpers ------------------------------------------------
@@ -556,7 +567,7 @@ class KlockClient:
     async def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                                 ttl: int, timeout: Optional[float],
                                 many: bool = False) -> Dict[str, Any]:
-        wire_intents = [intent_args(i) for i in intents]
+        wire_intents = intents_args(intents)
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
         idem = self._idem()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -14,19 +15,21 @@ from ._core import (
     Intent,
     UnavailableBackoff,
     describe,
-    intent_args,
+    intents_args,
+    key_path,
     wait_seconds,
 )
 from .connection import CLIENT_NAME, Connection
 from .errors import KlockError, UnavailableError
 from .lease import KeepAlive, Lease
-from .socketpath import default_socket_path
+from .autostart import find_daemon, probe
 
 __all__ = ["KlockClient", "Intent"]
 
 _monotonic = time.monotonic
 _acquire_tail = wire.acquire_tail
 _release_tail = wire.release_tail
+_key_path = key_path
 
 
 def _optional(args: Dict[str, Any], **kv: Any) -> Dict[str, Any]:
@@ -39,7 +42,8 @@ def _optional(args: Dict[str, Any], **kv: Any) -> Dict[str, Any]:
 class KlockClient:
     """A client of the klock daemon, with the seed SDK's dict-based API.
 
-    Connects at once to ``klockd`` on a Unix socket. One client may be shared
+    Connects at once to ``klockd`` on a Unix socket, starting it first if
+    none runs (see below). One client may be shared
     by any number of threads: requests are pipelined on one connection and
     answered by id. If the daemon restarts, the client redials (capped
     backoff) and resends what was in flight; acquires carry an idempotency
@@ -52,10 +56,17 @@ class KlockClient:
     klock = KlockClient("/tmp/klockd.sock")  # an explicit socket
     ```
 
+    Which daemon (protocol/README.md "Transport"): the socket named by
+    ``socket_path`` or ``$KLOCK_SOCKET``, and only that one; else this
+    user's daemon (``/run/user/$UID/klock/klockd.sock`` when that directory
+    exists, then ``/tmp/klock-$UID/klockd.sock``), else the system daemon
+    (``/run/klock/klockd.sock``) if it lets this user in, else a per-user
+    klockd started now from ``PATH`` (one line on stderr says so; it runs
+    detached and logs to its state directory). ``KLOCK_NO_AUTOSTART=1`` or
+    ``KLOCK_DISABLE_AUTOSTART=1`` turns starting off.
+
     Args:
-        socket_path: the daemon's socket; default :func:`default_socket_path`
-            (``$KLOCK_SOCKET``, ``/run/klock/klockd.sock`` as root,
-            ``$XDG_RUNTIME_DIR/klock/klockd.sock``, ``/tmp/klock-$UID/klockd.sock``).
+        socket_path: the daemon's socket (never autostarted).
         timeout: seconds to wait for each answer (a blocking acquire adds its
             wait to this); on expiry the call raises :class:`KlockTimeoutError`,
             or :class:`DaemonNotRunningError` if the daemon stayed unreachable.
@@ -65,7 +76,8 @@ class KlockClient:
     """
 
     def __init__(self, socket_path: Optional[str] = None, timeout: float = 30.0) -> None:
-        self.socket_path: str = socket_path or default_socket_path()
+        named = socket_path or os.environ.get("KLOCK_SOCKET", "")
+        self.socket_path: str = named or find_daemon(probe)
         self.timeout: float = float(timeout)
         self._closed = False
         self._reopen_lock = threading.Lock()
@@ -220,7 +232,8 @@ class KlockClient:
             InvalidArgumentError: a bad type, predicate, path or ttl.
             UnknownAgentError: the agent was never registered.
         """
-        tail = _acquire_tail(agent_id, session_id, resource_type, resource_path, predicate, ttl,
+        tail = _acquire_tail(agent_id, session_id, resource_type,
+                             _key_path(resource_type, resource_path), predicate, ttl,
                              idem or self._idem(), wait_timeout or None)
         if wait_timeout:
             return self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
@@ -308,7 +321,7 @@ class KlockClient:
         the same fields as :meth:`acquire_lease`; no lease is created.
         """
         args = _optional({"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
-                          "intents": [intent_args(i) for i in intents],
+                          "intents": intents_args(intents),
                           "idem": idem or self._idem()}, wait_timeout=wait_timeout or None)
         return self._request("acquire_many", args, self.timeout + wait_seconds(wait_timeout))
 
@@ -382,12 +395,14 @@ class KlockClient:
 
         Leases already held keep running. Returns the frozen state (True).
         """
-        args = {"resource_type": resource_type, "resource_path": resource_path}
+        args = {"resource_type": resource_type,
+                "resource_path": key_path(resource_type, resource_path)}
         return bool(self._request("freeze", args).get("frozen", False))
 
     def thaw(self, resource_type: str, resource_path: str) -> bool:
         """Undo :meth:`freeze` (admin). Returns the frozen state (False)."""
-        args = {"resource_type": resource_type, "resource_path": resource_path}
+        args = {"resource_type": resource_type,
+                "resource_path": key_path(resource_type, resource_path)}
         return bool(self._request("thaw", args).get("frozen", False))
 
     # ----- blocking helpers ------------------------------------------------
@@ -488,7 +503,7 @@ class KlockClient:
 
     def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                           ttl: int, timeout: Optional[float], many: bool = False) -> Dict[str, Any]:
-        wire_intents = [intent_args(i) for i in intents]
+        wire_intents = intents_args(intents)
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
         idem = self._idem()

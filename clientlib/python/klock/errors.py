@@ -166,8 +166,12 @@ class DaemonNotRunningError(KlockConnectionError):
         socket_path: the socket the client tried.
     """
 
-    def __init__(self, socket_path: str, cause: Optional[BaseException] = None) -> None:
+    def __init__(self, socket_path: str, cause: Optional[BaseException] = None,
+                 detail: str = "") -> None:
         self.socket_path: str = socket_path
+        if detail:
+            super().__init__("klock: cannot reach klockd at " + socket_path + ": " + detail)
+            return
         reason = ""
         if cause is not None:
             reason = ": " + (getattr(cause, "strerror", None) or str(cause)).lower()

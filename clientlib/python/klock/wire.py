@@ -48,6 +48,28 @@ DEFAULT_MAX_FRAME = 1 << 20
 #: A response frame longer than this is taken as a broken stream.
 READ_LIMIT = 64 << 20
 
+# The daemon's limits on string arguments, in bytes (protocol/README.md
+# "Vocabulary"); checked here too, with the daemon's own messages, so that
+# an over-long argument is reported as such and not as an oversized frame.
+MAX_ID_LEN = 256      # agent_id, session_id, lease_id
+MAX_PATH_LEN = 4096   # resource_path
+MAX_IDEM_LEN = 64     # idem
+
+
+def check_text(name: str, s: Any, limit: int) -> None:
+    """Raises the daemon's INVALID_ARGUMENT for an empty or over-long string.
+
+    Anything but a str is left for the daemon to name.
+    """
+    if type(s) is not str:
+        return
+    if not s:
+        raise InvalidArgumentError("klock: %s is required (1..%d bytes)" % (name, limit))
+    if len(s) * 4 > limit:  # else it cannot exceed the limit in UTF-8
+        n = len(s.encode("utf-8", "surrogatepass"))
+        if n > limit:
+            raise InvalidArgumentError("klock: %s is %d bytes; at most %d are allowed" % (name, n, limit))
+
 _LEN = struct.Struct(">I")
 pack_len = _LEN.pack
 
@@ -133,6 +155,9 @@ _ACQUIRE_CACHE_MAX = 4096
 
 def _acquire_fixed(agent_id: Any, session_id: Any, resource_type: Any, resource_path: Any,
                    predicate: Any, ttl: Any) -> bytes:
+    check_text("agent_id", agent_id, MAX_ID_LEN)
+    check_text("session_id", session_id, MAX_ID_LEN)
+    check_text("resource_path", resource_path, MAX_PATH_LEN)
     return b"".join((
         b"\xa8agent_id", pack_value(agent_id),
         b"\xaasession_id", pack_value(session_id),
@@ -171,6 +196,8 @@ def acquire_tail(agent_id: str, session_id: str, resource_type: str, resource_pa
     if bind is not None:
         n += 1
         extra += _BIND + pack_value(bind)
+    if type(idem) is str and len(idem) > MAX_IDEM_LEN // 4:
+        check_text("idem", idem, MAX_IDEM_LEN)
     return b"".join((_ACQUIRE, _FIXMAP[n], fixed, _IDEM, pack_value(idem), extra))
 
 
@@ -182,11 +209,15 @@ _HEARTBEAT = b"\x83\xa2op\xa9heartbeat\xa4args"
 
 def release_tail(lease_id: str) -> bytes:
     """The tail of a ``release`` request."""
+    if type(lease_id) is str and (not lease_id or len(lease_id) > MAX_ID_LEN // 4):
+        check_text("lease_id", lease_id, MAX_ID_LEN)
     return _RELEASE + pack_value(lease_id)
 
 
 def heartbeat_tail(lease_id: str, ttl: Optional[int] = None) -> bytes:
     """The tail of a ``heartbeat`` request (``ttl`` only when given)."""
+    if type(lease_id) is str and (not lease_id or len(lease_id) > MAX_ID_LEN // 4):
+        check_text("lease_id", lease_id, MAX_ID_LEN)
     if ttl is None:
         return _HEARTBEAT + b"\x81\xa8lease_id" + pack_value(lease_id)
     return _HEARTBEAT + b"\x82\xa8lease_id" + pack_value(lease_id) + b"\xa3ttl" + pack_value(ttl)

@@ -83,9 +83,9 @@ class WireTest(unittest.TestCase):
         from klock import wire
 
         long = "/p/" + "é" * 200
-        odd = [1.0, True, -1, 2**64 - 1, None, ["x"], b"bytes", "ä" * 40000]
+        odd = [1.0, True, -1, 2**64 - 1, None, ["x"], b"bytes", "ä" * 100]
         cases = [("a", "s", "FILE", "/x", "MUTATES", 60000),
-                 ("agent-" + "x" * 40, "s" * 300, "file", long, "mutates", 2**40)]
+                 ("agent-" + "x" * 40, "s" * 250, "file", long, "mutates", 2**40)]
         cases += [("a", "s", "FILE", "/x", "MUTATES", v) for v in odd]
         cases += [("a", v, "FILE", "/x", "MUTATES", 5) for v in odd]
         for args in cases:
@@ -102,7 +102,9 @@ class WireTest(unittest.TestCase):
                     got = msgpack.unpackb(wire.frame(tail, 77)[4:], raw=False)
                     self.assertEqual(got, {"id": 77, "op": "acquire", "args": want})
                     self.assertEqual(type(got["args"]["ttl"]), type(args[5]))
-        for lease_id in ("L", "x" * 40, "y" * 70000):
+        for big in ("ä" * 40000, "x" * 70000):  # str16 and str32
+            self.assertEqual(msgpack.unpackb(wire.pack_str(big), raw=False), big)
+        for lease_id in ("L", "x" * 40, "y" * 256):
             got = msgpack.unpackb(wire.frame(wire.release_tail(lease_id), 2**33)[4:], raw=False)
             self.assertEqual(got, {"id": 2**33, "op": "release", "args": {"lease_id": lease_id}})
             for ttl in (None, 5000):
@@ -113,6 +115,34 @@ class WireTest(unittest.TestCase):
         self.assertEqual(int.from_bytes(frame[:4], "big"), len(frame) - 4)
         with self.assertRaises(klock.InvalidArgumentError):
             wire.acquire_tail("a", "\ud800", "FILE", "/x", "MUTATES", 1, "k")
+
+    def test_argument_limits_are_checked_with_the_daemons_messages(self) -> None:
+        # Sent, a 1 MB path would only meet the frame limit; the client says
+        # what the daemon would (daemon/engine/validate.go checkText).
+        d = self.serve(echo)
+        c = self.client()
+        cases = [
+            (lambda: c.acquire_lease("a", "s", "FILE", "/" + "p" * (1 << 20), "MUTATES", 1000),
+             "klock: resource_path is 1048577 bytes; at most 4096 are allowed"),
+            (lambda: c.acquire_lease("a" * 257, "s", "FILE", "/x", "MUTATES", 1000),
+             "klock: agent_id is 257 bytes; at most 256 are allowed"),
+            (lambda: c.acquire_lease("a", "", "FILE", "/x", "MUTATES", 1000),
+             "klock: session_id is required (1..256 bytes)"),
+            (lambda: c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000, idem="é" * 33),
+             "klock: idem is 66 bytes; at most 64 are allowed"),
+            (lambda: c.release_lease("L" * 300), "klock: lease_id is 300 bytes; at most 256 are allowed"),
+            (lambda: c.heartbeat_lease(""), "klock: lease_id is required (1..256 bytes)"),
+            (lambda: c.acquire_many("a", "s", [("FILE", "/x", "MUTATES"),
+                                               ("SYMBOL", "y" * 5000, "MUTATES")], 1000),
+             "klock: intents[1].resource_path is 5000 bytes; at most 4096 are allowed"),
+        ]
+        for call, message in cases:
+            with self.subTest(message):
+                with self.assertRaises(klock.InvalidArgumentError) as cm:
+                    call()
+                self.assertEqual(cm.exception.message, message)
+                self.assertEqual(cm.exception.code, "INVALID_ARGUMENT")
+        self.assertEqual(d.requests, [], "nothing was sent")
 
     def test_unavailable_is_retried_within_the_timeout(self) -> None:
         state = {"n": 0}
@@ -282,16 +312,27 @@ class WireTest(unittest.TestCase):
                 os.environ["KLOCK_SOCKET"] = old
 
     def test_default_socket_path(self) -> None:
+        # $XDG_RUNTIME_DIR is not read (protocol/README.md "Transport"); the
+        # per-user rule is checked against Go's in tests/python_test.go.
+        uid = 4242424  # no /run/user directory of its own
         cases = [
             ({"KLOCK_SOCKET": "/s.sock", "XDG_RUNTIME_DIR": "/r"}, 0, "/s.sock"),
             ({"XDG_RUNTIME_DIR": "/r"}, 0, "/run/klock/klockd.sock"),
-            ({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, "/run/user/1000/klock/klockd.sock"),
-            ({}, 1000, "/tmp/klock-1000/klockd.sock"),
-            ({"KLOCK_SOCKET": "", "XDG_RUNTIME_DIR": ""}, 42, "/tmp/klock-42/klockd.sock"),
+            ({"XDG_RUNTIME_DIR": "/run/user/%d" % uid}, uid, "/tmp/klock-%d/klockd.sock" % uid),
+            ({"KLOCK_SOCKET": ""}, uid, "/tmp/klock-%d/klockd.sock" % uid),
         ]
         for env, euid, want in cases:
             with self.subTest(env=env, euid=euid):
                 self.assertEqual(klock.default_socket_path(env, euid), want)
+        run_user = short_tempdir(self)
+        mine = os.path.join(run_user, str(os.geteuid()))
+        os.mkdir(mine)
+        from klock.socketpath import user_sockets
+
+        self.assertEqual(user_sockets(os.geteuid(), run_user),
+                         [os.path.join(mine, "klock", "klockd.sock"),
+                          "/tmp/klock-%d/klockd.sock" % os.geteuid()])
+        self.assertEqual(user_sockets(uid, run_user), ["/tmp/klock-%d/klockd.sock" % uid])
 
     def test_reconnect_resends_in_flight_request(self) -> None:
         state = {"dropped": False}
@@ -398,7 +439,7 @@ class WireTest(unittest.TestCase):
 
         def worker() -> None:
             try:
-                c.release_lease("x" * 900000)  # a few of these fill the socket buffer
+                c._request("stats", {"pad": "x" * 900000})  # a few of these fill the socket buffer
             except klock.KlockError as e:
                 errors.append(e)
 
@@ -416,7 +457,7 @@ class WireTest(unittest.TestCase):
         d = self.serve(echo)
         c = self.client()
         with self.assertRaises(klock.BadFrameError):
-            c.release_lease("x" * (DEFAULT_MAX_FRAME + 1))
+            c._request("stats", {"pad": "x" * (DEFAULT_MAX_FRAME + 1)})
         self.assertEqual(d.requests, [])
         self.assertEqual(c.stats()["op"], "stats", "the connection is still usable")
 
