@@ -13,7 +13,8 @@ from . import wire
 from .errors import AcquireTimeoutError, LeaseDeniedError
 from .filekey import file_key
 
-__all__ = ["Intent", "IdemSource", "AcquireRounds", "UnavailableBackoff", "intent_args",
+__all__ = ["Intent", "IdemSource", "AcquireRounds", "Backoff", "BACKOFF_CODES",
+           "RENEW_AGAIN_CODES", "intent_args",
            "intents_args", "key_path",
            "grant_ids", "describe", "wait_seconds", "MAX_WAIT_ROUND_MS"]
 
@@ -25,8 +26,19 @@ Intent = Union[Tuple[str, str, str], Mapping[str, str]]
 #: so that a lost answer is noticed and the overall timeout is honoured.
 MAX_WAIT_ROUND_MS = 30000
 
-# Denials that waiting cannot cure: the blocking helpers raise at once.
-_FINAL_REASONS = frozenset({"CONFLICT", "SESSION_EXPIRED"})
+# Denials that waiting cannot cure: the blocking helpers raise at once
+# (protocol/README.md "Retries: one table for every client").
+_FINAL_REASONS = frozenset({"SESSION_EXPIRED"})
+
+#: Error codes a blocking acquire retries with backoff until its deadline
+#: (the retry table); every other error ends it.
+BACKOFF_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
+
+#: Error codes (and None: the connection failed) after which a keep-alive
+#: heartbeats again until the lease is about to expire; any other error
+#: means the lease is lost at once.
+RENEW_AGAIN_CODES = frozenset({None, "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL",
+                               "SHUTTING_DOWN"})
 
 _monotonic = time.monotonic
 
@@ -92,10 +104,11 @@ class AcquireRounds:
     Each round asks the daemon with ``wait_timeout`` (so a WAIT verdict is
     waited for in the daemon, not by polling); :meth:`after` judges the
     answer: a grant ends it, ``CONFLICT``/``SESSION_EXPIRED`` raise
-    :class:`LeaseDeniedError`, a timeout raises :class:`AcquireTimeoutError`,
-    anything else (DIE, RESOURCE_LOCKED, a WAIT whose daemon-side wait ran
-    out) asks again after a delay: the suggested ``wait_time`` plus jitter,
-    or at once after a WAIT that used its whole wait.
+    :class:`LeaseDeniedError` for ``SESSION_EXPIRED``, a timeout raises
+    :class:`AcquireTimeoutError`, anything else (DIE, CONFLICT,
+    RESOURCE_LOCKED, a WAIT answered early) asks again after the suggested
+    ``wait_time`` plus 0-50 %, or at once after a WAIT that used its whole
+    wait: the retry table of protocol/README.md.
 
     Args:
         what: the request, for messages (``"acquire on FILE:/x"``).
@@ -140,32 +153,37 @@ class AcquireRounds:
         if reason == "WAIT" and now - self._started >= 0.9 * self._wait_ms / 1000.0:
             return 0.0  # the daemon's wait ran out without a decision; wait again
         delay = max(int(result.get("wait_time", 1) or 1), 1) / 1000.0
-        delay *= 1.0 + 0.25 * random.random()  # spread retries of competing juniors
+        delay *= 1.0 + 0.5 * random.random()  # spread retries of competing juniors
         return delay if left is None else min(delay, left)
 
 
-class UnavailableBackoff:
-    """Delays between retries of a change the daemon refused with UNAVAILABLE.
+class Backoff:
+    """The retry table's "retry with backoff": 10 ms doubling to at most 1 s,
+    each plus 0-50 %, until the caller's deadline (None: no deadline).
 
-    Capped exponential backoff with jitter, within the caller's deadline:
     :meth:`next` returns the next delay in seconds, or None once retrying
-    would pass the deadline.
+    would pass the deadline. Used for UNAVAILABLE (the connection is fine,
+    so nothing is redialled for it) and, in a blocking acquire,
+    RESOURCE_EXHAUSTED.
     """
 
     FIRST = 0.01
     CAP = 1.0
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: Optional[float]) -> None:
         self.deadline = deadline
         self._delay = self.FIRST
 
     def next(self) -> Optional[float]:
+        delay = self._delay * (1.0 + 0.5 * random.random())
+        self._delay = min(self._delay * 2, self.CAP)
+        if self.deadline is None:
+            return delay
         left = self.deadline - _monotonic()
         if left <= 0:
             return None
-        delay = min(self._delay * (0.8 + 0.4 * random.random()), left)
-        self._delay = min(self._delay * 2, self.CAP)
-        return delay
+        return min(delay, left)
+
 
 
 def describe(op: str, intents: Sequence[Mapping[str, Any]]) -> str:

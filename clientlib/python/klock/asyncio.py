@@ -38,7 +38,8 @@ from ._core import (
     AcquireRounds,
     IdemSource,
     Intent,
-    UnavailableBackoff,
+    BACKOFF_CODES,
+    Backoff,
     describe,
     intents_args,
     key_path,
@@ -51,7 +52,6 @@ from .errors import (
     KlockError,
     KlockTimeoutError,
     LeaseLostError,
-    NotFoundError,
     ShuttingDownError,
     UnavailableError,
     error_from_wire,
@@ -404,7 +404,7 @@ class KlockClient:
             return await self._conn.call(op, tail, timeout)
         except UnavailableError as e:
             last = e
-        backoff = UnavailableBackoff(deadline)
+        backoff = Backoff(deadline)
         while True:
             delay = backoff.next()
             if delay is None:
@@ -571,6 +571,7 @@ class KlockClient:
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
         idem = self._idem()
+        backoff: Optional[Backoff] = None
         while True:
             wait_ms = rounds.wait_ms()
             if many:
@@ -584,7 +585,21 @@ class KlockClient:
                 tail = wire.acquire_tail(agent_id, session_id, i["resource_type"],
                                          i["resource_path"], i["predicate"], ttl, idem,
                                          wait_ms or None)
-            result = await self._call(op, tail, self.timeout + wait_ms / 1000.0)
+            try:
+                result = await self._call(op, tail, self.timeout + wait_ms / 1000.0)
+            except KlockError as e:
+                # The retry table: RESOURCE_EXHAUSTED and UNAVAILABLE are
+                # asked again with backoff until the deadline; others end it.
+                if e.code not in BACKOFF_CODES:
+                    raise
+                if backoff is None:
+                    backoff = Backoff(rounds.deadline)
+                pause = backoff.next()
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+                continue
+            backoff = None
             delay = rounds.after(result)
             if delay is None:
                 return result
@@ -713,24 +728,13 @@ class _KeepAlive:
             results = await asyncio.gather(*(
                 self._client._call("heartbeat", wire.heartbeat_tail(i), timeout)
                 for i in lease.lease_ids))
-        except NotFoundError as e:
-            self._lost(lease, "klock: lease %s on %s is no longer active: %s"
-                       % (lease.lease_id, lease.resource, e.message))
-            return
-        except KlockError as e:  # transport trouble, UNAVAILABLE: retry until expiry
-            if now_ms() < lease.expires_at:
-                lease.retry_soon()
-            else:
-                self._lost(lease, "klock: could not renew lease %s on %s before it expired: %s"
-                           % (lease.lease_id, lease.resource, e))
+        except KlockError as e:
+            err = lease.renewal_failed(e)
+            if err is not None:
+                self.remove(lease)
+                lease.report_lost(err)
             return
         lease.renewed(list(results))
-
-    def _lost(self, lease: AsyncLease, message: str) -> None:
-        self.remove(lease)
-        err = lease.lose(message)
-        if err is not None:
-            lease.report_lost(err)
 
 
 async def _cancel(task: Optional["asyncio.Task[None]"]) -> None:

@@ -13,7 +13,8 @@ from ._core import (
     AcquireRounds,
     IdemSource,
     Intent,
-    UnavailableBackoff,
+    BACKOFF_CODES,
+    Backoff,
     describe,
     intents_args,
     key_path,
@@ -132,7 +133,7 @@ class KlockClient:
             return conn.call(op, tail, timeout)
         except UnavailableError as e:
             last = e
-        backoff = UnavailableBackoff(deadline)
+        backoff = Backoff(deadline)
         while True:
             delay = backoff.next()
             if delay is None:
@@ -507,6 +508,7 @@ class KlockClient:
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
         idem = self._idem()
+        backoff: Optional[Backoff] = None
         while True:
             wait_ms = rounds.wait_ms()
             if many:
@@ -518,7 +520,21 @@ class KlockClient:
                 i = wire_intents[0]
                 tail = _acquire_tail(agent_id, session_id, i["resource_type"], i["resource_path"],
                                      i["predicate"], ttl, idem, wait_ms or None)
-            result = self._call(op, tail, self.timeout + wait_ms / 1000.0)
+            try:
+                result = self._call(op, tail, self.timeout + wait_ms / 1000.0)
+            except KlockError as e:
+                # The retry table: RESOURCE_EXHAUSTED and UNAVAILABLE are
+                # asked again with backoff until the deadline; others end it.
+                if e.code not in BACKOFF_CODES:
+                    raise
+                if backoff is None:
+                    backoff = Backoff(rounds.deadline)
+                pause = backoff.next()
+                if pause is None:
+                    raise
+                time.sleep(pause)
+                continue
+            backoff = None
             delay = rounds.after(result)
             if delay is None:
                 return result

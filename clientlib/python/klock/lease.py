@@ -9,13 +9,14 @@ answers.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import wire
-from ._core import grant_ids
-from .errors import KlockError, LeaseLostError, NotFoundError
+from ._core import RENEW_AGAIN_CODES, grant_ids
+from .errors import KlockError, LeaseLostError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import KlockClient
@@ -139,10 +140,25 @@ class LeaseState:
             self._lost_error = err
         return err
 
-    def retry_soon(self) -> None:
-        """Schedules the next renewal well before expiry, after a failed one."""
-        left = (self.expires_at - now_ms()) / 4000.0
-        self.due = _monotonic() + min(self.interval(), max(left, 0.005))
+    def renewal_failed(self, e: KlockError) -> Optional[LeaseLostError]:
+        """Judges a failed renewal by the retry table's keep-alive column.
+
+        A broken connection, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL or
+        SHUTTING_DOWN: heartbeat again after max(ttl/20, 5 ms) plus up to 50 %,
+        until min(ttl/10, 250 ms) before the lease expires. Anything else
+        (NOT_FOUND first of all): the lease is lost at once. Returns the
+        error to report when the lease is lost now, else None.
+        """
+        if e.code in RENEW_AGAIN_CODES:
+            margin = min(self.ttl / 10.0, 250.0)
+            if now_ms() < self.expires_at - margin:
+                delay = max(self.ttl / 20.0, 5.0) / 1000.0 * (1.0 + 0.5 * random.random())
+                self.due = _monotonic() + delay
+                return None
+            return self.lose("klock: could not renew lease %s on %s before it expired: %s"
+                             % (self.lease_id, self.resource, e))
+        return self.lose("klock: lease %s on %s is no longer held: %s"
+                         % (self.lease_id, self.resource, e))
 
     def report_lost(self, err: LeaseLostError) -> None:
         """Runs the on_lost callback; it must not kill the keep-alive."""
@@ -287,13 +303,7 @@ class KeepAlive:
             deadline = _monotonic() + timeout
             try:
                 results = [conn.wait(c, deadline, timeout) for c in calls]
-            except NotFoundError as e:
-                err = lease.lose("klock: lease %s on %s is no longer active: %s"
-                                 % (lease.lease_id, lease.resource, e.message))
-                if err is not None:
-                    lost.append((lease, err))
-                continue
-            except KlockError as e:  # transport trouble, UNAVAILABLE: retry until expiry
+            except KlockError as e:
                 self._failed(lease, e, lost)
                 continue
             lease.renewed(results)
@@ -303,10 +313,6 @@ class KeepAlive:
 
     def _failed(self, lease: Lease, e: KlockError,
                 lost: List[Tuple[Lease, LeaseLostError]]) -> None:
-        if now_ms() < lease.expires_at:
-            lease.retry_soon()
-            return
-        err = lease.lose("klock: could not renew lease %s on %s before it expired: %s"
-                         % (lease.lease_id, lease.resource, e))
+        err = lease.renewal_failed(e)
         if err is not None:
             lost.append((lease, err))

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 import unittest
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import msgpack
 from support import FakeConn, FakeDaemon, short_tempdir, wait_until
@@ -579,9 +579,39 @@ class WireTest(unittest.TestCase):
         self.assertGreater(a0["wait_timeout"], 0, "WAIT verdicts are waited for in the daemon")
         self.assertLessEqual(a0["wait_timeout"], 10000)
 
+    def test_blocking_acquire_follows_the_retry_table(self) -> None:
+        # protocol/README.md "Retries": CONFLICT is retried after wait_time,
+        # RESOURCE_EXHAUSTED and UNAVAILABLE with backoff; the first answer of
+        # each kind below is a refusal, the second a grant.
+        seen: Dict[str, int] = {}
+
+        def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
+            agent = req["args"]["agent_id"]
+            seen[agent] = seen.get(agent, 0) + 1
+            if seen[agent] > 1:
+                conn.ok(req, grant(req))
+            elif agent == "conflict":
+                conn.ok(req, {"success": False, "reason": "CONFLICT", "wait_time": 5,
+                              "held_by": "conflict", "message": "m"})
+            else:
+                conn.error(req, agent.rstrip("2"), "klock: refused for now")
+
+        self.serve(handler)
+        c = self.client()
+        for agent in ("conflict", "RESOURCE_EXHAUSTED", "UNAVAILABLE"):
+            with self.subTest(agent):
+                self.assertTrue(c.acquire(agent, "s", "FILE", "/x", "MUTATES", 1000, timeout=10)["success"])
+                self.assertEqual(seen[agent], 2)
+        with self.assertRaises(klock.ResourceExhaustedError):  # one call: fail
+            c.acquire_lease("RESOURCE_EXHAUSTED2", "s", "FILE", "/x", "MUTATES", 1000)
+        seen["INVALID_ARGUMENT"] = 0
+        with self.assertRaises(klock.InvalidArgumentError):  # blocking: fail at once
+            c.acquire("INVALID_ARGUMENT", "s", "FILE", "/x", "MUTATES", 1000, timeout=10)
+        self.assertEqual(seen["INVALID_ARGUMENT"], 1)
+
     def test_blocking_acquire_gives_up(self) -> None:
         def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
-            reason = "CONFLICT" if req["args"]["agent_id"] == "c" else "DIE"
+            reason = "SESSION_EXPIRED" if req["args"]["agent_id"] == "c" else "DIE"
             conn.ok(req, {"success": False, "reason": reason, "wait_time": 20,
                           "held_by": "other", "message": "m"})
 
@@ -594,7 +624,7 @@ class WireTest(unittest.TestCase):
         self.assertIsInstance(cm.exception, TimeoutError)
         with self.assertRaises(klock.LeaseDeniedError) as cm2:
             c.acquire("c", "s", "FILE", "/x", "MUTATES", 1000, timeout=10)
-        self.assertEqual(cm2.exception.reason, "CONFLICT")
+        self.assertEqual(cm2.exception.reason, "SESSION_EXPIRED")
         self.assertNotIsInstance(cm2.exception, klock.AcquireTimeoutError)
 
 
@@ -608,6 +638,7 @@ class LeaseKeepAliveTest(unittest.TestCase):
         self.path = os.path.join(self.dir, "d.sock")
         self.heartbeats = 0
         self.fail_after = 3
+        self.refusals: List[str] = []
         self.lock = threading.Lock()
 
         def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
@@ -619,7 +650,10 @@ class LeaseKeepAliveTest(unittest.TestCase):
                 with self.lock:
                     self.heartbeats += 1
                     n = self.heartbeats
-                if n > self.fail_after:
+                    refusal = self.refusals.pop(0) if self.refusals else None
+                if refusal is not None:
+                    conn.error(req, refusal, "klock: refused")
+                elif n > self.fail_after:
                     conn.error(req, "NOT_FOUND", "klock: lease is not active")
                 else:
                     conn.ok(req, {"lease_id": req["args"]["lease_id"],
@@ -644,6 +678,17 @@ class LeaseKeepAliveTest(unittest.TestCase):
             self.assertEqual(hb["args"], {"lease_id": lease.lease_id})
         self.assertEqual(self.daemon.ops()[-1], "release")
         self.assertFalse(lease.release(), "a second release is a no-op")
+
+    def test_keepalive_follows_the_retry_table(self) -> None:
+        # A heartbeat refused INTERNAL (or UNAVAILABLE, or a broken
+        # connection) is sent again until the lease is about to expire; one
+        # refused INVALID_ARGUMENT (or NOT_FOUND...) loses the lease at once.
+        self.fail_after = 10**9
+        self.refusals = ["INTERNAL", "UNAVAILABLE", "INVALID_ARGUMENT"]
+        lease = self.client.lease("a", "s", "FILE", "/x", "MUTATES", ttl=300)
+        self.assertTrue(lease.wait_lost(10))
+        self.assertIn("INVALID_ARGUMENT", str(lease.lost_error))
+        self.assertEqual(self.refusals, [], "INTERNAL and UNAVAILABLE were retried, not final")
 
     def test_loss_is_observable(self) -> None:
         lost = []
