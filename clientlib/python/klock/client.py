@@ -421,8 +421,8 @@ class KlockClient:
         """Acquire a lease, waiting until it is granted. Returns the grant dict.
 
         On ``WAIT`` the daemon holds the request until the lease is free; on
-        ``DIE`` (or ``RESOURCE_LOCKED``) it retries after the suggested
-        ``wait_time`` plus jitter. The lease is not renewed: see
+        ``DIE``, ``CONFLICT`` or ``RESOURCE_LOCKED`` it retries after the
+        suggested ``wait_time`` plus jitter (protocol/README.md "Retries"). The lease is not renewed: see
         :meth:`lease` for that.
 
         ```python
@@ -435,8 +435,7 @@ class KlockClient:
         Raises:
             AcquireTimeoutError: still denied when ``timeout`` ran out; it
                 carries the last denial (``reason``, ``held_by``, ...).
-            LeaseDeniedError: a denial waiting cannot cure (``CONFLICT``,
-                ``SESSION_EXPIRED``).
+            LeaseDeniedError: a denial waiting cannot cure (``SESSION_EXPIRED``).
         """
         return self._acquire_blocking(agent_id, session_id,
                                       [(resource_type, resource_path, predicate)], ttl, timeout)
