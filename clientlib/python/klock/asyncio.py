@@ -444,11 +444,15 @@ class KlockClient:
     async def acquire_lease(self, agent_id: str, session_id: str, resource_type: str,
                             resource_path: str, predicate: str, ttl: int, *,
                             wait_timeout: Optional[int] = None,
-                            idem: Optional[str] = None) -> Dict[str, Any]:
-        """See :meth:`klock.KlockClient.acquire_lease`: the grant or denial dict."""
+                            idem: Optional[str] = None,
+                            bind: Optional[str] = "process") -> Dict[str, Any]:
+        """See :meth:`klock.KlockClient.acquire_lease`: the grant or denial dict.
+
+        ``bind="process"`` (the default) ends the lease when this process exits.
+        """
         tail = wire.acquire_tail(agent_id, session_id, resource_type,
                                  key_path(resource_type, resource_path), predicate, ttl,
-                                 idem or self._idem(), wait_timeout or None)
+                                 idem or self._idem(), wait_timeout or None, bind)
         return await self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
 
     async def release_lease(self, lease_id: str) -> bool:
@@ -476,13 +480,16 @@ class KlockClient:
 
     async def acquire_many(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                            ttl: int, *, wait_timeout: Optional[int] = None,
-                           idem: Optional[str] = None) -> Dict[str, Any]:
+                           idem: Optional[str] = None,
+                           bind: Optional[str] = "process") -> Dict[str, Any]:
         """See :meth:`klock.KlockClient.acquire_many`."""
         args: Dict[str, Any] = {"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
                                 "intents": intents_args(intents),
                                 "idem": idem or self._idem()}
         if wait_timeout:
             args["wait_timeout"] = wait_timeout
+        if bind is not None:
+            args["bind"] = bind
         return await self._request("acquire_many", args, self.timeout + wait_seconds(wait_timeout))
 
     async def heartbeat_lease(self, lease_id: str, ttl: Optional[int] = None) -> Dict[str, Any]:
@@ -530,23 +537,27 @@ class KlockClient:
 
     async def acquire(self, agent_id: str, session_id: str, resource_type: str,
                       resource_path: str, predicate: str, ttl: int,
-                      timeout: Optional[float] = None) -> Dict[str, Any]:
+                      timeout: Optional[float] = None,
+                      bind: Optional[str] = "process") -> Dict[str, Any]:
         """Acquire a lease, waiting (in the daemon on WAIT) until it is granted.
 
         See :meth:`klock.KlockClient.acquire`.
         """
         return await self._acquire_blocking(agent_id, session_id,
                                             [(resource_type, resource_path, predicate)], ttl,
-                                            timeout)
+                                            timeout, bind=bind)
 
     async def acquire_all(self, agent_id: str, session_id: str, intents: Sequence[Intent],
-                          ttl: int, timeout: Optional[float] = None) -> Dict[str, Any]:
+                          ttl: int, timeout: Optional[float] = None,
+                          bind: Optional[str] = "process") -> Dict[str, Any]:
         """See :meth:`klock.KlockClient.acquire_all`."""
-        return await self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True)
+        return await self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True,
+                                            bind=bind)
 
     def lease(self, agent_id: str, session_id: str, resource_type: str, resource_path: str,
               predicate: str, ttl: int = 30000, timeout: Optional[float] = None,
-              on_lost: Optional[Callable[[KlockError], None]] = None) -> "_LeaseRequest":
+              on_lost: Optional[Callable[[KlockError], None]] = None,
+              bind: Optional[str] = "process") -> "_LeaseRequest":
         """Acquire a lease (waiting as :meth:`acquire` does) and keep it alive.
 
         Use ``async with klock.lease(...) as lease:`` (released when the block
@@ -555,18 +566,20 @@ class KlockClient:
         """
         return _LeaseRequest(self, agent_id, session_id,
                              [(resource_type, resource_path, predicate)], ttl, timeout, on_lost,
-                             many=False)
+                             many=False, bind=bind)
 
     def lease_all(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                   ttl: int = 30000, timeout: Optional[float] = None,
-                  on_lost: Optional[Callable[[KlockError], None]] = None) -> "_LeaseRequest":
+                  on_lost: Optional[Callable[[KlockError], None]] = None,
+                  bind: Optional[str] = "process") -> "_LeaseRequest":
         """:meth:`lease` for several resources, taken atomically (acquire_many)."""
         return _LeaseRequest(self, agent_id, session_id, intents, ttl, timeout, on_lost,
-                             many=True)
+                             many=True, bind=bind)
 
     async def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                                 ttl: int, timeout: Optional[float],
-                                many: bool = False) -> Dict[str, Any]:
+                                many: bool = False,
+                                bind: Optional[str] = "process") -> Dict[str, Any]:
         wire_intents = intents_args(intents)
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
@@ -579,12 +592,14 @@ class KlockClient:
                                         "intents": wire_intents, "idem": idem}
                 if wait_ms:
                     args["wait_timeout"] = wait_ms
+                if bind is not None:
+                    args["bind"] = bind
                 tail = wire.request_tail(op, args)
             else:
                 i = wire_intents[0]
                 tail = wire.acquire_tail(agent_id, session_id, i["resource_type"],
                                          i["resource_path"], i["predicate"], ttl, idem,
-                                         wait_ms or None)
+                                         wait_ms or None, bind)
             try:
                 result = await self._call(op, tail, self.timeout + wait_ms / 1000.0)
             except KlockError as e:
@@ -612,17 +627,19 @@ class _LeaseRequest:
 
     def __init__(self, client: KlockClient, agent_id: str, session_id: str,
                  intents: Sequence[Intent], ttl: int, timeout: Optional[float],
-                 on_lost: Optional[Callable[[KlockError], None]], many: bool) -> None:
+                 on_lost: Optional[Callable[[KlockError], None]], many: bool,
+                 bind: Optional[str]) -> None:
         self._client = client
         self._args = (agent_id, session_id, intents, ttl, timeout)
         self._on_lost = on_lost
         self._many = many
+        self._bind = bind
         self._lease: Optional[AsyncLease] = None
 
     async def _take(self) -> "AsyncLease":
         agent_id, session_id, intents, ttl, timeout = self._args
         result = await self._client._acquire_blocking(agent_id, session_id, intents, ttl, timeout,
-                                                      many=self._many)
+                                                      many=self._many, bind=self._bind)
         grants = list(result["leases"]) if self._many else [result]
         self._lease = AsyncLease(self._client, grants, ttl, self._on_lost)
         return self._lease
@@ -650,7 +667,8 @@ class AsyncLease(LeaseState):
         super().__init__(grants, ttl, on_lost)
         self._client = client
         self._lost_event = asyncio.Event()
-        client._keepalive.add(self)
+        if self.renewable:
+            client._keepalive.add(self)
 
     async def __aenter__(self) -> "AsyncLease":
         return self

@@ -201,6 +201,7 @@ class KlockClient:
         *,
         wait_timeout: Optional[int] = None,
         idem: Optional[str] = None,
+        bind: Optional[str] = "process",
     ) -> Dict[str, Any]:
         """Attempt to acquire a lease. Returns a Python dict directly.
 
@@ -228,14 +229,20 @@ class KlockClient:
             idem: idempotency key (<= 64 bytes); default a fresh key unique
                 to this client, which makes a resend after a reconnect return
                 the same lease.
+            bind: ``"process"`` (the default) binds the lease to this
+                process: klockd ends it the moment the process exits, even
+                if it never released it (the grant then has ``bound_pid``;
+                ``ttl`` may be 0 for no ttl at all). ``None`` or ``"none"``
+                opts out: the lease lives until released or its ttl ends.
 
         Raises:
             InvalidArgumentError: a bad type, predicate, path or ttl.
             UnknownAgentError: the agent was never registered.
+            BindUnavailableError: klockd cannot bind to this process.
         """
         tail = _acquire_tail(agent_id, session_id, resource_type,
                              _key_path(resource_type, resource_path), predicate, ttl,
-                             idem or self._idem(), wait_timeout or None)
+                             idem or self._idem(), wait_timeout or None, bind)
         if wait_timeout:
             return self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
         return self._call("acquire", tail)
@@ -305,6 +312,7 @@ class KlockClient:
         *,
         wait_timeout: Optional[int] = None,
         idem: Optional[str] = None,
+        bind: Optional[str] = "process",
     ) -> Dict[str, Any]:
         """Acquire several leases, all or nothing (at most 64 intents).
 
@@ -320,10 +328,12 @@ class KlockClient:
         Success: ``{"success": True, "leases": [grant, ...]}``, one grant per
         intent, in order. Failure: the worst verdict over all intents, with
         the same fields as :meth:`acquire_lease`; no lease is created.
+        ``bind`` as for :meth:`acquire_lease`.
         """
         args = _optional({"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
                           "intents": intents_args(intents),
-                          "idem": idem or self._idem()}, wait_timeout=wait_timeout or None)
+                          "idem": idem or self._idem()}, wait_timeout=wait_timeout or None,
+                         bind=bind)
         return self._request("acquire_many", args, self.timeout + wait_seconds(wait_timeout))
 
     def heartbeat_lease(self, lease_id: str, ttl: Optional[int] = None) -> Dict[str, Any]:
@@ -417,6 +427,7 @@ class KlockClient:
         predicate: str,
         ttl: int,
         timeout: Optional[float] = None,
+        bind: Optional[str] = "process",
     ) -> Dict[str, Any]:
         """Acquire a lease, waiting until it is granted. Returns the grant dict.
 
@@ -438,7 +449,8 @@ class KlockClient:
             LeaseDeniedError: a denial waiting cannot cure (``SESSION_EXPIRED``).
         """
         return self._acquire_blocking(agent_id, session_id,
-                                      [(resource_type, resource_path, predicate)], ttl, timeout)
+                                      [(resource_type, resource_path, predicate)], ttl, timeout,
+                                      bind=bind)
 
     def acquire_all(
         self,
@@ -447,12 +459,14 @@ class KlockClient:
         intents: Sequence[Intent],
         ttl: int,
         timeout: Optional[float] = None,
+        bind: Optional[str] = "process",
     ) -> Dict[str, Any]:
         """:meth:`acquire_many`, waiting as :meth:`acquire` does until all are granted.
 
         Returns ``{"success": True, "leases": [grant, ...]}``.
         """
-        return self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True)
+        return self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True,
+                                      bind=bind)
 
     def lease(
         self,
@@ -464,6 +478,7 @@ class KlockClient:
         ttl: int = 30000,
         timeout: Optional[float] = None,
         on_lost: Optional[Callable[[KlockError], None]] = None,
+        bind: Optional[str] = "process",
     ) -> Lease:
         """Acquire a lease (waiting as :meth:`acquire` does) and keep it alive.
 
@@ -481,7 +496,7 @@ class KlockClient:
                 :class:`LeaseLostError` if the lease is lost while held.
         """
         grant = self.acquire(agent_id, session_id, resource_type, resource_path, predicate,
-                             ttl, timeout)
+                             ttl, timeout, bind)
         return Lease(self, [grant], ttl, on_lost)
 
     def lease_all(
@@ -492,17 +507,19 @@ class KlockClient:
         ttl: int = 30000,
         timeout: Optional[float] = None,
         on_lost: Optional[Callable[[KlockError], None]] = None,
+        bind: Optional[str] = "process",
     ) -> Lease:
         """:meth:`lease` for several resources, taken atomically (acquire_many).
 
         The returned :class:`Lease` holds one grant per intent
         (``lease.grants``), renews them together and releases them together.
         """
-        result = self.acquire_all(agent_id, session_id, intents, ttl, timeout)
+        result = self.acquire_all(agent_id, session_id, intents, ttl, timeout, bind)
         return Lease(self, list(result["leases"]), ttl, on_lost)
 
     def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
-                          ttl: int, timeout: Optional[float], many: bool = False) -> Dict[str, Any]:
+                          ttl: int, timeout: Optional[float], many: bool = False,
+                          bind: Optional[str] = "process") -> Dict[str, Any]:
         wire_intents = intents_args(intents)
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
@@ -513,12 +530,12 @@ class KlockClient:
             if many:
                 args = _optional({"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
                                   "intents": wire_intents, "idem": idem},
-                                 wait_timeout=wait_ms or None)
+                                 wait_timeout=wait_ms or None, bind=bind)
                 tail = wire.request_tail(op, args)
             else:
                 i = wire_intents[0]
                 tail = _acquire_tail(agent_id, session_id, i["resource_type"], i["resource_path"],
-                                     i["predicate"], ttl, idem, wait_ms or None)
+                                     i["predicate"], ttl, idem, wait_ms or None, bind)
             try:
                 result = self._call(op, tail, self.timeout + wait_ms / 1000.0)
             except KlockError as e:

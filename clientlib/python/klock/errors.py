@@ -30,6 +30,7 @@ __all__ = [
     "ResourceExhaustedError",
     "ShuttingDownError",
     "UnavailableError",
+    "BindUnavailableError",
     "InternalError",
     "KlockConnectionError",
     "DaemonNotRunningError",
@@ -149,6 +150,19 @@ class UnavailableError(KlockError):
     CODE = "UNAVAILABLE"
 
 
+class BindUnavailableError(KlockError):
+    """klockd cannot bind a lease to this process (``bind="process"``).
+
+    The message says why: no pidfds (Linux before 5.3, or a seccomp filter),
+    the client outside klockd's pid namespace (klockd in a container and
+    the client outside it), ``/proc`` unreadable, or the process gone. A
+    retry will not help: acquire with ``bind=None`` (and a ttl) instead. The
+    client never falls back to an unbound lease by itself.
+    """
+
+    CODE = "BIND_UNAVAILABLE"
+
+
 class InternalError(KlockError):
     """A bug in the daemon; it logged it and keeps serving."""
 
@@ -266,6 +280,7 @@ _BY_CODE: Dict[str, Type[KlockError]] = {
         ResourceExhaustedError,
         ShuttingDownError,
         UnavailableError,
+        BindUnavailableError,
         InternalError,
     )
     if cls.CODE is not None

@@ -73,6 +73,13 @@ class LeaseState:
         #: Monotonic time of the next renewal; owned by the keep-alive.
         self.due = _monotonic() + self.interval()
 
+    @property
+    def renewable(self) -> bool:
+        """Reports whether the lease has a ttl to renew: a lease bound to its
+        process and taken without a ttl (``expires_at`` 0) lasts until it is
+        released or the process exits, and needs no heartbeats."""
+        return self.ttl > 0 and self._expires_at > 0
+
     def interval(self) -> float:
         """Seconds between renewals: a third of the ttl."""
         return max(self.ttl / 3.0, 1.0) / 1000.0
@@ -199,7 +206,8 @@ class Lease(LeaseState):
         super().__init__(grants, ttl, on_lost)
         self._client = client
         self._lost_event = threading.Event()
-        client._keepalive.add(self)
+        if self.renewable:
+            client._keepalive.add(self)
 
     def __enter__(self) -> "Lease":
         return self

@@ -55,6 +55,7 @@ def protected(
     resource_path: Optional[Paths] = None,
     wait_ms: Optional[int] = None,
     on_lost: Optional[Callable[[KlockError], None]] = None,
+    bind: Optional[str] = "process",
 ) -> "Protected":
     """Protects a tool call (decorator) or a block (context manager) with leases.
 
@@ -80,6 +81,8 @@ def protected(
             function whose paths do not depend on its arguments).
         wait_ms: how long to wait on a WAIT verdict, in ms.
         on_lost: called once if the lease is lost while held.
+        bind: ``"process"`` (default) ends the lease when this process
+            exits, even if it dies mid-call; ``None`` opts out.
 
     The protected call raises :class:`KlockConflictError` when the lease is
     denied: at once on ``DIE`` (an older agent holds it; ``held_by`` names
@@ -93,7 +96,7 @@ def protected(
     if resource_path_extractor is None and resource_path is None:
         raise ValueError("klock: protected needs resource_path_extractor or resource_path")
     return Protected(klock_client, agent_id, session_id, resource_type, resource_path_extractor,
-                     predicate, ttl_ms, max_retries, resource_path, wait_ms, on_lost)
+                     predicate, ttl_ms, max_retries, resource_path, wait_ms, on_lost, bind)
 
 
 class Protected:
@@ -106,7 +109,8 @@ class Protected:
     def __init__(self, client: Any, agent_id: str, session_id: str, resource_type: str,
                  extractor: Optional[Callable[[Dict[str, Any]], Paths]], predicate: str,
                  ttl_ms: int, max_retries: int, resource_path: Optional[Paths],
-                 wait_ms: Optional[int], on_lost: Optional[Callable[[KlockError], None]]) -> None:
+                 wait_ms: Optional[int], on_lost: Optional[Callable[[KlockError], None]],
+                 bind: Optional[str] = "process") -> None:
         self.client = client
         self.agent_id = agent_id
         self.session_id = session_id
@@ -117,6 +121,7 @@ class Protected:
         self._extractor = extractor
         self._resource_path = resource_path
         self._on_lost = on_lost
+        self.bind = bind
         self._held: Optional[LeaseState] = None
         self._async_client = inspect.iscoroutinefunction(getattr(client, "acquire_lease", None))
 
@@ -283,7 +288,7 @@ class _Rounds:
         p = self.p
         args: Dict[str, Any] = {"agent_id": p.agent_id, "session_id": p.session_id,
                                 "ttl": p.ttl_ms, "wait_timeout": wait_ms or None,
-                                "idem": self.idem}
+                                "idem": self.idem, "bind": p.bind}
         if len(self.paths) == 1:
             args.update(resource_type=p.resource_type, resource_path=self.paths[0],
                         predicate=p.predicate)

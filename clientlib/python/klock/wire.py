@@ -147,6 +147,7 @@ _ACQUIRE = b"\x83\xa2op\xa7acquire\xa4args"
 _IDEM = b"\xa4idem"
 _WAIT = b"\xacwait_timeout"
 _BIND = b"\xa4bind"
+_BIND_PROCESS = b"\xa4bind\xa7process"
 
 # (agent, session, type, path, predicate, ttl) -> the args entries they encode to.
 _acquire_cache: Dict[Any, bytes] = {}
@@ -195,7 +196,7 @@ def acquire_tail(agent_id: str, session_id: str, resource_type: str, resource_pa
         extra = _WAIT + pack_value(wait_timeout)
     if bind is not None:
         n += 1
-        extra += _BIND + pack_value(bind)
+        extra += _BIND_PROCESS if bind == "process" else _BIND + pack_value(bind)
     if type(idem) is str and len(idem) > MAX_IDEM_LEN // 4:
         check_text("idem", idem, MAX_IDEM_LEN)
     return b"".join((_ACQUIRE, _FIXMAP[n], fixed, _IDEM, pack_value(idem), extra))

@@ -263,7 +263,7 @@ class BadArgumentsTest(KlockdTestCase):
             ("bad predicate", lambda: k.acquire_lease("a", "s", "FILE", "/x", "SMASHES", 1000)),
             ("bad type", lambda: k.acquire_lease("a", "s", "DISK", "/x", "MUTATES", 1000)),
             ("empty path", lambda: k.acquire_lease("a", "s", "FILE", "", "MUTATES", 1000)),
-            ("zero ttl", lambda: k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 0)),
+            ("zero ttl", lambda: k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 0, bind=None)),
             ("negative ttl", lambda: k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", -5)),
             ("string ttl", lambda: k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", "5")),
             ("huge ttl", lambda: k.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 10**12)),

@@ -76,6 +76,20 @@ class WireTest(unittest.TestCase):
         self.assertEqual(d.requests[2]["args"]["wait_timeout"], 250)
         self.assertEqual(d.requests[2]["args"]["idem"], "k")
 
+    def test_leases_are_bound_to_the_process_by_default(self) -> None:
+        d = self.serve(lambda conn, req: conn.ok(req, grant(req) if req["op"] == "acquire"
+                                                 else {"success": True, "leases": []}))
+        c = self.client()
+        c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000)
+        c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000, bind=None)
+        c.acquire_lease("a", "s", "FILE", "/x", "MUTATES", 1000, bind="none")
+        c.acquire_many("a", "s", [("FILE", "/x", "MUTATES")], 1000)
+        c.acquire_many("a", "s", [("FILE", "/x", "MUTATES")], 1000, bind=None)
+        c.acquire("a", "s", "FILE", "/x", "MUTATES", 1000, timeout=5)
+        c.lease("a", "s", "FILE", "/x", "MUTATES", ttl=60000, bind=None).release()
+        binds = [r["args"].get("bind") for r in d.requests if r["op"] != "release"]
+        self.assertEqual(binds, ["process", None, "none", "process", None, "process", None])
+
     def test_hot_requests_decode_as_the_plain_encoding(self) -> None:
         # The precomputed encoder of acquire, release and heartbeat must say
         # exactly what msgpack.packb of the same map says, for every kind of
@@ -244,6 +258,7 @@ class WireTest(unittest.TestCase):
             "BAD_REQUEST": klock.BadRequestError,
             "INTERNAL": klock.InternalError,
             "UNAVAILABLE": klock.UnavailableError,
+            "BIND_UNAVAILABLE": klock.BindUnavailableError,
         }
         self.serve(lambda conn, req: conn.error(req, req["args"]["lease_id"], "klock: it is wrong"))
         c = self.client()
