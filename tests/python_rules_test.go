@@ -361,7 +361,8 @@ func TestPythonRelativePathMeetsKlockctl(t *testing.T) {
 import json, sys, klock
 k = klock.KlockClient(sys.argv[1])
 k.register_agent("py-agent", 1)
-print(json.dumps(k.acquire_lease("py-agent", "s", "FILE", "src/./x.ts", "MUTATES", 60000)))
+# bind=None: the lease must outlive this short script
+print(json.dumps(k.acquire_lease("py-agent", "s", "FILE", "src/./x.ts", "MUTATES", 60000, bind=None)))
 `, d.Socket)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
