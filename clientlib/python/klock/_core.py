@@ -11,11 +11,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import wire
 from .errors import AcquireTimeoutError, LeaseDeniedError
-from .filekey import file_key
+from .filekey import resolve_file
 
 __all__ = ["Intent", "IdemSource", "AcquireRounds", "Backoff", "BACKOFF_CODES",
            "RENEW_AGAIN_CODES", "intent_args",
-           "intents_args", "key_path",
+           "intents_args", "key_path", "key_paths",
            "grant_ids", "describe", "wait_seconds", "MAX_WAIT_ROUND_MS"]
 
 #: One intent of ``acquire_many``: a ``(resource_type, resource_path,
@@ -31,8 +31,11 @@ MAX_WAIT_ROUND_MS = 30000
 _FINAL_REASONS = frozenset({"SESSION_EXPIRED"})
 
 #: Error codes a blocking acquire retries with backoff until its deadline
-#: (the retry table); every other error ends it.
-BACKOFF_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})
+#: (the retry table); every other error ends it. UNAVAILABLE is not here:
+#: every call already retries it with backoff (within the blocking
+#: acquire's deadline), and an attempt that still ends UNAVAILABLE ends the
+#: acquire with that error, as in the Go client.
+BACKOFF_CODES = frozenset({"RESOURCE_EXHAUSTED"})
 
 #: Error codes (and None: the connection failed) after which a keep-alive
 #: heartbeats again until the lease is about to expire; any other error
@@ -62,13 +65,25 @@ class IdemSource:
         return "%s%x" % (self._prefix, next(self._seq))
 
 
-def key_path(resource_type: Any, resource_path: Any) -> Any:
-    """The resource_path to send: a FILE path resolved by the one rule
-    (:func:`klock.filekey.file_key`), any other as given."""
+def key_paths(resource_type: Any, resource_path: Any) -> Tuple[Any, Optional[str]]:
+    """The resource_path to send, and the client_path to send with it (or None).
+
+    A FILE path is resolved by the one rule (:func:`klock.filekey.file_key`);
+    when the worktree step moved it to the main worktree, the path as named
+    (absolute, cleaned) goes along as ``client_path``, so that others see
+    where the holder works (protocol/README.md "FILE paths"). Any other
+    resource type is sent as given.
+    """
     if type(resource_path) is str and resource_path and type(resource_type) is str and (
             resource_type == "FILE" or resource_type.upper() == "FILE"):
-        return file_key(resource_path)
-    return resource_path
+        key, named = resolve_file(resource_path)
+        return key, (None if named == key else named)
+    return resource_path, None
+
+
+def key_path(resource_type: Any, resource_path: Any) -> Any:
+    """The resource_path to send (see :func:`key_paths`)."""
+    return key_paths(resource_type, resource_path)[0]
 
 
 def intent_args(i: Intent, n: int = 0) -> Dict[str, str]:
@@ -80,8 +95,12 @@ def intent_args(i: Intent, n: int = 0) -> Dict[str, str]:
         args = {"resource_type": resource_type, "resource_path": resource_path,
                 "predicate": predicate}
     if "resource_path" in args:
-        path = args["resource_path"] = key_path(args.get("resource_type"), args["resource_path"])
+        path, named = key_paths(args.get("resource_type"), args["resource_path"])
+        args["resource_path"] = path
         wire.check_text("intents[%d].resource_path" % n, path, wire.MAX_PATH_LEN)
+        if named is not None:
+            wire.check_text("intents[%d].client_path" % n, named, wire.MAX_PATH_LEN)
+            args["client_path"] = named
     return args
 
 
@@ -120,7 +139,9 @@ class AcquireRounds:
         self.timeout = timeout
         self.deadline = None if timeout is None else _monotonic() + timeout
         self._wait_ms = 0
-        self._started = 0.0
+        #: When the latest round was sent (monotonic): a lease it granted
+        #: lasts at least until then plus its ttl.
+        self.sent = 0.0
 
     def wait_ms(self) -> int:
         """The ``wait_timeout`` of the next round, in ms (0: answer at once)."""
@@ -128,7 +149,7 @@ class AcquireRounds:
         if self.deadline is not None:
             wait_ms = min(wait_ms, int((self.deadline - _monotonic()) * 1000))
         self._wait_ms = max(wait_ms, 0)
-        self._started = _monotonic()
+        self.sent = _monotonic()
         return self._wait_ms
 
     def after(self, result: Dict[str, Any]) -> Optional[float]:
@@ -150,7 +171,7 @@ class AcquireRounds:
             raise AcquireTimeoutError(
                 "klock: %s still denied (%s, held by %s) after %.3gs"
                 % (self.what, reason, result.get("held_by", "?"), self.timeout or 0.0), result)
-        if reason == "WAIT" and now - self._started >= 0.9 * self._wait_ms / 1000.0:
+        if reason == "WAIT" and now - self.sent >= 0.9 * self._wait_ms / 1000.0:
             return 0.0  # the daemon's wait ran out without a decision; wait again
         delay = max(int(result.get("wait_time", 1) or 1), 1) / 1000.0
         delay *= 1.0 + 0.5 * random.random()  # spread retries of competing juniors
@@ -173,6 +194,10 @@ class Backoff:
     def __init__(self, deadline: Optional[float]) -> None:
         self.deadline = deadline
         self._delay = self.FIRST
+
+    def deadline_or(self, default: float) -> float:
+        """The deadline, or default when there is none."""
+        return default if self.deadline is None else self.deadline
 
     def next(self) -> Optional[float]:
         delay = self._delay * (1.0 + 0.5 * random.random())

@@ -43,6 +43,7 @@ from ._core import (
     describe,
     intents_args,
     key_path,
+    key_paths,
     wait_seconds,
 )
 from .errors import (
@@ -56,7 +57,7 @@ from .errors import (
     UnavailableError,
     error_from_wire,
 )
-from .lease import LeaseState, now_ms
+from .lease import LeaseState
 from .autostart import find_daemon, probe
 
 __all__ = ["KlockClient", "AsyncLease"]
@@ -101,7 +102,7 @@ class _Connection:
         self._dial_error: Optional[BaseException] = None
         self._task: Optional["asyncio.Task[None]"] = None
         self._need: Optional[asyncio.Event] = None  # set when a call needs a connection
-        self._stopping: Optional[asyncio.Event] = None
+        self._stopping: Optional[asyncio.Event] = None  # set by close() and redial_now()
 
     @property
     def connected(self) -> bool:
@@ -113,6 +114,11 @@ class _Connection:
 
     def in_flight(self) -> int:
         return len(self._pending)
+
+    def redial_now(self) -> None:
+        """Cuts a redial backoff sleep short; see :meth:`klock.connection.Connection.redial_now`."""
+        if self._stopping is not None and not self._closed:
+            self._stopping.set()
 
     async def open(self) -> None:
         """Dials once and starts the reader task.
@@ -217,8 +223,11 @@ class _Connection:
                     await asyncio.wait_for(self._stopping.wait(),
                                            backoff * (0.8 + 0.4 * random.random()))
                 except asyncio.TimeoutError:
-                    pass
-                backoff = min(backoff * 2, _BACKOFF_CAP)
+                    backoff = min(backoff * 2, _BACKOFF_CAP)
+                else:
+                    if not self._closed:  # redial_now(): try again at once
+                        self._stopping.clear()
+                        backoff = _BACKOFF_FIRST
                 continue
             backoff = _BACKOFF_FIRST
             self.reconnects += 1
@@ -394,25 +403,33 @@ class KlockClient:
         """How many times the client reconnected after the connection broke."""
         return self._conn.reconnects
 
-    async def _call(self, op: str, tail: bytes, timeout: Optional[float] = None) -> Dict[str, Any]:
+    async def _call(self, op: str, tail: bytes, timeout: Optional[float] = None,
+                    until: Optional[float] = None) -> Dict[str, Any]:
+        """See :meth:`klock.KlockClient._call`."""
         if not self._opened:
             await self.connect()
         if timeout is None:
             timeout = self.timeout
         deadline = _monotonic() + timeout
+        sent = _monotonic()
         try:
             return await self._conn.call(op, tail, timeout)
         except UnavailableError as e:
             last = e
-        backoff = Backoff(deadline)
+        backoff = Backoff(deadline if until is None else min(deadline, until))
         while True:
+            # A retry whose answer could not come back before the deadline
+            # would end the call with a timeout instead of UNAVAILABLE: keep
+            # the last round trip free (as the Go client does).
+            rtt = _monotonic() - sent
             delay = backoff.next()
-            if delay is None:
+            if delay is None or _monotonic() + delay + rtt >= backoff.deadline_or(deadline):
                 raise last
             await asyncio.sleep(delay)
             left = deadline - _monotonic()
             if left <= 0:
                 raise last
+            sent = _monotonic()
             try:
                 return await self._conn.call(op, tail, left)
             except UnavailableError as e:
@@ -450,9 +467,9 @@ class KlockClient:
 
         ``bind="process"`` (the default) ends the lease when this process exits.
         """
-        tail = wire.acquire_tail(agent_id, session_id, resource_type,
-                                 key_path(resource_type, resource_path), predicate, ttl,
-                                 idem or self._idem(), wait_timeout or None, bind)
+        key, named = key_paths(resource_type, resource_path)
+        tail = wire.acquire_tail(agent_id, session_id, resource_type, key, predicate, ttl,
+                                 idem or self._idem(), wait_timeout or None, bind, named)
         return await self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
 
     async def release_lease(self, lease_id: str) -> bool:
@@ -543,16 +560,16 @@ class KlockClient:
 
         See :meth:`klock.KlockClient.acquire`.
         """
-        return await self._acquire_blocking(agent_id, session_id,
-                                            [(resource_type, resource_path, predicate)], ttl,
-                                            timeout, bind=bind)
+        return (await self._acquire_blocking(agent_id, session_id,
+                                             [(resource_type, resource_path, predicate)], ttl,
+                                             timeout, bind=bind))[0]
 
     async def acquire_all(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                           ttl: int, timeout: Optional[float] = None,
                           bind: Optional[str] = "process") -> Dict[str, Any]:
         """See :meth:`klock.KlockClient.acquire_all`."""
-        return await self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True,
-                                            bind=bind)
+        return (await self._acquire_blocking(agent_id, session_id, intents, ttl, timeout,
+                                             many=True, bind=bind))[0]
 
     def lease(self, agent_id: str, session_id: str, resource_type: str, resource_path: str,
               predicate: str, ttl: int = 30000, timeout: Optional[float] = None,
@@ -579,7 +596,7 @@ class KlockClient:
     async def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                                 ttl: int, timeout: Optional[float],
                                 many: bool = False,
-                                bind: Optional[str] = "process") -> Dict[str, Any]:
+                                bind: Optional[str] = "process") -> Tuple[Dict[str, Any], float]:
         wire_intents = intents_args(intents)
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
@@ -599,12 +616,14 @@ class KlockClient:
                 i = wire_intents[0]
                 tail = wire.acquire_tail(agent_id, session_id, i["resource_type"],
                                          i["resource_path"], i["predicate"], ttl, idem,
-                                         wait_ms or None, bind)
+                                         wait_ms or None, bind, i.get("client_path"))
             try:
-                result = await self._call(op, tail, self.timeout + wait_ms / 1000.0)
+                result = await self._call(op, tail, self.timeout + wait_ms / 1000.0,
+                                          rounds.deadline)
             except KlockError as e:
-                # The retry table: RESOURCE_EXHAUSTED and UNAVAILABLE are
-                # asked again with backoff until the deadline; others end it.
+                # The retry table: RESOURCE_EXHAUSTED is asked again with
+                # backoff until the deadline; others (UNAVAILABLE once the
+                # call's own retries gave up) end it.
                 if e.code not in BACKOFF_CODES:
                     raise
                 if backoff is None:
@@ -617,7 +636,7 @@ class KlockClient:
             backoff = None
             delay = rounds.after(result)
             if delay is None:
-                return result
+                return result, rounds.sent
             if delay > 0:
                 await asyncio.sleep(delay)
 
@@ -638,10 +657,11 @@ class _LeaseRequest:
 
     async def _take(self) -> "AsyncLease":
         agent_id, session_id, intents, ttl, timeout = self._args
-        result = await self._client._acquire_blocking(agent_id, session_id, intents, ttl, timeout,
-                                                      many=self._many, bind=self._bind)
+        result, sent = await self._client._acquire_blocking(agent_id, session_id, intents, ttl,
+                                                            timeout, many=self._many,
+                                                            bind=self._bind)
         grants = list(result["leases"]) if self._many else [result]
-        self._lease = AsyncLease(self._client, grants, ttl, self._on_lost)
+        self._lease = AsyncLease(self._client, grants, ttl, self._on_lost, sent)
         return self._lease
 
     def __await__(self) -> Generator[Any, None, "AsyncLease"]:
@@ -663,8 +683,9 @@ class AsyncLease(LeaseState):
     """
 
     def __init__(self, client: KlockClient, grants: List[Dict[str, Any]], ttl: int,
-                 on_lost: Optional[Callable[[KlockError], None]] = None) -> None:
-        super().__init__(grants, ttl, on_lost)
+                 on_lost: Optional[Callable[[KlockError], None]] = None,
+                 sent: Optional[float] = None) -> None:
+        super().__init__(grants, ttl, on_lost, sent)
         self._client = client
         self._lost_event = asyncio.Event()
         if self.renewable:
@@ -740,19 +761,23 @@ class _KeepAlive:
             await asyncio.gather(*(self._renew(lease) for lease in due))
 
     async def _renew(self, lease: AsyncLease) -> None:
-        remaining = (lease.expires_at - now_ms()) / 1000.0
-        timeout = min(max(remaining, 0.05), self._client.timeout)
+        # Never wait for an answer past the end of this try.
+        timeout = min(max(lease.renew_wait(), 0.001), self._client.timeout)
+        sent = _monotonic()
         try:
             results = await asyncio.gather(*(
                 self._client._call("heartbeat", wire.heartbeat_tail(i), timeout)
                 for i in lease.lease_ids))
         except KlockError as e:
+            last_try = lease.last_try
             err = lease.renewal_failed(e)
             if err is not None:
                 self.remove(lease)
                 lease.report_lost(err)
+            elif lease.last_try and not last_try:
+                self._client._conn.redial_now()  # see klock.lease.KeepAlive._failed
             return
-        lease.renewed(list(results))
+        lease.renewed(list(results), sent)
 
 
 async def _cancel(task: Optional["asyncio.Task[None]"]) -> None:

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import wire
 from ._core import (
@@ -18,6 +18,7 @@ from ._core import (
     describe,
     intents_args,
     key_path,
+    key_paths,
     wait_seconds,
 )
 from .connection import CLIENT_NAME, Connection
@@ -30,7 +31,7 @@ __all__ = ["KlockClient", "Intent"]
 _monotonic = time.monotonic
 _acquire_tail = wire.acquire_tail
 _release_tail = wire.release_tail
-_key_path = key_path
+_key_paths = key_paths
 
 
 def _optional(args: Dict[str, Any], **kv: Any) -> Dict[str, Any]:
@@ -121,27 +122,36 @@ class KlockClient:
         """How many times the client reconnected after the connection broke."""
         return self._conn.reconnects
 
-    def _call(self, op: str, tail: bytes, timeout: Optional[float] = None) -> Dict[str, Any]:
-        """Sends one request and returns its result; retries UNAVAILABLE within the timeout."""
+    def _call(self, op: str, tail: bytes, timeout: Optional[float] = None,
+              until: Optional[float] = None) -> Dict[str, Any]:
+        """Sends one request and returns its result; retries UNAVAILABLE with
+        backoff within the timeout (and until ``until``, a monotonic time,
+        when given): the retry table's "one call" column."""
         conn = self._conn
         if conn._forked and not self._closed:
             conn = self._after_fork()
         if timeout is None:
             timeout = self.timeout
         deadline = _monotonic() + timeout
+        sent = _monotonic()
         try:
             return conn.call(op, tail, timeout)
         except UnavailableError as e:
             last = e
-        backoff = Backoff(deadline)
+        backoff = Backoff(deadline if until is None else min(deadline, until))
         while True:
+            # A retry whose answer could not come back before the deadline
+            # would end the call with a timeout instead of UNAVAILABLE: keep
+            # the last round trip free (as the Go client does).
+            rtt = _monotonic() - sent
             delay = backoff.next()
-            if delay is None:
+            if delay is None or _monotonic() + delay + rtt >= backoff.deadline_or(deadline):
                 raise last
             time.sleep(delay)
             left = deadline - _monotonic()
             if left <= 0:
                 raise last
+            sent = _monotonic()
             try:
                 return conn.call(op, tail, left)
             except UnavailableError as e:
@@ -240,9 +250,9 @@ class KlockClient:
             UnknownAgentError: the agent was never registered.
             BindUnavailableError: klockd cannot bind to this process.
         """
-        tail = _acquire_tail(agent_id, session_id, resource_type,
-                             _key_path(resource_type, resource_path), predicate, ttl,
-                             idem or self._idem(), wait_timeout or None, bind)
+        key, named = _key_paths(resource_type, resource_path)
+        tail = _acquire_tail(agent_id, session_id, resource_type, key, predicate, ttl,
+                             idem or self._idem(), wait_timeout or None, bind, named)
         if wait_timeout:
             return self._call("acquire", tail, self.timeout + wait_seconds(wait_timeout))
         return self._call("acquire", tail)
@@ -450,7 +460,7 @@ class KlockClient:
         """
         return self._acquire_blocking(agent_id, session_id,
                                       [(resource_type, resource_path, predicate)], ttl, timeout,
-                                      bind=bind)
+                                      bind=bind)[0]
 
     def acquire_all(
         self,
@@ -466,7 +476,7 @@ class KlockClient:
         Returns ``{"success": True, "leases": [grant, ...]}``.
         """
         return self._acquire_blocking(agent_id, session_id, intents, ttl, timeout, many=True,
-                                      bind=bind)
+                                      bind=bind)[0]
 
     def lease(
         self,
@@ -495,9 +505,10 @@ class KlockClient:
             on_lost: called once, in the keep-alive thread, with a
                 :class:`LeaseLostError` if the lease is lost while held.
         """
-        grant = self.acquire(agent_id, session_id, resource_type, resource_path, predicate,
-                             ttl, timeout, bind)
-        return Lease(self, [grant], ttl, on_lost)
+        grant, sent = self._acquire_blocking(agent_id, session_id,
+                                             [(resource_type, resource_path, predicate)], ttl,
+                                             timeout, bind=bind)
+        return Lease(self, [grant], ttl, on_lost, sent)
 
     def lease_all(
         self,
@@ -514,12 +525,15 @@ class KlockClient:
         The returned :class:`Lease` holds one grant per intent
         (``lease.grants``), renews them together and releases them together.
         """
-        result = self.acquire_all(agent_id, session_id, intents, ttl, timeout, bind)
-        return Lease(self, list(result["leases"]), ttl, on_lost)
+        result, sent = self._acquire_blocking(agent_id, session_id, intents, ttl, timeout,
+                                              many=True, bind=bind)
+        return Lease(self, list(result["leases"]), ttl, on_lost, sent)
 
     def _acquire_blocking(self, agent_id: str, session_id: str, intents: Sequence[Intent],
                           ttl: int, timeout: Optional[float], many: bool = False,
-                          bind: Optional[str] = "process") -> Dict[str, Any]:
+                          bind: Optional[str] = "process") -> Tuple[Dict[str, Any], float]:
+        """The blocking acquire: returns the grant and when the request that
+        got it was sent (monotonic)."""
         wire_intents = intents_args(intents)
         op = "acquire_many" if many else "acquire"
         rounds = AcquireRounds(describe(op, wire_intents), timeout)
@@ -535,12 +549,14 @@ class KlockClient:
             else:
                 i = wire_intents[0]
                 tail = _acquire_tail(agent_id, session_id, i["resource_type"], i["resource_path"],
-                                     i["predicate"], ttl, idem, wait_ms or None, bind)
+                                     i["predicate"], ttl, idem, wait_ms or None, bind,
+                                     i.get("client_path"))
             try:
-                result = self._call(op, tail, self.timeout + wait_ms / 1000.0)
+                result = self._call(op, tail, self.timeout + wait_ms / 1000.0, rounds.deadline)
             except KlockError as e:
-                # The retry table: RESOURCE_EXHAUSTED and UNAVAILABLE are
-                # asked again with backoff until the deadline; others end it.
+                # The retry table: RESOURCE_EXHAUSTED is asked again with
+                # backoff until the deadline; others (UNAVAILABLE once the
+                # call's own retries gave up) end it.
                 if e.code not in BACKOFF_CODES:
                     raise
                 if backoff is None:
@@ -553,7 +569,7 @@ class KlockClient:
             backoff = None
             delay = rounds.after(result)
             if delay is None:
-                return result
+                return result, rounds.sent
             if delay > 0:
                 time.sleep(delay)
 

@@ -150,7 +150,8 @@ class Connection:
         self._dead: List[socket.socket] = []
 
         self._forked = False
-        self._closing = threading.Event()  # set by close(); wakes backoff sleeps
+        # Set by close() and redial_now(): ends a redial backoff sleep early.
+        self._wake = threading.Event()
         self._reader: Optional[threading.Thread] = None
         #: Called with the ids of leases granted to calls nobody waits for any
         #: more (they timed out), so that they can be released.
@@ -220,7 +221,7 @@ class Connection:
                 c.error = KlockConnectionError("klock: client closed while %s was in flight" % c.op)
                 self._finish(c)
             self._cond.notify_all()
-        self._closing.set()
+        self._wake.set()
         if sock is not None:
             self._drop(sock)
         reader = self._reader
@@ -242,6 +243,15 @@ class Connection:
     def reconnects(self) -> int:
         """How many times the connection was re-established after breaking."""
         return self._reconnects
+
+    def redial_now(self) -> None:
+        """Cuts a redial backoff sleep short: the next dial is made at once
+        and the backoff starts again from its first step. Does nothing while
+        connected. The keep-alive calls it before giving a lease up, since
+        the backoff may otherwise sleep past a daemon that came back in time."""
+        self._wake.set()
+        with self._lock:
+            self._cond.notify_all()
 
     def in_flight(self) -> int:
         """How many calls are waiting for their answer."""
@@ -522,8 +532,11 @@ class Connection:
                 with self._lock:
                     self._dial_error = e
                 log.debug("klock: redialling %s failed: %s", self.socket_path, e)
-                self._closing.wait(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(backoff * 2, _BACKOFF_CAP)
+                if self._wake.wait(backoff * (0.8 + 0.4 * random.random())):
+                    self._wake.clear()
+                    backoff = _BACKOFF_FIRST  # redial_now(): try again at once
+                else:
+                    backoff = min(backoff * 2, _BACKOFF_CAP)
                 continue
             backoff = _BACKOFF_FIRST
             self._install(sock)

@@ -34,6 +34,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def renew_margin(ttl: int) -> float:
+    """The keep-alive's margin in seconds: min(ttl/10, 250 ms). Renewals stop
+    one margin before the lease's deadline (after a last redial and renewal
+    that began two margins before it), so the holder hears of a loss before
+    anyone else can be granted the lease (protocol/README.md "Retries")."""
+    return min(ttl / 10.0, 250.0) / 1000.0
+
+
 class LeaseState:
     """What a kept-alive lease knows, shared by the sync and asyncio leases.
 
@@ -48,10 +56,16 @@ class LeaseState:
         fence: the first grant's fencing token.
         resource: the first grant's resource key, e.g. ``"FILE:/src/auth.ts"``.
         ttl: the lease lifetime in ms; each renewal extends it by this much.
+
+    How long the lease surely lasts is measured on this process's monotonic
+    clock, never by comparing the daemon's ``expires_at`` with the local
+    wall clock (protocol/README.md "Time and fences"): from when the request
+    that granted or renewed it was sent, plus ``ttl``.
     """
 
     def __init__(self, grants: List[Dict[str, Any]], ttl: int,
-                 on_lost: Optional[Callable[[KlockError], None]]) -> None:
+                 on_lost: Optional[Callable[[KlockError], None]],
+                 sent: Optional[float] = None) -> None:
         if not grants:
             raise ValueError("klock: a lease needs at least one grant")
         self.grants: List[Dict[str, Any]] = grants
@@ -70,8 +84,14 @@ class LeaseState:
         self._expires_at: int = min(int(g.get("expires_at", 0)) for g in grants)
         self._lost_error: Optional[KlockError] = None
         self._released = False
-        #: Monotonic time of the next renewal; owned by the keep-alive.
-        self.due = _monotonic() + self.interval()
+        # The fields that follow are owned by the keep-alive.
+        #: Monotonic time until which the lease surely holds (sent + ttl).
+        self.deadline = (_monotonic() if sent is None else sent) + self.ttl / 1000.0
+        #: Monotonic time of the next renewal: a third of the ttl after sending.
+        self.due = self.deadline - 2 * self.interval()
+        #: The renewal is in its last try: the connection was redialled at
+        #: once, and the answer may come until one margin before the deadline.
+        self.last_try = False
 
     @property
     def renewable(self) -> bool:
@@ -129,14 +149,23 @@ class LeaseState:
             self._released = True
             return self._lost_error is None
 
-    def renewed(self, results: List[Dict[str, Any]]) -> None:
-        """Records the daemon's answers to a renewal of every grant."""
+    def renew_wait(self) -> float:
+        """Seconds a renewal sent now may wait for its answers: until two
+        margins before the deadline, or one in the last try."""
+        margin = renew_margin(self.ttl)
+        end = self.deadline - margin * (1 if self.last_try else 2)
+        return end - _monotonic()
+
+    def renewed(self, results: List[Dict[str, Any]], sent: float) -> None:
+        """Records the daemon's answers to a renewal of every grant, sent at sent."""
         times = [r.get("expires_at") for r in results]
         ints = [t for t in times if isinstance(t, int)]
         if ints:
             with self._state_lock:
                 self._expires_at = min(ints)
-        self.due = _monotonic() + self.interval()
+        self.deadline = sent + self.ttl / 1000.0
+        self.due = sent + self.interval()
+        self.last_try = False
 
     def lose(self, message: str) -> Optional[LeaseLostError]:
         """Marks the lease lost (unless released); returns the error to report once."""
@@ -150,21 +179,30 @@ class LeaseState:
     def renewal_failed(self, e: KlockError) -> Optional[LeaseLostError]:
         """Judges a failed renewal by the retry table's keep-alive column.
 
-        A broken connection, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL or
-        SHUTTING_DOWN: heartbeat again after max(ttl/20, 5 ms) plus up to 50 %,
-        until min(ttl/10, 250 ms) before the lease expires. Anything else
-        (NOT_FOUND first of all): the lease is lost at once. Returns the
-        error to report when the lease is lost now, else None.
+        A broken connection or no answer, UNAVAILABLE, RESOURCE_EXHAUSTED,
+        INTERNAL or SHUTTING_DOWN: heartbeat again after max(ttl/20, 5 ms)
+        plus up to 50 %, until two margins before the deadline; then one last
+        try (:attr:`last_try` becomes True and the keep-alive redials at
+        once, cutting the reconnect backoff short), answered until one margin
+        before it; then the lease is lost. Anything else (NOT_FOUND first of
+        all): the lease is lost at once. Returns the error to report when the
+        lease is lost now, else None.
         """
-        if e.code in RENEW_AGAIN_CODES:
-            margin = min(self.ttl / 10.0, 250.0)
-            if now_ms() < self.expires_at - margin:
-                delay = max(self.ttl / 20.0, 5.0) / 1000.0 * (1.0 + 0.5 * random.random())
-                self.due = _monotonic() + delay
-                return None
-            return self.lose("klock: could not renew lease %s on %s before it expired: %s"
+        if e.code not in RENEW_AGAIN_CODES:
+            return self.lose("klock: lease %s on %s is no longer held: %s"
                              % (self.lease_id, self.resource, e))
-        return self.lose("klock: lease %s on %s is no longer held: %s"
+        now = _monotonic()
+        margin = renew_margin(self.ttl)
+        end = self.deadline - margin * (1 if self.last_try else 2)
+        if now < end:
+            delay = max(self.ttl / 20.0, 5.0) / 1000.0 * (1.0 + 0.5 * random.random())
+            self.due = min(now + delay, end)
+            return None
+        if not self.last_try:
+            self.last_try = True
+            self.due = now
+            return None
+        return self.lose("klock: could not renew lease %s on %s before it expired: %s"
                          % (self.lease_id, self.resource, e))
 
     def report_lost(self, err: LeaseLostError) -> None:
@@ -202,8 +240,9 @@ class Lease(LeaseState):
         grants: List[Dict[str, Any]],
         ttl: int,
         on_lost: Optional[Callable[[KlockError], None]] = None,
+        sent: Optional[float] = None,
     ) -> None:
-        super().__init__(grants, ttl, on_lost)
+        super().__init__(grants, ttl, on_lost, sent)
         self._client = client
         self._lost_event = threading.Event()
         if self.renewable:
@@ -295,32 +334,37 @@ class KeepAlive:
     def _renew(self, leases: List[Lease]) -> None:
         """Sends every due heartbeat at once, then judges the answers."""
         conn = self._client._conn
-        sent: List[Tuple[Lease, List["Call"]]] = []
+        sent: List[Tuple[Lease, float, List["Call"]]] = []
         lost: List[Tuple[Lease, LeaseLostError]] = []
         for lease in leases:
+            at = _monotonic()
             try:
                 calls = [conn.submit("heartbeat", wire.heartbeat_tail(i)) for i in lease.lease_ids]
             except KlockError as e:
                 self._failed(lease, e, lost)
                 continue
-            sent.append((lease, calls))
-        for lease, calls in sent:
-            # Never wait for an answer past the lease's expiry.
-            remaining = (lease.expires_at - now_ms()) / 1000.0
-            timeout = min(max(remaining, 0.05), self._client.timeout)
+            sent.append((lease, at, calls))
+        for lease, at, calls in sent:
+            # Never wait for an answer past the end of this try.
+            timeout = min(max(lease.renew_wait(), 0.001), self._client.timeout)
             deadline = _monotonic() + timeout
             try:
                 results = [conn.wait(c, deadline, timeout) for c in calls]
             except KlockError as e:
                 self._failed(lease, e, lost)
                 continue
-            lease.renewed(results)
+            lease.renewed(results, at)
         for lease, err in lost:
             self.remove(lease)
             lease.report_lost(err)  # outside every lock: it runs user code
 
     def _failed(self, lease: Lease, e: KlockError,
                 lost: List[Tuple[Lease, LeaseLostError]]) -> None:
+        last_try = lease.last_try
         err = lease.renewal_failed(e)
         if err is not None:
             lost.append((lease, err))
+        elif lease.last_try and not last_try:
+            # The reconnect backoff may be sleeping past a daemon that came
+            # back in time: redial now, for the last try.
+            self._client._conn.redial_now()

@@ -151,7 +151,7 @@ class Protected:
         while step is not None:
             method, args = step
             step = rounds.after(getattr(self.client, method)(**args))
-        return Lease(self.client, rounds.grants, self.ttl_ms, self._on_lost)
+        return Lease(self.client, rounds.grants, self.ttl_ms, self._on_lost, rounds.sent)
 
     async def _take_async(self, paths: List[str]) -> LeaseState:
         if not self._async_client:
@@ -166,7 +166,7 @@ class Protected:
         while step is not None:
             method, args = step
             step = rounds.after(await getattr(self.client, method)(**args))
-        return AsyncLease(self.client, rounds.grants, self.ttl_ms, self._on_lost)
+        return AsyncLease(self.client, rounds.grants, self.ttl_ms, self._on_lost, rounds.sent)
 
     async def _release_async(self, lease: LeaseState) -> None:
         if isinstance(lease, Lease):
@@ -279,6 +279,8 @@ class _Rounds:
         self.paths = paths
         self.idem = idem
         self.started = time.monotonic()
+        #: When the latest round was sent: its grant lasts at least until then plus the ttl.
+        self.sent = self.started
         self.grants: List[Dict[str, Any]] = []
 
     def first(self) -> Tuple[str, Dict[str, Any]]:
@@ -286,6 +288,7 @@ class _Rounds:
 
     def _round(self, wait_ms: int) -> Tuple[str, Dict[str, Any]]:
         p = self.p
+        self.sent = time.monotonic()
         args: Dict[str, Any] = {"agent_id": p.agent_id, "session_id": p.session_id,
                                 "ttl": p.ttl_ms, "wait_timeout": wait_ms or None,
                                 "idem": self.idem, "bind": p.bind}

@@ -148,6 +148,7 @@ _IDEM = b"\xa4idem"
 _WAIT = b"\xacwait_timeout"
 _BIND = b"\xa4bind"
 _BIND_PROCESS = b"\xa4bind\xa7process"
+_CLIENT_PATH = b"\xabclient_path"
 
 # (agent, session, type, path, predicate, ttl) -> the args entries they encode to.
 _acquire_cache: Dict[Any, bytes] = {}
@@ -171,8 +172,9 @@ def _acquire_fixed(agent_id: Any, session_id: Any, resource_type: Any, resource_
 
 def acquire_tail(agent_id: str, session_id: str, resource_type: str, resource_path: str,
                  predicate: str, ttl: int, idem: str, wait_timeout: Optional[int] = None,
-                 bind: Optional[str] = None) -> bytes:
-    """The tail of an ``acquire`` request (``wait_timeout``/``bind`` only when given)."""
+                 bind: Optional[str] = None, client_path: Optional[str] = None) -> bytes:
+    """The tail of an ``acquire`` request (``wait_timeout``, ``bind`` and
+    ``client_path`` only when given)."""
     # Only an int ttl is cached: 1.0 and True hash like 1, yet must reach the
     # daemon as what they are (and be refused there).
     key: Any = None
@@ -197,6 +199,10 @@ def acquire_tail(agent_id: str, session_id: str, resource_type: str, resource_pa
     if bind is not None:
         n += 1
         extra += _BIND_PROCESS if bind == "process" else _BIND + pack_value(bind)
+    if client_path is not None:
+        check_text("client_path", client_path, MAX_PATH_LEN)
+        n += 1
+        extra += _CLIENT_PATH + pack_value(client_path)
     if type(idem) is str and len(idem) > MAX_IDEM_LEN // 4:
         check_text("idem", idem, MAX_IDEM_LEN)
     return b"".join((_ACQUIRE, _FIXMAP[n], fixed, _IDEM, pack_value(idem), extra))

@@ -237,6 +237,32 @@ class AsyncioRestartTest(KlockdTestCase, unittest.IsolatedAsyncioTestCase):
         await k.close()
 
 
+class AsyncioKeepAliveTest(KlockdTestCase, unittest.IsolatedAsyncioTestCase):
+    persistent = True
+
+    async def test_keepalive_redials_at_once_before_giving_a_lease_up(self) -> None:
+        # As ReconnectTest's test of the same name, for the asyncio client.
+        from klock import asyncio as kasyncio
+
+        for name in ("_BACKOFF_FIRST", "_BACKOFF_CAP"):
+            self.addCleanup(setattr, kasyncio, name, getattr(kasyncio, name))
+            setattr(kasyncio, name, 60.0)  # one failed dial: the next in a minute
+        k = KlockClient(self.daemon.socket_path, timeout=30)
+        self.addAsyncCleanup(k.close)
+        await k.register_agent("a", 1)
+        loop = asyncio.get_running_loop()
+        async with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=6000) as lease:
+            before = lease.expires_at
+            await loop.run_in_executor(None, self.daemon.kill)
+            await eventually(lambda: _true_after(k._conn._dial_error is not None),
+                             "a renewal's redial to fail")
+            await loop.run_in_executor(None, self.daemon.start)
+            await eventually(lambda: _true_after(lease.expires_at > before or lease.lost),
+                             "a renewal on the restarted daemon, or the loss", timeout=30)
+            self.assertFalse(lease.lost, lease.lost_error)
+            self.assertEqual(k.reconnects, 1)
+
+
 class AsyncioNoDaemonTest(unittest.IsolatedAsyncioTestCase):
     async def test_daemon_not_running(self) -> None:
         path = os.path.join(short_tempdir(self), "none.sock")

@@ -424,6 +424,31 @@ class ReconnectTest(KlockdTestCase):
             self.assertEqual(other.list_leases()["leases"][0]["lease_id"], lease.lease_id)
         self.assertEqual(k.active_lease_count(), 0)
 
+    def test_keepalive_redials_at_once_before_giving_a_lease_up(self) -> None:
+        """protocol/README.md "Time and fences" (issue 12): klockd is back
+        well before the lease's deadline, but the redial backoff sleeps past
+        it; the keep-alive then redials at once for a last renewal, two
+        margins before the deadline, instead of declaring the lease lost."""
+        from klock import connection
+
+        for name in ("_BACKOFF_FIRST", "_BACKOFF_CAP"):
+            self.addCleanup(setattr, connection, name, getattr(connection, name))
+            setattr(connection, name, 60.0)  # one failed dial: the next in a minute
+        k = self.new_client(timeout=30)  # its reader thread starts with that backoff
+        k.register_agent("a", 1)
+        with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=6000) as lease:
+            before = lease.expires_at
+            self.daemon.kill()  # the lease stays in klockd's log
+            wait_until(lambda: k._conn._dial_error is not None, what="a renewal's redial to fail")
+            self.daemon.start()
+            wait_until(lambda: lease.expires_at > before or lease.lost, timeout=30,
+                       what="a renewal on the restarted daemon, or the loss")
+            self.assertFalse(lease.lost, lease.lost_error)
+            self.assertEqual(k.reconnects, 1)
+            other = self.new_client()
+            self.assertEqual([l["lease_id"] for l in other.list_leases()["leases"]],
+                             [lease.lease_id])
+
     def test_waiting_acquire_resent_after_kill(self) -> None:
         self.check_waiting_acquire_resent(graceful=False)
 

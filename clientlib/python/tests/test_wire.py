@@ -574,6 +574,39 @@ class WireTest(unittest.TestCase):
         c = self.client()
         self.assertEqual(c.active_lease_count(), 1)
 
+    def test_client_path_names_the_worktree_path(self) -> None:
+        # protocol/README.md "FILE paths": a path the worktree rule moved to
+        # the main worktree is sent with the path as named, as client_path;
+        # one it left alone (or not a FILE) is sent without.
+        root = short_tempdir(self)
+        main, linked = os.path.join(root, "repo"), os.path.join(root, "repo-wt")
+        gitdir = os.path.join(main, ".git", "worktrees", "wt")
+        os.makedirs(gitdir)
+        os.makedirs(linked)
+        with open(os.path.join(gitdir, "commondir"), "w") as f:
+            f.write("../..\n")
+        with open(os.path.join(linked, ".git"), "w") as f:
+            f.write("gitdir: %s\n" % gitdir)
+        d = self.serve(echo)
+        c = self.client()
+        c.acquire_lease("a", "s", "FILE", linked + "/src//x.py", "MUTATES", 1000)
+        c.acquire_lease("a", "s", "FILE", main + "/src/x.py", "MUTATES", 1000)
+        c.acquire_lease("a", "s", "SYMBOL", linked + "/src/x.py", "MUTATES", 1000)
+        c.acquire("a", "s", "FILE", linked + "/y", "MUTATES", 1000, timeout=5)
+        c.acquire_many("a", "s", [("FILE", linked + "/src/", "MUTATES"),
+                                  ("FILE", main + "/z", "MUTATES")], 1000)
+        args = [r["args"] for r in d.requests]
+        self.assertEqual((args[0]["resource_path"], args[0]["client_path"]),
+                         (main + "/src/x.py", linked + "/src/x.py"))
+        self.assertNotIn("client_path", args[1])
+        self.assertNotIn("client_path", args[2])
+        self.assertEqual((args[3]["resource_path"], args[3]["client_path"]),
+                         (main + "/y", linked + "/y"))
+        intents = args[4]["intents"]
+        self.assertEqual((intents[0]["resource_path"], intents[0]["client_path"]),
+                         (main + "/src/", linked + "/src/"))
+        self.assertNotIn("client_path", intents[1])
+
     def test_blocking_acquire_retries_die_then_waits(self) -> None:
         state = {"n": 0}
 
@@ -654,12 +687,13 @@ class LeaseKeepAliveTest(unittest.TestCase):
         self.heartbeats = 0
         self.fail_after = 3
         self.refusals: List[str] = []
+        self.skew_ms = 0  # the daemon's lease clock minus ours
         self.lock = threading.Lock()
 
         def handler(conn: FakeConn, req: Dict[str, Any]) -> None:
             if req["op"] == "acquire":
                 g = grant(req)
-                g["expires_at"] = int(time.time() * 1000) + 60000
+                g["expires_at"] = int(time.time() * 1000) + self.skew_ms + req["args"]["ttl"]
                 conn.ok(req, g)
             elif req["op"] == "heartbeat":
                 with self.lock:
@@ -683,7 +717,9 @@ class LeaseKeepAliveTest(unittest.TestCase):
 
     def test_renews_then_releases(self) -> None:
         self.fail_after = 10**9
-        with self.client.lease("a", "s", "FILE", "/x", "MUTATES", ttl=30) as lease:
+        # A ttl the keep-alive can meet on a busy machine: the lease's time
+        # is its own (sent + ttl), whatever expires_at the daemon reports.
+        with self.client.lease("a", "s", "FILE", "/x", "MUTATES", ttl=600) as lease:
             self.assertTrue(lease.lease_id.startswith("L-"))
             self.assertEqual(lease.fence, 7)
             wait_until(lambda: self.heartbeats >= 3, what="three renewals")
@@ -704,6 +740,20 @@ class LeaseKeepAliveTest(unittest.TestCase):
         self.assertTrue(lease.wait_lost(10))
         self.assertIn("INVALID_ARGUMENT", str(lease.lost_error))
         self.assertEqual(self.refusals, [], "INTERNAL and UNAVAILABLE were retried, not final")
+
+    def test_keepalive_keeps_its_own_clock(self) -> None:
+        # protocol/README.md "Time and fences": a client measures a lease's
+        # time on its own monotonic clock and never compares expires_at with
+        # its wall clock, which may differ from the daemon's lease clock
+        # (here the daemon's is an hour behind, as after a suspend). A
+        # refused renewal is then retried, not taken as a lease past expiry.
+        self.fail_after = 10**9
+        self.skew_ms = -3600 * 1000
+        self.refusals = ["UNAVAILABLE"]
+        with self.client.lease("a", "s", "FILE", "/x", "MUTATES", ttl=3000) as lease:
+            wait_until(lambda: self.heartbeats >= 2 or lease.lost, what="a renewal after the refusal")
+            self.assertFalse(lease.lost, lease.lost_error)
+            self.assertEqual(self.refusals, [])
 
     def test_loss_is_observable(self) -> None:
         lost = []
