@@ -109,7 +109,7 @@ func rawStats(t *testing.T, r *harness.Raw, id uint64) protocol.StatsResult {
 
 // TestKill9GrantsTheWaiter: a child holds a bound lease with a 10 minute
 // ttl and an older agent waits for it in the daemon; kill -9 of the child
-// grants the waiter, within its 60 s wait and so long before the ttl. The
+// grants the waiter within its 10 s wait (a few seconds, not the ttl). The
 // delay from the kill to the grant is measured over several runs and
 // logged, never asserted.
 func TestKill9GrantsTheWaiter(t *testing.T) {
@@ -130,7 +130,7 @@ func TestKill9GrantsTheWaiter(t *testing.T) {
 			t.Fatalf("the holder's grant is bound to pid %d; want its own, %d", h.grant.BoundPID, h.grant.PID)
 		}
 		id := uint64(100 + 10*i)
-		r.Send(id, protocol.OpAcquire, parkArgs("old", "o", path, "MUTATES", 60_000, 60_000))
+		r.Send(id, protocol.OpAcquire, parkArgs("old", "o", path, "MUTATES", 60_000, 10_000))
 		waitFor(t, "the older agent to wait in the daemon", func() bool { return waiters(t, watch, 1) == 1 })
 		start := time.Now()
 		if err := h.cmd.Process.Kill(); err != nil {
@@ -142,7 +142,7 @@ func TestKill9GrantsTheWaiter(t *testing.T) {
 		var g protocol.AcquireResult
 		mustOK(t, "the parked acquire", resp, &g)
 		if resp.ID != id || !g.Success {
-			t.Fatalf("run %d: the waiter was answered %+v; want granted once the holder was killed", i, g)
+			t.Fatalf("run %d: the waiter was answered %+v; want granted within its 10 s wait once the holder was killed", i, g)
 		}
 		mustOK(t, "release", r.Call(id+1, protocol.OpRelease, args(protocol.ArgLeaseID, g.LeaseID)), nil)
 	}
