@@ -341,3 +341,27 @@ func TestBindAcrossPidNamespaces(t *testing.T) {
 		d.Kill(t)
 	})
 }
+
+// TestMaxPidfds: with --max-pidfds 1, klockd watches one process; a bound
+// acquire from a second process is RESOURCE_EXHAUSTED naming the flag, an
+// unbound one is still granted, and once the first process has exited the
+// second binds.
+func TestMaxPidfds(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none", Args: []string{"--max-pidfds", "1"}})
+	r := d.Raw(t)
+	mustOK(t, "register", r.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "a", protocol.ArgPriority, 1)), nil)
+	h := startHolder(t, d, "a", "/limit/held", "10m", "wait")
+	resp := r.Call(2, protocol.OpAcquire, boundAcquireArgs("a", "s", "/limit/mine", "MUTATES", 0))
+	expectCode(t, "a second process's bound acquire with --max-pidfds 1", resp, protocol.CodeResourceExhausted)
+	if !resp.OK && !strings.Contains(resp.Error.Message, "--max-pidfds") {
+		t.Errorf("RESOURCE_EXHAUSTED message %q does not name --max-pidfds", resp.Error.Message)
+	}
+	mustOK(t, "unbound acquire past the limit", r.Call(3, protocol.OpAcquire, acquireArgs("a", "s", "/limit/free", "MUTATES", 60_000)), nil)
+	h.kill(t)
+	waitFor(t, "the holder's process to stop being watched", func() bool { return rawStats(t, r, 4).Pidfds == 0 })
+	var g protocol.AcquireResult
+	mustOK(t, "bound acquire once the holder exited", r.Call(5, protocol.OpAcquire, boundAcquireArgs("a", "s", "/limit/mine", "MUTATES", 0)), &g)
+	if !g.Success || g.BoundPID != int32(os.Getpid()) {
+		t.Errorf("bound acquire once the holder exited = %+v; want granted, bound to this test (pid %d)", g, os.Getpid())
+	}
+}
