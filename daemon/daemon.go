@@ -54,9 +54,11 @@ type Config struct {
 	// Cluster, when set, makes klockd one node of a lock table shared
 	// through etcd; the state then lives in etcd, and StateDir only keeps
 	// the node id.
-	Cluster *ClusterConfig
-	Version string       // reported by hello and logs
-	Logger  *slog.Logger // nil = slog.Default()
+	Cluster     *ClusterConfig
+	WatchBuffer int          // events a watch may fall behind; 0 = server.DefaultWatchBuffer
+	MaxWatches  int          // watch streams open at once; 0 = server.DefaultMaxWatches
+	Version     string       // reported by hello and logs
+	Logger      *slog.Logger // nil = slog.Default()
 }
 
 // Daemon is a configured klockd, ready to Run.
@@ -82,7 +84,8 @@ func New(cfg Config) (*Daemon, error) {
 	default:
 		return nil, fmt.Errorf("klock: --recover %q is not one of fail, truncate", cfg.Recover)
 	}
-	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxAgents < 0 || cfg.MaxPidfds < 0 || cfg.MaxTTL < 0 {
+	if cfg.MaxFrame < 0 || cfg.MaxConns < 0 || cfg.MaxInflight < 0 || cfg.MaxLeases < 0 || cfg.MaxWaiters < 0 || cfg.MaxAgents < 0 || cfg.MaxPidfds < 0 || cfg.MaxTTL < 0 ||
+		cfg.WatchBuffer < 0 || cfg.MaxWatches < 0 {
 		return nil, errors.New("klock: limits must not be negative")
 	}
 	if cfg.MaxFrame > 0 && cfg.MaxFrame < 1024 {
@@ -160,6 +163,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxConns:    cfg.MaxConns,
 		MaxInflight: cfg.MaxInflight,
 		MaxPidfds:   cfg.MaxPidfds,
+		WatchBuffer: cfg.WatchBuffer,
+		MaxWatches:  cfg.MaxWatches,
 		Logger:      d.log,
 		OnDegraded: func(f *store.Fault) {
 			status := "STATUS=serving on " + socket

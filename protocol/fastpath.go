@@ -102,6 +102,9 @@ func (h *HeartbeatResult) appendMsgpack(b []byte) []byte {
 
 func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
 	n := 8
+	if ev.ExpiresAt != 0 {
+		n++
+	}
 	if ev.Reason != "" {
 		n++
 	}
@@ -125,6 +128,10 @@ func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
 	b = appendStr(b, ev.Predicate)
 	b = appendStr(b, "fence")
 	b = appendUint(b, ev.Fence)
+	if ev.ExpiresAt != 0 {
+		b = appendStr(b, "expires_at")
+		b = appendInt(b, ev.ExpiresAt)
+	}
 	if ev.Reason != "" {
 		b = appendStr(b, "reason")
 		b = appendStr(b, string(ev.Reason))

@@ -47,8 +47,9 @@ func TestFastEncodersMatchLibrary(t *testing.T) {
 		cnt := CountResult{Count: rapid.Int().Draw(t, "count")}
 		ev := WatchEvent{Event: rapid.String().Draw(t, "event"), At: rapid.Int64().Draw(t, "at"), Resource: g.Resource,
 			AgentID: g.AgentID, SessionID: g.SessionID, LeaseID: g.LeaseID, Predicate: g.Predicate, Fence: g.Fence,
-			Reason: Reason(rapid.SampledFrom([]string{"", "DIE", "WAIT"}).Draw(t, "evreason")),
-			HeldBy: rapid.SampledFrom([]string{"", "x", g.AgentID}).Draw(t, "evheld")}
+			ExpiresAt: rapid.SampledFrom([]int64{0, 1, -1, g.ExpiresAt}).Draw(t, "evexp"),
+			Reason:    Reason(rapid.SampledFrom([]string{"", "DIE", "WAIT"}).Draw(t, "evreason")),
+			HeldBy:    rapid.SampledFrom([]string{"", "x", g.AgentID}).Draw(t, "evheld")}
 		for _, v := range []wireAppender{&g, &many, &d, &rel, &hb, &cnt, &ev} {
 			require.Equal(t, libraryEncode(t, v), v.appendMsgpack(nil), "%T %+v", v, v)
 		}

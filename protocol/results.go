@@ -276,16 +276,18 @@ const (
 )
 
 // WatchEvent is one event of a watch stream, sent as a result with the
-// watch request's id.
+// watch request's id. It carries json tags too: klockctl watch --json and
+// the dashboard's /events print the same keys.
 type WatchEvent struct {
-	Event     string `msgpack:"event"`
-	At        int64  `msgpack:"at"`
-	Resource  string `msgpack:"resource"`
-	AgentID   string `msgpack:"agent_id"`
-	SessionID string `msgpack:"session_id"`
-	LeaseID   string `msgpack:"lease_id"`
-	Predicate string `msgpack:"predicate"`
-	Fence     uint64 `msgpack:"fence"`
-	Reason    Reason `msgpack:"reason,omitempty"`
-	HeldBy    string `msgpack:"held_by,omitempty"`
+	Event     string `msgpack:"event" json:"event"`
+	At        int64  `msgpack:"at" json:"at"`
+	Resource  string `msgpack:"resource" json:"resource"`
+	AgentID   string `msgpack:"agent_id" json:"agent_id"`
+	SessionID string `msgpack:"session_id" json:"session_id"`
+	LeaseID   string `msgpack:"lease_id" json:"lease_id"`
+	Predicate string `msgpack:"predicate" json:"predicate"`
+	Fence     uint64 `msgpack:"fence" json:"fence"`
+	ExpiresAt int64  `msgpack:"expires_at,omitempty" json:"expires_at,omitempty"`
+	Reason    Reason `msgpack:"reason,omitempty" json:"reason,omitempty"`
+	HeldBy    string `msgpack:"held_by,omitempty" json:"held_by,omitempty"`
 }

@@ -44,6 +44,8 @@ type options struct {
 	etcdCert       string
 	etcdKey        string
 	etcdSessionTTL time.Duration
+	watchBuffer    int
+	maxWatches     int
 }
 
 // optionalInt is an int flag whose default is another flag's value: it
@@ -106,6 +108,8 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.StringVar(&o.etcdCert, "etcd-cert", "", "cluster mode: client certificate (PEM) to present to etcd; with --etcd-key")
 	fs.StringVar(&o.etcdKey, "etcd-key", "", "cluster mode: private key (PEM) of --etcd-cert")
 	fs.DurationVar(&o.etcdSessionTTL, "etcd-session-ttl", cluster.DefaultSessionTTL, "cluster mode: how long after it stops answering etcd a klockd counts as gone, and the others drop the acquires parked on it")
+	fs.IntVar(&o.watchBuffer, "watch-buffer", server.DefaultWatchBuffer, "events a watcher (klockctl watch, the dashboard) may fall behind before klockd cuts it off with a final overflow event")
+	fs.IntVar(&o.maxWatches, "max-watches", server.DefaultMaxWatches, "most watch streams open at once (socket and HTTP); more get RESOURCE_EXHAUSTED")
 	// Parse errors print one line and a hint, not the whole help.
 	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }
 	return fs
@@ -205,6 +209,8 @@ func (o *options) config(stderr io.Writer) (daemon.Config, error) {
 		MaxPidfds:   o.maxPidfds.or(o.maxAgents),
 		MaxTTL:      o.maxTTL,
 		Cluster:     cc,
+		WatchBuffer: o.watchBuffer,
+		MaxWatches:  o.maxWatches,
 		Version:     daemonVersion(),
 		Logger:      log,
 	}, nil

@@ -45,6 +45,7 @@ type Event struct {
 	LeaseID   string
 	Predicate Predicate
 	Fence     uint64
+	ExpiresAt int64           // grant: when the lease expires (Unix ms)
 	Reason    protocol.Reason // wait, die: the verdict
 	HeldBy    string          // wait, die: the agent whose lease or queued request decided it
 }
@@ -78,6 +79,9 @@ func (e *Engine) emitLease(kind EventKind, now int64, l *Lease) {
 		Kind: kind, At: now, Resource: l.Resource, AgentID: l.AgentID, SessionID: l.SessionID,
 		LeaseID: l.ID, Predicate: l.Predicate, Fence: l.Fence,
 	})
+	if kind == EvGrant {
+		e.events[len(e.events)-1].ExpiresAt = l.ExpiresAt
+	}
 }
 
 // emitLeaseOf reports a change to one of the table's leases.

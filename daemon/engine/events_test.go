@@ -39,7 +39,7 @@ func TestEventsOfEveryKind(t *testing.T) {
 	held := mustGrant(t, e, t0, "young", "s", "/x", "MUTATES")
 	evs := e.Events()
 	require.Equal(t, []Event{{Kind: EvGrant, At: t0, Resource: "FILE:/x", AgentID: "young", SessionID: "s",
-		LeaseID: held.ID, Predicate: Mutates, Fence: held.Fence}}, evs)
+		LeaseID: held.ID, Predicate: Mutates, Fence: held.Fence, ExpiresAt: held.ExpiresAt}}, evs)
 
 	// A junior gets DIE at once; a senior WAIT at once, then parked.
 	mustDeny(t, e, t0+1, "young", "s2", "/x", "MUTATES", protocol.ReasonConflict) // not an event

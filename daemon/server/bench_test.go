@@ -9,7 +9,9 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -17,33 +19,110 @@ import (
 
 // BenchmarkAcquireRelease measures acquire+release pairs through the
 // server over real Unix sockets, with 1 and 64 connections, each doing one
-// round trip at a time on its own resource.
+// round trip at a time on its own resource; the ",watch=all" variants run
+// the same with one more connection watching every event, and count until
+// the watcher has read them all (issue 16: at most 1.2 times the time
+// without).
 func BenchmarkAcquireRelease(b *testing.B) {
-	for _, conns := range []int{1, 64} {
-		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
-			path := filepath.Join(b.TempDir(), "k.sock")
-			ln, err := Listen(ListenConfig{Path: path})
-			if err != nil {
-				b.Fatal(err)
+	for _, watch := range []bool{false, true} {
+		for _, conns := range []int{1, 64} {
+			name := fmt.Sprintf("conns=%d", conns)
+			if watch {
+				name += ",watch=all"
 			}
-			srv := New(Config{Engine: engine.New(engine.Config{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			go srv.Serve(context.Background(), ln)
-			defer srv.Close()
+			b.Run(name, func(b *testing.B) { benchAcquireRelease(b, conns, watch) })
+		}
+	}
+}
 
-			var wg sync.WaitGroup
-			per := b.N/conns + 1
-			b.ResetTimer()
-			for w := 0; w < conns; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if err := benchClient(path, w, per); err != nil {
-						b.Error(err)
-					}
-				}()
+func benchAcquireRelease(b *testing.B, conns int, watch bool) {
+	path := filepath.Join(b.TempDir(), "k.sock")
+	ln, err := Listen(ListenConfig{Path: path})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := New(Config{Engine: engine.New(engine.Config{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	go srv.Serve(context.Background(), ln)
+	defer srv.Close()
+	var waitWatcher func(want int)
+	if watch {
+		waitWatcher = benchWatcher(b, path)
+	}
+
+	var wg sync.WaitGroup
+	per := b.N/conns + 1
+	b.ResetTimer()
+	for w := 0; w < conns; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := benchClient(path, w, per); err != nil {
+				b.Error(err)
 			}
-			wg.Wait()
-		})
+		}()
+	}
+	wg.Wait()
+	if watch {
+		waitWatcher(2 * conns * per) // an acquire and a release event per pair
+	}
+}
+
+// benchWatcher opens a watch on everything at path and reads its events in
+// a goroutine, decoding each as a client would. wait blocks until want
+// events have been read, then closes the watch.
+func benchWatcher(b *testing.B, path string) (wait func(want int)) {
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame, _ := protocol.AppendRequest(nil, 1, protocol.OpWatch, nil)
+	if _, err := nc.Write(frame); err != nil {
+		b.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	if _, err := protocol.ReadFrame(br, nil, protocol.DefaultMaxFrame); err != nil {
+		b.Fatal(err)
+	}
+	var n, target atomic.Int64
+	target.Store(-1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var buf []byte
+		var resp protocol.Response
+		var ev protocol.WatchEvent
+		for {
+			body, err := protocol.ReadFrame(br, buf, protocol.DefaultMaxFrame)
+			if err != nil {
+				return
+			}
+			buf = body[:0]
+			if protocol.DecodeResponse(body, &resp) != nil || protocol.DecodeResult(resp.Result, &ev) != nil {
+				return
+			}
+			if ev.Event == protocol.EventOverflow {
+				b.Error("the benchmark's watcher overflowed")
+				return
+			}
+			if n.Add(1) == target.Load() {
+				return
+			}
+		}
+	}()
+	return func(want int) {
+		target.Store(int64(want))
+		if n.Load() >= int64(want) {
+			nc.Close() // reached before the target was known
+		}
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			b.Errorf("the watcher did not read %d events within a minute", want)
+		}
+		nc.Close()
+		if got := n.Load(); got != int64(want) {
+			b.Errorf("the watcher read %d events; want %d", got, want)
+		}
 	}
 }
 

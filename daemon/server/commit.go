@@ -132,6 +132,9 @@ func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq ui
 	// caused it: the one place to tell watchers about it.
 	seq = s.journalLocked(recs)
 	recorded = true
+	if len(s.subs) > 0 {
+		s.publishLocked(s.eng.Events(), seq)
+	}
 	if o.parked != 0 {
 		s.parkLocked(c, id, ch.op == protocol.OpAcquireMany, o.parked)
 	}

@@ -35,8 +35,10 @@ type conn struct {
 	rbuf   []byte           // frame body buffer, reused
 	req    protocol.Request // decoded request, reused
 
-	// waiters are this connection's parked acquires; guarded by Server.mu.
+	// waiters are this connection's parked acquires, watches its watch
+	// streams by watch id; both guarded by Server.mu.
 	waiters map[engine.WaiterID]struct{}
+	watches map[int64]*socketWatch
 
 	// proc is the process that connected, once a bound acquire has
 	// identified it, and pidfd a pidfd for it (-1 when none) until the
@@ -133,12 +135,14 @@ func (c *conn) finish() {
 		c.waiters = nil
 		closeFD(c.pidfd)
 		c.pidfd = -1
+		c.endWatchesLocked()
 	}()
 	c.outMu.Lock()
 	c.dead = true
 	c.out, c.spare, c.marks, c.spareM = nil, nil, nil, nil
 	c.outMu.Unlock()
 	c.nc.Close()
+	c.waitWatches()
 	s.forget(c)
 	s.log.Debug("connection closed", "uid", c.caller.UID, "pid", c.caller.PID)
 }

@@ -77,6 +77,10 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 		s.explain(c, req.ID, a)
 	case protocol.OpListWaiters:
 		s.listWaiters(c, req.ID, a)
+	case protocol.OpWatch:
+		s.watch(c, req.ID, a)
+	case protocol.OpUnwatch:
+		s.unwatch(c, req.ID, a)
 	default:
 		c.appendError(req.ID, protocol.CodeUnknownOp, unknownOpMessage(req.Op), 0)
 	}

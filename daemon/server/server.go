@@ -50,6 +50,8 @@ type Config struct {
 	MaxOutbound  int     // unsent response bytes per connection; 0 = DefaultMaxOutbound
 	WriteTimeout time.Duration
 	MaxPidfds    int          // processes watched for bound leases (a pidfd each); 0 = no limit
+	WatchBuffer  int          // events a watch may fall behind before it is cut off; 0 = DefaultWatchBuffer
+	MaxWatches   int          // watch streams open at once (socket and HTTP); 0 = DefaultMaxWatches
 	Logger       *slog.Logger // nil = slog.Default()
 	Clock        Clock        // nil = SystemClock()
 	// OnDegraded, when set, is called when the server starts refusing
@@ -78,19 +80,21 @@ type Server struct {
 	connsDone sync.WaitGroup
 
 	// mu guards the engine and the fields that follow.
-	mu      sync.Mutex
-	eng     *engine.Engine
-	waiters map[engine.WaiterID]waiter
-	lastSeq uint64        // journal sequence of the last state change
-	fj      faultyJournal // the journal, when it can fail and heal (degraded.go)
-	fault   *store.Fault  // the journal fault in effect; nil when healthy
-	healing bool          // the heal loop runs
-	totals  engine.Stats  // totals of engines replaced by a rollback
-	timer   *time.Timer   // fires at armed, the engine's next deadline
-	armed   int64         // Unix ms the timer is set for; 0 = not set
-	procs   *procWatcher  // the processes leases are bound to (procwatch.go)
-	closed  bool
-	rep     replicated // cluster mode (replica.go); rep.log is nil on a single daemon
+	mu        sync.Mutex
+	eng       *engine.Engine
+	waiters   map[engine.WaiterID]waiter
+	lastSeq   uint64        // journal sequence of the last state change
+	fj        faultyJournal // the journal, when it can fail and heal (degraded.go)
+	fault     *store.Fault  // the journal fault in effect; nil when healthy
+	healing   bool          // the heal loop runs
+	totals    engine.Stats  // totals of engines replaced by a rollback
+	timer     *time.Timer   // fires at armed, the engine's next deadline
+	armed     int64         // Unix ms the timer is set for; 0 = not set
+	procs     *procWatcher  // the processes leases are bound to (procwatch.go)
+	closed    bool
+	rep       replicated      // cluster mode (replica.go); rep.log is nil on a single daemon
+	subs      []*Subscription // open watch streams; the engine builds events while there are any
+	nextWatch int64           // last watch id given
 
 	// lnMu guards the listeners and connections.
 	lnMu  sync.Mutex
@@ -118,6 +122,12 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxOutbound <= 0 {
 		cfg.MaxOutbound = DefaultMaxOutbound
+	}
+	if cfg.WatchBuffer <= 0 {
+		cfg.WatchBuffer = DefaultWatchBuffer
+	}
+	if cfg.MaxWatches <= 0 {
+		cfg.MaxWatches = DefaultMaxWatches
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
@@ -296,6 +306,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closed = true
 	s.timer.Stop()
 	watchDone := s.procs.shutdownLocked()
+	s.endSubscriptionsLocked()
 	s.mu.Unlock()
 	if watchDone != nil {
 		<-watchDone
@@ -334,6 +345,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	s.timer.Stop()
 	watchDone := s.procs.shutdownLocked()
+	s.endSubscriptionsLocked()
 	s.mu.Unlock()
 	if watchDone != nil {
 		<-watchDone

@@ -1,0 +1,285 @@
+package server
+
+import (
+	"strings"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+// Defaults for the watch limits in Config.
+const (
+	DefaultWatchBuffer = 1024 // events a watcher may be behind before it is cut off
+	DefaultMaxWatches  = 256  // watch streams open at once, socket and HTTP together
+	maxWatchesPerConn  = 16
+)
+
+// WatchFilter selects the events a subscription receives: "" matches
+// everything.
+type WatchFilter struct {
+	AgentID        string // only events whose agent_id is this
+	ResourcePrefix string // only events whose resource key starts with this
+}
+
+// matches reports whether ev passes the filter.
+func (f *WatchFilter) matches(ev *engine.Event) bool {
+	return (f.AgentID == "" || ev.AgentID == f.AgentID) && strings.HasPrefix(ev.Resource, f.ResourcePrefix)
+}
+
+// Watched is one event as a subscription receives it, with the journal
+// sequence its state change must reach before it is shown: a watcher is
+// never told of a change that a crash could still undo.
+type Watched struct {
+	engine.Event
+	Seq uint64
+}
+
+// Subscription is a stream of events. Receive from C; when C is closed the
+// stream has ended: by Unsubscribe, or because the subscriber fell
+// WatchBuffer events behind (Overflowed then reports true).
+type Subscription struct {
+	ID int64
+	C  <-chan Watched
+
+	ch     chan Watched
+	filter WatchFilter
+	// overflowed is set under Server.mu before ch is closed; reading it
+	// after C is closed is ordered by the close.
+	overflowed bool
+}
+
+// Overflowed reports whether the stream ended because the subscriber did
+// not keep up. Call it only once C is closed.
+func (sub *Subscription) Overflowed() bool { return sub.overflowed }
+
+// Subscribe opens an event stream with the filter. It fails with
+// RESOURCE_EXHAUSTED when MaxWatches streams are open, INVALID_ARGUMENT
+// for a bad filter, and SHUTTING_DOWN once the server stops. Publishing
+// never blocks: a subscriber that falls behind is cut off.
+func (s *Server) Subscribe(f WatchFilter) (*Subscription, error) {
+	if err := engine.CheckFilter(f.AgentID, f.ResourcePrefix); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subscribeLocked(f)
+}
+
+func (s *Server) subscribeLocked(f WatchFilter) (*Subscription, error) {
+	if s.closed {
+		return nil, errShuttingDown
+	}
+	if len(s.subs) >= s.cfg.MaxWatches {
+		return nil, &protocol.Error{Code: protocol.CodeResourceExhausted,
+			Message: "klock: too many watch streams open; the daemon allows " + itoa(s.cfg.MaxWatches) + " (--max-watches)"}
+	}
+	s.nextWatch++
+	ch := make(chan Watched, s.cfg.WatchBuffer)
+	sub := &Subscription{ID: s.nextWatch, C: ch, ch: ch, filter: f}
+	s.subs = append(s.subs, sub)
+	if len(s.subs) == 1 {
+		s.eng.SetEvents(true)
+	}
+	return sub, nil
+}
+
+// Unsubscribe ends a stream: C is closed (if it is not already) and no
+// more events are sent. It reports whether the stream was still open.
+func (s *Server) Unsubscribe(sub *Subscription) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unsubscribeLocked(sub)
+}
+
+func (s *Server) unsubscribeLocked(sub *Subscription) bool {
+	for i, x := range s.subs {
+		if x == sub {
+			s.subs = append(s.subs[:i], s.subs[i+1:]...)
+			close(sub.ch)
+			if len(s.subs) == 0 {
+				s.eng.SetEvents(false)
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// publishLocked hands the events of the state change just journalled (at
+// seq) to every matching subscription, without ever blocking: a
+// subscription whose buffer is full is ended as overflowed. The caller
+// holds s.mu.
+func (s *Server) publishLocked(evs []engine.Event, seq uint64) {
+	for i := range evs {
+		ev := &evs[i]
+		for j := 0; j < len(s.subs); j++ {
+			sub := s.subs[j]
+			if !sub.filter.matches(ev) {
+				continue
+			}
+			select {
+			case sub.ch <- Watched{Event: *ev, Seq: seq}:
+			default:
+				sub.overflowed = true
+				s.unsubscribeLocked(sub)
+				j-- // the next subscription moved to j
+			}
+		}
+	}
+}
+
+// WaitDurable waits until every journal record up to seq is written (at
+// once without a journal). Show a Watched event after WaitDurable(ev.Seq).
+func (s *Server) WaitDurable(seq uint64) error {
+	if seq == 0 || s.cfg.Journal == nil {
+		return nil
+	}
+	return s.cfg.Journal.Wait(seq)
+}
+
+// socketWatch is a watch stream of a socket connection: the subscription,
+// the request id its events answer, and the goroutine that writes them.
+type socketWatch struct {
+	sub  *Subscription
+	id   uint64        // the watch request's id
+	done chan struct{} // closed when the pump has written its last event
+}
+
+// watch serves watch: the first answer is {watching, watch_id}; every
+// matching event follows as another answer with the same id.
+func (s *Server) watch(c *conn, id uint64, a *protocol.Args) {
+	f := WatchFilter{AgentID: a.AgentID, ResourcePrefix: a.ResourcePrefix}
+	if err := engine.CheckFilter(f.AgentID, f.ResourcePrefix); err != nil {
+		c.answerErr(id, err, 0)
+		return
+	}
+	w, seq, err := func() (*socketWatch, uint64, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(c.watches) >= maxWatchesPerConn {
+			return nil, s.lastSeq, &protocol.Error{Code: protocol.CodeResourceExhausted,
+				Message: "klock: too many watch streams on this connection; at most " + itoa(maxWatchesPerConn) + " may be open at once"}
+		}
+		sub, err := s.subscribeLocked(f)
+		if err != nil {
+			return nil, s.lastSeq, err
+		}
+		w := &socketWatch{sub: sub, id: id, done: make(chan struct{})}
+		if c.watches == nil {
+			c.watches = make(map[int64]*socketWatch)
+		}
+		c.watches[sub.ID] = w
+		return w, s.lastSeq, nil
+	}()
+	if err != nil {
+		c.answerErr(id, err, seq)
+		return
+	}
+	// The first answer is appended before the pump starts, so it comes
+	// before every event.
+	c.appendResult(id, &protocol.WatchResult{Watching: true, WatchID: w.sub.ID}, seq)
+	go c.pump(w)
+}
+
+// unwatch serves unwatch: the stream ends, and its last event is written
+// before the answer.
+func (s *Server) unwatch(c *conn, id uint64, a *protocol.Args) {
+	if a.WatchID == 0 {
+		c.appendError(id, protocol.CodeInvalidArgument, "klock: watch_id is required: the watch_id the watch answered", 0)
+		return
+	}
+	w := func() *socketWatch {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		w := c.watches[a.WatchID]
+		if w != nil {
+			delete(c.watches, a.WatchID)
+			s.unsubscribeLocked(w.sub)
+		}
+		return w
+	}()
+	if w != nil {
+		<-w.done
+	}
+	c.appendResult(id, &protocol.UnwatchResult{Unwatched: w != nil}, 0)
+}
+
+// maxPumpBatch bounds the events a pump encodes before writing them.
+const maxPumpBatch = 256
+
+// pump writes a watch's events to the connection, a batch per write. It
+// runs until the subscription ends, then writes the final overflow event
+// if the watcher fell behind. A slow reader blocks only this goroutine
+// (and, past WriteTimeout, loses its connection); the engine never waits.
+func (c *conn) pump(w *socketWatch) {
+	defer close(w.done)
+	var ev protocol.WatchEvent
+	for {
+		p, ok := <-w.sub.C
+		if !ok {
+			break
+		}
+		c.appendEvent(w.id, &p, &ev)
+		for n := 1; n < maxPumpBatch && len(w.sub.C) > 0; n++ {
+			if p, ok = <-w.sub.C; !ok {
+				break
+			}
+			c.appendEvent(w.id, &p, &ev)
+		}
+		if c.flush() != nil {
+			// The connection is gone; finish unsubscribes. Drain so the
+			// publisher's overflow check stays cheap until then.
+			for range w.sub.C {
+			}
+			return
+		}
+		if !ok {
+			break
+		}
+	}
+	if w.sub.Overflowed() {
+		c.appendResult(w.id, &protocol.WatchEvent{Event: protocol.EventOverflow, At: c.s.nowMS()}, 0)
+		c.flush()
+	}
+}
+
+// appendEvent appends one event as an answer to the watch request id; ev
+// is scratch space.
+func (c *conn) appendEvent(id uint64, p *Watched, ev *protocol.WatchEvent) {
+	*ev = WatchEvent(&p.Event)
+	c.appendResult(id, ev, p.Seq)
+}
+
+// WatchEvent converts an engine event to its wire form.
+func WatchEvent(e *engine.Event) protocol.WatchEvent {
+	ev := protocol.WatchEvent{
+		Event: e.Kind.String(), At: e.At, Resource: e.Resource, AgentID: e.AgentID, SessionID: e.SessionID,
+		LeaseID: e.LeaseID, Fence: e.Fence, ExpiresAt: e.ExpiresAt, Reason: e.Reason, HeldBy: e.HeldBy,
+	}
+	if e.Predicate != 0 {
+		ev.Predicate = e.Predicate.String()
+	}
+	return ev
+}
+
+// endWatchesLocked ends every watch of a closing connection; the caller
+// holds s.mu and waits for the pumps (waitWatches) after closing the socket.
+func (c *conn) endWatchesLocked() {
+	for _, w := range c.watches {
+		c.s.unsubscribeLocked(w.sub)
+	}
+}
+
+// waitWatches waits until the pumps of c's watches have returned.
+func (c *conn) waitWatches() {
+	for _, w := range c.watches {
+		<-w.done
+	}
+}
+
+// endSubscriptionsLocked ends every stream (shutdown); the caller holds s.mu.
+func (s *Server) endSubscriptionsLocked() {
+	for len(s.subs) > 0 {
+		s.unsubscribeLocked(s.subs[0])
+	}
+}

@@ -1,0 +1,122 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/klockd/klock/protocol"
+)
+
+// watchArgs is a watch with the given filters ("" for none).
+func watchArgs(agent, prefix string) *protocol.Args {
+	a := &protocol.Args{AgentID: agent, ResourcePrefix: prefix}
+	if agent != "" {
+		a.Set(protocol.ArgAgentID)
+	}
+	if prefix != "" {
+		a.Set(protocol.ArgResourcePrefix)
+	}
+	return a
+}
+
+func TestSubscriberThatNeverReadsOverflowsWithoutBlocking(t *testing.T) {
+	ts := start(t, Config{WatchBuffer: 4})
+	sub, err := ts.Subscribe(WatchFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	// Far more events than the buffer holds; nobody reads sub.C. Every
+	// request is still answered: publishing never waits.
+	for i := uint64(0); i < 20; i++ {
+		var g protocol.Grant
+		c.call(10+2*i, protocol.OpAcquire, acquireArgs("a", "/x", 60000, 0), &g)
+		rel := &protocol.Args{LeaseID: g.LeaseID}
+		rel.Set(protocol.ArgLeaseID)
+		c.call(11+2*i, protocol.OpRelease, rel, &protocol.ReleaseResult{})
+	}
+	n := 0
+	for range sub.C {
+		n++
+	}
+	if n != 4 || !sub.Overflowed() {
+		t.Fatalf("received %d events, overflowed %v; want the 4 buffered, then the end by overflow", n, sub.Overflowed())
+	}
+	if ts.Unsubscribe(sub) {
+		t.Fatal("Unsubscribe of an overflowed stream reported it open")
+	}
+	ts.mu.Lock()
+	on := ts.eng.Events() != nil || len(ts.subs) != 0
+	ts.mu.Unlock()
+	if on {
+		t.Fatal("events are still built with no subscriber left")
+	}
+}
+
+func TestWatchEventsWaitForTheJournal(t *testing.T) {
+	j := &panicJournal{panicked: true}
+	ts := start(t, Config{Journal: j})
+	sub, err := ts.Subscribe(WatchFilter{ResourcePrefix: "FILE:/j"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	c.call(2, protocol.OpAcquire, acquireArgs("a", "/other", 60000, 0), &protocol.Grant{})
+	c.call(3, protocol.OpAcquire, acquireArgs("a", "/j", 60000, 0), &protocol.Grant{})
+	ev := <-sub.C
+	if ev.Resource != "FILE:/j" || ev.Seq != 3 {
+		t.Fatalf("event %+v; want the grant of FILE:/j at journal sequence 3 (the filter skips /other)", ev)
+	}
+	ts.Unsubscribe(sub)
+}
+
+func TestWatchLimits(t *testing.T) {
+	ts := start(t, Config{MaxWatches: 2})
+	c := ts.dial(t)
+	var w protocol.WatchResult
+	c.call(1, protocol.OpWatch, nil, &w)
+	c.call(2, protocol.OpWatch, watchArgs("", "FILE:/"), &w)
+	if r := c.call(3, protocol.OpWatch, nil, nil); r.OK || r.Error.Code != protocol.CodeResourceExhausted {
+		t.Fatalf("third watch answered %+v; want RESOURCE_EXHAUSTED", r)
+	}
+	if _, err := ts.Subscribe(WatchFilter{}); err == nil {
+		t.Fatal("Subscribe past MaxWatches succeeded")
+	}
+	if r := c.call(4, protocol.OpWatch, watchArgs("", string(make([]byte, 5000))), nil); r.OK || r.Error.Code != protocol.CodeInvalidArgument {
+		t.Fatalf("watch with a 5000-byte prefix answered %+v; want INVALID_ARGUMENT", r)
+	}
+	var u protocol.UnwatchResult
+	uw := &protocol.Args{WatchID: w.WatchID}
+	uw.Set(protocol.ArgWatchID)
+	c.call(5, protocol.OpUnwatch, uw, &u)
+	if !u.Unwatched {
+		t.Fatal("unwatch of an open watch reported false")
+	}
+	c.call(6, protocol.OpUnwatch, uw, &u)
+	if u.Unwatched {
+		t.Fatal("second unwatch reported true")
+	}
+	// The slot is free again; closing the connection ends the rest
+	// (start's cleanup checks no pump goroutine is left).
+	c.call(7, protocol.OpWatch, nil, &w)
+	register(c, 8, "a", 1)
+	c.send(9, protocol.OpAcquire, acquireArgs("a", "/x", 60000, 0))
+	// The grant's answer and both watches' events come in any order.
+	for got := 0; got < 3; got++ {
+		r := c.recv()
+		switch r.ID {
+		case 9:
+			if !r.OK {
+				t.Fatalf("acquire: %+v", r.Error)
+			}
+		case 1, 7:
+			var ev protocol.WatchEvent
+			if err := protocol.DecodeResult(r.Result, &ev); err != nil || ev.Event != protocol.EventGrant || ev.ExpiresAt == 0 {
+				t.Fatalf("watch %d saw %+v (%v); want the grant with its expiry", r.ID, ev, err)
+			}
+		default:
+			t.Fatalf("unexpected answer %+v", r)
+		}
+	}
+}
