@@ -106,6 +106,25 @@ func TestEventsOfEveryKind(t *testing.T) {
 	require.Empty(t, f.Events())
 }
 
+func TestEventEndWhenTheBoundProcessEnds(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	l := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/p", "MUTATES", 0), procA))
+	short := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/q", "MUTATES", 5), procA))
+	e.SetEvents(true)
+	n, _ := e.ProcessEnded(t0+10, procA)
+	require.Equal(t, 1, n)
+	evs := e.Events()
+	require.ElementsMatch(t, []string{"end", "expire"}, kinds(evs))
+	for _, ev := range evs {
+		if ev.Kind == EvEnd {
+			require.Equal(t, l.ID, ev.LeaseID)
+		} else {
+			require.Equal(t, short.ID, ev.LeaseID, "the lease already expired is reported as expired")
+		}
+	}
+}
+
 func TestEventKindNames(t *testing.T) {
 	require.Equal(t, "invalid", EventKind(0).String())
 	require.Equal(t, "invalid", EventKind(EvEnd+1).String())

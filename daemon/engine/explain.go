@@ -283,6 +283,9 @@ func explainSentence(now int64, a *agent, session string, v *verdict, waitTime i
 		if v.byQueued {
 			return fmt.Sprintf("%s (priority %d, %s, queued)", v.by.id, v.by.priority, v.byPred)
 		}
+		if v.byExpires == Never {
+			return fmt.Sprintf("%s (priority %d, %s, until its process exits)", v.by.id, v.by.priority, v.byPred)
+		}
 		return fmt.Sprintf("%s (priority %d, %s, %s left)", v.by.id, v.by.priority, v.byPred, left(v.byExpires-now))
 	}
 	switch v.reason {

@@ -100,18 +100,7 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 		e.dropWaiter(w) // removes it from bp.waiters; may drop bp
 	}
 	proc := &bp.proc
-	ls := slices.Clone(bp.leases)
-	if e.eventsOn {
-		slices.SortFunc(ls, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })
-		for _, l := range ls {
-			kind := EvExpire // expired, not yet removed by the timer
-			if l.ExpiresAt > now {
-				kind = EvEnd
-			}
-			e.emitLeaseOf(kind, now, l)
-		}
-	}
-	n, ids := e.removeInFenceOrder(now, ls, true) // may drop bp
+	n, ids := e.removeInFenceOrder(now, slices.Clone(bp.leases), true, EvEnd) // may drop bp
 	e.exitReleases += uint64(n)
 	if len(ids) > 0 {
 		e.record(Record{Kind: RecProcessEnd, Time: now, Bound: proc, LeaseIDs: ids})

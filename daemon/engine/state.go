@@ -153,23 +153,27 @@ func (e *Engine) endSession(now int64, a *agent, session string) int {
 	if sl := a.sessions[session]; sl != nil {
 		ended = sl.oldest(sl.n)
 	}
-	n, _ := e.removeInFenceOrder(now, ended, false)
+	n, _ := e.removeInFenceOrder(now, ended, false, EvRelease)
 	a.ended.add(session)
 	return n
 }
 
 // removeInFenceOrder sorts ls, leases the caller collected from an index,
 // by fence and removes them in that order; it returns how many were active
-// and, when withIDs, their ids in that order. The order an index holds them in depends on earlier removals, which an
+// and, when withIDs, their ids in that order. Watchers are told of each:
+// an active lease as kind, one already expired as expire. The order an index holds them in depends on earlier removals, which an
 // engine restored from a snapshot does not know, and the removal order
 // decides which queue is decided again first: replicas must agree on it.
-func (e *Engine) removeInFenceOrder(now int64, ls []*lease, withIDs bool) (int, []string) {
+func (e *Engine) removeInFenceOrder(now int64, ls []*lease, withIDs bool, kind EventKind) (int, []string) {
 	slices.SortFunc(ls, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })
 	n := 0
 	var ids []string
 	for _, l := range ls {
 		if l.ExpiresAt > now {
 			n++
+			e.emitLeaseOf(kind, now, l)
+		} else {
+			e.emitLeaseOf(EvExpire, now, l) // expired, not yet removed by the timer
 		}
 		if withIDs {
 			ids = append(ids, l.id())
