@@ -208,15 +208,7 @@ func allPages[T any](after string, page func(after string) ([]T, string, error))
 }
 
 func (c *Client) listLeases(ctx context.Context, f LeaseFilter) (*protocol.ListLeasesResult, error) {
-	var args protocol.Args
-	if f.AgentID != "" {
-		args.AgentID = f.AgentID
-		args.Set(protocol.ArgAgentID)
-	}
-	if f.Prefix != "" {
-		args.ResourcePrefix = f.Prefix
-		args.Set(protocol.ArgResourcePrefix)
-	}
+	args := filterArgs(f.AgentID, f.Prefix)
 	if f.Limit != 0 {
 		args.Limit = int64(f.Limit)
 		args.Set(protocol.ArgLimit)
@@ -280,6 +272,21 @@ func (c *Client) listAgents(ctx context.Context, limit int, after string) (*prot
 		return nil, err
 	}
 	return &res, nil
+}
+
+// filterArgs is the args of list_leases' and watch's optional filters ("":
+// none).
+func filterArgs(agentID, prefix string) protocol.Args {
+	var args protocol.Args
+	if agentID != "" {
+		args.AgentID = agentID
+		args.Set(protocol.ArgAgentID)
+	}
+	if prefix != "" {
+		args.ResourcePrefix = prefix
+		args.Set(protocol.ArgResourcePrefix)
+	}
+	return args
 }
 
 // limitArgs is the args of a list op that takes only a limit (0: none).

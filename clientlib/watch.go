@@ -60,15 +60,7 @@ func Watch(ctx context.Context, opts Options, f WatchFilter) (*Watcher, error) {
 	w := &Watcher{nc: nc, br: bufio.NewReader(nc), reqID: watchReqID, max: protocol.DefaultMaxFrame}
 	stop := context.AfterFunc(ctx, func() { w.Close() })
 	defer stop()
-	var args protocol.Args
-	if f.AgentID != "" {
-		args.AgentID = f.AgentID
-		args.Set(protocol.ArgAgentID)
-	}
-	if f.Prefix != "" {
-		args.ResourcePrefix = f.Prefix
-		args.Set(protocol.ArgResourcePrefix)
-	}
+	args := filterArgs(f.AgentID, f.Prefix)
 	frame, err := protocol.AppendRequest(nil, w.reqID, protocol.OpWatch, &args)
 	if err == nil {
 		_, err = nc.Write(frame)

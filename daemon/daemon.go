@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/daemon/metrics"
 	"github.com/klockd/klock/daemon/server"
 	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/daemon/systemd"
+	"github.com/klockd/klock/daemon/web"
 	"github.com/klockd/klock/protocol"
 )
 
@@ -57,6 +59,7 @@ type Config struct {
 	Cluster     *ClusterConfig
 	WatchBuffer int          // events a watch may fall behind; 0 = server.DefaultWatchBuffer
 	MaxWatches  int          // watch streams open at once; 0 = server.DefaultMaxWatches
+	HTTP        string       // --http: serve /metrics and the dashboard on this loopback address or Unix socket; "" = off
 	Version     string       // reported by hello and logs
 	Logger      *slog.Logger // nil = slog.Default()
 }
@@ -66,6 +69,9 @@ type Daemon struct {
 	cfg Config
 	log *slog.Logger
 	srv atomic.Pointer[server.Server] // while Run serves
+
+	// observeWrite times journal writes for /metrics; nil without --http.
+	observeWrite func(time.Duration)
 }
 
 // New checks cfg and returns a Daemon.
@@ -99,6 +105,11 @@ func New(cfg Config) (*Daemon, error) {
 			return nil, err
 		}
 	}
+	if cfg.HTTP != "" {
+		if err := web.CheckAddr(cfg.HTTP); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Socket == "" {
 		cfg.Socket = protocol.DefaultSocket()
 	}
@@ -128,6 +139,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxTTL:     cfg.MaxTTL.Milliseconds(),
 		AdminUID:   uint32(os.Getuid()),
 	}
+	var m *metrics.Metrics
+	if cfg.HTTP != "" {
+		m = metrics.New()
+		d.observeWrite = m.ObserveJournalWrite
+	}
 	var eng *engine.Engine
 	var journal server.Journal
 	if cfg.Cluster != nil {
@@ -155,7 +171,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
-	srv := server.New(server.Config{
+	scfg := server.Config{
 		Engine:      eng,
 		Journal:     journal,
 		Version:     cfg.Version,
@@ -175,7 +191,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.log.Warn("telling the service manager our status failed", "err", err)
 			}
 		},
-	})
+	}
+	if m != nil {
+		scfg.ObserveRequest = m.ObserveRequest
+	}
+	srv := server.New(scfg)
 	if cfg.Cluster != nil {
 		node, err := d.joinCluster(ctx, srv, ecfg)
 		if err != nil {
@@ -193,6 +213,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.srv.Store(srv)
 	defer d.srv.Store(nil)
+	stopHTTP := func() {}
+	if m != nil {
+		if stopHTTP, err = d.serveHTTP(srv, m); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {
 		go func() { errc <- srv.Serve(context.Background(), ln) }()
@@ -228,6 +255,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		d.log.Warn("graceful shutdown timed out; connections closed", "err", err)
 	}
+	stopHTTP() // after Shutdown, which ends the dashboards' event streams
 	// Removing the socket before the store closes tells clients at once
 	// that this daemon is gone.
 	for _, ln := range lns {

@@ -35,7 +35,7 @@ func (d *Daemon) openState(ecfg engine.Config) (*engine.Engine, server.Journal, 
 			srv.NoticeFault()
 		}
 	}
-	st, err := store.Open(d.cfg.StateDir, store.Options{Fsync: fsync, Recover: rec, Logger: d.log, OnFault: onFault})
+	st, err := store.Open(d.cfg.StateDir, store.Options{Fsync: fsync, Recover: rec, Logger: d.log, OnFault: onFault, ObserveWrite: d.observeWrite})
 	if err != nil {
 		return nil, nil, nil, err
 	}

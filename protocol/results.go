@@ -106,22 +106,23 @@ type EvictResult struct {
 	Evicted int `msgpack:"evicted"`
 }
 
-// LeaseInfo is one lease in list_leases.
+// LeaseInfo is one lease in list_leases. LeaseInfo, AgentInfo and
+// WaiterInfo carry json tags too, for the dashboard's /api/state.
 type LeaseInfo struct {
-	LeaseID    string `msgpack:"lease_id"`
-	AgentID    string `msgpack:"agent_id"`
-	SessionID  string `msgpack:"session_id"`
-	Resource   string `msgpack:"resource"`
-	Predicate  string `msgpack:"predicate"`
-	AcquiredAt int64  `msgpack:"acquired_at"`
-	ExpiresAt  int64  `msgpack:"expires_at"`
-	Fence      uint64 `msgpack:"fence"`
-	OwnerUID   uint32 `msgpack:"owner_uid"`
-	OwnerPID   int32  `msgpack:"owner_pid"`
-	BoundPID   int32  `msgpack:"bound_pid,omitempty"`
+	LeaseID    string `msgpack:"lease_id" json:"lease_id"`
+	AgentID    string `msgpack:"agent_id" json:"agent_id"`
+	SessionID  string `msgpack:"session_id" json:"session_id"`
+	Resource   string `msgpack:"resource" json:"resource"`
+	Predicate  string `msgpack:"predicate" json:"predicate"`
+	AcquiredAt int64  `msgpack:"acquired_at" json:"acquired_at"`
+	ExpiresAt  int64  `msgpack:"expires_at" json:"expires_at"`
+	Fence      uint64 `msgpack:"fence" json:"fence"`
+	OwnerUID   uint32 `msgpack:"owner_uid" json:"owner_uid"`
+	OwnerPID   int32  `msgpack:"owner_pid" json:"owner_pid"`
+	BoundPID   int32  `msgpack:"bound_pid,omitempty" json:"bound_pid,omitempty"`
 	// ClientPath is the path the holder named, when the worktree rule
 	// keyed it as another (see Intent.ClientPath); omitted otherwise.
-	ClientPath string `msgpack:"client_path,omitempty"`
+	ClientPath string `msgpack:"client_path,omitempty" json:"client_path,omitempty"`
 }
 
 // ListLeasesResult is list_leases' result. Next, when not empty, is the
@@ -134,11 +135,11 @@ type ListLeasesResult struct {
 
 // AgentInfo is one agent in list_agents.
 type AgentInfo struct {
-	AgentID      string `msgpack:"agent_id"`
-	Priority     int64  `msgpack:"priority"`
-	RegisteredAt int64  `msgpack:"registered_at"`
-	Leases       int    `msgpack:"leases"`
-	Waiting      int    `msgpack:"waiting"`
+	AgentID      string `msgpack:"agent_id" json:"agent_id"`
+	Priority     int64  `msgpack:"priority" json:"priority"`
+	RegisteredAt int64  `msgpack:"registered_at" json:"registered_at"`
+	Leases       int    `msgpack:"leases" json:"leases"`
+	Waiting      int    `msgpack:"waiting" json:"waiting"`
 }
 
 // ListAgentsResult is list_agents' result; Next as in ListLeasesResult.
@@ -233,15 +234,15 @@ type HolderInfo struct {
 // WaiterInfo is one queued request, in explain's queue and in
 // list_waiters.
 type WaiterInfo struct {
-	AgentID   string `msgpack:"agent_id"`
-	SessionID string `msgpack:"session_id"`
-	Priority  int64  `msgpack:"priority"`
-	Resource  string `msgpack:"resource"`
-	Predicate string `msgpack:"predicate"`
-	Since     int64  `msgpack:"since"`     // queued at
-	Deadline  int64  `msgpack:"deadline"`  // answered WAIT at, unless decided before
-	WaitsFor  string `msgpack:"waits_for"` // the agent whose lease it waits for now
-	Conflicts bool   `msgpack:"conflicts,omitempty"`
+	AgentID   string `msgpack:"agent_id" json:"agent_id"`
+	SessionID string `msgpack:"session_id" json:"session_id"`
+	Priority  int64  `msgpack:"priority" json:"priority"`
+	Resource  string `msgpack:"resource" json:"resource"`
+	Predicate string `msgpack:"predicate" json:"predicate"`
+	Since     int64  `msgpack:"since" json:"since"`         // queued at
+	Deadline  int64  `msgpack:"deadline" json:"deadline"`   // answered WAIT at, unless decided before
+	WaitsFor  string `msgpack:"waits_for" json:"waits_for"` // the agent whose lease it waits for now
+	Conflicts bool   `msgpack:"conflicts,omitempty" json:"conflicts,omitempty"`
 }
 
 // ListWaitersResult is list_waiters' result.

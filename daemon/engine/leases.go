@@ -171,16 +171,7 @@ func (e *Engine) EndSessionStep(now int64, c Caller, agentID, sessionID string, 
 	if sl != nil {
 		ls = sl.oldest(max)
 	}
-	if e.eventsOn {
-		for _, l := range ls {
-			kind := EvRelease
-			if l.ExpiresAt <= now {
-				kind = EvExpire // expired, not yet removed by the timer
-			}
-			e.emitLeaseOf(kind, now, l)
-		}
-	}
-	n, ids := e.removeInFenceOrder(now, ls, !last && e.cfg.Journal)
+	n, ids := e.removeInFenceOrder(now, ls, !last && e.cfg.Journal, EvRelease) // tells watchers of each lease, in fence order
 	e.releases += uint64(n)
 	if !last {
 		if len(ids) > 0 {

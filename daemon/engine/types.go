@@ -251,6 +251,22 @@ type LeaseFilter struct {
 	After                   LeasePos
 }
 
+// AddTotals adds o's totals (the counters since New, not the current
+// counts nor the fence) to s: the totals of an engine state that a
+// rollback replaced.
+func (s *Stats) AddTotals(o Stats) {
+	s.Grants += o.Grants
+	s.Waits += o.Waits
+	s.Dies += o.Dies
+	s.Expirations += o.Expirations
+	s.ExitReleases += o.ExitReleases
+	s.Conflicts += o.Conflicts
+	s.Locked += o.Locked
+	s.SessionExpired += o.SessionExpired
+	s.Releases += o.Releases
+	s.Revocations += o.Revocations
+}
+
 // Stats are the engine's counters: current counts and totals since New.
 // Processes counts the processes that leases or queued requests are bound
 // to; ExitReleases the leases ended because their process ended.

@@ -117,11 +117,7 @@ func (s *Server) rollBackLocked(f *store.Fault) error {
 	if err := s.eng.Restore(st); err != nil {
 		return err
 	}
-	s.totals.Grants += before.Grants
-	s.totals.Waits += before.Waits
-	s.totals.Dies += before.Dies
-	s.totals.Expirations += before.Expirations
-	s.totals.ExitReleases += before.ExitReleases
+	s.totals.AddTotals(before)
 	// Undone process ends bring back leases of processes no longer
 	// watched: watch the live ones; the ended ones end when healed.
 	s.syncWatchesLocked("rollback")

@@ -39,7 +39,13 @@ func (s *Server) handle(c *conn, body []byte) {
 		c.appendError(req.ID, errShuttingDown.Code, errShuttingDown.Message, 0)
 		return
 	}
+	if s.cfg.ObserveRequest == nil {
+		s.dispatch(c, req)
+		return
+	}
+	start := time.Now()
 	s.dispatch(c, req)
+	s.cfg.ObserveRequest(req.Op, time.Since(start))
 }
 
 // dispatch serves a decoded request.

@@ -4,7 +4,6 @@ import (
 	"runtime"
 
 	"github.com/klockd/klock/daemon/engine"
-	"github.com/klockd/klock/daemon/store"
 	"github.com/klockd/klock/protocol"
 )
 
@@ -113,8 +112,7 @@ func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
 	}
 	r := &protocol.ListAgentsResult{Agents: make([]protocol.AgentInfo, len(ags)), Truncated: more}
 	for i := range ags {
-		g := &ags[i]
-		r.Agents[i] = protocol.AgentInfo{AgentID: g.ID, Priority: g.Priority, RegisteredAt: g.RegisteredAt, Leases: g.Leases, Waiting: g.Waiting}
+		r.Agents[i] = agentInfo(&ags[i])
 	}
 	if more {
 		r.Next = agentCursor(after)
@@ -141,29 +139,14 @@ func clampLimit(n int64) int {
 }
 
 func (s *Server) stats(c *conn, id uint64) {
-	type stats struct {
-		engine.Stats
-		fault  *store.Fault
-		pidfds int
-	}
-	st, seq, err := readLocal(s, func(now int64) (stats, error) {
-		st := s.eng.Stats()
-		// Stats counts leases not yet removed; expired ones are never counted.
-		st.Leases = s.eng.ActiveLeaseCount(now)
-		st.Grants += s.totals.Grants
-		st.Waits += s.totals.Waits
-		st.Dies += s.totals.Dies
-		st.Expirations += s.totals.Expirations
-		st.ExitReleases += s.totals.ExitReleases
-		return stats{st, s.degradedLocked(), s.procs.len()}, nil
-	})
+	st, seq, err := s.counters()
 	if err != nil {
 		c.answerErr(id, err, seq)
 		return
 	}
 	r := &protocol.StatsResult{
 		UptimeMS:    s.uptime(),
-		Connections: s.Connections(),
+		Connections: st.Connections,
 		Agents:      st.Agents,
 		Leases:      st.Leases,
 		Waiters:     st.Waiters,
@@ -175,12 +158,12 @@ func (s *Server) stats(c *conn, id uint64) {
 		Fence:       st.Fence,
 
 		BoundProcesses: st.Processes,
-		Pidfds:         st.pidfds,
+		Pidfds:         st.Pidfds,
 		ExitReleases:   st.ExitReleases,
 		Goroutines:     runtime.NumGoroutine(),
 		Cluster:        s.clusterStats(),
 	}
-	if f := st.fault; f != nil {
+	if f := st.Fault; f != nil {
 		r.Degraded, r.DegradedSince, r.DegradedReason = true, f.Since.UnixMilli(), f.Reason()
 	}
 	c.appendResult(id, r, seq)

@@ -58,6 +58,10 @@ type Config struct {
 	// changes because the journal cannot make them durable (with the
 	// fault) and when it accepts them again (with nil); never under a lock.
 	OnDegraded func(*store.Fault)
+	// ObserveRequest, when set, is told how long serving each decoded
+	// request took (decoding to its answer queued; an unknown op as the
+	// client named it). It must be cheap and safe for concurrent use.
+	ObserveRequest func(op string, d time.Duration)
 }
 
 // Server serves the klock protocol on any number of listeners.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -162,7 +163,14 @@ func (s *Store) leadLocked() {
 	}
 	s.mu.Unlock()
 
+	var start time.Time
+	if s.opts.ObserveWrite != nil {
+		start = time.Now()
+	}
 	err := s.writeRound(f, buf, isOld)
+	if s.opts.ObserveWrite != nil && len(buf) > 0 && err == nil {
+		s.opts.ObserveWrite(time.Since(start))
+	}
 	cut := true
 	if err != nil {
 		cut = cutBack(f, end)

@@ -128,6 +128,10 @@ type Options struct {
 	// store enters a fault (see fault.go), so that the engine's owner acts
 	// on it without waiting for its next request.
 	OnFault func()
+	// ObserveWrite, when set, is told how long each write round took (the
+	// write of a batch of records, and its fdatasync with FsyncAlways), for
+	// klock_journal_write_seconds. It runs on the writer, outside the lock.
+	ObserveWrite func(time.Duration)
 }
 
 // Store is an open state directory. Append and Wait may be called from any
