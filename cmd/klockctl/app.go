@@ -75,7 +75,7 @@ func commands() map[string]*command {
 		revokeCommand(), freezeCommand(), thawCommand(),
 		runCommand(), versionCommand(), resolveCommand(),
 		hookCommand(), whyCommand(), mcpCommand(), guardCommand(), integrateCommand(),
-		watchCommand(),
+		watchCommand(), topCommand(),
 	}
 	m := make(map[string]*command, len(list))
 	for _, c := range list {

@@ -18,6 +18,7 @@
 //	revoke LEASE_ID | freeze RESOURCE | thaw RESOURCE   (root or the daemon's uid)
 //	why [--agent A] [--session S] [--predicate P] RESOURCE   holders, queue and the verdict, explained
 //	watch [--prefix P] [--agent A]   a line per lease event, until interrupted
+//	top [--every D] [--once]         live view: agents, longest-held leases, queues, rates (q quits)
 //	run [--agent A] [--session S] [--predicate P] [--ttl D] [--wait D] [--kill-after D] RESOURCE... -- COMMAND [ARGS...]
 //	resolve [RESOURCE...]           keys of resources and where klockd is looked for (no daemon needed)
 //	version
