@@ -80,6 +80,10 @@ func (e *Engine) record(r Record) {
 // producing records or wake-ups. A record that does not fit the state (a
 // lease granted twice, an unknown kind) is an INTERNAL *Error.
 func (e *Engine) Apply(r Record) error {
+	// Replaying is not something happening now: no events (SetEvents).
+	on := e.eventsOn
+	e.eventsOn = false
+	defer func() { e.eventsOn = on }()
 	if err := e.apply(&r); err != nil {
 		return err
 	}
