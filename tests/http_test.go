@@ -100,6 +100,7 @@ func TestMetricsMoveWithRequests(t *testing.T) {
 		"klock_releases_total": dto.MetricType_COUNTER, "klock_expirations_total": dto.MetricType_COUNTER,
 		"klock_leases": dto.MetricType_GAUGE, "klock_waiters": dto.MetricType_GAUGE, "klock_agents": dto.MetricType_GAUGE,
 		"klock_connections":              dto.MetricType_GAUGE,
+		"klock_degraded":                 dto.MetricType_GAUGE,
 		"klock_request_duration_seconds": dto.MetricType_HISTOGRAM, "klock_journal_write_seconds": dto.MetricType_HISTOGRAM,
 		"go_goroutines": dto.MetricType_GAUGE, "process_resident_memory_bytes": dto.MetricType_GAUGE,
 	}
@@ -135,6 +136,7 @@ func TestMetricsMoveWithRequests(t *testing.T) {
 	require.Equal(t, 1.0, value(t, after, "klock_leases"), "/m/y is the one lease left")
 	require.Equal(t, 2.0, value(t, after, "klock_agents"))
 	require.GreaterOrEqual(t, value(t, after, "klock_connections"), 1.0)
+	require.Equal(t, 0.0, value(t, after, "klock_degraded"))
 	require.Equal(t, 5.0, value(t, after, "klock_request_duration_seconds", "op", "acquire")-value(t, before, "klock_request_duration_seconds", "op", "acquire"))
 	require.Equal(t, 1.0, value(t, after, "klock_request_duration_seconds", "op", "release"))
 	require.Greater(t, value(t, after, "klock_journal_write_seconds"), value(t, before, "klock_journal_write_seconds"),
@@ -148,6 +150,29 @@ func TestMetricsMoveWithRequests(t *testing.T) {
 			require.NotEqual(t, "no_such_op", l.GetValue())
 		}
 	}
+}
+
+// TestMetricsDegraded: klock_degraded is 1 while a full disk makes klockd
+// refuse changes, and 0 again once it has healed.
+func TestMetricsDegraded(t *testing.T) {
+	mnt := mountTmpfs(t, "2m")
+	d, url := startHTTP(t, "--state-dir", filepath.Join(mnt, "state"))
+	hc := &http.Client{Timeout: 10 * time.Second}
+	require.Equal(t, 0.0, value(t, scrape(t, hc, url), "klock_degraded"))
+	r := d.Raw(t)
+	mustOK(t, "register", r.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "a")), nil)
+	fill := filepath.Join(mnt, "fill")
+	exec.Command("dd", "if=/dev/zero", "of="+fill, "bs=64k").Run()
+	var resp *protocol.Response
+	for i := 0; i < 5000; i++ {
+		if resp = r.Call(uint64(10+i), protocol.OpAcquire, acquireArgs("a", "s", fmt.Sprintf("/d%d", i), "MUTATES", 60_000)); !resp.OK {
+			break
+		}
+	}
+	expectCode(t, "acquire on a full disk", resp, protocol.CodeUnavailable)
+	require.Equal(t, 1.0, value(t, scrape(t, hc, url), "klock_degraded"))
+	require.NoError(t, os.Remove(fill))
+	waitFor(t, "klock_degraded to go back to 0", func() bool { return value(t, scrape(t, hc, url), "klock_degraded") == 0 })
 }
 
 // TestHTTPRefusesNonLoopback: --http on anything but loopback or a Unix

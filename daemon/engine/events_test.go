@@ -126,6 +126,15 @@ func TestEventEndWhenTheBoundProcessEnds(t *testing.T) {
 	}
 }
 
+func TestEventsSurviveRestore(t *testing.T) {
+	e := newTestEngine(t)
+	e.SetEvents(true)
+	mustRegister(t, e, "a", 1)
+	require.NoError(t, e.Restore(e.Snapshot()))
+	mustGrant(t, e, t0, "a", "s", "/after-restore", "MUTATES")
+	require.Equal(t, []string{"grant"}, kinds(e.Events()), "a rollback (Restore) must not stop the events")
+}
+
 func TestEventKindNames(t *testing.T) {
 	require.Equal(t, "invalid", EventKind(0).String())
 	require.Equal(t, "invalid", EventKind(EvEnd+1).String())

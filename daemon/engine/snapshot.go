@@ -104,6 +104,10 @@ func (e *Engine) Snapshot() *State {
 // does not hold together (a lease of an unknown agent, a lease id twice),
 // is an INTERNAL *Error and leaves the engine empty.
 func (e *Engine) Restore(s *State) error {
+	// Whether events are built is a setting of the owner, not state: a
+	// rollback must not stop the watch streams.
+	on := e.eventsOn
+	defer func() { e.eventsOn = on }()
 	if err := e.restore(s); err != nil {
 		*e = *New(e.cfg)
 		return err
