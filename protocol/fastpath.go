@@ -302,6 +302,32 @@ func (g *Grant) decodeMsgpack(r *reader) error {
 	return r.decodeFields(func(key []byte) (bool, error) { return r.grantField(key, g) })
 }
 
+// decodeMsgpack decodes a watch event: every event of a stream passes
+// here, in klockctl watch and clientlib.Watch.
+func (ev *WatchEvent) decodeMsgpack(r *reader) error {
+	*ev = WatchEvent{}
+	var g Grant
+	return r.decodeFields(func(key []byte) (bool, error) {
+		switch string(key) {
+		case "event":
+			return true, r.decodeStr(&ev.Event)
+		case "at":
+			return true, r.decodeInt(&ev.At)
+		case "reason":
+			var s string
+			err := r.decodeStr(&s)
+			ev.Reason = Reason(s)
+			return true, err
+		case "held_by":
+			return true, r.decodeStr(&ev.HeldBy)
+		}
+		known, err := r.grantField(key, &g)
+		ev.Resource, ev.AgentID, ev.SessionID, ev.LeaseID = g.Resource, g.AgentID, g.SessionID, g.LeaseID
+		ev.Predicate, ev.Fence, ev.ExpiresAt = g.Predicate, g.Fence, g.ExpiresAt
+		return known, err // a Grant key that no event has (success, acquired_at) is read and dropped
+	})
+}
+
 func (a *AcquireResult) decodeMsgpack(r *reader) error {
 	*a = AcquireResult{}
 	var g Grant

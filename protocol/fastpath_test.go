@@ -72,6 +72,9 @@ func TestFastEncodersMatchLibrary(t *testing.T) {
 		var gotC CountResult
 		require.NoError(t, DecodeResult(cnt.appendMsgpack(nil), &gotC))
 		require.Equal(t, cnt, gotC)
+		var gotE WatchEvent
+		require.NoError(t, DecodeResult(ev.appendMsgpack(nil), &gotE))
+		require.Equal(t, ev, gotE)
 	})
 }
 
@@ -82,12 +85,12 @@ func TestFastDecodersMatchLibrary(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		m := map[any]any{}
 		keys := []string{"success", "lease_id", "agent_id", "resource", "fence", "expires_at", "wait_time",
-			"reason", "released", "count", "extra", "acquired_at"}
+			"reason", "released", "count", "extra", "acquired_at", "event", "at", "held_by"}
 		for _, k := range rapid.SliceOfDistinct(rapid.SampledFrom(keys), rapid.ID[string]).Draw(t, "keys") {
 			switch k {
 			case "success", "released":
 				m[k] = rapid.SampledFrom([]any{nil, true, false}).Draw(t, k)
-			case "lease_id", "agent_id", "resource", "reason":
+			case "lease_id", "agent_id", "resource", "reason", "event", "held_by":
 				m[k] = rapid.SampledFrom([]any{nil, "", "x", "FILE:/a"}).Draw(t, k)
 			case "extra":
 				m[k] = rapid.SampledFrom([]any{nil, 1.5, []any{1, "a", map[string]any{"b": nil}}, []byte{1, 2}}).Draw(t, k)
@@ -103,6 +106,7 @@ func TestFastDecodersMatchLibrary(t *testing.T) {
 		for _, pair := range [][2]any{
 			{new(AcquireResult), new(AcquireResult)}, {new(Grant), new(Grant)}, {new(ReleaseResult), new(ReleaseResult)},
 			{new(HeartbeatResult), new(HeartbeatResult)}, {new(CountResult), new(CountResult)},
+			{new(WatchEvent), new(WatchEvent)},
 		} {
 			fast, lib := pair[0], pair[1]
 			errFast := DecodeResult(raw, fast)

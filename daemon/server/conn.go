@@ -220,21 +220,30 @@ func (c *conn) appendError(id uint64, code protocol.Code, msg string, seq uint64
 }
 
 // answerMark is where one answer starts in a connection's output, with
-// its request id and the journal sequence it waits for.
+// its request id and the journal sequence it waits for; event marks a
+// watch event (dropped, not answered UNAVAILABLE, if its change is lost).
 type answerMark struct {
-	off int
-	id  uint64
-	seq uint64
+	off   int
+	id    uint64
+	seq   uint64
+	event bool
 }
 
 // appendedLocked stores the grown output buffer, in which the answer to
 // id, waiting for journal sequence seq, starts at off, and enforces
 // MaxOutbound: a peer that lets answers pile up unread is dropped.
 func (c *conn) appendedLocked(out []byte, off int, id, seq uint64) {
-	c.out = out
-	c.marks = append(c.marks, answerMark{off: off, id: id, seq: seq})
 	c.s.ops.Add(1)
-	if seq > c.outSeq {
+	c.storeLocked(out, answerMark{off: off, id: id, seq: seq})
+}
+
+// storeLocked stores the grown output buffer and the mark of the answer
+// appended to it, and enforces MaxOutbound: a peer that lets answers pile
+// up unread is dropped.
+func (c *conn) storeLocked(out []byte, m answerMark) {
+	c.out = out
+	c.marks = append(c.marks, m)
+	if seq := m.seq; seq > c.outSeq {
 		c.outSeq = seq
 	}
 	if len(c.out) > c.s.cfg.MaxOutbound {

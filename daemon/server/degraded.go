@@ -222,6 +222,9 @@ func (s *Server) retract(buf []byte, marks []answerMark) []byte {
 		switch {
 		case err == nil:
 			out = append(out, buf[m.off:end]...)
+		case errors.As(err, &ue) && m.event:
+			// The change this event told of was rolled back: the
+			// watcher is not told of it at all.
 		case errors.As(err, &ue):
 			u := unavailable(ue.Fault)
 			out = protocol.AppendError(out, m.id, u.Code, u.Message)

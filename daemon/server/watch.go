@@ -213,19 +213,20 @@ const maxPumpBatch = 256
 // (and, past WriteTimeout, loses its connection); the engine never waits.
 func (c *conn) pump(w *socketWatch) {
 	defer close(w.done)
-	var ev protocol.WatchEvent
+	batch := make([]Watched, 0, maxPumpBatch)
 	for {
 		p, ok := <-w.sub.C
 		if !ok {
 			break
 		}
-		c.appendEvent(w.id, &p, &ev)
-		for n := 1; n < maxPumpBatch && len(w.sub.C) > 0; n++ {
+		batch = append(batch[:0], p)
+		for len(batch) < maxPumpBatch && len(w.sub.C) > 0 {
 			if p, ok = <-w.sub.C; !ok {
 				break
 			}
-			c.appendEvent(w.id, &p, &ev)
+			batch = append(batch, p)
 		}
+		c.appendEvents(w.id, batch)
 		if c.flush() != nil {
 			// The connection is gone; finish unsubscribes. Drain so the
 			// publisher's overflow check stays cheap until then.
@@ -238,16 +239,39 @@ func (c *conn) pump(w *socketWatch) {
 		}
 	}
 	if w.sub.Overflowed() {
-		c.appendResult(w.id, &protocol.WatchEvent{Event: protocol.EventOverflow, At: c.s.nowMS()}, 0)
+		c.appendEvents(w.id, []Watched{{Event: engine.Event{At: c.s.nowMS()}}})
 		c.flush()
 	}
 }
 
-// appendEvent appends one event as an answer to the watch request id; ev
-// is scratch space.
-func (c *conn) appendEvent(id uint64, p *Watched, ev *protocol.WatchEvent) {
-	*ev = WatchEvent(&p.Event)
-	c.appendResult(id, ev, p.Seq)
+// appendEvents appends events as answers to the watch request id, under
+// one lock. An event of kind 0 is the final overflow. Events are not
+// requests answered: stats' ops does not count them.
+func (c *conn) appendEvents(id uint64, batch []Watched) {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.dead {
+		return
+	}
+	var ev protocol.WatchEvent
+	for i := range batch {
+		p := &batch[i]
+		if p.Kind == 0 {
+			ev = protocol.WatchEvent{Event: protocol.EventOverflow, At: p.At}
+		} else {
+			ev = WatchEvent(&p.Event)
+		}
+		off := len(c.out)
+		out, err := protocol.AppendResult(c.out, id, &ev)
+		if err != nil { // cannot happen: a watch event has its own encoder
+			c.s.log.Error("encoding a watch event failed", "id", id, "err", err)
+			continue
+		}
+		c.storeLocked(out, answerMark{off: off, id: id, seq: p.Seq, event: true})
+		if c.dead {
+			return
+		}
+	}
 }
 
 // WatchEvent converts an engine event to its wire form.

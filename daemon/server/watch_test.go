@@ -120,3 +120,27 @@ func TestWatchLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchEventsAreNotOps: stats' ops counts requests answered, not the
+// events a watch streams.
+func TestWatchEventsAreNotOps(t *testing.T) {
+	ts := start(t, Config{})
+	w := ts.dial(t)
+	var wr protocol.WatchResult
+	w.call(1, protocol.OpWatch, nil, &wr)
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	for i := uint64(0); i < 5; i++ {
+		c.call(2+i, protocol.OpAcquire, acquireArgs("a", "/ops", 60000, 0), &protocol.Grant{})
+	}
+	for i := 0; i < 5; i++ {
+		if r := w.recv(); r.ID != 1 {
+			t.Fatalf("answer %+v; want an event of watch 1", r)
+		}
+	}
+	var st protocol.StatsResult
+	c.call(10, protocol.OpStats, nil, &st)
+	if st.Ops != 7 {
+		t.Fatalf("ops = %d; want 7 (watch, register, 5 acquires), not the 5 events", st.Ops)
+	}
+}
