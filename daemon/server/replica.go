@@ -346,6 +346,11 @@ func (m *stateMachine) Apply(e *cluster.Entry, tag any) (res any) {
 	for _, w := range o.wakes {
 		delete(s.rep.owners, w.Waiter)
 	}
+	// Watchers see the applied change, the same on every node; the
+	// cluster's log is durable already (sequence 0: nothing to wait for).
+	if len(s.subs) > 0 {
+		s.publishLocked(s.eng.Events(), 0)
+	}
 	s.wakeLocked(o.wakes, 0, nil)
 	return o
 }
