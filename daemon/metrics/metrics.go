@@ -65,7 +65,7 @@ func New() *Metrics {
 	m.otherOp = reqs.WithLabelValues("other")
 	m.journalWrite = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "klock_journal_write_seconds",
-		Help:    "Time of one journal write round: the write(2) of a batch of records, and its fdatasync with --fsync=always.",
+		Help:    "Time of one journal write round: the write(2) of a batch of records, and its fdatasync with --fsync=always (none in cluster mode, whose log is etcd's).",
 		Buckets: journalBuckets,
 	})
 	reg.MustRegister(reqs, m.journalWrite)
