@@ -37,7 +37,9 @@ A watcher that falls too far behind is cut off by klockd; klockctl then says
 so on stderr and starts watching again (the events in between are lost).
 
 --prefix matches the start of the resource key (FILE:/src/); a prefix
-starting with "/" means FILE:<prefix>.`,
+starting with "/" means FILE:<prefix>. --prefix /src/ shows the folder key
+FILE:/src/ and every key under it, not a folder key above it (FILE:/),
+whose lease covers /src/ too.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&agent, "agent", "", "only events of agent `ID`")
 			fs.StringVar(&prefix, "prefix", "", "only resources whose key starts with `PREFIX`")

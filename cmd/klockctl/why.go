@@ -29,6 +29,10 @@ acquire by agent A with predicate P would get now, with the step of the
 Wait-Die rule that decided it and one sentence saying why. The daemon decides
 it with the same code as a real acquire, and changes nothing.
 
+Holders and queue cover every key overlapping RESOURCE: a folder key above
+it (FILE:/src/ covers FILE:/src/a.ts) and, for a folder key ending in /,
+every key below it; a last column ON then names each one's key.
+
 Without --agent (and without $KLOCK_AGENT) the verdict is the one a new agent
 would get: younger than every registered agent. Without --session it is a
 new session of the agent, so its leases in other sessions conflict.`,
@@ -128,6 +132,25 @@ func formatExplain(w io.Writer, x *protocol.ExplainResult, now time.Time) error 
 		who = x.AgentID
 	}
 	fmt.Fprintf(w, "%s, %s by %s (priority %d)\n\n", cell(x.Resource), x.Predicate, cell(who), x.Priority)
+	// With subtree keys, holders and queued requests may be on keys above
+	// or below the one explained: then a last column names each one's key.
+	elsewhere := false
+	for _, h := range x.Holders {
+		elsewhere = elsewhere || h.Resource != x.Resource
+	}
+	for _, q := range x.Queue {
+		elsewhere = elsewhere || q.Resource != x.Resource
+	}
+	on := func(key string) string {
+		if !elsewhere {
+			return ""
+		}
+		return "\t" + cell(key)
+	}
+	onHead := ""
+	if elsewhere {
+		onHead = "\tON"
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if len(x.Holders) == 0 {
 		fmt.Fprintln(tw, "holders: none")
@@ -135,15 +158,15 @@ func formatExplain(w io.Writer, x *protocol.ExplainResult, now time.Time) error 
 		// AS: the path a holder named, when the worktree rule keyed it as
 		// another (protocol/README.md "FILE paths"); shown when any has one.
 		withPath := slices.ContainsFunc(x.Holders, func(h protocol.HolderInfo) bool { return h.ClientPath != "" })
-		head := "HOLDER\tPRIORITY\tPREDICATE\tAGE\tEXPIRES\tCONFLICTS\tSESSION\tFENCE"
+		head := "HOLDER\tPRIORITY\tPREDICATE\tAGE\tEXPIRES\tCONFLICTS\tSESSION\tFENCE" + onHead
 		if withPath {
 			head += "\tAS"
 		}
 		fmt.Fprintln(tw, head)
 		for _, h := range x.Holders {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d", cell(h.AgentID), h.Priority, h.Predicate,
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d%s", cell(h.AgentID), h.Priority, h.Predicate,
 				roundDuration(now.Sub(time.UnixMilli(h.AcquiredAt))), untilText(time.UnixMilli(h.ExpiresAt), now),
-				yesNo(h.Conflicts), cell(h.SessionID), h.Fence)
+				yesNo(h.Conflicts), cell(h.SessionID), h.Fence, on(h.Resource))
 			if withPath {
 				fmt.Fprintf(tw, "\t%s", cell(firstSet(h.ClientPath, "-")))
 			}
@@ -157,11 +180,11 @@ func formatExplain(w io.Writer, x *protocol.ExplainResult, now time.Time) error 
 	if len(x.Queue) == 0 {
 		fmt.Fprintln(tw, "queue: empty")
 	} else {
-		fmt.Fprintln(tw, "QUEUED\tPRIORITY\tPREDICATE\tWAITING\tGIVES UP\tWAITS FOR\tCONFLICTS")
+		fmt.Fprintln(tw, "QUEUED\tPRIORITY\tPREDICATE\tWAITING\tGIVES UP\tWAITS FOR\tCONFLICTS"+onHead)
 		for _, q := range x.Queue {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", cell(q.AgentID), q.Priority, q.Predicate,
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s%s\n", cell(q.AgentID), q.Priority, q.Predicate,
 				roundDuration(now.Sub(time.UnixMilli(q.Since))), untilText(time.UnixMilli(q.Deadline), now),
-				cell(q.WaitsFor), yesNo(q.Conflicts))
+				cell(q.WaitsFor), yesNo(q.Conflicts), on(q.Resource))
 		}
 	}
 	if err := tw.Flush(); err != nil {

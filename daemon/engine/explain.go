@@ -152,9 +152,10 @@ func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder
 	return out
 }
 
-// queueOn lists the requests queued on keys overlapping t's, oldest first
-// (by priority, then by arrival), each marked with whether it conflicts
-// with t for agent a.
+// queueOn lists the requests queued on keys overlapping t's (the key, the
+// subtree keys above it, and for a subtree key the keys below it), oldest
+// first (by priority, then by arrival; a request queued on several of
+// them by key), each marked with whether it conflicts with t for agent a.
 func (e *Engine) queueOn(now int64, a *agent, t target) []Waiting {
 	var qs []queued
 	var keys []string
@@ -179,7 +180,8 @@ func (e *Engine) queueOn(now int64, a *agent, t target) []Waiting {
 		order[i] = i
 	}
 	slices.SortStableFunc(order, func(i, j int) int {
-		return cmp.Or(cmp.Compare(qs[i].w.priority, qs[j].w.priority), cmp.Compare(qs[i].w.id, qs[j].w.id))
+		return cmp.Or(cmp.Compare(qs[i].w.priority, qs[j].w.priority), cmp.Compare(qs[i].w.id, qs[j].w.id),
+			strings.Compare(keys[i], keys[j]), cmp.Compare(qs[i].pred, qs[j].pred))
 	})
 	out := make([]Waiting, 0, len(qs))
 	for _, i := range order {

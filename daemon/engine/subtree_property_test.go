@@ -536,19 +536,16 @@ func TestSubtreeProperties(t *testing.T) {
 	}
 }
 
-func checkSubtreeHistory(t *rapid.T) {
+// newTreeModel starts a history: an engine with cfg, its keys, and two to
+// five registered agents.
+func newTreeModel(t *rapid.T, cfg Config) *treeModel {
 	m := &treeModel{
 		t:        t,
-		e:        New(Config{Journal: true, MaxTTL: 1000}),
+		e:        New(cfg),
 		now:      t0,
 		prompt:   rapid.Bool().Draw(t, "prompt"),
 		sessions: []string{"s1", "s2"},
 		keys:     drawKeys(t),
-	}
-	m.e.settled = func(now int64, w *waiter, v *verdict) {
-		m.requireVerdict(func() string {
-			return fmt.Sprintf("settle waiter %d of %s on %v at %d", w.id, w.agent.id, targetKeys(w.targets), now)
-		}, refDecide(m.e, now, w.agent, w.session, w.priority, w.targets, w), v)
 	}
 	for i, n := 0, rapid.IntRange(2, 5).Draw(t, "agents"); i < n; i++ {
 		id := fmt.Sprintf("agent%d", i)
@@ -556,6 +553,16 @@ func checkSubtreeHistory(t *rapid.T) {
 		// Small priorities: equal ones happen.
 		_, err := m.e.Register(m.now, m.caller(), id, int64(rapid.IntRange(1, 5).Draw(t, "prio")), true)
 		require.NoError(t, err)
+	}
+	return m
+}
+
+func checkSubtreeHistory(t *rapid.T) {
+	m := newTreeModel(t, Config{Journal: true, MaxTTL: 1000})
+	m.e.settled = func(now int64, w *waiter, v *verdict) {
+		m.requireVerdict(func() string {
+			return fmt.Sprintf("settle waiter %d of %s on %v at %d", w.id, w.agent.id, targetKeys(w.targets), now)
+		}, refDecide(m.e, now, w.agent, w.session, w.priority, w.targets, w), v)
 	}
 	for i, n := 0, rapid.IntRange(1, 100).Draw(t, "steps"); i < n; i++ {
 		m.step()
