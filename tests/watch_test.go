@@ -1,8 +1,11 @@
 package tests
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -284,4 +287,40 @@ func TestKlockctlWatch(t *testing.T) {
 		require.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3}  grant    FILE:/kw/held  senior  MUTATES  fence \d+$`, lines[len(lines)-2])
 		require.Regexp(t, `^\d\d:\d\d:\d\d\.\d{3}  die      FILE:/kw/held  junior  MUTATES  \(decided by senior\)$`, lines[len(lines)-1])
 	}
+}
+
+// TestWatchEndWhenTheBoundProcessExits: a lease bound to a process (the
+// test binary re-run as a helper, cluster_bind_test.go) ends with an end
+// event, not a release or an expiry, when that process is killed; the
+// event names the lease the helper was granted.
+func TestWatchEndWhenTheBoundProcessExits(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	w := d.Raw(t)
+	watchOn(t, w, 1, "bound", "")
+	mustOK(t, "register", d.Raw(t).Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "bound")), nil)
+
+	helper := exec.Command(os.Args[0], "-test.run=^$")
+	helper.Env = append(os.Environ(), boundHelperEnv+"="+d.Socket)
+	out, err := helper.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, helper.Start())
+	t.Cleanup(func() { helper.Process.Kill(); helper.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(line, "lease "), "the helper said %q", line)
+	id := strings.TrimSpace(strings.TrimPrefix(line, "lease "))
+
+	grant := nextEvent(t, w, 1)
+	require.Equal(t, "grant FILE:/bound bound", summary(grant))
+	require.Equal(t, id, grant.LeaseID)
+	require.Zero(t, grant.ExpiresAt, "a bound lease without a ttl does not expire")
+	require.NoError(t, helper.Process.Kill())
+	helper.Wait()
+	end := nextEvent(t, w, 1)
+	require.Equal(t, "end FILE:/bound bound", summary(end), "the lease ends with its process")
+	require.Equal(t, id, end.LeaseID)
+	require.Equal(t, grant.Fence, end.Fence)
+	require.Equal(t, "MUTATES", end.Predicate)
+	w.Send(2, protocol.OpHello, nil)
+	require.Equal(t, uint64(2), w.Recv().ID, "one event per lease ended")
 }
