@@ -2,6 +2,7 @@ package server
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -34,23 +35,91 @@ type Watched struct {
 	Seq uint64
 }
 
-// Subscription is a stream of events. Receive from C; when C is closed the
-// stream has ended: by Unsubscribe, or because the subscriber fell
-// WatchBuffer events behind (Overflowed then reports true).
+// Subscription is a stream of events. Wait on Ready, then Take the events
+// pending, as a batch: the publisher only appends to a bounded slice and
+// signals once when it stops being empty, so a reader that is busy writing
+// the last batch costs the engine no wake-up, and the next batch holds
+// everything published meanwhile. When Take reports the stream closed it
+// has ended: by Unsubscribe, or because the subscriber fell WatchBuffer
+// events behind (Overflowed then reports true).
 type Subscription struct {
 	ID int64
-	C  <-chan Watched
 
-	ch     chan Watched
 	filter WatchFilter
-	// overflowed is set under Server.mu before ch is closed; reading it
-	// after C is closed is ordered by the close.
+	limit  int           // events pending at most (WatchBuffer)
+	ready  chan struct{} // capacity 1: a token when events are pending or the stream ended
+
+	mu         sync.Mutex
+	pending    []Watched // published, not yet taken, oldest first
+	ended      bool
 	overflowed bool
 }
 
+// Ready returns a channel that receives a token when events may be
+// pending or the stream has ended: then call Take. A token may come with
+// nothing to take.
+func (sub *Subscription) Ready() <-chan struct{} { return sub.ready }
+
+// Take returns the pending events, oldest first, and whether the stream is
+// still open; once it reports false, no event follows those it returned.
+// It keeps buf (emptied) to collect the next events: pass back the batch
+// the previous Take returned, once done with it, and no allocation is made.
+func (sub *Subscription) Take(buf []Watched) (evs []Watched, open bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	evs, sub.pending = sub.pending, buf[:0]
+	return evs, !sub.ended
+}
+
 // Overflowed reports whether the stream ended because the subscriber did
-// not keep up. Call it only once C is closed.
-func (sub *Subscription) Overflowed() bool { return sub.overflowed }
+// not keep up.
+func (sub *Subscription) Overflowed() bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.overflowed
+}
+
+// signal leaves a token on ready unless one is there already.
+func (sub *Subscription) signal() {
+	select {
+	case sub.ready <- struct{}{}:
+	default:
+	}
+}
+
+// end closes the stream; the reader takes what is pending, then sees it
+// closed.
+func (sub *Subscription) end(overflowed bool) {
+	sub.mu.Lock()
+	sub.ended, sub.overflowed = true, overflowed
+	sub.mu.Unlock()
+	sub.signal()
+}
+
+// offer appends the events of one state change that pass the filter; it
+// reports false, appending nothing more, when the subscriber is limit
+// events behind. Never blocks but on the subscription's own lock, which
+// Take holds only to swap two slices.
+func (sub *Subscription) offer(evs []engine.Event, seq uint64) bool {
+	sub.mu.Lock()
+	was := len(sub.pending)
+	for i := range evs {
+		if !sub.filter.matches(&evs[i]) {
+			continue
+		}
+		if len(sub.pending) >= sub.limit {
+			sub.mu.Unlock()
+			return false
+		}
+		sub.pending = append(sub.pending, Watched{Event: evs[i], Seq: seq})
+	}
+	wake := was == 0 && len(sub.pending) > 0
+	sub.mu.Unlock()
+	if wake {
+		sub.signal()
+	}
+	return true
+}
 
 // Subscribe opens an event stream with the filter. It fails with
 // RESOURCE_EXHAUSTED when MaxWatches streams are open, INVALID_ARGUMENT
@@ -74,8 +143,7 @@ func (s *Server) subscribeLocked(f WatchFilter) (*Subscription, error) {
 			Message: "klock: too many watch streams open; the daemon allows " + itoa(s.cfg.MaxWatches) + " (--max-watches)"}
 	}
 	s.nextWatch++
-	ch := make(chan Watched, s.cfg.WatchBuffer)
-	sub := &Subscription{ID: s.nextWatch, C: ch, ch: ch, filter: f}
+	sub := &Subscription{ID: s.nextWatch, filter: f, limit: s.cfg.WatchBuffer, ready: make(chan struct{}, 1)}
 	s.subs = append(s.subs, sub)
 	if len(s.subs) == 1 {
 		s.eng.SetEvents(true)
@@ -83,8 +151,9 @@ func (s *Server) subscribeLocked(f WatchFilter) (*Subscription, error) {
 	return sub, nil
 }
 
-// Unsubscribe ends a stream: C is closed (if it is not already) and no
-// more events are sent. It reports whether the stream was still open.
+// Unsubscribe ends a stream: no more events are sent, and Take reports it
+// closed once it has returned those pending. It reports whether the stream
+// was still open.
 func (s *Server) Unsubscribe(sub *Subscription) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -92,10 +161,16 @@ func (s *Server) Unsubscribe(sub *Subscription) bool {
 }
 
 func (s *Server) unsubscribeLocked(sub *Subscription) bool {
+	return s.endLocked(sub, false)
+}
+
+// endLocked ends the stream sub, overflowed or not, if it is open; the
+// caller holds s.mu.
+func (s *Server) endLocked(sub *Subscription, overflowed bool) bool {
 	for i, x := range s.subs {
 		if x == sub {
 			s.subs = append(s.subs[:i], s.subs[i+1:]...)
-			close(sub.ch)
+			sub.end(overflowed)
 			if len(s.subs) == 0 {
 				s.eng.SetEvents(false)
 			}
@@ -110,20 +185,13 @@ func (s *Server) unsubscribeLocked(sub *Subscription) bool {
 // subscription whose buffer is full is ended as overflowed. The caller
 // holds s.mu.
 func (s *Server) publishLocked(evs []engine.Event, seq uint64) {
-	for i := range evs {
-		ev := &evs[i]
-		for j := 0; j < len(s.subs); j++ {
-			sub := s.subs[j]
-			if !sub.filter.matches(ev) {
-				continue
-			}
-			select {
-			case sub.ch <- Watched{Event: *ev, Seq: seq}:
-			default:
-				sub.overflowed = true
-				s.unsubscribeLocked(sub)
-				j-- // the next subscription moved to j
-			}
+	if len(evs) == 0 {
+		return
+	}
+	for j := 0; j < len(s.subs); j++ {
+		if sub := s.subs[j]; !sub.offer(evs, seq) {
+			s.endLocked(sub, true)
+			j-- // the next subscription moved to j
 		}
 	}
 }
@@ -204,38 +272,36 @@ func (s *Server) unwatch(c *conn, id uint64, a *protocol.Args) {
 	c.appendResult(id, &protocol.UnwatchResult{Unwatched: w != nil}, 0)
 }
 
-// maxPumpBatch bounds the events a pump encodes before writing them.
-const maxPumpBatch = 256
+// maxPumpBatch bounds the events a pump encodes before writing them: a
+// write of at most a few hundred KiB, well under MaxOutbound.
+const maxPumpBatch = 1024
 
 // pump writes a watch's events to the connection, a batch per write. It
 // runs until the subscription ends, then writes the final overflow event
 // if the watcher fell behind. A slow reader blocks only this goroutine
 // (and, past WriteTimeout, loses its connection); the engine never waits.
+//
+// Wake-ups and writes are coalesced: the publisher signals only when the
+// pending slice stops being empty, and the pump takes everything pending
+// at once, so the events published while it wrote the last batch go out
+// in one write (BENCHMARKS.md "What a watcher costs").
 func (c *conn) pump(w *socketWatch) {
 	defer close(w.done)
-	batch := make([]Watched, 0, maxPumpBatch)
-	for {
-		p, ok := <-w.sub.C
-		if !ok {
-			break
-		}
-		batch = append(batch[:0], p)
-		for len(batch) < maxPumpBatch && len(w.sub.C) > 0 {
-			if p, ok = <-w.sub.C; !ok {
-				break
+	var batch []Watched
+	for open := true; open; {
+		<-w.sub.Ready()
+		batch, open = w.sub.Take(batch)
+		for i := 0; i < len(batch); i += maxPumpBatch {
+			c.appendEvents(w.id, batch[i:min(i+maxPumpBatch, len(batch))])
+			if c.flush() != nil {
+				// The connection is gone; finish unsubscribes. Keep
+				// taking, so the publisher's buffer stays empty until then.
+				for open {
+					<-w.sub.Ready()
+					batch, open = w.sub.Take(batch)
+				}
+				return
 			}
-			batch = append(batch, p)
-		}
-		c.appendEvents(w.id, batch)
-		if c.flush() != nil {
-			// The connection is gone; finish unsubscribes. Drain so the
-			// publisher's overflow check stays cheap until then.
-			for range w.sub.C {
-			}
-			return
-		}
-		if !ok {
-			break
 		}
 	}
 	if w.sub.Overflowed() {

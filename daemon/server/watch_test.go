@@ -26,7 +26,7 @@ func TestSubscriberThatNeverReadsOverflowsWithoutBlocking(t *testing.T) {
 	}
 	c := ts.dial(t)
 	register(c, 1, "a", 1)
-	// Far more events than the buffer holds; nobody reads sub.C. Every
+	// Far more events than the buffer holds; nobody takes them. Every
 	// request is still answered: publishing never waits.
 	for i := uint64(0); i < 20; i++ {
 		var g protocol.Grant
@@ -35,10 +35,7 @@ func TestSubscriberThatNeverReadsOverflowsWithoutBlocking(t *testing.T) {
 		rel.Set(protocol.ArgLeaseID)
 		c.call(11+2*i, protocol.OpRelease, rel, &protocol.ReleaseResult{})
 	}
-	n := 0
-	for range sub.C {
-		n++
-	}
+	n := len(takeAll(sub))
 	if n != 4 || !sub.Overflowed() {
 		t.Fatalf("received %d events, overflowed %v; want the 4 buffered, then the end by overflow", n, sub.Overflowed())
 	}
@@ -64,11 +61,27 @@ func TestWatchEventsWaitForTheJournal(t *testing.T) {
 	register(c, 1, "a", 1)
 	c.call(2, protocol.OpAcquire, acquireArgs("a", "/other", 60000, 0), &protocol.Grant{})
 	c.call(3, protocol.OpAcquire, acquireArgs("a", "/j", 60000, 0), &protocol.Grant{})
-	ev := <-sub.C
+	<-sub.Ready()
+	evs, open := sub.Take(nil)
+	if len(evs) != 1 || !open {
+		t.Fatalf("took %d events (open %v); want the one grant of FILE:/j", len(evs), open)
+	}
+	ev := evs[0]
 	if ev.Resource != "FILE:/j" || ev.Seq != 3 {
 		t.Fatalf("event %+v; want the grant of FILE:/j at journal sequence 3 (the filter skips /other)", ev)
 	}
 	ts.Unsubscribe(sub)
+}
+
+// takeAll takes the events of sub until its stream ends.
+func takeAll(sub *Subscription) []Watched {
+	var all, batch []Watched
+	for open := true; open; {
+		<-sub.Ready()
+		batch, open = sub.Take(batch)
+		all = append(all, batch...)
+	}
+	return all
 }
 
 func TestWatchLimits(t *testing.T) {

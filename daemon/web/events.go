@@ -35,9 +35,6 @@ type events struct {
 // proxies and the browser see it is alive.
 const keepAliveEvery = 15 * time.Second
 
-// maxEventBatch bounds the events written between two flushes.
-const maxEventBatch = 256
-
 func (h *events) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	sub, err := h.srv.Subscribe(server.WatchFilter{AgentID: q.Get("agent"), ResourcePrefix: q.Get("prefix")})
@@ -73,6 +70,7 @@ func (h *events) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	keepAlive := time.NewTicker(keepAliveEvery)
 	defer keepAlive.Stop()
 	enc := json.NewEncoder(bw) // Encode ends each value with "\n"
+	var batch []server.Watched
 	for {
 		select {
 		case <-r.Context().Done():
@@ -82,21 +80,25 @@ func (h *events) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if !flush() {
 				return
 			}
-		case p, ok := <-sub.C:
-			for n := 0; ok; n++ {
-				if err := h.srv.WaitDurable(p.Seq); err != nil {
-					return
-				}
-				ev := server.WatchEvent(&p.Event)
+		case <-sub.Ready():
+			// A batch: every event published since the last one, shown
+			// once the last of their changes is durable.
+			var open bool
+			batch, open = sub.Take(batch)
+			var seq uint64
+			for i := range batch {
+				seq = max(seq, batch[i].Seq)
+			}
+			if err := h.srv.WaitDurable(seq); err != nil {
+				return
+			}
+			for i := range batch {
+				ev := server.WatchEvent(&batch[i].Event)
 				bw.WriteString("event: " + ev.Event + "\ndata: ")
 				enc.Encode(&ev)
 				bw.WriteString("\n")
-				if n == maxEventBatch || len(sub.C) == 0 {
-					break
-				}
-				p, ok = <-sub.C
 			}
-			if !ok {
+			if !open {
 				if sub.Overflowed() {
 					h.log.Info("cut off a dashboard that fell behind its event stream", "remote", r.RemoteAddr)
 					bw.WriteString("event: overflow\ndata: {}\n\n")
