@@ -314,6 +314,9 @@ func TestWatchEndWhenTheBoundProcessExits(t *testing.T) {
 	require.Equal(t, "grant FILE:/bound bound", summary(grant))
 	require.Equal(t, id, grant.LeaseID)
 	require.Zero(t, grant.ExpiresAt, "a bound lease without a ttl does not expire")
+	why := kcOK(t, d, nil, "why", "FILE:/bound").stdout
+	require.Contains(t, why, "no ttl", "klockctl why shows a lease without a ttl as such")
+	require.NotContains(t, why, "expired")
 	require.NoError(t, helper.Process.Kill())
 	helper.Wait()
 	end := nextEvent(t, w, 1)

@@ -222,7 +222,7 @@ func drawTop(w io.Writer, s, prev *topSample, elapsed time.Duration, now time.Ti
 			break
 		}
 		line("%-44s %-16s %-10s %9s %10s", clip(l.Resource, 44), clip(l.AgentID, 16), l.Predicate,
-			roundDuration(now.Sub(time.UnixMilli(l.AcquiredAt))).Truncate(time.Second), strings.TrimPrefix(untilText(time.UnixMilli(l.ExpiresAt), now), "in "))
+			roundDuration(now.Sub(time.UnixMilli(l.AcquiredAt))).Truncate(time.Second), strings.TrimPrefix(expiresText(l.ExpiresAt, now), "in "))
 	}
 	line("")
 

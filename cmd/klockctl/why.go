@@ -165,7 +165,7 @@ func formatExplain(w io.Writer, x *protocol.ExplainResult, now time.Time) error 
 		fmt.Fprintln(tw, head)
 		for _, h := range x.Holders {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d%s", cell(h.AgentID), h.Priority, h.Predicate,
-				roundDuration(now.Sub(time.UnixMilli(h.AcquiredAt))), untilText(time.UnixMilli(h.ExpiresAt), now),
+				roundDuration(now.Sub(time.UnixMilli(h.AcquiredAt))), expiresText(h.ExpiresAt, now),
 				yesNo(h.Conflicts), cell(h.SessionID), h.Fence, on(h.Resource))
 			if withPath {
 				fmt.Fprintf(tw, "\t%s", cell(firstSet(h.ClientPath, "-")))
