@@ -201,7 +201,9 @@ func TestKeepAliveFollowsRetryTable(t *testing.T) {
 			if err := c.RegisterAgent(ctx, "a", 1); err != nil {
 				t.Fatal(err)
 			}
-			l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 600 * time.Millisecond})
+			// A ttl with room for a renewal, its refusal and a retry before
+			// expiry on a loaded machine (CI missed the retry at 600 ms).
+			l, err := c.Acquire(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: 3 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
