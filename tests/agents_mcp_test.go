@@ -11,6 +11,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/klockd/klock/clientlib"
 	"github.com/klockd/klock/tests/harness"
 )
 
@@ -347,5 +348,35 @@ func TestMCPDaemonDown(t *testing.T) {
 			!strings.Contains(text, "start") {
 			t.Errorf("%s with klockd down = error %v %q; want a tool error saying how to start klockd", tc.tool, r.IsError, text)
 		}
+	}
+}
+
+// TestMCPLeaseWithoutTTL: a holder bound to its process without a ttl has
+// no expiry; klock_why says so with an empty "until", not a 1970 date.
+func TestMCPLeaseWithoutTTL(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	c := d.Client(t)
+	file := filepath.Join(t.TempDir(), "bound.go")
+	ctx := testCtx(t)
+	if _, err := c.Register(ctx, "holder", nil); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, clientlib.AcquireRequest{AgentID: "holder", SessionID: "s",
+		Intents: []clientlib.Intent{{ResourceType: "FILE", ResourcePath: file, Predicate: "MUTATES"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	m := startMCP(t, d.Socket, "asker")
+	var why struct {
+		Holders []struct {
+			Agent string `json:"agent"`
+			Since string `json:"since"`
+			Until string `json:"until"`
+		} `json:"holders"`
+	}
+	m.callOK(t, "klock_why", map[string]any{"path": file}, &why)
+	if len(why.Holders) != 1 || why.Holders[0].Agent != "holder" || why.Holders[0].Since == "" || why.Holders[0].Until != "" {
+		t.Fatalf("klock_why holders = %+v; want holder, a since time and no until", why.Holders)
 	}
 }

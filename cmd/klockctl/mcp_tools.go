@@ -29,12 +29,22 @@ type mcpLease struct {
 	Resource  string `json:"resource"`
 	Predicate string `json:"predicate"`
 	Fence     uint64 `json:"fence"`
-	ExpiresAt string `json:"expires_at" jsonschema:"RFC 3339; renewed while the MCP server runs"`
+	ExpiresAt string `json:"expires_at" jsonschema:"RFC 3339; renewed while the MCP server runs; empty for a lease with no ttl, which ends with its holder's process"`
+}
+
+// mcpTime is a daemon time (Unix ms) in layout, or "" for 0: a lease bound
+// to its process without a ttl has no expiry (protocol/README.md "Leases
+// bound to a process").
+func mcpTime(ms int64, layout string) string {
+	if ms == 0 {
+		return ""
+	}
+	return time.UnixMilli(ms).Format(layout)
 }
 
 func leaseOf(g grantJSON) mcpLease {
 	return mcpLease{LeaseID: g.LeaseID, Resource: g.Resource, Predicate: g.Predicate, Fence: g.Fence,
-		ExpiresAt: time.UnixMilli(g.ExpiresAt).Format(time.RFC3339Nano)}
+		ExpiresAt: mcpTime(g.ExpiresAt, time.RFC3339Nano)}
 }
 
 func sortLeases(ls []mcpLease) {

@@ -27,7 +27,7 @@ type whyHolder struct {
 	Resource  string `json:"resource" jsonschema:"the key the lease is on: the path, or a subtree (ending in /) above it"`
 	Predicate string `json:"predicate"`
 	Since     string `json:"since"`
-	Until     string `json:"until"`
+	Until     string `json:"until" jsonschema:"RFC 3339; empty for a lease with no ttl, which ends with its holder's process"`
 	Conflicts bool   `json:"conflicts" jsonschema:"whether it conflicts with you taking the path with predicate"`
 }
 
@@ -84,7 +84,7 @@ func (s *mcpSession) why(ctx context.Context, req *mcp.CallToolRequest, in whyAr
 	for _, h := range x.Holders {
 		out.Holders = append(out.Holders, whyHolder{Agent: h.AgentID, Session: h.SessionID, Resource: h.Resource,
 			Predicate: h.Predicate, Conflicts: h.Conflicts,
-			Since: time.UnixMilli(h.AcquiredAt).Format(time.RFC3339), Until: time.UnixMilli(h.ExpiresAt).Format(time.RFC3339)})
+			Since: time.UnixMilli(h.AcquiredAt).Format(time.RFC3339), Until: mcpTime(h.ExpiresAt, time.RFC3339)})
 		if h.Conflicts {
 			others = append(others, h.LeaseInfo)
 		}
