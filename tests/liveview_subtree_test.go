@@ -86,8 +86,11 @@ func TestWatchAndExplainOnSubtrees(t *testing.T) {
 	require.Regexp(t, `(?m)^reader\s+300\s+CONSUMES\s.*\syes\s+s\s+\d+\s+FILE:/$`, out)
 	require.Regexp(t, `(?m)^builder\s+100\s+CONSUMES\s.*\syes\s+s\s+\d+\s+FILE:/src/a/b\.ts$`, out)
 	require.Regexp(t, `(?m)^lead\s+10\s+MUTATES\s.*\sbuilder\s+yes\s+FILE:/src/x\.ts$`, out)
+	// FILE:/ covers /srcfoo.ts: the root's reader is shown on its key, the
+	// file's own holder on the file.
 	out = kcOK(t, d, nil, "why", "--agent", "tester", "FILE:/srcfoo.ts").stdout
-	require.NotContains(t, out, "FENCE  ON", "only the key's own lease, no ON column")
+	require.Regexp(t, `(?m)^reader\s+300\s+CONSUMES\s.*\syes\s+s\s+\d+\s+FILE:/$`, out)
+	require.Regexp(t, `(?m)^builder\s+100\s+CONSUMES\s.*\syes\s+s\s+\d+\s+FILE:/srcfoo\.ts$`, out)
 
 	// Releasing the folders lets lead through.
 	for i, id := range []string{root.LeaseID, sub.LeaseID} {
@@ -102,6 +105,11 @@ func TestWatchAndExplainOnSubtrees(t *testing.T) {
 		}
 	}
 	require.Equal(t, "FILE:/src/x.ts", granted.Resource)
+	// With the root's lease gone, /srcfoo.ts has only its own holder: no
+	// ON column. (The header ends at FENCE, whatever the fences' width.)
+	out = kcOK(t, d, nil, "why", "--agent", "tester", "FILE:/srcfoo.ts").stdout
+	require.Regexp(t, `(?m)^HOLDER\s.*\sFENCE$`, out, "only the key's own lease, no ON column")
+	require.Regexp(t, `(?m)^builder\s+100\s+CONSUMES\s.*\syes\s+s\s+\d+$`, out)
 	mustOK(t, "freeze", c.Call(22, protocol.OpFreeze, args(protocol.ArgResourceType, "FILE", protocol.ArgResourcePath, "/src/")), nil)
 	mustOK(t, "thaw", c.Call(23, protocol.OpThaw, args(protocol.ArgResourceType, "FILE", protocol.ArgResourcePath, "/src/")), nil)
 
