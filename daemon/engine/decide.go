@@ -250,7 +250,7 @@ func (d *decision) below(r *resource) {
 				break
 			}
 		}
-		if m := s.latest[c].latestExcept(d.a, d.session); m > d.now {
+		if m := latestExcept(s.latest[c], d.a, d.session); m > d.now {
 			d.maxExpiry = max(d.maxExpiry, m)
 		}
 	}
@@ -351,10 +351,10 @@ func (h *heldBy) firstLease(now int64, best *lease) *lease {
 
 // latestExcept returns the latest expiry of the heap's entries other than
 // (a, session)'s, or math.MinInt64.
-func (q latestHeap) latestExcept(a *agent, session string) int64 {
+func latestExcept(q expHeap[byLatest], a *agent, session string) int64 {
 	m := int64(math.MinInt64)
 	for i := 0; i < len(q) && i < 3; i++ {
-		if h := q[i]; (h.agent != a || h.session != session) && h.exp > m {
+		if h := q[i].v; (h.agent != a || h.session != session) && h.exp > m {
 			m = h.exp
 			if i == 0 {
 				break

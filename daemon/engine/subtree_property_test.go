@@ -482,8 +482,8 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 			if !slices.IsSortedFunc(list, func(x, y *heldBy) int { return heldOrder(x, y.prio, y.agent, y.session) }) || len(heap) != len(list) {
 				t.Fatalf("summary of %s class %d: unsorted, or %d entries against %d in the heap", r.key, c, len(list), len(heap))
 			}
-			for i, h := range heap {
-				if int(h.expIdx) != i || i > 0 && h.exp > heap[(i-1)/2].exp {
+			for i, it := range heap {
+				if h := it.v; int(h.expIdx) != i || it.exp != h.exp || i > 0 && h.exp > heap[(i-1)/2].exp {
 					t.Fatalf("latest heap of %s class %d broken at %d", r.key, c, i)
 				}
 			}

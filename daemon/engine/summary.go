@@ -46,10 +46,10 @@ func conflictsClass(p Predicate, c class) bool { return Conflicts(p, classMember
 
 // summary is what is held and queued strictly below one subtree key.
 type summary struct {
-	held   [numClasses][]*heldBy  // sorted by heldOrder
-	latest [numClasses]latestHeap // the same entries by their latest expiry
-	soft   [numClasses]*heldBy    // the one entry per class kept empty, for reuse (see soften)
-	queued [numClasses][]queuedBy // sorted by agent priority, agent id
+	held   [numClasses][]*heldBy         // sorted by heldOrder
+	latest [numClasses]expHeap[byLatest] // the same entries by their latest expiry
+	soft   [numClasses]*heldBy           // the one entry per class kept empty, for reuse (see soften)
+	queued [numClasses][]queuedBy        // sorted by agent priority, agent id
 }
 
 func (s *summary) empty() bool {
@@ -169,7 +169,7 @@ func (e *Engine) heldAt(n *resource, a *agent, session string, c class) *heldBy 
 	// Not soft yet, though empty: the caller gives it an item at once.
 	h.agent, h.session, h.node, h.class, h.prio, h.exp = a, session, n, c, a.priority, math.MinInt64
 	s.held[c] = slices.Insert(list, i, h)
-	s.latest[c].push(h)
+	s.latest[c].push(h.exp, byLatest{h})
 	if n.parent != nil {
 		h.up = e.heldAt(n.parent, a, session, c)
 		h.up.kids.push(math.MinInt64, h) // raised by propagate
@@ -248,6 +248,7 @@ func (e *Engine) setExp(h *heldBy, m int64) {
 		s.soft[h.class] = nil
 	}
 	h.exp = m
+	s.latest[h.class][h.expIdx].exp = m
 	s.latest[h.class].fix(int(h.expIdx))
 	if m == math.MinInt64 {
 		if old := s.soft[h.class]; old != nil {
@@ -356,19 +357,27 @@ func (e *Engine) reindexAgent(a *agent, out bool) {
 	}
 }
 
-// expHeap is a max-heap of leases or heldBy entries by expiry, each
-// knowing its index in it (upIdx).
-type expHeap[T upIndexed] []expItem[T]
+// expHeap is a max-heap by expiry, each item knowing its index in it: a
+// heldBy's leases and kids (their upIdx), and a summary's heldBy entries
+// of one class by their latest expiry (expIdx, through byLatest), whose
+// top two give the latest expiry below a key excluding any one session.
+type expHeap[T heapIndexed] []expItem[T]
 
-type expItem[T upIndexed] struct {
+type expItem[T heapIndexed] struct {
 	exp int64
 	v   T
 }
 
-type upIndexed interface{ setUpIdx(int32) }
+type heapIndexed interface{ setHeapIdx(int32) }
 
-func (x *lease) setUpIdx(i int32)  { x.upIdx = i }
-func (h *heldBy) setUpIdx(i int32) { h.upIdx = i }
+func (x *lease) setHeapIdx(i int32)  { x.upIdx = i }
+func (h *heldBy) setHeapIdx(i int32) { h.upIdx = i }
+
+// byLatest files a heldBy in its summary's latest heap, where its index
+// is expIdx (upIdx being its index in its parent's kids).
+type byLatest struct{ *heldBy }
+
+func (b byLatest) setHeapIdx(i int32) { b.expIdx = i }
 
 // top returns the latest expiry in the heap, or math.MinInt64.
 func (q expHeap[T]) top() int64 {
@@ -399,7 +408,7 @@ func (q *expHeap[T]) remove(i int) {
 
 func (q expHeap[T]) fix(i int) {
 	if len(q) == 1 {
-		q[0].v.setUpIdx(0)
+		q[0].v.setHeapIdx(0)
 		return
 	}
 	if !q.siftDown(i) {
@@ -415,11 +424,11 @@ func (q expHeap[T]) siftUp(i int) {
 			break
 		}
 		q[i] = q[p]
-		q[i].v.setUpIdx(int32(i))
+		q[i].v.setHeapIdx(int32(i))
 		i = p
 	}
 	q[i] = it
-	it.v.setUpIdx(int32(i))
+	it.v.setHeapIdx(int32(i))
 }
 
 func (q expHeap[T]) siftDown(i int) bool {
@@ -437,82 +446,10 @@ func (q expHeap[T]) siftDown(i int) bool {
 			break
 		}
 		q[i] = q[c]
-		q[i].v.setUpIdx(int32(i))
+		q[i].v.setHeapIdx(int32(i))
 		i = c
 	}
 	q[i] = it
-	it.v.setUpIdx(int32(i))
-	return i > start
-}
-
-// latestHeap is a summary's heldBy entries of one class in a max-heap by
-// their latest expiry (heldBy.exp), each knowing its index (expIdx): its
-// top two give the latest expiry below a key excluding any one session.
-type latestHeap []*heldBy
-
-func (q *latestHeap) push(h *heldBy) {
-	*q = append(*q, h)
-	q.siftUp(len(*q) - 1)
-}
-
-func (q *latestHeap) remove(i int) {
-	s := *q
-	last := len(s) - 1
-	if i != last {
-		s[i] = s[last]
-		s[i].expIdx = int32(i)
-	}
-	s[last] = nil
-	*q = s[:last]
-	if i != last {
-		q.fix(i)
-	}
-}
-
-func (q latestHeap) fix(i int) {
-	if len(q) == 1 {
-		q[0].expIdx = 0
-		return
-	}
-	if !q.siftDown(i) {
-		q.siftUp(i)
-	}
-}
-
-func (q latestHeap) siftUp(i int) {
-	h := q[i]
-	for i > 0 {
-		p := (i - 1) / 2
-		if q[p].exp >= h.exp {
-			break
-		}
-		q[i] = q[p]
-		q[i].expIdx = int32(i)
-		i = p
-	}
-	q[i] = h
-	h.expIdx = int32(i)
-}
-
-func (q latestHeap) siftDown(i int) bool {
-	h := q[i]
-	start, n := i, len(q)
-	for {
-		c := 2*i + 1
-		if c >= n {
-			break
-		}
-		if c+1 < n && q[c+1].exp > q[c].exp {
-			c++
-		}
-		if q[c].exp <= h.exp {
-			break
-		}
-		q[i] = q[c]
-		q[i].expIdx = int32(i)
-		i = c
-	}
-	q[i] = h
-	h.expIdx = int32(i)
+	it.v.setHeapIdx(int32(i))
 	return i > start
 }
