@@ -10,10 +10,10 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import wire
-from .errors import AcquireTimeoutError, LeaseDeniedError
+from .errors import AcquireTimeoutError, LeaseDeniedError, UnavailableError
 from .filekey import resolve_file
 
-__all__ = ["Intent", "IdemSource", "AcquireRounds", "Backoff", "BACKOFF_CODES",
+__all__ = ["Intent", "IdemSource", "AcquireRounds", "Backoff", "UnavailableRetry", "BACKOFF_CODES",
            "RENEW_AGAIN_CODES", "intent_args",
            "intents_args", "key_path", "key_paths",
            "grant_ids", "describe", "wait_seconds", "MAX_WAIT_ROUND_MS"]
@@ -209,6 +209,44 @@ class Backoff:
             return None
         return min(delay, left)
 
+
+
+
+class UnavailableRetry:
+    """The retry table's "one call" column for UNAVAILABLE, with no I/O: the
+    sync and the asyncio client each sleep and call, and ask it how long.
+
+    Made after the first attempt failed with ``last``, which ``start``
+    (monotonic) sent with ``timeout`` seconds; retries also stop at
+    ``until`` (monotonic) when given. A retry whose answer could not come
+    back before the deadline would end the call with a timeout instead of
+    UNAVAILABLE, so the last round trip is kept free (as the Go client does).
+    """
+
+    def __init__(self, last: UnavailableError, start: float, timeout: float,
+                 until: Optional[float]) -> None:
+        self.last = last
+        self._deadline = start + timeout
+        self._sent = start
+        self._backoff = Backoff(self._deadline if until is None else min(self._deadline, until))
+
+    def pause(self) -> float:
+        """The pause before the next attempt; raises the last error when no
+        attempt fits before the deadline."""
+        rtt = _monotonic() - self._sent
+        delay = self._backoff.next()
+        if delay is None or _monotonic() + delay + rtt >= self._backoff.deadline_or(self._deadline):
+            raise self.last
+        return delay
+
+    def left(self) -> float:
+        """The timeout of the attempt about to be sent; raises the last
+        error when none is left."""
+        now = _monotonic()
+        if now >= self._deadline:
+            raise self.last
+        self._sent = now
+        return self._deadline - now
 
 
 def describe(op: str, intents: Sequence[Mapping[str, Any]]) -> str:

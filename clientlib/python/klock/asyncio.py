@@ -40,6 +40,7 @@ from ._core import (
     Intent,
     BACKOFF_CODES,
     Backoff,
+    UnavailableRetry,
     describe,
     intents_args,
     key_path,
@@ -410,30 +411,17 @@ class KlockClient:
             await self.connect()
         if timeout is None:
             timeout = self.timeout
-        deadline = _monotonic() + timeout
-        sent = _monotonic()
+        start = _monotonic()
         try:
             return await self._conn.call(op, tail, timeout)
         except UnavailableError as e:
-            last = e
-        backoff = Backoff(deadline if until is None else min(deadline, until))
+            retry = UnavailableRetry(e, start, timeout, until)
         while True:
-            # A retry whose answer could not come back before the deadline
-            # would end the call with a timeout instead of UNAVAILABLE: keep
-            # the last round trip free (as the Go client does).
-            rtt = _monotonic() - sent
-            delay = backoff.next()
-            if delay is None or _monotonic() + delay + rtt >= backoff.deadline_or(deadline):
-                raise last
-            await asyncio.sleep(delay)
-            left = deadline - _monotonic()
-            if left <= 0:
-                raise last
-            sent = _monotonic()
+            await asyncio.sleep(retry.pause())
             try:
-                return await self._conn.call(op, tail, left)
+                return await self._conn.call(op, tail, retry.left())
             except UnavailableError as e:
-                last = e
+                retry.last = e
 
     async def _request(self, op: str, args: Optional[Dict[str, Any]] = None,
                        timeout: Optional[float] = None) -> Dict[str, Any]:

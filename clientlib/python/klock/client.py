@@ -15,6 +15,7 @@ from ._core import (
     Intent,
     BACKOFF_CODES,
     Backoff,
+    UnavailableRetry,
     describe,
     intents_args,
     key_path,
@@ -132,30 +133,17 @@ class KlockClient:
             conn = self._after_fork()
         if timeout is None:
             timeout = self.timeout
-        deadline = _monotonic() + timeout
-        sent = _monotonic()
+        start = _monotonic()
         try:
             return conn.call(op, tail, timeout)
         except UnavailableError as e:
-            last = e
-        backoff = Backoff(deadline if until is None else min(deadline, until))
+            retry = UnavailableRetry(e, start, timeout, until)
         while True:
-            # A retry whose answer could not come back before the deadline
-            # would end the call with a timeout instead of UNAVAILABLE: keep
-            # the last round trip free (as the Go client does).
-            rtt = _monotonic() - sent
-            delay = backoff.next()
-            if delay is None or _monotonic() + delay + rtt >= backoff.deadline_or(deadline):
-                raise last
-            time.sleep(delay)
-            left = deadline - _monotonic()
-            if left <= 0:
-                raise last
-            sent = _monotonic()
+            time.sleep(retry.pause())
             try:
-                return conn.call(op, tail, left)
+                return conn.call(op, tail, retry.left())
             except UnavailableError as e:
-                last = e
+                retry.last = e
 
     def _request(self, op: str, args: Optional[Dict[str, Any]] = None,
                  timeout: Optional[float] = None) -> Dict[str, Any]:
