@@ -211,11 +211,22 @@ func TestAutostartSeedExample(t *testing.T) {
 // daemon running: they end with one daemon, started by one of them.
 func TestAutostartConcurrentFirstUse(t *testing.T) {
 	sh := newUserShell(t, "klkas2", "klockd", "klockctl")
-	const n = 4
-	procs := make([]*kcProc, n)
-	for i := range procs {
-		procs[i] = &kcProc{cmd: sh.command(nil, "klockctl", "count")}
-		procs[i].cmd.Stdout, procs[i].cmd.Stderr = &procs[i].out, &procs[i].errb
+	cmds := make([]*exec.Cmd, 4)
+	for i := range cmds {
+		cmds[i] = sh.command(nil, "klockctl", "count")
+	}
+	checkOneDaemonStarted(t, sh.u.uid, cmds)
+}
+
+// checkOneDaemonStarted starts the clients at once, with no daemon running
+// for uid, each printing the lease count: every one prints 0 and exits 0,
+// and they end with one daemon, started by one of them.
+func checkOneDaemonStarted(t *testing.T, uid uint32, cmds []*exec.Cmd) {
+	t.Helper()
+	procs := make([]*kcProc, len(cmds))
+	for i, cmd := range cmds {
+		procs[i] = &kcProc{cmd: cmd}
+		cmd.Stdout, cmd.Stderr = &procs[i].out, &procs[i].errb
 	}
 	for _, p := range procs {
 		if err := p.cmd.Start(); err != nil {
@@ -230,8 +241,8 @@ func TestAutostartConcurrentFirstUse(t *testing.T) {
 		}
 		started += startedLines(r.stderr)
 	}
-	if pids := daemonsOf(sh.u.uid); len(pids) != 1 || started != 1 {
-		t.Fatalf("after %d concurrent first uses: klockd pids %v, %d said they started one; want one daemon, one start", n, pids, started)
+	if pids := daemonsOf(uid); len(pids) != 1 || started != 1 {
+		t.Fatalf("after %d concurrent first uses: klockd pids %v, %d said they started one; want one daemon, one start", len(cmds), pids, started)
 	}
 }
 

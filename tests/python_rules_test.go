@@ -283,29 +283,11 @@ func TestPythonAutostartConcurrentFirstUse(t *testing.T) {
 		"import klock; print(klock.KlockClient().active_lease_count())",
 		"import asyncio, klock.asyncio as ka\nasync def m():\n    print(await ka.KlockClient().active_lease_count())\nasyncio.run(m())",
 	}
-	const n = 4
-	procs := make([]*kcProc, n)
-	for i := range procs {
-		procs[i] = &kcProc{cmd: sh.python(nil, programs[i%len(programs)])}
-		procs[i].cmd.Stdout, procs[i].cmd.Stderr = &procs[i].out, &procs[i].errb
+	cmds := make([]*exec.Cmd, 4)
+	for i := range cmds {
+		cmds[i] = sh.python(nil, programs[i%len(programs)])
 	}
-	for _, p := range procs {
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	started := 0
-	for i, p := range procs {
-		r := p.wait(t)
-		if r.code != 0 || strings.TrimSpace(r.stdout) != "0" {
-			t.Errorf("client %d: exit %d, stdout %q, stderr %q; want 0 and a count of 0", i, r.code, r.stdout, r.stderr)
-		}
-		started += startedLines(r.stderr)
-	}
-	if pids := daemonsOf(sh.u.uid); len(pids) != 1 || started != 1 {
-		t.Fatalf("after %d concurrent first uses: klockd pids %v, %d said they started one; want one daemon, one start",
-			n, pids, started)
-	}
+	checkOneDaemonStarted(t, sh.u.uid, cmds)
 }
 
 // TestPythonAutostartOptOut: KLOCK_NO_AUTOSTART, KLOCK_DISABLE_AUTOSTART and
