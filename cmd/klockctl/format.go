@@ -17,7 +17,8 @@ import (
 // (protocol/README.md): the same snake_case keys, times as Unix milliseconds and
 // durations as milliseconds, so a script reads the same shapes whether it
 // talks to the socket or runs klockctl. The types below carry the json tags;
-// the protocol types carry only msgpack ones.
+// of the protocol types only LeaseInfo and AgentInfo (which the dashboard
+// serves too) carry json tags of their own, and are used as they are.
 
 // grantJSON is one granted lease (acquire's result, an element of
 // acquire_many's leases).
@@ -50,43 +51,18 @@ type denialJSON struct {
 	HeldPath string `json:"held_path,omitempty"`
 }
 
-// leaseJSON is one lease of list_leases.
-type leaseJSON struct {
-	LeaseID    string `json:"lease_id"`
-	AgentID    string `json:"agent_id"`
-	SessionID  string `json:"session_id"`
-	Resource   string `json:"resource"`
-	Predicate  string `json:"predicate"`
-	AcquiredAt int64  `json:"acquired_at"`
-	ExpiresAt  int64  `json:"expires_at"`
-	Fence      uint64 `json:"fence"`
-	OwnerUID   uint32 `json:"owner_uid"`
-	OwnerPID   int32  `json:"owner_pid"`
-	BoundPID   int32  `json:"bound_pid,omitempty"`
-	ClientPath string `json:"client_path,omitempty"`
-}
-
 // leasesJSON is list_leases' result.
 type leasesJSON struct {
-	Leases    []leaseJSON `json:"leases"`
-	Truncated bool        `json:"truncated"`
-	Next      string      `json:"next,omitempty"` // where the rest starts, when --limit cut it
-}
-
-// agentJSON is one agent of list_agents.
-type agentJSON struct {
-	AgentID      string `json:"agent_id"`
-	Priority     int64  `json:"priority"`
-	RegisteredAt int64  `json:"registered_at"`
-	Leases       int    `json:"leases"`
-	Waiting      int    `json:"waiting"`
+	Leases    []protocol.LeaseInfo `json:"leases"`
+	Truncated bool                 `json:"truncated"`
+	Next      string               `json:"next,omitempty"` // where the rest starts, when --limit cut it
 }
 
 // agentsJSON is list_agents' result.
 type agentsJSON struct {
-	Agents    []agentJSON `json:"agents"`
-	Truncated bool        `json:"truncated"`
-	Next      string      `json:"next,omitempty"` // where the rest starts, when --limit cut it
+	Agents    []protocol.AgentInfo `json:"agents"`
+	Truncated bool                 `json:"truncated"`
+	Next      string               `json:"next,omitempty"` // where the rest starts, when --limit cut it
 }
 
 // helloJSON is hello's result.
@@ -158,20 +134,19 @@ func (a *app) writeAnswer(key string, value any, text string) error {
 	return err
 }
 
+// toLeasesJSON and toAgentsJSON give an empty list as [], never null.
 func toLeasesJSON(ls []protocol.LeaseInfo, next string) leasesJSON {
-	out := leasesJSON{Leases: make([]leaseJSON, 0, len(ls)), Truncated: next != "", Next: next}
-	for _, l := range ls {
-		out.Leases = append(out.Leases, leaseJSON(l))
+	if ls == nil {
+		ls = []protocol.LeaseInfo{}
 	}
-	return out
+	return leasesJSON{Leases: ls, Truncated: next != "", Next: next}
 }
 
 func toAgentsJSON(as []protocol.AgentInfo, next string) agentsJSON {
-	out := agentsJSON{Agents: make([]agentJSON, 0, len(as)), Truncated: next != "", Next: next}
-	for _, a := range as {
-		out.Agents = append(out.Agents, agentJSON(a))
+	if as == nil {
+		as = []protocol.AgentInfo{}
 	}
-	return out
+	return agentsJSON{Agents: as, Truncated: next != "", Next: next}
 }
 
 // formatLeases writes leases as an aligned table, one row per lease, and a

@@ -183,15 +183,16 @@ func TestCell(t *testing.T) {
 }
 
 // TestJSONKeysMatchProtocol checks that every --json type uses the keys of
-// its protocol result, field by field, so scripts see the wire names.
+// its protocol result, field by field, so scripts see the wire names; the
+// protocol types klockctl prints as they are, by their own json tags.
 func TestJSONKeysMatchProtocol(t *testing.T) {
 	pairs := []struct{ json, wire any }{
 		{grantJSON{}, protocol.Grant{}},
 		{manyGrantJSON{}, protocol.AcquireManyGrant{}},
 		{denialJSON{}, protocol.Denial{}},
-		{leaseJSON{}, protocol.LeaseInfo{}},
+		{protocol.LeaseInfo{}, protocol.LeaseInfo{}},
 		{leasesJSON{}, protocol.ListLeasesResult{}},
-		{agentJSON{}, protocol.AgentInfo{}},
+		{protocol.AgentInfo{}, protocol.AgentInfo{}},
 		{agentsJSON{}, protocol.ListAgentsResult{}},
 		{helloJSON{}, protocol.HelloResult{}},
 		{statsJSON{}, protocol.StatsResult{}},

@@ -74,7 +74,7 @@ new session of the agent, so its leases in other sessions conflict.`,
 
 // holderJSON is one holder of explain.
 type holderJSON struct {
-	leaseJSON
+	protocol.LeaseInfo
 	Priority  int64 `json:"priority"`
 	Conflicts bool  `json:"conflicts"`
 }
@@ -117,7 +117,7 @@ func toExplainJSON(x *protocol.ExplainResult) explainJSON {
 		Step: x.Step, Message: x.Message, Truncated: x.Truncated,
 	}
 	for _, h := range x.Holders {
-		out.Holders = append(out.Holders, holderJSON{leaseJSON: leaseJSON(h.LeaseInfo), Priority: h.Priority, Conflicts: h.Conflicts})
+		out.Holders = append(out.Holders, holderJSON{LeaseInfo: h.LeaseInfo, Priority: h.Priority, Conflicts: h.Conflicts})
 	}
 	for _, w := range x.Queue {
 		out.Queue = append(out.Queue, waiterJSON(w))
