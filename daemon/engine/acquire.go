@@ -61,7 +61,7 @@ func (e *Engine) acquire(now int64, c Caller, req *AcquireRequest, single bool) 
 	}
 	if req.Idem != "" {
 		if en := a.idem[req.Idem]; en != nil && en.active(now) {
-			return en.answer(req.Idem, targets, req.Bind)
+			return e.idemAnswer(en, req.Idem, targets, req.Bind)
 		}
 	}
 	v := e.decide(now, a, req.SessionID, a.priority, targets, nil)
@@ -123,7 +123,7 @@ func (en *idemEntry) active(now int64) bool {
 
 // answer returns the entry's leases again if the request asks for the same
 // resources and predicates, in order, bound to the same process (or none).
-func (en *idemEntry) answer(key string, targets []target, bind *Process) (Result, *Error) {
+func (e *Engine) idemAnswer(en *idemEntry, key string, targets []target, bind *Process) (Result, *Error) {
 	if len(targets) != len(en.leases) {
 		return Result{}, invalidf("klock: idem %q is bound to %d held lease(s), not %d; use a new key for a different request",
 			key, len(en.leases), len(targets))
@@ -131,15 +131,15 @@ func (en *idemEntry) answer(key string, targets []target, bind *Process) (Result
 	ls := make([]Lease, len(targets))
 	for i, t := range targets {
 		l := en.leases[i]
-		if l.Resource != t.key || l.Predicate != t.pred {
+		if l.res.key != t.key || l.Predicate != t.pred {
 			return Result{}, invalidf("klock: idem %q was used for %s %s, not %s %s; use a new key for a different request",
-				key, l.Predicate, l.Resource, t.pred, t.key)
+				key, l.Predicate, l.res.key, t.pred, t.key)
 		}
 		if !sameProcess(l.Bound, bind) {
 			return Result{}, invalidf("klock: idem %q was used for a lease %s, not %s; use a new key for a different request",
 				key, bindingText(l.Bound), bindingText(bind))
 		}
-		ls[i] = l.public()
+		ls[i] = e.public(l)
 	}
 	return Result{Granted: true, Leases: ls}, nil
 }

@@ -18,7 +18,7 @@ func TestLeaseHeap(t *testing.T) {
 			switch op := rapid.IntRange(0, 3).Draw(t, "op"); {
 			case op <= 1 || len(live) == 0:
 				fence++
-				l := &lease{Lease: Lease{ExpiresAt: int64(rapid.IntRange(0, 20).Draw(t, "at")), Fence: fence}}
+				l := &lease{ExpiresAt: int64(rapid.IntRange(0, 20).Draw(t, "at")), Fence: fence}
 				h.push(l)
 				live = append(live, l)
 			case op == 2:
@@ -58,9 +58,9 @@ func BenchmarkLeaseHeap(b *testing.B) {
 		b.Run(fmt.Sprintf("leases=%d", n), func(b *testing.B) {
 			var h leaseHeap
 			for i := 0; i < n; i++ {
-				h.push(&lease{Lease: Lease{ExpiresAt: 1_000_000, Fence: uint64(i)}})
+				h.push(&lease{ExpiresAt: 1_000_000, Fence: uint64(i)})
 			}
-			x := &lease{Lease: Lease{ExpiresAt: 5, Fence: 1 << 40}}
+			x := &lease{ExpiresAt: 5, Fence: 1 << 40}
 			for i := 0; i < b.N; i++ {
 				h.push(x)
 				h.remove(int(x.heapIdx))

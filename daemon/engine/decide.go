@@ -110,7 +110,7 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 		}
 	}
 	// Steps 2-5 over everything overlapping the key.
-	d := decision{now: now, a: a, session: session, pred: t.pred, self: self}
+	d := decision{now: now, a: a, session: session, pred: t.pred, self: self, paths: e.clientPaths}
 	if r != nil {
 		d.atKey(r)
 	}
@@ -146,6 +146,7 @@ type decision struct {
 	session string
 	pred    Predicate
 	self    *waiter
+	paths   map[*lease]string // Engine.clientPaths
 
 	conflict  candidate // an active conflicting lease of the requester's agent in another session
 	holder    candidate // the oldest active conflicting lease of another agent
@@ -177,9 +178,12 @@ func (c *candidate) into(v *verdict) {
 	v.by, v.bySession, v.byPred, v.byKey, v.byExpires, v.byPath = c.agent, c.session, c.pred, c.key, c.expires, c.path
 }
 
-func leaseCandidate(l *lease) candidate {
-	return candidate{agent: l.agent, session: l.SessionID, pred: l.Predicate, key: l.Resource, order: l.Fence, expires: l.ExpiresAt,
-		path: l.ClientPath}
+func (d *decision) leaseCandidate(l *lease) candidate {
+	c := candidate{agent: l.agent, session: l.sess.name, pred: l.Predicate, key: l.res.key, order: l.Fence, expires: l.ExpiresAt}
+	if l.hasPath {
+		c.path = d.paths[l]
+	}
+	return c
 }
 
 // atKey takes in the leases and the queue on one key that overlaps the
@@ -190,14 +194,14 @@ func (d *decision) atKey(r *resource) {
 			continue
 		}
 		if l.agent == d.a {
-			if l.SessionID == d.session {
+			if l.sess.name == d.session {
 				continue // re-entrant
 			}
 			if d.conflict.agent == nil {
-				d.conflict = leaseCandidate(l)
+				d.conflict = d.leaseCandidate(l)
 			}
 		} else {
-			d.holder.improve(leaseCandidate(l))
+			d.holder.improve(d.leaseCandidate(l))
 		}
 		d.maxExpiry = max(d.maxExpiry, l.ExpiresAt)
 	}
@@ -227,7 +231,7 @@ func (d *decision) below(r *resource) {
 		i, _ := slices.BinarySearchFunc(list, d.a, func(h *heldBy, a *agent) int { return heldOrder(h, a.priority, a, "") })
 		for ; i < len(list) && list[i].agent == d.a && d.conflict.agent == nil; i++ {
 			if h := list[i]; h.session != d.session && h.exp > d.now {
-				d.conflict = leaseCandidate(h.latestLease())
+				d.conflict = d.leaseCandidate(h.latestLease())
 			}
 		}
 		// Other agents, in priority order. The entries skipped are the
@@ -261,7 +265,7 @@ func (d *decision) below(r *resource) {
 	default:
 		// Any of its leases will do: keys above r (compared before) sort
 		// before every key below it, and no other agent ties with it.
-		d.holder.improve(leaseCandidate(oldest.latestLease()))
+		d.holder.improve(d.leaseCandidate(oldest.latestLease()))
 	}
 	d.queuedBelow(r)
 }
@@ -280,7 +284,7 @@ func (d *decision) oldestBelow(r *resource, prio int64) {
 		i, _ := slices.BinarySearchFunc(list, prio, func(h *heldBy, p int64) int { return cmp.Compare(h.prio, p) })
 		for ; i < len(list) && list[i].prio == prio; i++ {
 			if h := list[i]; h.agent != d.a && h.exp > d.now {
-				d.holder.improve(leaseCandidate(h.firstLease(d.now, nil)))
+				d.holder.improve(d.leaseCandidate(h.firstLease(d.now, nil)))
 			}
 		}
 	}
@@ -336,13 +340,13 @@ func (h *heldBy) latestLease() *lease {
 // skipped, and so are the subtree keys that sort after best.
 func (h *heldBy) firstLease(now int64, best *lease) *lease {
 	for _, it := range h.leases {
-		if l := it.v; it.exp > now && (best == nil || l.Resource < best.Resource || l.Resource == best.Resource && l.Fence < best.Fence) {
+		if l := it.v; it.exp > now && (best == nil || l.res.key < best.res.key || l.res == best.res && l.Fence < best.Fence) {
 			best = l
 		}
 	}
 	for _, it := range h.kids {
 		// Every key under it.v's node sorts after the node's key.
-		if it.exp > now && (best == nil || it.v.node.key < best.Resource) {
+		if it.exp > now && (best == nil || it.v.node.key < best.res.key) {
 			best = it.v.firstLease(now, best)
 		}
 	}

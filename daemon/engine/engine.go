@@ -28,6 +28,7 @@ type Engine struct {
 	waiterDeadlines waiterHeap
 	waiters         map[WaiterID]*waiter
 	procs           map[Process]*boundProc // processes leases or waiters are bound to
+	clientPaths     map[*lease]string      // the ClientPath of the leases that have one (lease.hasPath)
 
 	fence      uint64 // last fencing token issued
 	lastAuto   int64  // last priority assigned from the clock
@@ -69,40 +70,65 @@ type agent struct {
 	ended         endedSessions // the last maxEndedSessions sessions ended
 }
 
-// lease is a lease with its places in the indexes. Its id lives only in
-// key (the text is made when a caller needs it: id, public): 48 bytes a
-// lease less than keeping the text too. Lease.ID is always "" here, and
-// the ID field below hides it, so x.ID does not compile. AgentID,
-// SessionID and Resource share the strings of agent, sess and res.
+// lease is a lease with its places in the indexes. It keeps only what is
+// its own: its id lives in key, its agent, session and resource key are
+// those of agent, sess and res, and the rare ClientPath is kept aside
+// (Engine.clientPaths), so a lease is 128 bytes (with the public Lease
+// embedded, its four strings made it 208). public makes the Lease callers
+// see.
 type lease struct {
-	ID noID
-	Lease
 	agent *agent
 	res   *resource
-	sess  *sessionLeases
+	sess  *sessionLeases // nil once removed
 	idem  *idemEntry
-	key   leaseKey
-	// The indexes are int32 and together, with no padding between them:
-	// 16 bytes a lease less than ints (208 bytes, not 224).
-	resIdx   int32 // index in res.leases
-	agentIdx int32 // index in agent.leases
-	heapIdx  int32 // index in Engine.leaseDeadlines; -1 without a ttl
-	procIdx  int32 // index in its boundProc's leases, when Bound
-	upIdx    int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
-	sessIdx  int32 // index in sess.ls
-}
+	Bound *Process // as Lease.Bound
 
-// noID hides Lease.ID in lease.
-type noID struct{}
+	AcquiredAt int64 // as in Lease
+	ExpiresAt  int64
+	TTL        int64
+	Fence      uint64
+	key        leaseKey
+	OwnerUID   uint32
+	OwnerPID   int32
+	// The indexes are int32 and together, with no padding between them.
+	resIdx    int32 // index in res.leases
+	agentIdx  int32 // index in agent.leases
+	heapIdx   int32 // index in Engine.leaseDeadlines; -1 without a ttl
+	procIdx   int32 // index in its boundProc's leases, when Bound
+	upIdx     int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
+	sessIdx   int32 // index in sess.ls
+	Predicate Predicate
+	hasPath   bool // its ClientPath is in Engine.clientPaths
+}
 
 // id returns the lease's id as text.
 func (x *lease) id() string { return uuid.UUID(x.key).String() }
 
-// public returns the lease as callers see it, with its id.
-func (x *lease) public() Lease {
-	l := x.Lease
-	l.ID = x.id()
-	return l
+// agentID returns the id of the lease's agent.
+func (x *lease) agentID() string { return x.agent.id }
+
+// sessionID returns the lease's session.
+func (x *lease) sessionID() string { return x.sess.name }
+
+// resource returns the lease's resource key.
+func (x *lease) resource() string { return x.res.key }
+
+// clientPath returns the path the holder named, if not the key's.
+func (e *Engine) clientPath(x *lease) string {
+	if !x.hasPath {
+		return ""
+	}
+	return e.clientPaths[x]
+}
+
+// public returns the lease as callers see it.
+func (e *Engine) public(x *lease) Lease {
+	return Lease{
+		ID: x.id(), AgentID: x.agent.id, SessionID: x.sess.name, Resource: x.res.key,
+		Predicate: x.Predicate, AcquiredAt: x.AcquiredAt, ExpiresAt: x.ExpiresAt, TTL: x.TTL,
+		Fence: x.Fence, OwnerUID: x.OwnerUID, OwnerPID: x.OwnerPID, Bound: x.Bound,
+		ClientPath: e.clientPath(x),
+	}
 }
 
 // idemEntry is the set of leases granted under one idempotency key.

@@ -87,7 +87,7 @@ func (e *Engine) emitLease(kind EventKind, now int64, l *Lease) {
 // emitLeaseOf reports a change to one of the table's leases.
 func (e *Engine) emitLeaseOf(kind EventKind, now int64, x *lease) {
 	if e.eventsOn {
-		l := x.public()
+		l := e.public(x)
 		e.emitLease(kind, now, &l)
 	}
 }

@@ -136,8 +136,8 @@ func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder
 		if l.ExpiresAt <= now {
 			return
 		}
-		reentrant := l.agent == a && l.SessionID == session
-		out = append(out, Holder{Lease: l.public(), Priority: l.agent.priority,
+		reentrant := l.agent == a && l.sess.name == session
+		out = append(out, Holder{Lease: e.public(l), Priority: l.agent.priority,
 			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
 	}
 	e.eachOverlapping(t, func(r *resource) {

@@ -40,14 +40,14 @@ func (m *treeModel) explainProbe() {
 	var want []string
 	var active []*lease
 	m.e.leases.each(func(l *lease) {
-		if l.ExpiresAt > m.now && protocol.Overlaps(l.Resource, key) {
+		if l.ExpiresAt > m.now && protocol.Overlaps(l.resource(), key) {
 			active = append(active, l)
 		}
 	})
 	slices.SortFunc(active, func(p, q *lease) int { return cmp.Compare(p.Fence, q.Fence) })
 	for _, l := range active {
-		own := a != nil && l.agent == a && l.SessionID == req.SessionID
-		want = append(want, fmt.Sprintf("%s %s %s/%s conflicts=%v", l.id(), l.Resource, l.AgentID, l.SessionID, !own && Conflicts(l.Predicate, pred)))
+		own := a != nil && l.agent == a && l.sessionID() == req.SessionID
+		want = append(want, fmt.Sprintf("%s %s %s/%s conflicts=%v", l.id(), l.resource(), l.agentID(), l.sessionID(), !own && Conflicts(l.Predicate, pred)))
 	}
 	var got []string
 	for _, h := range x.Holders {

@@ -32,7 +32,7 @@ func (e *Engine) leaseFor(c Caller, op, leaseID string) (*lease, *Error) {
 		return nil, nil
 	}
 	if c.UID != 0 && c.UID != l.OwnerUID && c.UID != l.agent.uid {
-		return nil, permissionDenied(c, op+" lease "+leaseID+" of agent "+quote(l.AgentID)+", which belongs to another uid")
+		return nil, permissionDenied(c, op+" lease "+leaseID+" of agent "+quote(l.agent.id)+", which belongs to another uid")
 	}
 	return l, nil
 }
@@ -58,11 +58,11 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 		ttl = l.TTL
 	}
 	if ttl == 0 {
-		return l.public(), nil // a bound lease without a ttl: nothing to extend
+		return e.public(l), nil // a bound lease without a ttl: nothing to extend
 	}
 	e.heartbeat(l, now, ttl)
 	e.recordLease(RecHeartbeat, now, leaseID, ttl)
-	return l.public(), nil
+	return e.public(l), nil
 }
 
 // heartbeat sets a lease's ttl and extends it to now + ttl; a lease that

@@ -14,15 +14,13 @@ import "encoding/binary"
 // order they were freed in, so two engines holding the same leases (one of
 // them restored from a snapshot) hand out the same slot next: cluster mode
 // needs that for every replica to give a grant the same lease id.
+//
+// A slot holds only the lease pointer (nil: free); the full id to check is
+// the lease's own key, so a slot costs a lease 8 bytes, not 24.
 type leaseTable struct {
-	slots []leaseSlot
+	slots []*lease
 	free  slotHeap // free slots, a min-heap; may hold taken ones (skipped)
 	n     int
-}
-
-type leaseSlot struct {
-	k leaseKey
-	l *lease // nil: free
 }
 
 // maxLeaseSlot bounds the slot a recorded id may name (Apply, Restore).
@@ -56,11 +54,11 @@ func slotMask(k *leaseKey) uint32 {
 // alloc returns the lowest free slot.
 func (t *leaseTable) alloc() uint32 {
 	for len(t.free) > 0 {
-		if s := t.free.pop(); t.slots[s].l == nil {
+		if s := t.free.pop(); t.slots[s] == nil {
 			return s
 		}
 	}
-	t.slots = append(t.slots, leaseSlot{})
+	t.slots = append(t.slots, nil)
 	return uint32(len(t.slots) - 1)
 }
 
@@ -70,13 +68,13 @@ func (t *leaseTable) get(k leaseKey) *lease {
 	if int64(s) >= int64(len(t.slots)) {
 		return nil
 	}
-	if sl := &t.slots[s]; sl.l != nil && sl.k == k {
-		return sl.l
+	if l := t.slots[s]; l != nil && l.key == k {
+		return l
 	}
 	return nil
 }
 
-// put files a lease under id k in the slot k names. It reports false when
+// put files a lease under id k (its key) in the slot k names. It reports false when
 // that slot is taken or beyond maxLeaseSlot (a recorded id that cannot be
 // right).
 func (t *leaseTable) put(k leaseKey, l *lease) bool {
@@ -86,12 +84,13 @@ func (t *leaseTable) put(k leaseKey, l *lease) bool {
 	}
 	for uint32(len(t.slots)) <= s {
 		t.free.push(uint32(len(t.slots)))
-		t.slots = append(t.slots, leaseSlot{})
+		t.slots = append(t.slots, nil)
 	}
-	if t.slots[s].l != nil {
+	if t.slots[s] != nil {
 		return false
 	}
-	t.slots[s] = leaseSlot{k: k, l: l}
+	l.key = k
+	t.slots[s] = l
 	t.n++
 	return true
 }
@@ -99,10 +98,10 @@ func (t *leaseTable) put(k leaseKey, l *lease) bool {
 // del removes the lease with id k, if any.
 func (t *leaseTable) del(k leaseKey) {
 	s := slotOf(&k)
-	if int64(s) >= int64(len(t.slots)) || t.slots[s].l == nil || t.slots[s].k != k {
+	if int64(s) >= int64(len(t.slots)) || t.slots[s] == nil || t.slots[s].key != k {
 		return
 	}
-	t.slots[s] = leaseSlot{}
+	t.slots[s] = nil
 	t.free.push(s)
 	t.n--
 }
@@ -113,7 +112,7 @@ func (t *leaseTable) len() int { return t.n }
 // each calls fn for every lease, in slot order.
 func (t *leaseTable) each(fn func(*lease)) {
 	for i := range t.slots {
-		if l := t.slots[i].l; l != nil {
+		if l := t.slots[i]; l != nil {
 			fn(l)
 		}
 	}

@@ -49,7 +49,7 @@ func checkOrders(t require.TestingT, e *Engine) {
 				live++
 				require.Same(t, s, x.sess)
 				require.Equal(t, int32(i), x.sessIdx)
-				require.Equal(t, name, x.SessionID)
+				require.Equal(t, name, x.sess.name)
 				require.Same(t, a, x.agent)
 				require.Greater(t, x.Fence, last, "session %q of %q out of fence order", name, a.id)
 				last = x.Fence

@@ -119,7 +119,7 @@ func (e *Engine) BoundLeases(p Process) []Lease {
 	var out []Lease
 	for _, l := range bp.leases {
 		if l.ExpiresAt == Never {
-			out = append(out, l.public())
+			out = append(out, e.public(l))
 		}
 	}
 	slices.SortFunc(out, func(x, y Lease) int { return cmp.Compare(x.Fence, y.Fence) })

@@ -216,14 +216,14 @@ func (m *model) check() {
 	// different (agent, session).
 	for key, r := range e.resources {
 		for i, x := range r.leases {
-			require.Equal(m.t, key, x.Resource)
+			require.Equal(m.t, key, x.resource())
 			for _, y := range r.leases[i+1:] {
 				if x.ExpiresAt <= now || y.ExpiresAt <= now || !Conflicts(x.Predicate, y.Predicate) {
 					continue
 				}
-				if x.AgentID != y.AgentID || x.SessionID != y.SessionID {
+				if x.agentID() != y.agentID() || x.sessionID() != y.sessionID() {
 					m.t.Fatalf("unsafe: %s holds %s (%s/%s) and %s (%s/%s)", key,
-						x.Predicate, x.AgentID, x.SessionID, y.Predicate, y.AgentID, y.SessionID)
+						x.Predicate, x.agentID(), x.sessionID(), y.Predicate, y.agentID(), y.sessionID())
 				}
 			}
 		}
@@ -235,12 +235,12 @@ func (m *model) check() {
 			for i, t := range w.targets {
 				for _, l := range w.res[i].leases {
 					if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) ||
-						(l.agent == w.agent && l.SessionID == w.session) {
+						(l.agent == w.agent && l.sessionID() == w.session) {
 						continue
 					}
 					if l.agent == w.agent || l.agent.priority <= w.priority {
 						m.t.Fatalf("waiter %s (priority %d) waits for %s (priority %d) on %s",
-							w.agent.id, w.priority, l.AgentID, l.agent.priority, t.key)
+							w.agent.id, w.priority, l.agentID(), l.agent.priority, t.key)
 					}
 				}
 			}

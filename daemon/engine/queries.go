@@ -60,32 +60,32 @@ func (e *Engine) LeasesPage(now int64, f LeaseFilter, work int) (LeasePage, erro
 			return LeasePage{}, nil
 		}
 		if work == 0 || len(a.leases) <= work {
-			return agentPage(now, a, &f, limit), nil
+			return e.agentPage(now, a, &f, limit), nil
 		}
 	}
 	return e.walkLeases(now, &f, limit, work), nil
 }
 
 // agentPage lists the matching leases of one agent: all of them, sorted.
-func agentPage(now int64, a *agent, f *LeaseFilter, limit int) LeasePage {
+func (e *Engine) agentPage(now int64, a *agent, f *LeaseFilter, limit int) LeasePage {
 	var ls []*lease
 	for _, l := range a.leases {
-		if l.ExpiresAt > now && strings.HasPrefix(l.Resource, f.ResourcePrefix) && f.After.after(l.Resource, l.Fence) {
+		if l.ExpiresAt > now && strings.HasPrefix(l.res.key, f.ResourcePrefix) && f.After.after(l.res.key, l.Fence) {
 			ls = append(ls, l)
 		}
 	}
 	slices.SortFunc(ls, func(x, y *lease) int {
-		return cmp.Or(strings.Compare(x.Resource, y.Resource), cmp.Compare(x.Fence, y.Fence))
+		return cmp.Or(strings.Compare(x.res.key, y.res.key), cmp.Compare(x.Fence, y.Fence))
 	})
 	var p LeasePage
 	if len(ls) > limit {
 		ls = ls[:limit]
 		p.More = true
-		p.Next = LeasePos{Resource: ls[limit-1].Resource, Fence: ls[limit-1].Fence}
+		p.Next = LeasePos{Resource: ls[limit-1].res.key, Fence: ls[limit-1].Fence}
 	}
 	p.Leases = make([]Lease, len(ls))
 	for i, l := range ls {
-		p.Leases[i] = l.public()
+		p.Leases[i] = e.public(l)
 	}
 	return p
 }
@@ -112,7 +112,7 @@ func (e *Engine) walkLeases(now int64, f *LeaseFilter, limit, work int) LeasePag
 		seen += 1 + len(r.leases)
 		buf = buf[:0]
 		for _, l := range r.leases {
-			if l.ExpiresAt > now && (f.AgentID == "" || l.AgentID == f.AgentID) && f.After.after(r.key, l.Fence) {
+			if l.ExpiresAt > now && (f.AgentID == "" || l.agent.id == f.AgentID) && f.After.after(r.key, l.Fence) {
 				buf = append(buf, l)
 			}
 		}
@@ -122,7 +122,7 @@ func (e *Engine) walkLeases(now int64, f *LeaseFilter, limit, work int) LeasePag
 				p.More = true
 				return false
 			}
-			p.Leases = append(p.Leases, l.public())
+			p.Leases = append(p.Leases, e.public(l))
 			p.Next = LeasePos{Resource: r.key, Fence: l.Fence}
 		}
 		p.Next = LeasePos{Resource: r.key, Fence: math.MaxUint64}

@@ -77,7 +77,7 @@ func (e *Engine) Snapshot() *State {
 	slices.SortFunc(s.Agents, func(x, y AgentState) int { return strings.Compare(x.ID, y.ID) })
 	s.Leases = make([]LeaseState, 0, e.leases.len())
 	e.leases.each(func(l *lease) {
-		ls := LeaseState{Lease: l.public()}
+		ls := LeaseState{Lease: e.public(l)}
 		if l.idem != nil {
 			ls.Idem = l.idem.key
 		}

@@ -43,11 +43,19 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 		r = e.resourceFor(l.Resource)
 	}
 	sl := a.session(l.SessionID)
-	*x = lease{Lease: l, agent: a, res: r, resIdx: int32(len(r.leases)), agentIdx: int32(len(a.leases)), heapIdx: -1, key: k}
-	// The id is in key; the strings are the engine's own, not the
-	// caller's (a request's strings share the bytes of its whole frame).
-	x.Lease.ID, x.AgentID, x.SessionID, x.Resource = "", a.id, sl.name, r.key
-	x.ClientPath = strings.Clone(l.ClientPath)
+	// The id is in key, and the lease keeps no strings of the caller's
+	// (a request's strings share the bytes of its whole frame).
+	*x = lease{agent: a, res: r, Bound: l.Bound,
+		AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, TTL: l.TTL, Fence: l.Fence, key: k,
+		OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID, Predicate: l.Predicate,
+		resIdx: int32(len(r.leases)), agentIdx: int32(len(a.leases)), heapIdx: -1}
+	if l.ClientPath != "" {
+		if e.clientPaths == nil {
+			e.clientPaths = make(map[*lease]string)
+		}
+		e.clientPaths[x] = strings.Clone(l.ClientPath)
+		x.hasPath = true
+	}
 	r.leases = append(r.leases, x)
 	a.leases = append(a.leases, x)
 	sl.add(x)
@@ -103,6 +111,9 @@ func (e *Engine) removeLease(x *lease) {
 			delete(a.idem, x.idem.key)
 		}
 		x.idem = nil
+	}
+	if x.hasPath {
+		delete(e.clientPaths, x)
 	}
 	e.markOverlapping(r, nil)
 	e.dropIfIdle(r)

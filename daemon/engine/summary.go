@@ -184,7 +184,7 @@ func (e *Engine) holdBelow(x *lease) {
 	if p == nil {
 		return
 	}
-	h := e.heldAt(p, x.agent, x.SessionID, classOf(x.Predicate))
+	h := e.heldAt(p, x.agent, x.sess.name, classOf(x.Predicate))
 	h.leases.push(x.ExpiresAt, x)
 	e.propagate(h)
 }
@@ -199,7 +199,7 @@ func upOf(x *lease) *heldBy {
 		return nil
 	}
 	list := p.below.held[classOf(x.Predicate)]
-	i, _ := findHeld(list, x.agent, x.SessionID)
+	i, _ := findHeld(list, x.agent, x.sess.name)
 	return list[i]
 }
 
