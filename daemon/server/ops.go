@@ -31,6 +31,34 @@ const (
 	listHolds = 100
 )
 
+// listPage is what a list op has gathered: its entries, and whether more
+// follow after next.
+type listPage[T, P any] struct {
+	items []T
+	more  bool
+	next  P
+}
+
+// gather pages through the engine for a list op: up to limit entries after
+// pos, one hold of the lock per call of page, which answers with at most n
+// entries wanted. It returns them with the sequence the answer waits for.
+func gather[T, P any](s *Server, c *conn, limit int, pos P,
+	page func(now int64, pos P, n int) (listPage[T, P], error)) (listPage[T, P], uint64, error) {
+	all := listPage[T, P]{next: pos}
+	for hold := 0; ; hold++ {
+		p, seq, err := read(s, c, func(now int64) (listPage[T, P], error) {
+			return page(now, all.next, limit-len(all.items))
+		})
+		if err != nil {
+			return all, seq, err
+		}
+		all.items, all.more, all.next = append(all.items, p.items...), p.more, p.next
+		if !all.more || len(all.items) >= limit || hold+1 == listHolds {
+			return all, seq, nil
+		}
+	}
+}
+
 func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 	// Arguments are checked before the lock is taken, in the engine's
 	// order, the cursor last.
@@ -46,31 +74,21 @@ func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 		c.answerErr(id, err, 0)
 		return
 	}
-	var ls []engine.Lease
-	var more bool
-	var next engine.LeasePos
-	var seq uint64
-	for hold := 0; ; hold++ {
-		f.Limit = limit - len(ls)
-		p, sq, err := read(s, c, func(now int64) (engine.LeasePage, error) {
-			return s.eng.LeasesPage(now, f, listWork)
-		})
-		if err != nil {
-			c.answerErr(id, err, sq)
-			return
-		}
-		ls, seq = append(ls, p.Leases...), sq
-		if more, next = p.More, p.Next; !more || len(ls) >= limit || hold+1 == listHolds {
-			break
-		}
-		f.After = p.Next
+	got, seq, err := gather(s, c, limit, f.After, func(now int64, pos engine.LeasePos, n int) (listPage[engine.Lease, engine.LeasePos], error) {
+		f.After, f.Limit = pos, n
+		p, err := s.eng.LeasesPage(now, f, listWork)
+		return listPage[engine.Lease, engine.LeasePos]{p.Leases, p.More, p.Next}, err
+	})
+	if err != nil {
+		c.answerErr(id, err, seq)
+		return
 	}
-	r := &protocol.ListLeasesResult{Leases: make([]protocol.LeaseInfo, len(ls)), Truncated: more}
-	for i := range ls {
-		r.Leases[i] = leaseInfo(&ls[i])
+	r := &protocol.ListLeasesResult{Leases: make([]protocol.LeaseInfo, len(got.items)), Truncated: got.more}
+	for i := range got.items {
+		r.Leases[i] = leaseInfo(&got.items[i])
 	}
-	if more {
-		r.Next = leaseCursor(next)
+	if got.more {
+		r.Next = leaseCursor(got.next)
 	}
 	c.appendBounded(id, r, seq, func(keep float64) bool {
 		k, ok := keepCount(len(r.Leases), keep)
@@ -93,29 +111,20 @@ func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
 		c.answerErr(id, err, 0)
 		return
 	}
-	var ags []engine.Agent
-	var more bool
-	var seq uint64
-	for hold := 0; ; hold++ {
-		n := min(limit-len(ags), listWork)
-		p, sq, err := read(s, c, func(now int64) (engine.AgentPage, error) {
-			return s.eng.AgentsPage(now, after, n)
-		})
-		if err != nil {
-			c.answerErr(id, err, sq)
-			return
-		}
-		ags, seq = append(ags, p.Agents...), sq
-		if more, after = p.More, p.Next; !more || len(ags) >= limit || hold+1 == listHolds {
-			break
-		}
+	got, seq, err := gather(s, c, limit, after, func(now int64, pos engine.AgentPos, n int) (listPage[engine.Agent, engine.AgentPos], error) {
+		p, err := s.eng.AgentsPage(now, pos, min(n, listWork))
+		return listPage[engine.Agent, engine.AgentPos]{p.Agents, p.More, p.Next}, err
+	})
+	if err != nil {
+		c.answerErr(id, err, seq)
+		return
 	}
-	r := &protocol.ListAgentsResult{Agents: make([]protocol.AgentInfo, len(ags)), Truncated: more}
-	for i := range ags {
-		r.Agents[i] = agentInfo(&ags[i])
+	r := &protocol.ListAgentsResult{Agents: make([]protocol.AgentInfo, len(got.items)), Truncated: got.more}
+	for i := range got.items {
+		r.Agents[i] = agentInfo(&got.items[i])
 	}
-	if more {
-		r.Next = agentCursor(after)
+	if got.more {
+		r.Next = agentCursor(got.next)
 	}
 	c.appendBounded(id, r, seq, func(keep float64) bool {
 		k, ok := keepCount(len(r.Agents), keep)
