@@ -51,7 +51,15 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || cfg.duration != 3*time.Second || len(cfg.workers) != 1 || cfg.workers[0] != 64 {
 		t.Errorf("explicit flags under -short = %+v, %v; want d=3s w=[64]", cfg, err)
 	}
-	for _, bad := range [][]string{{"-backends", "nope"}, {"-workloads", "x"}, {"-w", "0"}, {"-d", "0s"}, {"stray"}} {
+	cfg, err = parseFlags([]string{"-backends", "echo,klock-conn,klock-etcd", "-compare", "old=/tmp/klockd-old"}, io.Discard)
+	if err != nil || strings.Join(cfg.backends, ",") != "echo,klock-conn,klock-conn-old,klock-etcd" {
+		t.Errorf("-compare old=...: backends = %q, %v; want echo,klock-conn,klock-conn-old,klock-etcd", cfg.backends, err)
+	}
+	if backendMaker(cfg, "klock-conn-old") == nil || backendMaker(cfg, "echo-old") != nil {
+		t.Errorf("backendMaker: want a maker for klock-conn-old and none for echo-old")
+	}
+	for _, bad := range [][]string{{"-backends", "nope"}, {"-workloads", "x"}, {"-w", "0"}, {"-d", "0s"}, {"stray"},
+		{"-compare", "/tmp/klockd"}, {"-compare", "=/tmp/klockd"}, {"-compare", "old="}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) = nil error; want an error", bad)
 		}

@@ -34,6 +34,7 @@ type klockBackend struct {
 	srvs       []*server         // one klockd, or the nodes of a cluster (etcd.go)
 	holder     *clientlib.Client // keeps the many-leases leases' owner connected
 	version    string
+	bin        string // the klockd binary, named in Settings when it is a -compare twin's
 	closeExtra func() // stops what else the back end started (etcd)
 }
 
@@ -108,8 +109,12 @@ func (b *klockBackend) Settings() string {
 			conn = strings.Replace(conn, "shared by all workers of a cell", "per node, shared by its workers", 1)
 		}
 	}
+	version := b.version
+	if b.bin != "" {
+		version = b.bin + " (" + version + ")"
+	}
 	return fmt.Sprintf("%s %s; %s; acquire = AcquireLease (MUTATES, ttl 30s, bound to the bench process as clientlib binds by default, one agent per worker), release = ReleaseLease",
-		b.version, quoteArgs(b.args[2:]), conn)
+		version, quoteArgs(b.args[2:]), conn)
 }
 
 // RSS is the resident memory of the klockd processes, summed over the

@@ -30,6 +30,7 @@ type config struct {
 	// held leases are released; 0: no memory report.
 	releaseWait time.Duration
 	klockd      string
+	compare     []compareBinary // -compare: the klock back ends again on other binaries
 	jsonOut     string
 	mdOut       string
 	from        string // re-report a JSON file instead of measuring
@@ -84,6 +85,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.session, "session", 10000, "stall workload: leases of the session ended, each with a parked waiter")
 	fs.DurationVar(&cfg.releaseWait, "release-wait", 20*time.Second, "memory report: after the cells, release the held leases and watch klockd's RSS this long (0: no memory report)")
 	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
+	fs.Func("compare", "TAG=PATH: run each klock back end of -backends (not the etcd ones) also on the klockd binary at PATH, as back end NAME-TAG, side by side in the same run (repeatable)", func(v string) error {
+		c, err := parseCompare(v)
+		cfg.compare = append(cfg.compare, c)
+		return err
+	})
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&cfg.mdOut, "md", "", "write the table, targets and peer settings as Markdown to this file (for BENCHMARKS.md)")
 	fs.StringVar(&cfg.from, "from", "", "measure nothing: re-report the results in this JSON file (from -json) as table, -md, -plot")
@@ -126,6 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return cfg, fmt.Errorf("klock-bench: unknown back end %q (known: %s)", b, strings.Join(backendNames(), ", "))
 		}
 	}
+	cfg.backends = withCompared(cfg.backends, cfg.compare)
 	for _, wl := range cfg.workloads {
 		if !slices.Contains(knownWorkloads, wl) {
 			return cfg, fmt.Errorf("klock-bench: unknown workload %q (known: %s)", wl, strings.Join(knownWorkloads, ", "))
@@ -190,7 +197,8 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	}()
 	var skipped []string
 	for _, name := range cfg.backends {
-		b, err := backendMakers[name](ctx, env)
+		mk := backendMaker(cfg, name)
+		b, err := mk(ctx, env)
 		if err != nil {
 			return err
 		}
@@ -198,7 +206,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		if !contains(cfg.workloads, ManyLeases) && !contains(cfg.workloads, Stall) {
 			continue
 		}
-		h, err := backendMakers[name](ctx, env)
+		h, err := mk(ctx, env)
 		if err != nil {
 			return err
 		}

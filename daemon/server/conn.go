@@ -30,6 +30,7 @@ const keepBufCap = 256 << 10
 type conn struct {
 	s      *Server
 	nc     *net.UnixConn
+	sk     *sock // nc's reads and writes (sock.go)
 	caller engine.Caller
 	br     *bufio.Reader
 	rbuf   []byte           // frame body buffer, reused
@@ -69,11 +70,13 @@ type conn struct {
 }
 
 func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
+	sk := newSock(nc)
 	return &conn{
 		s:      s,
 		nc:     nc,
+		sk:     sk,
 		caller: engine.Caller{UID: p.UID, PID: p.PID},
-		br:     bufio.NewReaderSize(nc, readBufSize),
+		br:     bufio.NewReaderSize(sk, readBufSize),
 		pidfd:  -1,
 	}
 }
@@ -313,7 +316,7 @@ func (c *conn) flush() error {
 			}
 		}
 		c.armWriteDeadline()
-		_, err := c.nc.Write(send)
+		_, err := c.sk.Write(send)
 
 		c.outMu.Lock()
 		if cap(buf) <= keepBufCap {

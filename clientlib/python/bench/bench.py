@@ -353,6 +353,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="a directory holding another klock package: adds the back end"
                    " klock-NAME (repeatable)")
     p.add_argument("--klockd", default="", help="klockd binary (default: on PATH, else go build)")
+    p.add_argument("--klockd-compare", action="append", default=[], metavar="NAME=PATH",
+                   help="another klockd binary: adds the back end klockd-NAME, this client"
+                   " against a klockd started from PATH, side by side (repeatable)")
     p.add_argument("--redis-server", default="", help="redis-server binary (default: on PATH)")
     p.add_argument("--json", default="", help="write every cell and the summary as JSON here")
     p.add_argument("--md", default="", help="write the table as Markdown here (for BENCHMARKS.md)")
@@ -368,6 +371,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise SystemExit("bench: --compare %s: want NAME=DIR, DIR holding a klock package" % spec)
         compare["klock-" + name] = os.path.abspath(path)
         backends.insert(len(compare), "klock-" + name)
+    daemons: Dict[str, str] = {}
+    for spec in a.klockd_compare:
+        name, _, path = spec.partition("=")
+        if not name or not os.access(path, os.X_OK):
+            raise SystemExit("bench: --klockd-compare %s: want NAME=PATH, PATH an executable klockd" % spec)
+        daemons["klockd-" + name] = os.path.abspath(path)
+        backends.insert(backends.index("klock") + len(daemons) if "klock" in backends else 0, "klockd-" + name)
     threads = [int(w) for w in a.w.split(",") if w]
 
     tmp = tempfile.mkdtemp(prefix="klkbench")
@@ -377,6 +387,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         sock_k = os.path.join(tmp, "k.sock")
         servers["klock"] = Server("klockd", [klockd, "--socket", sock_k, "--state-dir", "",
                                              "--log-level", "warn"], sock_k, os.path.join(tmp, "klockd.log"))
+        for b, path in daemons.items():
+            sock = os.path.join(tmp, b + ".sock")
+            servers[b] = Server(b, [path, "--socket", sock, "--state-dir", "", "--log-level", "warn"],
+                                sock, os.path.join(tmp, b + ".log"))
         if "redis-py" in backends:
             sock_r = os.path.join(tmp, "r.sock")
             servers["redis-py"] = Server("redis-server", [
@@ -394,7 +408,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for rep in range(a.reps):
             for w in threads:
                 for b in backends:
-                    server = servers["redis-py" if b == "redis-py" else "klock"]
+                    server = servers[b if b in servers else "klock"]
                     cell = run_cell(b, server.sock, w, a, server, compare)
                     cell["rep"] = rep
                     meta["settings"][b] = cell.pop("settings")
@@ -402,6 +416,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print("rep %d W=%d %-12s %8.0f pairs/s  p50 pair %6.1f µs" % (
                         rep, w, b, cell["pairs_per_sec"], cell["p50_pair_us"]), file=sys.stderr)
         meta["settings"]["klockd"] = "%s --state-dir '' (in memory)" % klockd
+        for b, path in daemons.items():
+            meta["settings"][b] += "; against %s --state-dir '' (in memory)" % path
         rows = summarise(cells, backends, threads)
         md = markdown(rows, meta)
         print(md)
