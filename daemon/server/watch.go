@@ -35,11 +35,11 @@ type Watched struct {
 	Seq uint64
 }
 
-// Subscription is a stream of events. Wait on Ready, then Take the events
-// pending, as a batch: the publisher only appends to a bounded slice and
-// signals once when it stops being empty, so a reader that is busy writing
-// the last batch costs the engine no wake-up, and the next batch holds
-// everything published meanwhile. When Take reports the stream closed it
+// Subscription is a stream of events. Wait on Ready, let a Pace gather,
+// then Take the events pending, as a batch: the publisher only appends to
+// a bounded slice and signals once when it stops being empty, so a reader
+// that is busy writing the last batch costs the engine no wake-up, and the
+// next batch holds everything published meanwhile. When Take reports the stream closed it
 // has ended: by Unsubscribe, or because the subscriber fell WatchBuffer
 // events behind (Overflowed then reports true).
 type Subscription struct {
@@ -48,6 +48,7 @@ type Subscription struct {
 	filter WatchFilter
 	limit  int           // events pending at most (WatchBuffer)
 	ready  chan struct{} // capacity 1: a token when events are pending or the stream ended
+	hurry  chan struct{} // capacity 1: a token when half of limit is pending or the stream ended (pace.go)
 
 	mu         sync.Mutex
 	pending    []Watched // published, not yet taken, oldest first
@@ -68,6 +69,10 @@ func (sub *Subscription) Take(buf []Watched) (evs []Watched, open bool) {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	evs, sub.pending = sub.pending, buf[:0]
+	select { // what hurried a reader is taken now
+	case <-sub.hurry:
+	default:
+	}
 	return evs, !sub.ended
 }
 
@@ -92,6 +97,7 @@ func (sub *Subscription) signal() {
 func (sub *Subscription) end(overflowed bool) {
 	sub.mu.Lock()
 	sub.ended, sub.overflowed = true, overflowed
+	sub.hasten()
 	sub.mu.Unlock()
 	sub.signal()
 }
@@ -112,6 +118,9 @@ func (sub *Subscription) offer(evs []engine.Event, seq uint64) bool {
 			return false
 		}
 		sub.pending = append(sub.pending, Watched{Event: evs[i], Seq: seq})
+	}
+	if half := max(sub.limit/2, 1); was < half && len(sub.pending) >= half {
+		sub.hasten()
 	}
 	wake := was == 0 && len(sub.pending) > 0
 	sub.mu.Unlock()
@@ -143,7 +152,7 @@ func (s *Server) subscribeLocked(f WatchFilter) (*Subscription, error) {
 			Message: "klock: too many watch streams open; the daemon allows " + itoa(s.cfg.MaxWatches) + " (--max-watches)"}
 	}
 	s.nextWatch++
-	sub := &Subscription{ID: s.nextWatch, filter: f, limit: s.cfg.WatchBuffer, ready: make(chan struct{}, 1)}
+	sub := &Subscription{ID: s.nextWatch, filter: f, limit: s.cfg.WatchBuffer, ready: make(chan struct{}, 1), hurry: make(chan struct{}, 1)}
 	s.subs = append(s.subs, sub)
 	if len(s.subs) == 1 {
 		s.eng.SetEvents(true)
@@ -282,14 +291,17 @@ const maxPumpBatch = 1024
 // (and, past WriteTimeout, loses its connection); the engine never waits.
 //
 // Wake-ups and writes are coalesced: the publisher signals only when the
-// pending slice stops being empty, and the pump takes everything pending
-// at once, so the events published while it wrote the last batch go out
-// in one write (BENCHMARKS.md "What a watcher costs").
+// pending slice stops being empty, the pump takes everything pending at
+// once, and a busy stream's batches are spaced by Pace, so the events
+// published meanwhile go out in one write (BENCHMARKS.md "What a watcher
+// costs").
 func (c *conn) pump(w *socketWatch) {
 	defer close(w.done)
 	var batch []Watched
+	var pace Pace
 	for open := true; open; {
 		<-w.sub.Ready()
+		pace.Gather(w.sub)
 		batch, open = w.sub.Take(batch)
 		for i := 0; i < len(batch); i += maxPumpBatch {
 			c.appendEvents(w.id, batch[i:min(i+maxPumpBatch, len(batch))])

@@ -71,6 +71,7 @@ func (h *events) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer keepAlive.Stop()
 	enc := json.NewEncoder(bw) // Encode ends each value with "\n"
 	var batch []server.Watched
+	var pace server.Pace
 	for {
 		select {
 		case <-r.Context().Done():
@@ -81,9 +82,11 @@ func (h *events) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-sub.Ready():
-			// A batch: every event published since the last one, shown
+			// A batch: every event published since the last one (a
+			// busy stream's batches are spaced, see server.Pace), shown
 			// once the last of their changes is durable.
 			var open bool
+			pace.Gather(sub)
 			batch, open = sub.Take(batch)
 			var seq uint64
 			for i := range batch {
