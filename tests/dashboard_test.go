@@ -2,7 +2,9 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,4 +218,71 @@ func TestDashboardWith500Leases(t *testing.T) {
 	require.Equal(t, 25, count(t, bctx, `tr.group`))
 	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#fold`)), chromedp.SendKeys(chromedp.CSS(`#filter`), "pkg07/")))
 	waitFor(t, "the filter to narrow the list", func() bool { return count(t, bctx, `tr[data-lease]`) == 20 })
+}
+
+// apiLease fetches /api/state and returns its lease on resource, or nil.
+func apiLease(t *testing.T, url, resource string) *protocol.LeaseInfo {
+	t.Helper()
+	resp, err := http.Get(url + "/api/state")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var st struct {
+		Leases []protocol.LeaseInfo `json:"leases"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	for i := range st.Leases {
+		if st.Leases[i].Resource == resource {
+			return &st.Leases[i]
+		}
+	}
+	return nil
+}
+
+// leaseRow waits for the dashboard's row of the lease on resource and
+// returns its text.
+func leaseRow(t *testing.T, bctx context.Context, resource string) string {
+	t.Helper()
+	sel := fmt.Sprintf(`tr[data-resource=%q]`, resource)
+	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(sel))), "the row of %s", resource)
+	text, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(sel)))
+	require.NoError(t, err)
+	return text
+}
+
+// TestDashboardShowsProcessBoundLeases: a lease bound to its process
+// (bind "process", as clientlib takes it, here without a ttl) is in
+// /api/state with its bound_pid and no expiry, and on the page as lasting
+// until its process exits, whether it was granted before the page loaded
+// (from /api/state) or after (from /events, whose grant has expires_at
+// 0); when its process is killed, klockd's end event removes its row.
+func TestDashboardShowsProcessBoundLeases(t *testing.T) {
+	bctx := browser(t)
+	d, url := startHTTP(t)
+	ctx := testCtx(t)
+	registerAgents(t, ctx, d.Client(t), map[string]int64{"early-bird": 100, "latecomer": 200})
+	early := startHolder(t, d, "early-bird", "/bound/early.ts", "0", "wait")
+	l := apiLease(t, url, "FILE:/bound/early.ts")
+	require.NotNil(t, l, "/api/state lists the bound lease")
+	require.Equal(t, int32(early.grant.PID), l.BoundPID, "/api/state names the process the lease is bound to")
+	require.Zero(t, l.ExpiresAt, "a bound lease without a ttl has no expiry")
+
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.Navigate(url+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`body[data-state="live"]`)),
+	))
+	text := leaseRow(t, bctx, "FILE:/bound/early.ts")
+	require.Contains(t, text, "early-bird")
+	require.Contains(t, text, "until its process exits")
+
+	late := startHolder(t, d, "latecomer", "/bound/late.ts", "0", "wait")
+	text = leaseRow(t, bctx, "FILE:/bound/late.ts")
+	require.Contains(t, text, "latecomer")
+	require.Contains(t, text, "until its process exits")
+	screenshot(t, bctx, "dashboard-bound.png")
+
+	late.kill(t)
+	require.NoError(t, chromedp.Do(bctx, chromedp.WaitNotPresent(chromedp.CSS(`tr[data-resource="FILE:/bound/late.ts"]`))),
+		"the lease of a killed process must disappear (the end event)")
+	require.Equal(t, 1, count(t, bctx, `tr[data-resource="FILE:/bound/early.ts"]`), "the other bound lease stays")
 }

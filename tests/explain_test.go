@@ -108,10 +108,7 @@ func TestExplainThenAcquireAgree(t *testing.T) {
 func TestExplainOverSocket(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	r := d.Raw(t)
-	for i, ag := range []string{"builder", "tester", "lead", "reader"} {
-		mustOK(t, "register", r.Call(uint64(i+1), protocol.OpRegisterAgent,
-			args(protocol.ArgAgentID, ag, protocol.ArgPriority, []int{100, 200, 50, 300}[i])), nil)
-	}
+	registerRaw(t, r, []string{"builder", "tester", "lead", "reader"}, []int{100, 200, 50, 300})
 	var g protocol.Grant
 	mustOK(t, "acquire", r.Call(10, protocol.OpAcquire, acquireArgs("builder", "s", "/src/a.ts", "MUTATES", 120_000)), &g)
 	var st0 protocol.StatsResult

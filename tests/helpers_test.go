@@ -162,6 +162,16 @@ func parkArgs(agent, session, path, pred string, ttl, waitTimeout int) *protocol
 	return a
 }
 
+// registerRaw registers agents through r, each with the priority at the
+// same index, as requests 1, 2, ...
+func registerRaw(t *testing.T, r *harness.Raw, agents []string, priorities []int) {
+	t.Helper()
+	for i, ag := range agents {
+		mustOK(t, "register "+ag, r.Call(uint64(i+1), protocol.OpRegisterAgent,
+			args(protocol.ArgAgentID, ag, protocol.ArgPriority, priorities[i])), nil)
+	}
+}
+
 // mustOK fails unless resp is a success, and decodes its result into v.
 func mustOK(t *testing.T, what string, resp *protocol.Response, v any) {
 	t.Helper()

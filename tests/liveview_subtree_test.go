@@ -29,10 +29,7 @@ func TestWatchAndExplainOnSubtrees(t *testing.T) {
 	watchOn(t, all, 1, "", "")
 
 	c := d.Raw(t)
-	for i, ag := range []string{"lead", "builder", "tester", "reader"} {
-		mustOK(t, "register", c.Call(uint64(i+1), protocol.OpRegisterAgent,
-			args(protocol.ArgAgentID, ag, protocol.ArgPriority, []int{10, 100, 200, 300}[i])), nil)
-	}
+	registerRaw(t, c, []string{"lead", "builder", "tester", "reader"}, []int{10, 100, 200, 300})
 	var root, deep, beside, sub protocol.Grant
 	mustOK(t, "reader on /", c.Call(10, protocol.OpAcquire, acquireArgs("reader", "s", "/", "CONSUMES", 60_000)), &root)
 	mustOK(t, "builder below", c.Call(11, protocol.OpAcquire, acquireArgs("builder", "s", "/src/a/b.ts", "CONSUMES", 60_000)), &deep)
@@ -137,6 +134,53 @@ func TestWatchAndExplainOnSubtrees(t *testing.T) {
 	}
 	require.Equal(t, []string{"release FILE:/ reader", "release FILE:/src/ builder", "grant FILE:/src/x.ts lead",
 		"freeze FILE:/src/", "thaw FILE:/src/"}, got, "the watch on everything")
+}
+
+// TestKlockctlWhyWithKeyAndClientPath: klockctl why with both of its
+// optional columns at once: ON (a holder or queued request on another key
+// than the one explained: a folder above it) and AS (the path a holder
+// named, when it was keyed as another, protocol/README.md "FILE paths").
+// Each value stays under its own header, with "-" where a holder named
+// no other path, and the queue's rows keep their ON column.
+func TestKlockctlWhyWithKeyAndClientPath(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	c := d.Raw(t)
+	registerRaw(t, c, []string{"lead", "wt-a", "tester", "reader"}, []int{10, 100, 200, 300})
+	held := acquireArgs("wt-a", "s", "/repo/src/x.go", "CONSUMES", 60_000)
+	held.ClientPath = "/repo-wt-a/src/x.go"
+	held.Set(protocol.ArgClientPath)
+	// Two readers: wt-a on the file, named in its worktree, and reader on
+	// the folder above it.
+	for i, a := range []*protocol.Args{held, acquireArgs("reader", "s", "/repo/", "CONSUMES", 60_000)} {
+		var g protocol.Grant
+		mustOK(t, "acquire", c.Call(uint64(10+i), protocol.OpAcquire, a), &g)
+		require.True(t, g.Success, "%s granted", a.AgentID)
+	}
+	w := d.Raw(t)
+	watchOn(t, w, 1, "lead", "")
+	c.Send(12, protocol.OpAcquire, parkArgs("lead", "s", "/repo/src/x.go", "MUTATES", 60_000, 60_000))
+	require.Equal(t, "wait", nextEvent(t, w, 1).Event, "lead parks")
+
+	out := kcOK(t, d, nil, "why", "--agent", "tester", "FILE:/repo/src/x.go").stdout
+	require.Regexp(t, `(?m)^HOLDER\s.*\sFENCE\s+ON\s+AS$`, out, "both optional columns, ON then AS")
+	require.Regexp(t, `(?m)^wt-a\s+100\s+CONSUMES\s.*\syes\s+s\s+\d+\s+FILE:/repo/src/x\.go\s+/repo-wt-a/src/x\.go$`, out)
+	require.Regexp(t, `(?m)^reader\s+300\s+CONSUMES\s.*\syes\s+s\s+\d+\s+FILE:/repo/\s+-$`, out)
+	require.Regexp(t, `(?m)^QUEUED\s.*\sCONFLICTS\s+ON$`, out)
+	require.Regexp(t, `(?m)^lead\s+10\s+MUTATES\s.*\s(wt-a|reader)\s+yes\s+FILE:/repo/src/x\.go$`, out)
+	// The columns line up: each row's ON and AS start under their headers.
+	lines := strings.Split(out, "\n")
+	var head string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "HOLDER") {
+			head = l
+		}
+	}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "wt-a ") {
+			require.Equal(t, strings.Index(head, " ON ")+1, strings.Index(l, "FILE:"), "ON column of %q under %q", l, head)
+			require.Equal(t, strings.Index(head, " AS")+1, strings.Index(l, "/repo-wt-a"), "AS column of %q under %q", l, head)
+		}
+	}
 }
 
 // holderText is explain's holders in short: "resource agent conflicts".

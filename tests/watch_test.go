@@ -68,10 +68,7 @@ func TestWatchEveryEventKind(t *testing.T) {
 	watchOn(t, onlyOld, 1, "old", "")
 
 	c := d.Raw(t)
-	for i, ag := range []string{"old", "young", "junior"} {
-		mustOK(t, "register", c.Call(uint64(i+1), protocol.OpRegisterAgent,
-			args(protocol.ArgAgentID, ag, protocol.ArgPriority, []int{1, 9, 20}[i])), nil)
-	}
+	registerRaw(t, c, []string{"old", "young", "junior"}, []int{1, 9, 20})
 	var g protocol.Grant
 	mustOK(t, "young acquires", c.Call(10, protocol.OpAcquire, acquireArgs("young", "s", "/w/x", "MUTATES", 60_000)), &g)
 	var res protocol.AcquireResult
