@@ -6,7 +6,7 @@ import "time"
 // takes. A watcher then costs the daemon a wake-up, an encode loop and a
 // write(2) per millisecond at most, rather than per event: on a single
 // busy connection each change is otherwise its own batch, and a watcher
-// of everything cost about 1.4 times the CPU of the requests it watched
+// of everything cost about 1.5 times the CPU of the requests it watched
 // (BENCHMARKS.md "What a watcher costs"). An event after a quiet
 // millisecond goes out at once; one in a busy stream waits at most this.
 const batchGap = time.Millisecond
