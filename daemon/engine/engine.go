@@ -142,7 +142,8 @@ type idemEntry struct {
 // (see trie.go).
 type resource struct {
 	key     string
-	leases  []*lease
+	leases  []*lease  // starts in one
+	one     [1]*lease // room for the first lease, in the struct's size class: no allocation for a key's single holder
 	queue   []queued  // sorted by priority, then arrival
 	parent  *resource // the subtree key just above, nil at a root
 	below   *summary  // what is held and queued strictly below; nil when nothing

@@ -40,6 +40,7 @@ func (e *Engine) resourceFor(key string) *resource {
 	r := e.resources[key]
 	if r == nil {
 		r = &resource{key: key}
+		r.leases = r.one[:0]
 		if pk, ok := parentKey(key); ok {
 			// The parent's key shares the child's bytes.
 			r.parent = e.resourceFor(pk)

@@ -48,8 +48,11 @@ type outcome struct {
 
 // stepWork bounds the leases (and queued requests) one step of a long
 // change ends, so that no change holds the engine for long: the driver
-// releases the lock between steps.
-const stepWork = 1000
+// releases the lock between steps. A step of an end_session whose leases
+// each have a parked waiter makes about twice this many engine changes
+// (a release and a grant each); at 1000 such steps held the lock 20-30 ms
+// on a loaded machine (BENCHMARKS.md "Stall probe").
+const stepWork = 250
 
 // applyChange makes ch on eng. It does no I/O and reads no clock: the same
 // change applied to the same state gives the same outcome (lease ids aside,
