@@ -48,11 +48,10 @@ type outcome struct {
 
 // stepWork bounds the leases (and queued requests) one step of a long
 // change ends, so that no change holds the engine for long: the driver
-// releases the lock between steps. A step of an end_session whose leases
-// each have a parked waiter makes about twice this many engine changes
-// (a release and a grant each); at 1000 such steps held the lock 20-30 ms
-// on a loaded machine (BENCHMARKS.md "Stall probe").
-const stepWork = 250
+// releases the lock between steps. Steps of 250 were tried: the stats
+// probe's p99 fell a little and its longest wait did not, with more steps
+// to drive (BENCHMARKS.md "Stall probe").
+const stepWork = 1000
 
 // applyChange makes ch on eng. It does no I/O and reads no clock: the same
 // change applied to the same state gives the same outcome (lease ids aside,
