@@ -5,6 +5,9 @@ import (
 	"math"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
+
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 // Hand-written encoders and decoders for the results on the hot path
@@ -22,33 +25,43 @@ type wireDecoder interface {
 	decodeMsgpack(r *reader) error
 }
 
+// reader is the shared msgpack reader with the field decoders below.
+type reader struct{ msgpackwire.Reader }
+
+// newReader returns a reader of b.
+func newReader(b []byte) *reader {
+	r := new(reader)
+	r.Reset(b)
+	return r
+}
+
 func (g *Grant) appendMsgpack(b []byte) []byte {
 	if g.BoundPID != 0 {
-		b = appendMapLen(b, 10)
+		b = msgpackwire.AppendMapLen(b, 10)
 	} else {
-		b = appendMapLen(b, 9)
+		b = msgpackwire.AppendMapLen(b, 9)
 	}
-	b = appendStr(b, "success")
-	b = appendBool(b, g.Success)
-	b = appendStr(b, "lease_id")
-	b = appendStr(b, g.LeaseID)
-	b = appendStr(b, "agent_id")
-	b = appendStr(b, g.AgentID)
-	b = appendStr(b, "session_id")
-	b = appendStr(b, g.SessionID)
-	b = appendStr(b, "resource")
-	b = appendStr(b, g.Resource)
-	b = appendStr(b, "predicate")
-	b = appendStr(b, g.Predicate)
-	b = appendStr(b, "acquired_at")
-	b = appendInt(b, g.AcquiredAt)
-	b = appendStr(b, "expires_at")
-	b = appendInt(b, g.ExpiresAt)
-	b = appendStr(b, "fence")
-	b = appendUint(b, g.Fence)
+	b = msgpackwire.AppendStr(b, "success")
+	b = msgpackwire.AppendBool(b, g.Success)
+	b = msgpackwire.AppendStr(b, "lease_id")
+	b = msgpackwire.AppendStr(b, g.LeaseID)
+	b = msgpackwire.AppendStr(b, "agent_id")
+	b = msgpackwire.AppendStr(b, g.AgentID)
+	b = msgpackwire.AppendStr(b, "session_id")
+	b = msgpackwire.AppendStr(b, g.SessionID)
+	b = msgpackwire.AppendStr(b, "resource")
+	b = msgpackwire.AppendStr(b, g.Resource)
+	b = msgpackwire.AppendStr(b, "predicate")
+	b = msgpackwire.AppendStr(b, g.Predicate)
+	b = msgpackwire.AppendStr(b, "acquired_at")
+	b = msgpackwire.AppendInt(b, g.AcquiredAt)
+	b = msgpackwire.AppendStr(b, "expires_at")
+	b = msgpackwire.AppendInt(b, g.ExpiresAt)
+	b = msgpackwire.AppendStr(b, "fence")
+	b = msgpackwire.AppendUint(b, g.Fence)
 	if g.BoundPID != 0 {
-		b = appendStr(b, "bound_pid")
-		b = appendInt(b, int64(g.BoundPID))
+		b = msgpackwire.AppendStr(b, "bound_pid")
+		b = msgpackwire.AppendInt(b, int64(g.BoundPID))
 	}
 	return b
 }
@@ -58,30 +71,30 @@ func (d *Denial) appendMsgpack(b []byte) []byte {
 	if d.HeldPath != "" {
 		n = 6
 	}
-	b = appendMapLen(b, n)
-	b = appendStr(b, "success")
-	b = appendBool(b, d.Success)
-	b = appendStr(b, "reason")
-	b = appendStr(b, string(d.Reason))
-	b = appendStr(b, "wait_time")
-	b = appendInt(b, d.WaitTime)
-	b = appendStr(b, "held_by")
-	b = appendStr(b, d.HeldBy)
-	b = appendStr(b, "message")
-	b = appendStr(b, d.Message)
+	b = msgpackwire.AppendMapLen(b, n)
+	b = msgpackwire.AppendStr(b, "success")
+	b = msgpackwire.AppendBool(b, d.Success)
+	b = msgpackwire.AppendStr(b, "reason")
+	b = msgpackwire.AppendStr(b, string(d.Reason))
+	b = msgpackwire.AppendStr(b, "wait_time")
+	b = msgpackwire.AppendInt(b, d.WaitTime)
+	b = msgpackwire.AppendStr(b, "held_by")
+	b = msgpackwire.AppendStr(b, d.HeldBy)
+	b = msgpackwire.AppendStr(b, "message")
+	b = msgpackwire.AppendStr(b, d.Message)
 	if d.HeldPath != "" {
-		b = appendStr(b, "held_path")
-		b = appendStr(b, d.HeldPath)
+		b = msgpackwire.AppendStr(b, "held_path")
+		b = msgpackwire.AppendStr(b, d.HeldPath)
 	}
 	return b
 }
 
 func (g *AcquireManyGrant) appendMsgpack(b []byte) []byte {
-	b = appendMapLen(b, 2)
-	b = appendStr(b, "success")
-	b = appendBool(b, g.Success)
-	b = appendStr(b, "leases")
-	b = appendArrayLen(b, len(g.Leases))
+	b = msgpackwire.AppendMapLen(b, 2)
+	b = msgpackwire.AppendStr(b, "success")
+	b = msgpackwire.AppendBool(b, g.Success)
+	b = msgpackwire.AppendStr(b, "leases")
+	b = msgpackwire.AppendArrayLen(b, len(g.Leases))
 	for i := range g.Leases {
 		b = g.Leases[i].appendMsgpack(b)
 	}
@@ -89,15 +102,15 @@ func (g *AcquireManyGrant) appendMsgpack(b []byte) []byte {
 }
 
 func (r *ReleaseResult) appendMsgpack(b []byte) []byte {
-	return appendBool(appendStr(appendMapLen(b, 1), "released"), r.Released)
+	return msgpackwire.AppendBool(msgpackwire.AppendStr(msgpackwire.AppendMapLen(b, 1), "released"), r.Released)
 }
 
 func (h *HeartbeatResult) appendMsgpack(b []byte) []byte {
-	b = appendMapLen(b, 2)
-	b = appendStr(b, "lease_id")
-	b = appendStr(b, h.LeaseID)
-	b = appendStr(b, "expires_at")
-	return appendInt(b, h.ExpiresAt)
+	b = msgpackwire.AppendMapLen(b, 2)
+	b = msgpackwire.AppendStr(b, "lease_id")
+	b = msgpackwire.AppendStr(b, h.LeaseID)
+	b = msgpackwire.AppendStr(b, "expires_at")
+	return msgpackwire.AppendInt(b, h.ExpiresAt)
 }
 
 func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
@@ -111,68 +124,68 @@ func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
 	if ev.HeldBy != "" {
 		n++
 	}
-	b = appendMapLen(b, n)
-	b = appendStr(b, "event")
-	b = appendStr(b, ev.Event)
-	b = appendStr(b, "at")
-	b = appendInt(b, ev.At)
-	b = appendStr(b, "resource")
-	b = appendStr(b, ev.Resource)
-	b = appendStr(b, "agent_id")
-	b = appendStr(b, ev.AgentID)
-	b = appendStr(b, "session_id")
-	b = appendStr(b, ev.SessionID)
-	b = appendStr(b, "lease_id")
-	b = appendStr(b, ev.LeaseID)
-	b = appendStr(b, "predicate")
-	b = appendStr(b, ev.Predicate)
-	b = appendStr(b, "fence")
-	b = appendUint(b, ev.Fence)
+	b = msgpackwire.AppendMapLen(b, n)
+	b = msgpackwire.AppendStr(b, "event")
+	b = msgpackwire.AppendStr(b, ev.Event)
+	b = msgpackwire.AppendStr(b, "at")
+	b = msgpackwire.AppendInt(b, ev.At)
+	b = msgpackwire.AppendStr(b, "resource")
+	b = msgpackwire.AppendStr(b, ev.Resource)
+	b = msgpackwire.AppendStr(b, "agent_id")
+	b = msgpackwire.AppendStr(b, ev.AgentID)
+	b = msgpackwire.AppendStr(b, "session_id")
+	b = msgpackwire.AppendStr(b, ev.SessionID)
+	b = msgpackwire.AppendStr(b, "lease_id")
+	b = msgpackwire.AppendStr(b, ev.LeaseID)
+	b = msgpackwire.AppendStr(b, "predicate")
+	b = msgpackwire.AppendStr(b, ev.Predicate)
+	b = msgpackwire.AppendStr(b, "fence")
+	b = msgpackwire.AppendUint(b, ev.Fence)
 	if ev.ExpiresAt != 0 {
-		b = appendStr(b, "expires_at")
-		b = appendInt(b, ev.ExpiresAt)
+		b = msgpackwire.AppendStr(b, "expires_at")
+		b = msgpackwire.AppendInt(b, ev.ExpiresAt)
 	}
 	if ev.Reason != "" {
-		b = appendStr(b, "reason")
-		b = appendStr(b, string(ev.Reason))
+		b = msgpackwire.AppendStr(b, "reason")
+		b = msgpackwire.AppendStr(b, string(ev.Reason))
 	}
 	if ev.HeldBy != "" {
-		b = appendStr(b, "held_by")
-		b = appendStr(b, ev.HeldBy)
+		b = msgpackwire.AppendStr(b, "held_by")
+		b = msgpackwire.AppendStr(b, ev.HeldBy)
 	}
 	return b
 }
 
 func (c *CountResult) appendMsgpack(b []byte) []byte {
-	return appendInt(appendStr(appendMapLen(b, 1), "count"), int64(c.Count))
+	return msgpackwire.AppendInt(msgpackwire.AppendStr(msgpackwire.AppendMapLen(b, 1), "count"), int64(c.Count))
 }
 
 // field decoders: each reads one value into a Go field, sharing text for
 // strings.
 
 func (r *reader) decodeStr(dst *string) error {
-	if isNil, err := r.skipNil(); isNil || err != nil {
+	if isNil, err := r.SkipNil(); isNil || err != nil {
 		*dst = ""
 		return err
 	}
-	b, err := r.strBytes()
+	b, err := r.StrBytes()
 	if err != nil {
 		return err
 	}
-	*dst = r.strOf(b)
+	*dst = r.StringOf(b)
 	return nil
 }
 
 func (r *reader) decodeInt(dst *int64) error {
-	if isNil, err := r.skipNil(); isNil || err != nil {
+	if isNil, err := r.SkipNil(); isNil || err != nil {
 		*dst = 0
 		return err
 	}
-	if c := r.b[r.off]; c >= 0xe0 || (c >= 0xd0 && c <= 0xd3) {
+	if c, _ := r.Peek(); c >= 0xe0 || (c >= 0xd0 && c <= 0xd3) {
 		// Negative numbers are rare here: let the library read them exactly.
 		return r.viaLibrary(dst)
 	}
-	u, _, err := r.integer()
+	u, _, err := r.Integer()
 	*dst = int64(u)
 	return err
 }
@@ -187,65 +200,49 @@ func (r *reader) decodeUint(dst *uint64) error {
 }
 
 func (r *reader) decodeBool(dst *bool) error {
-	if isNil, err := r.skipNil(); isNil || err != nil {
+	if isNil, err := r.SkipNil(); isNil || err != nil {
 		*dst = false
 		return err
 	}
-	v, err := r.boolean()
+	v, err := r.Bool()
 	*dst = v
 	return err
 }
 
-// skipNil consumes a nil if one is next, reporting whether it did: a nil
-// leaves a field at its zero value, as the library does.
-func (r *reader) skipNil() (bool, error) {
-	c, err := r.peek()
-	if err != nil || c != 0xc0 {
-		return false, err
-	}
-	r.off++
-	return true, nil
-}
-
 // viaLibrary decodes the next value into dst with the msgpack library.
 func (r *reader) viaLibrary(dst any) error {
-	start := r.off
-	if err := r.skip(); err != nil {
+	raw, err := r.Raw()
+	if err != nil {
 		return err
 	}
-	return msgpack.Unmarshal(r.b[start:r.off], dst)
+	return msgpack.Unmarshal(raw, dst)
 }
 
 // decodeFields reads a map, calling field for each string key; field
 // returns false for keys it does not know, which are skipped.
 func (r *reader) decodeFields(field func(key []byte) (known bool, err error)) error {
-	c, err := r.peek()
-	if err != nil {
+	if isNil, err := r.SkipNil(); isNil || err != nil {
 		return err
 	}
-	if c == 0xc0 {
-		r.off++
-		return nil
-	}
-	n, err := r.mapLen()
+	n, err := r.MapLen()
 	if err != nil {
 		return err
 	}
 	for i := 0; i < n; i++ {
-		c, err := r.peek()
+		c, err := r.Peek()
 		if err != nil {
 			return err
 		}
-		if !isStringCode(c) {
-			if err := r.skip(); err != nil {
+		if !msgpackwire.IsStr(c) {
+			if err := r.Skip(); err != nil {
 				return err
 			}
-			if err := r.skip(); err != nil {
+			if err := r.Skip(); err != nil {
 				return err
 			}
 			continue
 		}
-		key, err := r.strBytes()
+		key, err := r.StrBytes()
 		if err != nil {
 			return err
 		}
@@ -254,7 +251,7 @@ func (r *reader) decodeFields(field func(key []byte) (known bool, err error)) er
 			return fmt.Errorf("key %q: %w", key, err)
 		}
 		if !known {
-			if err := r.skip(); err != nil {
+			if err := r.Skip(); err != nil {
 				return err
 			}
 		}
@@ -396,7 +393,7 @@ func (c *CountResult) decodeMsgpack(r *reader) error {
 // decodeResponse reads a response envelope with the reader. The result is
 // copied out of body.
 func decodeResponse(body []byte, resp *Response) error {
-	r := &reader{b: body}
+	r := newReader(body)
 	return r.decodeFields(func(key []byte) (bool, error) {
 		switch string(key) {
 		case "id":
@@ -407,24 +404,21 @@ func decodeResponse(body []byte, resp *Response) error {
 		case "ok":
 			return true, r.decodeBool(&resp.OK)
 		case "result":
-			start := r.off
-			if err := r.skip(); err != nil {
+			raw, err := r.Raw()
+			if err != nil {
 				return true, err
 			}
-			if body[start] != 0xc0 {
-				resp.Result = append(msgpack.RawMessage(nil), body[start:r.off]...)
+			if raw[0] != msgpcode.Nil {
+				resp.Result = append(msgpack.RawMessage(nil), raw...)
 			}
 			return true, nil
 		case "error":
-			start := r.off
-			if err := r.skip(); err != nil {
+			raw, err := r.Raw()
+			if err != nil || raw[0] == msgpcode.Nil {
 				return true, err
 			}
-			if body[start] == 0xc0 {
-				return true, nil
-			}
 			resp.Error = new(Error)
-			er := &reader{b: body[start:r.off]}
+			er := newReader(raw)
 			return true, er.decodeFields(func(key []byte) (bool, error) {
 				switch string(key) {
 				case "code":

@@ -6,6 +6,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
+
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 // Request is a decoded request frame.
@@ -29,8 +31,9 @@ type Request struct {
 func DecodeRequest(body []byte, req *Request) error {
 	req.ID, req.Op = 0, ""
 	req.Args.Reset()
-	d := requestDecoder{r: reader{b: body}, args: &req.Args}
-	n, err := d.r.mapLen()
+	d := requestDecoder{args: &req.Args}
+	d.r.Reset(body)
+	n, err := d.r.MapLen()
 	if err != nil {
 		return &Error{Code: CodeBadRequest, Message: "klock: request body is not a msgpack map"}
 	}
@@ -53,14 +56,14 @@ func DecodeRequest(body []byte, req *Request) error {
 			req.ID, msg, err = d.id()
 		case "op":
 			var c byte
-			c, err = d.r.peek()
+			c, err = d.r.Peek()
 			switch {
 			case err != nil:
 			case c == msgpcode.Nil:
-				d.r.off++
-			case !isStringCode(c):
-				msg = fmt.Sprintf("klock: request op must be a string, got %s", kindName(c))
-				err = d.r.skip()
+				err = d.r.Skip()
+			case !msgpackwire.IsStr(c):
+				msg = fmt.Sprintf("klock: request op must be a string, got %s", msgpackwire.KindName(c))
+				err = d.r.Skip()
 			default:
 				req.Op, err = d.op()
 				haveOp = true
@@ -68,7 +71,7 @@ func DecodeRequest(body []byte, req *Request) error {
 		case "args":
 			msg, err = d.decodeArgs()
 		default:
-			err = d.r.skip()
+			err = d.r.Skip()
 		}
 		if err != nil {
 			badReq, broken = malformed(err), true
@@ -78,7 +81,7 @@ func DecodeRequest(body []byte, req *Request) error {
 	}
 	switch {
 	case badReq != "":
-	case d.r.rest() != 0:
+	case d.r.Rest() != 0:
 		badReq = "klock: request body holds bytes after its msgpack map"
 	case req.ID == 0:
 		badReq = "klock: request has no id; id must be a positive integer"
@@ -105,7 +108,7 @@ func malformed(err error) string {
 
 // requestDecoder carries one request's decoding state.
 type requestDecoder struct {
-	r    reader
+	r    msgpackwire.Reader
 	args *Args
 	errs []argError // argument errors, in frame order
 }
@@ -119,23 +122,23 @@ type argError struct {
 // key reads a map key. A key that is not a string is skipped together with
 // its value, and isKey is false.
 func (d *requestDecoder) key() (key []byte, isKey bool, err error) {
-	c, err := d.r.peek()
+	c, err := d.r.Peek()
 	if err != nil {
 		return nil, false, err
 	}
-	if !isStringCode(c) {
-		if err := d.r.skip(); err != nil {
+	if !msgpackwire.IsStr(c) {
+		if err := d.r.Skip(); err != nil {
 			return nil, false, err
 		}
-		return nil, false, d.r.skip()
+		return nil, false, d.r.Skip()
 	}
-	key, err = d.r.strBytes()
+	key, err = d.r.StrBytes()
 	return key, err == nil, err
 }
 
 // op reads the op name; the names of known operations are not copied.
 func (d *requestDecoder) op() (string, error) {
-	b, err := d.r.strBytes()
+	b, err := d.r.StrBytes()
 	if err != nil {
 		return "", err
 	}
@@ -144,23 +147,22 @@ func (d *requestDecoder) op() (string, error) {
 			return op, nil
 		}
 	}
-	return d.r.strOf(b), nil
+	return d.r.StringOf(b), nil
 }
 
 // id reads the request id; msg is set when it is not a positive integer.
 func (d *requestDecoder) id() (id uint64, msg string, err error) {
-	c, err := d.r.peek()
+	c, err := d.r.Peek()
 	if err != nil {
 		return 0, "", err
 	}
 	if c == msgpcode.Nil {
-		d.r.off++
-		return 0, "", nil
+		return 0, "", d.r.Skip()
 	}
-	if !isIntCode(c) {
-		return 0, fmt.Sprintf("klock: request id must be a positive integer, got %s", kindName(c)), d.r.skip()
+	if !msgpackwire.IsInt(c) {
+		return 0, fmt.Sprintf("klock: request id must be a positive integer, got %s", msgpackwire.KindName(c)), d.r.Skip()
 	}
-	u, neg, err := d.r.integer()
+	u, neg, err := d.r.Integer()
 	if err == nil && (neg || u == 0) {
 		return 0, "klock: request id must be a positive integer, got 0 or a negative number", nil
 	}
@@ -170,18 +172,17 @@ func (d *requestDecoder) id() (id uint64, msg string, err error) {
 // decodeArgs reads the args map. msg is set when args is not a map; err
 // only when the msgpack itself is malformed.
 func (d *requestDecoder) decodeArgs() (msg string, err error) {
-	c, err := d.r.peek()
+	c, err := d.r.Peek()
 	if err != nil {
 		return "", err
 	}
 	if c == msgpcode.Nil {
-		d.r.off++
-		return "", nil
+		return "", d.r.Skip()
 	}
-	if !isMapCode(c) {
-		return errArgsNotMap, d.r.skip()
+	if !msgpackwire.IsMap(c) {
+		return errArgsNotMap, d.r.Skip()
 	}
-	n, err := d.r.mapLen()
+	n, err := d.r.MapLen()
 	if err != nil {
 		return "", err
 	}
@@ -195,7 +196,7 @@ func (d *requestDecoder) decodeArgs() (msg string, err error) {
 		}
 		spec, known := lookupArg(key)
 		if !known {
-			if err := d.r.skip(); err != nil {
+			if err := d.r.Skip(); err != nil {
 				return "", err
 			}
 			continue
@@ -214,13 +215,12 @@ func (d *requestDecoder) fail(arg Arg, format string, a ...any) {
 
 // arg reads one known argument.
 func (d *requestDecoder) arg(spec argSpec) error {
-	c, err := d.r.peek()
+	c, err := d.r.Peek()
 	if err != nil {
 		return err
 	}
 	if c == msgpcode.Nil {
-		d.r.off++
-		return nil
+		return d.r.Skip()
 	}
 	switch spec.kind {
 	case kindString:
@@ -230,11 +230,11 @@ func (d *requestDecoder) arg(spec argSpec) error {
 		}
 		*d.args.stringField(spec.arg) = s
 	case kindUint:
-		if !isIntCode(c) {
-			d.fail(spec.arg, "klock: argument %s must be a non-negative integer, got %s", spec.key, kindName(c))
-			return d.r.skip()
+		if !msgpackwire.IsInt(c) {
+			d.fail(spec.arg, "klock: argument %s must be a non-negative integer, got %s", spec.key, msgpackwire.KindName(c))
+			return d.r.Skip()
 		}
-		u, neg, err := d.r.integer()
+		u, neg, err := d.r.Integer()
 		switch {
 		case err != nil:
 			return err
@@ -259,11 +259,11 @@ func (d *requestDecoder) arg(spec argSpec) error {
 // stringArg reads a string argument; ok is false when it was recorded as
 // an error instead.
 func (d *requestDecoder) stringArg(c byte, arg Arg, name string) (s string, ok bool, err error) {
-	if !isStringCode(c) {
-		d.fail(arg, "klock: argument %s must be a string, got %s", name, kindName(c))
-		return "", false, d.r.skip()
+	if !msgpackwire.IsStr(c) {
+		d.fail(arg, "klock: argument %s must be a string, got %s", name, msgpackwire.KindName(c))
+		return "", false, d.r.Skip()
 	}
-	b, err := d.r.strBytes()
+	b, err := d.r.StrBytes()
 	if err != nil {
 		return "", false, err
 	}
@@ -271,23 +271,23 @@ func (d *requestDecoder) stringArg(c byte, arg Arg, name string) (s string, ok b
 		d.fail(arg, "klock: argument %s must be valid UTF-8", name)
 		return "", false, nil
 	}
-	return d.r.strOf(b), true, nil
+	return d.r.StringOf(b), true, nil
 }
 
 // intents reads acquire_many's intents; ok is false when something in them
 // was recorded as an error.
 func (d *requestDecoder) intents(c byte) (ok bool, err error) {
-	if !(msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32) {
-		d.fail(ArgIntents, "klock: argument intents must be an array of maps, got %s", kindName(c))
-		return false, d.r.skip()
+	if !(msgpackwire.IsArray(c)) {
+		d.fail(ArgIntents, "klock: argument intents must be an array of maps, got %s", msgpackwire.KindName(c))
+		return false, d.r.Skip()
 	}
-	n, err := d.r.arrayLen()
+	n, err := d.r.ArrayLen()
 	if err != nil {
 		return false, err
 	}
 	if n > MaxIntents {
 		for i := 0; i < n; i++ {
-			if err := d.r.skip(); err != nil {
+			if err := d.r.Skip(); err != nil {
 				return false, err
 			}
 		}
@@ -298,13 +298,13 @@ func (d *requestDecoder) intents(c byte) (ok bool, err error) {
 	a.Intents = a.Intents[:0]
 	before := len(d.errs)
 	for i := 0; i < n; i++ {
-		c, err := d.r.peek()
+		c, err := d.r.Peek()
 		if err != nil {
 			return false, err
 		}
-		if !isMapCode(c) {
-			d.fail(ArgIntents, "klock: argument intents[%d] must be a map, got %s", i, kindName(c))
-			if err := d.r.skip(); err != nil {
+		if !msgpackwire.IsMap(c) {
+			d.fail(ArgIntents, "klock: argument intents[%d] must be a map, got %s", i, msgpackwire.KindName(c))
+			if err := d.r.Skip(); err != nil {
 				return false, err
 			}
 			continue
@@ -321,7 +321,7 @@ func (d *requestDecoder) intents(c byte) (ok bool, err error) {
 // intent reads one element of intents.
 func (d *requestDecoder) intent(i int) (Intent, error) {
 	var in Intent
-	n, err := d.r.mapLen()
+	n, err := d.r.MapLen()
 	if err != nil {
 		return in, err
 	}
@@ -344,17 +344,19 @@ func (d *requestDecoder) intent(i int) (Intent, error) {
 		case string(key) == "client_path":
 			field, name = &in.ClientPath, "client_path"
 		default:
-			if err := d.r.skip(); err != nil {
+			if err := d.r.Skip(); err != nil {
 				return in, err
 			}
 			continue
 		}
-		c, err := d.r.peek()
+		c, err := d.r.Peek()
 		if err != nil {
 			return in, err
 		}
 		if c == msgpcode.Nil {
-			d.r.off++
+			if err := d.r.Skip(); err != nil {
+				return in, err
+			}
 			continue
 		}
 		s, ok, err := d.stringArg(c, ArgIntents, fmt.Sprintf("intents[%d].%s", i, name))
@@ -376,49 +378,49 @@ func AppendRequest(dst []byte, id uint64, op string, args *Args) ([]byte, error)
 	if args != nil {
 		n = 3
 	}
-	dst = appendMapLen(dst, n)
-	dst = appendStr(dst, "id")
-	dst = appendUint(dst, id)
-	dst = appendStr(dst, "op")
-	dst = appendStr(dst, op)
+	dst = msgpackwire.AppendMapLen(dst, n)
+	dst = msgpackwire.AppendStr(dst, "id")
+	dst = msgpackwire.AppendUint(dst, id)
+	dst = msgpackwire.AppendStr(dst, "op")
+	dst = msgpackwire.AppendStr(dst, op)
 	if args == nil {
 		return endFrame(dst, off), nil
 	}
-	dst = appendStr(dst, "args")
+	dst = msgpackwire.AppendStr(dst, "args")
 	count := 0
 	for _, s := range argSpecs {
 		if args.Has(s.arg) {
 			count++
 		}
 	}
-	dst = appendMapLen(dst, count)
+	dst = msgpackwire.AppendMapLen(dst, count)
 	for _, s := range argSpecs {
 		if !args.Has(s.arg) {
 			continue
 		}
-		dst = appendStr(dst, s.key)
+		dst = msgpackwire.AppendStr(dst, s.key)
 		switch s.kind {
 		case kindString:
-			dst = appendStr(dst, *args.stringField(s.arg))
+			dst = msgpackwire.AppendStr(dst, *args.stringField(s.arg))
 		case kindUint:
-			dst = appendInt(dst, *args.uintField(s.arg))
+			dst = msgpackwire.AppendInt(dst, *args.uintField(s.arg))
 		case kindIntents:
-			dst = appendArrayLen(dst, len(args.Intents))
+			dst = msgpackwire.AppendArrayLen(dst, len(args.Intents))
 			for _, in := range args.Intents {
 				if in.ClientPath == "" {
-					dst = appendMapLen(dst, 3)
+					dst = msgpackwire.AppendMapLen(dst, 3)
 				} else {
-					dst = appendMapLen(dst, 4)
+					dst = msgpackwire.AppendMapLen(dst, 4)
 				}
-				dst = appendStr(dst, "resource_type")
-				dst = appendStr(dst, in.ResourceType)
-				dst = appendStr(dst, "resource_path")
-				dst = appendStr(dst, in.ResourcePath)
-				dst = appendStr(dst, "predicate")
-				dst = appendStr(dst, in.Predicate)
+				dst = msgpackwire.AppendStr(dst, "resource_type")
+				dst = msgpackwire.AppendStr(dst, in.ResourceType)
+				dst = msgpackwire.AppendStr(dst, "resource_path")
+				dst = msgpackwire.AppendStr(dst, in.ResourcePath)
+				dst = msgpackwire.AppendStr(dst, "predicate")
+				dst = msgpackwire.AppendStr(dst, in.Predicate)
 				if in.ClientPath != "" {
-					dst = appendStr(dst, "client_path")
-					dst = appendStr(dst, in.ClientPath)
+					dst = msgpackwire.AppendStr(dst, "client_path")
+					dst = msgpackwire.AppendStr(dst, in.ClientPath)
 				}
 			}
 		}

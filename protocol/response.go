@@ -6,6 +6,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 // Error is a protocol error: a code from README.md and a message for humans.
@@ -63,23 +65,23 @@ func AppendError(dst []byte, id uint64, code Code, message string) []byte {
 	}
 	dst, off := beginFrame(dst)
 	dst = appendEnvelope(dst, id, false, "error")
-	dst = appendMapLen(dst, 2)
-	dst = appendStr(dst, "code")
-	dst = appendStr(dst, string(code))
-	dst = appendStr(dst, "message")
-	dst = appendStr(dst, message)
+	dst = msgpackwire.AppendMapLen(dst, 2)
+	dst = msgpackwire.AppendStr(dst, "code")
+	dst = msgpackwire.AppendStr(dst, string(code))
+	dst = msgpackwire.AppendStr(dst, "message")
+	dst = msgpackwire.AppendStr(dst, message)
 	return endFrame(dst, off)
 }
 
 // appendEnvelope appends a response map's id and ok, and the key of the
 // value that follows (result or error).
 func appendEnvelope(dst []byte, id uint64, ok bool, key string) []byte {
-	dst = appendMapLen(dst, 3)
-	dst = appendStr(dst, "id")
-	dst = appendUint(dst, id)
-	dst = appendStr(dst, "ok")
-	dst = appendBool(dst, ok)
-	return appendStr(dst, key)
+	dst = msgpackwire.AppendMapLen(dst, 3)
+	dst = msgpackwire.AppendStr(dst, "id")
+	dst = msgpackwire.AppendUint(dst, id)
+	dst = msgpackwire.AppendStr(dst, "ok")
+	dst = msgpackwire.AppendBool(dst, ok)
+	return msgpackwire.AppendStr(dst, key)
 }
 
 // DecodeResponse decodes a response body into resp. resp.Result aliases
@@ -102,8 +104,7 @@ func DecodeResponse(body []byte, resp *Response) error {
 // the result types.
 func DecodeResult(raw msgpack.RawMessage, v any) error {
 	if wd, ok := v.(wireDecoder); ok {
-		r := &reader{b: raw}
-		if err := wd.decodeMsgpack(r); err != nil {
+		if err := wd.decodeMsgpack(newReader(raw)); err != nil {
 			return fmt.Errorf("klock: malformed %T result: %w", v, err)
 		}
 		return nil

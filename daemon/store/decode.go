@@ -1,10 +1,10 @@
 package store
 
 import (
-	"encoding/binary"
 	"math"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 // Recovery decodes every record of the log, so decoding is on the start's
@@ -16,64 +16,40 @@ import (
 // FuzzDecodeRecordFast hold it to that). Like appendRecord, it is used only
 // while the engine's structs have the layout it knows (fastEncode).
 
-// mpReader reads msgpack values from a byte slice; ok turns false, for
-// good, at the first thing it does not handle.
+// mpReader reads the canonical encoding with the shared msgpack reader; ok
+// turns false, for good, at the first thing it does not handle.
 type mpReader struct {
-	b  []byte
+	r  msgpackwire.Reader
 	ok bool
 }
 
-func (r *mpReader) byte1() byte {
-	if !r.ok || len(r.b) == 0 {
-		r.ok = false
-		return 0
-	}
-	c := r.b[0]
-	r.b = r.b[1:]
-	return c
+// newMPReader returns an mpReader of b.
+func newMPReader(b []byte) mpReader {
+	r := mpReader{ok: true}
+	r.r.Reset(b)
+	return r
 }
 
-func (r *mpReader) take(n int) []byte {
-	if !r.ok || n < 0 || len(r.b) < n {
+// check turns ok false when err is set, and reports whether ok still holds.
+func (r *mpReader) check(err error) bool {
+	if err != nil {
 		r.ok = false
-		return nil
 	}
-	p := r.b[:n]
-	r.b = r.b[n:]
-	return p
+	return r.ok
 }
 
-// length reads a length field of 1 << w bytes.
-func (r *mpReader) length(w int) int {
-	p := r.take(1 << w)
-	switch w {
-	case 0:
-		if p != nil {
-			return int(p[0])
-		}
-	case 1:
-		if p != nil {
-			return int(binary.BigEndian.Uint16(p))
-		}
-	case 2:
-		if p != nil {
-			return int(binary.BigEndian.Uint32(p))
-		}
-	}
-	return 0
-}
+// done reports whether everything was read, and well.
+func (r *mpReader) done() bool { return r.ok && r.r.Rest() == 0 }
 
 func (r *mpReader) mapLen() int {
-	switch c := r.byte1(); {
-	case c >= 0x80 && c <= 0x8f:
-		return int(c & 0x0f)
-	case c == 0xde:
-		return r.length(1)
-	case c == 0xdf:
-		return r.length(2)
+	if !r.ok {
+		return 0
 	}
-	r.ok = false
-	return 0
+	n, err := r.r.MapLen()
+	if !r.check(err) {
+		return 0
+	}
+	return n
 }
 
 // arrayLen reads a non-empty array's length, at most maxMsgpackContainer
@@ -81,22 +57,15 @@ func (r *mpReader) mapLen() int {
 // empty).
 func (r *mpReader) arrayLen() int { return r.arrayLenMax(maxMsgpackContainer) }
 
-// arrayLenMax is arrayLen with the element cap max; the length must also
-// fit in the bytes that remain, so what make allocates stays in proportion
-// to the input.
+// arrayLenMax is arrayLen with the element cap max; the shared reader
+// checks that the length also fits in the bytes that remain, so what make
+// allocates stays in proportion to the input.
 func (r *mpReader) arrayLenMax(max int) int {
-	n := 0
-	switch c := r.byte1(); {
-	case c >= 0x90 && c <= 0x9f:
-		n = int(c & 0x0f)
-	case c == 0xdc:
-		n = r.length(1)
-	case c == 0xdd:
-		n = r.length(2)
-	default:
-		r.ok = false
+	if !r.ok {
+		return 0
 	}
-	if n == 0 || n > len(r.b) || n > max {
+	n, err := r.r.ArrayLen()
+	if !r.check(err) || n == 0 || n > max {
 		r.ok = false
 		return 0
 	}
@@ -104,57 +73,23 @@ func (r *mpReader) arrayLenMax(max int) int {
 }
 
 func (r *mpReader) str() string {
-	n := 0
-	switch c := r.byte1(); {
-	case c >= 0xa0 && c <= 0xbf:
-		n = int(c & 0x1f)
-	case c == 0xd9:
-		n = r.length(0)
-	case c == 0xda:
-		n = r.length(1)
-	case c == 0xdb:
-		n = r.length(2)
-	default:
-		r.ok = false
+	if !r.ok {
+		return ""
 	}
-	return string(r.take(n))
+	b, err := r.r.StrBytes()
+	if !r.check(err) {
+		return ""
+	}
+	return string(b)
 }
 
 // int reads an integer in [lo, hi].
 func (r *mpReader) int(lo, hi int64) int64 {
-	var v int64
-	switch c := r.byte1(); {
-	case c <= 0x7f:
-		v = int64(c)
-	case c >= 0xe0:
-		v = int64(int8(c))
-	case c == 0xcc:
-		v = int64(r.length(0))
-	case c == 0xcd:
-		v = int64(r.length(1))
-	case c == 0xce:
-		v = int64(r.length(2))
-	case c == 0xcf:
-		p := r.take(8)
-		if p == nil || binary.BigEndian.Uint64(p) > math.MaxInt64 {
-			r.ok = false
-			return 0
-		}
-		v = int64(binary.BigEndian.Uint64(p))
-	case c == 0xd0:
-		v = int64(int8(r.length(0)))
-	case c == 0xd1:
-		v = int64(int16(r.length(1)))
-	case c == 0xd2:
-		v = int64(int32(r.length(2)))
-	case c == 0xd3:
-		if p := r.take(8); p != nil {
-			v = int64(binary.BigEndian.Uint64(p))
-		}
-	default:
-		r.ok = false
+	if !r.ok {
+		return 0
 	}
-	if v < lo || v > hi {
+	v, err := r.r.Int()
+	if !r.check(err) || v < lo || v > hi {
 		r.ok = false
 		return 0
 	}
@@ -163,25 +98,24 @@ func (r *mpReader) int(lo, hi int64) int64 {
 
 // uint64 reads an unsigned integer (any width the encoder uses).
 func (r *mpReader) uint64() uint64 {
-	if len(r.b) > 0 && r.b[0] == 0xcf {
-		r.b = r.b[1:]
-		if p := r.take(8); p != nil {
-			return binary.BigEndian.Uint64(p)
-		}
+	if !r.ok {
 		return 0
 	}
-	return uint64(r.int(0, math.MaxInt64))
+	u, neg, err := r.r.Integer()
+	if !r.check(err) || neg {
+		r.ok = false
+		return 0
+	}
+	return u
 }
 
 func (r *mpReader) bool() bool {
-	switch r.byte1() {
-	case 0xc3:
-		return true
-	case 0xc2:
+	if !r.ok {
 		return false
 	}
-	r.ok = false
-	return false
+	v, err := r.r.Bool()
+	r.check(err)
+	return v && r.ok
 }
 
 // once reports whether key bit k is seen for the first time in a map; a
@@ -214,7 +148,7 @@ func (r *mpReader) key(keys map[string]uint, seen *uint16) string {
 
 // decodeRecordFast decodes body, or reports false when the library must.
 func decodeRecordFast(body []byte) (engine.Record, bool) {
-	r := mpReader{b: body, ok: true}
+	r := newMPReader(body)
 	var rec engine.Record
 	var seen uint16
 	for n := r.mapLen(); n > 0 && r.ok; n-- {
@@ -257,7 +191,7 @@ func decodeRecordFast(body []byte) (engine.Record, bool) {
 			r.ok = false
 		}
 	}
-	if !r.ok || len(r.b) != 0 {
+	if !r.done() {
 		return engine.Record{}, false
 	}
 	return rec, true

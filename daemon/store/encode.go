@@ -1,11 +1,11 @@
 package store
 
 import (
-	"encoding/binary"
 	"reflect"
 	"strings"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 // Records are encoded under the engine mutex, so their encoding is on every
@@ -54,46 +54,46 @@ func appendRecord(dst []byte, r *engine.Record) []byte {
 		}
 	}
 	dst = append(dst, 0x80|byte(n)) // at most 13 entries: a fixmap
-	dst = appendUint(appendStr(dst, "k"), uint64(r.Kind))
-	dst = appendInt(appendStr(dst, "t"), r.Time)
+	dst = msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "k"), uint64(r.Kind))
+	dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "t"), r.Time)
 	if r.AgentID != "" {
-		dst = appendStr(appendStr(dst, "a"), r.AgentID)
+		dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "a"), r.AgentID)
 	}
 	if r.SessionID != "" {
-		dst = appendStr(appendStr(dst, "s"), r.SessionID)
+		dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "s"), r.SessionID)
 	}
 	if r.Priority != 0 {
-		dst = appendInt(appendStr(dst, "p"), r.Priority)
+		dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "p"), r.Priority)
 	}
 	if r.UID != 0 {
-		dst = appendUint(appendStr(dst, "u"), uint64(r.UID))
+		dst = msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "u"), uint64(r.UID))
 	}
 	if r.Auto {
-		dst = append(appendStr(dst, "au"), 0xc3)
+		dst = append(msgpackwire.AppendStr(dst, "au"), 0xc3)
 	}
 	if r.TTL != 0 {
-		dst = appendInt(appendStr(dst, "ttl"), r.TTL)
+		dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "ttl"), r.TTL)
 	}
 	if r.Resource != "" {
-		dst = appendStr(appendStr(dst, "r"), r.Resource)
+		dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "r"), r.Resource)
 	}
 	if len(r.LeaseIDs) > 0 {
-		dst = appendArrayLen(appendStr(dst, "ls"), len(r.LeaseIDs))
+		dst = msgpackwire.AppendArrayLen(msgpackwire.AppendStr(dst, "ls"), len(r.LeaseIDs))
 		for _, id := range r.LeaseIDs {
-			dst = appendStr(dst, id)
+			dst = msgpackwire.AppendStr(dst, id)
 		}
 	}
 	if len(r.Leases) > 0 {
-		dst = appendArrayLen(appendStr(dst, "g"), len(r.Leases))
+		dst = msgpackwire.AppendArrayLen(msgpackwire.AppendStr(dst, "g"), len(r.Leases))
 		for i := range r.Leases {
 			dst = appendLease(dst, &r.Leases[i])
 		}
 	}
 	if r.Idem != "" {
-		dst = appendStr(appendStr(dst, "i"), r.Idem)
+		dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "i"), r.Idem)
 	}
 	if r.Bound != nil {
-		dst = appendProcess(appendStr(dst, "b"), r.Bound)
+		dst = appendProcess(msgpackwire.AppendStr(dst, "b"), r.Bound)
 	}
 	return dst
 }
@@ -109,22 +109,22 @@ func appendLease(dst []byte, l *engine.Lease) []byte {
 		n++
 	}
 	dst = append(dst, 0x80|byte(n))
-	dst = appendStr(appendStr(dst, "id"), l.ID)
-	dst = appendStr(appendStr(dst, "a"), l.AgentID)
-	dst = appendStr(appendStr(dst, "s"), l.SessionID)
-	dst = appendStr(appendStr(dst, "r"), l.Resource)
-	dst = appendUint(appendStr(dst, "p"), uint64(l.Predicate))
-	dst = appendInt(appendStr(dst, "at"), l.AcquiredAt)
-	dst = appendInt(appendStr(dst, "ex"), l.ExpiresAt)
-	dst = appendInt(appendStr(dst, "ttl"), l.TTL)
-	dst = appendUint(appendStr(dst, "f"), l.Fence)
-	dst = appendUint(appendStr(dst, "u"), uint64(l.OwnerUID))
-	dst = appendInt(appendStr(dst, "pid"), int64(l.OwnerPID))
+	dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "id"), l.ID)
+	dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "a"), l.AgentID)
+	dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "s"), l.SessionID)
+	dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "r"), l.Resource)
+	dst = msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "p"), uint64(l.Predicate))
+	dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "at"), l.AcquiredAt)
+	dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "ex"), l.ExpiresAt)
+	dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "ttl"), l.TTL)
+	dst = msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "f"), l.Fence)
+	dst = msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "u"), uint64(l.OwnerUID))
+	dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "pid"), int64(l.OwnerPID))
 	if l.Bound != nil {
-		dst = appendProcess(appendStr(dst, "b"), l.Bound)
+		dst = appendProcess(msgpackwire.AppendStr(dst, "b"), l.Bound)
 	}
 	if l.ClientPath != "" {
-		dst = appendStr(appendStr(dst, "cp"), l.ClientPath)
+		dst = msgpackwire.AppendStr(msgpackwire.AppendStr(dst, "cp"), l.ClientPath)
 	}
 	return dst
 }
@@ -132,63 +132,7 @@ func appendLease(dst []byte, l *engine.Lease) []byte {
 // appendProcess appends p as msgpack: its three fields.
 func appendProcess(dst []byte, p *engine.Process) []byte {
 	dst = append(dst, 0x80|3)
-	dst = appendInt(appendStr(dst, "pid"), int64(p.PID))
-	dst = appendUint(appendStr(dst, "bt"), uint64(p.Boot))
-	return appendUint(appendStr(dst, "st"), p.Start)
-}
-
-func appendStr(dst []byte, s string) []byte {
-	switch n := len(s); {
-	case n < 32:
-		dst = append(dst, 0xa0|byte(n))
-	case n < 1<<8:
-		dst = append(dst, 0xd9, byte(n))
-	case n < 1<<16:
-		dst = binary.BigEndian.AppendUint16(append(dst, 0xda), uint16(n))
-	default:
-		dst = binary.BigEndian.AppendUint32(append(dst, 0xdb), uint32(n))
-	}
-	return append(dst, s...)
-}
-
-func appendArrayLen(dst []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(dst, 0x90|byte(n))
-	case n < 1<<16:
-		return binary.BigEndian.AppendUint16(append(dst, 0xdc), uint16(n))
-	}
-	return binary.BigEndian.AppendUint32(append(dst, 0xdd), uint32(n))
-}
-
-// appendUint appends v in its shortest msgpack form.
-func appendUint(dst []byte, v uint64) []byte {
-	switch {
-	case v < 1<<7:
-		return append(dst, byte(v))
-	case v < 1<<8:
-		return append(dst, 0xcc, byte(v))
-	case v < 1<<16:
-		return binary.BigEndian.AppendUint16(append(dst, 0xcd), uint16(v))
-	case v < 1<<32:
-		return binary.BigEndian.AppendUint32(append(dst, 0xce), uint32(v))
-	}
-	return binary.BigEndian.AppendUint64(append(dst, 0xcf), v)
-}
-
-// appendInt appends v in its shortest msgpack form.
-func appendInt(dst []byte, v int64) []byte {
-	switch {
-	case v >= 0:
-		return appendUint(dst, uint64(v))
-	case v >= -32:
-		return append(dst, byte(v))
-	case v >= -1<<7:
-		return append(dst, 0xd0, byte(v))
-	case v >= -1<<15:
-		return binary.BigEndian.AppendUint16(append(dst, 0xd1), uint16(v))
-	case v >= -1<<31:
-		return binary.BigEndian.AppendUint32(append(dst, 0xd2), uint32(v))
-	}
-	return binary.BigEndian.AppendUint64(append(dst, 0xd3), uint64(v))
+	dst = msgpackwire.AppendInt(msgpackwire.AppendStr(dst, "pid"), int64(p.PID))
+	dst = msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "bt"), uint64(p.Boot))
+	return msgpackwire.AppendUint(msgpackwire.AppendStr(dst, "st"), p.Start)
 }
