@@ -15,6 +15,8 @@ import (
 // instead, so the result is always the library's (TestDecodeRecordFast and
 // FuzzDecodeRecordFast hold it to that). Like appendRecord, it is used only
 // while the engine's structs have the layout it knows (fastEncode).
+// Snapshots are decoded by the library alone: a hand-written decoder for
+// them bought too little to keep (BENCHMARKS.md).
 
 // mpReader reads the canonical encoding with the shared msgpack reader; ok
 // turns false, for good, at the first thing it does not handle.

@@ -11,8 +11,9 @@ import (
 // Records are encoded under the engine mutex, so their encoding is on every
 // mutation's critical path. appendRecord writes exactly what the msgpack
 // library writes for an engine.Record (a map keyed by the struct tags,
-// omitempty fields left out), without reflection or allocation: about ten
-// times faster. It is used only while the engine's structs have exactly the
+// omitempty fields left out), without reflection or allocation; what that
+// buys end to end is in BENCHMARKS.md ("The hand-written msgpack code"). It
+// is used only while the engine's structs have exactly the
 // layout it knows (checked once, by reflection, at start); after any change
 // to them the store falls back to the library, and TestRecordLayout fails
 // until this file is updated.

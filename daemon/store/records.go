@@ -158,9 +158,6 @@ func DecodeSnapshot(b []byte) (gen uint64, st *engine.State, err error) {
 		}
 		return 0, nil, &DamageError{Reason: strings.TrimPrefix(err.Error(), "klock: ")}
 	}
-	if st, ok := decodeStateFast(body); ok {
-		return gen, st, nil
-	}
 	if err := checkMsgpack(body, uint64(len(body))); err != nil {
 		return 0, nil, fmt.Errorf("klock: snapshot passes its checksum but is not well-formed msgpack: %w", err)
 	}
