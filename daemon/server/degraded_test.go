@@ -165,6 +165,9 @@ func TestDegradedBatchIsRetractedAndRolledBack(t *testing.T) {
 		return !st.Degraded
 	})
 	c.call(31, protocol.OpAcquire, acquireArgs("young", "/after", 60000, 0), &protocol.Grant{})
+	// The heal logs after it lets go of the lock, so its line may follow
+	// the first answers that see it healed.
+	waitFor(t, "the heal's log line", func() bool { return strings.Contains(ts.logs.String(), "durable again") })
 	for _, want := range []string{"cannot make state changes durable", "rolled_back_changes=1", "durable again"} {
 		if !strings.Contains(ts.logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, ts.logs.String())
