@@ -77,7 +77,7 @@ func (e *Engine) applyRegister(r *Record) *agent {
 	default:
 		e.byPriority.Delete(a) // its priority may change
 	}
-	if a.priority != r.Priority && len(a.leases) > 0 {
+	if a.priority != r.Priority && a.nLeases > 0 {
 		// Summaries are sorted by priority; this agent's leases have all
 		// expired (it is not busy) but are not removed yet.
 		e.reindexAgent(a, true)
@@ -126,7 +126,7 @@ func (e *Engine) applyUnregister(r *Record) bool {
 	// A later agent with the same id starts afresh, even when this struct
 	// is kept as a leftover and registered again.
 	a.ended = endedSessions{}
-	if len(a.leases) > 0 {
+	if a.nLeases > 0 {
 		// Expired leases not removed yet still point at the agent.
 		a.unregistered = true
 		return true
@@ -137,7 +137,7 @@ func (e *Engine) applyUnregister(r *Record) bool {
 
 // dropLeftover removes an unregistered agent once its last lease is gone.
 func (e *Engine) dropLeftover(a *agent) {
-	if a.unregistered && len(a.leases) == 0 && len(a.waiters) == 0 && e.agents[a.id] == a {
+	if a.unregistered && a.nLeases == 0 && len(a.waiters) == 0 && e.agents[a.id] == a {
 		delete(e.agents, a.id)
 	}
 }
@@ -151,12 +151,12 @@ func (e *Engine) busy(now int64, a *agent) bool {
 // those expired and not yet removed, which are found in the expiry queue
 // (O(expired), not O(the agent's leases)).
 func (e *Engine) activeLeases(now int64, a *agent) int {
-	n := len(a.leases)
+	n := a.nLeases
 	if n == 0 {
 		return 0
 	}
 	e.leaseDeadlines.eachDue(now, func(l *lease) {
-		if l.agent == a {
+		if l.agent() == a {
 			n--
 		}
 	})

@@ -179,7 +179,7 @@ func (c *candidate) into(v *verdict) {
 }
 
 func (d *decision) leaseCandidate(l *lease) candidate {
-	c := candidate{agent: l.agent, session: l.sess.name, pred: l.Predicate, key: l.res.key, order: l.Fence, expires: l.ExpiresAt}
+	c := candidate{agent: l.agent(), session: l.sess.name, pred: l.Predicate, key: l.res.key, order: l.Fence, expires: l.ExpiresAt}
 	if l.hasPath {
 		c.path = d.paths[l]
 	}
@@ -193,7 +193,7 @@ func (d *decision) atKey(r *resource) {
 		if l.ExpiresAt <= d.now || !Conflicts(l.Predicate, d.pred) {
 			continue
 		}
-		if l.agent == d.a {
+		if l.agent() == d.a {
 			if l.sess.name == d.session {
 				continue // re-entrant
 			}
@@ -207,7 +207,7 @@ func (d *decision) atKey(r *resource) {
 	}
 	// The queue is sorted oldest first: the first conflicting request of
 	// another agent is the oldest here.
-	for _, q := range r.queue {
+	for _, q := range r.queue() {
 		if q.w == d.self || q.w.agent == d.a || !Conflicts(q.pred, d.pred) {
 			continue
 		}

@@ -62,8 +62,8 @@ type agent struct {
 	uid          uint32
 	unregistered bool // kept only for leases not yet removed
 
-	leases        []*lease                  // present leases (expired ones too, until removed)
-	sessions      map[string]*sessionLeases // the same leases by session, in fence order (order.go)
+	nLeases       int                       // present leases (expired ones too, until removed)
+	sessions      map[string]*sessionLeases // those leases by session, in fence order (order.go)
 	emptySessions int                       // lists in sessions that are empty
 	waiters       []*waiter                 // queued requests
 	idem          map[string]*idemEntry
@@ -72,14 +72,14 @@ type agent struct {
 
 // lease is a lease with its places in the indexes. It keeps only what is
 // its own: its id lives in key, its agent, session and resource key are
-// those of agent, sess and res, and the rare ClientPath is kept aside
-// (Engine.clientPaths), so a lease is 128 bytes (with the public Lease
-// embedded, its four strings made it 208). public makes the Lease callers
-// see.
+// those of sess and res, and the rare ClientPath is kept aside
+// (Engine.clientPaths), so a lease is 112 bytes (with the public Lease
+// embedded, its four strings made it 208; an agent pointer of its own and
+// its index in an agent-wide list made it 128). public makes the Lease
+// callers see.
 type lease struct {
-	agent *agent
 	res   *resource
-	sess  *sessionLeases // nil once removed
+	sess  *sessionLeases // its session's list, which knows the agent; kept once removed
 	idem  *idemEntry
 	Bound *Process // as Lease.Bound
 
@@ -92,7 +92,6 @@ type lease struct {
 	OwnerPID   int32
 	// The indexes are int32 and together, with no padding between them.
 	resIdx    int32 // index in res.leases
-	agentIdx  int32 // index in agent.leases
 	heapIdx   int32 // index in Engine.leaseDeadlines; -1 without a ttl
 	procIdx   int32 // index in its boundProc's leases, when Bound
 	upIdx     int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
@@ -101,11 +100,14 @@ type lease struct {
 	hasPath   bool // its ClientPath is in Engine.clientPaths
 }
 
+// agent returns the lease's agent.
+func (x *lease) agent() *agent { return x.sess.agent }
+
 // id returns the lease's id as text.
 func (x *lease) id() string { return uuid.UUID(x.key).String() }
 
 // agentID returns the id of the lease's agent.
-func (x *lease) agentID() string { return x.agent.id }
+func (x *lease) agentID() string { return x.sess.agent.id }
 
 // sessionID returns the lease's session.
 func (x *lease) sessionID() string { return x.sess.name }
@@ -124,7 +126,7 @@ func (e *Engine) clientPath(x *lease) string {
 // public returns the lease as callers see it.
 func (e *Engine) public(x *lease) Lease {
 	return Lease{
-		ID: x.id(), AgentID: x.agent.id, SessionID: x.sess.name, Resource: x.res.key,
+		ID: x.id(), AgentID: x.sess.agent.id, SessionID: x.sess.name, Resource: x.res.key,
 		Predicate: x.Predicate, AcquiredAt: x.AcquiredAt, ExpiresAt: x.ExpiresAt, TTL: x.TTL,
 		Fence: x.Fence, OwnerUID: x.OwnerUID, OwnerPID: x.OwnerPID, Bound: x.Bound,
 		ClientPath: e.clientPath(x),
@@ -140,17 +142,29 @@ type idemEntry struct {
 // resource is one resource key: its present leases, its queue and whether
 // it is frozen; for a subtree key, also the summary of what is below it
 // (see trie.go).
+//
+// A resource is 80 bytes, a size class below 96: the queue, which most keys
+// never have, is behind a pointer (q).
 type resource struct {
 	key     string
 	leases  []*lease  // starts in one
 	one     [1]*lease // room for the first lease, in the struct's size class: no allocation for a key's single holder
-	queue   []queued  // sorted by priority, then arrival
+	q       *[]queued // the queue (see queue); nil until a request first queues here
 	parent  *resource // the subtree key just above, nil at a root
 	below   *summary  // what is held and queued strictly below; nil when nothing
 	kids    int32     // resources whose parent this is
 	frozen  bool
 	isDirty bool
 	parked  bool // in Engine.idle
+}
+
+// queue returns the requests queued on r, sorted by priority, then
+// arrival.
+func (r *resource) queue() []queued {
+	if r.q == nil {
+		return nil
+	}
+	return *r.q
 }
 
 // New returns an empty engine with the given limits.

@@ -136,8 +136,8 @@ func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder
 		if l.ExpiresAt <= now {
 			return
 		}
-		reentrant := l.agent == a && l.sess.name == session
-		out = append(out, Holder{Lease: e.public(l), Priority: l.agent.priority,
+		reentrant := l.agent() == a && l.sess.name == session
+		out = append(out, Holder{Lease: e.public(l), Priority: l.agent().priority,
 			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
 	}
 	e.eachOverlapping(t, func(r *resource) {
@@ -160,7 +160,7 @@ func (e *Engine) queueOn(now int64, a *agent, t target) []Waiting {
 	var qs []queued
 	var keys []string
 	add := func(r *resource) {
-		for _, q := range r.queue {
+		for _, q := range r.queue() {
 			qs = append(qs, q)
 			keys = append(keys, r.key)
 		}
@@ -251,14 +251,14 @@ func (e *Engine) ListWaiting(now int64, limit int) ([]Waiting, bool, error) {
 	}
 	var keys []string
 	for k, r := range e.resources {
-		if len(r.queue) > 0 {
+		if len(r.queue()) > 0 {
 			keys = append(keys, k)
 		}
 	}
 	slices.Sort(keys)
 	var out []Waiting
 	for _, k := range keys {
-		for _, q := range e.resources[k].queue {
+		for _, q := range e.resources[k].queue() {
 			if len(out) == limit {
 				return out, true, nil
 			}

@@ -31,8 +31,8 @@ func (e *Engine) leaseFor(c Caller, op, leaseID string) (*lease, *Error) {
 	if l == nil {
 		return nil, nil
 	}
-	if c.UID != 0 && c.UID != l.OwnerUID && c.UID != l.agent.uid {
-		return nil, permissionDenied(c, op+" lease "+leaseID+" of agent "+quote(l.agent.id)+", which belongs to another uid")
+	if c.UID != 0 && c.UID != l.OwnerUID && c.UID != l.agent().uid {
+		return nil, permissionDenied(c, op+" lease "+leaseID+" of agent "+quote(l.agent().id)+", which belongs to another uid")
 	}
 	return l, nil
 }

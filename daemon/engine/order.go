@@ -50,11 +50,12 @@ func newAgentOrder() *btree.BTreeG[*agent] {
 // compaction drops once nils are the majority: both O(1) per removal,
 // amortised, and the oldest lease is always at head.
 type sessionLeases struct {
-	name string
-	ls   []*lease // fence order; nil where a lease was removed
-	head int      // ls[:head] are nil
-	n    int      // leases (non-nil entries)
-	last uint64   // the highest fence added
+	name  string
+	agent *agent
+	ls    []*lease // fence order; nil where a lease was removed
+	head  int      // ls[:head] are nil
+	n     int      // leases (non-nil entries)
+	last  uint64   // the highest fence added
 }
 
 // sessionEmptied notes that one of the agent's session lists became empty.
@@ -81,7 +82,7 @@ func (a *agent) session(name string) *sessionLeases {
 		if a.sessions == nil {
 			a.sessions = make(map[string]*sessionLeases)
 		}
-		s = &sessionLeases{name: strings.Clone(name)} // outlives the request
+		s = &sessionLeases{name: strings.Clone(name), agent: a} // outlives the request
 		a.sessions[name] = s
 	} else if s.n == 0 {
 		a.emptySessions--
@@ -111,7 +112,6 @@ func (s *sessionLeases) add(x *lease) {
 // remove takes a lease out of the list.
 func (s *sessionLeases) remove(x *lease) {
 	s.ls[x.sessIdx] = nil
-	x.sess = nil
 	s.n--
 	if s.n == 0 {
 		clear(s.ls)
@@ -138,6 +138,28 @@ func (s *sessionLeases) compact() {
 	}
 	clear(s.ls[j:])
 	s.ls, s.head = s.ls[:j], 0
+}
+
+// eachLease calls fn for each of the agent's present leases, session by
+// session in name order, each session's in fence order: an order that
+// depends only on the leases (an agent keeps no list of its own; that cost
+// each lease 13 bytes).
+func (a *agent) eachLease(fn func(*lease)) {
+	names := make([]string, 0, len(a.sessions))
+	for name, s := range a.sessions {
+		if s.n > 0 {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		s := a.sessions[name]
+		for _, x := range s.ls[s.head:] {
+			if x != nil {
+				fn(x)
+			}
+		}
+	}
 }
 
 // oldest returns up to max of the session's leases, oldest first.

@@ -50,14 +50,14 @@ func checkOrders(t require.TestingT, e *Engine) {
 				require.Same(t, s, x.sess)
 				require.Equal(t, int32(i), x.sessIdx)
 				require.Equal(t, name, x.sess.name)
-				require.Same(t, a, x.agent)
+				require.Same(t, a, x.agent())
 				require.Greater(t, x.Fence, last, "session %q of %q out of fence order", name, a.id)
 				last = x.Fence
 			}
 			require.Equal(t, s.n, live)
 			n += live
 		}
-		require.Equal(t, len(a.leases), n, "agent %q: session lists and leases disagree", a.id)
+		require.Equal(t, a.nLeases, n, "agent %q: session lists and leases disagree", a.id)
 		require.Equal(t, a.emptySessions, empty, "agent %q: empty session lists miscounted", a.id)
 		require.LessOrEqual(t, empty, max(8, len(a.sessions)/2+1), "agent %q keeps too many empty session lists", a.id)
 	}

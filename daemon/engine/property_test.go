@@ -235,12 +235,12 @@ func (m *model) check() {
 			for i, t := range w.targets {
 				for _, l := range w.res[i].leases {
 					if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) ||
-						(l.agent == w.agent && l.sessionID() == w.session) {
+						(l.agent() == w.agent && l.sessionID() == w.session) {
 						continue
 					}
-					if l.agent == w.agent || l.agent.priority <= w.priority {
+					if l.agent() == w.agent || l.agent().priority <= w.priority {
 						m.t.Fatalf("waiter %s (priority %d) waits for %s (priority %d) on %s",
-							w.agent.id, w.priority, l.agentID(), l.agent.priority, t.key)
+							w.agent.id, w.priority, l.agentID(), l.agent().priority, t.key)
 					}
 				}
 			}
@@ -254,7 +254,7 @@ func (m *model) check() {
 	// Indexes agree.
 	n := 0
 	for _, a := range e.agents {
-		n += len(a.leases)
+		n += a.nLeases
 		require.Len(m.t, a.ended.set, len(a.ended.order))
 		require.LessOrEqual(m.t, len(a.ended.order), maxEndedSessions)
 		a.ended.each(func(s string) { require.True(m.t, a.ended.has(s)) })
@@ -302,7 +302,7 @@ func (m *model) checkNotOvertaken(ls []Lease) {
 			continue
 		}
 		p := m.e.agents[l.AgentID].priority
-		for _, q := range r.queue {
+		for _, q := range r.queue() {
 			if q.w.agent.id != l.AgentID && Conflicts(q.pred, l.Predicate) && q.w.priority <= p {
 				m.t.Fatalf("%s (priority %d) granted %s on %s past queued %s (priority %d)",
 					l.AgentID, p, l.Predicate, l.Resource, q.w.agent.id, q.w.priority)

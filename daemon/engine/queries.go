@@ -59,7 +59,7 @@ func (e *Engine) LeasesPage(now int64, f LeaseFilter, work int) (LeasePage, erro
 		if a == nil {
 			return LeasePage{}, nil
 		}
-		if work == 0 || len(a.leases) <= work {
+		if work == 0 || a.nLeases <= work {
 			return e.agentPage(now, a, &f, limit), nil
 		}
 	}
@@ -69,11 +69,11 @@ func (e *Engine) LeasesPage(now int64, f LeaseFilter, work int) (LeasePage, erro
 // agentPage lists the matching leases of one agent: all of them, sorted.
 func (e *Engine) agentPage(now int64, a *agent, f *LeaseFilter, limit int) LeasePage {
 	var ls []*lease
-	for _, l := range a.leases {
+	a.eachLease(func(l *lease) {
 		if l.ExpiresAt > now && strings.HasPrefix(l.res.key, f.ResourcePrefix) && f.After.after(l.res.key, l.Fence) {
 			ls = append(ls, l)
 		}
-	}
+	})
 	slices.SortFunc(ls, func(x, y *lease) int {
 		return cmp.Or(strings.Compare(x.res.key, y.res.key), cmp.Compare(x.Fence, y.Fence))
 	})
@@ -112,7 +112,7 @@ func (e *Engine) walkLeases(now int64, f *LeaseFilter, limit, work int) LeasePag
 		seen += 1 + len(r.leases)
 		buf = buf[:0]
 		for _, l := range r.leases {
-			if l.ExpiresAt > now && (f.AgentID == "" || l.agent.id == f.AgentID) && f.After.after(r.key, l.Fence) {
+			if l.ExpiresAt > now && (f.AgentID == "" || l.agent().id == f.AgentID) && f.After.after(r.key, l.Fence) {
 				buf = append(buf, l)
 			}
 		}

@@ -157,7 +157,7 @@ func (e *Engine) restore(s *State) *Error {
 	}
 	for _, k := range order {
 		xs := groups[k]
-		e.bindIdem(xs[0].agent, k.key, xs)
+		e.bindIdem(xs[0].agent(), k.key, xs)
 	}
 	for _, key := range s.Frozen {
 		e.resourceFor(key).frozen = true

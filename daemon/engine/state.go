@@ -45,10 +45,10 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	sl := a.session(l.SessionID)
 	// The id is in key, and the lease keeps no strings of the caller's
 	// (a request's strings share the bytes of its whole frame).
-	*x = lease{agent: a, res: r, Bound: l.Bound,
+	*x = lease{res: r, Bound: l.Bound,
 		AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, TTL: l.TTL, Fence: l.Fence, key: k,
 		OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID, Predicate: l.Predicate,
-		resIdx: int32(len(r.leases)), agentIdx: int32(len(a.leases)), heapIdx: -1}
+		resIdx: int32(len(r.leases)), heapIdx: -1}
 	if l.ClientPath != "" {
 		if e.clientPaths == nil {
 			e.clientPaths = make(map[*lease]string)
@@ -57,8 +57,8 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 		x.hasPath = true
 	}
 	r.leases = append(r.leases, x)
-	a.leases = append(a.leases, x)
-	sl.add(x)
+	a.nLeases++
+	sl.add(x) // sets x.sess, through which x knows its agent
 	if l.ExpiresAt != Never {
 		e.leaseDeadlines.push(x)
 	}
@@ -92,17 +92,12 @@ func (e *Engine) removeLease(x *lease) {
 	r.leases[last] = nil
 	r.leases = r.leases[:last]
 
-	a := x.agent
-	last = len(a.leases) - 1
-	a.leases[x.agentIdx] = a.leases[last]
-	a.leases[x.agentIdx].agentIdx = x.agentIdx
-	a.leases[last] = nil
-	a.leases = a.leases[:last]
-	if sl := x.sess; sl != nil {
-		sl.remove(x)
-		if sl.n == 0 {
-			a.sessionEmptied()
-		}
+	a := x.agent()
+	a.nLeases--
+	sl := x.sess
+	sl.remove(x)
+	if sl.n == 0 {
+		a.sessionEmptied()
 	}
 
 	if x.idem != nil {

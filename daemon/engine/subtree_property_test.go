@@ -76,15 +76,15 @@ func refDecideOne(e *Engine, now int64, a *agent, session string, prio int64, t 
 		if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) || !protocol.Overlaps(l.resource(), t.key) {
 			return
 		}
-		if l.agent == a && l.sessionID() == session {
+		if l.agent() == a && l.sessionID() == session {
 			return
 		}
 		v.maxExp = max(v.maxExp, l.ExpiresAt)
-		if l.agent == a {
+		if l.agent() == a {
 			conflict = true
 			return
 		}
-		c := refCandidate{l.agentID(), l.agent.priority, l.resource(), l.Fence}
+		c := refCandidate{l.agentID(), l.agent().priority, l.resource(), l.Fence}
 		if holder == nil || c.before(*holder) {
 			holder = &c
 		}
@@ -393,7 +393,7 @@ func (m *treeModel) check() {
 	for i, x := range active {
 		for _, y := range active[i+1:] {
 			if Conflicts(x.Predicate, y.Predicate) && protocol.Overlaps(x.resource(), y.resource()) &&
-				(x.agent != y.agent || x.sessionID() != y.sessionID()) {
+				(x.agent() != y.agent() || x.sessionID() != y.sessionID()) {
 				m.t.Fatalf("unsafe: %s %s (%s/%s) and %s %s (%s/%s) both active", x.Predicate, x.resource(), x.agentID(), x.sessionID(),
 					y.Predicate, y.resource(), y.agentID(), y.sessionID())
 			}
@@ -447,7 +447,7 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 	latest := make(map[sumKey]int64)
 	e.leases.each(func(l *lease) {
 		for n := l.res.parent; n != nil; n = n.parent {
-			k := sumKey{n, l.agent, l.sessionID(), classOf(l.Predicate)}
+			k := sumKey{n, l.agent(), l.sessionID(), classOf(l.Predicate)}
 			if v, ok := latest[k]; !ok || l.ExpiresAt > v {
 				latest[k] = l.ExpiresAt
 			}

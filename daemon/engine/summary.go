@@ -184,7 +184,7 @@ func (e *Engine) holdBelow(x *lease) {
 	if p == nil {
 		return
 	}
-	h := e.heldAt(p, x.agent, x.sess.name, classOf(x.Predicate))
+	h := e.heldAt(p, x.agent(), x.sess.name, classOf(x.Predicate))
 	h.leases.push(x.ExpiresAt, x)
 	e.propagate(h)
 }
@@ -199,7 +199,7 @@ func upOf(x *lease) *heldBy {
 		return nil
 	}
 	list := p.below.held[classOf(x.Predicate)]
-	i, _ := findHeld(list, x.agent, x.sess.name)
+	i, _ := findHeld(list, x.agent(), x.sess.name)
 	return list[i]
 }
 
@@ -348,13 +348,13 @@ func (e *Engine) dropIfEmpty(n *resource) {
 // agent whose leases have all expired may change it before they are
 // removed). With out false it files them back.
 func (e *Engine) reindexAgent(a *agent, out bool) {
-	for _, x := range a.leases {
+	a.eachLease(func(x *lease) {
 		if out {
 			e.unholdBelow(x)
 		} else {
 			e.holdBelow(x)
 		}
-	}
+	})
 }
 
 // expHeap is a max-heap by expiry, each item knowing its index in it: a

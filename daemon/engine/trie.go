@@ -88,7 +88,7 @@ const maxIdleResources = 4096
 
 // idle reports whether nothing is on the resource or under it.
 func (r *resource) idle() bool {
-	return len(r.leases) == 0 && len(r.queue) == 0 && !r.frozen && !r.isDirty && r.kids == 0
+	return len(r.leases) == 0 && len(r.queue()) == 0 && !r.frozen && !r.isDirty && r.kids == 0
 }
 
 // dropIfIdle parks an idle resource in the idle list; beyond

@@ -77,14 +77,17 @@ func (e *Engine) park(w *waiter) {
 		r := e.resourceFor(t.key)
 		w.res[i] = r
 		w.targets[i].res = r
-		at := len(r.queue)
-		for j, q := range r.queue {
+		if r.q == nil {
+			r.q = new([]queued)
+		}
+		at := len(*r.q)
+		for j, q := range *r.q {
 			if !q.before(w) {
 				at = j
 				break
 			}
 		}
-		r.queue = slices.Insert(r.queue, at, queued{w: w, pred: t.pred})
+		*r.q = slices.Insert(*r.q, at, queued{w: w, pred: t.pred})
 		e.queueBelow(r, a, classOf(t.pred), +1)
 	}
 	a.waiters = append(a.waiters, w)
@@ -106,7 +109,7 @@ func (e *Engine) dropWaiter(w *waiter) {
 	a.waiters = a.waiters[:last]
 	for i, r := range w.res {
 		e.queueBelow(r, a, classOf(w.targets[i].pred), -1)
-		r.queue = slices.DeleteFunc(r.queue, func(q queued) bool { return q.w == w })
+		*r.q = slices.DeleteFunc(*r.q, func(q queued) bool { return q.w == w })
 		e.dropIfIdle(r)
 	}
 	if w.bind != nil {
@@ -140,7 +143,7 @@ func (e *Engine) requeue(now int64, targets []target, self *waiter) {
 }
 
 func othersQueued(r *resource, self *waiter) bool {
-	for _, q := range r.queue {
+	for _, q := range r.queue() {
 		if q.w != self {
 			return true
 		}
@@ -158,8 +161,8 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 	for i := 0; i < len(e.dirty); i++ {
 		r := e.dirty[i]
 		r.isDirty = false
-		for j := 0; j < len(r.queue); {
-			w := r.queue[j].w
+		for j := 0; j < len(r.queue()); {
+			w := r.queue()[j].w
 			if w.pass == e.pass {
 				j++
 				continue
@@ -187,7 +190,7 @@ func (e *Engine) settle(now int64, wake []Wakeup) []Wakeup {
 			default:
 				wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.deny(now, w.agent, w.session, &v)}})
 			}
-			e.dropWaiter(w) // removes r.queue[j]; the next entry moves to j
+			e.dropWaiter(w) // removes r.queue()[j]; the next entry moves to j
 		}
 		e.dropIfIdle(r)
 	}
@@ -217,9 +220,9 @@ func (e *Engine) timeout(now int64, w *waiter) Result {
 // RESOURCE_LOCKED, since by (r or a subtree key above it) was frozen, and
 // drops it.
 func (e *Engine) answerQueued(now int64, r *resource, by string, wake []Wakeup) []Wakeup {
-	for len(r.queue) > 0 {
-		w := r.queue[0].w
-		v := verdict{reason: protocol.ReasonResourceLocked, step: StepFrozen, key: r.key, pred: r.queue[0].pred, byKey: by}
+	for len(r.queue()) > 0 {
+		w := r.queue()[0].w
+		v := verdict{reason: protocol.ReasonResourceLocked, step: StepFrozen, key: r.key, pred: r.queue()[0].pred, byKey: by}
 		e.countDenial(v.reason)
 		wake = append(wake, Wakeup{Waiter: w.id, Result: Result{Denial: e.denial(now, w.agent, w.session, &v)}})
 		e.dropWaiter(w)
