@@ -83,22 +83,14 @@ func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 		c.answerErr(id, err, seq)
 		return
 	}
-	r := &protocol.ListLeasesResult{Leases: make([]protocol.LeaseInfo, len(got.items)), Truncated: got.more}
-	for i := range got.items {
-		r.Leases[i] = leaseInfo(&got.items[i])
-	}
-	if got.more {
-		r.Next = leaseCursor(got.next)
-	}
-	c.appendBounded(id, r, seq, func(keep float64) bool {
-		k, ok := keepCount(len(r.Leases), keep)
-		if k > 0 {
-			last := &r.Leases[k-1]
-			r.Next = leaseCursor(engine.LeasePos{Resource: last.Resource, Fence: last.Fence})
-		}
-		r.Leases, r.Truncated = r.Leases[:k], true
-		return ok
-	})
+	r := &protocol.ListLeasesResult{}
+	answerPage(c, id, seq, got, leaseInfo, leaseCursor,
+		func(l *protocol.LeaseInfo) engine.LeasePos {
+			return engine.LeasePos{Resource: l.Resource, Fence: l.Fence}
+		},
+		func(items []protocol.LeaseInfo, truncated bool, next string) {
+			r.Leases, r.Truncated, r.Next = items, truncated, next
+		}, r)
 }
 
 func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
@@ -119,20 +111,39 @@ func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
 		c.answerErr(id, err, seq)
 		return
 	}
-	r := &protocol.ListAgentsResult{Agents: make([]protocol.AgentInfo, len(got.items)), Truncated: got.more}
+	r := &protocol.ListAgentsResult{}
+	answerPage(c, id, seq, got, agentInfo, agentCursor,
+		func(a *protocol.AgentInfo) engine.AgentPos {
+			return engine.AgentPos{Priority: a.Priority, ID: a.AgentID}
+		},
+		func(items []protocol.AgentInfo, truncated bool, next string) {
+			r.Agents, r.Truncated, r.Next = items, truncated, next
+		}, r)
+}
+
+// answerPage answers a list op with the page gather found, each entry
+// converted by info, and next when more follow. An answer too big for
+// max_frame keeps fewer entries; its next then names the last one kept
+// (posOf). set fills result's fields, which is what is encoded.
+func answerPage[T, P, I any](c *conn, id, seq uint64, got listPage[T, P],
+	info func(*T) I, cursor func(P) string, posOf func(*I) P,
+	set func(items []I, truncated bool, next string), result any) {
+	items := make([]I, len(got.items))
 	for i := range got.items {
-		r.Agents[i] = agentInfo(&got.items[i])
+		items[i] = info(&got.items[i])
 	}
+	var next string
 	if got.more {
-		r.Next = agentCursor(got.next)
+		next = cursor(got.next)
 	}
-	c.appendBounded(id, r, seq, func(keep float64) bool {
-		k, ok := keepCount(len(r.Agents), keep)
+	set(items, got.more, next)
+	c.appendBounded(id, result, seq, func(keep float64) bool {
+		k, ok := keepCount(len(items), keep)
 		if k > 0 {
-			last := &r.Agents[k-1]
-			r.Next = agentCursor(engine.AgentPos{Priority: last.Priority, ID: last.AgentID})
+			next = cursor(posOf(&items[k-1]))
 		}
-		r.Agents, r.Truncated = r.Agents[:k], true
+		items = items[:k]
+		set(items, true, next)
 		return ok
 	})
 }
