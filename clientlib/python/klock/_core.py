@@ -10,10 +10,10 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import wire
-from .errors import AcquireTimeoutError, LeaseDeniedError, UnavailableError
+from .errors import AcquireTimeoutError, KlockError, LeaseDeniedError, UnavailableError
 from .filekey import resolve_file
 
-__all__ = ["Intent", "IdemSource", "AcquireRounds", "Backoff", "UnavailableRetry", "BACKOFF_CODES",
+__all__ = ["Intent", "IdemSource", "AcquireRounds", "Backoff", "UnavailableRetry", "Redial", "BACKOFF_CODES",
            "RENEW_AGAIN_CODES", "intent_args",
            "intents_args", "key_path", "key_paths",
            "grant_ids", "describe", "wait_seconds", "MAX_WAIT_ROUND_MS"]
@@ -118,39 +118,80 @@ def grant_ids(result: Mapping[str, Any]) -> List[str]:
 
 
 class AcquireRounds:
-    """The decisions of a blocking acquire, round by round.
+    """A blocking acquire, round by round, with no I/O: the sync and the
+    asyncio client each send :meth:`request`, then ask :meth:`after` (an
+    answer) or :meth:`failed` (an error) how long to sleep before the next.
 
     Each round asks the daemon with ``wait_timeout`` (so a WAIT verdict is
     waited for in the daemon, not by polling); :meth:`after` judges the
-    answer: a grant ends it, ``CONFLICT``/``SESSION_EXPIRED`` raise
-    :class:`LeaseDeniedError` for ``SESSION_EXPIRED``, a timeout raises
+    answer: a grant ends it, ``SESSION_EXPIRED`` raises
+    :class:`LeaseDeniedError`, a timeout raises
     :class:`AcquireTimeoutError`, anything else (DIE, CONFLICT,
     RESOURCE_LOCKED, a WAIT answered early) asks again after the suggested
     ``wait_time`` plus 0-50 %, or at once after a WAIT that used its whole
-    wait: the retry table of protocol/README.md.
+    wait: the retry table of protocol/README.md. Every round carries the
+    same idempotency key.
 
     Args:
-        what: the request, for messages (``"acquire on FILE:/x"``).
+        many: ``acquire_many`` (else ``acquire`` of ``intents[0]``).
         timeout: seconds in all; None waits forever.
     """
 
-    def __init__(self, what: str, timeout: Optional[float]) -> None:
-        self.what = what
+    def __init__(self, agent_id: str, session_id: str, intents: Sequence[Intent], ttl: int,
+                 timeout: Optional[float], idem: str, many: bool, bind: Optional[str]) -> None:
+        self.op = "acquire_many" if many else "acquire"
+        self._wire_intents = intents_args(intents)
+        self._fixed = (agent_id, session_id, ttl, idem, bind)
+        self.what = describe(self.op, self._wire_intents)
         self.timeout = timeout
         self.deadline = None if timeout is None else _monotonic() + timeout
         self._wait_ms = 0
+        self._backoff: Optional[Backoff] = None
         #: When the latest round was sent (monotonic): a lease it granted
         #: lasts at least until then plus its ttl.
         self.sent = 0.0
 
-    def wait_ms(self) -> int:
-        """The ``wait_timeout`` of the next round, in ms (0: answer at once)."""
+    def request(self) -> bytes:
+        """The next round's request tail; its ``wait_timeout`` is
+        :attr:`wait_s` (0: answer at once)."""
         wait_ms = MAX_WAIT_ROUND_MS
         if self.deadline is not None:
             wait_ms = min(wait_ms, int((self.deadline - _monotonic()) * 1000))
-        self._wait_ms = max(wait_ms, 0)
+        self._wait_ms = wait_ms = max(wait_ms, 0)
         self.sent = _monotonic()
-        return self._wait_ms
+        agent_id, session_id, ttl, idem, bind = self._fixed
+        if self.op == "acquire_many":
+            args: Dict[str, Any] = {"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
+                                    "intents": self._wire_intents, "idem": idem}
+            if wait_ms:
+                args["wait_timeout"] = wait_ms
+            if bind is not None:
+                args["bind"] = bind
+            return wire.request_tail(self.op, args)
+        i = self._wire_intents[0]
+        return wire.acquire_tail(agent_id, session_id, i["resource_type"], i["resource_path"],
+                                 i["predicate"], ttl, idem, wait_ms or None, bind,
+                                 i.get("client_path"))
+
+    @property
+    def wait_s(self) -> float:
+        """How long the daemon may hold the latest round, in seconds: the
+        caller adds it to the call's timeout."""
+        return self._wait_ms / 1000.0
+
+    def failed(self, e: KlockError) -> Optional[float]:
+        """The pause before asking again after the round failed with e, or
+        None when e ends the acquire (the caller raises it).
+
+        The retry table: RESOURCE_EXHAUSTED is asked again with backoff
+        until the deadline; others (UNAVAILABLE once the call's own retries
+        gave up) end it.
+        """
+        if e.code not in BACKOFF_CODES:
+            return None
+        if self._backoff is None:
+            self._backoff = Backoff(self.deadline)
+        return self._backoff.next()
 
     def after(self, result: Dict[str, Any]) -> Optional[float]:
         """Returns None when result is a grant, else the delay before the next round.
@@ -159,6 +200,7 @@ class AcquireRounds:
             LeaseDeniedError: a denial waiting cannot cure.
             AcquireTimeoutError: still denied when the timeout ran out.
         """
+        self._backoff = None
         if result.get("success"):
             return None
         reason = str(result.get("reason", ""))
@@ -210,6 +252,26 @@ class Backoff:
         return min(delay, left)
 
 
+
+
+class Redial:
+    """The pause between failed dials of a connection's reader: 10 ms
+    doubling to at most 1 s, each within +-20 %; :meth:`reset` after a dial
+    that worked or a ``redial_now()``."""
+
+    FIRST = 0.01
+    CAP = 1.0
+
+    def __init__(self) -> None:
+        self._delay = self.FIRST
+
+    def next(self) -> float:
+        delay = self._delay * (0.8 + 0.4 * random.random())
+        self._delay = min(self._delay * 2, self.CAP)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self.FIRST
 
 
 class UnavailableRetry:

@@ -29,7 +29,6 @@ import asyncio
 import itertools
 import logging
 import os
-import random
 import time
 from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Set, Tuple
 
@@ -38,10 +37,8 @@ from ._core import (
     AcquireRounds,
     IdemSource,
     Intent,
-    BACKOFF_CODES,
-    Backoff,
+    Redial,
     UnavailableRetry,
-    describe,
     intents_args,
     key_path,
     key_paths,
@@ -66,8 +63,6 @@ __all__ = ["KlockClient", "AsyncLease"]
 log = logging.getLogger("klock")
 
 _HANDSHAKE_TIMEOUT = 5.0
-_BACKOFF_FIRST = 0.01
-_BACKOFF_CAP = 1.0
 _ACQUIRE_OPS = frozenset({"acquire", "acquire_many"})
 
 _monotonic = time.monotonic
@@ -201,7 +196,7 @@ class _Connection:
     # ----- the reader task -------------------------------------------------
 
     async def _run(self, reader: Optional[asyncio.StreamReader]) -> None:
-        backoff = _BACKOFF_FIRST
+        redial = Redial()
         assert self._need is not None and self._stopping is not None
         while not self._closed:
             if reader is not None:
@@ -221,16 +216,15 @@ class _Connection:
                 self._dial_error = e
                 log.debug("klock: redialling %s failed: %s", self.socket_path, e)
                 try:
-                    await asyncio.wait_for(self._stopping.wait(),
-                                           backoff * (0.8 + 0.4 * random.random()))
+                    await asyncio.wait_for(self._stopping.wait(), redial.next())
                 except asyncio.TimeoutError:
-                    backoff = min(backoff * 2, _BACKOFF_CAP)
+                    pass
                 else:
                     if not self._closed:  # redial_now(): try again at once
                         self._stopping.clear()
-                        backoff = _BACKOFF_FIRST
+                        redial.reset()
                 continue
-            backoff = _BACKOFF_FIRST
+            redial.reset()
             self.reconnects += 1
             log.info("klock: reconnected to %s", self.socket_path)
             self._install(writer)
@@ -585,48 +579,23 @@ class KlockClient:
                                 ttl: int, timeout: Optional[float],
                                 many: bool = False,
                                 bind: Optional[str] = "process") -> Tuple[Dict[str, Any], float]:
-        wire_intents = intents_args(intents)
-        op = "acquire_many" if many else "acquire"
-        rounds = AcquireRounds(describe(op, wire_intents), timeout)
-        idem = self._idem()
-        backoff: Optional[Backoff] = None
+        rounds = AcquireRounds(agent_id, session_id, intents, ttl, timeout, self._idem(), many,
+                               bind)
         while True:
-            wait_ms = rounds.wait_ms()
-            if many:
-                args: Dict[str, Any] = {"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
-                                        "intents": wire_intents, "idem": idem}
-                if wait_ms:
-                    args["wait_timeout"] = wait_ms
-                if bind is not None:
-                    args["bind"] = bind
-                tail = wire.request_tail(op, args)
-            else:
-                i = wire_intents[0]
-                tail = wire.acquire_tail(agent_id, session_id, i["resource_type"],
-                                         i["resource_path"], i["predicate"], ttl, idem,
-                                         wait_ms or None, bind, i.get("client_path"))
+            tail = rounds.request()
             try:
-                result = await self._call(op, tail, self.timeout + wait_ms / 1000.0,
+                result = await self._call(rounds.op, tail, self.timeout + rounds.wait_s,
                                           rounds.deadline)
             except KlockError as e:
-                # The retry table: RESOURCE_EXHAUSTED is asked again with
-                # backoff until the deadline; others (UNAVAILABLE once the
-                # call's own retries gave up) end it.
-                if e.code not in BACKOFF_CODES:
-                    raise
-                if backoff is None:
-                    backoff = Backoff(rounds.deadline)
-                pause = backoff.next()
+                pause = rounds.failed(e)
                 if pause is None:
                     raise
+            else:
+                pause = rounds.after(result)
+                if pause is None:
+                    return result, rounds.sent
+            if pause > 0:
                 await asyncio.sleep(pause)
-                continue
-            backoff = None
-            delay = rounds.after(result)
-            if delay is None:
-                return result, rounds.sent
-            if delay > 0:
-                await asyncio.sleep(delay)
 
 
 class _LeaseRequest:

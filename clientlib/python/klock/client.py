@@ -13,10 +13,7 @@ from ._core import (
     AcquireRounds,
     IdemSource,
     Intent,
-    BACKOFF_CODES,
-    Backoff,
     UnavailableRetry,
-    describe,
     intents_args,
     key_path,
     key_paths,
@@ -522,42 +519,20 @@ class KlockClient:
                           bind: Optional[str] = "process") -> Tuple[Dict[str, Any], float]:
         """The blocking acquire: returns the grant and when the request that
         got it was sent (monotonic)."""
-        wire_intents = intents_args(intents)
-        op = "acquire_many" if many else "acquire"
-        rounds = AcquireRounds(describe(op, wire_intents), timeout)
-        idem = self._idem()
-        backoff: Optional[Backoff] = None
+        rounds = AcquireRounds(agent_id, session_id, intents, ttl, timeout, self._idem(), many,
+                               bind)
         while True:
-            wait_ms = rounds.wait_ms()
-            if many:
-                args = _optional({"agent_id": agent_id, "session_id": session_id, "ttl": ttl,
-                                  "intents": wire_intents, "idem": idem},
-                                 wait_timeout=wait_ms or None, bind=bind)
-                tail = wire.request_tail(op, args)
-            else:
-                i = wire_intents[0]
-                tail = _acquire_tail(agent_id, session_id, i["resource_type"], i["resource_path"],
-                                     i["predicate"], ttl, idem, wait_ms or None, bind,
-                                     i.get("client_path"))
+            tail = rounds.request()
             try:
-                result = self._call(op, tail, self.timeout + wait_ms / 1000.0, rounds.deadline)
+                result = self._call(rounds.op, tail, self.timeout + rounds.wait_s, rounds.deadline)
             except KlockError as e:
-                # The retry table: RESOURCE_EXHAUSTED is asked again with
-                # backoff until the deadline; others (UNAVAILABLE once the
-                # call's own retries gave up) end it.
-                if e.code not in BACKOFF_CODES:
-                    raise
-                if backoff is None:
-                    backoff = Backoff(rounds.deadline)
-                pause = backoff.next()
+                pause = rounds.failed(e)
                 if pause is None:
                     raise
+            else:
+                pause = rounds.after(result)
+                if pause is None:
+                    return result, rounds.sent
+            if pause > 0:
                 time.sleep(pause)
-                continue
-            backoff = None
-            delay = rounds.after(result)
-            if delay is None:
-                return result, rounds.sent
-            if delay > 0:
-                time.sleep(delay)
 

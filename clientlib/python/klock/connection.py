@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import socket
 import struct
 import threading
@@ -34,6 +33,7 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import wire
+from ._core import Redial
 from .errors import (
     BadFrameError,
     DaemonNotRunningError,
@@ -61,9 +61,6 @@ _SEND_TIMEOUT = 10.0
 # the reader role notices its deadline. A socket timeout would do the same
 # but costs a poll(2) before every read.
 _READ_TICK = 0.05
-
-_BACKOFF_FIRST = 0.01
-_BACKOFF_CAP = 1.0
 
 _RECV_SIZE = 1 << 16
 
@@ -512,7 +509,7 @@ class Connection:
     # ----- reader thread ---------------------------------------------------
 
     def _run(self) -> None:
-        backoff = _BACKOFF_FIRST
+        redial = Redial()
         while True:
             with self._lock:
                 while not self._closed and not (
@@ -532,13 +529,11 @@ class Connection:
                 with self._lock:
                     self._dial_error = e
                 log.debug("klock: redialling %s failed: %s", self.socket_path, e)
-                if self._wake.wait(backoff * (0.8 + 0.4 * random.random())):
+                if self._wake.wait(redial.next()):
                     self._wake.clear()
-                    backoff = _BACKOFF_FIRST  # redial_now(): try again at once
-                else:
-                    backoff = min(backoff * 2, _BACKOFF_CAP)
+                    redial.reset()  # redial_now(): try again at once
                 continue
-            backoff = _BACKOFF_FIRST
+            redial.reset()
             self._install(sock)
 
     def _dial(self) -> socket.socket:

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import unittest
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import msgpack
 
@@ -43,6 +43,22 @@ def short_tempdir(test: unittest.TestCase) -> str:
     d = tempfile.mkdtemp(prefix="klk", dir="/tmp")
     test.addCleanup(shutil.rmtree, d, True)
     return d
+
+
+def linked_worktree(test: unittest.TestCase) -> Tuple[str, str]:
+    """A git repository and a linked worktree of it, made by hand: the
+    worktree's .git file names a gitdir whose commondir leads to the main
+    repository. Returns (main, linked)."""
+    root = short_tempdir(test)
+    main, linked = os.path.join(root, "repo"), os.path.join(root, "repo-wt")
+    gitdir = os.path.join(main, ".git", "worktrees", "wt")
+    os.makedirs(gitdir)
+    os.makedirs(linked)
+    with open(os.path.join(gitdir, "commondir"), "w") as f:
+        f.write("../..\n")
+    with open(os.path.join(linked, ".git"), "w") as f:
+        f.write("gitdir: %s\n" % gitdir)
+    return main, linked
 
 
 # ----- fake daemon ----------------------------------------------------------------

@@ -242,11 +242,11 @@ class AsyncioKeepAliveTest(KlockdTestCase, unittest.IsolatedAsyncioTestCase):
 
     async def test_keepalive_redials_at_once_before_giving_a_lease_up(self) -> None:
         # As ReconnectTest's test of the same name, for the asyncio client.
-        from klock import asyncio as kasyncio
+        from klock._core import Redial
 
-        for name in ("_BACKOFF_FIRST", "_BACKOFF_CAP"):
-            self.addCleanup(setattr, kasyncio, name, getattr(kasyncio, name))
-            setattr(kasyncio, name, 60.0)  # one failed dial: the next in a minute
+        for name in ("FIRST", "CAP"):
+            self.addCleanup(setattr, Redial, name, getattr(Redial, name))
+            setattr(Redial, name, 60.0)  # one failed dial: the next in a minute
         k = KlockClient(self.daemon.socket_path, timeout=30)
         self.addAsyncCleanup(k.close)
         await k.register_agent("a", 1)

@@ -13,7 +13,7 @@ import os
 import unittest
 import uuid
 
-from support import KlockdTestCase, now_ms, short_tempdir, wait_until
+from support import KlockdTestCase, linked_worktree, now_ms, wait_until
 
 import klock
 
@@ -257,17 +257,8 @@ class ClientPathTest(KlockdTestCase):
     def test_holder_path_in_a_linked_worktree_is_shown(self) -> None:
         # protocol/README.md "FILE paths": klockd keeps the client_path the
         # client sent and shows it in list_leases and in the denials that
-        # lease decides (held_path). A linked worktree made by hand: a .git
-        # file naming a gitdir whose commondir leads to the main repository.
-        root = short_tempdir(self)
-        main, linked = os.path.join(root, "repo"), os.path.join(root, "repo-wt")
-        gitdir = os.path.join(main, ".git", "worktrees", "wt")
-        os.makedirs(gitdir)
-        os.makedirs(linked)
-        with open(os.path.join(gitdir, "commondir"), "w") as f:
-            f.write("../..\n")
-        with open(os.path.join(linked, ".git"), "w") as f:
-            f.write("gitdir: %s\n" % gitdir)
+        # lease decides (held_path).
+        main, linked = linked_worktree(self)
         k = self.klock
         k.register_agent("senior", 1)
         k.register_agent("junior", 2)

@@ -429,11 +429,11 @@ class ReconnectTest(KlockdTestCase):
         well before the lease's deadline, but the redial backoff sleeps past
         it; the keep-alive then redials at once for a last renewal, two
         margins before the deadline, instead of declaring the lease lost."""
-        from klock import connection
+        from klock._core import Redial
 
-        for name in ("_BACKOFF_FIRST", "_BACKOFF_CAP"):
-            self.addCleanup(setattr, connection, name, getattr(connection, name))
-            setattr(connection, name, 60.0)  # one failed dial: the next in a minute
+        for name in ("FIRST", "CAP"):
+            self.addCleanup(setattr, Redial, name, getattr(Redial, name))
+            setattr(Redial, name, 60.0)  # one failed dial: the next in a minute
         k = self.new_client(timeout=30)  # its reader thread starts with that backoff
         k.register_agent("a", 1)
         with k.lease("a", "s", "FILE", "/x", "MUTATES", ttl=6000) as lease:

@@ -9,7 +9,7 @@ import unittest
 from typing import Any, Dict, List
 
 import msgpack
-from support import FakeConn, FakeDaemon, short_tempdir, wait_until
+from support import FakeConn, FakeDaemon, linked_worktree, short_tempdir, wait_until
 
 import klock
 from klock.connection import DEFAULT_MAX_FRAME
@@ -578,15 +578,7 @@ class WireTest(unittest.TestCase):
         # protocol/README.md "FILE paths": a path the worktree rule moved to
         # the main worktree is sent with the path as named, as client_path;
         # one it left alone (or not a FILE) is sent without.
-        root = short_tempdir(self)
-        main, linked = os.path.join(root, "repo"), os.path.join(root, "repo-wt")
-        gitdir = os.path.join(main, ".git", "worktrees", "wt")
-        os.makedirs(gitdir)
-        os.makedirs(linked)
-        with open(os.path.join(gitdir, "commondir"), "w") as f:
-            f.write("../..\n")
-        with open(os.path.join(linked, ".git"), "w") as f:
-            f.write("gitdir: %s\n" % gitdir)
+        main, linked = linked_worktree(self)
         d = self.serve(echo)
         c = self.client()
         c.acquire_lease("a", "s", "FILE", linked + "/src//x.py", "MUTATES", 1000)
