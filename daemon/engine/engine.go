@@ -15,7 +15,7 @@ type Engine struct {
 
 	agents        map[string]*agent
 	leases        leaseTable
-	resources     map[string]*resource     // keys with leases, waiters or a freeze (and a few idle ones)
+	resources     resTable                 // keys with leases, waiters or a freeze (and a few idle ones)
 	byKey         *btree.BTreeG[*resource] // the same resources, sorted by key (order.go)
 	byPriority    *btree.BTreeG[*agent]    // registered agents by priority, then id (order.go)
 	idle          []*resource              // parked idle resources, oldest first
@@ -183,7 +183,7 @@ func New(cfg Config) *Engine {
 		ids:        rand.NewChaCha8(seed),
 		cfg:        cfg,
 		agents:     make(map[string]*agent),
-		resources:  make(map[string]*resource),
+		resources:  newResTable(),
 		byKey:      newResourceOrder(),
 		byPriority: newAgentOrder(),
 		waiters:    make(map[WaiterID]*waiter),

@@ -250,15 +250,15 @@ func (e *Engine) ListWaiting(now int64, limit int) ([]Waiting, bool, error) {
 		return nil, false, err
 	}
 	var keys []string
-	for k, r := range e.resources {
+	for r := range e.resources.all() {
 		if len(r.queue()) > 0 {
-			keys = append(keys, k)
+			keys = append(keys, r.key)
 		}
 	}
 	slices.Sort(keys)
 	var out []Waiting
 	for _, k := range keys {
-		for _, q := range e.resources[k].queue() {
+		for _, q := range e.resources.get(k).queue() {
 			if len(out) == limit {
 				return out, true, nil
 			}

@@ -81,7 +81,7 @@ func FuzzAcquire(f *testing.F) {
 			if err != nil {
 				q = Mutates
 			}
-			ts := []target{{key: key, pred: q, res: e.resources[key]}}
+			ts := []target{{key: key, pred: q, res: e.resources.get(key)}}
 			a := e.agents["a"]
 			v := e.decide(t0, a, "s", a.priority, ts, nil)
 			ref := refDecide(e, t0, a, "s", a.priority, ts, nil)

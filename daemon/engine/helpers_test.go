@@ -116,7 +116,7 @@ func replayMsgpack(t testing.TB, e *Engine, recs []Record) *Engine {
 // kept only because keys below them are kept do not count).
 func liveResources(e *Engine) int {
 	n := 0
-	for _, r := range e.resources {
+	for r := range e.resources.all() {
 		if len(r.leases) > 0 || len(r.queue()) > 0 || r.frozen || r.isDirty {
 			n++
 		}
@@ -133,7 +133,7 @@ func TestIdleResourcesBounded(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
-	require.LessOrEqual(t, len(e.resources), maxIdleResources+1)
+	require.LessOrEqual(t, e.resources.len(), maxIdleResources+1)
 	require.LessOrEqual(t, len(e.idle), maxIdleResources+1)
 	require.Zero(t, liveResources(e))
 	require.LessOrEqual(t, len(e.freeLeases), maxFreeLeases)

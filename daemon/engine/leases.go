@@ -196,7 +196,7 @@ func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, 
 	if !e.isAdmin(c) {
 		return false, nil, permissionDenied(c, "freeze resources (admin only)")
 	}
-	if r := e.resources[key]; r != nil && r.frozen {
+	if r := e.resources.get(key); r != nil && r.frozen {
 		return true, nil, nil
 	}
 	r := e.resourceFor(key)
@@ -221,7 +221,7 @@ func (e *Engine) Thaw(now int64, c Caller, typ, path string) (bool, error) {
 	if !e.isAdmin(c) {
 		return false, permissionDenied(c, "thaw resources (admin only)")
 	}
-	r := e.resources[key]
+	r := e.resources.get(key)
 	if r == nil || !r.frozen {
 		return false, nil
 	}

@@ -16,10 +16,10 @@ import (
 // holds exactly the resources, byPriority exactly the registered agents,
 // and each agent's session lists exactly its leases, in fence order.
 func checkOrders(t require.TestingT, e *Engine) {
-	require.Equal(t, len(e.resources), e.byKey.Len(), "byKey and resources disagree")
+	require.Equal(t, e.resources.len(), e.byKey.Len(), "byKey and resources disagree")
 	prev := ""
 	e.byKey.Ascend(func(r *resource) bool {
-		require.Same(t, e.resources[r.key], r, "byKey holds %q, which resources does not", r.key)
+		require.Same(t, e.resources.get(r.key), r, "byKey holds %q, which resources does not", r.key)
 		require.Less(t, prev, r.key)
 		prev = r.key
 		return true

@@ -214,7 +214,8 @@ func (m *model) check() {
 	e, now := m.e, m.now
 	// (a) safety: no two active conflicting leases on one key from
 	// different (agent, session).
-	for key, r := range e.resources {
+	for r := range e.resources.all() {
+		key := r.key
 		for i, x := range r.leases {
 			require.Equal(m.t, key, x.resource())
 			for _, y := range r.leases[i+1:] {
@@ -297,7 +298,7 @@ func (m *model) check() {
 // another agent, conflicting and at least as senior as the grantee.
 func (m *model) checkNotOvertaken(ls []Lease) {
 	for _, l := range ls {
-		r := m.e.resources[l.Resource]
+		r := m.e.resources.get(l.Resource)
 		if r == nil {
 			continue
 		}

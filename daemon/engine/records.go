@@ -131,7 +131,7 @@ func (e *Engine) apply(r *Record) *Error {
 	case RecFreeze:
 		e.resourceFor(r.Resource).frozen = true
 	case RecThaw:
-		if res := e.resources[r.Resource]; res != nil {
+		if res := e.resources.get(r.Resource); res != nil {
 			res.frozen = false
 			e.dropIfIdle(res)
 		}

@@ -64,7 +64,7 @@ func refDecide(e *Engine, now int64, a *agent, session string, prio int64, ts []
 }
 
 func refDecideOne(e *Engine, now int64, a *agent, session string, prio int64, t target, self *waiter) refVerdict {
-	for _, r := range e.resources {
+	for r := range e.resources.all() {
 		if r.frozen && protocol.Covers(r.key, t.key) {
 			return refVerdict{reason: protocol.ReasonResourceLocked}
 		}
@@ -188,7 +188,7 @@ func (m *treeModel) targets(in []Intent) []target {
 		require.NoError(m.t, err)
 		p, err := ParsePredicate(x.Predicate)
 		require.NoError(m.t, err)
-		ts[i] = target{key: key, pred: p, res: m.e.resources[key]}
+		ts[i] = target{key: key, pred: p, res: m.e.resources.get(key)}
 	}
 	return ts
 }
@@ -216,7 +216,7 @@ func (m *treeModel) requireVerdict(what func() string, ref refVerdict, v *verdic
 		m.e.leases.each(func(l *lease) {
 			m.t.Logf("state: lease %s %s %s/%s exp %d", l.resource(), l.Predicate, l.agentID(), l.sessionID(), l.ExpiresAt)
 		})
-		for _, r := range m.e.resources {
+		for r := range m.e.resources.all() {
 			if r.below != nil {
 				for c := range r.below.held {
 					for _, h := range r.below.held[c] {
@@ -424,13 +424,14 @@ func targetKeys(ts []target) []string {
 // queued requests they sum up.
 func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 	kids := make(map[*resource]int32)
-	for key, r := range e.resources {
+	for r := range e.resources.all() {
+		key := r.key
 		if key != r.key {
 			t.Fatalf("resource %s filed under %s", r.key, key)
 		}
 		pk, ok := parentKey(key)
 		switch {
-		case ok && (r.parent == nil || e.resources[pk] != r.parent):
+		case ok && (r.parent == nil || e.resources.get(pk) != r.parent):
 			t.Fatalf("the parent of %s is not the resource of %s", key, pk)
 		case !ok && r.parent != nil:
 			t.Fatalf("root %s has parent %s", key, r.parent.key)
@@ -467,7 +468,7 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 		}
 	}
 	nHeld, nQueued := 0, 0
-	for _, r := range e.resources {
+	for r := range e.resources.all() {
 		if kids[r] != r.kids {
 			t.Fatalf("%s counts %d kids, has %d", r.key, r.kids, kids[r])
 		}

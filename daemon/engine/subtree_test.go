@@ -311,6 +311,6 @@ func TestSubtreeNodesForgotten(t *testing.T) {
 		require.True(t, ok)
 	}
 	// Each key kept idle keeps its two subtree keys and the root.
-	require.LessOrEqual(t, len(e.resources), 3*(maxIdleResources+1)+1)
+	require.LessOrEqual(t, e.resources.len(), 3*(maxIdleResources+1)+1)
 	checkIndex(t, e)
 }

@@ -37,7 +37,7 @@ func isBelow(key, sub string) bool {
 // resourceFor returns the resource for key, creating it and the subtree
 // keys above it that are missing.
 func (e *Engine) resourceFor(key string) *resource {
-	r := e.resources[key]
+	r := e.resources.get(key)
 	if r == nil {
 		r = &resource{key: key}
 		r.leases = r.one[:0]
@@ -46,7 +46,7 @@ func (e *Engine) resourceFor(key string) *resource {
 			r.parent = e.resourceFor(pk)
 			r.parent.kids++
 		}
-		e.resources[key] = r
+		e.resources.put(r)
 		e.byKey.ReplaceOrInsert(r)
 	}
 	return r
@@ -73,7 +73,7 @@ func (e *Engine) nodeAbove(key string) *resource {
 	var found *resource
 	for lo, hi := 0, len(slashes); lo < hi; {
 		mid := int(uint(lo+hi) >> 1)
-		if r := e.resources[key[:slashes[mid]+1]]; r != nil {
+		if r := e.resources.get(key[:slashes[mid]+1]); r != nil {
 			found, lo = r, mid+1
 		} else {
 			hi = mid
@@ -95,7 +95,7 @@ func (r *resource) idle() bool {
 // maxIdleResources the oldest parked ones are forgotten, and so are the
 // subtree keys above them that are left with nothing.
 func (e *Engine) dropIfIdle(r *resource) {
-	if r.parked || !r.idle() || e.resources[r.key] != r {
+	if r.parked || !r.idle() || e.resources.get(r.key) != r {
 		return
 	}
 	r.parked = true
@@ -107,9 +107,9 @@ func (e *Engine) dropIfIdle(r *resource) {
 	var orphans []*resource
 	for i, old := range e.idle[:n] {
 		old.parked = false
-		if old.idle() && e.resources[old.key] == old {
+		if old.idle() && e.resources.get(old.key) == old {
 			e.dropSoft(old)
-			delete(e.resources, old.key)
+			e.resources.del(old)
 			e.byKey.Delete(old)
 			if p := old.parent; p != nil {
 				p.kids--

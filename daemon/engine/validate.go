@@ -145,7 +145,7 @@ func (e *Engine) internKey(field, typ, p string) (string, *resource, *Error) {
 	b = append(b, ':')
 	b = append(b, p...)
 	e.keyBuf = b
-	if r := e.resources[string(b)]; r != nil {
+	if r := e.resources.getBytes(b); r != nil {
 		return r.key, r, nil
 	}
 	return string(b), nil, nil
