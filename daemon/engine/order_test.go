@@ -343,3 +343,33 @@ func TestExpireInSteps(t *testing.T) {
 	require.Equal(t, []int{1000, 1000, 500}, steps)
 	require.Zero(t, e.Stats().Leases)
 }
+
+// TestExpireTiesInFenceOrder expires leases that share one expiry, one at
+// a time: the oldest (lowest fence) goes first, whatever order the expiry
+// queue met them in. Here the queue first holds them latest fence first,
+// then a heartbeat gives them all the same expiry, from the latest fence
+// to the oldest.
+func TestExpireTiesInFenceOrder(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	const n = 200
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = mustGrantReq(t, e, t0, req1("a", "s", "FILE", fmt.Sprintf("/t/%d", i), "MUTATES", int64(10_000-i))).ID
+	}
+	for i := n - 1; i >= 0; i-- {
+		_, err := e.Heartbeat(t0+1, alice, ids[i], 5000)
+		require.NoError(t, err)
+	}
+	e.Records()
+	var got []string
+	for more := true; more; {
+		_, _, more = e.ExpireStep(t0+1+5000, 1)
+		for _, r := range e.Records() {
+			if r.Kind == RecExpire {
+				got = append(got, r.LeaseIDs...)
+			}
+		}
+	}
+	require.Equal(t, ids, got)
+}
