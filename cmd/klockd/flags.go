@@ -47,6 +47,7 @@ type options struct {
 	watchBuffer    int
 	maxWatches     int
 	http           string
+	trace          string // a runtime execution trace of the whole run goes here
 }
 
 // optionalInt is an int flag whose default is another flag's value: it
@@ -111,6 +112,7 @@ func newFlags(stderr io.Writer, o *options) *flag.FlagSet {
 	fs.DurationVar(&o.etcdSessionTTL, "etcd-session-ttl", cluster.DefaultSessionTTL, "cluster mode: how long after it stops answering etcd a klockd counts as gone, and the others drop the acquires parked on it")
 	fs.IntVar(&o.watchBuffer, "watch-buffer", server.DefaultWatchBuffer, "events a watcher (klockctl watch, the dashboard) may fall behind before klockd cuts it off with a final overflow event")
 	fs.StringVar(&o.http, "http", "", "serve Prometheus /metrics and a read-only dashboard at / on `ADDR`: 127.0.0.1:PORT, [::1]:PORT or a Unix socket path (off by default; never on other addresses, as it is unauthenticated)")
+	fs.StringVar(&o.trace, "trace", "", "debugging: write a Go runtime execution trace of the whole run to `FILE`, for go tool trace (off by default; it costs CPU and the file grows while klockd runs)")
 	fs.IntVar(&o.maxWatches, "max-watches", server.DefaultMaxWatches, "most watch streams open at once (socket and HTTP); more get RESOURCE_EXHAUSTED")
 	// Parse errors print one line and a hint, not the whole help.
 	fs.Usage = func() { fmt.Fprintln(stderr, "try klockd --help") }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/klockd/klock/cmd/internal/tracefile"
 	"github.com/klockd/klock/daemon"
 )
 
@@ -62,6 +63,14 @@ func runDaemon(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "klockd: %v\n", err)
 		return 2
+	}
+	if o.trace != "" {
+		stopTrace, err := tracefile.Start(o.trace)
+		if err != nil {
+			fmt.Fprintf(stderr, "klockd: --trace: %v\n", err)
+			return 2
+		}
+		defer stopTrace()
 	}
 	d, err := daemon.New(cfg)
 	if err != nil {

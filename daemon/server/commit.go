@@ -1,7 +1,8 @@
 package server
 
 import (
-	"runtime"
+	"context"
+	"runtime/trace"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -24,7 +25,7 @@ func (s *Server) commit(c *conn, id uint64, ch *change) {
 	}
 	o, seq := s.commitStep(c, id, ch, true)
 	for o.more && o.err == nil {
-		runtime.Gosched() // let a request waiting for s.mu take it
+		s.turns.yield() // the requests waiting for s.mu go first
 		next, nseq := s.commitStep(c, id, ch, false)
 		o, seq = sumSteps(o, next), nseq
 	}
@@ -46,8 +47,12 @@ var errLocalInCluster = &protocol.Error{Code: protocol.CodeInternal,
 // commitStep takes s.mu and runs ch through commitLocked, after
 // admitLocked for the first step.
 func (s *Server) commitStep(c *conn, id uint64, ch *change, first bool) (outcome, uint64) {
-	s.mu.Lock()
+	s.turns.lock(&s.mu)
 	defer s.mu.Unlock()
+	if trace.IsEnabled() {
+		// klockd --trace: a region "mu" is a hold of the engine lock.
+		defer trace.StartRegion(context.Background(), "mu").End()
+	}
 	if first {
 		if err := s.admitLocked(c, ch); err != nil {
 			return outcome{err: err}, s.lastSeq
@@ -163,8 +168,11 @@ func read[T any](s *Server, c *conn, query func(now int64) (T, error)) (T, uint6
 // readLocal is read without the cluster's barrier: what this node holds
 // now (stats, which must answer while the quorum is lost).
 func readLocal[T any](s *Server, query func(now int64) (T, error)) (T, uint64, error) {
-	s.mu.Lock()
+	s.turns.lock(&s.mu)
 	defer s.mu.Unlock()
+	if trace.IsEnabled() {
+		defer trace.StartRegion(context.Background(), "mu").End()
+	}
 	s.unavailableLocked() // a new fault rolls memory back first
 	if s.broken.Load() != nil {
 		var zero T

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
+	"runtime/trace"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -35,6 +36,10 @@ func (s *Server) handle(c *conn, body []byte) {
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("request", "op", req.Op, "id", req.ID, "uid", c.caller.UID, "pid", c.caller.PID)
+	}
+	if trace.IsEnabled() {
+		// klockd --trace: each request is a region named by its op.
+		defer trace.StartRegion(context.Background(), req.Op).End()
 	}
 	if s.shutting.Load() {
 		c.appendError(req.ID, errShuttingDown.Code, errShuttingDown.Message, 0)

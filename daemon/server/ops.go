@@ -46,6 +46,9 @@ func gather[T, P any](s *Server, c *conn, limit int, pos P,
 	page func(now int64, pos P, n int) (listPage[T, P], error)) (listPage[T, P], uint64, error) {
 	all := listPage[T, P]{next: pos}
 	for hold := 0; ; hold++ {
+		if hold > 0 {
+			s.turns.yield() // the requests waiting for s.mu go first
+		}
 		p, seq, err := read(s, c, func(now int64) (listPage[T, P], error) {
 			return page(now, all.next, limit-len(all.items))
 		})

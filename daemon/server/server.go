@@ -83,7 +83,9 @@ type Server struct {
 	healWG    sync.WaitGroup // the heal loop (degraded.go)
 	connsDone sync.WaitGroup
 
-	// mu guards the engine and the fields that follow.
+	// mu guards the engine and the fields that follow; requests take it
+	// through turns.
+	turns     turns
 	mu        sync.Mutex
 	eng       *engine.Engine
 	waiters   map[engine.WaiterID]waiter
