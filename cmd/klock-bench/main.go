@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/klockd/klock/cmd/internal/tracefile"
 )
 
 // config is the parsed command line.
@@ -37,6 +39,7 @@ type config struct {
 	plotOut     string
 	short       bool
 	profile     string // CPU profile of the tool (the client side)
+	trace       string // runtime execution trace of the tool
 	args        []string
 }
 
@@ -44,6 +47,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "echo-server" {
 		if err := runEchoServer(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "stats-probe" {
+		if err := runStatsProbe(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "klock-bench stats-probe:", err)
 			os.Exit(1)
 		}
 		return
@@ -95,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.from, "from", "", "measure nothing: re-report the results in this JSON file (from -json) as table, -md, -plot")
 	fs.StringVar(&cfg.plotOut, "plot", "", "write a plot of throughput and p99 by W to this file (.png or .svg)")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this tool (the client side, clientlib included) to this file")
+	fs.StringVar(&cfg.trace, "trace", "", "write a runtime execution trace of this tool (the client side) to this file, from the first cell on; the stall probe's stats client, a process of its own, writes its trace to this file with .probe-N added; its stats calls are regions \"stats\" (go tool trace)")
 	fs.BoolVar(&serverLogs, "server-logs", false, "copy the servers' output to stderr")
 	fs.BoolVar(&cfg.short, "short", false, "CI mode: 1s cells, W=1,8, 2,000 held leases (explicit flags still win)")
 	if err := fs.Parse(args); err != nil {
@@ -235,6 +246,14 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if cfg.trace != "" {
+		stop, err := tracefile.Start(cfg.trace)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		probeTrace = cfg.trace
 	}
 	res := &Results{Machine: describeMachine(), Command: "klock-bench " + strings.Join(cfg.args, " "),
 		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Session: cfg.session, Settings: map[string]string{},

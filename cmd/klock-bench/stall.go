@@ -79,32 +79,12 @@ func (b *klockBackend) Stall(ctx context.Context, rep, n int) (Cell, error) {
 		}
 	}
 
-	// The probe, until the pager and the ender are both done.
-	stop := make(chan struct{})
-	var lat []time.Duration
-	probeErr := make(chan error, 1)
-	go func() {
-		probe, err := b.dial(ctx, 0)
-		if err != nil {
-			probeErr <- err
-			return
-		}
-		defer probe.Close()
-		for {
-			select {
-			case <-stop:
-				probeErr <- nil
-				return
-			default:
-			}
-			t0 := time.Now()
-			if _, err := probe.Stats(ctx); err != nil {
-				probeErr <- err
-				return
-			}
-			lat = append(lat, time.Since(t0))
-		}
-	}()
+	// The probe, in a process of its own (probe.go), until the pager and
+	// the ender are both done.
+	probe, err := startStatsProbe(b.srvs[0].socket, rep)
+	if err != nil {
+		return cell, err
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	var pageErr, endErr, grantErr error
@@ -128,8 +108,8 @@ func (b *klockBackend) Stall(ctx context.Context, rep, n int) (Cell, error) {
 		grantErr = awaitGrants(parked)
 	}()
 	wg.Wait()
-	close(stop)
-	if err := errors.Join(<-probeErr, pageErr, endErr, grantErr); err != nil {
+	lat, probeErr := probe.stop()
+	if err := errors.Join(probeErr, pageErr, endErr, grantErr); err != nil {
 		return cell, err
 	}
 	cell.Seconds = time.Since(start).Seconds()
