@@ -69,7 +69,7 @@ func TestParseFlags(t *testing.T) {
 // TestTargets checks that the targets are medians of per-repetition ratios
 // and are judged against the issue's bounds.
 func TestTargets(t *testing.T) {
-	cfg := config{backends: []string{"echo", "redis", "klock"}, workloads: []string{Uncontended, ManyLeases}, workers: []int{1, 64}}
+	cfg := config{backends: []string{"echo", "redis", "klock", "klock-conn"}, workloads: []string{Uncontended, ManyLeases}, workers: []int{1, 64}}
 	r := &Results{Reps: 3, Leases: 100}
 	add := func(b, wl string, w, rep int, thr, p50, p99 float64) {
 		r.Cells = append(r.Cells, Cell{Backend: b, Workload: wl, Workers: w, Rep: rep, PairsPerSec: thr, P50us: p50, P99us: p99})
@@ -83,21 +83,25 @@ func TestTargets(t *testing.T) {
 		add("klock", Uncontended, 64, rep, 1900, 100, 300)
 		add("klock", ManyLeases, 1, rep, 1000, 100, 200)
 		add("klock", ManyLeases, 64, rep, 1900, 100, 300)
+		add("klock-conn", Uncontended, 64, rep, 1850, 100, 300)
 	}
 	r.summarize(cfg)
 	want := map[string]struct {
 		ratio float64
 		pass  bool
 	}{
-		"W=1 uncontended: p50 <= 1.1 x echo":          {1.05, true},
-		"W=1 uncontended: throughput >= 1.1 x redis":  {1.15, true},
-		"W=64 uncontended: throughput >= 0.9 x echo":  {0.95, true},
-		"W=64 uncontended: throughput >= 1.2 x redis": {1.9, true},
-		"W=64 uncontended: p99 <= redis p99":          {0.75, true},
+		"klock W=1 uncontended: p50 <= 1.1 x echo":          {1.05, true},
+		"klock W=1 uncontended: throughput >= 1.1 x redis":  {1.15, true},
+		"klock W=64 uncontended: throughput >= 0.9 x echo":  {0.95, true},
+		"klock W=64 uncontended: throughput >= 1.2 x redis": {1.9, true},
+		"klock W=64 uncontended: p99 <= redis p99":          {0.75, true},
+		// issue 18's bar for a connection per worker is higher: 0.925
+		// passes 0.9 and misses 0.95.
+		"klock-conn W=64 uncontended: throughput >= 0.95 x echo": {0.925, false},
 	}
 	seen := 0
 	for _, tg := range r.Targets {
-		w, ok := want[tg.Goal]
+		w, ok := want[tg.Subject+" "+tg.Goal]
 		if !ok {
 			continue
 		}

@@ -246,8 +246,14 @@ func (r *Results) summarize(cfg config) {
 		add(k, "W=1 uncontended: p50 <= 1.1 x echo", x, atMost(x, 1.1))
 		x = ratio(k, "redis", Uncontended, Uncontended, 1, thr)
 		add(k, "W=1 uncontended: throughput >= 1.1 x redis", x, atLeast(x, 1.1))
+		// Separate agent processes are the realistic case: issue 18 holds
+		// a connection per worker to 0.95 of the echo floor.
+		echoGoal := 0.9
+		if k == "klock-conn" {
+			echoGoal = 0.95
+		}
 		x = ratio(k, "echo", Uncontended, Uncontended, 64, thr)
-		add(k, "W=64 uncontended: throughput >= 0.9 x echo", x, atLeast(x, 0.9))
+		add(k, fmt.Sprintf("W=64 uncontended: throughput >= %g x echo", echoGoal), x, atLeast(x, echoGoal))
 		x = ratio(k, "redis", Uncontended, Uncontended, 64, thr)
 		add(k, "W=64 uncontended: throughput >= 1.2 x redis", x, atLeast(x, 1.2))
 		x = ratio(k, "redis", Uncontended, Uncontended, 64, p99)
