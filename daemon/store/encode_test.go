@@ -11,6 +11,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 func TestRecordLayout(t *testing.T) {
@@ -116,7 +117,7 @@ func BenchmarkEncodeRecord(b *testing.B) {
 // libraryDecode decodes body with the msgpack library alone.
 func libraryDecode(body []byte) (engine.Record, error) {
 	var rec engine.Record
-	if err := checkMsgpack(body, maxMsgpackContainer); err != nil {
+	if err := msgpackwire.Check(body, maxMsgpackContainer); err != nil {
 		return rec, err
 	}
 	dec := msgpack.NewDecoder(bytes.NewReader(body))

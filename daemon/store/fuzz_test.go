@@ -14,6 +14,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/internal/msgpackwire"
 )
 
 // sampleLog returns a small valid log of varied records.
@@ -159,8 +160,8 @@ func TestCheckMsgpack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := checkMsgpack(body, maxMsgpackContainer); err != nil {
-			t.Fatalf("checkMsgpack(valid record) = %v", err)
+		if err := msgpackwire.Check(body, maxMsgpackContainer); err != nil {
+			t.Fatalf("msgpackwire.Check(valid record) = %v", err)
 		}
 	}
 	bad := map[string][]byte{
@@ -175,8 +176,8 @@ func TestCheckMsgpack(t *testing.T) {
 		"leases of 2^31 maps": append([]byte{0x81, 0xa1, 'g', 0xdd, 0x7f, 0xff, 0xff, 0xff}, 0x80),
 	}
 	for name, b := range bad {
-		if err := checkMsgpack(b, maxMsgpackContainer); err == nil {
-			t.Errorf("checkMsgpack(%s) = nil; want an error", name)
+		if err := msgpackwire.Check(b, maxMsgpackContainer); err == nil {
+			t.Errorf("msgpackwire.Check(%s) = nil; want an error", name)
 		}
 		if _, err := DecodeRecord(b); err == nil {
 			t.Errorf("DecodeRecord(%s) = nil error", name)

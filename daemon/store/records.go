@@ -14,7 +14,16 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/internal/msgpackwire"
 )
+
+// maxMsgpackContainer bounds the elements of one array or map in a record
+// body, checked (msgpackwire.Check) before the body is decoded; snapshots
+// are checked with no element cap, since one holds every lease in an
+// array. Real records nest four levels deep and hold at most
+// maxIDsPerRecord ids (Append splits larger ones) or engine.MaxIntents
+// leases.
+const maxMsgpackContainer = 1 << 16
 
 // RecordDecoder decodes log record bodies into engine records, reusing its
 // buffers between calls.
@@ -37,7 +46,7 @@ func (d *RecordDecoder) Decode(body []byte) (engine.Record, error) {
 		return rec, nil
 	}
 	var rec engine.Record
-	if err := checkMsgpack(body, maxMsgpackContainer); err != nil {
+	if err := msgpackwire.Check(body, maxMsgpackContainer); err != nil {
 		return engine.Record{}, fmt.Errorf("klock: malformed record: %w", err)
 	}
 	d.r.Reset(body)
@@ -158,7 +167,7 @@ func DecodeSnapshot(b []byte) (gen uint64, st *engine.State, err error) {
 		}
 		return 0, nil, &DamageError{Reason: strings.TrimPrefix(err.Error(), "klock: ")}
 	}
-	if err := checkMsgpack(body, uint64(len(body))); err != nil {
+	if err := msgpackwire.Check(body, uint64(len(body))); err != nil {
 		return 0, nil, fmt.Errorf("klock: snapshot passes its checksum but is not well-formed msgpack: %w", err)
 	}
 	st = new(engine.State)

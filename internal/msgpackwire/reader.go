@@ -240,56 +240,118 @@ func (r *Reader) Raw() ([]byte, error) {
 	return r.b[start:r.off], nil
 }
 
+// header reads the type byte and any length field of the next value. It
+// returns the bytes of payload that follow and the count of values nested
+// in it (two per map entry), neither checked against the input yet.
+func (r *Reader) header() (size, nested uint64, err error) {
+	c, err := r.Peek()
+	if err != nil {
+		return 0, 0, err
+	}
+	r.off++
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+	case c >= 0x80 && c <= 0x8f:
+		nested = 2 * uint64(c&0x0f)
+	case c >= 0x90 && c <= 0x9f:
+		nested = uint64(c & 0x0f)
+	case c >= 0xa0 && c <= 0xbf:
+		size = uint64(c & 0x1f)
+	case c >= 0xc4 && c <= 0xc6: // bin 8/16/32
+		size, err = r.uintN(1 << (c - 0xc4))
+	case c >= 0xc7 && c <= 0xc9: // ext 8/16/32: length, then a type byte
+		size, err = r.uintN(1 << (c - 0xc7))
+		size++
+	case c == 0xca:
+		size = 4
+	case c == 0xcb:
+		size = 8
+	case c >= 0xcc && c <= 0xd3: // uint 8..64, int 8..64
+		size = 1 << ((c - 0xcc) & 3)
+	case c >= 0xd4 && c <= 0xd8: // fixext 1..16, plus the type byte
+		size = 1 + 1<<(c-0xd4)
+	case c >= 0xd9 && c <= 0xdb: // str 8/16/32
+		size, err = r.uintN(1 << (c - 0xd9))
+	case c == 0xdc || c == 0xdd: // array 16/32
+		nested, err = r.uintN(2 << (c - 0xdc))
+	case c == 0xde || c == 0xdf: // map 16/32
+		nested, err = r.uintN(2 << (c - 0xde))
+		nested *= 2
+	default: // 0xc1, never used
+		r.off--
+		return 0, 0, fmt.Errorf("invalid msgpack code 0x%x", c)
+	}
+	return size, nested, err
+}
+
 // Skip reads one value of any type, nested ones included, without
 // recursion: pending counts the values still to be skipped.
 func (r *Reader) Skip() error {
-	for pending := 1; pending > 0; pending-- {
-		c, err := r.Peek()
+	for pending := uint64(1); pending > 0; pending-- {
+		size, nested, err := r.header()
 		if err != nil {
 			return err
 		}
-		var size uint64 // bytes of payload after the header
-		switch {
-		case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
-			r.off++
-		case c >= 0xa0 && c <= 0xbf, c == 0xd9, c == 0xda, c == 0xdb:
-			_, err = r.StrBytes()
-		case c >= 0x80 && c <= 0x8f, c == 0xde, c == 0xdf:
-			var n int
-			n, err = r.MapLen()
-			pending += 2 * n
-		case c >= 0x90 && c <= 0x9f, c == 0xdc, c == 0xdd:
-			var n int
-			n, err = r.ArrayLen()
-			pending += n
-		case c >= 0xc4 && c <= 0xc6: // bin 8/16/32
-			r.off++
-			size, err = r.uintN(1 << (c - 0xc4))
-		case c >= 0xc7 && c <= 0xc9: // ext 8/16/32: length, then a type byte
-			r.off++
-			size, err = r.uintN(1 << (c - 0xc7))
-			size++
-		case c == 0xca:
-			r.off, size = r.off+1, 4
-		case c == 0xcb:
-			r.off, size = r.off+1, 8
-		case c >= 0xcc && c <= 0xd3:
-			r.off++
-			_, err = r.uintN(1 << ((c - 0xcc) & 3))
-		case c >= 0xd4 && c <= 0xd8: // fixext 1..16, plus the type byte
-			r.off, size = r.off+1, 1+(1<<(c-0xd4))
-		default: // 0xc1, never used
-			return fmt.Errorf("invalid msgpack code 0x%x", c)
+		if size > uint64(r.Rest()) || nested > uint64(r.Rest()) {
+			return ErrShort // each nested value takes at least a byte
 		}
+		r.off += int(size)
+		pending += nested
+	}
+	return nil
+}
+
+// MaxDepth is how deeply Check lets values nest.
+const MaxDepth = 16
+
+// Check verifies that b holds exactly one well-formed msgpack value: every
+// length it declares fits in the bytes that remain, it nests at most
+// MaxDepth levels, and no array or map holds more than maxContainer
+// elements. It allocates nothing and takes time linear in len(b). Run it
+// before a decoder that sizes slices from declared counts, as msgpack/v5
+// does without a limit of its own: a 20-byte body declaring 2^32 elements
+// would otherwise ask for gigabytes.
+func Check(b []byte, maxContainer uint64) error {
+	var stack [MaxDepth + 1]uint64 // values still expected per level
+	r := Reader{b: b}
+	depth := 0
+	stack[0] = 1
+	for depth >= 0 {
+		if stack[depth] == 0 {
+			depth--
+			continue
+		}
+		stack[depth]--
+		at := r.off
+		size, nested, err := r.header()
 		if err != nil {
-			return err
+			return fmt.Errorf("msgpack value at byte %d: %w", at, err)
 		}
-		if size > 0 {
-			if size > uint64(r.Rest()) {
-				return ErrShort
-			}
-			r.off += int(size)
+		if size > uint64(r.Rest()) {
+			return fmt.Errorf("msgpack value at byte %d declares %d bytes; %d remain", at, size, r.Rest())
 		}
+		r.off += int(size)
+		if nested == 0 {
+			continue
+		}
+		entries := nested
+		if c := b[at]; c >= 0x80 && c <= 0x8f || c == 0xde || c == 0xdf {
+			entries /= 2 // a key and a value each
+		}
+		if entries > maxContainer {
+			return fmt.Errorf("msgpack container at byte %d holds %d elements; at most %d are allowed", at, entries, maxContainer)
+		}
+		if nested > uint64(r.Rest()) {
+			return fmt.Errorf("msgpack container at byte %d declares %d values; %d bytes remain", at, nested, r.Rest())
+		}
+		if depth == MaxDepth {
+			return fmt.Errorf("msgpack nesting deeper than %d at byte %d", MaxDepth, at)
+		}
+		depth++
+		stack[depth] = nested
+	}
+	if r.Rest() != 0 {
+		return fmt.Errorf("%d trailing bytes after the msgpack value", r.Rest())
 	}
 	return nil
 }

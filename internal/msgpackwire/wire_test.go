@@ -143,8 +143,9 @@ func TestReaderReadsWhatItsAppendersWrite(t *testing.T) {
 }
 
 // TestReaderAgreesWithLibrary: for any value the library writes, Raw reads
-// exactly its bytes, integers read as the library reads them, and every
-// cut-short prefix is an error, never a panic or a read past the end.
+// exactly its bytes, Check accepts it (and not it with a byte after it),
+// integers read as the library reads them, and every cut-short prefix is an
+// error, never a panic or a read past the end.
 func TestReaderAgreesWithLibrary(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		v := value(3).Draw(t, "value")
@@ -158,10 +159,19 @@ func TestReaderAgreesWithLibrary(t *testing.T) {
 		if err != nil || !bytes.Equal(raw, enc) {
 			t.Fatalf("Raw() of %x = %x, %v", enc, raw, err)
 		}
+		if err := Check(enc, uint64(len(enc))); err != nil {
+			t.Fatalf("Check(%x) = %v", enc, err)
+		}
+		if err := Check(append(enc, 0xc0), uint64(len(enc))); err == nil {
+			t.Fatalf("Check(%x with a byte after it) succeeded", enc)
+		}
 		for cut := range len(enc) {
 			r.Reset(enc[:cut])
 			if err := r.Skip(); err == nil {
 				t.Fatalf("Skip() of %x cut to %d bytes succeeded", enc, cut)
+			}
+			if err := Check(enc[:cut], uint64(len(enc))); err == nil {
+				t.Fatalf("Check() of %x cut to %d bytes succeeded", enc, cut)
 			}
 		}
 		r.Reset(enc)
@@ -178,6 +188,38 @@ func TestReaderAgreesWithLibrary(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestCheckLimits: Check holds an array or a map to maxContainer elements
+// and nesting to MaxDepth, whatever the input's length.
+func TestCheckLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v    any
+		max  uint64
+		ok   bool
+	}{
+		{"array at the cap", []int{1, 2, 3}, 3, true},
+		{"array over the cap", []int{1, 2, 3}, 2, false},
+		{"map at the cap", map[string]int{"a": 1, "b": 2}, 2, true},
+		{"map over the cap", map[string]int{"a": 1, "b": 2}, 1, false},
+		{"nested array over the cap", []any{1, []int{1, 2, 3}}, 2, false},
+	} {
+		enc, err := msgpack.Marshal(tc.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Check(enc, tc.max); (err == nil) != tc.ok {
+			t.Errorf("%s: Check(%x, %d) = %v; want ok=%v", tc.name, enc, tc.max, err, tc.ok)
+		}
+	}
+	deep := append(bytes.Repeat([]byte{0x91}, MaxDepth), 0x01) // MaxDepth arrays, then an int
+	if err := Check(deep, 1); err != nil {
+		t.Errorf("Check(%d nested arrays) = %v", MaxDepth, err)
+	}
+	if err := Check(append([]byte{0x91}, deep...), 1); err == nil {
+		t.Errorf("Check(%d nested arrays) succeeded; MaxDepth is %d", MaxDepth+1, MaxDepth)
+	}
 }
 
 // FuzzReaderSkip: Skip never panics, and never claims more bytes than it
