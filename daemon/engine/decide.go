@@ -189,7 +189,7 @@ func (d *decision) leaseCandidate(l *lease) candidate {
 // atKey takes in the leases and the queue on one key that overlaps the
 // request: the key itself or a subtree key above it.
 func (d *decision) atKey(r *resource) {
-	for _, l := range r.leases {
+	for _, l := range r.holders() {
 		if l.ExpiresAt <= d.now || !Conflicts(l.Predicate, d.pred) {
 			continue
 		}

@@ -91,7 +91,7 @@ type lease struct {
 	OwnerUID   uint32
 	OwnerPID   int32
 	// The indexes are int32 and together, with no padding between them.
-	resIdx    int32 // index in res.leases
+	resIdx    int32 // index in res.holders()
 	heapIdx   int32 // index in Engine.leaseDeadlines; -1 without a ttl
 	procIdx   int32 // index in its boundProc's leases, when Bound
 	upIdx     int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
@@ -143,12 +143,14 @@ type idemEntry struct {
 // it is frozen; for a subtree key, also the summary of what is below it
 // (see trie.go).
 //
-// A resource is 80 bytes, a size class below 96: the queue, which most keys
-// never have, is behind a pointer (q).
+// A resource is 64 bytes (two size classes below the 96 it was): the
+// queue, which most keys never have, is behind a pointer (q), and so are
+// the leases of a key that has had more than one (more); a key's single
+// holder is in one, with no allocation (see holders).
 type resource struct {
 	key     string
-	leases  []*lease  // starts in one
-	one     [1]*lease // room for the first lease, in the struct's size class: no allocation for a key's single holder
+	one     [1]*lease // the lease, while the key has never had two at once (more is nil)
+	more    *[]*lease // the leases once the key has had two at once
 	q       *[]queued // the queue (see queue); nil until a request first queues here
 	parent  *resource // the subtree key just above, nil at a root
 	below   *summary  // what is held and queued strictly below; nil when nothing
@@ -156,6 +158,48 @@ type resource struct {
 	frozen  bool
 	isDirty bool
 	parked  bool // in Engine.idle
+}
+
+// holders returns r's present leases (expired ones too, until removed).
+func (r *resource) holders() []*lease {
+	if r.more != nil {
+		return *r.more
+	}
+	if r.one[0] != nil {
+		return r.one[:]
+	}
+	return nil
+}
+
+// hold adds a lease to r's leases.
+func (r *resource) hold(x *lease) {
+	switch {
+	case r.more != nil:
+		x.resIdx = int32(len(*r.more))
+		*r.more = append(*r.more, x)
+	case r.one[0] == nil:
+		x.resIdx = 0
+		r.one[0] = x
+	default:
+		more := make([]*lease, 2, 4)
+		more[0], more[1] = r.one[0], x
+		r.one[0], r.more = nil, &more
+		x.resIdx = 1
+	}
+}
+
+// unhold takes a lease out of r's leases.
+func (r *resource) unhold(x *lease) {
+	if r.more == nil {
+		r.one[0] = nil
+		return
+	}
+	ls := *r.more
+	last := len(ls) - 1
+	ls[x.resIdx] = ls[last]
+	ls[x.resIdx].resIdx = x.resIdx
+	ls[last] = nil
+	*r.more = ls[:last]
 }
 
 // queue returns the requests queued on r, sorted by priority, then

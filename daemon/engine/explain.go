@@ -141,7 +141,7 @@ func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder
 			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
 	}
 	e.eachOverlapping(t, func(r *resource) {
-		for _, l := range r.leases {
+		for _, l := range r.holders() {
 			add(l)
 		}
 	})

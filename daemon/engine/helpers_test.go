@@ -117,7 +117,7 @@ func replayMsgpack(t testing.TB, e *Engine, recs []Record) *Engine {
 func liveResources(e *Engine) int {
 	n := 0
 	for r := range e.resources.all() {
-		if len(r.leases) > 0 || len(r.queue()) > 0 || r.frozen || r.isDirty {
+		if len(r.holders()) > 0 || len(r.queue()) > 0 || r.frozen || r.isDirty {
 			n++
 		}
 	}

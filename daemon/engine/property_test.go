@@ -216,9 +216,10 @@ func (m *model) check() {
 	// different (agent, session).
 	for r := range e.resources.all() {
 		key := r.key
-		for i, x := range r.leases {
+		for i, x := range r.holders() {
 			require.Equal(m.t, key, x.resource())
-			for _, y := range r.leases[i+1:] {
+			require.Equal(m.t, int32(i), x.resIdx, "%s: a lease's index in its resource's leases", key)
+			for _, y := range r.holders()[i+1:] {
 				if x.ExpiresAt <= now || y.ExpiresAt <= now || !Conflicts(x.Predicate, y.Predicate) {
 					continue
 				}
@@ -234,7 +235,7 @@ func (m *model) check() {
 	if at, ok := e.NextDeadline(); m.prompt && (!ok || at > now) {
 		for _, w := range e.waiters {
 			for i, t := range w.targets {
-				for _, l := range w.res[i].leases {
+				for _, l := range w.res[i].holders() {
 					if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) ||
 						(l.agent() == w.agent && l.sessionID() == w.session) {
 						continue

@@ -109,9 +109,9 @@ func (e *Engine) walkLeases(now int64, f *LeaseFilter, limit, work int) LeasePag
 			p.More = true
 			return false
 		}
-		seen += 1 + len(r.leases)
+		seen += 1 + len(r.holders())
 		buf = buf[:0]
-		for _, l := range r.leases {
+		for _, l := range r.holders() {
 			if l.ExpiresAt > now && (f.AgentID == "" || l.agent().id == f.AgentID) && f.After.after(r.key, l.Fence) {
 				buf = append(buf, l)
 			}

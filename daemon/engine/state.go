@@ -48,7 +48,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	*x = lease{res: r, Bound: l.Bound,
 		AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, TTL: l.TTL, Fence: l.Fence, key: k,
 		OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID, Predicate: l.Predicate,
-		resIdx: int32(len(r.leases)), heapIdx: -1}
+		heapIdx: -1}
 	if l.ClientPath != "" {
 		if e.clientPaths == nil {
 			e.clientPaths = make(map[*lease]string)
@@ -56,7 +56,7 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 		e.clientPaths[x] = strings.Clone(l.ClientPath)
 		x.hasPath = true
 	}
-	r.leases = append(r.leases, x)
+	r.hold(x)
 	a.nLeases++
 	sl.add(x) // sets x.sess, through which x knows its agent
 	if l.ExpiresAt != Never {
@@ -86,11 +86,7 @@ func (e *Engine) removeLease(x *lease) {
 	e.unholdBelow(x)
 
 	r := x.res
-	last := len(r.leases) - 1
-	r.leases[x.resIdx] = r.leases[last]
-	r.leases[x.resIdx].resIdx = x.resIdx
-	r.leases[last] = nil
-	r.leases = r.leases[:last]
+	r.unhold(x)
 
 	a := x.agent()
 	a.nLeases--

@@ -40,7 +40,6 @@ func (e *Engine) resourceFor(key string) *resource {
 	r := e.resources.get(key)
 	if r == nil {
 		r = &resource{key: key}
-		r.leases = r.one[:0]
 		if pk, ok := parentKey(key); ok {
 			// The parent's key shares the child's bytes.
 			r.parent = e.resourceFor(pk)
@@ -88,7 +87,7 @@ const maxIdleResources = 4096
 
 // idle reports whether nothing is on the resource or under it.
 func (r *resource) idle() bool {
-	return len(r.leases) == 0 && len(r.queue()) == 0 && !r.frozen && !r.isDirty && r.kids == 0
+	return len(r.holders()) == 0 && len(r.queue()) == 0 && !r.frozen && !r.isDirty && r.kids == 0
 }
 
 // dropIfIdle parks an idle resource in the idle list; beyond
