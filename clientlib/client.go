@@ -206,8 +206,9 @@ type unavailableRetry struct {
 // again waits before the next try and reports whether to make it: not when
 // the wait would run past limit (counted from the first UNAVAILABLE; 0 =
 // none, negative = no retry), nor when ctx's deadline would come before
-// the next answer could (the wait plus the last attempt's round trip): the
-// caller then gets UNAVAILABLE rather than its deadline. Nor when ctx ends.
+// the next answer could (the wait plus the last attempt's round trip, plus
+// deadlineMargin for a busy machine): the caller then gets UNAVAILABLE
+// rather than its deadline. Nor when ctx ends.
 func (r *unavailableRetry) again(ctx context.Context, limit time.Duration) bool {
 	if limit < 0 {
 		return false
@@ -220,7 +221,7 @@ func (r *unavailableRetry) again(ctx context.Context, limit time.Duration) bool 
 	if limit > 0 && until.After(r.start.Add(limit)) {
 		return false
 	}
-	if dl, ok := ctx.Deadline(); ok && until.Add(r.rtt).After(dl) {
+	if dl, ok := ctx.Deadline(); ok && until.Add(r.rtt+deadlineMargin(time.Until(dl))).After(dl) {
 		return false
 	}
 	return sleep(ctx, d) == nil

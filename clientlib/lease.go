@@ -176,17 +176,18 @@ func (c *Client) acquire(ctx context.Context, req AcquireRequest) ([]AcquireResu
 	resource := req.Intents[0].ResourceType + ":" + req.Intents[0].ResourcePath
 	var retry backoff
 	var last *AcquireResult // the last denial
+	var refused error       // the last refusal retried with backoff (RESOURCE_EXHAUSTED)
 	for {
 		attempt := req
 		wait, worth := waitFor(ctx, maxWait)
 		if req.NoWait {
 			wait = 0
 		}
-		if !worth && last != nil {
+		if !worth && (last != nil || refused != nil) {
 			// Too little time is left for another answer to arrive before
-			// ctx ends: report the last denial when it does.
+			// ctx ends: report the last denial or refusal when it does.
 			<-ctx.Done()
-			return nil, time.Time{}, denialError(resource, last, ctx.Err())
+			return nil, time.Time{}, gaveUp(resource, last, refused, ctx.Err())
 		}
 		attempt.WaitTimeout = wait
 		start := time.Now()
@@ -197,9 +198,12 @@ func (c *Client) acquire(ctx context.Context, req AcquireRequest) ([]AcquireResu
 		var delay time.Duration
 		switch {
 		case err != nil && !req.NoWait && acquireRetries(codeOf(err)):
+			refused = err
 			delay = retry.next()
-		case err != nil && last != nil && ctx.Err() != nil:
-			return nil, time.Time{}, denialError(resource, last, err)
+		case err != nil && (last != nil || refused != nil) && ctx.Err() != nil:
+			// ctx ended during an attempt (its answer was slower than
+			// waitFor allowed for): the caller still learns why it waited.
+			return nil, time.Time{}, gaveUp(resource, last, refused, err)
 		case err != nil:
 			return nil, time.Time{}, err
 		case grants != nil:
@@ -212,17 +216,21 @@ func (c *Client) acquire(ctx context.Context, req AcquireRequest) ([]AcquireResu
 			delay = jitter(max(denial.WaitTime, time.Millisecond))
 		}
 		if serr := sleep(ctx, delay); serr != nil {
-			switch {
-			case last != nil:
-				return nil, time.Time{}, denialError(resource, last, serr)
-			case err != nil:
-				// The caller's deadline came while retrying a refusal:
-				// report both.
-				return nil, time.Time{}, fmt.Errorf("%w; gave up retrying: %w", err, serr)
-			}
-			return nil, time.Time{}, serr
+			return nil, time.Time{}, gaveUp(resource, last, refused, serr)
 		}
 	}
+}
+
+// gaveUp is the error of a blocking acquire that ctx ended (err): the last
+// denial, else the last refusal it retried, with err; err alone if neither.
+func gaveUp(resource string, last *AcquireResult, refused, err error) error {
+	switch {
+	case last != nil:
+		return denialError(resource, last, err)
+	case refused != nil:
+		return fmt.Errorf("%w; gave up retrying: %w", refused, err)
+	}
+	return err
 }
 
 // acquireAttempt sends one acquire or acquire_many.
@@ -260,12 +268,19 @@ func waitFor(ctx context.Context, maxWait time.Duration) (wait time.Duration, wo
 		return maxWait, true
 	}
 	rem := time.Until(dl)
-	margin := min(max(rem/10, 20*time.Millisecond), 250*time.Millisecond)
+	margin := deadlineMargin(rem)
 	w := rem - margin
 	if w < margin {
 		return 0, false
 	}
 	return min(w, maxWait), true
+}
+
+// deadlineMargin is the time a client keeps free before a deadline rem
+// away, for an answer to arrive and be read on a busy machine: a tenth of
+// rem, at least 20 ms and at most 250 ms.
+func deadlineMargin(rem time.Duration) time.Duration {
+	return min(max(rem/10, 20*time.Millisecond), 250*time.Millisecond)
 }
 
 // jitter returns d plus up to half of it at random.

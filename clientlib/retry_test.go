@@ -317,3 +317,31 @@ func TestAcquireGivesUpWithTheRefusal(t *testing.T) {
 		t.Fatalf("AcquireGrants = %v after %d attempts; want RESOURCE_EXHAUSTED retried, then it and the deadline", err, f.count(protocol.OpAcquire))
 	}
 }
+
+// TestAcquireReportsTheRefusalWhenAnAttemptOutlivesTheDeadline: an attempt
+// sent after a RESOURCE_EXHAUSTED whose answer never comes (a slow daemon,
+// a busy machine) ends with the caller's deadline, and the error still
+// carries the refusal it was retrying.
+func TestAcquireReportsTheRefusalWhenAnAttemptOutlivesTheDeadline(t *testing.T) {
+	f := newFakeDaemon(t)
+	var n atomic.Int64
+	f.setHook(func(req *protocol.Request, reply func(any, *protocol.Error)) bool {
+		if req.Op != protocol.OpAcquire {
+			return false
+		}
+		if n.Add(1) == 1 {
+			reply(nil, protocol.Errorf(protocol.CodeResourceExhausted, "klock: 100 leases held; the limit is 100"))
+		}
+		return true // later attempts are never answered
+	})
+	c := dialFake(t, f, Options{})
+	if err := c.RegisterAgent(testCtx(t), "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := c.AcquireGrants(ctx, AcquireRequest{AgentID: "a", SessionID: "s", Intents: oneIntent("/x"), TTL: time.Minute})
+	if codeOf(err) != protocol.CodeResourceExhausted || !errors.Is(err, context.DeadlineExceeded) || n.Load() != 2 {
+		t.Fatalf("AcquireGrants = %v after %d attempts; want the refusal and the deadline after 2", err, n.Load())
+	}
+}
