@@ -121,6 +121,9 @@ func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
 	if ev.ExpiresAt != 0 {
 		n++
 	}
+	if ev.BoundPID != 0 {
+		n++
+	}
 	if ev.Reason != "" {
 		n++
 	}
@@ -147,6 +150,10 @@ func (ev *WatchEvent) appendMsgpack(b []byte) []byte {
 	if ev.ExpiresAt != 0 {
 		b = msgpackwire.AppendStr(b, "expires_at")
 		b = msgpackwire.AppendInt(b, ev.ExpiresAt)
+	}
+	if ev.BoundPID != 0 {
+		b = msgpackwire.AppendStr(b, "bound_pid")
+		b = msgpackwire.AppendInt(b, int64(ev.BoundPID))
 	}
 	if ev.Reason != "" {
 		b = msgpackwire.AppendStr(b, "reason")
@@ -319,7 +326,7 @@ func (ev *WatchEvent) decodeMsgpack(r *reader) error {
 		}
 		known, err := r.grantField(key, &g)
 		ev.Resource, ev.AgentID, ev.SessionID, ev.LeaseID = g.Resource, g.AgentID, g.SessionID, g.LeaseID
-		ev.Predicate, ev.Fence, ev.ExpiresAt = g.Predicate, g.Fence, g.ExpiresAt
+		ev.Predicate, ev.Fence, ev.ExpiresAt, ev.BoundPID = g.Predicate, g.Fence, g.ExpiresAt, g.BoundPID
 		return known, err // a Grant key that no event has (success, acquired_at) is read and dropped
 	})
 }

@@ -47,6 +47,7 @@ func TestFastEncodersMatchLibrary(t *testing.T) {
 		ev := WatchEvent{Event: rapid.String().Draw(t, "event"), At: rapid.Int64().Draw(t, "at"), Resource: g.Resource,
 			AgentID: g.AgentID, SessionID: g.SessionID, LeaseID: g.LeaseID, Predicate: g.Predicate, Fence: g.Fence,
 			ExpiresAt: rapid.SampledFrom([]int64{0, 1, -1, g.ExpiresAt}).Draw(t, "evexp"),
+			BoundPID:  rapid.SampledFrom([]int32{0, g.BoundPID}).Draw(t, "evbound"),
 			Reason:    Reason(rapid.SampledFrom([]string{"", "DIE", "WAIT"}).Draw(t, "evreason")),
 			HeldBy:    rapid.SampledFrom([]string{"", "x", g.AgentID}).Draw(t, "evheld")}
 		for _, v := range []wireAppender{&g, &many, &d, &rel, &hb, &ev} {

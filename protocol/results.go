@@ -289,6 +289,7 @@ type WatchEvent struct {
 	Predicate string `msgpack:"predicate" json:"predicate"`
 	Fence     uint64 `msgpack:"fence" json:"fence"`
 	ExpiresAt int64  `msgpack:"expires_at,omitempty" json:"expires_at,omitempty"`
+	BoundPID  int32  `msgpack:"bound_pid,omitempty" json:"bound_pid,omitempty"`
 	Reason    Reason `msgpack:"reason,omitempty" json:"reason,omitempty"`
 	HeldBy    string `msgpack:"held_by,omitempty" json:"held_by,omitempty"`
 }

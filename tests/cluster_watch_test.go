@@ -77,7 +77,7 @@ func TestClusterWatch(t *testing.T) {
 	// The leases are the ones A answered.
 	require.Equal(t, protocol.WatchEvent{Event: "grant", At: held.AcquiredAt.UnixMilli(), Resource: "FILE:/src/a.ts",
 		AgentID: "young", SessionID: "s", LeaseID: held.LeaseID, Predicate: "MUTATES", Fence: held.Fence,
-		ExpiresAt: held.ExpiresAt.UnixMilli()}, got[0])
+		ExpiresAt: held.ExpiresAt.UnixMilli(), BoundPID: int32(held.BoundPID)}, got[0])
 	require.Equal(t, held.LeaseID, got[3].LeaseID)
 	require.Equal(t, og.r.LeaseID, got[4].LeaseID)
 	require.Equal(t, og.r.Fence, got[4].Fence)

@@ -253,9 +253,10 @@ func leaseRow(t *testing.T, bctx context.Context, resource string) string {
 // TestDashboardShowsProcessBoundLeases: a lease bound to its process
 // (bind "process", as clientlib takes it, here without a ttl) is in
 // /api/state with its bound_pid and no expiry, and on the page as lasting
-// until its process exits, whether it was granted before the page loaded
-// (from /api/state) or after (from /events, whose grant has expires_at
-// 0); when its process is killed, klockd's end event removes its row.
+// until that process exits, named by its pid, whether it was granted
+// before the page loaded (from /api/state) or after (from /events, whose
+// grant has expires_at 0 and bound_pid); when its process is killed,
+// klockd's end event removes its row.
 func TestDashboardShowsProcessBoundLeases(t *testing.T) {
 	bctx := browser(t)
 	d, url := startHTTP(t)
@@ -273,12 +274,12 @@ func TestDashboardShowsProcessBoundLeases(t *testing.T) {
 	))
 	text := leaseRow(t, bctx, "FILE:/bound/early.ts")
 	require.Contains(t, text, "early-bird")
-	require.Contains(t, text, "until its process exits")
+	require.Contains(t, text, fmt.Sprintf("until process %d exits", early.grant.PID))
 
 	late := startHolder(t, d, "latecomer", "/bound/late.ts", "0", "wait")
 	text = leaseRow(t, bctx, "FILE:/bound/late.ts")
 	require.Contains(t, text, "latecomer")
-	require.Contains(t, text, "until its process exits")
+	require.Contains(t, text, fmt.Sprintf("until process %d exits", late.grant.PID))
 	screenshot(t, bctx, "dashboard-bound.png")
 
 	late.kill(t)

@@ -287,9 +287,10 @@ func TestKlockctlWatch(t *testing.T) {
 }
 
 // TestWatchEndWhenTheBoundProcessExits: a lease bound to a process (the
-// test binary re-run as a helper, cluster_bind_test.go) ends with an end
-// event, not a release or an expiry, when that process is killed; the
-// event names the lease the helper was granted.
+// test binary re-run as a helper, cluster_bind_test.go) is granted with an
+// event naming that process (bound_pid), and ends with an end event, not a
+// release or an expiry, when the process is killed; the event names the
+// lease the helper was granted.
 func TestWatchEndWhenTheBoundProcessExits(t *testing.T) {
 	d := harness.Start(t, harness.Options{StateDir: "none"})
 	w := d.Raw(t)
@@ -311,6 +312,7 @@ func TestWatchEndWhenTheBoundProcessExits(t *testing.T) {
 	require.Equal(t, "grant FILE:/bound bound", summary(grant))
 	require.Equal(t, id, grant.LeaseID)
 	require.Zero(t, grant.ExpiresAt, "a bound lease without a ttl does not expire")
+	require.Equal(t, int32(helper.Process.Pid), grant.BoundPID, "the grant names the process the lease is bound to")
 	why := kcOK(t, d, nil, "why", "FILE:/bound").stdout
 	require.Contains(t, why, "no ttl", "klockctl why shows a lease without a ttl as such")
 	require.NotContains(t, why, "expired")

@@ -119,6 +119,29 @@ state        ok
 	}
 }
 
+func TestFormatEvent(t *testing.T) {
+	at := ms(testNow)
+	for _, tc := range []struct {
+		ev   protocol.WatchEvent
+		want string
+	}{
+		{protocol.WatchEvent{Event: "grant", At: at, Resource: "FILE:/a", AgentID: "x", Predicate: "MUTATES", Fence: 3},
+			"12:00:00.000  grant    FILE:/a  x  MUTATES  fence 3\n"},
+		{protocol.WatchEvent{Event: "grant", At: at, Resource: "FILE:/a", AgentID: "x", Predicate: "MUTATES", Fence: 4, BoundPID: 4242},
+			"12:00:00.000  grant    FILE:/a  x  MUTATES  fence 4  (bound to process 4242)\n"},
+		{protocol.WatchEvent{Event: "wait", At: at, Resource: "FILE:/a", AgentID: "y", Predicate: "READS", HeldBy: "x"},
+			"12:00:00.000  wait     FILE:/a  y  READS  (waits for x)\n"},
+	} {
+		var b strings.Builder
+		if err := formatEvent(&b, &tc.ev, time.UTC); err != nil {
+			t.Fatal(err)
+		}
+		if b.String() != tc.want {
+			t.Errorf("formatEvent(%+v) =\n%q\nwant\n%q", tc.ev, b.String(), tc.want)
+		}
+	}
+}
+
 func TestFormatGrants(t *testing.T) {
 	gs := []grantJSON{
 		{LeaseID: "id-1", Resource: "FILE:/a", Predicate: "MUTATES", Fence: 3, ExpiresAt: ms(testNow.Add(time.Minute))},

@@ -27,8 +27,8 @@ func watchCommand() *command {
 		synopsis: "[--prefix P] [--agent A] [--json]",
 		summary:  "print lease events as they happen, until interrupted",
 		help: `Prints every event as it happens, one line each: time, event, resource,
-agent, predicate and fence; a wait or die also names the agent it was
-decided by. Events: grant, release, expire, revoke, wait (a request got WAIT),
+agent, predicate and fence; a grant of a lease bound to its process names
+that process, and a wait or die names the agent it was decided by. Events: grant, release, expire, revoke, wait (a request got WAIT),
 die, freeze, thaw, and end (a process-bound lease whose process exited).
 With --json each line is the event's JSON object (the protocol's keys; times
 in Unix ms). It runs until interrupted (Ctrl-C).
@@ -108,7 +108,8 @@ func (a *app) printEvents(w *clientlib.Watcher) error {
 }
 
 // formatEvent writes one event as a line: time, event, resource, agent,
-// predicate, fence, and who decided a wait or die.
+// predicate, fence, the process a granted lease is bound to, and who
+// decided a wait or die.
 func formatEvent(w io.Writer, ev *protocol.WatchEvent, loc *time.Location) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s  %-7s  %s", time.UnixMilli(ev.At).In(loc).Format("15:04:05.000"), ev.Event, cell(ev.Resource))
@@ -122,6 +123,10 @@ func formatEvent(w io.Writer, ev *protocol.WatchEvent, loc *time.Location) error
 		fmt.Fprintf(&b, "  fence %d", ev.Fence)
 	}
 	switch ev.Event {
+	case protocol.EventGrant:
+		if ev.BoundPID != 0 {
+			fmt.Fprintf(&b, "  (bound to process %d)", ev.BoundPID)
+		}
 	case protocol.EventWait:
 		fmt.Fprintf(&b, "  (waits for %s)", cell(ev.HeldBy))
 	case protocol.EventDie:

@@ -46,6 +46,7 @@ type Event struct {
 	Predicate Predicate
 	Fence     uint64
 	ExpiresAt int64           // grant: when the lease expires (Unix ms)
+	BoundPID  int32           // grant: the process the lease ends with (bind "process"); 0: not bound
 	Reason    protocol.Reason // wait, die: the verdict
 	HeldBy    string          // wait, die: the agent whose lease or queued request decided it
 }
@@ -80,7 +81,11 @@ func (e *Engine) emitLease(kind EventKind, now int64, l *Lease) {
 		LeaseID: l.ID, Predicate: l.Predicate, Fence: l.Fence,
 	})
 	if kind == EvGrant {
-		e.events[len(e.events)-1].ExpiresAt = l.ExpiresAt
+		ev := &e.events[len(e.events)-1]
+		ev.ExpiresAt = l.ExpiresAt
+		if l.Bound != nil {
+			ev.BoundPID = l.Bound.PID
+		}
 	}
 }
 

@@ -356,7 +356,8 @@ func (c *conn) appendEvents(id uint64, batch []Watched) {
 func WatchEvent(e *engine.Event) protocol.WatchEvent {
 	ev := protocol.WatchEvent{
 		Event: e.Kind.String(), At: e.At, Resource: e.Resource, AgentID: e.AgentID, SessionID: e.SessionID,
-		LeaseID: e.LeaseID, Fence: e.Fence, ExpiresAt: wireExpiry(e.ExpiresAt), Reason: e.Reason, HeldBy: e.HeldBy,
+		LeaseID: e.LeaseID, Fence: e.Fence, ExpiresAt: wireExpiry(e.ExpiresAt), BoundPID: e.BoundPID,
+		Reason: e.Reason, HeldBy: e.HeldBy,
 	}
 	if e.Predicate != 0 {
 		ev.Predicate = e.Predicate.String()
