@@ -37,7 +37,7 @@ type Client struct {
 	orphans map[uint64]*call // abandoned acquires: a late grant is released
 	reading bool             // some caller holds the reader role
 	dialing bool             // the redial loop is running
-	dialErr error            // why the last (re)connection failed; nil once connected
+	dialErr error            // why the last (re)connection failed; nil once a connection answers
 	backoff time.Duration    // delay before the next redial; 0 once a connection has answered
 	// redialKick (buffered 1) cuts the redial loop's backoff sleep short.
 	redialKick chan struct{}
@@ -301,7 +301,7 @@ func (c *Client) wait(ctx context.Context, cl *call) (*call, error) {
 		}
 		if err := ctx.Err(); err != nil {
 			keep := c.abandon(cl)
-			if c.conn == nil && c.dialErr != nil {
+			if c.dialErr != nil { // no connection, or one that has not answered yet
 				err = &gaveUpError{ctxErr: err, dialErr: c.dialErr}
 			}
 			c.mu.Unlock()
@@ -446,7 +446,7 @@ func (c *Client) deliver(cn *conn, resp *protocol.Response, own *call) {
 		}
 		return
 	}
-	c.backoff = 0 // this connection works
+	c.backoff, c.dialErr = 0, nil // this connection works
 	if cl, ok := c.pending[resp.ID]; ok {
 		if !resp.OK && resp.Error != nil && resp.Error.Code == protocol.CodeShuttingDown && !c.opts.NoReconnect {
 			// The daemon is stopping and did not serve it: the call stays
@@ -542,8 +542,7 @@ func (c *Client) breakConn(cn *conn, err error) {
 // in id order (the order they were first sent), after a hello that
 // announces Options.ClientName and learns the daemon's max_frame. mu held.
 func (c *Client) connected(cn *conn) {
-	c.conn = cn
-	c.dialErr = nil
+	c.conn = cn // dialErr stays until it answers: a daemon may refuse it next
 	var args protocol.Args
 	if c.opts.ClientName != "" {
 		args.Client = c.opts.ClientName

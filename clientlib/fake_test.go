@@ -28,6 +28,7 @@ type fakeDaemon struct {
 	hook     hookFunc
 	maxFrame int  // announced by hello; 0 = the default
 	refuse   bool // answer every new connection RESOURCE_EXHAUSTED (id 0) and close it
+	refuseN  int  // as refuse, for the next refuseN connections only
 	ln       net.Listener
 	conns    map[net.Conn]bool
 	requests int
@@ -199,7 +200,8 @@ func (f *fakeDaemon) serve(c net.Conn) {
 		c.Write(frame)
 	}
 	f.mu.Lock()
-	refuse := f.refuse
+	refuse := f.refuse || f.refuseN > 0
+	f.refuseN = max(f.refuseN-1, 0)
 	f.mu.Unlock()
 	if refuse {
 		write(protocol.AppendError(nil, 0, protocol.CodeResourceExhausted, "klock: too many connections; the daemon allows 1"))

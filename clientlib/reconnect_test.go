@@ -242,3 +242,22 @@ func TestRefusedConnection(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestRefusalOutlivesAnUnansweredConnection: a connection made after a
+// refused one does not hide the refusal until it answers: a call whose
+// context ends while the new connection is still silent reports
+// RESOURCE_EXHAUSTED with the deadline, not the deadline alone.
+func TestRefusalOutlivesAnUnansweredConnection(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.mu.Lock()
+	f.refuseN = 1
+	f.mu.Unlock()
+	f.setHook(func(*protocol.Request, func(any, *protocol.Error)) bool { return true }) // never answers
+	c := dialFake(t, f, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := c.Hello(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrResourceExhausted) {
+		t.Errorf("Hello on a silent connection after a refused one = %v; want DeadlineExceeded and RESOURCE_EXHAUSTED", err)
+	}
+}
