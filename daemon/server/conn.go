@@ -66,6 +66,7 @@ type conn struct {
 	marks  []answerMark // where each answer in out starts, for retract
 	spareM []answerMark // the other marks slice, while out is being written
 	kicked bool         // a flush goroutine has been started and not yet run
+	listed bool         // on Server.listed, for the journal writer's pass (answer.go)
 	dead   bool         // closed or dropped: answers are discarded
 }
 
@@ -125,7 +126,7 @@ func (c *conn) frameBuffered() bool {
 // connection's parked acquires (which may wake others) and closes it.
 func (c *conn) finish() {
 	c.waitProposals() // cluster mode: the answers to changes it sent
-	c.flush()
+	c.flushWait()
 	s := c.s
 	func() {
 		s.mu.Lock()
@@ -276,63 +277,117 @@ func (c *conn) kick() {
 	}()
 }
 
-// flush writes pending answers, after waiting for the journal records they
-// acknowledge. A failed write (peer gone, or blocked past WriteTimeout)
-// closes the connection and is returned.
+// flush writes pending answers once the journal records they acknowledge
+// are written. With a journal whose writer sends answers (answer.go), an
+// answer that must wait for its records is left to the writer's round and
+// flush returns at once. A failed write (peer gone, or blocked past
+// WriteTimeout) closes the connection and is returned.
 func (c *conn) flush() error {
 	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	return c.flushLocked(true)
+}
+
+// flushWait is flush that returns only once everything pending is written:
+// for the last flush of a connection, and for a watch's pump, which a slow
+// reader must hold back.
+func (c *conn) flushWait() error {
+	c.writeMu.Lock()
+	return c.flushLocked(false)
+}
+
+// flushLocked is flush for a caller that holds writeMu; it releases it.
+// When leave is true, answers waiting for the journal are left to its
+// writer: c is listed for the writer's pass (answer.go) and the journal
+// asked for a round; should the records be written by then (the pass may
+// have found writeMu held, and skipped c), or the journal fail, the answers
+// are sent, or the failure answered, here.
+func (c *conn) flushLocked(leave bool) error {
+	aj := c.s.aj
+	if aj == nil {
+		leave = false
+	}
 	for {
 		c.outMu.Lock()
 		if c.dead {
 			c.outMu.Unlock()
+			c.writeMu.Unlock()
 			return net.ErrClosed
 		}
 		buf, seq, marks := c.out, c.outSeq, c.marks
 		if len(buf) == 0 {
 			c.outMu.Unlock()
+			c.writeMu.Unlock()
 			return nil
+		}
+		if leave && seq > 0 && !aj.Durable(seq) {
+			c.listLocked()
+			c.outMu.Unlock()
+			c.writeMu.Unlock()
+			written, err := aj.Commit(seq)
+			if err == nil && !written && !aj.Durable(seq) {
+				return nil
+			}
+			leave = err == nil
+			c.writeMu.Lock()
+			continue
 		}
 		c.out, c.spare, c.outSeq = c.spare[:0], nil, 0
 		c.marks, c.spareM = c.spareM[:0], nil
 		c.outMu.Unlock()
-
-		send := buf
-		if seq > 0 && c.s.cfg.Journal != nil {
-			if err := c.s.cfg.Journal.Wait(seq); err != nil {
-				// Answers whose changes were lost in a journal fault become
-				// UNAVAILABLE, once memory no longer shows those changes;
-				// any other failure closes the connection unanswered.
-				send = nil
-				var ue *store.UnavailableError
-				if errors.As(err, &ue) && !ue.Fault.Fatal && c.s.noticeFault() {
-					send = c.s.retract(buf, marks)
-				}
-				if send == nil {
-					c.s.log.Error("journal write failed; closing the connection instead of acknowledging", "err", err)
-					c.kill()
-					return err
-				}
-			}
-		}
-		c.armWriteDeadline()
-		_, err := c.sk.Write(send)
-
-		c.outMu.Lock()
-		if cap(buf) <= keepBufCap {
-			c.spare = buf[:0]
-		}
-		c.spareM = marks[:0]
-		c.outMu.Unlock()
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				c.s.log.Warn("dropping a connection: writing answers failed",
-					"uid", c.caller.UID, "pid", c.caller.PID, "err", err)
-			}
-			c.kill()
+		if err := c.send(buf, seq, marks); err != nil {
+			c.writeMu.Unlock()
 			return err
 		}
 	}
+}
+
+// send writes buf, the answers taken from out, once the journal records
+// they acknowledge (up to seq) are written. The caller holds writeMu.
+func (c *conn) send(buf []byte, seq uint64, marks []answerMark) error {
+	send := buf
+	if seq > 0 && c.s.cfg.Journal != nil {
+		if err := c.s.cfg.Journal.Wait(seq); err != nil {
+			// Answers whose changes were lost in a journal fault become
+			// UNAVAILABLE, once memory no longer shows those changes;
+			// any other failure closes the connection unanswered.
+			send = nil
+			var ue *store.UnavailableError
+			if errors.As(err, &ue) && !ue.Fault.Fatal && c.s.noticeFault() {
+				send = c.s.retract(buf, marks)
+			}
+			if send == nil {
+				c.s.log.Error("journal write failed; closing the connection instead of acknowledging", "err", err)
+				c.kill()
+				return err
+			}
+		}
+	}
+	c.armWriteDeadline()
+	_, err := c.sk.Write(send)
+	c.recycle(buf, marks)
+	if err != nil {
+		c.writeFailed(err)
+	}
+	return err
+}
+
+// recycle keeps buf and marks, written, for the next answers.
+func (c *conn) recycle(buf []byte, marks []answerMark) {
+	c.outMu.Lock()
+	if cap(buf) <= keepBufCap {
+		c.spare = buf[:0]
+	}
+	c.spareM = marks[:0]
+	c.outMu.Unlock()
+}
+
+// writeFailed drops the connection after a failed write.
+func (c *conn) writeFailed(err error) {
+	if !errors.Is(err, net.ErrClosed) {
+		c.s.log.Warn("dropping a connection: writing answers failed",
+			"uid", c.caller.UID, "pid", c.caller.PID, "err", err)
+	}
+	c.kill()
 }
 
 // armWriteDeadline makes the next write fail once it has been blocked for

@@ -102,6 +102,14 @@ type Server struct {
 	subs      []*Subscription // open watch streams; the engine builds events while there are any
 	nextWatch int64           // last watch id given
 
+	// aj is the journal when its writer sends answers (answer.go); listMu
+	// guards listed, the connections whose answers wait for its rounds,
+	// and listSpare, a slice to swap in.
+	aj        answeringJournal
+	listMu    sync.Mutex
+	listed    []*conn
+	listSpare []*conn
+
 	// lnMu guards the listeners and connections.
 	lnMu  sync.Mutex
 	lns   map[net.Listener]struct{}
@@ -156,6 +164,10 @@ func New(cfg Config) *Server {
 		stopc:   make(chan struct{}),
 	}
 	s.fj, _ = cfg.Journal.(faultyJournal)
+	if aj, ok := cfg.Journal.(answeringJournal); ok {
+		s.aj = aj
+		aj.OnRound(s.answerDurable)
+	}
 	s.startedAt, s.startMono = cfg.Clock.Wall(), cfg.Clock.Mono()
 	s.startNS = s.startedAt.UnixNano()
 	s.timer = time.AfterFunc(time.Hour, s.onTimer)

@@ -63,6 +63,15 @@ func (s *sock) Read(p []byte) (int, error) {
 // Write writes all of p, waiting in the poller while the socket's buffer
 // is full; it fails once the connection's write deadline passes.
 func (s *sock) Write(p []byte) (int, error) {
+	return s.write(p, true)
+}
+
+// TryWrite writes what of p the socket takes now, without waiting.
+func (s *sock) TryWrite(p []byte) (int, error) {
+	return s.write(p, false)
+}
+
+func (s *sock) write(p []byte, wait bool) (int, error) {
 	done := 0
 	var errno syscall.Errno
 	err := s.rc.Write(func(fd uintptr) bool {
@@ -73,7 +82,7 @@ func (s *sock) Write(p []byte) (int, error) {
 			case syscall.EINTR:
 				continue
 			case syscall.EAGAIN:
-				return false
+				return !wait
 			}
 			if e != 0 {
 				errno = e

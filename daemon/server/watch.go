@@ -305,7 +305,7 @@ func (c *conn) pump(w *socketWatch) {
 		batch, open = w.sub.Take(batch)
 		for i := 0; i < len(batch); i += maxPumpBatch {
 			c.appendEvents(w.id, batch[i:min(i+maxPumpBatch, len(batch))])
-			if c.flush() != nil {
+			if c.flushWait() != nil {
 				// The connection is gone; finish unsubscribes. Keep
 				// taking, so the publisher's buffer stays empty until then.
 				for open {
@@ -318,7 +318,7 @@ func (c *conn) pump(w *socketWatch) {
 	}
 	if w.sub.Overflowed() {
 		c.appendEvents(w.id, []Watched{{Event: engine.Event{At: c.s.nowMS()}}})
-		c.flush()
+		c.flushWait()
 	}
 }
 

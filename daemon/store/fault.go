@@ -98,6 +98,11 @@ func (s *Store) enterFaultLocked(err error, fatal bool) {
 	if s.opts.OnFault != nil {
 		go s.opts.OnFault()
 	}
+	if s.onRound != nil {
+		// Answers left to a writer round that will not come are answered
+		// by their connections, which then learn of the fault.
+		go s.onRound(true)
+	}
 }
 
 // lostLocked returns the error for seq if a healed fault lost it.
@@ -207,8 +212,10 @@ func (s *Store) Heal(state *engine.State) error {
 	s.compactThrough, s.compactState, s.compactErr = 0, nil, nil
 	if s.appended > f.Durable {
 		s.lost = append(s.lost, lostRange{from: f.Durable + 1, to: s.appended, fault: f})
+		s.hasLost.Store(true)
 	}
-	s.written, s.dirty = s.appended, false
+	s.setWrittenLocked(s.appended)
+	s.dirty = false
 	s.err = nil
 	s.fault.Store(nil)
 	s.cond.Broadcast()

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -120,6 +123,7 @@ func (s *Store) Wait(seq uint64) error {
 	}
 	for {
 		if s.written >= seq {
+			s.leadOwedLocked(maxOwedRounds)
 			return nil
 		}
 		if s.err != nil {
@@ -131,6 +135,123 @@ func (s *Store) Wait(seq uint64) error {
 		}
 		s.leadLocked()
 	}
+}
+
+// Commit is Wait for a caller that does not wait: one whose answers the
+// round that writes seq sends (OnRound). It reports whether every record
+// up to seq is written now; otherwise a round that covers seq is under
+// way or asked for. Its errors are Wait's.
+//
+// Who leads that round: while rounds carry the records of one operation
+// each (one client), the caller itself, at once, as in Wait: no goroutine
+// hand-off. While they carry more (many clients), the writer goroutine
+// (writeLoop), which first yields, so that the connections whose requests
+// are ready append their records before the round and it carries them too
+// (BENCHMARKS.md, "One connection per agent"). A caller that leads goes on
+// leading while records that other callers went on without are pending,
+// at most maxOwedRounds before the writer goroutine takes over, so that it
+// is not kept long from its own connection.
+func (s *Store) Commit(seq uint64) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.lost) > 0 {
+		if err := s.lostLocked(seq); err != nil {
+			return false, err
+		}
+	}
+	if seq > s.owed {
+		s.owed = seq
+	}
+	if s.singles < singlesToInline && s.written < seq && s.err == nil && s.kickWriterLocked() {
+		return false, nil
+	}
+	s.leadOwedLocked(maxOwedRounds)
+	if s.written >= seq {
+		return true, nil
+	}
+	return false, s.err
+}
+
+// singlesToInline is how many rounds in a row must carry one operation
+// each before Commit callers lead rounds themselves again.
+const singlesToInline = 16
+
+// maxOwedRounds bounds the rounds one Commit caller leads in a row.
+const maxOwedRounds = 4
+
+// leadOwedLocked leads rounds while records some Commit caller went on
+// without are pending and nobody else is writing, at most max (0: no
+// bound) before handing over to the writer goroutine. The caller holds
+// s.mu.
+func (s *Store) leadOwedLocked(max int) {
+	for n := 0; s.owed > s.written && !s.writing && s.err == nil; n++ {
+		if n == max && max > 0 && s.kickWriterLocked() {
+			return
+		}
+		s.leadLocked()
+	}
+}
+
+// kickWriterLocked asks the writer goroutine for rounds up to s.owed, and
+// reports whether there is one to ask (Start runs it). The caller holds
+// s.mu.
+func (s *Store) kickWriterLocked() bool {
+	if s.kick == nil {
+		return false
+	}
+	select {
+	case s.kick <- struct{}{}:
+	default: // already asked
+	}
+	return true
+}
+
+// writeLoop is the writer goroutine: asked by kickWriterLocked, it leads
+// rounds until no record a Commit caller went on without is pending. It
+// yields before each: the goroutine that asked, and others whose requests
+// are ready, append their records before the round takes what is pending.
+func (s *Store) writeLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.kick:
+		}
+		for more := true; more; {
+			runtime.Gosched()
+			s.mu.Lock()
+			if more = s.owed > s.written && !s.writing && s.err == nil; more {
+				s.leadLocked()
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// Durable reports whether every record up to seq is written and none of
+// them was lost in a fault, without taking the lock when nothing was lost.
+func (s *Store) Durable(seq uint64) bool {
+	if s.writtenA.Load() < seq {
+		return false
+	}
+	if !s.hasLost.Load() {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lostLocked(seq) == nil
+}
+
+// OnRound sets fn, which the writer calls after each round that wrote,
+// outside the lock, and (failed true, on a goroutine of its own) when a
+// fault starts: the owner then sends the answers that waited for the
+// records written, or lets their connections learn of the fault. Set it
+// before the first Commit.
+func (s *Store) OnRound(fn func(failed bool)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onRound = fn
 }
 
 // drainOldLocked finishes a log rotation: it writes what was pending for the
@@ -182,6 +303,14 @@ func (s *Store) leadLocked() {
 	s.mu.Lock()
 	if !isOld {
 		s.spare = buf[:0]
+		// Rounds of more than one operation: other clients append
+		// meanwhile, and the writer goroutine batches them (Commit),
+		// until rounds of one operation have been the rule for a while.
+		if upto-s.written > 1 {
+			s.singles = 0
+		} else if s.singles < singlesToInline {
+			s.singles++
+		}
 	}
 	s.writing = false
 	if err != nil {
@@ -198,9 +327,26 @@ func (s *Store) leadLocked() {
 			s.writes++
 			s.dirty = !isOld
 		}
-		s.written = upto
+		s.setWrittenLocked(upto)
 	}
 	s.cond.Broadcast()
+	if err == nil && s.onRound != nil {
+		s.mu.Unlock()
+		s.onRound(false)
+		s.mu.Lock()
+	}
+	if s.owed > s.written && s.err == nil {
+		// Records a Commit caller went on without are still pending, and
+		// this caller may not lead again (a compaction's drain, or a Wait
+		// now satisfied): the writer goroutine makes sure of them.
+		s.kickWriterLocked()
+	}
+}
+
+// setWrittenLocked publishes a new written mark.
+func (s *Store) setWrittenLocked(w uint64) {
+	s.written = w
+	s.writtenA.Store(w)
 }
 
 // writeRound does the I/O of one writer round on f: the bytes, then for a
@@ -212,7 +358,7 @@ func (s *Store) writeRound(f *os.File, buf []byte, isOld bool) error {
 	if f == nil {
 		return errors.New("klock: store used before Recover opened its log")
 	}
-	if err := writeAll(f, buf); err != nil {
+	if err := writeLog(f, buf); err != nil {
 		return err
 	}
 	if isOld {
@@ -240,19 +386,73 @@ func (s *Store) writeRound(f *os.File, buf []byte, isOld bool) error {
 // writeAll writes b with as few write(2) calls as the kernel allows (one,
 // for a regular file, unless the disk is full).
 func writeAll(f *os.File, b []byte) error {
+	return writeWith(f, b, func(b []byte) error {
+		_, err := f.Write(b)
+		return err
+	})
+}
+
+// writeLog writes a round's bytes to the log as writeAll does, but with
+// raw write(2) calls: os.File.Write enters the runtime's "may block"
+// system-call path, and while a write to the page cache takes a few tens of
+// microseconds the runtime's monitor thread (sysmon) wakes, takes the P away
+// from the writer and hands it to another thread, which the writer must win
+// back when its write returns. Under many connections that was 5% of
+// klockd's samples in sysmon alone, plus the thread hand-offs
+// (BENCHMARKS.md, "One connection per agent"). The cost of a raw call is
+// that a write the kernel does block (dirty-page throttling, a slow disk)
+// holds its P meanwhile; the other Ps keep serving. fsync and the
+// snapshot's large writes keep the ordinary path.
+func writeLog(f *os.File, b []byte) error {
+	return writeWith(f, b, func(b []byte) error { return rawWrite(f, b) })
+}
+
+// writeWith writes b to f with write, after asking the fault injector.
+func writeWith(f *os.File, b []byte, write func([]byte) error) error {
 	if len(b) == 0 {
 		return nil
 	}
 	err := injectedFault(ioWrite, f.Name())
 	if err != nil {
-		f.Write(b[:len(b)/2])
+		write(b[:len(b)/2])
 	} else {
-		_, err = f.Write(b)
+		err = write(b)
 	}
 	if err != nil {
 		return fmt.Errorf("klock: writing %s: %w", f.Name(), pathErr(err))
 	}
 	return nil
+}
+
+// rawWrite writes all of b to the regular file f with RawSyscall, holding
+// f's descriptor against a concurrent Close meanwhile.
+func rawWrite(f *os.File, b []byte) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var errno syscall.Errno
+	err = rc.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			n, _, e := syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e != 0:
+				errno = e
+				return true
+			case n == 0:
+				errno = syscall.EIO // a regular file takes nothing only with an error
+				return true
+			}
+			b = b[n:]
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return err
 }
 
 // syncFile fsyncs f.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 )
@@ -242,5 +243,97 @@ func TestCompactionKeepsIdempotency(t *testing.T) {
 	w3 := newWorld(t, dir, Options{})
 	if again := acquire(w3); again.ID != first.ID || again.Fence != first.Fence {
 		t.Fatalf("resent acquire after compaction + restart = %s/%d; want the same lease %s/%d", again.ID, again.Fence, first.ID, first.Fence)
+	}
+}
+
+// TestCommitLeavesAnswersToTheRound: Commit callers that go on without
+// waiting (the server's connections, daemon/server/answer.go) have every
+// record written by some round, and OnRound is called after the round that
+// wrote each, though nobody calls Wait.
+func TestCommitLeavesAnswersToTheRound(t *testing.T) {
+	w := newWorld(t, t.TempDir(), Options{Fsync: FsyncNever, CompactMinBytes: -1})
+	var mu sync.Mutex
+	owed := map[uint64]bool{} // sequences whose Commit returned false, until a round wrote them
+	rounds := 0
+	w.st.OnRound(func(failed bool) {
+		if failed {
+			t.Error("OnRound told of a fault")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		rounds++
+		for seq := range owed {
+			if w.st.Durable(seq) {
+				delete(owed, seq)
+			}
+		}
+	})
+	const workers, each = 32, 50
+	var wg sync.WaitGroup
+	left := 0
+	for g := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				var seq uint64
+				w.lock(func() {
+					seq = w.st.Append([]engine.Record{{Kind: engine.RecFreeze, Time: baseTime, Resource: fmt.Sprintf("FILE:/%d/%d", g, i)}})
+				})
+				mu.Lock()
+				owed[seq] = true
+				mu.Unlock()
+				written, err := w.st.Commit(seq)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if written {
+					delete(owed, seq)
+				} else {
+					left++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(owed)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d records left to a round were never written with OnRound told", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !w.st.Durable(workers * each) {
+		t.Fatalf("not every record is durable")
+	}
+	t.Logf("%d of %d Commit calls left their record to a round; %d rounds", left, workers*each, rounds)
+}
+
+// TestCommitBeforeStartLeads: without the writer goroutine (before Start),
+// a Commit caller always leads the round itself.
+func TestCommitBeforeStartLeads(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(dir, Options{Fsync: FsyncNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Recover(engine.New(engine.Config{Journal: true})); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 { // past singlesToInline rounds of one record
+		seq := st.Append([]engine.Record{{Kind: engine.RecFreeze, Time: baseTime, Resource: fmt.Sprintf("FILE:/%d", i)}})
+		if written, err := st.Commit(seq); !written || err != nil {
+			t.Fatalf("Commit(%d) before Start = %v, %v; want written", seq, written, err)
+		}
 	}
 }

@@ -62,12 +62,16 @@ func (s *Store) Recover(eng *engine.Engine) (RecoveryInfo, error) {
 }
 
 // Start starts the store's background work: the maintenance goroutine
-// (pre-creating the next log, compaction) and, with FsyncEverySec, the
-// once-a-second fsync. Call it once, after Recover succeeded; Close stops
-// them.
+// (pre-creating the next log, compaction), the writer goroutine (Commit)
+// and, with FsyncEverySec, the once-a-second fsync. Call it once, after
+// Recover succeeded; Close stops them.
 func (s *Store) Start() {
-	s.wg.Add(1)
+	s.mu.Lock()
+	s.kick = make(chan struct{}, 1)
+	s.mu.Unlock()
+	s.wg.Add(2)
 	go s.maintain()
+	go s.writeLoop()
 	if s.opts.Fsync == FsyncEverySec {
 		s.wg.Add(1)
 		go s.syncEverySec()

@@ -159,6 +159,8 @@ type Store struct {
 	appended uint64 // sequence of the last Append with records
 	written  uint64 // every sequence <= written is written (and synced for always)
 	writing  bool   // a writer round is in progress
+	owed     uint64 // the highest sequence a Commit caller went on without waiting for
+	singles  int    // rounds in a row, up to singlesToInline, that carried one operation (Commit)
 	writes   uint64 // writer rounds that wrote something (group commits)
 	dirty    bool   // written since the last fsync (everysec)
 	err      error  // why Wait fails past written: an *UnavailableError during a fault, or ErrClosed
@@ -167,6 +169,12 @@ type Store struct {
 	fileEnd  int64    // bytes of file written by rounds that succeeded
 	gen      uint64   // current log's generation
 	logBytes int64    // bytes of log since the last snapshot (all files), pending frames included
+
+	// writtenA mirrors written, and hasLost says lost is not empty, for
+	// Durable without the lock. onRound is told of each round (Commit).
+	writtenA atomic.Uint64
+	hasLost  atomic.Bool
+	onRound  func(failed bool)
 
 	// Rotation and compaction (compact.go).
 	old            *os.File      // previous log, until its pending frames are written
@@ -189,6 +197,7 @@ type Store struct {
 
 	wake chan struct{} // wakes the maintenance goroutine
 	done chan struct{} // closed by Close
+	kick chan struct{} // asks the writer goroutine for a round (Commit); nil before Start
 	wg   sync.WaitGroup
 }
 
