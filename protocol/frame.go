@@ -32,11 +32,19 @@ func (e *FrameError) Error() string {
 // ends cleanly between frames gives io.EOF; one that ends inside a frame
 // gives io.ErrUnexpectedEOF.
 func ReadFrame(r io.Reader, buf []byte, maxFrame int) ([]byte, error) {
-	var hdr [HeaderSize]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	// The header is read into buf when it has room (the body overwrites
+	// it): a local array would escape through r and cost an allocation
+	// per frame.
+	var hdr []byte
+	if cap(buf) >= HeaderSize {
+		hdr = buf[:HeaderSize]
+	} else {
+		hdr = make([]byte, HeaderSize)
+	}
+	if _, err := io.ReadFull(r, hdr); err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
+	n := binary.BigEndian.Uint32(hdr)
 	if n == 0 || uint64(n) > uint64(maxFrame) {
 		return nil, &FrameError{Length: n, Max: maxFrame}
 	}
