@@ -18,6 +18,12 @@ package store
 //
 //	err := st.Wait(seq)                   // group commit
 //
+// or, to go on without waiting and have the round that writes seq send the
+// replies (the server's connections do; daemon/server/answer.go):
+//
+//	st.OnRound(sendDurableReplies)        // once, before serving
+//	written, err := st.Commit(seq)        // false: OnRound follows that round
+//
 // Compaction needs no other hook: when the log has outgrown the last
 // snapshot, Append (under the engine mutex) switches to a pre-created next
 // log, copying the state if it is small; a background goroutine otherwise
