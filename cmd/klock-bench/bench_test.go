@@ -120,6 +120,19 @@ func TestTargets(t *testing.T) {
 	}
 }
 
+// TestDurable: a -compare twin is judged as its base back end (the memory
+// target is 400 B for a durable one, 300 B in memory).
+func TestDurable(t *testing.T) {
+	for b, want := range map[string]bool{
+		"klock-everysec": true, "klock-everysec-after": true, "klock-conn-everysec": true, "klock-conn-everysec-old": true,
+		"klock": false, "klock-after": false, "klock-conn": false, "klock-conn-old": false, "redis": false,
+	} {
+		if durable(b) != want {
+			t.Errorf("durable(%q) = %v; want %v", b, !want, want)
+		}
+	}
+}
+
 func abs(x float64) float64 {
 	if x < 0 {
 		return -x

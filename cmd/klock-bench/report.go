@@ -314,9 +314,15 @@ const bigRelease = 100_000
 
 func ptr(x float64) *float64 { return &x }
 
-// durable reports whether a klock back end writes a log.
+// durable reports whether a klock back end, or a -compare twin of one
+// (NAME-TAG), writes a log.
 func durable(b string) bool {
-	return slices.Contains([]string{"klock-never", "klock-everysec", "klock-always", "klock-conn-everysec"}, b)
+	for _, d := range []string{"klock-never", "klock-everysec", "klock-always", "klock-conn-everysec"} {
+		if b == d || strings.HasPrefix(b, d+"-") {
+			return true
+		}
+	}
+	return false
 }
 
 // redisPeer is the Redis configuration a back end is compared with: the
