@@ -172,10 +172,7 @@ func TestDashboardInChromium(t *testing.T) {
 	l, err := c.AcquireLease(ctx, "reviewer", "s", "FILE", "/late/after-load.ts", "MUTATES", time.Minute)
 	require.NoError(t, err)
 	require.True(t, l.Success)
-	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-resource="FILE:/late/after-load.ts"]`))),
-		"a lease taken after the page loaded must appear, from /events")
-	text, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`tr[data-resource="FILE:/late/after-load.ts"]`)))
-	require.NoError(t, err)
+	text := leaseRow(t, bctx, "FILE:/late/after-load.ts") // a lease taken after the page loaded appears, from /events
 	require.Contains(t, text, "reviewer")
 	require.Contains(t, text, "MUTATES")
 	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(`#events .k.die`))), "the die event is in the log")
@@ -243,10 +240,19 @@ func apiLease(t *testing.T, url, resource string) *protocol.LeaseInfo {
 // returns its text.
 func leaseRow(t *testing.T, bctx context.Context, resource string) string {
 	t.Helper()
-	sel := fmt.Sprintf(`tr[data-resource=%q]`, resource)
-	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(sel))), "the row of %s", resource)
-	text, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(sel)))
+	return textOf(t, bctx, fmt.Sprintf(`tr[data-resource=%q]`, resource))
+}
+
+// textOf waits for an element to be visible and returns its text. It reads
+// the text in one script, not by node id as chromedp.Text does: the page
+// renders its lists anew every 100 ms, so a node found a moment earlier
+// may be gone ("No node with given id found").
+func textOf(t *testing.T, bctx context.Context, selector string) string {
+	t.Helper()
+	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(selector))), "waiting for %s", selector)
+	text, err := chromedp.Run(bctx, chromedp.Evaluate[string](fmt.Sprintf("document.querySelector(%q)?.innerText ?? ''", selector)))
 	require.NoError(t, err)
+	require.NotEmpty(t, text, "the text of %s", selector)
 	return text
 }
 

@@ -230,21 +230,17 @@ func TestDashboardSubtrees(t *testing.T) {
 		return s
 	}
 	require.Equal(t, "FILE:/repo/src/ subtree", firstIn("FILE:/repo/src/"), "the folder lease heads its folder")
-	header, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`tr.group[data-folder="FILE:/repo/src/"]`)))
-	require.NoError(t, err)
+	header := textOf(t, bctx, `tr.group[data-folder="FILE:/repo/src/"]`)
 	require.Contains(t, header, "whole folder")
 	require.Contains(t, header, "builder")
-	header, err = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`tr.group[data-folder="FILE:/repo/docs/"]`)))
-	require.NoError(t, err)
+	header = textOf(t, bctx, `tr.group[data-folder="FILE:/repo/docs/"]`)
 	require.NotContains(t, header, "whole folder")
 
 	// After the page loaded: lead parks on a file under builder's folder,
 	// and reviewer takes its own folder.
 	go c.AcquireOnce(ctx, clientlib.AcquireRequest{AgentID: "lead", SessionID: "s", TTL: time.Minute, WaitTimeout: time.Minute,
 		Intents: fileIntent("/repo/src/db.ts", "MUTATES")})
-	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(`#waits .wf`))), "lead waits, from /events")
-	wf, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#waits .wf`)))
-	require.NoError(t, err)
+	wf := textOf(t, bctx, `#waits .wf`) // lead waits, from /events
 	require.Contains(t, wf, "lead")
 	require.Contains(t, wf, "waits for")
 	require.Contains(t, wf, "builder")
@@ -263,7 +259,7 @@ func TestDashboardSubtrees(t *testing.T) {
 
 	// Releasing the folder lets lead through: its lease appears, the
 	// folder lease goes.
-	_, err = chromedp.Run(bctx, chromedp.Evaluate[bool](`(() => { const f = document.getElementById("filter"); f.value = ""; return f.dispatchEvent(new Event("input")); })()`))
+	_, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`(() => { const f = document.getElementById("filter"); f.value = ""; return f.dispatchEvent(new Event("input")); })()`))
 	require.NoError(t, err)
 	waitFor(t, "the filter to be cleared", func() bool { return count(t, bctx, `tr[data-lease]`) == 5 })
 	for _, l := range []string{srcLease.LeaseID} {
@@ -274,10 +270,8 @@ func TestDashboardSubtrees(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.ReleaseLease(ctx, ls[0].LeaseID)
 	require.NoError(t, err)
-	require.NoError(t, chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-resource="FILE:/repo/src/db.ts"]`))))
 	require.NoError(t, chromedp.Do(bctx, chromedp.WaitNotPresent(chromedp.CSS(`tr[data-resource="FILE:/repo/src/"]`))))
-	text, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`tr[data-resource="FILE:/repo/src/db.ts"]`)))
-	require.NoError(t, err)
+	text := leaseRow(t, bctx, "FILE:/repo/src/db.ts")
 	require.True(t, strings.Contains(text, "lead"), text)
 }
 
