@@ -29,6 +29,7 @@ type Client struct {
 	bg         sync.WaitGroup // background goroutines: redial, keep-alive, orphan release
 	handoffs   atomic.Uint64  // answers a reader passed to another caller (see deliver)
 	writes     atomic.Uint64  // write(2) calls, for the benchmark's requests-per-write
+	oneStep    atomic.Uint64  // calls written and read in one step (retryReader.sendFirst)
 
 	// mu guards the fields that follow, and the writer fields of every conn.
 	mu      sync.Mutex
@@ -137,6 +138,7 @@ func (c *Client) shutdown(err error) {
 	c.endLife()
 	if cn := c.conn; cn != nil {
 		cn.broken = true
+		cn.unwatch()
 		_ = cn.nc.Close()
 		c.conn = nil
 	}
@@ -266,6 +268,21 @@ func (c *Client) roundTrip(ctx context.Context, op string, args *protocol.Args) 
 	}
 	c.pending[cl.id] = cl
 	if cn := c.conn; cn != nil {
+		if len(c.pending) == 1 && !c.reading && !cn.flushing && len(cn.wbuf) == 0 &&
+			!cn.broken && !cn.writeDead && cn.rd.rc != nil && cn.br.Buffered() == 0 {
+			// The only call in flight, as with one connection per agent:
+			// its caller writes the request and waits for the answer in
+			// one step, without a read that would only say "not yet"
+			// (retryReader.sendFirst).
+			c.oneStep.Add(1)
+			cn.flushing = true
+			c.takeReader(ctx, cn)
+			cn.rd.sendFirst(frame)
+			c.mu.Unlock()
+			c.read(ctx, cn, cl) // returns with mu held
+			c.sendRest(cn)
+			return c.wait(ctx, cl)
+		}
 		cn.wbuf = append(cn.wbuf, frame...)
 		if !cn.flushing {
 			if len(c.pending) > 1 {
@@ -311,8 +328,8 @@ func (c *Client) wait(ctx context.Context, cl *call) (*call, error) {
 			return nil, err
 		}
 		if !c.reading && c.conn != nil {
-			c.reading = true
 			cn := c.conn
+			c.takeReader(ctx, cn)
 			c.mu.Unlock()
 			c.read(ctx, cn, cl) // returns with mu held
 			continue
@@ -326,6 +343,55 @@ func (c *Client) wait(ctx context.Context, cl *call) (*call, error) {
 		c.mu.Lock()
 		cl.waiting = false
 	}
+}
+
+// takeReader gives the reader role on cn to a caller whose ctx's end must
+// interrupt its reading. mu held.
+func (c *Client) takeReader(ctx context.Context, cn *conn) {
+	c.reading = true
+	cn.watchReader(ctx)
+}
+
+// sendRest writes, the ordinary way, what a caller that wrote its request
+// and read in one step (retryReader.sendFirst) could not write then: the
+// socket's buffer was full, the write failed, mu was busy when the frames
+// queued meanwhile were to be taken, or the reading ended first. mu held.
+func (c *Client) sendRest(cn *conn) {
+	rest, released := cn.rd.unsent()
+	if released {
+		return // written; retryReader.next gave up the writer role
+	}
+	if cn.broken || cn.writeDead {
+		cn.flushing = false
+		return
+	}
+	cn.wbuf = append(append(make([]byte, 0, len(rest)+len(cn.wbuf)), rest...), cn.wbuf...)
+	c.flush(cn)
+}
+
+// sendNext is a connection's retryReader.next: called without mu by a
+// caller that wrote written in one step with its read, it returns the
+// frames queued since (written next in the same step), or nil and gives
+// up the writer role.
+func (c *Client) sendNext(cn *conn, written []byte, own bool) ([]byte, bool) {
+	c.writes.Add(1)
+	if !c.mu.TryLock() {
+		return nil, false // sendRest finishes the job
+	}
+	defer c.mu.Unlock()
+	if own {
+		cn.spare = nil
+		if cap(written) <= maxKeptBuffer {
+			cn.spare = written[:0]
+		}
+	}
+	if len(cn.wbuf) == 0 || cn.broken || cn.writeDead {
+		cn.flushing = false
+		return nil, true
+	}
+	buf := cn.wbuf
+	cn.wbuf, cn.spare = cn.spare[:0], nil
+	return buf, true
 }
 
 // abandon gives up waiting for cl, whose context ended. Its id is forgotten
@@ -385,10 +451,6 @@ func (c *Client) wakeReader() {
 // role up and wakes another waiting caller to take it. Called without mu;
 // returns with it held.
 func (c *Client) read(ctx context.Context, cn *conn, own *call) {
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, cn.interrupt)
-	}
 	for {
 		body, err := cn.readFrame(c.readLimit())
 		if err == errInterrupted {
@@ -396,6 +458,10 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 				continue // a stale wake meant for an earlier reader
 			}
 			c.mu.Lock()
+			break
+		}
+		if err == errSendBlocked {
+			c.mu.Lock() // the caller writes the rest (sendRest)
 			break
 		}
 		if err == nil {
@@ -415,9 +481,6 @@ func (c *Client) read(ctx context.Context, cn *conn, own *call) {
 			break
 		}
 		c.mu.Unlock()
-	}
-	if stop != nil {
-		stop()
 	}
 	c.reading = false
 	c.wakeReader()
@@ -517,6 +580,7 @@ func (c *Client) breakConn(cn *conn, err error) {
 	}
 	cn.broken = true
 	cn.wbuf = nil
+	cn.unwatch()
 	_ = cn.nc.Close()
 	if c.conn != cn {
 		return
@@ -542,6 +606,7 @@ func (c *Client) breakConn(cn *conn, err error) {
 // in id order (the order they were first sent), after a hello that
 // announces Options.ClientName and learns the daemon's max_frame. mu held.
 func (c *Client) connected(cn *conn) {
+	cn.rd.next = func(written []byte, own bool) ([]byte, bool) { return c.sendNext(cn, written, own) }
 	c.conn = cn // dialErr stays until it answers: a daemon may refuse it next
 	var args protocol.Args
 	if c.opts.ClientName != "" {

@@ -448,7 +448,7 @@ func TestOneCallerReadsItsOwnAnswers(t *testing.T) {
 		t.Fatal(err)
 	}
 	goroutines := runtime.NumGoroutine()
-	before := c.handoffs.Load()
+	before, oneStep := c.handoffs.Load(), c.oneStep.Load()
 	for i := range 1000 {
 		if n, err := c.EndSession(ctx, "a", strings.Repeat("s", 1+i%100)); err != nil || n != 1+i%100 {
 			t.Fatalf("EndSession = %d, %v", n, err)
@@ -457,7 +457,45 @@ func TestOneCallerReadsItsOwnAnswers(t *testing.T) {
 	if h := c.handoffs.Load() - before; h != 0 {
 		t.Errorf("%d answers were handed to another goroutine; want 0 with one call in flight", h)
 	}
+	// Each was written and its answer awaited in one step, without a
+	// read that finds nothing yet.
+	if n := c.oneStep.Load() - oneStep; n != 1000 {
+		t.Errorf("%d of 1000 sequential calls were written and read in one step; want all", n)
+	}
 	if g := runtime.NumGoroutine(); g > goroutines {
 		t.Errorf("%d goroutines after 1000 sequential calls, %d before; want none started", g, goroutines)
+	}
+}
+
+// TestOneStepSendLargerThanTheSocket: a call alone in flight writes its
+// request and waits for the answer in one step; a request larger than the
+// socket's buffer cannot be written at once, and the rest must still be
+// sent (the ordinary way) and the answer read, on a connection that then
+// keeps serving.
+func TestOneStepSendLargerThanTheSocket(t *testing.T) {
+	f := newFakeDaemon(t)
+	c := dialFake(t, f, Options{})
+	ctx := testCtx(t)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	args := &protocol.Args{AgentID: "a", SessionID: "s", Intents: make([]protocol.Intent, protocol.MaxIntents)}
+	args.Set(protocol.ArgAgentID | protocol.ArgSessionID | protocol.ArgIntents)
+	for i := range args.Intents {
+		path := fmt.Sprintf("/%d/", i) + strings.Repeat("p", protocol.MaxPathLen-16)
+		args.Intents[i] = protocol.Intent{ResourceType: "NAME", ResourcePath: path, Predicate: "MUTATES", ClientPath: path}
+	}
+	for i := range 3 {
+		oneStep := c.oneStep.Load()
+		err := c.do(ctx, "big_op", args, nil)
+		if !errors.Is(err, ErrUnknownOp) {
+			t.Fatalf("call %d with a %d-intent request = %v; want the fake's UNKNOWN_OP answer", i, len(args.Intents), err)
+		}
+		if c.oneStep.Load() == oneStep {
+			t.Fatalf("call %d was not sent in one step", i)
+		}
+		if n, err := c.EndSession(ctx, "a", "after"); err != nil || n != len("after") {
+			t.Fatalf("EndSession after call %d = %d, %v; want the connection still serving", i, n, err)
+		}
 	}
 }

@@ -2,9 +2,12 @@ package clientlib
 
 import (
 	"bufio"
+	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/klockd/klock/protocol"
@@ -26,6 +29,11 @@ type conn struct {
 	resp protocol.Response // the response being decoded
 
 	// Guarded by Client.mu.
+	// watchDone is the Done channel of the context whose end interrupts
+	// this connection's reader (see Client.takeReader), stopWatch stops
+	// that: a reader's context is watched once, not once per read.
+	watchDone <-chan struct{}
+	stopWatch func() bool
 	wbuf      []byte // frames waiting to be written
 	spare     []byte // the buffer being written, reused once it is
 	flushing  bool   // a caller is writing; it writes wbuf again before it stops
@@ -41,8 +49,20 @@ const maxKeptBuffer = 64 << 10
 func newConn(nc net.Conn) *conn {
 	cn := &conn{nc: nc, rbuf: make([]byte, 0, 4096)}
 	cn.rd.nc = nc
+	if sc, ok := nc.(syscall.Conn); ok {
+		cn.rd.rc, _ = sc.SyscallConn()
+	}
+	cn.rd.fn = cn.rd.step
 	cn.br = bufio.NewReaderSize(&cn.rd, 16<<10)
 	return cn
+}
+
+// unwatch stops the watch of the reader's context. Client.mu held.
+func (cn *conn) unwatch() {
+	if cn.stopWatch != nil {
+		cn.stopWatch()
+		cn.stopWatch, cn.watchDone = nil, nil
+	}
 }
 
 // errInterrupted says the reader was woken by its context (or a stale wake
@@ -82,12 +102,61 @@ func (cn *conn) readFrame(maxFrame int) ([]byte, error) {
 
 // retryReader reads from the socket; while retry is set, a read woken by a
 // deadline is resumed, so that a frame already begun is read to its end.
+//
+// Given bytes to send (sendFirst), its next read writes them first and then
+// waits for the answer in the poller without reading: the read that would
+// only say "nothing yet" (EAGAIN) is skipped. Waiting without that read is
+// sound because the wait is armed (RawConn.Read clears the poller's
+// readiness once, before the write) before the request leaves, so the
+// answer, or the daemon closing the connection, wakes it; and a daemon that
+// closed the connection before the write makes the write fail (EPIPE).
 type retryReader struct {
 	nc    net.Conn
 	retry bool
+
+	rc   syscall.RawConn       // nc's descriptor; nil when nc is not a socket
+	fn   func(fd uintptr) bool // step, bound once
+	send []byte                // bytes to write before reading
+	sent int                   // how many of send are written
+	own  bool                  // send was taken from the conn's wbuf (next recycles it)
+	// next is called (without Client.mu) once send is written: it returns
+	// the frames other callers have queued since, to be written next, or
+	// nil once none are and the writer role is given up (released). It
+	// returns false when Client.mu is busy: it must not wait for it, as
+	// a Close made under mu waits for this read to return.
+	next     func(written []byte, own bool) ([]byte, bool)
+	released bool
+	waited   bool
+	p        []byte
+	n        int
+	errno    syscall.Errno // of the read
+	werrno   syscall.Errno // of a write that could not finish
+}
+
+// errSendBlocked says the bytes given to sendFirst could not all be
+// written without waiting (the socket's buffer is full) or their write
+// failed: the caller writes the rest the ordinary way (Client.flush).
+var errSendBlocked = errors.New("klock: send blocked")
+
+// sendFirst makes the next Read write frame first. The caller holds the
+// reader and writer roles.
+func (r *retryReader) sendFirst(frame []byte) {
+	r.send, r.sent, r.own, r.released = frame, 0, false, false
+}
+
+// unsent returns what sendFirst was given and is not written, and forgets
+// it; released reports that it was all written and the writer role given
+// up.
+func (r *retryReader) unsent() (rest []byte, released bool) {
+	rest, released = r.send[r.sent:], r.released
+	r.send, r.sent, r.released = nil, 0, false
+	return rest, released
 }
 
 func (r *retryReader) Read(p []byte) (int, error) {
+	if len(r.send) > 0 {
+		return r.sendThenRead(p)
+	}
 	for {
 		n, err := r.nc.Read(p)
 		if n == 0 && r.retry && errors.Is(err, os.ErrDeadlineExceeded) {
@@ -96,4 +165,84 @@ func (r *retryReader) Read(p []byte) (int, error) {
 		}
 		return n, err
 	}
+}
+
+// sendThenRead writes r.send, then waits for something to read and reads
+// it into p, in one RawConn.Read.
+func (r *retryReader) sendThenRead(p []byte) (int, error) {
+	r.p, r.n, r.errno, r.werrno, r.waited = p, 0, 0, 0, false
+	err := r.rc.Read(r.fn)
+	r.p = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case r.werrno != 0:
+		return 0, errSendBlocked
+	case r.errno != 0:
+		return 0, r.errno
+	case r.n == 0:
+		return 0, io.EOF
+	}
+	return r.n, nil
+}
+
+// step is sendThenRead's RawConn callback; false asks the poller to wait
+// until the socket is readable.
+func (r *retryReader) step(fd uintptr) bool {
+	for r.sent < len(r.send) {
+		n, err := syscall.Write(int(fd), r.send[r.sent:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			r.werrno = err.(syscall.Errno)
+			return true
+		}
+		r.sent += n
+		if r.sent < len(r.send) {
+			continue
+		}
+		next, ok := r.next(r.send, r.own)
+		if !ok {
+			// Written, but the frames queued since are left to sendRest.
+			r.send, r.sent = nil, 0
+			r.werrno = syscall.EAGAIN
+			return true
+		}
+		r.send, r.sent, r.own = next, 0, true
+	}
+	r.send, r.sent, r.released = nil, 0, true
+	if !r.waited {
+		// The request just left: its answer cannot be there yet.
+		r.waited = true
+		return false
+	}
+	for {
+		n, err := syscall.Read(int(fd), r.p)
+		switch err {
+		case nil:
+			r.n = n
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		r.errno = err.(syscall.Errno)
+		return true
+	}
+}
+
+// watchReader makes ctx's end interrupt cn's reader. The AfterFunc stays
+// registered while readers keep using the same context, so a caller that
+// makes call after call with one context pays for it once; a reader woken
+// by an earlier reader's context (a stale wake) reads on. Client.mu held.
+func (cn *conn) watchReader(ctx context.Context) {
+	done := ctx.Done()
+	if done == nil || done == cn.watchDone {
+		return
+	}
+	cn.unwatch()
+	cn.stopWatch = context.AfterFunc(ctx, cn.interrupt)
+	cn.watchDone = done
 }
