@@ -40,7 +40,12 @@ type holder struct {
 // running is killed when the test ends.
 func startHolder(t *testing.T, d *harness.Daemon, agent, path, ttl, then string, wrap ...string) *holder {
 	t.Helper()
-	argv := append(wrap, harness.BoundHolder(t), "-socket", d.Socket, "-agent", agent, "-path", path, "-ttl", ttl, "-then", then)
+	return runHolder(t, append(wrap, harness.BoundHolder(t), "-socket", d.Socket, "-agent", agent, "-path", path, "-ttl", ttl, "-then", then)...)
+}
+
+// runHolder is startHolder with boundholder's command line given whole.
+func runHolder(t *testing.T, argv ...string) *holder {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = testEnv()
 	var stderr harness.Buffer
@@ -149,6 +154,39 @@ func TestKill9GrantsTheWaiter(t *testing.T) {
 	slices.Sort(delays)
 	t.Logf("kill -9 of the holder to the waiter's grant, %d runs: median %v, max %v (min %v)",
 		runs, delays[len(delays)/2], delays[len(delays)-1], delays[0])
+}
+
+// TestProcessWithManyLeasesEnds: a process holding more bound leases
+// than klockd ends in one step (1000) is killed; klockd ends every one of
+// them, in steps with other requests served in between, and an older
+// agent waiting for the last of them is granted.
+func TestProcessWithManyLeasesEnds(t *testing.T) {
+	const n = 2500
+	d := harness.Start(t, harness.Options{})
+	r := d.Raw(t)
+	mustOK(t, "register old", r.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "old", protocol.ArgPriority, 1)), nil)
+	mustOK(t, "register young", r.Call(2, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "young", protocol.ArgPriority, 2)), nil)
+	h := runHolder(t, harness.BoundHolder(t), "-socket", d.Socket, "-agent", "young", "-path", "/many",
+		"-count", strconv.Itoa(n), "-ttl", "10m", "-then", "wait")
+	if st := rawStats(t, r, 3); st.Leases != n || st.BoundProcesses != 1 {
+		t.Fatalf("stats with the holder running = %+v; want %d leases bound to 1 process", st, n)
+	}
+	last := fmt.Sprintf("/many/%d", n-1)
+	r.Send(4, protocol.OpAcquire, parkArgs("old", "o", last, "MUTATES", 60_000, 30_000))
+	waitFor(t, "the older agent to wait in the daemon", func() bool { return waiters(t, d.Raw(t), 1) == 1 })
+	h.kill(t)
+	var g protocol.AcquireResult
+	mustOK(t, "the parked acquire", r.Recv(), &g)
+	if !g.Success || g.Resource != "FILE:"+last {
+		t.Fatalf("the waiter was answered %+v; want granted once the holder was killed", g)
+	}
+	waitFor(t, "every lease of the holder to end", func() bool { return rawStats(t, r, 5).Leases == 1 })
+	if st := rawStats(t, r, 6); st.ExitReleases != n || st.BoundProcesses != 0 || st.Pidfds != 0 {
+		t.Errorf("stats after the holder was killed = %+v; want %d exit releases and no process left", st, n)
+	}
+	if ls := leases(t, r, 7); len(ls) != 1 || ls[0].AgentID != "old" {
+		t.Errorf("leases after the holder was killed = %+v; want the older agent's only", ls)
+	}
 }
 
 // TestBoundLeaseSurvivesItsReconnect: the holder drops its connection and

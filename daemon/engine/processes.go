@@ -84,12 +84,28 @@ func (e *Engine) dropProcIfUnused(bp *boundProc) {
 // a grant. It returns how many active leases it ended and the wake-ups. A
 // process nothing is bound to is a no-op: no record.
 func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
+	n, wake, _ := e.ProcessEndedStep(now, p, 0)
+	return n, wake
+}
+
+// ProcessEndedStep is ProcessEnded in steps of bounded work, as
+// EndSessionStep is EndSession. While p has more than max leases, or more
+// than max queued requests, a call does one step and returns more = true:
+// it answers up to max of the queued requests and ends up to max of the
+// leases (the last max of its list, in fence order among themselves; one
+// RecProcessEnd record lists them). The call that finds at most max of
+// each left ends the rest and returns more = false. The caller calls
+// again until then, letting other calls in between. max 0 means no bound.
+func (e *Engine) ProcessEndedStep(now int64, p Process, max int) (n int, wake []Wakeup, more bool) {
 	bp := e.procs[p]
 	if bp == nil {
-		return 0, nil
+		return 0, nil, false
 	}
-	var wake []Wakeup
-	for len(bp.waiters) > 0 {
+	more = max > 0 && (len(bp.leases) > max || len(bp.waiters) > max)
+	if max == 0 {
+		max = len(bp.leases) + len(bp.waiters)
+	}
+	for len(bp.waiters) > 0 && len(wake) < max {
 		w := bp.waiters[0]
 		v := e.decide(now, w.agent, w.session, w.priority, w.targets, w)
 		d := e.denial(now, w.agent, w.session, &v)
@@ -100,12 +116,14 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 		e.dropWaiter(w) // removes it from bp.waiters; may drop bp
 	}
 	proc := &bp.proc
-	n, ids := e.removeInFenceOrder(now, slices.Clone(bp.leases), true, EvEnd) // may drop bp
+	// The list's tail: removing it leaves the rest of the list in place.
+	step := bp.leases[len(bp.leases)-min(max, len(bp.leases)):]
+	n, ids := e.removeInFenceOrder(now, slices.Clone(step), true, EvEnd) // may drop bp
 	e.exitReleases += uint64(n)
 	if len(ids) > 0 {
 		e.record(Record{Kind: RecProcessEnd, Time: now, Bound: proc, LeaseIDs: ids})
 	}
-	return n, e.settle(now, wake)
+	return n, e.settle(now, wake), more
 }
 
 // BoundLeases returns the leases bound to p that have no ttl (ExpiresAt

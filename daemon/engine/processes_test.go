@@ -1,6 +1,9 @@
 package engine
 
 import (
+	"cmp"
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -263,4 +266,72 @@ func TestProcessEndEvents(t *testing.T) {
 		want := map[string]string{l.ID: "end", short.ID: "expire"}[ev.LeaseID]
 		require.Equal(t, want, ev.Kind.String(), "event for lease %s", ev.LeaseID)
 	}
+}
+
+// TestProcessEndedInSteps: a process with more leases and queued requests
+// than a step's bound is ended over several calls, each ending at most max
+// of each with a record of its own; together they end every lease once,
+// and a lease released between two steps is not ended again.
+func TestProcessEndedInSteps(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "old", 100)
+	mustRegister(t, e, "young", 300)
+	var ids []string
+	for i := range 7 {
+		l := mustGrantReq(t, e, t0, bound(req1("young", "y", "FILE", fmt.Sprintf("/l%d", i), "MUTATES", 0), procA))
+		ids = append(ids, l.ID)
+	}
+	for i := range 3 {
+		mustGrant(t, e, t0, "young", "y", fmt.Sprintf("/q%d", i), "MUTATES")
+		mustQueue(t, e, t0, bound(waitReq("old", "o", fmt.Sprintf("/q%d", i), "MUTATES", 0, 5000), procA))
+	}
+	e.Records()
+
+	var ended []string
+	waits, steps := 0, 0
+	for more := true; more; steps++ {
+		var n int
+		var wake []Wakeup
+		n, wake, more = e.ProcessEndedStep(t0+1, procA, 2)
+		require.LessOrEqual(t, n, 2)
+		require.LessOrEqual(t, len(wake), 2)
+		waits += len(wake)
+		for _, r := range e.Records() {
+			require.Equal(t, RecProcessEnd, r.Kind)
+			require.True(t, slices.IsSortedFunc(r.LeaseIDs, func(a, b string) int {
+				return cmp.Compare(fenceOf(t, ids, a), fenceOf(t, ids, b))
+			}), "a step ends its leases in fence order")
+			ended = append(ended, r.LeaseIDs...)
+		}
+		if steps == 0 {
+			require.True(t, more)
+			require.True(t, e.ProcessBound(procA), "the rest stays bound between steps")
+			// Its holder releases one of the rest meanwhile.
+			rest, _, err := e.ListLeases(t0+1, LeaseFilter{AgentID: "young", ResourcePrefix: "FILE:/l"})
+			require.NoError(t, err)
+			ok, _, err := e.Release(t0+1, alice, rest[0].ID)
+			require.NoError(t, err)
+			require.True(t, ok)
+			e.Records()
+			ended = append(ended, rest[0].ID)
+		}
+	}
+	require.Equal(t, 3, steps, "7 leases, 2 at a time, one of them released by its holder after the first step")
+	require.Equal(t, 3, waits, "every queued request is answered once")
+	require.ElementsMatch(t, ids, ended, "every lease ends exactly once")
+	require.False(t, e.ProcessBound(procA))
+	require.Equal(t, uint64(6), e.Stats().ExitReleases)
+	n, wake, more := e.ProcessEndedStep(t0+2, procA, 2)
+	require.Zero(t, n)
+	require.Empty(t, wake)
+	require.False(t, more, "a process that was ended is a no-op")
+}
+
+// fenceOf is the position of lease id in ids, which lists leases in the
+// order they were granted (so in fence order).
+func fenceOf(t *testing.T, ids []string, id string) int {
+	t.Helper()
+	i := slices.Index(ids, id)
+	require.GreaterOrEqual(t, i, 0, "lease %s is not one of the process's", id)
+	return i
 }

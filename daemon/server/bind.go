@@ -95,20 +95,57 @@ func (s *Server) watchLocked(c *conn, p engine.Process) error {
 }
 
 // processesEnded ends the leases of the processes whose watches, named by
-// keys, saw them end: each is a state change that ends them as a release
-// would (a record, and the requests queued on their resources decided
-// again).
+// keys, saw them end (endProcess).
 func (s *Server) processesEnded(keys []uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.recoverBug("ending the leases of ended processes")
-	for _, p := range s.procs.endedLocked(keys) {
-		// In cluster mode it is proposed and applied by every node.
-		o, applied := s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
-		if applied && o.ended > 0 {
-			s.log.Debug("bound process ended; its leases were released", "pid", p.PID, "leases", o.ended)
-		}
+	s.turns.lock(&s.mu)
+	ended := s.procs.endedLocked(keys)
+	s.mu.Unlock()
+	for _, p := range ended {
+		s.endProcess(p)
 	}
+}
+
+// endProcess ends the leases bound to p, which ended, as a state change
+// that ends them as a release would (a record, and the requests queued on
+// their resources decided again). A process with more than stepWork leases
+// or queued requests is ended in steps, with s.mu released in between and
+// the requests waiting for it let in first (turns), as end_session is, so
+// that no request waits behind all of them. In cluster mode the first step
+// is proposed here and the next ones by proposeOwnLocked.
+func (s *Server) endProcess(p engine.Process) {
+	released := 0
+	for {
+		o, applied := s.endProcessStep(p)
+		released += o.ended
+		if !applied || !o.more || o.err != nil {
+			break
+		}
+		s.turns.yield()
+	}
+	if released > 0 {
+		s.log.Debug("bound process ended; its leases were released", "pid", p.PID, "leases", released)
+	}
+}
+
+// endProcessStep is one step of endProcess, under s.mu.
+func (s *Server) endProcessStep(p engine.Process) (o outcome, applied bool) {
+	s.turns.lock(&s.mu)
+	defer s.mu.Unlock()
+	defer s.recoverBug("ending the leases of an ended process")
+	return s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
+}
+
+// endProcessLocked is endProcess with s.mu held throughout: every step at
+// once. syncWatchesLocked uses it, before serving or while healing.
+func (s *Server) endProcessLocked(p engine.Process) (o outcome, applied bool) {
+	ch := &change{op: opProcessEnd, proc: p}
+	o, applied = s.ownChangeLocked(ch)
+	for applied && o.more && o.err == nil {
+		next, _ := s.ownChangeLocked(ch)
+		next.ended += o.ended
+		o = next
+	}
+	return o, applied
 }
 
 // syncWatchesLocked makes the watches match the processes the engine's
@@ -145,7 +182,7 @@ func (s *Server) syncWatchesLocked(why string) {
 				"pid", p.PID, "err", err)
 		case !alive:
 			// In cluster mode it is proposed and applied by every node.
-			o, applied := s.ownChangeLocked(&change{op: opProcessEnd, proc: p})
+			o, applied := s.endProcessLocked(p)
 			if applied && o.err != nil {
 				unwatched++ // refused while degraded: checked again when it heals
 				continue

@@ -40,9 +40,10 @@ type outcome struct {
 	parked  engine.WaiterID // the caller's acquire was parked under this id; 0 = not parked
 	expired int             // opExpire: leases removed
 	ended   int             // opProcessEnd: active leases ended
-	// more says the change was one step of a long one (an end_session or
-	// an expiry of many leases, see stepWork): the driver applies it
-	// again, letting other requests in between, until more is false.
+	// more says the change was one step of a long one (an end_session,
+	// the end of a process with many leases, or an expiry of many leases,
+	// see stepWork): the driver applies it again, letting other requests
+	// in between, until more is false.
 	more bool
 }
 
@@ -109,8 +110,8 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 	case opCancel:
 		return outcome{wakes: eng.Cancel(now, ch.waiter)}
 	case opProcessEnd:
-		n, wakes := eng.ProcessEnded(now, ch.proc)
-		return outcome{wakes: wakes, ended: n}
+		n, wakes, more := eng.ProcessEndedStep(now, ch.proc, stepWork)
+		return outcome{wakes: wakes, ended: n, more: more}
 	}
 	return outcome{err: &protocol.Error{Code: protocol.CodeInternal, Message: "klock: internal error: op " + quote(ch.op) + " is not a state change"}}
 }

@@ -216,15 +216,21 @@ func (s *Server) proposeStep(c *conn, id uint64, ch *change, prev *outcome) {
 }
 
 // proposeOwnLocked proposes one of the daemon's own changes (a closed
-// connection's acquire cancelled), which nobody waits for. The caller
-// holds s.mu.
+// connection's acquire cancelled, a bound process ended), which nobody
+// waits for. A long one (outcome.more) is proposed again once applied, a
+// step per log entry, as proposeStep does. The caller holds s.mu; the
+// callback does not need it, as Propose does not.
 func (s *Server) proposeOwnLocked(ch *change) {
 	body, err := encodeChange(ch)
 	if err != nil {
 		s.log.Error("encoding a change failed", "op", ch.op, "err", err)
 		return
 	}
-	s.rep.log.Propose(cluster.KindChange, body, nil, func(any, error) {})
+	s.rep.log.Propose(cluster.KindChange, body, nil, func(res any, err error) {
+		if o, ok := res.(outcome); ok && err == nil && o.more && o.err == nil {
+			s.proposeOwnLocked(ch)
+		}
+	})
 }
 
 // clusterError turns an error of the log into the error a client sees.
@@ -313,7 +319,7 @@ func (m *stateMachine) Apply(e *cluster.Entry, tag any) (res any) {
 		switch {
 		case ch.op == opCancel:
 			delete(s.rep.owners, ch.waiter)
-		case ch.op == opProcessEnd:
+		case ch.op == opProcessEnd && !o.more:
 			delete(s.rep.procs, ch.proc)
 		case ch.bind != nil && s.eng.ProcessBound(*ch.bind):
 			s.rep.procs[*ch.bind] = e.Owner
