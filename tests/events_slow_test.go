@@ -57,17 +57,17 @@ func TestEventsCutsOffASlowBrowser(t *testing.T) {
 	t.Logf("%d acquire+release pairs served in %s with a stalled browser", pairs, stalled)
 
 	rest, err := io.ReadAll(br)
-	require.NoError(t, err, "the response ends cleanly")
 	text := line + string(rest)
 	n := strings.Count(text, "event: grant\n") + strings.Count(text, "event: release\n")
-	t.Logf("the stalled browser got %d of %d events", n, 2*pairs)
+	t.Logf("the stalled browser got %d of %d events (%v)", n, 2*pairs, err)
 	require.Less(t, n, 2*pairs, "every event was delivered: the browser was never cut off")
 	if stalled >= 10*time.Second {
 		// klockd's write deadline (server.DefaultWriteTimeout) may have cut
-		// the stream before the overflow event could be written: cut off
-		// either way.
+		// the stream before the overflow event could be written, even in
+		// the middle of a chunk (an unexpected EOF): cut off either way.
 		return
 	}
+	require.NoError(t, err, "the response ends cleanly")
 	require.True(t, strings.HasSuffix(text, "event: overflow\ndata: {}\n\n"),
 		"the stream ends with one overflow event; its last 300 bytes: %q", text[max(0, len(text)-300):])
 	require.Equal(t, 1, strings.Count(text, "event: overflow\n"))

@@ -257,7 +257,9 @@ func TestKlockctlWatch(t *testing.T) {
 		probe := 0
 		waitFor(t, "klockctl watch to print a probe", func() bool {
 			probe++
-			kcOK(t, d, nil, "acquire", "--agent", "senior", "--ttl", "1s", fmt.Sprintf("FILE:/kw/probe%d", probe))
+			// Long enough that no probe expires, and prints an expire line, before
+			// the die event the test reads last.
+			kcOK(t, d, nil, "acquire", "--agent", "senior", "--ttl", "10m", fmt.Sprintf("FILE:/kw/probe%d", probe))
 			return strings.Contains(out.String(), "FILE:/kw/probe")
 		})
 		kcOK(t, d, nil, "acquire", "--agent", "senior", "--ttl", "1m", "FILE:/kw/held")
