@@ -190,17 +190,11 @@ func (r *retryReader) sendThenRead(p []byte) (int, error) {
 // until the socket is readable.
 func (r *retryReader) step(fd uintptr) bool {
 	for r.sent < len(r.send) {
-		n, err := syscall.Write(int(fd), r.send[r.sent:])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			r.werrno = err.(syscall.Errno)
-			return true
-		}
+		n, e := protocol.WriteRaw(fd, r.send[r.sent:])
 		r.sent += n
-		if r.sent < len(r.send) {
-			continue
+		if e != 0 {
+			r.werrno = e
+			return true
 		}
 		next, ok := r.next(r.send, r.own)
 		if !ok {
@@ -217,20 +211,12 @@ func (r *retryReader) step(fd uintptr) bool {
 		r.waited = true
 		return false
 	}
-	for {
-		n, err := syscall.Read(int(fd), r.p)
-		switch err {
-		case nil:
-			r.n = n
-			return true
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		r.errno = err.(syscall.Errno)
-		return true
+	n, e := protocol.ReadRaw(fd, r.p)
+	if e == syscall.EAGAIN {
+		return false
 	}
+	r.n, r.errno = n, e
+	return true
 }
 
 // watchReader makes ctx's end interrupt cn's reader. The AfterFunc stays

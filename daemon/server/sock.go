@@ -4,20 +4,13 @@ import (
 	"io"
 	"net"
 	"syscall"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"github.com/klockd/klock/protocol"
 )
 
-// sock reads and writes a connection's socket with raw system calls,
-// waiting in Go's poller as any net.Conn does (deadlines and Close work the
-// same). The descriptor is non-blocking, so a raw read or write never
-// blocks in the kernel. What a raw call saves is the runtime's entry to a
-// system call that might block: when every P was idle (a daemon waiting for
-// its next request), that entry wakes the runtime's monitor thread, which
-// then polls every 20 µs for a while before sleeping again. With one request
-// in flight per connection that was a thread wake-up and a few sleeps per
-// request (BENCHMARKS.md, "One connection per agent").
+// sock reads and writes a connection's socket with raw system calls
+// (protocol.ReadRaw and WriteRaw, which say what that saves), waiting in
+// Go's poller as any net.Conn does (deadlines and Close work the same).
 //
 // The functions handed to RawConn are bound once, in newSock, with their
 // arguments and results in the sock: a closure made per call would be two
@@ -70,18 +63,8 @@ func (s *sock) Read(p []byte) (int, error) {
 
 // read is one raw read(2) into s.rbuf; false asks the poller to wait.
 func (s *sock) read(fd uintptr) bool {
-	p := s.rbuf
-	for {
-		r, _, e := syscall.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if e == syscall.EINTR {
-			continue
-		}
-		s.rn, s.rerrno = int(r), e
-		if e == 0 {
-			raceReadDone(fd)
-		}
-		return e != syscall.EAGAIN
-	}
+	s.rn, s.rerrno = protocol.ReadRaw(fd, s.rbuf)
+	return s.rerrno != syscall.EAGAIN
 }
 
 // Write writes all of p, waiting in the poller while the socket's buffer
@@ -109,21 +92,14 @@ func (s *sock) writeAll(p []byte, wait bool) (int, error) {
 // write writes s.wbuf from s.wdone with raw write(2) calls; false asks the
 // poller to wait until the socket takes more.
 func (s *sock) write(fd uintptr) bool {
-	p := s.wbuf
-	raceWriteStart(fd)
-	for s.wdone < len(p) {
-		r, _, e := syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[s.wdone])), uintptr(len(p)-s.wdone))
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return !s.wwait
-		}
-		if e != 0 {
-			s.werrno = e
-			return true
-		}
-		s.wdone += int(r)
+	n, e := protocol.WriteRaw(fd, s.wbuf[s.wdone:])
+	s.wdone += n
+	switch e {
+	case 0:
+		return true
+	case syscall.EAGAIN:
+		return !s.wwait
 	}
+	s.werrno = e
 	return true
 }

@@ -1,8 +1,8 @@
 //go:build !race
 
-package server
+package protocol
 
-// Without -race there is nothing to tell (sock_race.go).
+// Without -race there is nothing to tell (rawio_race.go).
 
 func raceReadDone(uintptr)   {}
 func raceWriteStart(uintptr) {}
