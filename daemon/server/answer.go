@@ -22,8 +22,8 @@ package server
 type answeringJournal interface {
 	// Commit asks for a round writing up to seq without waiting for it
 	// when another goroutine is writing; it reports whether seq is
-	// written. Its errors are Wait's.
-	Commit(seq uint64) (bool, error)
+	// written. Its errors are Wait's. from is the connection asking.
+	Commit(seq uint64, from any) (bool, error)
 	// Durable reports whether seq is written (and not lost in a fault).
 	Durable(seq uint64) bool
 	// OnRound sets what the writer calls after each round, and with

@@ -323,7 +323,7 @@ func (c *conn) flushLocked(leave bool) error {
 			c.listLocked()
 			c.outMu.Unlock()
 			c.writeMu.Unlock()
-			written, err := aj.Commit(seq)
+			written, err := aj.Commit(seq, c)
 			if err == nil && !written && !aj.Durable(seq) {
 				return nil
 			}

@@ -140,18 +140,21 @@ func (s *Store) Wait(seq uint64) error {
 // Commit is Wait for a caller that does not wait: one whose answers the
 // round that writes seq sends (OnRound). It reports whether every record
 // up to seq is written now; otherwise a round that covers seq is under
-// way or asked for. Its errors are Wait's.
+// way or asked for. Its errors are Wait's. from names the caller's source
+// of records (the server passes its connection), compared with ==.
 //
-// Who leads that round: while rounds carry the records of one operation
-// each (one client), the caller itself, at once, as in Wait: no goroutine
-// hand-off. While they carry more (many clients), the writer goroutine
-// (writeLoop), which first yields, so that the connections whose requests
-// are ready append their records before the round and it carries them too
-// (BENCHMARKS.md, "One connection per agent"). A caller that leads goes on
-// leading while records that other callers went on without are pending,
-// at most maxOwedRounds before the writer goroutine takes over, so that it
-// is not kept long from its own connection.
-func (s *Store) Commit(seq uint64) (bool, error) {
+// Who leads that round: while rounds carry the records of one caller each
+// (one client, with one request or many pipelined on its connection), the
+// caller itself, at once, as in Wait: no goroutine hand-off, which would
+// batch nothing more. While they carry several callers' records (many
+// clients), the writer goroutine (writeLoop), which first yields, so that
+// the connections whose requests are ready append their records before
+// the round and it carries them too (BENCHMARKS.md, "One connection per
+// agent"). A caller that leads goes on leading while records that other
+// callers went on without are pending, at most maxOwedRounds before the
+// writer goroutine takes over, so that it is not kept long from its own
+// connection.
+func (s *Store) Commit(seq uint64, from any) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.lost) > 0 {
@@ -161,6 +164,11 @@ func (s *Store) Commit(seq uint64) (bool, error) {
 	}
 	if seq > s.owed {
 		s.owed = seq
+	}
+	if seq > s.taken && from != s.lastFrom {
+		// Records of one more caller wait for the next round.
+		s.froms++
+		s.lastFrom = from
 	}
 	if s.singles < singlesToInline && s.written < seq && s.err == nil && s.kickWriterLocked() {
 		return false, nil
@@ -172,8 +180,8 @@ func (s *Store) Commit(seq uint64) (bool, error) {
 	return false, s.err
 }
 
-// singlesToInline is how many rounds in a row must carry one operation
-// each before Commit callers lead rounds themselves again.
+// singlesToInline is how many rounds in a row must carry one caller's
+// records each before Commit callers lead rounds themselves again.
 const singlesToInline = 16
 
 // maxOwedRounds bounds the rounds one Commit caller leads in a row.
@@ -276,11 +284,14 @@ func (s *Store) drainOldLocked() {
 func (s *Store) leadLocked() {
 	s.writing = true
 	f, buf, end, upto, isOld := s.file, s.pending, s.fileEnd, s.appended, false
+	froms := 0 // Commit callers whose records the round carries
 	if s.old != nil {
 		f, buf, end, upto, isOld = s.old, s.oldPending, s.oldEnd, s.oldUpto, true
 		s.old, s.oldPending = nil, nil
 	} else {
 		s.pending = s.spare[:0]
+		s.taken, froms = upto, s.froms
+		s.froms, s.lastFrom = 0, nil
 	}
 	s.mu.Unlock()
 
@@ -303,10 +314,14 @@ func (s *Store) leadLocked() {
 	s.mu.Lock()
 	if !isOld {
 		s.spare = buf[:0]
-		// Rounds of more than one operation: other clients append
-		// meanwhile, and the writer goroutine batches them (Commit),
-		// until rounds of one operation have been the rule for a while.
-		if upto-s.written > 1 {
+		// Rounds of more than one caller's records: other clients
+		// append meanwhile, and the writer goroutine batches them
+		// (Commit), until rounds of one caller's records have been the
+		// rule for a while. The operations a round carries do not tell:
+		// one connection carries many at once when its client pipelines
+		// requests, and nobody's records would join them in the hand-off
+		// (BENCHMARKS.md, "Scale (issue 18)", Session 5).
+		if froms > 1 {
 			s.singles = 0
 		} else if s.singles < singlesToInline {
 			s.singles++
@@ -346,6 +361,7 @@ func (s *Store) leadLocked() {
 // setWrittenLocked publishes a new written mark.
 func (s *Store) setWrittenLocked(w uint64) {
 	s.written = w
+	s.taken = max(s.taken, w)
 	s.writtenA.Store(w)
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,7 +284,7 @@ func TestCommitLeavesAnswersToTheRound(t *testing.T) {
 				mu.Lock()
 				owed[seq] = true
 				mu.Unlock()
-				written, err := w.st.Commit(seq)
+				written, err := w.st.Commit(seq, g)
 				if err != nil {
 					t.Error(err)
 					return
@@ -332,8 +333,106 @@ func TestCommitBeforeStartLeads(t *testing.T) {
 	}
 	for i := range 40 { // past singlesToInline rounds of one record
 		seq := st.Append([]engine.Record{{Kind: engine.RecFreeze, Time: baseTime, Resource: fmt.Sprintf("FILE:/%d", i)}})
-		if written, err := st.Commit(seq); !written || err != nil {
+		if written, err := st.Commit(seq, nil); !written || err != nil {
 			t.Fatalf("Commit(%d) before Start = %v, %v; want written", seq, written, err)
 		}
+	}
+}
+
+// TestCommitOneCallerLeadsItsRounds: a caller whose rounds carry only its
+// own records, several operations each (one connection whose client
+// pipelines requests: klock-bench's klock-everysec), comes to lead its
+// rounds itself, with no hand-off to the writer goroutine, which would
+// batch nothing more and cost a wake-up per round.
+func TestCommitOneCallerLeadsItsRounds(t *testing.T) {
+	w := newWorld(t, t.TempDir(), Options{Fsync: FsyncNever, CompactMinBytes: -1})
+	const rounds, ops = 60, 3
+	var led []bool
+	for i := range rounds {
+		var seq uint64
+		w.lock(func() {
+			for j := range ops {
+				seq = w.st.Append([]engine.Record{{Kind: engine.RecFreeze, Time: baseTime, Resource: fmt.Sprintf("FILE:/%d/%d", i, j)}})
+			}
+		})
+		written, err := w.st.Commit(seq, "conn")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !written {
+			if err := w.st.Wait(seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+		led = append(led, written)
+	}
+	for i, written := range led[singlesToInline+4:] {
+		if !written {
+			t.Fatalf("Commit %d of one caller's rounds of %d operations was left to the writer goroutine (written at once: %v)", singlesToInline+4+i, ops, led)
+		}
+	}
+}
+
+// TestCommitSeveralCallersHandOff: once a round carries the records of
+// several callers (they committed while another round was being written),
+// Commit leaves the next rounds to the writer goroutine, which batches
+// every ready connection's records (klock-conn-everysec).
+func TestCommitSeveralCallersHandOff(t *testing.T) {
+	var hold atomic.Bool
+	inRound, release := make(chan struct{}), make(chan struct{})
+	w := newWorld(t, t.TempDir(), Options{Fsync: FsyncNever, CompactMinBytes: -1, ObserveWrite: func(time.Duration) {
+		if hold.CompareAndSwap(true, false) {
+			inRound <- struct{}{}
+			<-release
+		}
+	}})
+	appendOne := func(name string) uint64 {
+		var seq uint64
+		w.lock(func() {
+			seq = w.st.Append([]engine.Record{{Kind: engine.RecFreeze, Time: baseTime, Resource: "FILE:/" + name}})
+		})
+		return seq
+	}
+	commit := func(seq uint64, from string) bool {
+		written, err := w.st.Commit(seq, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !written {
+			if err := w.st.Wait(seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return written
+	}
+	for i := range 2 * singlesToInline { // one caller: it comes to lead
+		commit(appendOne(fmt.Sprint("x", i)), "x")
+	}
+	if !commit(appendOne("x-last"), "x") {
+		t.Fatal("one caller's Commit after many rounds of its own records did not lead its round")
+	}
+
+	hold.Store(true)
+	seq0 := appendOne("x-held")
+	done := make(chan bool)
+	go func() { done <- commit(seq0, "x") }() // leads; its round is held
+	<-inRound
+	seqA, seqB := appendOne("a"), appendOne("b")
+	if written, err := w.st.Commit(seqA, "a"); written || err != nil {
+		t.Fatalf("Commit(a) during another's round = %v, %v; want left to a round", written, err)
+	}
+	if written, err := w.st.Commit(seqB, "b"); written || err != nil {
+		t.Fatalf("Commit(b) during another's round = %v, %v; want left to a round", written, err)
+	}
+	close(release)
+	if !<-done {
+		t.Fatal("the held round's caller did not lead it")
+	}
+	if err := w.st.Wait(seqB); err != nil {
+		t.Fatal(err)
+	}
+	// The round that wrote a and b carried two callers' records.
+	if written, err := w.st.Commit(appendOne("a-next"), "a"); written || err != nil {
+		t.Fatalf("Commit after a round of two callers' records = %v, %v; want left to the writer goroutine", written, err)
 	}
 }

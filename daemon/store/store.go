@@ -22,7 +22,7 @@ package store
 // replies (the server's connections do; daemon/server/answer.go):
 //
 //	st.OnRound(sendDurableReplies)        // once, before serving
-//	written, err := st.Commit(seq)        // false: OnRound follows that round
+//	written, err := st.Commit(seq, conn)  // false: OnRound follows that round
 //
 // Compaction needs no other hook: when the log has outgrown the last
 // snapshot, Append (under the engine mutex) switches to a pre-created next
@@ -166,7 +166,10 @@ type Store struct {
 	written  uint64 // every sequence <= written is written (and synced for always)
 	writing  bool   // a writer round is in progress
 	owed     uint64 // the highest sequence a Commit caller went on without waiting for
-	singles  int    // rounds in a row, up to singlesToInline, that carried one operation (Commit)
+	singles  int    // rounds in a row, up to singlesToInline, that carried one caller's records (Commit)
+	taken    uint64 // sequence of the last Append a round took (written once it ends)
+	froms    int    // Commit callers whose records wait for the next round, counted by changes of lastFrom
+	lastFrom any    // the last of them
 	writes   uint64 // writer rounds that wrote something (group commits)
 	dirty    bool   // written since the last fsync (everysec)
 	err      error  // why Wait fails past written: an *UnavailableError during a fault, or ErrClosed
