@@ -187,42 +187,49 @@ func buildBench(t *testing.T, dir string) string {
 
 // TestBenchStallProbe runs klock-bench's stall workload small, so that the
 // probe (a stats client in a process of its own, cmd/klock-bench/probe.go)
-// cannot rot: its stats calls must reach the cell. No timing is asserted.
+// cannot rot: its stats calls must reach the cell, with the session ended
+// either way (-stall-by end_session, and exit: its holder process killed).
+// No timing is asserted.
 func TestBenchStallProbe(t *testing.T) {
 	klockd := harness.Klockd(t)
 	dir := t.TempDir()
 	bench := buildBench(t, dir)
-	args := []string{"-klockd", klockd, "-backends", "klock", "-workloads", "stall", "-w", "1", "-reps", "1",
-		"-leases", "2000", "-session", "1000", "-release-wait", "0", "-json", filepath.Join(dir, "out.json")}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bench, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("klock-bench %s: %v\n%s", strings.Join(args, " "), err, out)
+	for _, by := range []string{"end_session", "exit"} {
+		args := []string{"-klockd", klockd, "-backends", "klock", "-workloads", "stall", "-w", "1", "-reps", "1",
+			"-leases", "2000", "-session", "1000", "-stall-by", by, "-release-wait", "0", "-json", filepath.Join(dir, "out.json")}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		out, err := exec.CommandContext(ctx, bench, args...).CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("klock-bench %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, "out.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res struct {
+			StallBy string `json:"stall_by"`
+			Cells   []struct {
+				Workload   string  `json:"workload"`
+				Attempts   int64   `json:"attempts"`
+				Pairs      int64   `json:"pairs"`
+				MaxUs      float64 `json:"max_us"`
+				EndSeconds float64 `json:"end_seconds"`
+			} `json:"cells"`
+		}
+		if err := json.Unmarshal(raw, &res); err != nil {
+			t.Fatalf("JSON output does not parse: %v\n%s", err, raw)
+		}
+		if len(res.Cells) != 1 || res.Cells[0].Workload != "stall" || res.StallBy != by {
+			t.Fatalf("-stall-by %s: stall_by %q, cells = %+v; want one stall cell", by, res.StallBy, res.Cells)
+		}
+		c := res.Cells[0]
+		// The pager runs while the session's leases pass to the waiters:
+		// the 2000 held leases are listed, and some of the session's. The
+		// run itself checked that every waiter was granted.
+		if c.Attempts <= 0 || c.MaxUs <= 0 || c.Pairs < 2000 || c.EndSeconds <= 0 {
+			t.Errorf("-stall-by %s: stall cell = %+v; want stats calls timed (attempts, max_us > 0), at least 2000 leases paged and the end timed", by, c)
+		}
+		t.Logf("stall probe, small, session ended by %s: %d stats calls, longest %.0f µs", by, c.Attempts, c.MaxUs)
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, "out.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res struct {
-		Cells []struct {
-			Workload string  `json:"workload"`
-			Attempts int64   `json:"attempts"`
-			Pairs    int64   `json:"pairs"`
-			MaxUs    float64 `json:"max_us"`
-		} `json:"cells"`
-	}
-	if err := json.Unmarshal(raw, &res); err != nil {
-		t.Fatalf("JSON output does not parse: %v\n%s", err, raw)
-	}
-	if len(res.Cells) != 1 || res.Cells[0].Workload != "stall" {
-		t.Fatalf("cells = %+v; want one stall cell", res.Cells)
-	}
-	c := res.Cells[0]
-	// The pager runs while the session's leases pass to the waiters: the
-	// 2000 held leases are listed, and some of the session's.
-	if c.Attempts <= 0 || c.MaxUs <= 0 || c.Pairs < 2000 {
-		t.Errorf("stall cell = %+v; want stats calls timed (attempts, max_us > 0) and at least 2000 leases paged", c)
-	}
-	t.Logf("stall probe, small: %d stats calls, longest %.0f µs", c.Attempts, c.MaxUs)
 }

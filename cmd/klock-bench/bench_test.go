@@ -59,7 +59,7 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("backendMaker: want a maker for klock-conn-old and none for echo-old")
 	}
 	for _, bad := range [][]string{{"-backends", "nope"}, {"-workloads", "x"}, {"-w", "0"}, {"-d", "0s"}, {"stray"},
-		{"-compare", "/tmp/klockd"}, {"-compare", "=/tmp/klockd"}, {"-compare", "old="}} {
+		{"-compare", "/tmp/klockd"}, {"-compare", "=/tmp/klockd"}, {"-compare", "old="}, {"-stall-by", "kill"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) = nil error; want an error", bad)
 		}

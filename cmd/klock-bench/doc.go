@@ -24,7 +24,10 @@
 //	             lease (list_leases, 1,000 a page) while another ends a
 //	             session of -session leases, each with a parked senior
 //	             waiter; the cell's latencies are a third client's stats
-//	             calls meanwhile (issue 18: the longest <= 50 ms)
+//	             calls meanwhile (issue 18: the longest <= 50 ms). With
+//	             -stall-by exit the session's leases are bound to a child
+//	             process ("klock-bench bound-holder"), which is killed
+//	             instead: klockd ends them as their process ended
 //
 // After the cells, the memory report (-release-wait, 20 s by default; 0
 // skips it): for each back end holding the many-leases leases, its RSS per
@@ -40,7 +43,8 @@
 //
 //	go run ./cmd/klock-bench [-backends echo,flock,redis,klock] [-w 1,8,64]
 //	    [-d 5s] [-reps 1] [-workloads uncontended,contended,many-leases]
-//	    [-leases 100000] [-session 10000] [-release-wait 20s]
+//	    [-leases 100000] [-session 10000] [-stall-by end_session]
+//	    [-release-wait 20s]
 //	    [-json out.json] [-plot out.svg] [-short]
 //
 // The tool re-executes itself as the echo server ("klock-bench echo-server

@@ -26,8 +26,9 @@ type config struct {
 	duration  time.Duration
 	warmup    time.Duration
 	reps      int
-	leases    int // held in the many-leases workload
-	session   int // leases and waiters of the stall workload's session
+	leases    int    // held in the many-leases workload
+	session   int    // leases and waiters of the stall workload's session
+	stallBy   string // how that session ends: StallByEndSession or StallByExit
 	// releaseWait is how long the memory report watches RSS after the
 	// held leases are released; 0: no memory report.
 	releaseWait time.Duration
@@ -54,6 +55,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "stats-probe" {
 		if err := runStatsProbe(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "klock-bench stats-probe:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "bound-holder" {
+		if err := runBoundHolder(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "klock-bench bound-holder:", err)
 			os.Exit(1)
 		}
 		return
@@ -93,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.reps, "reps", 1, "repetitions of every cell, interleaved across back ends; the table shows medians")
 	fs.IntVar(&cfg.leases, "leases", 100000, "leases held during the many-leases and stall workloads")
 	fs.IntVar(&cfg.session, "session", 10000, "stall workload: leases of the session ended, each with a parked waiter")
+	fs.StringVar(&cfg.stallBy, "stall-by", StallByEndSession, "stall workload: how the session ends: end_session, or exit (its leases are bound to a child process, which is killed)")
 	fs.DurationVar(&cfg.releaseWait, "release-wait", 20*time.Second, "memory report: after the cells, release the held leases and watch klockd's RSS this long (0: no memory report)")
 	fs.StringVar(&cfg.klockd, "klockd", "", "klockd binary (default: go build ./cmd/klockd into a temp dir)")
 	fs.Func("compare", "TAG=PATH: run each klock back end of -backends (not the etcd ones) also on the klockd binary at PATH, as back end NAME-TAG, side by side in the same run (repeatable)", func(v string) error {
@@ -161,6 +170,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, errors.New("klock-bench: -backends, -workloads and -w must each name at least one")
 	case cfg.duration <= 0 || cfg.reps < 1 || cfg.leases < 0 || cfg.session < 1 || cfg.releaseWait < 0:
 		return cfg, errors.New("klock-bench: -d must be positive, -reps and -session at least 1, -leases and -release-wait not negative")
+	case cfg.stallBy != StallByEndSession && cfg.stallBy != StallByExit:
+		return cfg, fmt.Errorf("klock-bench: -stall-by %q: want %s or %s", cfg.stallBy, StallByEndSession, StallByExit)
 	}
 	return cfg, nil
 }
@@ -257,6 +268,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	}
 	res := &Results{Machine: describeMachine(), Command: "klock-bench " + strings.Join(cfg.args, " "),
 		Duration: cfg.duration.String(), Reps: cfg.reps, Leases: cfg.leases, Session: cfg.session, Settings: map[string]string{},
+		StallBy: cfg.stallBy,
 		Skipped: skipped}
 	for _, b := range bs {
 		res.Settings[b.Name()] = b.Settings()
@@ -275,7 +287,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			if !ok || w != cfg.workers[0] {
 				return nil // klock only, once per repetition
 			}
-			cell, err = sb.Stall(ctx, rep, cfg.session)
+			cell, err = sb.Stall(ctx, rep, cfg.session, cfg.stallBy)
 		default:
 			cell, err = runCell(ctx, b, workload, w, cfg.duration, cfg.warmup)
 		}
@@ -284,8 +296,8 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			return fmt.Errorf("klock-bench: %s: %w", cell.label(), err)
 		}
 		if workload == Stall {
-			fmt.Fprintf(stderr, "%-40s stats p50 %7.1fµs  p99 %8.1fµs  max %9.1fµs  paging %.2fs  end_session %.2fs\n",
-				cell.label(), cell.P50us, cell.P99us, cell.MaxUs, cell.PageSeconds, cell.EndSeconds)
+			fmt.Fprintf(stderr, "%-40s stats p50 %7.1fµs  p99 %8.1fµs  max %9.1fµs  paging %.2fs  %s %.2fs\n",
+				cell.label(), cell.P50us, cell.P99us, cell.MaxUs, cell.PageSeconds, cfg.stallBy, cell.EndSeconds)
 		} else {
 			fmt.Fprintf(stderr, "%-40s %10.0f pairs/s  p50 %7.1fµs  p99 %8.1fµs\n", cell.label(), cell.PairsPerSec, cell.P50us, cell.P99us)
 		}

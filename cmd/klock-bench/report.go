@@ -30,6 +30,7 @@ type Results struct {
 	Skipped  []string          `json:"skipped,omitempty"`
 	Backends []string          `json:"backends"` // in -backends order
 	Session  int               `json:"stall_session,omitempty"`
+	StallBy  string            `json:"stall_by,omitempty"` // how the stall session ends: "" (end_session) or "exit"
 	Memory   []MemoryRow       `json:"memory,omitempty"`
 
 	order []string // back ends in -backends order
@@ -280,7 +281,7 @@ func (r *Results) summarize(cfg config) {
 			add(row.Backend, fmt.Sprintf("W=%d handoff: p50 <= 1.5 x the release round trip", row.Workers), row.P50VsRTT, atMost(row.P50VsRTT, 1.5))
 		case Stall:
 			ms := row.MaxUs / 1000
-			add(row.Backend, fmt.Sprintf("stall (%d leases paged, a session of %d ended): longest stats <= 50 ms (ratio: ms/50)", r.Leases, r.Session),
+			add(row.Backend, fmt.Sprintf("stall (%d leases paged, a session of %d ended%s): longest stats <= 50 ms (ratio: ms/50)", r.Leases, r.Session, r.stallHow()),
 				ptr(ms/50), atMost(&ms, 50))
 		}
 	}
@@ -374,8 +375,8 @@ func (r *Results) extraTables() []table {
 	handoff := table{title: "handoff: from the release sent to the parked waiter's grant at its client, next to the release's round trip",
 		header: []string{"W", "backend", "handoffs/s", "p50 µs", "p99 µs", "p999 µs", "rtt p50 µs", "rtt p99 µs", "p50/rtt"},
 		align:  "|--:|---|--:|--:|--:|--:|--:|--:|--:|"}
-	stall := table{title: fmt.Sprintf("stall: a client's stats while another pages through every lease (%d held) and a third ends a session of %d leases with %d parked waiters", r.Leases, r.Session, r.Session),
-		header: []string{"backend", "stats/s", "p50 µs", "p99 µs", "p999 µs", "max µs", "paging s", "end_session s", "RSS MiB"},
+	stall := table{title: fmt.Sprintf("stall: a client's stats while another pages through every lease (%d held) and a third ends a session of %d leases with %d parked waiters%s", r.Leases, r.Session, r.Session, r.stallHow()),
+		header: []string{"backend", "stats/s", "p50 µs", "p99 µs", "p999 µs", "max µs", "paging s", "end s", "RSS MiB"},
 		align:  "|---|--:|--:|--:|--:|--:|--:|--:|--:|"}
 	for _, row := range r.Summary {
 		switch row.Workload {
@@ -511,4 +512,13 @@ func quoteArgs(args []string) string {
 		out[i] = a
 	}
 	return strings.Join(out, " ")
+}
+
+// stallHow says how the stall workload's session ended, when not by
+// end_session (-stall-by).
+func (r *Results) stallHow() string {
+	if r.StallBy == StallByExit {
+		return " by killing the process its leases are bound to"
+	}
+	return ""
 }

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"sync"
@@ -21,12 +25,21 @@ import (
 // Only klock runs it, once per repetition.
 const Stall = "stall"
 
+// How the stall probe's session ends (-stall-by): its holder ends it, or
+// its leases are bound to a process of their own (this tool re-executed
+// as "bound-holder"), which is killed.
+const (
+	StallByEndSession = "end_session"
+	StallByExit       = "exit"
+)
+
 // stallBackend is a back end that can run the stall probe.
 type stallBackend interface {
 	// Stall runs one probe on a back end already holding the many-leases
 	// leases, with a session of session leases and as many waiters; rep
-	// keeps the names of repetitions apart.
-	Stall(ctx context.Context, rep, session int) (Cell, error)
+	// keeps the names of repetitions apart; by is how the session ends
+	// (StallByEndSession or StallByExit).
+	Stall(ctx context.Context, rep, session int, by string) (Cell, error)
 }
 
 // waitersPerConn is how many acquires one connection parks: under the
@@ -35,8 +48,9 @@ const waitersPerConn = 1000
 
 // Stall sets up a session of n leases on their own resources, a senior
 // agent's parked acquire on each, then measures stats while the session
-// ends and the leases are paged through, and cleans up.
-func (b *klockBackend) Stall(ctx context.Context, rep, n int) (Cell, error) {
+// ends (by end_session, or by its process's exit) and the leases are paged
+// through, and cleans up.
+func (b *klockBackend) Stall(ctx context.Context, rep, n int, by string) (Cell, error) {
 	cell := Cell{Backend: b.name, Workload: Stall, Workers: 1, Rep: rep}
 	c, err := b.dial(ctx, 0)
 	if err != nil {
@@ -53,7 +67,17 @@ func (b *klockBackend) Stall(ctx context.Context, rep, n int) (Cell, error) {
 		return cell, err
 	}
 	prefix := fmt.Sprintf("/stall/%d/", rep)
-	if err := fillLeases(ctx, c, ender, "big", prefix, n); err != nil {
+	var holder *exec.Cmd
+	if by == StallByExit {
+		holder, err = startBoundHolder(ctx, b.srvs[0].socket, ender, prefix, n)
+		if err != nil {
+			return cell, err
+		}
+		defer func() {
+			holder.Process.Kill()
+			holder.Wait()
+		}()
+	} else if err := fillLeases(ctx, c, ender, "big", prefix, n); err != nil {
 		return cell, fmt.Errorf("klock-bench: stall: %w", err)
 	}
 	parked, err := b.parkWaiters(ctx, waiter, prefix, n)
@@ -93,9 +117,18 @@ func (b *klockBackend) Stall(ctx context.Context, rep, n int) (Cell, error) {
 		defer wg.Done()
 		cell.PageSeconds, cell.Pairs, pageErr = pageThrough(ctx, b, 0)
 	}()
+	granted := make(chan struct{})
 	go func() {
 		defer wg.Done()
 		t0 := time.Now()
+		if holder != nil {
+			// Until the last waiter is granted: klockd answers nobody for
+			// the end of a process.
+			endErr = holder.Process.Kill()
+			<-granted
+			cell.EndSeconds = time.Since(t0).Seconds()
+			return
+		}
 		released, err := c.EndSession(ctx, ender, "big")
 		cell.EndSeconds = time.Since(t0).Seconds()
 		if err == nil && released != n {
@@ -105,6 +138,7 @@ func (b *klockBackend) Stall(ctx context.Context, rep, n int) (Cell, error) {
 	}()
 	go func() {
 		defer wg.Done()
+		defer close(granted)
 		grantErr = awaitGrants(parked)
 	}()
 	wg.Wait()
@@ -234,4 +268,65 @@ func awaitGrants(ps []parked) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// startBoundHolder starts this tool as "bound-holder": a process that takes
+// n leases for agent (session "big") on prefix0..prefix(n-1) through
+// clientlib, which binds them to that process, and waits to be killed.
+func startBoundHolder(ctx context.Context, socket, agent, prefix string, n int) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "bound-holder", "-socket", socket, "-agent", agent, "-prefix", prefix, "-n", strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("klock-bench: stall: the bound holder: %w", err)
+	}
+	return cmd, nil
+}
+
+// runBoundHolder is the bound-holder process (startBoundHolder). It says
+// "ready" on stdout once it holds every lease, then waits to be killed.
+func runBoundHolder(args []string) error {
+	fs := flag.NewFlagSet("bound-holder", flag.ContinueOnError)
+	socket := fs.String("socket", "", "klockd socket")
+	agent := fs.String("agent", "", "agent holding the leases")
+	prefix := fs.String("prefix", "", "resource path prefix")
+	n := fs.Int("n", 0, "leases")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	c, err := clientlib.Dial(ctx, clientlib.Options{Socket: *socket, NoReconnect: true})
+	if err != nil {
+		return err
+	}
+	if err := fillLeases(ctx, c, *agent, "big", *prefix, *n); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	select {}
 }
