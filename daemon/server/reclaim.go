@@ -13,11 +13,21 @@ import (
 // memory back, and when at least half of them, and at least reclaimMin,
 // have gone, it collects and returns the free memory to the kernel
 // (debug.FreeOSMemory), off the engine lock.
+//
+// It waits for the release to end first: a large end_session goes in steps
+// over a second or more, and memory given back half way through is taken
+// again by the rest of it (the garbage of the later steps, and in durable
+// mode the records the journal writes for them), which the runtime then
+// keeps. So it gives memory back only once the count has fallen by less
+// than reclaimSettle in the last second.
 
 const (
 	// reclaimMin is the smallest drop (leases + parked requests) that gives
 	// memory back: a few hundred bytes each, tens of MiB in all.
 	reclaimMin = 50_000
+	// reclaimSettle is the fall in a second below which a release is
+	// taken to have ended.
+	reclaimSettle = reclaimMin / 10
 	// reclaimEvery is how often the drop is checked.
 	reclaimEvery = time.Second
 )
@@ -26,20 +36,43 @@ const (
 func (s *Server) reclaimLoop() {
 	t := time.NewTicker(reclaimEvery)
 	defer t.Stop()
-	peak := s.heldCount()
+	r := newReclaimer(s.heldCount())
 	for {
 		select {
 		case <-s.stopc:
 			return
 		case <-t.C:
 		}
-		n := s.heldCount()
-		peak = max(peak, n)
-		if bigDrop(peak, n) {
+		if r.tick(s.heldCount()) {
 			debug.FreeOSMemory()
-			peak = s.heldCount()
+			r.gaveBack(s.heldCount())
 		}
 	}
+}
+
+// reclaimer decides, from the count held at each tick, when to give
+// memory back.
+type reclaimer struct {
+	peak int // the most held since memory was last given back
+	last int // held at the last tick
+}
+
+func newReclaimer(held int) reclaimer { return reclaimer{peak: held, last: held} }
+
+// tick takes the count held now and reports whether to give memory back:
+// a big drop from the peak (bigDrop) that has settled.
+func (r *reclaimer) tick(now int) bool {
+	r.peak = max(r.peak, now)
+	settled := r.last-now < reclaimSettle
+	r.last = now
+	return settled && bigDrop(r.peak, now)
+}
+
+// gaveBack restarts the peak from the count held once memory was given
+// back.
+func (r *reclaimer) gaveBack(now int) {
+	r.peak = now
+	r.last = now
 }
 
 // heldCount returns the leases and parked requests in the engine; 0 once

@@ -20,3 +20,46 @@ func TestBigDrop(t *testing.T) {
 		}
 	}
 }
+
+// TestReclaimWaitsForTheReleaseToEnd: memory is given back once a large
+// release has stopped falling, not half way through it, and a drop that
+// goes on after it was given back is given back again.
+func TestReclaimWaitsForTheReleaseToEnd(t *testing.T) {
+	r := newReclaimer(0)
+	steps := []struct {
+		held int
+		want bool
+	}{
+		{100_000, false}, // filled
+		{100_000, false},
+		{40_000, false}, // an end_session half way: more than half gone, still falling
+		{0, false},      // ended during the last second
+		{0, true},       // settled: give back
+	}
+	for i, st := range steps {
+		if got := r.tick(st.held); got != st.want {
+			t.Fatalf("tick %d (held %d) = %v; want %v", i, st.held, got, st.want)
+		}
+		if st.want {
+			r.gaveBack(st.held)
+		}
+	}
+	// A slow release, under reclaimSettle a second, gives back as soon
+	// as half of the peak is gone.
+	r = newReclaimer(200_000)
+	gave := -1
+	for held := 200_000; held >= 0; held -= reclaimSettle - 1 {
+		if r.tick(held) {
+			gave = held
+			break
+		}
+	}
+	if gave < 0 || gave > 100_000 || gave < 100_000-reclaimSettle {
+		t.Fatalf("a slow release gave back at %d held; want just under 100000", gave)
+	}
+	// Nothing more after that until another big drop.
+	r.gaveBack(gave)
+	if r.tick(gave) || r.tick(gave-10) {
+		t.Fatal("gave back again with no new drop")
+	}
+}
