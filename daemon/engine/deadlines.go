@@ -36,7 +36,7 @@ func (h *leaseHeap) remove(i int) {
 		s[i].l.heapIdx = int32(i)
 	}
 	s[last] = deadline{}
-	*h = s[:last]
+	*h = shrink(s[:last])
 	if i != last {
 		if !h.down(i) {
 			h.up(i)
@@ -120,4 +120,19 @@ func (h leaseHeap) eachDue(now int64, fn func(*lease)) {
 		fn(h[i].l)
 		stack = append(stack, 4*i+1, 4*i+2, 4*i+3, 4*i+4)
 	}
+}
+
+// shrinkMin is the least capacity shrink gives back.
+const shrinkMin = 256
+
+// shrink returns s in a new array of twice its length once it fills no
+// more than a quarter of a capacity of at least shrinkMin: the queues and
+// lists that grew with a million leases give that memory back when the
+// leases go, rather than keep their largest size for good. Halving at a
+// quarter keeps the copying amortised O(1) per removal.
+func shrink[T any](s []T) []T {
+	if c := cap(s); c < shrinkMin || len(s) > c/4 {
+		return s
+	}
+	return append(make([]T, 0, 2*len(s)), s...)
 }

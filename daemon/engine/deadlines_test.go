@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -119,4 +120,39 @@ func TestLeaseTable(t *testing.T) {
 		require.False(t, tab.put(k, &lease{}))
 		require.Nil(t, tab.get(k))
 	})
+}
+
+// TestQueuesShrinkWhenLeasesGo: the expiry queue, the summary entry's heap
+// and the session's list that grew with many leases give their memory back
+// when most of the leases are released, in whatever order.
+func TestQueuesShrinkWhenLeasesGo(t *testing.T) {
+	const n, kept = 5000, 10
+	e := New(Config{})
+	mustRegister(t, e, "a", 1)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = mustGrant(t, e, t0+int64(i%97), "a", "s", "/d/f"+itoa(i), "MUTATES").ID
+	}
+	k, ok := parseLeaseKey(ids[0])
+	require.True(t, ok)
+	x := e.leases.get(k)
+	h := upOf(x)
+	require.GreaterOrEqual(t, cap(e.leaseDeadlines), n)
+	require.GreaterOrEqual(t, cap(h.leases), n)
+	require.GreaterOrEqual(t, cap(x.sess.ls), n)
+	for _, i := range rand.New(rand.NewPCG(1, 2)).Perm(n - kept) { // not in fence order
+		ok, _, err := e.Release(t0, alice, ids[kept+i])
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	require.Equal(t, kept, e.leases.len())
+	require.Less(t, cap(e.leaseDeadlines), shrinkMin*2)
+	require.Less(t, cap(h.leases), shrinkMin*2)
+	require.Less(t, cap(x.sess.ls), shrinkMin*2)
+	for _, id := range ids[:kept] {
+		ok, _, err := e.Release(t0, alice, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	require.Less(t, cap(x.sess.ls), shrinkMin)
 }

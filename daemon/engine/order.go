@@ -115,7 +115,7 @@ func (s *sessionLeases) remove(x *lease) {
 	s.n--
 	if s.n == 0 {
 		clear(s.ls)
-		s.ls, s.head = s.ls[:0], 0
+		s.ls, s.head = shrink(s.ls[:0]), 0
 		return
 	}
 	for s.ls[s.head] == nil {
@@ -137,7 +137,7 @@ func (s *sessionLeases) compact() {
 		}
 	}
 	clear(s.ls[j:])
-	s.ls, s.head = s.ls[:j], 0
+	s.ls, s.head = shrink(s.ls[:j]), 0
 }
 
 // eachLease calls fn for each of the agent's present leases, session by

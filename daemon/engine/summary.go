@@ -400,7 +400,7 @@ func (q *expHeap[T]) remove(i int) {
 		s[i] = s[last]
 	}
 	s[last] = expItem[T]{}
-	*q = s[:last]
+	*q = shrink(s[:last])
 	if i != last {
 		q.fix(i)
 	}
