@@ -23,9 +23,9 @@ import (
 // forgotten (idle keys are parked first, see dropIfIdle), so a key that is
 // taken and released again and again costs nothing here.
 
-// btreeDegree is the B-trees' degree: nodes of up to 2×16-1 entries, a
+// btreeDegree is the B-trees' degree: nodes of up to 2×32-1 entries, a
 // few cache lines of pointers each.
-const btreeDegree = 16
+const btreeDegree = 32
 
 func resourceLess(a, b *resource) bool { return a.key < b.key }
 
