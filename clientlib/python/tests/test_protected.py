@@ -113,10 +113,11 @@ class ProtectedSyncTest(KlockdTestCase):
         self.assertEqual(self.klock.active_lease_count(), 0)
 
     def test_long_tool_is_renewed(self) -> None:
-        @protected(self.klock, "senior", "s1", "FILE", lambda kw: kw["path"], ttl_ms=300)
+        # A ttl the renewals keep on a loaded machine (as the asyncio test).
+        @protected(self.klock, "senior", "s1", "FILE", lambda kw: kw["path"], ttl_ms=1000)
         def slow(path: str) -> int:
             first = self.klock.list_leases()["leases"][0]
-            wait_until(lambda: now_ms() > first["expires_at"] + 600, what="two ttls to pass")
+            wait_until(lambda: now_ms() > first["expires_at"] + 1000, what="two ttls to pass")
             now = self.klock.list_leases()["leases"]
             self.assertEqual([l["lease_id"] for l in now], [first["lease_id"]], "still held")
             return int(now[0]["expires_at"] - first["expires_at"])
@@ -227,10 +228,12 @@ class ProtectedAsyncTest(KlockdTestCase, unittest.IsolatedAsyncioTestCase):
     async def test_long_tool_is_renewed(self) -> None:
         for client in self.clients():
             with self.subTest(client=type(client).__module__):
-                @protected(client, "senior", "s1", "FILE", lambda kw: kw["path"], ttl_ms=300)
+                # A ttl the renewals can keep on a loaded machine: with
+                # 300 ms one CI run (load 12) saw the lease expire.
+                @protected(client, "senior", "s1", "FILE", lambda kw: kw["path"], ttl_ms=1000)
                 async def slow(path: str) -> int:
                     first = self.klock.list_leases()["leases"][0]
-                    while now_ms() < first["expires_at"] + 600:
+                    while now_ms() < first["expires_at"] + 1000:
                         await asyncio.sleep(0.05)
                     now = self.klock.list_leases()["leases"]
                     self.assertEqual([l["lease_id"] for l in now], [first["lease_id"]])
