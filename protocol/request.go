@@ -91,6 +91,9 @@ func DecodeRequest(body []byte, req *Request) error {
 	if badReq != "" {
 		return &Error{Code: CodeBadRequest, Message: badReq}
 	}
+	if len(d.errs) == 0 {
+		return nil
+	}
 	takes := OpArgs(req.Op)
 	for _, e := range d.errs {
 		if takes&e.arg != 0 {

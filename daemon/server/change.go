@@ -22,6 +22,12 @@ type change struct {
 	// proc is the process that ended, for opProcessEnd.
 	bind *engine.Process
 	proc engine.Process
+
+	// Room the acquire path fills instead of allocating: the engine
+	// request's one intent (the engine keeps none of it), and the grant
+	// answered, which lives as long as the change (applyAcquire).
+	one   [1]engine.Intent
+	grant protocol.Grant
 }
 
 // The daemon's own changes, which no client asks for.
@@ -73,7 +79,7 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		return applyAcquire(eng, ch)
 	case protocol.OpRelease:
 		ok, wakes, err := eng.Release(now, who, a.LeaseID)
-		return answer(&protocol.ReleaseResult{Released: ok}, wakes, err)
+		return answer(releaseResult(ok), wakes, err)
 	case protocol.OpHeartbeat:
 		if a.Has(protocol.ArgTTL) && a.TTL == 0 {
 			// The engine reads 0 as "keep the current ttl"; on the wire ttl
@@ -116,6 +122,17 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 	return outcome{err: &protocol.Error{Code: protocol.CodeInternal, Message: "klock: internal error: op " + quote(ch.op) + " is not a state change"}}
 }
 
+// released and notReleased are release's two answers, shared by every
+// request and never modified: one allocation fewer per release.
+var released, notReleased = &protocol.ReleaseResult{Released: true}, &protocol.ReleaseResult{}
+
+func releaseResult(ok bool) *protocol.ReleaseResult {
+	if ok {
+		return released
+	}
+	return notReleased
+}
+
 // answer is the outcome of an engine call that answers result unless it
 // failed; its wake-ups count either way.
 func answer(result any, wakes []engine.Wakeup, err error) outcome {
@@ -129,8 +146,7 @@ func answer(result any, wakes []engine.Wakeup, err error) outcome {
 // acquire_many. A WAIT verdict with wait_timeout is parked: its answer
 // comes later as a wake-up.
 func applyAcquire(eng *engine.Engine, ch *change) outcome {
-	var one [1]engine.Intent
-	req, many := acquireRequest(ch, one[:0])
+	req, many := acquireRequest(ch, ch.one[:0])
 	var res engine.Result
 	var err error
 	if many {
@@ -143,6 +159,10 @@ func applyAcquire(eng *engine.Engine, ch *change) outcome {
 		return outcome{err: err}
 	case res.Queued:
 		return outcome{parked: res.Waiter}
+	}
+	if res.Granted && !many && len(res.Leases) > 0 {
+		ch.grant = grant(&res.Leases[0])
+		return outcome{result: &ch.grant}
 	}
 	return outcome{result: acquireAnswer(&res, many)}
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -16,11 +15,12 @@ import (
 
 // readBufSize is the size of a connection's read buffer: a hundred or more
 // pipelined requests fit, so they are decoded and answered as one batch,
-// while thousands of idle connections stay cheap.
+// while thousands of idle connections stay cheap. A frame larger than that
+// gets a buffer of its size (nextFrame).
 const readBufSize = 16 << 10
 
 // keepBufCap is the largest buffer a connection keeps for reuse; a bigger
-// one (a long list_leases answer) is dropped after use.
+// one (a long list_leases answer, a long acquire_many) is dropped after use.
 const keepBufCap = 256 << 10
 
 // conn is one client connection. Its reader goroutine decodes requests and
@@ -32,9 +32,12 @@ type conn struct {
 	nc     *net.UnixConn
 	sk     *sock // nc's reads and writes (sock.go)
 	caller engine.Caller
-	br     *bufio.Reader
-	rbuf   []byte           // frame body buffer, reused
-	req    protocol.Request // decoded request, reused
+	// in is the read buffer: in[inR:inW] is read and not decoded yet.
+	// Frames are decoded where they lie (nextFrame), without a copy.
+	in       []byte
+	inR, inW int
+	req      protocol.Request // decoded request, reused
+	ch       change           // the change req asks for, reused (newChange)
 
 	// waiters are this connection's parked acquires, watches its watch
 	// streams by watch id; both guarded by Server.mu.
@@ -77,7 +80,7 @@ func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
 		nc:     nc,
 		sk:     sk,
 		caller: engine.Caller{UID: p.UID, PID: p.PID},
-		br:     bufio.NewReaderSize(sk, readBufSize),
+		in:     make([]byte, readBufSize),
 		pidfd:  -1,
 	}
 }
@@ -86,7 +89,7 @@ func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
 func (c *conn) serve() {
 	defer c.finish()
 	for {
-		body, err := protocol.ReadFrame(c.br, c.rbuf, c.s.cfg.MaxFrame)
+		body, err := c.nextFrame()
 		if err != nil {
 			var fe *protocol.FrameError
 			switch {
@@ -99,9 +102,6 @@ func (c *conn) serve() {
 			}
 			return
 		}
-		if cap(body) > cap(c.rbuf) && cap(body) <= keepBufCap {
-			c.rbuf = body[:0]
-		}
 		c.s.handle(c, body)
 		if !c.frameBuffered() {
 			if err := c.flush(); err != nil {
@@ -111,15 +111,67 @@ func (c *conn) serve() {
 	}
 }
 
+// nextFrame returns the body of the next request frame, reading from the
+// socket while the buffer does not hold all of it. The body lies in c.in
+// and is valid until the next call (the decoder copies what it keeps).
+// Its errors are protocol.ReadFrame's: a *protocol.FrameError for a length
+// of 0 or over MaxFrame (checked before the body is read), io.EOF when
+// the peer closed between frames, io.ErrUnexpectedEOF inside one, or the
+// read's error.
+func (c *conn) nextFrame() ([]byte, error) {
+	need := protocol.HeaderSize
+	for {
+		if n := c.inW - c.inR; n >= protocol.HeaderSize {
+			size := binary.BigEndian.Uint32(c.in[c.inR:])
+			if size == 0 || uint64(size) > uint64(c.s.cfg.MaxFrame) {
+				return nil, &protocol.FrameError{Length: size, Max: c.s.cfg.MaxFrame}
+			}
+			need = protocol.HeaderSize + int(size)
+			if n >= need {
+				body := c.in[c.inR+protocol.HeaderSize : c.inR+need]
+				c.inR += need
+				return body, nil
+			}
+		}
+		c.makeRoom(need)
+		m, err := c.sk.Read(c.in[c.inW:])
+		c.inW += m
+		if err != nil {
+			if errors.Is(err, io.EOF) && c.inW > c.inR {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+// makeRoom readies c.in for a read that completes a frame of need bytes,
+// header included, starting at inR: what is pending moves to the start,
+// into a buffer of the frame's size if it is larger than c.in. A buffer
+// over keepBufCap is dropped once nothing of it is pending.
+func (c *conn) makeRoom(need int) {
+	buf := c.in
+	switch {
+	case need > len(buf):
+		buf = make([]byte, need)
+	case len(buf) > keepBufCap && need <= readBufSize:
+		buf = make([]byte, readBufSize)
+	case c.inR == 0:
+		return
+	}
+	c.inW = copy(buf, c.in[c.inR:c.inW])
+	c.inR = 0
+	c.in = buf
+}
+
 // frameBuffered reports whether a whole frame is already buffered, so its
 // answer can join the current batch without waiting for the network.
 func (c *conn) frameBuffered() bool {
-	n := c.br.Buffered()
+	n := c.inW - c.inR
 	if n < protocol.HeaderSize {
 		return false
 	}
-	hdr, _ := c.br.Peek(protocol.HeaderSize)
-	return n-protocol.HeaderSize >= int(binary.BigEndian.Uint32(hdr))
+	return n-protocol.HeaderSize >= int(binary.BigEndian.Uint32(c.in[c.inR:]))
 }
 
 // finish ends the connection: it writes what is pending, cancels the

@@ -79,12 +79,12 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 		s.stats(c, req.ID)
 	case protocol.OpAcquire, protocol.OpAcquireMany:
 		// The one path too, once a bound acquire has named its process.
-		s.acquire(c, req.ID, &change{op: req.Op, args: a, caller: c.caller})
+		s.acquire(c, req.ID, c.newChange(req.Op, a))
 	case protocol.OpRegisterAgent, protocol.OpUnregisterAgent,
 		protocol.OpRelease, protocol.OpHeartbeat, protocol.OpEndSession, protocol.OpEvictExpired,
 		protocol.OpRevoke, protocol.OpFreeze, protocol.OpThaw:
 		// Every state change takes the one path.
-		s.commit(c, req.ID, &change{op: req.Op, args: a, caller: c.caller})
+		s.commit(c, req.ID, c.newChange(req.Op, a))
 	case protocol.OpExplain:
 		s.explain(c, req.ID, a)
 	case protocol.OpListWaiters:
@@ -96,6 +96,18 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 	default:
 		c.appendError(req.ID, protocol.CodeUnknownOp, unknownOpMessage(req.Op), 0)
 	}
+}
+
+// newChange returns the change a request of c asks for. A single daemon
+// has made and answered it before c's reader decodes the next request
+// (commit), so c's own is reused; in cluster mode a change lives until the
+// log applies it, and each is a new one.
+func (c *conn) newChange(op string, a *protocol.Args) *change {
+	if c.s.rep.log != nil {
+		return &change{op: op, args: a, caller: c.caller}
+	}
+	c.ch = change{op: op, args: a, caller: c.caller}
+	return &c.ch
 }
 
 // errShuttingDown answers requests that arrive while the server stops.
