@@ -20,13 +20,22 @@ import (
 // mode the records the journal writes for them), which the runtime then
 // keeps. So it gives memory back only once the count has fallen by less
 // than reclaimSettle in the last second.
+//
+// It gives memory back after a large growth too, once that has settled.
+// While leases are taken by the hundred thousand, the collector lets the
+// heap grow to twice what it held live at its last cycle, and the runtime
+// keeps what it grew to: a daemon that took a million leases and then went
+// quiet held ~1.6 times its live heap for as long as it stayed quiet
+// (BENCHMARKS.md "Scale (issue 18)"). Traffic after that can grow the heap
+// again up to the collector's goal; a quiet holder keeps only what it
+// uses.
 
 const (
 	// reclaimMin is the smallest drop (leases + parked requests) that gives
 	// memory back: a few hundred bytes each, tens of MiB in all.
 	reclaimMin = 50_000
-	// reclaimSettle is the fall in a second below which a release is
-	// taken to have ended.
+	// reclaimSettle is the change in a second below which a release, or
+	// a growth, is taken to have ended.
 	reclaimSettle = reclaimMin / 10
 	// reclaimEvery is how often the drop is checked.
 	reclaimEvery = time.Second
@@ -53,25 +62,31 @@ func (s *Server) reclaimLoop() {
 // reclaimer decides, from the count held at each tick, when to give
 // memory back.
 type reclaimer struct {
-	peak int // the most held since memory was last given back
-	last int // held at the last tick
+	peak  int // the most held since memory was last given back
+	floor int // held when memory was last given back
+	last  int // held at the last tick
 }
 
-func newReclaimer(held int) reclaimer { return reclaimer{peak: held, last: held} }
+func newReclaimer(held int) reclaimer { return reclaimer{peak: held, floor: held, last: held} }
 
 // tick takes the count held now and reports whether to give memory back:
-// a big drop from the peak (bigDrop) that has settled.
+// a big drop from the peak (bigDrop) that has settled, or a big growth
+// from the floor (bigGrowth) that has stopped.
 func (r *reclaimer) tick(now int) bool {
 	r.peak = max(r.peak, now)
-	settled := r.last-now < reclaimSettle
+	fell, rose := r.last-now, now-r.last
 	r.last = now
-	return settled && bigDrop(r.peak, now)
+	if fell < reclaimSettle && bigDrop(r.peak, now) {
+		return true
+	}
+	return fell < reclaimSettle && rose < reclaimSettle && bigGrowth(r.floor, now)
 }
 
-// gaveBack restarts the peak from the count held once memory was given
-// back.
+// gaveBack restarts the peak and the floor from the count held once
+// memory was given back.
 func (r *reclaimer) gaveBack(now int) {
 	r.peak = now
+	r.floor = now
 	r.last = now
 }
 
@@ -85,6 +100,13 @@ func (s *Server) heldCount() int {
 	}
 	st := s.eng.Stats()
 	return st.Leases + st.Waiters
+}
+
+// bigGrowth reports whether going from floor held to now held is a growth
+// worth giving memory back after: at least double, and at least
+// reclaimMin.
+func bigGrowth(floor, now int) bool {
+	return now-floor >= reclaimMin && now >= 2*floor
 }
 
 // bigDrop reports whether going from peak held to now held is a drop worth
