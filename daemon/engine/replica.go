@@ -89,7 +89,7 @@ func (e *Engine) RestoreReplica(rs *ReplicaState) error {
 		*e = *New(e.cfg)
 		return errorf(protocol.CodeInternal, "klock: replica state has no state")
 	}
-	if err := e.restore(rs.State); err != nil {
+	if err := e.restoreStream(rs.State, rs.State.each); err != nil {
 		*e = *New(e.cfg)
 		return err
 	}

@@ -67,7 +67,23 @@ type SessionRef struct {
 // not included). The result shares nothing mutable with the engine (a
 // bound lease's Process is never changed).
 func (e *Engine) Snapshot() *State {
-	s := &State{Version: StateVersion, Fence: e.fence, LastAuto: e.lastAuto}
+	s, n, each := e.SnapshotStream()
+	s.Leases = make([]LeaseState, 0, n)
+	each(func(ls LeaseState) error {
+		s.Leases = append(s.Leases, ls)
+		return nil
+	})
+	return s
+}
+
+// SnapshotStream is Snapshot without a copy of the leases: it returns the
+// state with Leases nil, the number of leases, and each, which calls yield
+// with the leases Snapshot would list, in its order, built one at a time,
+// and stops at yield's first error. Compaction writes the state of a
+// million leases with it, rather than holding a copy of them all. The
+// engine must not change until each has returned.
+func (e *Engine) SnapshotStream() (s *State, n int, each func(yield func(LeaseState) error) error) {
+	s = &State{Version: StateVersion, Fence: e.fence, LastAuto: e.lastAuto}
 	s.Agents = make([]AgentState, 0, len(e.agents))
 	for _, a := range e.agents {
 		s.Agents = append(s.Agents, AgentState{
@@ -75,15 +91,9 @@ func (e *Engine) Snapshot() *State {
 		})
 	}
 	slices.SortFunc(s.Agents, func(x, y AgentState) int { return strings.Compare(x.ID, y.ID) })
-	s.Leases = make([]LeaseState, 0, e.leases.len())
-	e.leases.each(func(l *lease) {
-		ls := LeaseState{Lease: e.public(l)}
-		if l.idem != nil {
-			ls.Idem = l.idem.key
-		}
-		s.Leases = append(s.Leases, ls)
-	})
-	slices.SortFunc(s.Leases, func(x, y LeaseState) int { return cmp.Compare(x.Lease.Fence, y.Lease.Fence) })
+	leases := make([]*lease, 0, e.leases.len())
+	e.leases.each(func(l *lease) { leases = append(leases, l) })
+	slices.SortFunc(leases, func(x, y *lease) int { return cmp.Compare(x.Fence, y.Fence) })
 	for r := range e.resources.all() {
 		if r.frozen {
 			s.Frozen = append(s.Frozen, r.key)
@@ -95,7 +105,19 @@ func (e *Engine) Snapshot() *State {
 			s.Ended = append(s.Ended, SessionRef{AgentID: as.ID, SessionID: session})
 		})
 	}
-	return s
+	each = func(yield func(LeaseState) error) error {
+		for _, l := range leases {
+			ls := LeaseState{Lease: e.public(l)}
+			if l.idem != nil {
+				ls.Idem = l.idem.key
+			}
+			if err := yield(ls); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return s, len(leases), each
 }
 
 // Restore replaces the engine's state with s (queued requests are dropped
@@ -104,18 +126,37 @@ func (e *Engine) Snapshot() *State {
 // does not hold together (a lease of an unknown agent, a lease id twice),
 // is an INTERNAL *Error and leaves the engine empty.
 func (e *Engine) Restore(s *State) error {
+	return e.RestoreStream(s, s.each)
+}
+
+// RestoreStream is Restore with the leases given one at a time by each, in
+// a State's order, as a snapshot is read: a state of a million leases is
+// restored without a copy of them all. head's Leases are not used, and its
+// Frozen and Ended are read only once each has returned (a reader may fill
+// them in meanwhile). An error each returns is returned as it is.
+func (e *Engine) RestoreStream(head *State, each func(yield func(LeaseState) error) error) error {
 	// Whether events are built is a setting of the owner, not state: a
 	// rollback must not stop the watch streams.
 	on := e.eventsOn
 	defer func() { e.eventsOn = on }()
-	if err := e.restore(s); err != nil {
+	if err := e.restoreStream(head, each); err != nil {
 		*e = *New(e.cfg)
 		return err
 	}
 	return nil
 }
 
-func (e *Engine) restore(s *State) *Error {
+// each yields s's leases in order.
+func (s *State) each(yield func(LeaseState) error) error {
+	for _, ls := range s.Leases {
+		if err := yield(ls); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) restoreStream(s *State, each func(yield func(LeaseState) error) error) error {
 	*e = *New(e.cfg)
 	if s.Version != StateVersion {
 		return errorf(protocol.CodeInternal, "klock: state version %d is not supported (want %d)", s.Version, StateVersion)
@@ -142,7 +183,7 @@ func (e *Engine) restore(s *State) *Error {
 	type idemKey struct{ agent, key string }
 	groups := make(map[idemKey][]*lease)
 	var order []idemKey
-	for _, ls := range s.Leases {
+	err := each(func(ls LeaseState) error {
 		x, err := e.addLease(ls.Lease, nil, nil)
 		if err != nil {
 			return err
@@ -154,6 +195,10 @@ func (e *Engine) restore(s *State) *Error {
 			}
 			groups[k] = append(groups[k], x)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	for _, k := range order {
 		xs := groups[k]

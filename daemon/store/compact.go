@@ -7,8 +7,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/vmihailenco/msgpack/v5"
-
 	"github.com/klockd/klock/daemon/engine"
 )
 
@@ -211,32 +209,34 @@ func (s *Store) compact() {
 
 	start := time.Now()
 	gen := through + 1
+	var src stateSource
 	var err error
 	rebuilt := state == nil
 	if rebuilt {
-		state, err = rebuildState(s.dir, base, through)
+		var eng *engine.Engine
+		if eng, err = rebuildEngine(s.dir, base, through); err == nil {
+			src = streamedState(eng)
+		}
+	} else {
+		src = copiedState(state)
 	}
 	unreadable := err != nil
 	var size int64
 	if err == nil {
-		size, err = saveSnapshot(s.dir, gen, state)
+		size, err = saveSnapshot(s.dir, gen, src)
 	}
 	if err == nil {
 		removeBefore(s.dir, gen, s.log)
 	}
-	leases := 0
-	if state != nil {
-		leases = len(state.Leases)
-	}
+	leases := src.n
 	if rebuilt {
-		// The state, the engine it was rebuilt in (which held every lease
-		// the logs granted, though it may end with few: after a big
-		// release, say) and its encoding are garbage now: hand that memory
-		// back to the kernel rather than keep it mapped until the runtime
-		// gets round to it. Rebuilds happen only for a state too large to
-		// copy (copyStateMax), at most once a log's worth (CompactMinBytes) of
-		// appends.
-		state = nil
+		// The engine the state was rebuilt in (which held every lease the
+		// logs granted, though it may end with few: after a big release,
+		// say) is garbage now: hand that memory back to the kernel rather
+		// than keep it mapped until the runtime gets round to it. Rebuilds
+		// happen only for a state too large to copy (copyStateMax), at
+		// most once a log's worth (CompactMinBytes) of appends.
+		src = stateSource{}
 		debug.FreeOSMemory()
 	}
 	switch {
@@ -266,15 +266,21 @@ func (s *Store) compact() {
 // rebuildState replays snapshot.<base> (none when base is 0) and the logs
 // from it through log.<through> into a private engine and returns its state.
 func rebuildState(dir string, base, through uint64) (*engine.State, error) {
+	eng, err := rebuildEngine(dir, base, through)
+	if err != nil {
+		return nil, err
+	}
+	return eng.Snapshot(), nil
+}
+
+// rebuildEngine replays snapshot.<base> (none when base is 0) and the logs
+// from it through log.<through> into a private engine and returns it.
+func rebuildEngine(dir string, base, through uint64) (*engine.Engine, error) {
 	eng := engine.New(engine.Config{})
 	first := uint64(1)
 	if base > 0 {
 		path := filepath.Join(dir, snapshotName(base))
-		st, _, err := loadSnapshot(path, base)
-		if err != nil {
-			return nil, fmt.Errorf("klock: compaction cannot read %s: %w", path, err)
-		}
-		if err := eng.Restore(st); err != nil {
+		if _, err := restoreSnapshot(eng, path, base); err != nil {
 			return nil, fmt.Errorf("klock: compaction cannot restore %s: %w", path, err)
 		}
 		first = base
@@ -285,29 +291,19 @@ func rebuildState(dir string, base, through uint64) (*engine.State, error) {
 			return nil, fmt.Errorf("klock: compaction cannot replay %s (the next start would fail the same way): %w", path, err)
 		}
 	}
-	return eng.Snapshot(), nil
+	return eng, nil
 }
 
 // saveSnapshot writes snapshot.<gen> atomically: temp file, fsync, rename,
 // fsync of the directory. It returns the file's size.
-func saveSnapshot(dir string, gen uint64, state *engine.State) (int64, error) {
-	body, err := msgpack.Marshal(state)
-	if err != nil {
-		return 0, fmt.Errorf("klock: encoding snapshot: %w", err)
-	}
-	// Header and body are written apart: a copy of the body in one buffer
-	// would cost as much memory again as the encoding.
-	head := appendSnapshotHeader(make([]byte, 0, snapshotHeaderSize), gen, body)
+func saveSnapshot(dir string, gen uint64, src stateSource) (int64, error) {
 	final := filepath.Join(dir, snapshotName(gen))
 	tmp := final + ".tmp"
 	f, err := createFile(tmp, 0)
 	if err != nil {
 		return 0, fmt.Errorf("klock: creating snapshot: %w", err)
 	}
-	werr := writeAll(f, head)
-	if werr == nil {
-		werr = writeAll(f, body)
-	}
+	size, werr := writeSnapshot(f, gen, src)
 	if werr == nil {
 		werr = syncFile(f)
 	}
@@ -329,7 +325,7 @@ func saveSnapshot(dir string, gen uint64, state *engine.State) (int64, error) {
 	if err := syncDir(dir); err != nil {
 		return 0, err
 	}
-	return int64(len(head) + len(body)), nil
+	return size, nil
 }
 
 // removeBefore deletes snapshots and logs older than gen, which the

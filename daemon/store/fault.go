@@ -186,7 +186,7 @@ func (s *Store) Heal(state *engine.State) error {
 	}
 	s.mu.Unlock()
 
-	size, err := saveSnapshot(s.dir, gen, state)
+	size, err := saveSnapshot(s.dir, gen, copiedState(state))
 	if err != nil {
 		return err
 	}

@@ -107,36 +107,62 @@ func validFrameAt(b []byte) bool {
 
 // appendSnapshotHeader appends the 32-byte snapshot header for body.
 func appendSnapshotHeader(dst []byte, gen uint64, body []byte) []byte {
+	dst, sum := snapshotHeaderStart(dst, gen, uint64(len(body)))
+	return binary.LittleEndian.AppendUint32(dst, crc32.Update(sum, castagnoli, body))
+}
+
+// snapshotHeaderStart appends the snapshot header for a body of length
+// bytes without its checksum, and returns the checksum so far: the
+// header's last 4 bytes are it updated with the body.
+func snapshotHeaderStart(dst []byte, gen, length uint64) ([]byte, uint32) {
 	start := len(dst)
 	dst = append(dst, snapshotMagic...)
 	dst = binary.LittleEndian.AppendUint32(dst, FormatVersion)
 	dst = binary.LittleEndian.AppendUint64(dst, gen)
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(len(body)))
-	sum := crc32.Update(crc32.Checksum(dst[start:], castagnoli), castagnoli, body)
-	return binary.LittleEndian.AppendUint32(dst, sum)
+	dst = binary.LittleEndian.AppendUint64(dst, length)
+	return dst, crc32.Checksum(dst[start:], castagnoli)
 }
 
 // parseSnapshot checks a whole snapshot file and returns its generation and
 // body. Every length is checked against len(b) before it is used.
 func parseSnapshot(b []byte) (uint64, []byte, error) {
-	if len(b) < snapshotHeaderSize {
-		return 0, nil, fmt.Errorf("klock: snapshot is %d bytes, shorter than its %d-byte header", len(b), snapshotHeaderSize)
+	gen, err := checkSnapshotHead(b, int64(len(b)))
+	if err != nil {
+		return 0, nil, err
+	}
+	body := b[snapshotHeaderSize:]
+	if err := checkSnapshotSum(b, crc32.Update(crc32.Checksum(b[:28], castagnoli), castagnoli, body)); err != nil {
+		return 0, nil, err
+	}
+	return gen, body, nil
+}
+
+// checkSnapshotHead checks the start of a snapshot file of size bytes (b
+// holds at least its header, or the whole file when shorter): its size,
+// magic and body length. It returns the generation.
+func checkSnapshotHead(b []byte, size int64) (uint64, error) {
+	if size < snapshotHeaderSize || len(b) < snapshotHeaderSize {
+		return 0, fmt.Errorf("klock: snapshot is %d bytes, shorter than its %d-byte header", size, snapshotHeaderSize)
 	}
 	if string(b[:8]) != snapshotMagic {
-		return 0, nil, fmt.Errorf("klock: not a klock snapshot (magic %q, want %q)", b[:8], snapshotMagic)
+		return 0, fmt.Errorf("klock: not a klock snapshot (magic %q, want %q)", b[:8], snapshotMagic)
 	}
 	gen := binary.LittleEndian.Uint64(b[12:20])
 	n := binary.LittleEndian.Uint64(b[20:28])
-	if n != uint64(len(b)-snapshotHeaderSize) {
-		return 0, nil, fmt.Errorf("klock: snapshot declares %d body bytes but has %d", n, len(b)-snapshotHeaderSize)
+	if n != uint64(size-snapshotHeaderSize) {
+		return 0, fmt.Errorf("klock: snapshot declares %d body bytes but has %d", n, size-snapshotHeaderSize)
 	}
-	body := b[snapshotHeaderSize:]
-	sum := crc32.Update(crc32.Checksum(b[:28], castagnoli), castagnoli, body)
-	if sum != binary.LittleEndian.Uint32(b[28:32]) {
-		return 0, nil, fmt.Errorf("klock: snapshot checksum mismatch")
+	return gen, nil
+}
+
+// checkSnapshotSum checks a snapshot header's checksum against sum (its
+// first 28 bytes and then the body), then its format version.
+func checkSnapshotSum(head []byte, sum uint32) error {
+	if sum != binary.LittleEndian.Uint32(head[28:32]) {
+		return fmt.Errorf("klock: snapshot checksum mismatch")
 	}
-	if v := binary.LittleEndian.Uint32(b[8:12]); v != FormatVersion {
-		return 0, nil, fmt.Errorf("klock: snapshot format version %d: %w (this klockd reads version %d)", v, ErrUnsupportedVersion, FormatVersion)
+	if v := binary.LittleEndian.Uint32(head[8:12]); v != FormatVersion {
+		return fmt.Errorf("klock: snapshot format version %d: %w (this klockd reads version %d)", v, ErrUnsupportedVersion, FormatVersion)
 	}
-	return gen, body, nil
+	return nil
 }

@@ -158,7 +158,9 @@ func listState(dir string) ([]stateFile, error) {
 // DecodeSnapshot checks a whole snapshot file's bytes (FORMAT.md) and
 // decodes its state. Damage (size, magic, checksum) is a *DamageError; an
 // unsupported version wraps ErrUnsupportedVersion; a body that passes its
-// checksum but does not decode is a plain error.
+// checksum but does not decode is a plain error. The daemon itself reads
+// a snapshot without holding it whole (restoreSnapshot), with the same
+// decoder.
 func DecodeSnapshot(b []byte) (gen uint64, st *engine.State, err error) {
 	gen, body, err := parseSnapshot(b)
 	if err != nil {
@@ -170,33 +172,17 @@ func DecodeSnapshot(b []byte) (gen uint64, st *engine.State, err error) {
 	if err := msgpackwire.Check(body, uint64(len(body))); err != nil {
 		return 0, nil, fmt.Errorf("klock: snapshot passes its checksum but is not well-formed msgpack: %w", err)
 	}
-	st = new(engine.State)
-	if err := msgpack.Unmarshal(body, st); err != nil {
+	err = readState(bytes.NewReader(body), func(head *engine.State, each func(func(engine.LeaseState) error) error) error {
+		st = head
+		return each(func(ls engine.LeaseState) error {
+			st.Leases = append(st.Leases, ls)
+			return nil
+		})
+	})
+	if err != nil {
 		return 0, nil, fmt.Errorf("klock: snapshot passes its checksum but does not decode (written by another version?): %w", err)
 	}
 	return gen, st, nil
-}
-
-// loadSnapshot reads and decodes a snapshot file. Damage is returned as a
-// *DamageError so that --recover=truncate can move it aside; anything else
-// (unsupported version, undecodable state) always stops.
-func loadSnapshot(path string, wantGen uint64) (*engine.State, int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("klock: reading snapshot: %w", err)
-	}
-	gen, st, err := DecodeSnapshot(b)
-	var d *DamageError
-	if err != nil && !errors.As(err, &d) {
-		return nil, 0, fmt.Errorf("klock: %s: %w", path, err)
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	if gen != wantGen {
-		return nil, 0, &DamageError{Reason: fmt.Sprintf("header says generation %d, file name says %d", gen, wantGen)}
-	}
-	return st, int64(len(b)), nil
 }
 
 // asideName is where damaged files are moved under --recover=truncate.

@@ -115,7 +115,7 @@ func (r *recovery) pickBase(snaps []uint64) (uint64, error) {
 	s := r.s
 	for _, g := range slices.Backward(snaps) {
 		name := snapshotName(g)
-		st, size, err := loadSnapshot(filepath.Join(s.dir, name), g)
+		size, err := restoreSnapshot(r.eng, filepath.Join(s.dir, name), g)
 		var d *DamageError
 		if errors.As(err, &d) {
 			if s.opts.Recover != RecoverTruncate {
@@ -129,11 +129,12 @@ func (r *recovery) pickBase(snaps []uint64) (uint64, error) {
 			r.info.Truncated = true
 			continue
 		}
+		var rejected *engine.Error
+		if errors.As(err, &rejected) {
+			return 0, fmt.Errorf("klock: snapshot %s passes its checksum but the engine rejects it: %w", filepath.Join(s.dir, name), err)
+		}
 		if err != nil {
 			return 0, err
-		}
-		if err := r.eng.Restore(st); err != nil {
-			return 0, fmt.Errorf("klock: snapshot %s passes its checksum but the engine rejects it: %w", filepath.Join(s.dir, name), err)
 		}
 		r.info.Snapshot, r.info.SnapshotBytes = name, size
 		return g, nil
