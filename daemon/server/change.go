@@ -28,6 +28,29 @@ type change struct {
 	// answered, which lives as long as the change (applyAcquire).
 	one   [1]engine.Intent
 	grant protocol.Grant
+
+	// step is the work of the next step of a long change (sized in
+	// time, stepsize.go); 0 = stepWork. The local driver sets it; a
+	// change from the cluster log has none, so every node applies the
+	// same steps.
+	step int
+}
+
+// steps reports whether ch is made in steps (outcome.more).
+func (ch *change) steps() bool {
+	switch ch.op {
+	case protocol.OpEndSession, protocol.OpEvictExpired, opExpire, opProcessEnd:
+		return true
+	}
+	return false
+}
+
+// work is the work bound of ch's next step.
+func (ch *change) work() int {
+	if ch.step > 0 {
+		return ch.step
+	}
+	return stepWork
 }
 
 // The daemon's own changes, which no client asks for.
@@ -55,7 +78,8 @@ type outcome struct {
 
 // stepWork bounds the leases (and queued requests) one step of a long
 // change ends, so that no change holds the engine for long: the driver
-// releases the lock between steps. Steps of 250 were tried: the stats
+// releases the lock between steps. The local driver makes steps smaller
+// when they take long (stepsize.go). Steps of 250 were tried: the stats
 // probe's p99 fell a little and its longest wait did not, with more steps
 // to drive (BENCHMARKS.md "Stall probe").
 const stepWork = 1000
@@ -92,12 +116,12 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		}
 		return outcome{result: &protocol.HeartbeatResult{LeaseID: l.ID, ExpiresAt: wireExpiry(l.ExpiresAt)}}
 	case protocol.OpEndSession:
-		n, wakes, more, err := eng.EndSessionStep(now, who, a.AgentID, a.SessionID, stepWork)
+		n, wakes, more, err := eng.EndSessionStep(now, who, a.AgentID, a.SessionID, ch.work())
 		o := answer(&protocol.EndSessionResult{Released: n}, wakes, err)
 		o.more = more && err == nil
 		return o
 	case protocol.OpEvictExpired:
-		n, wakes, more := eng.ExpireStep(now, stepWork)
+		n, wakes, more := eng.ExpireStep(now, ch.work())
 		return outcome{result: &protocol.EvictResult{Evicted: n}, wakes: wakes, more: more}
 	case protocol.OpRevoke:
 		ok, wakes, err := eng.Revoke(now, who, a.LeaseID)
@@ -111,12 +135,12 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 	case opExpire:
 		// The rest of a long expiry is due at once: the timer, re-armed,
 		// takes the next step.
-		n, wakes, _ := eng.ExpireStep(now, stepWork)
+		n, wakes, _ := eng.ExpireStep(now, ch.work())
 		return outcome{wakes: wakes, expired: n}
 	case opCancel:
 		return outcome{wakes: eng.Cancel(now, ch.waiter)}
 	case opProcessEnd:
-		n, wakes, more := eng.ProcessEndedStep(now, ch.proc, stepWork)
+		n, wakes, more := eng.ProcessEndedStep(now, ch.proc, ch.work())
 		return outcome{wakes: wakes, ended: n, more: more}
 	}
 	return outcome{err: &protocol.Error{Code: protocol.CodeInternal, Message: "klock: internal error: op " + quote(ch.op) + " is not a state change"}}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"runtime/trace"
+	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -128,6 +129,12 @@ func (s *Server) commitLocked(c *conn, id uint64, ch *change) (o outcome, seq ui
 		}
 	}()
 	ch.at = s.nowMS()
+	if ch.steps() {
+		// A step of a long change: sized by how long the last one held
+		// s.mu, timed to size the next (stepsize.go).
+		ch.step = s.steps.size()
+		defer func(t0 time.Time) { s.steps.took(ch.step, time.Since(t0)) }(time.Now())
+	}
 	o = applyChange(s.eng, ch)
 	if midChangeHook != nil {
 		midChangeHook(ch.op)

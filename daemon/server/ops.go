@@ -2,6 +2,7 @@ package server
 
 import (
 	"runtime"
+	"time"
 
 	"github.com/klockd/klock/daemon/engine"
 	"github.com/klockd/klock/protocol"
@@ -23,9 +24,10 @@ func (s *Server) activeLeaseCount(c *conn, id uint64) {
 }
 
 // The list ops page (protocol/README.md "Paging"): a request holds the
-// engine lock for at most listWork entries looked at at a time, and for at
-// most listHolds such holds, releasing the lock in between; an answer that
-// stops early carries next, where the following request continues.
+// engine lock for at most listWork entries looked at at a time (fewer
+// when holds take long, stepsize.go), and for at most listWork*listHolds
+// entries in all, releasing the lock in between; an answer that stops
+// early carries next, where the following request continues.
 const (
 	listWork  = 1000
 	listHolds = 100
@@ -41,22 +43,26 @@ type listPage[T, P any] struct {
 
 // gather pages through the engine for a list op: up to limit entries after
 // pos, one hold of the lock per call of page, which answers with at most n
-// entries wanted. It returns them with the sequence the answer waits for.
+// entries wanted, looking at no more than work. It returns them with the
+// sequence the answer waits for.
 func gather[T, P any](s *Server, c *conn, limit int, pos P,
-	page func(now int64, pos P, n int) (listPage[T, P], error)) (listPage[T, P], uint64, error) {
+	page func(now int64, pos P, n, work int) (listPage[T, P], error)) (listPage[T, P], uint64, error) {
 	all := listPage[T, P]{next: pos}
-	for hold := 0; ; hold++ {
-		if hold > 0 {
+	for looked := 0; ; {
+		if looked > 0 {
 			s.turns.yield() // the requests waiting for s.mu go first
 		}
+		work := s.listSteps.size()
 		p, seq, err := read(s, c, func(now int64) (listPage[T, P], error) {
-			return page(now, all.next, limit-len(all.items))
+			defer func(t0 time.Time) { s.listSteps.took(work, time.Since(t0)) }(time.Now())
+			return page(now, all.next, limit-len(all.items), work)
 		})
 		if err != nil {
 			return all, seq, err
 		}
+		looked += work
 		all.items, all.more, all.next = append(all.items, p.items...), p.more, p.next
-		if !all.more || len(all.items) >= limit || hold+1 == listHolds {
+		if !all.more || len(all.items) >= limit || looked >= listWork*listHolds {
 			return all, seq, nil
 		}
 	}
@@ -77,9 +83,9 @@ func (s *Server) listLeases(c *conn, id uint64, a *protocol.Args) {
 		c.answerErr(id, err, 0)
 		return
 	}
-	got, seq, err := gather(s, c, limit, f.After, func(now int64, pos engine.LeasePos, n int) (listPage[engine.Lease, engine.LeasePos], error) {
+	got, seq, err := gather(s, c, limit, f.After, func(now int64, pos engine.LeasePos, n, work int) (listPage[engine.Lease, engine.LeasePos], error) {
 		f.After, f.Limit = pos, n
-		p, err := s.eng.LeasesPage(now, f, listWork)
+		p, err := s.eng.LeasesPage(now, f, work)
 		return listPage[engine.Lease, engine.LeasePos]{p.Leases, p.More, p.Next}, err
 	})
 	if err != nil {
@@ -106,8 +112,8 @@ func (s *Server) listAgents(c *conn, id uint64, a *protocol.Args) {
 		c.answerErr(id, err, 0)
 		return
 	}
-	got, seq, err := gather(s, c, limit, after, func(now int64, pos engine.AgentPos, n int) (listPage[engine.Agent, engine.AgentPos], error) {
-		p, err := s.eng.AgentsPage(now, pos, min(n, listWork))
+	got, seq, err := gather(s, c, limit, after, func(now int64, pos engine.AgentPos, n, work int) (listPage[engine.Agent, engine.AgentPos], error) {
+		p, err := s.eng.AgentsPage(now, pos, min(n, work))
 		return listPage[engine.Agent, engine.AgentPos]{p.Agents, p.More, p.Next}, err
 	})
 	if err != nil {

@@ -83,6 +83,10 @@ type Server struct {
 	healWG    sync.WaitGroup // the heal loop (degraded.go)
 	connsDone sync.WaitGroup
 
+	// steps and listSteps size the holds of mu by long changes and by
+	// list ops (stepsize.go).
+	steps, listSteps stepSizer
+
 	// mu guards the engine and the fields that follow; requests take it
 	// through turns.
 	turns     turns
@@ -163,6 +167,7 @@ func New(cfg Config) *Server {
 		conns:   make(map[*conn]struct{}),
 		stopc:   make(chan struct{}),
 	}
+	s.steps.max, s.listSteps.max = stepWork, listWork
 	s.fj, _ = cfg.Journal.(faultyJournal)
 	if aj, ok := cfg.Journal.(answeringJournal); ok {
 		s.aj = aj

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/klockd/klock/daemon/engine"
+	"github.com/klockd/klock/protocol"
+)
+
+func TestNextStepWork(t *testing.T) {
+	for _, c := range []struct {
+		n    int
+		d    time.Duration
+		max  int
+		want int
+	}{
+		{1000, 10 * holdTarget, 1000, 100},  // slow: scaled down to the target
+		{1000, holdTarget / 2, 1000, 1000},  // fast: at most the bound
+		{100, holdTarget / 10, 1000, 150},   // fast: grows by half at most
+		{100, 1000 * holdTarget, 1000, 50},  // very slow: minStepWork
+		{400, 0, 1000, 600},                 // too fast to time: grows
+		{20, 100 * holdTarget, 30, 30},      // a bound below minStepWork wins
+		{1000, 2 * holdTarget, 1000, 500},   // twice the target: half
+		{minStepWork, holdTarget, 1000, 50}, // on target: kept
+	} {
+		if got := nextStepWork(c.n, c.d, c.max); got != c.want {
+			t.Errorf("nextStepWork(%d, %v, %d) = %d; want %d", c.n, c.d, c.max, got, c.want)
+		}
+	}
+}
+
+// TestLongChangeStepsAreSized checks that a long change's steps and a
+// list's holds take their work from the sizers: with a small size set, an
+// end_session of 130 leases releases its first 50 in a step of its own
+// (a record of 50), and a list of them takes several holds of the lock.
+func TestLongChangeStepsAreSized(t *testing.T) {
+	j := &recordingJournal{}
+	ts := start(t, Config{Journal: j})
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	const n = 130
+	for i := range n {
+		c.call(uint64(10+i), protocol.OpAcquire, acquireArgs("a", "/f/"+strconv.Itoa(i), 60000, 0), &protocol.Grant{})
+	}
+
+	ts.listSteps.n.Store(minStepWork)
+	got := ts.turns.got.Load()
+	var list protocol.ListLeasesResult
+	c.call(1000, protocol.OpListLeases, &protocol.Args{}, &list)
+	// 50, then at most 75 more: a third hold at least, where one hold of
+	// listWork would list all 130.
+	if holds := ts.turns.got.Load() - got; len(list.Leases) != n || list.Truncated || holds < 3 {
+		t.Fatalf("list_leases gave %d leases (truncated %v) in %d holds of the lock; want %d in at least 3", len(list.Leases), list.Truncated, holds, n)
+	}
+
+	ts.steps.n.Store(minStepWork)
+	before := len(j.kinds())
+	a := &protocol.Args{AgentID: "a", SessionID: "s"}
+	a.Set(protocol.ArgAgentID)
+	a.Set(protocol.ArgSessionID)
+	var res protocol.EndSessionResult
+	c.call(2000, protocol.OpEndSession, a, &res)
+	if res.Released != n {
+		t.Fatalf("end_session released %d; want %d", res.Released, n)
+	}
+	j.mu.Lock()
+	recs := j.recs[before:]
+	j.mu.Unlock()
+	if len(recs) < 2 || recs[0].Kind != engine.RecRelease || len(recs[0].LeaseIDs) != minStepWork || recs[len(recs)-1].Kind != engine.RecEndSession {
+		var ks []string
+		for _, r := range recs {
+			ks = append(ks, fmt.Sprintf("%v(%d)", r.Kind, len(r.LeaseIDs)))
+		}
+		t.Fatalf("end_session wrote %v; want a release of %d leases first and end_session last", ks, minStepWork)
+	}
+}
