@@ -133,10 +133,8 @@ func applyChange(eng *engine.Engine, ch *change) outcome {
 		ok, err := eng.Thaw(now, who, a.ResourceType, a.ResourcePath)
 		return answer(&protocol.FreezeResult{Frozen: ok}, nil, err)
 	case opExpire:
-		// The rest of a long expiry is due at once: the timer, re-armed,
-		// takes the next step.
-		n, wakes, _ := eng.ExpireStep(now, ch.work())
-		return outcome{wakes: wakes, expired: n}
+		n, wakes, more := eng.ExpireStep(now, ch.work())
+		return outcome{wakes: wakes, expired: n, more: more}
 	case opCancel:
 		return outcome{wakes: eng.Cancel(now, ch.waiter)}
 	case opProcessEnd:

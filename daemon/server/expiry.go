@@ -26,19 +26,45 @@ func (s *Server) armLocked(now int64) {
 }
 
 // onTimer runs when the earliest deadline is due: it expires leases and
-// times out waiters, answers the wake-ups and re-arms.
+// times out waiters, answers the wake-ups and re-arms. Many due at once
+// are expired in steps, with the requests waiting for s.mu let in between
+// (turns), as an end_session is: not one step per firing of a timer
+// re-armed for 1 ms, which left each step's wait for the lock to the
+// scheduler and made a large expiry take at least 1 ms per step. A timer
+// that fires while such a run goes on leaves what is due to it.
 func (s *Server) onTimer() {
-	s.mu.Lock()
+	expired := 0
+	for first := true; ; first = false {
+		n, more := s.expireStep(first)
+		expired += n
+		if !more {
+			break
+		}
+		s.turns.yield()
+	}
+	if expired > 0 {
+		s.log.Debug("leases expired", "count", expired)
+	}
+}
+
+// expireStep is one step of onTimer, under s.mu: it returns the leases
+// it expired and whether more are due at once. first is the first step of
+// a run, which does nothing while another run goes on.
+func (s *Server) expireStep(first bool) (n int, more bool) {
+	s.turns.lock(&s.mu)
 	defer s.mu.Unlock()
+	if first && s.expiring {
+		return 0, false
+	}
+	s.expiring = true
+	defer func() { s.expiring = more }() // after recoverBug: false on a panic
 	defer s.recoverBug("expiring leases")
 	s.armed = 0
 	if s.closed || s.rep.log != nil {
-		return // in cluster mode the leader ticks (replica.go)
+		return 0, false // in cluster mode the leader ticks (replica.go)
 	}
 	o, _ := s.commitLocked(nil, 0, &change{op: opExpire})
-	if o.expired > 0 {
-		s.log.Debug("leases expired", "count", o.expired)
-	}
+	return o.expired, o.more && o.err == nil
 }
 
 // recoverBug, deferred, turns a panic in background work (not a request)

@@ -100,6 +100,7 @@ type Server struct {
 	totals    engine.Stats  // totals of engines replaced by a rollback
 	timer     *time.Timer   // fires at armed, the engine's next deadline
 	armed     int64         // Unix ms the timer is set for; 0 = not set
+	expiring  bool          // onTimer runs steps of a large expiry
 	procs     *procWatcher  // the processes leases are bound to (procwatch.go)
 	closed    bool
 	rep       replicated      // cluster mode (replica.go); rep.log is nil on a single daemon

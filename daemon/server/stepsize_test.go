@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,5 +76,31 @@ func TestLongChangeStepsAreSized(t *testing.T) {
 			ks = append(ks, fmt.Sprintf("%v(%d)", r.Kind, len(r.LeaseIDs)))
 		}
 		t.Fatalf("end_session wrote %v; want a release of %d leases first and end_session last", ks, minStepWork)
+	}
+}
+
+// TestLargeExpiryIsOneRunOfSteps checks that leases due at once are
+// expired by one run of the timer in steps (turns between them), not by a
+// timer re-armed for each step: with steps of 50, 130 leases due together
+// are logged as one expiry of 130.
+func TestLargeExpiryIsOneRunOfSteps(t *testing.T) {
+	clock := newFakeClock()
+	ts := start(t, Config{Clock: clock})
+	c := ts.dial(t)
+	register(c, 1, "a", 1)
+	const n = 130
+	for i := range n {
+		c.call(uint64(10+i), protocol.OpAcquire, acquireArgs("a", "/e/"+strconv.Itoa(i), 1000, 0), &protocol.Grant{})
+	}
+	ts.steps.n.Store(minStepWork)
+	clock.advance(2 * time.Second) // all due; the timer fires within a second
+	waitFor(t, "the leases to expire", func() bool {
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		return ts.eng.Stats().Leases == 0 && strings.Contains(ts.logs.String(), `msg="leases expired"`)
+	})
+	logs := ts.logs.String()
+	if got := strings.Count(logs, `msg="leases expired"`); got != 1 || !strings.Contains(logs, `msg="leases expired" count=130`) {
+		t.Fatalf("expiry logged %d times; want once, count=130:\n%s", got, logs)
 	}
 }
