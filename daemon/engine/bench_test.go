@@ -177,10 +177,12 @@ func benchSubtree(b *testing.B, verdict string, depth, n int) {
 
 // BenchmarkLeaseMemory reports the heap one held lease costs ("B/lease"),
 // with 100,000 leases of one agent: flat, all in one directory, and deep,
-// five levels down in 1,000 directories.
+// five levels down in 1,000 directories; client is flat as klock-bench's
+// many-leases holder takes them with clientlib's defaults: acquire_many
+// batches of 64, each under an idempotency key, bound to the process.
 func BenchmarkLeaseMemory(b *testing.B) {
 	const n = 100_000
-	for _, shape := range []string{"flat", "deep"} {
+	for _, shape := range []string{"flat", "deep", "client"} {
 		b.Run(shape, func(b *testing.B) {
 			var perLease float64
 			for i := 0; i < b.N; i++ {
@@ -192,7 +194,10 @@ func BenchmarkLeaseMemory(b *testing.B) {
 				if _, err := e.Register(t0, c, "a", 1, true); err != nil {
 					b.Fatal(err)
 				}
-				for j := 0; j < n; j++ {
+				if shape == "client" {
+					fillClient(b, e, c, n)
+				}
+				for j := 0; j < n && shape != "client"; j++ {
 					p := "/other/" + strconv.Itoa(j)
 					if shape == "deep" {
 						p = "/w/repo/src/pkg" + strconv.Itoa(j%1000) + "/x/f" + strconv.Itoa(j)
@@ -283,4 +288,22 @@ func fillEngine(b *testing.B, e *Engine, agent, session, prefix string, n int) {
 		}
 	}
 	e.Records()
+}
+
+// fillClient acquires n leases on /held/0../held/(n-1) for agent "a" as
+// klock-bench's many-leases holder does with clientlib: acquire_many
+// batches of 64, an idempotency key per batch, bound to one process.
+func fillClient(b *testing.B, e *Engine, c Caller, n int) {
+	const batch = 64
+	proc := Process{PID: 4242, Boot: 1, Start: 99}
+	for start := 0; start < n; start += batch {
+		req := AcquireRequest{AgentID: "a", SessionID: "held", TTL: 3_600_000,
+			Idem: "0123456789abcdef0123456789abcdef-" + strconv.FormatInt(int64(start/batch), 36), Bind: &proc}
+		for i := start; i < min(n, start+batch); i++ {
+			req.Intents = append(req.Intents, Intent{ResourceType: "FILE", ResourcePath: "/held/" + strconv.Itoa(i), Predicate: "MUTATES"})
+		}
+		if r, err := e.AcquireMany(t0, c, req); err != nil || !r.Granted {
+			b.Fatal(err, r.Denial)
+		}
+	}
 }
