@@ -117,7 +117,7 @@ func (e *Engine) decideOne(now int64, a *agent, session string, prio int64, t ta
 	for n := above; n != nil; n = n.parent {
 		d.atKey(n)
 	}
-	if r != nil && r.below != nil {
+	if r != nil && r.below() != nil {
 		d.below(r)
 	}
 	v.maxExpiry = d.maxExpiry
@@ -219,7 +219,7 @@ func (d *decision) atKey(r *resource) {
 // below takes in what is held and queued strictly below the subtree key r,
 // from r's summary.
 func (d *decision) below(r *resource) {
-	s := r.below
+	s := r.below()
 	var oldest *heldBy // an active entry of the oldest other agent holding below
 	tied := false      // another agent of the same priority holds below too
 	for c := range numClasses {
@@ -280,7 +280,7 @@ func (d *decision) oldestBelow(r *resource, prio int64) {
 		if !conflictsClass(d.pred, c) {
 			continue
 		}
-		list := r.below.held[c]
+		list := r.below().held[c]
 		i, _ := slices.BinarySearchFunc(list, prio, func(h *heldBy, p int64) int { return cmp.Compare(h.prio, p) })
 		for ; i < len(list) && list[i].prio == prio; i++ {
 			if h := list[i]; h.agent != d.a && h.exp > d.now {
@@ -300,7 +300,7 @@ func (d *decision) queuedBelow(r *resource) {
 		if !conflictsClass(d.pred, c) {
 			continue
 		}
-		for _, q := range r.below.queued[c] {
+		for _, q := range r.below().queued[c] {
 			if q.agent == d.a {
 				continue
 			}

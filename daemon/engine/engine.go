@@ -143,27 +143,53 @@ type idemEntry struct {
 // it is frozen; for a subtree key, also the summary of what is below it
 // (see trie.go).
 //
-// A resource is 64 bytes (two size classes below the 96 it was): the
-// queue, which most keys never have, is behind a pointer (q), and so are
-// the leases of a key that has had more than one (more); a key's single
-// holder is in one, with no allocation (see holders).
+// A resource is 48 bytes (it was 64, and 96 before that): what most keys
+// never have, a queue, a summary of keys below, or more than one lease at
+// once, is in one resExtra behind x; a key's single holder is in one,
+// with no allocation (see holders). With a key per lease, as when a
+// million files are held, the resource costs a lease as much as the
+// lease's own struct but for its key.
 type resource struct {
 	key     string
-	one     [1]*lease // the lease, while the key has never had two at once (more is nil)
-	more    *[]*lease // the leases once the key has had two at once
-	q       *[]queued // the queue (see queue); nil until a request first queues here
+	one     [1]*lease // the lease, while the key has never had two at once (many is false)
 	parent  *resource // the subtree key just above, nil at a root
-	below   *summary  // what is held and queued strictly below; nil when nothing
+	x       *resExtra // nil until the key first needs one (see extra)
 	kids    int32     // resources whose parent this is
+	many    bool      // the key has had two leases at once: they are in x.more
 	frozen  bool
 	isDirty bool
 	parked  bool // in Engine.idle
 }
 
+// resExtra is what a resource rarely has. Once made it stays with the
+// resource (a key that had a queue or two leases is likely to again).
+type resExtra struct {
+	more  []*lease // the leases once the key has had two at once (resource.many)
+	q     []queued // the queue (see queue)
+	below *summary // what is held and queued strictly below; nil when nothing
+}
+
+// extra returns r's resExtra, making it.
+func (r *resource) extra() *resExtra {
+	if r.x == nil {
+		r.x = new(resExtra)
+	}
+	return r.x
+}
+
+// below returns the summary of what is held and queued strictly below r,
+// nil when nothing is.
+func (r *resource) below() *summary {
+	if r.x == nil {
+		return nil
+	}
+	return r.x.below
+}
+
 // holders returns r's present leases (expired ones too, until removed).
 func (r *resource) holders() []*lease {
-	if r.more != nil {
-		return *r.more
+	if r.many {
+		return r.x.more
 	}
 	if r.one[0] != nil {
 		return r.one[:]
@@ -174,41 +200,42 @@ func (r *resource) holders() []*lease {
 // hold adds a lease to r's leases.
 func (r *resource) hold(x *lease) {
 	switch {
-	case r.more != nil:
-		x.resIdx = int32(len(*r.more))
-		*r.more = append(*r.more, x)
+	case r.many:
+		x.resIdx = int32(len(r.x.more))
+		r.x.more = append(r.x.more, x)
 	case r.one[0] == nil:
 		x.resIdx = 0
 		r.one[0] = x
 	default:
 		more := make([]*lease, 2, 4)
 		more[0], more[1] = r.one[0], x
-		r.one[0], r.more = nil, &more
+		r.one[0] = nil
+		r.extra().more, r.many = more, true
 		x.resIdx = 1
 	}
 }
 
 // unhold takes a lease out of r's leases.
 func (r *resource) unhold(x *lease) {
-	if r.more == nil {
+	if !r.many {
 		r.one[0] = nil
 		return
 	}
-	ls := *r.more
+	ls := r.x.more
 	last := len(ls) - 1
 	ls[x.resIdx] = ls[last]
 	ls[x.resIdx].resIdx = x.resIdx
 	ls[last] = nil
-	*r.more = ls[:last]
+	r.x.more = ls[:last]
 }
 
 // queue returns the requests queued on r, sorted by priority, then
 // arrival.
 func (r *resource) queue() []queued {
-	if r.q == nil {
+	if r.x == nil {
 		return nil
 	}
-	return *r.q
+	return r.x.q
 }
 
 // New returns an empty engine with the given limits.

@@ -208,7 +208,8 @@ func (e *Engine) eachOverlapping(t target, fn func(*resource)) {
 // eachLeaseBelow calls fn for every lease strictly below the subtree key r
 // (expired ones too), reading r's summary.
 func eachLeaseBelow(r *resource, fn func(*lease)) {
-	if r.below == nil {
+	s := r.below()
+	if s == nil {
 		return
 	}
 	var walk func(h *heldBy)
@@ -220,8 +221,8 @@ func eachLeaseBelow(r *resource, fn func(*lease)) {
 			walk(it.v)
 		}
 	}
-	for c := range r.below.held {
-		for _, h := range r.below.held[c] {
+	for c := range s.held {
+		for _, h := range s.held[c] {
 			walk(h)
 		}
 	}

@@ -217,10 +217,10 @@ func (m *treeModel) requireVerdict(what func() string, ref refVerdict, v *verdic
 			m.t.Logf("state: lease %s %s %s/%s exp %d", l.resource(), l.Predicate, l.agentID(), l.sessionID(), l.ExpiresAt)
 		})
 		for r := range m.e.resources.all() {
-			if r.below != nil {
-				for c := range r.below.held {
-					for _, h := range r.below.held[c] {
-						m.t.Logf("state: below %s class %d: %s/%s prio %d exp %d items %d soft %v", r.key, c, h.agent.id, h.session, h.prio, h.exp, len(h.leases)+len(h.kids), r.below.soft[c] == h)
+			if r.below() != nil {
+				for c := range r.below().held {
+					for _, h := range r.below().held[c] {
+						m.t.Logf("state: below %s class %d: %s/%s prio %d exp %d items %d soft %v", r.key, c, h.agent.id, h.session, h.prio, h.exp, len(h.leases)+len(h.kids), r.below().soft[c] == h)
 					}
 				}
 			}
@@ -472,14 +472,14 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 		if kids[r] != r.kids {
 			t.Fatalf("%s counts %d kids, has %d", r.key, r.kids, kids[r])
 		}
-		if r.below == nil {
+		if r.below() == nil {
 			continue
 		}
-		if r.below.empty() {
+		if r.below().empty() {
 			t.Fatalf("empty summary kept at %s", r.key)
 		}
 		for c := range numClasses {
-			list, heap := r.below.held[c], r.below.latest[c]
+			list, heap := r.below().held[c], r.below().latest[c]
 			if !slices.IsSortedFunc(list, func(x, y *heldBy) int { return heldOrder(x, y.prio, y.agent, y.session) }) || len(heap) != len(list) {
 				t.Fatalf("summary of %s class %d: unsorted, or %d entries against %d in the heap", r.key, c, len(list), len(heap))
 			}
@@ -493,14 +493,14 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 					t.Fatalf("entry %s/%s class %d below %s is not in its parent's kids as filed", h.agent.id, h.session, c, r.key)
 				}
 				if h.soft() {
-					if r.below.soft[c] != h || h.exp != math.MinInt64 || len(h.leases) > 0 {
+					if r.below().soft[c] != h || h.exp != math.MinInt64 || len(h.leases) > 0 {
 						t.Fatalf("entry %s/%s class %d below %s holds nothing but is not its soft entry", h.agent.id, h.session, c, r.key)
 					}
 					continue
 				}
-				if h.prio != h.agent.priority || r.below.soft[c] == h {
+				if h.prio != h.agent.priority || r.below().soft[c] == h {
 					t.Fatalf("entry %s/%s class %d below %s: filed at priority %d (agent's %d), soft %v, up %v",
-						h.agent.id, h.session, c, r.key, h.prio, h.agent.priority, r.below.soft[c] == h, h.up != nil)
+						h.agent.id, h.session, c, r.key, h.prio, h.agent.priority, r.below().soft[c] == h, h.up != nil)
 				}
 				want, ok := latest[sumKey{r, h.agent, h.session, c}]
 				if !ok || h.latest() != want || h.exp != want || h.node != r {
@@ -509,10 +509,10 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 				}
 				nHeld++
 			}
-			if !slices.IsSortedFunc(r.below.queued[c], func(x, y queuedBy) int { return agentOrder(x.agent, y.agent) }) {
+			if !slices.IsSortedFunc(r.below().queued[c], func(x, y queuedBy) int { return agentOrder(x.agent, y.agent) }) {
 				t.Fatalf("queued summary of %s class %d unsorted", r.key, c)
 			}
-			for _, q := range r.below.queued[c] {
+			for _, q := range r.below().queued[c] {
 				if want := queued[qKey{r, q.agent, c}]; q.n != want {
 					t.Fatalf("%s has %d requests queued below %s in class %d; the summary says %d", q.agent.id, want, r.key, c, q.n)
 				}

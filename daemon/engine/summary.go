@@ -198,7 +198,7 @@ func upOf(x *lease) *heldBy {
 	if p == nil {
 		return nil
 	}
-	list := p.below.held[classOf(x.Predicate)]
+	list := p.below().held[classOf(x.Predicate)]
 	i, _ := findHeld(list, x.agent(), x.sess.name)
 	return list[i]
 }
@@ -243,7 +243,7 @@ func (e *Engine) propagate(h *heldBy) {
 // soft takes its class's soft place there, and the one that had it is
 // dropped.
 func (e *Engine) setExp(h *heldBy, m int64) {
-	s := h.node.below
+	s := h.node.below()
 	if h.exp == math.MinInt64 && s.soft[h.class] == h {
 		s.soft[h.class] = nil
 	}
@@ -268,7 +268,7 @@ func (e *Engine) dropHeld(h *heldBy) {
 	if h.up != nil {
 		h.up.kids.remove(int(h.upIdx))
 	}
-	s := h.node.below
+	s := h.node.below()
 	list := s.held[h.class]
 	if i, ok := slices.BinarySearchFunc(list, h, func(x, h *heldBy) int { return heldOrder(x, h.prio, h.agent, h.session) }); ok {
 		s.held[h.class] = slices.Delete(list, i, i+1)
@@ -287,7 +287,7 @@ func (e *Engine) dropHeld(h *heldBy) {
 // dropSoft drops the entries of a subtree key that is being forgotten:
 // nothing is held or queued below it any more, so they are all soft.
 func (e *Engine) dropSoft(n *resource) {
-	if s := n.below; s != nil {
+	if s := n.below(); s != nil {
 		for c := range s.soft {
 			if h := s.soft[c]; h != nil {
 				e.dropHeld(h)
@@ -321,22 +321,23 @@ const maxFreeSummaries = 256
 
 // summaryOf returns n's summary, giving it one when it has none.
 func (e *Engine) summaryOf(n *resource) *summary {
-	if n.below == nil {
+	x := n.extra()
+	if x.below == nil {
 		if k := len(e.freeSummaries); k > 0 {
-			n.below = e.freeSummaries[k-1]
+			x.below = e.freeSummaries[k-1]
 			e.freeSummaries[k-1] = nil
 			e.freeSummaries = e.freeSummaries[:k-1]
 		} else {
-			n.below = new(summary)
+			x.below = new(summary)
 		}
 	}
-	return n.below
+	return x.below
 }
 
 // dropIfEmpty takes away n's summary when nothing is left in it.
 func (e *Engine) dropIfEmpty(n *resource) {
-	if s := n.below; s != nil && s.empty() {
-		n.below = nil
+	if s := n.below(); s != nil && s.empty() {
+		n.x.below = nil
 		if len(e.freeSummaries) < maxFreeSummaries {
 			e.freeSummaries = append(e.freeSummaries, s)
 		}

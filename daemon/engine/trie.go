@@ -130,11 +130,12 @@ func (e *Engine) dropIfIdle(r *resource) {
 // the queued requests of the agents that r's summary lists, not the keys
 // below r.
 func (e *Engine) eachQueuedBelow(r *resource, fn func(*resource)) {
-	if r.below == nil {
+	s := r.below()
+	if s == nil {
 		return
 	}
-	for c := range r.below.queued {
-		for _, qb := range r.below.queued[c] {
+	for c := range s.queued {
+		for _, qb := range s.queued[c] {
 			for _, w := range qb.agent.waiters {
 				for _, o := range w.res {
 					if isBelow(o.key, r.key) {

@@ -77,17 +77,15 @@ func (e *Engine) park(w *waiter) {
 		r := e.resourceFor(t.key)
 		w.res[i] = r
 		w.targets[i].res = r
-		if r.q == nil {
-			r.q = new([]queued)
-		}
-		at := len(*r.q)
-		for j, q := range *r.q {
+		x := r.extra()
+		at := len(x.q)
+		for j, q := range x.q {
 			if !q.before(w) {
 				at = j
 				break
 			}
 		}
-		*r.q = slices.Insert(*r.q, at, queued{w: w, pred: t.pred})
+		x.q = slices.Insert(x.q, at, queued{w: w, pred: t.pred})
 		e.queueBelow(r, a, classOf(t.pred), +1)
 	}
 	a.waiters = append(a.waiters, w)
@@ -109,7 +107,7 @@ func (e *Engine) dropWaiter(w *waiter) {
 	a.waiters = a.waiters[:last]
 	for i, r := range w.res {
 		e.queueBelow(r, a, classOf(w.targets[i].pred), -1)
-		*r.q = slices.DeleteFunc(*r.q, func(q queued) bool { return q.w == w })
+		r.x.q = slices.DeleteFunc(r.x.q, func(q queued) bool { return q.w == w })
 		e.dropIfIdle(r)
 	}
 	if w.bind != nil {
