@@ -330,24 +330,24 @@ func (d *decision) queuedBelow(r *resource) {
 // tops of the heaps down.
 func (h *heldBy) latestLease() *lease {
 	for h.kids.top() > h.leases.top() {
-		h = h.kids[0].v
+		h = h.kids[0]
 	}
-	return h.leases[0].v
+	return h.leases[0]
 }
 
 // firstLease returns the first active lease below h by key, then fence,
 // or best when it comes first. Entries whose leases have all expired are
 // skipped, and so are the subtree keys that sort after best.
 func (h *heldBy) firstLease(now int64, best *lease) *lease {
-	for _, it := range h.leases {
-		if l := it.v; it.exp > now && (best == nil || l.res.key < best.res.key || l.res == best.res && l.Fence < best.Fence) {
+	for _, l := range h.leases {
+		if l.ExpiresAt > now && (best == nil || l.res.key < best.res.key || l.res == best.res && l.Fence < best.Fence) {
 			best = l
 		}
 	}
-	for _, it := range h.kids {
-		// Every key under it.v's node sorts after the node's key.
-		if it.exp > now && (best == nil || it.v.node.key < best.res.key) {
-			best = it.v.firstLease(now, best)
+	for _, k := range h.kids {
+		// Every key under k's node sorts after the node's key.
+		if k.exp > now && (best == nil || k.node.key < best.res.key) {
+			best = k.firstLease(now, best)
 		}
 	}
 	return best
@@ -358,7 +358,7 @@ func (h *heldBy) firstLease(now int64, best *lease) *lease {
 func latestExcept(q expHeap[byLatest], a *agent, session string) int64 {
 	m := int64(math.MinInt64)
 	for i := 0; i < len(q) && i < 3; i++ {
-		if h := q[i].v; (h.agent != a || h.session != session) && h.exp > m {
+		if h := q[i].heldBy; (h.agent != a || h.session != session) && h.exp > m {
 			m = h.exp
 			if i == 0 {
 				break

@@ -214,11 +214,11 @@ func eachLeaseBelow(r *resource, fn func(*lease)) {
 	}
 	var walk func(h *heldBy)
 	walk = func(h *heldBy) {
-		for _, it := range h.leases {
-			fn(it.v)
+		for _, l := range h.leases {
+			fn(l)
 		}
-		for _, it := range h.kids {
-			walk(it.v)
+		for _, k := range h.kids {
+			walk(k)
 		}
 	}
 	for c := range s.held {

@@ -483,14 +483,18 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 			if !slices.IsSortedFunc(list, func(x, y *heldBy) int { return heldOrder(x, y.prio, y.agent, y.session) }) || len(heap) != len(list) {
 				t.Fatalf("summary of %s class %d: unsorted, or %d entries against %d in the heap", r.key, c, len(list), len(heap))
 			}
-			for i, it := range heap {
-				if h := it.v; int(h.expIdx) != i || it.exp != h.exp || i > 0 && h.exp > heap[(i-1)/2].exp {
-					t.Fatalf("latest heap of %s class %d broken at %d", r.key, c, i)
-				}
+			if i := brokenAt(heap, func(b byLatest) int32 { return b.expIdx }); i >= 0 {
+				t.Fatalf("latest heap of %s class %d broken at %d", r.key, c, i)
 			}
 			for _, h := range list {
-				if (r.parent == nil) != (h.up == nil) || h.up != nil && (h.up.kids[h.upIdx].v != h || h.up.kids[h.upIdx].exp != h.exp) {
-					t.Fatalf("entry %s/%s class %d below %s is not in its parent's kids as filed", h.agent.id, h.session, c, r.key)
+				if (r.parent == nil) != (h.up == nil) || h.up != nil && h.up.kids[h.upIdx] != h {
+					t.Fatalf("entry %s/%s class %d below %s is not in its parent's kids", h.agent.id, h.session, c, r.key)
+				}
+				if i := brokenAt(h.kids, func(k *heldBy) int32 { return k.upIdx }); i >= 0 {
+					t.Fatalf("kids heap of %s/%s class %d below %s broken at %d", h.agent.id, h.session, c, r.key, i)
+				}
+				if i := brokenAt(h.leases, func(l *lease) int32 { return l.upIdx }); i >= 0 {
+					t.Fatalf("lease heap of %s/%s class %d below %s broken at %d", h.agent.id, h.session, c, r.key, i)
 				}
 				if h.soft() {
 					if r.below().soft[c] != h || h.exp != math.MinInt64 || len(h.leases) > 0 {
@@ -595,4 +599,15 @@ func TestClassesReadTheMatrix(t *testing.T) {
 		}
 	}
 	require.Equal(t, math.MinInt64, int((&heldBy{}).latest()))
+}
+
+// brokenAt returns the first index of q whose item does not know its
+// index (idx) or expires after its parent, or -1.
+func brokenAt[T heapItem](q expHeap[T], idx func(T) int32) int {
+	for i, it := range q {
+		if int(idx(it)) != i || i > 0 && it.heapExp() > q[(i-1)/2].heapExp() {
+			return i
+		}
+	}
+	return -1
 }

@@ -169,10 +169,10 @@ func (e *Engine) heldAt(n *resource, a *agent, session string, c class) *heldBy 
 	// Not soft yet, though empty: the caller gives it an item at once.
 	h.agent, h.session, h.node, h.class, h.prio, h.exp = a, session, n, c, a.priority, math.MinInt64
 	s.held[c] = slices.Insert(list, i, h)
-	s.latest[c].push(h.exp, byLatest{h})
+	s.latest[c].push(byLatest{h})
 	if n.parent != nil {
 		h.up = e.heldAt(n.parent, a, session, c)
-		h.up.kids.push(math.MinInt64, h) // raised by propagate
+		h.up.kids.push(h) // at h.exp, math.MinInt64: raised by propagate
 	}
 	return h
 }
@@ -185,7 +185,7 @@ func (e *Engine) holdBelow(x *lease) {
 		return
 	}
 	h := e.heldAt(p, x.agent(), x.sess.name, classOf(x.Predicate))
-	h.leases.push(x.ExpiresAt, x)
+	h.leases.push(x)
 	e.propagate(h)
 }
 
@@ -214,7 +214,6 @@ func (e *Engine) unholdBelow(x *lease) {
 // reholdBelow updates the summaries above a lease whose expiry changed.
 func (e *Engine) reholdBelow(x *lease) {
 	if h := upOf(x); h != nil {
-		h.leases[x.upIdx].exp = x.ExpiresAt
 		h.leases.fix(int(x.upIdx))
 		e.propagate(h)
 	}
@@ -233,8 +232,7 @@ func (e *Engine) propagate(h *heldBy) {
 		if h.up == nil {
 			return
 		}
-		h.up.kids[h.upIdx].exp = m
-		h.up.kids.fix(int(h.upIdx))
+		h.up.kids.fix(int(h.upIdx)) // h.exp is m
 		h = h.up
 	}
 }
@@ -248,7 +246,6 @@ func (e *Engine) setExp(h *heldBy, m int64) {
 		s.soft[h.class] = nil
 	}
 	h.exp = m
-	s.latest[h.class][h.expIdx].exp = m
 	s.latest[h.class].fix(int(h.expIdx))
 	if m == math.MinInt64 {
 		if old := s.soft[h.class]; old != nil {
@@ -263,7 +260,7 @@ func (e *Engine) setExp(h *heldBy, m int64) {
 // Taking out an entry with nothing below changes no expiry above it.
 func (e *Engine) dropHeld(h *heldBy) {
 	for len(h.kids) > 0 {
-		e.dropHeld(h.kids[len(h.kids)-1].v) // takes itself out of h.kids
+		e.dropHeld(h.kids[len(h.kids)-1]) // takes itself out of h.kids
 	}
 	if h.up != nil {
 		h.up.kids.remove(int(h.upIdx))
@@ -362,17 +359,23 @@ func (e *Engine) reindexAgent(a *agent, out bool) {
 // heldBy's leases and kids (their upIdx), and a summary's heldBy entries
 // of one class by their latest expiry (expIdx, through byLatest), whose
 // top two give the latest expiry below a key excluding any one session.
-type expHeap[T heapIndexed] []expItem[T]
+//
+// An item is only a pointer, and its expiry is read from it (a lease's
+// ExpiresAt, an entry's exp): with the expiry inline too, each lease cost
+// its parent's entry 16 bytes, not 8. A sift writes each item it moves
+// (its index) anyway, so reading the expiry there costs little more. The
+// owner of an item changes its expiry and calls fix at once.
+type expHeap[T heapItem] []T
 
-type expItem[T heapIndexed] struct {
-	exp int64
-	v   T
+type heapItem interface {
+	setHeapIdx(int32)
+	heapExp() int64
 }
 
-type heapIndexed interface{ setHeapIdx(int32) }
-
 func (x *lease) setHeapIdx(i int32)  { x.upIdx = i }
+func (x *lease) heapExp() int64      { return x.ExpiresAt }
 func (h *heldBy) setHeapIdx(i int32) { h.upIdx = i }
+func (h *heldBy) heapExp() int64     { return h.exp }
 
 // byLatest files a heldBy in its summary's latest heap, where its index
 // is expIdx (upIdx being its index in its parent's kids).
@@ -385,11 +388,11 @@ func (q expHeap[T]) top() int64 {
 	if len(q) == 0 {
 		return math.MinInt64
 	}
-	return q[0].exp
+	return q[0].heapExp()
 }
 
-func (q *expHeap[T]) push(exp int64, v T) {
-	*q = append(*q, expItem[T]{exp, v})
+func (q *expHeap[T]) push(v T) {
+	*q = append(*q, v)
 	q.siftUp(len(*q) - 1)
 }
 
@@ -400,7 +403,8 @@ func (q *expHeap[T]) remove(i int) {
 	if i != last {
 		s[i] = s[last]
 	}
-	s[last] = expItem[T]{}
+	var zero T
+	s[last] = zero
 	*q = shrink(s[:last])
 	if i != last {
 		q.fix(i)
@@ -409,7 +413,7 @@ func (q *expHeap[T]) remove(i int) {
 
 func (q expHeap[T]) fix(i int) {
 	if len(q) == 1 {
-		q[0].v.setHeapIdx(0)
+		q[0].setHeapIdx(0)
 		return
 	}
 	if !q.siftDown(i) {
@@ -419,38 +423,43 @@ func (q expHeap[T]) fix(i int) {
 
 func (q expHeap[T]) siftUp(i int) {
 	it := q[i]
+	exp := it.heapExp()
 	for i > 0 {
 		p := (i - 1) / 2
-		if q[p].exp >= it.exp {
+		if q[p].heapExp() >= exp {
 			break
 		}
 		q[i] = q[p]
-		q[i].v.setHeapIdx(int32(i))
+		q[i].setHeapIdx(int32(i))
 		i = p
 	}
 	q[i] = it
-	it.v.setHeapIdx(int32(i))
+	it.setHeapIdx(int32(i))
 }
 
 func (q expHeap[T]) siftDown(i int) bool {
 	it := q[i]
+	exp := it.heapExp()
 	start, n := i, len(q)
 	for {
 		c := 2*i + 1
 		if c >= n {
 			break
 		}
-		if c+1 < n && q[c+1].exp > q[c].exp {
-			c++
+		ce := q[c].heapExp()
+		if c+1 < n {
+			if e1 := q[c+1].heapExp(); e1 > ce {
+				c, ce = c+1, e1
+			}
 		}
-		if q[c].exp <= it.exp {
+		if ce <= exp {
 			break
 		}
 		q[i] = q[c]
-		q[i].v.setHeapIdx(int32(i))
+		q[i].setHeapIdx(int32(i))
 		i = c
 	}
 	q[i] = it
-	it.v.setHeapIdx(int32(i))
+	it.setHeapIdx(int32(i))
 	return i > start
 }
