@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"runtime/trace"
+	"slices"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -100,11 +101,16 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 
 // newChange returns the change a request of c asks for. A single daemon
 // has made and answered it before c's reader decodes the next request
-// (commit), so c's own is reused; in cluster mode a change lives until the
-// log applies it, and each is a new one.
+// (commit), so c's own is reused, arguments included. In cluster mode a
+// change lives until the log applies it, and a long one is proposed again
+// for each step from the log's callback (proposeStep), while c's reader
+// decodes further requests into a: each change is a new one, with its own
+// copy of the arguments.
 func (c *conn) newChange(op string, a *protocol.Args) *change {
 	if c.s.rep.log != nil {
-		return &change{op: op, args: a, caller: c.caller}
+		own := *a
+		own.Intents = slices.Clone(a.Intents)
+		return &change{op: op, args: &own, caller: c.caller}
 	}
 	c.ch = change{op: op, args: a, caller: c.caller}
 	return &c.ch

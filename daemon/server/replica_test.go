@@ -374,3 +374,56 @@ func TestProcessEndsGoThroughTheLog(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ls, 2, "leases this node ended alone, outside the log")
 }
+
+// stepLog is a proposalLog that also keeps each proposal's callback, for
+// the test to answer it.
+type stepLog struct {
+	proposalLog
+	done []func(any, error)
+}
+
+func (l *stepLog) Propose(kind cluster.Kind, body []byte, tag any, done func(any, error)) {
+	l.proposalLog.Propose(kind, body, tag, done)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.done = append(l.done, done)
+}
+
+// TestLongChangeStepsKeepTheirArguments: in cluster mode the next step of
+// a long change (an end_session over many leases) is proposed from the
+// log's callback, after the connection's reader has decoded later requests
+// into its reused arguments; the step must still carry its own request's.
+func TestLongChangeStepsKeepTheirArguments(t *testing.T) {
+	m := newReplica(t)
+	s := (*Server)(m)
+	t.Cleanup(func() { s.Close() })
+	l := &stepLog{}
+	s.SetReplicator(l)
+	client, server := socketPair(t)
+	defer client.Close()
+	defer server.Close()
+	c := newConn(s, server, Peer{})
+
+	end := &protocol.Args{AgentID: "a", SessionID: "s"}
+	end.Set(protocol.ArgAgentID)
+	end.Set(protocol.ArgSessionID)
+	body, _ := protocol.AppendRequest(nil, 1, protocol.OpEndSession, end)
+	s.handle(c, body[protocol.HeaderSize:])
+	rel := &protocol.Args{LeaseID: "other"}
+	rel.Set(protocol.ArgLeaseID)
+	body, _ = protocol.AppendRequest(nil, 2, protocol.OpRelease, rel)
+	s.handle(c, body[protocol.HeaderSize:])
+	require.Len(t, l.proposed(), 2)
+
+	// The first step's outcome says more remain: its next step is proposed.
+	l.mu.Lock()
+	first := l.done[0]
+	l.mu.Unlock()
+	first(outcome{result: &protocol.EndSessionResult{Released: stepWork}, more: true}, nil)
+	got := l.proposed()
+	require.Len(t, got, 3)
+	next := got[2]
+	require.Equal(t, protocol.OpEndSession, next.op)
+	require.Equal(t, "a", next.args.AgentID, "the next step's agent_id")
+	require.Equal(t, "s", next.args.SessionID, "the next step's session_id")
+}
