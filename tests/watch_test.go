@@ -156,12 +156,28 @@ func TestWatchOverflowOfAStalledReader(t *testing.T) {
 
 	c := d.Raw(t)
 	mustOK(t, "register", c.Call(1, protocol.OpRegisterAgent, args(protocol.ArgAgentID, "busy")), nil)
-	const pairs = 2500
+	// The pairs go in pipelined batches, so that they are served well
+	// within klockd's write timeout (10 s) even on a loaded machine (in
+	// cluster mode one at a time took 15 s there): the watcher is to be cut
+	// off by overflow, not dropped for a write blocked that long.
+	const pairs, batch = 2500, 100
 	start := time.Now()
-	for i := uint64(0); i < pairs; i++ {
-		var g protocol.Grant
-		mustOK(t, "acquire", c.Call(10+2*i, protocol.OpAcquire, acquireArgs("busy", "s", "/o/x", "MUTATES", 60_000)), &g)
-		mustOK(t, "release", c.Call(11+2*i, protocol.OpRelease, args(protocol.ArgLeaseID, g.LeaseID)), nil)
+	id := uint64(10)
+	for b := 0; b < pairs/batch; b++ {
+		// Distinct resources, so that every acquire of a batch is granted.
+		calls := make([]*protocol.Args, batch)
+		for i := range calls {
+			calls[i] = acquireArgs("busy", "s", fmt.Sprintf("/o/x%d", i), "MUTATES", 60_000)
+		}
+		grants := pipeline(t, c, &id, protocol.OpAcquire, calls)
+		for i, resp := range grants {
+			var g protocol.Grant
+			mustOK(t, "acquire", resp, &g)
+			calls[i] = args(protocol.ArgLeaseID, g.LeaseID)
+		}
+		for _, resp := range pipeline(t, c, &id, protocol.OpRelease, calls) {
+			mustOK(t, "release", resp, nil)
+		}
 	}
 	t.Logf("%d acquire+release pairs served in %s with a stalled watcher", pairs, time.Since(start))
 
@@ -181,6 +197,27 @@ func TestWatchOverflowOfAStalledReader(t *testing.T) {
 	require.Equal(t, uint64(2), stalled.Recv().ID, "after overflow the next frame must answer the hello: no event may follow")
 	// It may watch again.
 	watchOn(t, stalled, 3, "", "")
+}
+
+// pipeline sends one request of op for each of calls through r, ids from
+// *id on, before reading any answer, and returns the answers in the order
+// of calls.
+func pipeline(t *testing.T, r *harness.Raw, id *uint64, op string, calls []*protocol.Args) []*protocol.Response {
+	t.Helper()
+	first := *id
+	for _, a := range calls {
+		r.Send(*id, op, a)
+		*id++
+	}
+	out := make([]*protocol.Response, len(calls))
+	for range calls {
+		resp := r.Recv()
+		i := resp.ID - first
+		require.Less(t, i, uint64(len(calls)), "an answer to request %d, not one of this batch", resp.ID)
+		require.Nil(t, out[i], "request %d answered twice", resp.ID)
+		out[i] = resp
+	}
+	return out
 }
 
 // TestUnwatchEndsTheStream: after unwatch's answer no event of that watch
