@@ -89,7 +89,7 @@ func (e *Engine) RestoreReplica(rs *ReplicaState) error {
 		*e = *New(e.cfg)
 		return errorf(protocol.CodeInternal, "klock: replica state has no state")
 	}
-	if err := e.restoreStream(rs.State, rs.State.each); err != nil {
+	if err := e.restoreStream(rs.State, rs.State.EachLease); err != nil {
 		*e = *New(e.cfg)
 		return err
 	}

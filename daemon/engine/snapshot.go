@@ -126,7 +126,7 @@ func (e *Engine) SnapshotStream() (s *State, n int, each func(yield func(LeaseSt
 // does not hold together (a lease of an unknown agent, a lease id twice),
 // is an INTERNAL *Error and leaves the engine empty.
 func (e *Engine) Restore(s *State) error {
-	return e.RestoreStream(s, s.each)
+	return e.RestoreStream(s, s.EachLease)
 }
 
 // RestoreStream is Restore with the leases given one at a time by each, in
@@ -146,8 +146,9 @@ func (e *Engine) RestoreStream(head *State, each func(yield func(LeaseState) err
 	return nil
 }
 
-// each yields s's leases in order.
-func (s *State) each(yield func(LeaseState) error) error {
+// EachLease yields s's leases in order, as RestoreStream's each: an error
+// yield returns stops it and is returned.
+func (s *State) EachLease(yield func(LeaseState) error) error {
 	for _, ls := range s.Leases {
 		if err := yield(ls); err != nil {
 			return err

@@ -43,14 +43,7 @@ func streamedState(eng *engine.Engine) stateSource {
 func copiedState(st *engine.State) stateSource {
 	head := *st
 	head.Leases = nil
-	return stateSource{head: &head, n: len(st.Leases), each: func(yield func(engine.LeaseState) error) error {
-		for _, ls := range st.Leases {
-			if err := yield(ls); err != nil {
-				return err
-			}
-		}
-		return nil
-	}}
+	return stateSource{head: &head, n: len(st.Leases), each: st.EachLease}
 }
 
 // stateFields is the number of fields of engine.State, which encodeState
