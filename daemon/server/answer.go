@@ -119,11 +119,10 @@ func (c *conn) sendDurable() {
 	c.marks, c.spareM = c.spareM[:0], nil
 	c.outMu.Unlock()
 
-	c.armWriteDeadline()
 	n, err := c.sk.TryWrite(buf)
 	if err == nil && n < len(buf) {
 		go func() {
-			_, err := c.sk.Write(buf[n:])
+			err := c.writeWaiting(buf[n:])
 			c.recycle(buf, marks)
 			if err != nil {
 				c.writeFailed(err)

@@ -57,9 +57,8 @@ type conn struct {
 	propIdle  chan struct{} // closed when proposals drops to 0
 
 	// writeMu serialises writers, so a final flush writes everything,
-	// and guards writeDeadline, the write deadline currently set.
-	writeMu       sync.Mutex
-	writeDeadline time.Time
+	// and guards the connection's write deadline (writeWaiting).
+	writeMu sync.Mutex
 
 	// outMu guards the fields that follow.
 	outMu  sync.Mutex
@@ -414,8 +413,7 @@ func (c *conn) send(buf []byte, seq uint64, marks []answerMark) error {
 			}
 		}
 	}
-	c.armWriteDeadline()
-	_, err := c.sk.Write(send)
+	err := c.write(send)
 	c.recycle(buf, marks)
 	if err != nil {
 		c.writeFailed(err)
@@ -442,18 +440,28 @@ func (c *conn) writeFailed(err error) {
 	c.kill()
 }
 
-// armWriteDeadline makes the next write fail once it has been blocked for
-// about WriteTimeout. Moving a deadline costs a runtime timer update, so it
-// is moved only when less than nine tenths of WriteTimeout is left: a write
-// then gets between 0.9 and 1 times WriteTimeout. The caller holds writeMu.
-func (c *conn) armWriteDeadline() {
-	now := time.Now()
-	wt := c.s.cfg.WriteTimeout
-	if c.writeDeadline.Sub(now) >= wt-wt/10 {
-		return
+// write writes buf: at once when the socket takes it all, the common
+// case, which reads no clock and moves no deadline; otherwise see
+// writeWaiting. The caller holds writeMu.
+func (c *conn) write(buf []byte) error {
+	n, err := c.sk.TryWrite(buf)
+	if err != nil || n == len(buf) {
+		return err
 	}
-	c.writeDeadline = now.Add(wt)
-	c.nc.SetWriteDeadline(c.writeDeadline)
+	return c.writeWaiting(buf[n:])
+}
+
+// writeWaiting writes rest, which the socket did not take at once, waiting
+// in the poller while its buffer is full; the write fails once it has
+// waited WriteTimeout. The deadline is set for this wait only and cleared
+// after it, so the writes taken at once (write) need none: a deadline left
+// set would make a later one fail as soon as it passed. The caller holds
+// writeMu.
+func (c *conn) writeWaiting(rest []byte) error {
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+	_, err := c.sk.Write(rest)
+	c.nc.SetWriteDeadline(time.Time{})
+	return err
 }
 
 // kill marks the connection dead and closes its socket; the reader then

@@ -414,6 +414,47 @@ func TestPeerThatNeverReadsIsDropped(t *testing.T) {
 	other.call(100, protocol.OpHello, nil, &protocol.HelloResult{})
 }
 
+// TestWriteThatWaitedLeavesNoDeadline: a client that reads its answers
+// late, so that the daemon's write waited for the socket, is still served
+// once WriteTimeout has passed since: the deadline of that wait (conn.go,
+// writeWaiting) does not outlive it.
+func TestWriteThatWaitedLeavesNoDeadline(t *testing.T) {
+	ts := start(t, Config{WriteTimeout: 300 * time.Millisecond})
+	c := ts.dial(t)
+	frame, _ := protocol.AppendRequest(nil, 1, protocol.OpHello, nil)
+	const n = 20000 // answers: more than the socket's buffers hold
+	var batch []byte
+	for range n {
+		batch = append(batch, frame...)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		c.nc.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		_, err := c.nc.Write(batch)
+		errc <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the daemon's write waits meanwhile
+	for range n {
+		if r := c.recv(); r.ID != 1 || !r.OK {
+			t.Fatalf("answer %+v; want hello's", r)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // past the deadline of that wait
+	c.call(2, protocol.OpHello, nil, &protocol.HelloResult{})
+
+	// A client that never reads is dropped once the write has waited
+	// WriteTimeout: its answers stop at the socket (the reader waits in
+	// its write), so MaxOutbound never drops it.
+	stuck := ts.dial(t)
+	go stuck.nc.Write(batch) // fails once the connection is dropped
+	waitFor(t, "the drop to be logged", func() bool {
+		return strings.Contains(ts.logs.String(), "writing answers failed")
+	})
+}
+
 func TestShutdownAnswersParkedAcquires(t *testing.T) {
 	ts := start(t, Config{})
 	c := ts.dial(t)
