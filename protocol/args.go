@@ -164,11 +164,38 @@ func (a *Args) uintField(arg Arg) *int64 {
 	return nil
 }
 
+// lookupArg finds the argument named key: in its slot of argSlots, then
+// one comparison, instead of a comparison with every key before it.
 func lookupArg(key []byte) (argSpec, bool) {
-	for _, s := range argSpecs {
-		if string(key) == s.key {
-			return s, true
-		}
+	if len(key) == 0 {
+		return argSpec{}, false
 	}
-	return argSpec{}, false
+	i := argSlots[argSlot(len(key), key[0], key[len(key)-1])]
+	if i < 0 || string(key) != argSpecs[i].key {
+		return argSpec{}, false
+	}
+	return argSpecs[i], true
 }
+
+// argSlot is the slot of argSlots of a key of n bytes from first to last.
+func argSlot(n int, first, last byte) int {
+	return (n*2 ^ int(first)*7 ^ int(last)) & (argSlotCount - 1)
+}
+
+const argSlotCount = 64 // a power of 2
+
+// argSlots holds the index in argSpecs of the key in each slot, or -1;
+// no two keys share a slot (a new key that does panics at start).
+var argSlots = func() (t [argSlotCount]int8) {
+	for i := range t {
+		t[i] = -1
+	}
+	for i, s := range argSpecs {
+		h := argSlot(len(s.key), s.key[0], s.key[len(s.key)-1])
+		if t[h] >= 0 {
+			panic("protocol: argument keys " + argSpecs[t[h]].key + " and " + s.key + " share a slot of argSlots; change argSlot")
+		}
+		t[h] = int8(i)
+	}
+	return t
+}()

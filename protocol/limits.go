@@ -24,13 +24,18 @@ const (
 // name when s is not 1..max bytes of UTF-8 free of control characters
 // (Unicode category Cc: C0, DEL and C1), or "" when s is fine.
 func CheckText(name, s string, max int) string {
+	return checkText(name, s, max, asciiPrefix(s))
+}
+
+// checkText is CheckText, told that s[:from] is printable ASCII.
+func checkText(name, s string, max, from int) string {
 	if len(s) == 0 {
 		return fmt.Sprintf("klock: %s is required (1..%d bytes)", name, max)
 	}
 	if len(s) > max {
 		return fmt.Sprintf("klock: %s is %d bytes; at most %d are allowed", name, len(s), max)
 	}
-	for i := 0; i < len(s); i++ {
+	for i := from; i < len(s); i++ {
 		if b := s[i]; b < 0x20 || b == 0x7f {
 			return fmt.Sprintf("klock: %s contains control character 0x%02x at byte %d; control characters are not allowed", name, b, i)
 		}
@@ -42,6 +47,26 @@ func CheckText(name, s string, max int) string {
 		}
 	}
 	return ""
+}
+
+// asciiPrefix returns the length of s's longest prefix, in 8-byte words,
+// of printable ASCII (0x20..0x7e): CheckText's loop starts after it. It
+// looks at a word at a time: a byte is outside the range when it is under
+// 0x20, is 0x7f, or has its top bit set.
+func asciiPrefix(s string) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		low := (w - 0x20*ones) &^ w // top bit of a byte under 0x20 (or above one borrowed from)
+		del := w ^ 0x7f*ones
+		del = (del - ones) &^ del // top bit of a 0x7f byte (or above one borrowed from)
+		if (low|del|w)&highs != 0 {
+			break
+		}
+	}
+	return i
 }
 
 // checkControlRunes finds C1 control characters (U+0080..U+009F).

@@ -153,3 +153,23 @@ func TestResponseRoundTrip(t *testing.T) {
 	assert.False(t, resp.OK)
 	assert.Equal(t, &Error{Code: CodeNotFound, Message: "klock: lease L1 is not active"}, resp.Error)
 }
+
+// TestLookupArgFindsEveryKey: every argument key is found, as itself, and
+// keys that are not arguments (a key's prefix, a key with its slot but
+// another spelling, the empty key) are not.
+func TestLookupArgFindsEveryKey(t *testing.T) {
+	for _, s := range argSpecs {
+		got, ok := lookupArg([]byte(s.key))
+		if !ok || got != s {
+			t.Errorf("lookupArg(%q) = %+v, %v; want %+v", s.key, got, ok, s)
+		}
+		for _, other := range []string{s.key[:len(s.key)-1], s.key[:1] + "x" + s.key[2:], s.key + s.key[len(s.key)-1:]} {
+			if got, ok := lookupArg([]byte(other)); ok {
+				t.Errorf("lookupArg(%q) = %+v; want no argument", other, got)
+			}
+		}
+	}
+	if _, ok := lookupArg(nil); ok {
+		t.Error("lookupArg(empty) found an argument")
+	}
+}
