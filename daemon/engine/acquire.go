@@ -135,9 +135,9 @@ func (e *Engine) idemAnswer(en *idemEntry, key string, targets []target, bind *P
 			return Result{}, invalidf("klock: idem %q was used for %s %s, not %s %s; use a new key for a different request",
 				key, l.Predicate, l.res.key, t.pred, t.key)
 		}
-		if !sameProcess(l.Bound, bind) {
+		if !sameProcess(l.Bound(), bind) {
 			return Result{}, invalidf("klock: idem %q was used for a lease %s, not %s; use a new key for a different request",
-				key, bindingText(l.Bound), bindingText(bind))
+				key, bindingText(l.Bound()), bindingText(bind))
 		}
 		ls[i] = e.public(l)
 	}
@@ -164,8 +164,8 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 		if err != nil {
 			panic(err) // fresh ids of a registered agent: cannot happen
 		}
-		targets[i].res = x.res // for requeue
-		ls[i].Bound = x.Bound  // the table's shared Process
+		targets[i].res = x.res    // for requeue
+		ls[i].Bound = x.own.bound // the engine's Process, not the request's
 		if idem != "" {
 			xs = append(xs, x)
 		}

@@ -72,24 +72,22 @@ type agent struct {
 
 // lease is a lease with its places in the indexes. It keeps only what is
 // its own: its id lives in key, its agent, session and resource key are
-// those of sess and res, and the rare ClientPath is kept aside
-// (Engine.clientPaths), so a lease is 112 bytes (with the public Lease
-// embedded, its four strings made it 208; an agent pointer of its own and
-// its index in an agent-wide list made it 128). public makes the Lease
-// callers see.
+// those of sess and res, what the leases of a grant share (owner uid and
+// pid, ttl, binding) is in one owner they point to, and the rare ClientPath
+// is kept aside (Engine.clientPaths), so a lease is 96 bytes (with the
+// public Lease embedded, its four strings made it 208; an agent pointer of
+// its own and its index in an agent-wide list made it 128; the owner's
+// fields of its own, 112). public makes the Lease callers see.
 type lease struct {
-	res   *resource
-	sess  *sessionLeases // its session's list, which knows the agent; kept once removed
-	idem  *idemEntry
-	Bound *Process // as Lease.Bound
+	res  *resource
+	sess *sessionLeases // its session's list, which knows the agent; kept once removed
+	idem *idemEntry
+	own  *owner // uid, pid, ttl and binding, shared with the leases granted alongside
 
 	AcquiredAt int64 // as in Lease
 	ExpiresAt  int64
-	TTL        int64
 	Fence      uint64
 	key        leaseKey
-	OwnerUID   uint32
-	OwnerPID   int32
 	// The indexes are int32 and together, with no padding between them.
 	resIdx    int32 // index in res.holders()
 	heapIdx   int32 // index in Engine.leaseDeadlines; -1 without a ttl
@@ -99,6 +97,26 @@ type lease struct {
 	Predicate Predicate
 	hasPath   bool // its ClientPath is in Engine.clientPaths
 }
+
+// owner is what a lease shares with the others its session was granted
+// under the same caller, ttl and binding: a batch of acquire_many, or the
+// leases one process takes one at a time, point at one owner (each
+// session keeps the last it made, see sessionLeases.ownerFor). It is never
+// changed once made: a heartbeat that changes a lease's ttl gives it
+// another. A lease granted alone under an owner of its own pays 24 bytes
+// for it, 8 more than the fields cost in the lease.
+type owner struct {
+	bound *Process // as Lease.Bound: a process table entry's Process (that entry's or an earlier one's for the same process)
+	ttl   int64    // as Lease.TTL
+	uid   uint32   // as Lease.OwnerUID
+	pid   int32    // as Lease.OwnerPID
+}
+
+// Bound returns the process the lease is bound to, nil when none.
+func (x *lease) Bound() *Process { return x.own.bound }
+
+// TTL returns the lease's ttl, 0 for none.
+func (x *lease) TTL() int64 { return x.own.ttl }
 
 // agent returns the lease's agent.
 func (x *lease) agent() *agent { return x.sess.agent }
@@ -127,8 +145,8 @@ func (e *Engine) clientPath(x *lease) string {
 func (e *Engine) public(x *lease) Lease {
 	return Lease{
 		ID: x.id(), AgentID: x.sess.agent.id, SessionID: x.sess.name, Resource: x.res.key,
-		Predicate: x.Predicate, AcquiredAt: x.AcquiredAt, ExpiresAt: x.ExpiresAt, TTL: x.TTL,
-		Fence: x.Fence, OwnerUID: x.OwnerUID, OwnerPID: x.OwnerPID, Bound: x.Bound,
+		Predicate: x.Predicate, AcquiredAt: x.AcquiredAt, ExpiresAt: x.ExpiresAt, TTL: x.own.ttl,
+		Fence: x.Fence, OwnerUID: x.own.uid, OwnerPID: x.own.pid, Bound: x.own.bound,
 		ClientPath: e.clientPath(x),
 	}
 }

@@ -31,7 +31,7 @@ func (e *Engine) leaseFor(c Caller, op, leaseID string) (*lease, *Error) {
 	if l == nil {
 		return nil, nil
 	}
-	if c.UID != 0 && c.UID != l.OwnerUID && c.UID != l.agent().uid {
+	if c.UID != 0 && c.UID != l.own.uid && c.UID != l.agent().uid {
 		return nil, permissionDenied(c, op+" lease "+leaseID+" of agent "+quote(l.agent().id)+", which belongs to another uid")
 	}
 	return l, nil
@@ -55,7 +55,7 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 		return Lease{}, errorf(protocol.CodeNotFound, "klock: lease %s is not active (unknown, released or expired); acquire a new one", leaseID)
 	}
 	if ttl == 0 {
-		ttl = l.TTL
+		ttl = l.own.ttl
 	}
 	if ttl == 0 {
 		return e.public(l), nil // a bound lease without a ttl: nothing to extend
@@ -68,7 +68,9 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 // heartbeat sets a lease's ttl and extends it to now + ttl; a lease that
 // had no ttl (bound) joins the expiry queue.
 func (e *Engine) heartbeat(l *lease, now, ttl int64) {
-	l.TTL = ttl
+	if o := l.own; o.ttl != ttl {
+		l.own = l.sess.ownerFor(o.uid, o.pid, ttl, o.bound)
+	}
 	l.ExpiresAt = expiry(now, ttl)
 	switch {
 	case l.heapIdx >= 0 && l.ExpiresAt == Never:

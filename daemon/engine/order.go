@@ -56,6 +56,21 @@ type sessionLeases struct {
 	head  int      // ls[:head] are nil
 	n     int      // leases (non-nil entries)
 	last  uint64   // the highest fence added
+	own   *owner   // the last owner ownerFor made
+}
+
+// ownerFor returns an owner with these fields: the session's last one when
+// it matches (leases granted alongside, or one at a time by one process,
+// share it), else a new one, which becomes the session's last. Bindings
+// match by value: a process whose last lease went and that takes another
+// has a new table entry, but its owner's Process, never changed, is still
+// the same process.
+func (s *sessionLeases) ownerFor(uid uint32, pid int32, ttl int64, bound *Process) *owner {
+	if o := s.own; o != nil && o.uid == uid && o.pid == pid && o.ttl == ttl && sameProcess(o.bound, bound) {
+		return o
+	}
+	s.own = &owner{bound: bound, ttl: ttl, uid: uid, pid: pid}
+	return s.own
 }
 
 // sessionEmptied notes that one of the agent's session lists became empty.

@@ -33,11 +33,9 @@ func (e *Engine) procFor(p Process) *boundProc {
 	return bp
 }
 
-// bindLease files a lease under its process; x.Bound is replaced by the
-// table's shared Process.
-func (e *Engine) bindLease(x *lease) {
-	bp := e.procFor(*x.Bound)
-	x.Bound = &bp.proc
+// bindLease files a lease under its process, bp (whose proc is the
+// lease's Bound).
+func (e *Engine) bindLease(x *lease, bp *boundProc) {
 	x.procIdx = int32(len(bp.leases))
 	bp.leases = append(bp.leases, x)
 }
@@ -45,7 +43,7 @@ func (e *Engine) bindLease(x *lease) {
 // unbindLease takes a lease out of its process's list, dropping the
 // process when nothing is bound to it any more.
 func (e *Engine) unbindLease(x *lease) {
-	bp := e.procs[*x.Bound]
+	bp := e.procs[*x.own.bound]
 	last := len(bp.leases) - 1
 	bp.leases[x.procIdx] = bp.leases[last]
 	bp.leases[x.procIdx].procIdx = x.procIdx

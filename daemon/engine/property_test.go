@@ -267,12 +267,12 @@ func (m *model) check() {
 		if l.ExpiresAt != Never {
 			withTTL++
 		}
-		if l.Bound != nil {
+		if b := l.Bound(); b != nil {
 			bound++
-			bp := e.procs[*l.Bound]
-			require.NotNil(m.t, bp, "lease bound to %+v, which is not in the table", *l.Bound)
+			bp := e.procs[*b]
+			require.NotNil(m.t, bp, "lease bound to %+v, which is not in the table", *b)
 			require.Same(m.t, l, bp.leases[l.procIdx])
-			require.Same(m.t, &bp.proc, l.Bound)
+			require.Equal(m.t, bp.proc, *b)
 		}
 	})
 	require.Equal(m.t, withTTL, len(e.leaseDeadlines))

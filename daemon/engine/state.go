@@ -43,12 +43,17 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 		r = e.resourceFor(l.Resource)
 	}
 	sl := a.session(l.SessionID)
+	var bp *boundProc
+	var bound *Process
+	if l.Bound != nil {
+		bp = e.procFor(*l.Bound)
+		bound = &bp.proc
+	}
 	// The id is in key, and the lease keeps no strings of the caller's
 	// (a request's strings share the bytes of its whole frame).
-	*x = lease{res: r, Bound: l.Bound,
-		AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, TTL: l.TTL, Fence: l.Fence, key: k,
-		OwnerUID: l.OwnerUID, OwnerPID: l.OwnerPID, Predicate: l.Predicate,
-		heapIdx: -1}
+	*x = lease{res: r, own: sl.ownerFor(l.OwnerUID, l.OwnerPID, l.TTL, bound),
+		AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Fence: l.Fence, key: k,
+		Predicate: l.Predicate, heapIdx: -1}
 	if l.ClientPath != "" {
 		if e.clientPaths == nil {
 			e.clientPaths = make(map[*lease]string)
@@ -62,8 +67,8 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	if l.ExpiresAt != Never {
 		e.leaseDeadlines.push(x)
 	}
-	if l.Bound != nil {
-		e.bindLease(x)
+	if bp != nil {
+		e.bindLease(x, bp)
 	}
 	e.holdBelow(x)
 	if l.Fence > e.fence {
@@ -80,7 +85,7 @@ func (e *Engine) removeLease(x *lease) {
 	if x.heapIdx >= 0 {
 		e.leaseDeadlines.remove(int(x.heapIdx))
 	}
-	if x.Bound != nil {
+	if x.own.bound != nil {
 		e.unbindLease(x)
 	}
 	e.unholdBelow(x)
