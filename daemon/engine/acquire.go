@@ -113,7 +113,7 @@ func (e *Engine) countDenial(r protocol.Reason) {
 
 // active reports whether any lease of the entry is still active.
 func (en *idemEntry) active(now int64) bool {
-	for _, l := range en.leases {
+	for l := range en.all() {
 		if l.ExpiresAt > now {
 			return true
 		}
@@ -124,13 +124,13 @@ func (en *idemEntry) active(now int64) bool {
 // answer returns the entry's leases again if the request asks for the same
 // resources and predicates, in order, bound to the same process (or none).
 func (e *Engine) idemAnswer(en *idemEntry, key string, targets []target, bind *Process) (Result, *Error) {
-	if len(targets) != len(en.leases) {
+	if len(targets) != en.n {
 		return Result{}, invalidf("klock: idem %q is bound to %d held lease(s), not %d; use a new key for a different request",
-			key, len(en.leases), len(targets))
+			key, en.n, len(targets))
 	}
-	ls := make([]Lease, len(targets))
-	for i, t := range targets {
-		l := en.leases[i]
+	ls := make([]Lease, 0, len(targets))
+	for l := range en.all() {
+		t := targets[len(ls)]
 		if l.res.key != t.key || l.Predicate != t.pred {
 			return Result{}, invalidf("klock: idem %q was used for %s %s, not %s %s; use a new key for a different request",
 				key, l.Predicate, l.res.key, t.pred, t.key)
@@ -139,7 +139,7 @@ func (e *Engine) idemAnswer(en *idemEntry, key string, targets []target, bind *P
 			return Result{}, invalidf("klock: idem %q was used for a lease %s, not %s; use a new key for a different request",
 				key, bindingText(l.Bound()), bindingText(bind))
 		}
-		ls[i] = e.public(l)
+		ls = append(ls, e.public(l))
 	}
 	return Result{Granted: true, Leases: ls}, nil
 }
@@ -148,10 +148,7 @@ func (e *Engine) idemAnswer(en *idemEntry, key string, targets []target, bind *P
 // bind set, the leases are bound to that process, and ttl 0 means none.
 func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session string, targets []target, ttl int64, idem string, bind *Process) []Lease {
 	ls := make([]Lease, len(targets))
-	var xs []*lease
-	if idem != "" {
-		xs = make([]*lease, 0, len(targets))
-	}
+	var first *lease
 	for i, t := range targets {
 		e.fence++
 		k, id := e.newLeaseID()
@@ -166,14 +163,12 @@ func (e *Engine) grant(now int64, uid uint32, pid int32, a *agent, session strin
 		}
 		targets[i].res = x.res    // for requeue
 		ls[i].Bound = x.own.bound // the engine's Process, not the request's
-		if idem != "" {
-			xs = append(xs, x)
+		if i == 0 {
+			first = x
 		}
 		e.emitLease(EvGrant, now, &ls[i])
 	}
-	if idem != "" {
-		e.bindIdem(a, idem, xs)
-	}
+	e.bindIdem(a, idem, first, len(targets))
 	e.grants++
 	e.record(Record{Kind: RecGrant, Time: now, Leases: ls, Idem: idem})
 	return ls

@@ -179,10 +179,12 @@ func benchSubtree(b *testing.B, verdict string, depth, n int) {
 // with 100,000 leases of one agent: flat, all in one directory, and deep,
 // five levels down in 1,000 directories; client is flat as klock-bench's
 // many-leases holder takes them with clientlib's defaults: acquire_many
-// batches of 64, each under an idempotency key, bound to the process.
+// batches of 64, each under an idempotency key, bound to the process;
+// single is client with each lease taken alone, as clientlib's Acquire
+// takes one (its own idempotency key, bound).
 func BenchmarkLeaseMemory(b *testing.B) {
 	const n = 100_000
-	for _, shape := range []string{"flat", "deep", "client"} {
+	for _, shape := range []string{"flat", "deep", "client", "single"} {
 		b.Run(shape, func(b *testing.B) {
 			var perLease float64
 			for i := 0; i < b.N; i++ {
@@ -202,7 +204,11 @@ func BenchmarkLeaseMemory(b *testing.B) {
 					if shape == "deep" {
 						p = "/w/repo/src/pkg" + strconv.Itoa(j%1000) + "/x/f" + strconv.Itoa(j)
 					}
-					if r, err := e.Acquire(t0, c, req1("a", "s", "FILE", p, "MUTATES", 3_600_000)); err != nil || !r.Granted {
+					req := req1("a", "s", "FILE", p, "MUTATES", 3_600_000)
+					if shape == "single" {
+						req.Idem, req.Bind = "0123456789abcdef0123456789abcdef-"+strconv.FormatInt(int64(j), 36), &benchProc
+					}
+					if r, err := e.Acquire(t0, c, req); err != nil || !r.Granted {
 						b.Fatal(err)
 					}
 				}
@@ -293,9 +299,12 @@ func fillEngine(b *testing.B, e *Engine, agent, session, prefix string, n int) {
 // fillClient acquires n leases on /held/0../held/(n-1) for agent "a" as
 // klock-bench's many-leases holder does with clientlib: acquire_many
 // batches of 64, an idempotency key per batch, bound to one process.
+// benchProc is the process the client shapes' leases are bound to.
+var benchProc = Process{PID: 4242, Boot: 1, Start: 99}
+
 func fillClient(b *testing.B, e *Engine, c Caller, n int) {
 	const batch = 64
-	proc := Process{PID: 4242, Boot: 1, Start: 99}
+	proc := benchProc
 	for start := 0; start < n; start += batch {
 		req := AcquireRequest{AgentID: "a", SessionID: "held", TTL: 3_600_000,
 			Idem: "0123456789abcdef0123456789abcdef-" + strconv.FormatInt(int64(start/batch), 36), Bind: &proc}

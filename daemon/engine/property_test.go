@@ -254,16 +254,32 @@ func (m *model) check() {
 	require.False(m.t, trunc)
 	require.Equal(m.t, len(ls), e.ActiveLeaseCount(now))
 	// Indexes agree.
-	n := 0
+	n, filed := 0, 0
 	for _, a := range e.agents {
 		n += a.nLeases
+		for key, en := range a.idem {
+			require.Equal(m.t, key, en.key)
+			require.Positive(m.t, en.n, "idem %q has no leases", key)
+			k, fence := 0, uint64(0)
+			for l := range en.all() {
+				require.Same(m.t, en, l.idem, "idem %q lists a lease filed elsewhere", key)
+				require.Same(m.t, en.first.sess, l.sess)
+				require.Greater(m.t, l.Fence, fence)
+				k, fence = k+1, l.Fence
+			}
+			require.Equal(m.t, en.n, k)
+			filed += k
+		}
 		require.Len(m.t, a.ended.set, len(a.ended.order))
 		require.LessOrEqual(m.t, len(a.ended.order), maxEndedSessions)
 		a.ended.each(func(s string) { require.True(m.t, a.ended.has(s)) })
 	}
 	require.Equal(m.t, e.leases.len(), n)
-	withTTL, bound := 0, 0
+	withTTL, bound, withIdem := 0, 0, 0
 	e.leases.each(func(l *lease) {
+		if l.idem != nil {
+			withIdem++
+		}
 		if l.ExpiresAt != Never {
 			withTTL++
 		}
@@ -276,6 +292,7 @@ func (m *model) check() {
 		}
 	})
 	require.Equal(m.t, withTTL, len(e.leaseDeadlines))
+	require.Equal(m.t, withIdem, filed, "leases filed under an idem key that is not their agent's")
 	boundWaiters := 0
 	for _, w := range e.waiters {
 		if w.bind != nil {

@@ -105,8 +105,8 @@ func (e *Engine) apply(r *Record) *Error {
 			}
 			xs = append(xs, x)
 		}
-		if r.Idem != "" && len(xs) > 0 {
-			e.bindIdem(xs[0].agent(), r.Idem, xs)
+		if r.Idem != "" {
+			e.bindIdemRead(r.Idem, xs)
 		}
 	case RecRelease, RecRevoke, RecExpire, RecProcessEnd:
 		for _, id := range r.LeaseIDs {

@@ -202,8 +202,7 @@ func (e *Engine) restoreStream(s *State, each func(yield func(LeaseState) error)
 		return err
 	}
 	for _, k := range order {
-		xs := groups[k]
-		e.bindIdem(xs[0].agent(), k.key, xs)
+		e.bindIdemRead(k.key, groups[k])
 	}
 	for _, key := range s.Frozen {
 		e.resourceFor(key).frozen = true

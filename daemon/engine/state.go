@@ -95,19 +95,19 @@ func (e *Engine) removeLease(x *lease) {
 
 	a := x.agent()
 	a.nLeases--
+	if x.idem != nil { // before its session's list drops it: see idemEntry.remove
+		x.idem.remove(x)
+		if x.idem.n == 0 && a.idem[x.idem.key] == x.idem {
+			delete(a.idem, x.idem.key)
+		}
+		x.idem = nil
+	}
 	sl := x.sess
 	sl.remove(x)
 	if sl.n == 0 {
 		a.sessionEmptied()
 	}
 
-	if x.idem != nil {
-		x.idem.remove(x)
-		if len(x.idem.leases) == 0 && a.idem[x.idem.key] == x.idem {
-			delete(a.idem, x.idem.key)
-		}
-		x.idem = nil
-	}
 	if x.hasPath {
 		delete(e.clientPaths, x)
 	}
@@ -123,34 +123,65 @@ func (e *Engine) removeLease(x *lease) {
 // maxFreeLeases bounds the removed lease structs kept for reuse.
 const maxFreeLeases = 1024
 
+// remove takes a lease out of the entry, while the lease is still in its
+// session's list: when it was the first, the next one is after it there,
+// past no more nils than the entry has leases.
 func (en *idemEntry) remove(x *lease) {
-	for i, l := range en.leases {
-		if l == x {
-			en.leases = append(en.leases[:i], en.leases[i+1:]...)
-			return
+	en.n--
+	switch {
+	case en.n == 0:
+		en.first = nil
+	case x == en.first:
+		ls := x.sess.ls
+		i := x.sessIdx + 1
+		for ls[i] == nil {
+			i++
 		}
+		en.first = ls[i]
 	}
 }
 
-// bindIdem files leases under an idempotency key of their agent; leases
+// bindIdem files the n leases of one grant, first and those after it in
+// its session's list, under an idempotency key of their agent; leases
 // still filed under that key (all ended) lose it.
-func (e *Engine) bindIdem(a *agent, key string, ls []*lease) {
-	if key == "" {
+func (e *Engine) bindIdem(a *agent, key string, first *lease, n int) {
+	if key == "" || n == 0 {
 		return
 	}
 	if old := a.idem[key]; old != nil {
-		for _, l := range old.leases {
+		for l := range old.all() {
 			l.idem = nil
 		}
 	}
 	if a.idem == nil {
 		a.idem = make(map[string]*idemEntry)
 	}
-	en := &idemEntry{key: strings.Clone(key), leases: ls} // outlives the request
-	for _, l := range ls {
+	en := &idemEntry{key: strings.Clone(key), first: first, n: n} // outlives the request
+	for l := range en.all() {
 		l.idem = en
 	}
 	a.idem[en.key] = en
+}
+
+// bindIdemRead is bindIdem for leases read back (Apply, Restore), in
+// fence order. They were one grant's unless the state was made by hand:
+// leases that are not together in one session's list are not filed (an
+// engine never wrote such a state).
+func (e *Engine) bindIdemRead(key string, xs []*lease) {
+	if len(xs) == 0 {
+		return
+	}
+	s, i := xs[0].sess, xs[0].sessIdx
+	for _, x := range xs {
+		for int(i) < len(s.ls) && s.ls[i] == nil {
+			i++
+		}
+		if x.sess != s || int(i) == len(s.ls) || s.ls[i] != x {
+			return
+		}
+		i++
+	}
+	e.bindIdem(xs[0].agent(), key, xs[0], len(xs))
 }
 
 // endSession removes the session's leases and marks it ended (see
