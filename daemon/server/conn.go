@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
@@ -59,6 +60,10 @@ type conn struct {
 	// writeMu serialises writers, so a final flush writes everything,
 	// and guards the connection's write deadline (writeWaiting).
 	writeMu sync.Mutex
+
+	// answered counts the answers appended, for stats' ops: a counter of
+	// the connection's own, which no other CPU writes (Server.opsTotal).
+	answered atomic.Uint64
 
 	// outMu guards the fields that follow.
 	outMu  sync.Mutex
@@ -288,7 +293,7 @@ type answerMark struct {
 // id, waiting for journal sequence seq, starts at off, and enforces
 // MaxOutbound: a peer that lets answers pile up unread is dropped.
 func (c *conn) appendedLocked(out []byte, off int, id, seq uint64) {
-	c.s.ops.Add(1)
+	c.answered.Add(1)
 	c.storeLocked(out, answerMark{off: off, id: id, seq: seq})
 }
 

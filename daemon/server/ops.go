@@ -179,7 +179,7 @@ func (s *Server) stats(c *conn, id uint64) {
 		Agents:      st.Agents,
 		Leases:      st.Leases,
 		Waiters:     st.Waiters,
-		Ops:         s.ops.Load(),
+		Ops:         s.opsTotal(),
 		Grants:      st.Grants,
 		Waits:       st.Waits,
 		Dies:        st.Dies,

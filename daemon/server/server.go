@@ -73,7 +73,7 @@ type Server struct {
 	startMono time.Duration // Clock.Mono at start
 	startNS   int64         // startedAt in Unix ns: the engine's time at start
 
-	ops       atomic.Uint64             // requests answered
+	ops       atomic.Uint64             // requests answered on connections since closed (opsTotal)
 	nconns    atomic.Int64              // open connections
 	shutting  atomic.Bool               // Shutdown or Close has begun
 	broken    atomic.Pointer[stopCause] // memory may not match the log: stopped (panic.go)
@@ -298,10 +298,25 @@ func (s *Server) accept(uc *net.UnixConn) {
 // forget removes a finished connection.
 func (s *Server) forget(c *conn) {
 	s.lnMu.Lock()
+	s.ops.Add(c.answered.Load()) // c appends no more answers: it is dead
 	delete(s.conns, c)
 	s.lnMu.Unlock()
 	s.nconns.Add(-1)
 	s.connsDone.Done()
+}
+
+// opsTotal is the count of requests answered: on the connections closed,
+// and on those open. Each connection counts its own, so that no counter is
+// written by every request; lnMu makes a closing connection's count move
+// to s.ops at once, so the total never goes back.
+func (s *Server) opsTotal() uint64 {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	n := s.ops.Load()
+	for c := range s.conns {
+		n += c.answered.Load()
+	}
+	return n
 }
 
 // Shutdown stops the server gracefully: it stops accepting, answers every

@@ -157,3 +157,22 @@ func TestWatchEventsAreNotOps(t *testing.T) {
 		t.Fatalf("ops = %d; want 7 (watch, register, 5 acquires), not the 5 events", st.Ops)
 	}
 }
+
+// TestStatsOpsCountsClosedAndOpenConnections: ops counts the answers of
+// connections since closed as well as those of the open ones (each
+// connection counts its own; Server.opsTotal).
+func TestStatsOpsCountsClosedAndOpenConnections(t *testing.T) {
+	ts := start(t, Config{})
+	gone := ts.dial(t)
+	register(gone, 1, "a", 1)
+	gone.call(2, protocol.OpHello, nil, &protocol.HelloResult{})
+	gone.nc.Close()
+	waitFor(t, "the closed connection to be forgotten", func() bool { return ts.nconns.Load() == 0 })
+	c := ts.dial(t)
+	c.call(1, protocol.OpHello, nil, &protocol.HelloResult{})
+	var st protocol.StatsResult
+	c.call(2, protocol.OpStats, nil, &st)
+	if st.Ops != 3 {
+		t.Fatalf("ops = %d; want 3 (register and hello on the closed connection, hello on this one)", st.Ops)
+	}
+}
