@@ -2,6 +2,7 @@ package server
 
 import (
 	"runtime/debug"
+	"runtime/metrics"
 	"time"
 )
 
@@ -26,9 +27,27 @@ import (
 // heap grow to twice what it held live at its last cycle, and the runtime
 // keeps what it grew to: a daemon that took a million leases and then went
 // quiet held ~1.6 times its live heap for as long as it stayed quiet
-// (BENCHMARKS.md "Scale (issue 18)"). Traffic after that can grow the heap
-// again up to the collector's goal; a quiet holder keeps only what it
-// uses.
+// (BENCHMARKS.md "Scale (issue 18)").
+//
+// And it gives memory back once traffic has quietened. Requests leave
+// garbage, and the collector lets it pile up to as much again as the live
+// heap before it collects (GOGC=100): a daemon holding a million leases
+// grew from ~1.1 to ~2 times its live heap under traffic, and kept what
+// it grew to once the traffic stopped, for good (the runtime returns free
+// memory only above ~1.1 times the collector's goal, and a collection
+// every two minutes on an idle daemon frees nothing it can return). So
+// when the heap holds, above what its last collection found live, at
+// least reclaimIdleMin or a reclaimIdleShare-th of the live heap in
+// garbage and free memory, at least that much has been allocated since
+// memory was last given back, at least reclaimIdleGap ago, and less than
+// reclaimIdleAlloc was allocated in each of the last reclaimIdleTicks
+// seconds, it collects and gives back (a pause of one second is often the
+// gap before the next burst, which should not find a collection of a
+// large heap marking). That costs one collection (about half a CPU second
+// at a million leases) while the daemon is idle or nearly so, at most one
+// per reclaimIdleGap; busy, the collector is left as it is (a lower GOGC
+// or a memory limit under traffic made other clients wait much longer
+// while one paged through a million leases; BENCHMARKS.md, session 5).
 
 const (
 	// reclaimMin is the smallest drop (leases + parked requests) that gives
@@ -39,6 +58,24 @@ const (
 	reclaimSettle = reclaimMin / 10
 	// reclaimEvery is how often the drop is checked.
 	reclaimEvery = time.Second
+
+	// reclaimIdleMin is the least garbage and free memory above the live
+	// heap that an idle daemon gives back, and reclaimIdleShare the share
+	// of the live heap the threshold follows above it (1/32: 8.5 MiB at a
+	// million leases, about what a second of one client's acquire/release
+	// pairs leaves).
+	reclaimIdleMin   = 8 << 20
+	reclaimIdleShare = 32
+	// reclaimIdleAlloc is the most allocated in a second (reclaimEvery)
+	// by a daemon that counts as idle: a few hundred requests.
+	reclaimIdleAlloc = 256 << 10
+	// reclaimIdleTicks is how many seconds in a row a daemon is idle
+	// before it gives back.
+	reclaimIdleTicks = 2
+	// reclaimIdleGap is the least time, in ticks, from one give-back to
+	// an idle one: bursts with pauses between them cost at most one
+	// collection this often.
+	reclaimIdleGap = 10
 )
 
 // reclaimLoop checks for a large drop every reclaimEvery until shutdown.
@@ -46,15 +83,20 @@ func (s *Server) reclaimLoop() {
 	t := time.NewTicker(reclaimEvery)
 	defer t.Stop()
 	r := newReclaimer(s.heldCount())
+	var h heapReclaimer
+	m := newHeapMeter()
 	for {
 		select {
 		case <-s.stopc:
 			return
 		case <-t.C:
 		}
-		if r.tick(s.heldCount()) {
+		count := r.tick(s.heldCount())
+		idle := h.tick(m.read())
+		if count || idle {
 			debug.FreeOSMemory()
 			r.gaveBack(s.heldCount())
+			h.gaveBack(m.read())
 		}
 	}
 }
@@ -113,4 +155,72 @@ func bigGrowth(floor, now int) bool {
 // giving memory back for: at least half, and at least reclaimMin.
 func bigDrop(peak, now int) bool {
 	return peak-now >= reclaimMin && now <= peak/2
+}
+
+// heapMem is what the reclaim loop reads of the Go heap at each tick.
+type heapMem struct {
+	live   uint64 // marked live by the last collection
+	excess uint64 // dead objects not yet collected, and free memory not yet returned to the kernel
+	allocs uint64 // allocated since the process started
+}
+
+// heapMeter reads heapMem from runtime/metrics (no stop of the world).
+type heapMeter struct{ s []metrics.Sample }
+
+func newHeapMeter() heapMeter {
+	return heapMeter{s: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/gc/heap/allocs:bytes"},
+	}}
+}
+
+func (m heapMeter) read() heapMem {
+	metrics.Read(m.s)
+	var v [4]uint64
+	for i, s := range m.s {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[i] = s.Value.Uint64()
+		}
+	}
+	live, objects, free, allocs := v[0], v[1], v[2], v[3]
+	return heapMem{live: live, excess: objects + free - min(live, objects), allocs: allocs}
+}
+
+// heapReclaimer decides, from the heap read at each tick, when an idle
+// daemon gives back the garbage its traffic left.
+type heapReclaimer struct {
+	gave  uint64 // allocs when memory was last given back
+	last  uint64 // allocs at the last tick
+	quiet int    // ticks in a row that allocated under reclaimIdleAlloc
+	since int    // ticks since memory was last given back
+}
+
+// tick takes the heap now and reports whether to give memory back.
+func (r *heapReclaimer) tick(h heapMem) bool {
+	if h.allocs-r.last < reclaimIdleAlloc {
+		r.quiet++
+	} else {
+		r.quiet = 0
+	}
+	r.last = h.allocs
+	r.since++
+	need := idleNeed(h.live)
+	return r.quiet >= reclaimIdleTicks && r.since >= reclaimIdleGap && h.excess >= need && h.allocs-r.gave >= need
+}
+
+// gaveBack restarts the count of allocations from the heap read once
+// memory was given back.
+func (r *heapReclaimer) gaveBack(h heapMem) {
+	r.gave = h.allocs
+	r.last = h.allocs
+	r.since = 0
+}
+
+// idleNeed is the least garbage and free memory, and allocation since
+// memory was last given back, for which an idle daemon with live bytes
+// live gives memory back.
+func idleNeed(live uint64) uint64 {
+	return max(reclaimIdleMin, live/reclaimIdleShare)
 }
