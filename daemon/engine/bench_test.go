@@ -43,7 +43,20 @@ func BenchmarkAcquireReleaseBound(b *testing.B) {
 	benchAcquireRelease(b, &Process{PID: 4242, Boot: 1, Start: 100})
 }
 
-func benchAcquireRelease(b *testing.B, bind *Process) {
+// BenchmarkAcquireReleaseClient is BenchmarkAcquireReleaseBound as
+// clientlib sends it (what each klock-bench worker's uncontended loop
+// does): bound, and with a fresh idempotency key on every acquire.
+func BenchmarkAcquireReleaseClient(b *testing.B) {
+	keys := make([]string, 1024) // the client's keys: a prefix and a counter
+	for i := range keys {
+		keys[i] = "k1a2b3c4d5e6f7g8-" + strconv.FormatUint(uint64(i), 36)
+	}
+	benchAcquireRelease(b, &Process{PID: 4242, Boot: 1, Start: 100}, keys...)
+}
+
+// benchAcquireRelease runs the acquire+release loop bound to bind, with
+// the idempotency keys idem in turn (none without).
+func benchAcquireRelease(b *testing.B, bind *Process, idem ...string) {
 	for _, n := range []int{1, 1000, 100000} {
 		b.Run(fmt.Sprintf("leases=%d", n), func(b *testing.B) {
 			e := New(Config{})
@@ -64,6 +77,9 @@ func benchAcquireRelease(b *testing.B, bind *Process) {
 			req.Bind = bind
 			cpu := startCPU(b)
 			for i := 0; i < b.N; i++ {
+				if len(idem) > 0 {
+					req.Idem = idem[i%len(idem)]
+				}
 				r, err := e.Acquire(t0, c, req)
 				if err != nil || !r.Granted {
 					b.Fatal(err, r.Denial)

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/klockd/klock/protocol"
@@ -61,4 +63,27 @@ func restored(t *testing.T, e *Engine) *Engine {
 	r := newTestEngine(t)
 	require.NoError(t, r.Restore(e.Snapshot()))
 	return r
+}
+
+// An entry whose leases are all gone is reused for the next key: the old
+// key then names nothing, and the new one its own grant only.
+func TestIdemEntryReusedForTheNextKey(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	req := req1("a", "s", "FILE", "/x", "MUTATES", 60_000)
+	acquire := func(idem string) Lease {
+		req.Idem = idem
+		return mustGrantReq(t, e, t0, req)
+	}
+	one := acquire("k1")
+	ok, _, err := e.Release(t0, alice, one.ID)
+	require.NoError(t, err)
+	require.True(t, ok)
+	two := acquire("k2")
+	require.NotEqual(t, one.ID, two.ID)
+	require.Equal(t, two, acquire("k2"), "k2 answers its grant again")
+	three := acquire("k1") // a new grant, not k2's
+	require.NotEqual(t, two.ID, three.ID)
+	require.Equal(t, []string{"k1", "k2"}, slices.Sorted(maps.Keys(e.agents["a"].idem)))
+	require.Equal(t, three, acquire("k1"))
 }

@@ -26,8 +26,14 @@ func (e *Engine) procFor(p Process) *boundProc {
 		if e.procs == nil {
 			e.procs = make(map[Process]*boundProc)
 		}
-		bp = &boundProc{proc: p}
-		bp.leases = bp.first[:0]
+		if sp := e.spareProc; sp != nil && sp.proc == p {
+			// A process that takes and releases one lease again and
+			// again gets its entry back, not a new one each time.
+			bp, e.spareProc = sp, nil
+		} else {
+			bp = &boundProc{proc: p}
+			bp.leases = bp.first[:0]
+		}
 		e.procs[p] = bp
 	}
 	return bp
@@ -71,6 +77,13 @@ func (e *Engine) unbindWaiter(w *waiter) {
 func (e *Engine) dropProcIfUnused(bp *boundProc) {
 	if len(bp.leases) == 0 && len(bp.waiters) == 0 {
 		delete(e.procs, bp.proc)
+		// Kept for the same process only: leases' owners may point at
+		// bp.proc, which therefore never changes. A grown list is not
+		// kept.
+		if cap(bp.leases) == len(bp.first) {
+			bp.waiters = nil
+			e.spareProc = bp
+		}
 	}
 }
 

@@ -335,3 +335,51 @@ func fenceOf(t *testing.T, ids []string, id string) int {
 	require.GreaterOrEqual(t, i, 0, "lease %s is not one of the process's", id)
 	return i
 }
+
+// A process that takes and releases one lease again and again gets its
+// dropped table entry back; another process never does, and an entry
+// whose list grew is not kept.
+func TestDroppedProcessEntryIsReusedOnlyForItsProcess(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	release := func(l Lease) {
+		ok, _, err := e.Release(t0, alice, l.ID)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	l := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/x", "MUTATES", 0), procA))
+	first := e.procs[procA]
+	release(l)
+	require.NotContains(t, e.procs, procA)
+	require.Empty(t, e.BoundProcesses())
+
+	l = mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/x", "MUTATES", 0), procA))
+	require.Same(t, first, e.procs[procA], "the same process gets its entry back")
+	require.Equal(t, procA, *l.Bound)
+	release(l)
+
+	// procReused has procA's pid: it must get an entry of its own, and
+	// the leases of each stay bound to their own process.
+	l = mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/y", "MUTATES", 0), procReused))
+	require.NotSame(t, first, e.procs[procReused])
+	require.Equal(t, procReused, *l.Bound)
+	k := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/x", "MUTATES", 0), procA))
+	require.Equal(t, procA, *k.Bound)
+	require.Equal(t, []string{l.ID}, ids(e.BoundLeases(procReused)))
+	require.Equal(t, []string{k.ID}, ids(e.BoundLeases(procA)))
+	n, _ := e.ProcessEnded(t0, procReused)
+	require.Equal(t, 1, n)
+	require.Equal(t, []Process{procA}, e.BoundProcesses())
+	require.Equal(t, []string{k.ID}, ids(e.BoundLeases(procA)))
+	release(k)
+
+	// A list that grew past its first array is not kept.
+	var ls []Lease
+	for _, p := range []string{"/p", "/q", "/r"} {
+		ls = append(ls, mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", p, "MUTATES", 0), procB)))
+	}
+	for _, l := range ls {
+		release(l)
+	}
+	require.NotEqual(t, procB, e.spareProc.proc)
+}

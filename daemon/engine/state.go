@@ -97,8 +97,10 @@ func (e *Engine) removeLease(x *lease) {
 	a.nLeases--
 	if x.idem != nil { // before its session's list drops it: see idemEntry.remove
 		x.idem.remove(x)
-		if x.idem.n == 0 && a.idem[x.idem.key] == x.idem {
-			delete(a.idem, x.idem.key)
+		if en := x.idem; en.n == 0 && a.idem[en.key] == en {
+			delete(a.idem, en.key)
+			*en = idemEntry{} // no lease points at it any more
+			e.spareIdem = en
 		}
 		x.idem = nil
 	}
@@ -156,7 +158,12 @@ func (e *Engine) bindIdem(a *agent, key string, first *lease, n int) {
 	if a.idem == nil {
 		a.idem = make(map[string]*idemEntry)
 	}
-	en := &idemEntry{key: strings.Clone(key), first: first, n: n} // outlives the request
+	en := e.spareIdem
+	if en == nil {
+		en = new(idemEntry)
+	}
+	e.spareIdem = nil
+	*en = idemEntry{key: strings.Clone(key), first: first, n: n} // outlives the request
 	for l := range en.all() {
 		l.idem = en
 	}
