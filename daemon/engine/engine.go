@@ -22,7 +22,7 @@ type Engine struct {
 	idle          []*resource              // parked idle resources, oldest first
 	keyBuf        []byte                   // scratch for building resource keys
 	freeLeases    []*lease                 // removed lease structs for reuse
-	spareProc     *boundProc               // the process entry dropped last, for its process's next lease
+	spareProc     *boundProc               // an entry of procs with nothing bound, kept for its process's next lease
 	spareIdem     *idemEntry               // an idempotency entry dropped, for reuse
 	freeHeld      []*heldBy                // emptied summary entries for reuse
 	freeSummaries []*summary               // emptied summaries for reuse

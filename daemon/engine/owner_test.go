@@ -78,7 +78,14 @@ func TestBoundOwnerOutlivesItsTableEntry(t *testing.T) {
 	ok, _, err := e.Release(t0, alice, l.ID)
 	require.NoError(t, err)
 	require.True(t, ok)
-	require.Empty(t, e.procs)
+	require.Empty(t, e.BoundProcesses())
+	// Another process's entry empties after it, so procA's is dropped
+	// from the table: procA's next lease has a new entry.
+	k := mustGrantReq(t, e, t0, bound(req1("a", "s2", "FILE", "/y", "MUTATES", 60_000), procB))
+	ok, _, err = e.Release(t0, alice, k.ID)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NotContains(t, e.procs, procA)
 	l = mustGrantReq(t, e, t0, req)
 	require.Same(t, own, e.lookup(l.ID).own)
 	require.Equal(t, procA, *l.Bound)

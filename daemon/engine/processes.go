@@ -26,15 +26,11 @@ func (e *Engine) procFor(p Process) *boundProc {
 		if e.procs == nil {
 			e.procs = make(map[Process]*boundProc)
 		}
-		if sp := e.spareProc; sp != nil && sp.proc == p {
-			// A process that takes and releases one lease again and
-			// again gets its entry back, not a new one each time.
-			bp, e.spareProc = sp, nil
-		} else {
-			bp = &boundProc{proc: p}
-			bp.leases = bp.first[:0]
-		}
+		bp = &boundProc{proc: p}
+		bp.leases = bp.first[:0]
 		e.procs[p] = bp
+	} else if bp == e.spareProc {
+		e.spareProc = nil
 	}
 	return bp
 }
@@ -75,16 +71,30 @@ func (e *Engine) unbindWaiter(w *waiter) {
 }
 
 func (e *Engine) dropProcIfUnused(bp *boundProc) {
-	if len(bp.leases) == 0 && len(bp.waiters) == 0 {
-		delete(e.procs, bp.proc)
-		// Kept for the same process only: leases' owners may point at
-		// bp.proc, which therefore never changes. A grown list is not
-		// kept.
-		if cap(bp.leases) == len(bp.first) {
-			bp.waiters = nil
-			e.spareProc = bp
-		}
+	if len(bp.leases) != 0 || len(bp.waiters) != 0 {
+		return
 	}
+	// The entry emptied last stays in the table, as the spare, unless its
+	// list grew: a process that takes and releases one lease again and
+	// again keeps one entry, not a new one (and two table writes) each
+	// time. The spare counts as absent.
+	if cap(bp.leases) != len(bp.first) {
+		delete(e.procs, bp.proc)
+		return
+	}
+	if sp := e.spareProc; sp != nil && sp != bp {
+		delete(e.procs, sp.proc)
+	}
+	bp.waiters = nil
+	e.spareProc = bp
+}
+
+// boundEntry returns p's table entry, nil when nothing is bound to p.
+func (e *Engine) boundEntry(p Process) *boundProc {
+	if bp := e.procs[p]; bp != e.spareProc {
+		return bp
+	}
+	return nil
 }
 
 // ProcessEnded ends everything bound to process p, which the daemon saw
@@ -108,7 +118,7 @@ func (e *Engine) ProcessEnded(now int64, p Process) (int, []Wakeup) {
 // each left ends the rest and returns more = false. The caller calls
 // again until then, letting other calls in between. max 0 means no bound.
 func (e *Engine) ProcessEndedStep(now int64, p Process, max int) (n int, wake []Wakeup, more bool) {
-	bp := e.procs[p]
+	bp := e.boundEntry(p)
 	if bp == nil {
 		return 0, nil, false
 	}
@@ -141,7 +151,7 @@ func (e *Engine) ProcessEndedStep(now int64, p Process, max int) (n int, wake []
 // Never), in fence order: in cluster mode they are released when the node
 // that watched p is gone, since nothing else would ever end them.
 func (e *Engine) BoundLeases(p Process) []Lease {
-	bp := e.procs[p]
+	bp := e.boundEntry(p)
 	if bp == nil {
 		return nil
 	}
@@ -157,20 +167,29 @@ func (e *Engine) BoundLeases(p Process) []Lease {
 
 // ProcessBound reports whether a lease or a queued request is bound to p.
 func (e *Engine) ProcessBound(p Process) bool {
-	_, ok := e.procs[p]
-	return ok
+	return e.boundEntry(p) != nil
 }
 
 // BoundProcesses returns every process that leases or queued requests are
 // bound to, sorted by pid then start time. After a restart the daemon
 // checks each is still alive, and ends the ones that are not.
 func (e *Engine) BoundProcesses() []Process {
-	out := make([]Process, 0, len(e.procs))
-	for p := range e.procs {
-		out = append(out, p)
+	out := make([]Process, 0, e.boundCount())
+	for p, bp := range e.procs {
+		if bp != e.spareProc {
+			out = append(out, p)
+		}
 	}
 	slices.SortFunc(out, func(a, b Process) int {
 		return cmp.Or(cmp.Compare(a.PID, b.PID), cmp.Compare(a.Start, b.Start), cmp.Compare(a.Boot, b.Boot))
 	})
 	return out
+}
+
+// boundCount returns how many processes something is bound to.
+func (e *Engine) boundCount() int {
+	if e.spareProc != nil {
+		return len(e.procs) - 1
+	}
+	return len(e.procs)
 }

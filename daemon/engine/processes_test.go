@@ -336,9 +336,9 @@ func fenceOf(t *testing.T, ids []string, id string) int {
 	return i
 }
 
-// A process that takes and releases one lease again and again gets its
-// dropped table entry back; another process never does, and an entry
-// whose list grew is not kept.
+// A process that takes and releases one lease again and again keeps its
+// table entry (the spare, which counts as absent); another process never
+// gets it, and an entry whose list grew is not kept.
 func TestDroppedProcessEntryIsReusedOnlyForItsProcess(t *testing.T) {
 	e := newTestEngine(t)
 	mustRegister(t, e, "a", 1)
@@ -350,8 +350,11 @@ func TestDroppedProcessEntryIsReusedOnlyForItsProcess(t *testing.T) {
 	l := mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/x", "MUTATES", 0), procA))
 	first := e.procs[procA]
 	release(l)
-	require.NotContains(t, e.procs, procA)
+	require.False(t, e.ProcessBound(procA))
 	require.Empty(t, e.BoundProcesses())
+	require.Zero(t, e.Stats().Processes)
+	n, _ := e.ProcessEnded(t0, procA)
+	require.Zero(t, n)
 
 	l = mustGrantReq(t, e, t0, bound(req1("a", "s", "FILE", "/x", "MUTATES", 0), procA))
 	require.Same(t, first, e.procs[procA], "the same process gets its entry back")
@@ -367,7 +370,7 @@ func TestDroppedProcessEntryIsReusedOnlyForItsProcess(t *testing.T) {
 	require.Equal(t, procA, *k.Bound)
 	require.Equal(t, []string{l.ID}, ids(e.BoundLeases(procReused)))
 	require.Equal(t, []string{k.ID}, ids(e.BoundLeases(procA)))
-	n, _ := e.ProcessEnded(t0, procReused)
+	n, _ = e.ProcessEnded(t0, procReused)
 	require.Equal(t, 1, n)
 	require.Equal(t, []Process{procA}, e.BoundProcesses())
 	require.Equal(t, []string{k.ID}, ids(e.BoundLeases(procA)))
@@ -381,5 +384,10 @@ func TestDroppedProcessEntryIsReusedOnlyForItsProcess(t *testing.T) {
 	for _, l := range ls {
 		release(l)
 	}
-	require.NotEqual(t, procB, e.spareProc.proc)
+	require.NotContains(t, e.procs, procB)
+	require.NotContains(t, e.procs, procReused, "one spare only")
+	require.Same(t, e.spareProc, e.procs[procA])
+	require.Empty(t, e.BoundProcesses())
+	require.Zero(t, e.Stats().Processes)
+	require.False(t, e.ProcessBound(procA))
 }

@@ -206,7 +206,7 @@ func (e *Engine) AgentsPage(now int64, after AgentPos, limit int) (AgentPage, er
 // ended because their process ended, Fence the last fencing token issued.
 func (e *Engine) Stats() Stats {
 	return Stats{
-		Agents: e.registered, Leases: e.leases.len(), Waiters: len(e.waiters), Processes: len(e.procs),
+		Agents: e.registered, Leases: e.leases.len(), Waiters: len(e.waiters), Processes: e.boundCount(),
 		Grants: e.grants, Waits: e.waits, Dies: e.dies, Expirations: e.expirations,
 		ExitReleases: e.exitReleases, Fence: e.fence,
 		Conflicts: e.conflicts, Locked: e.locked, SessionExpired: e.sessionExpired,

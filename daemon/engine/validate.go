@@ -110,7 +110,11 @@ func resourceKey(field, typ, p string) (string, *Error) {
 // protocol.CleanFilePath); other types are taken as given. Either may
 // have at most MaxPathDepth levels.
 func checkPath(field string, t ResourceType, p string) (string, *Error) {
-	if err := checkText(field+"resource_path", p, MaxPathLen); err != nil {
+	name := "resource_path" // not concatenated when field is "": a request's one intent
+	if field != "" {
+		name = field + name
+	}
+	if err := checkText(name, p, MaxPathLen); err != nil {
 		return "", err
 	}
 	if t == File {
@@ -123,7 +127,7 @@ func checkPath(field string, t ResourceType, p string) (string, *Error) {
 	// Every '/' but a trailing one ends a subtree key above the path, which
 	// klockd keeps a summary for while something is below it: the limit
 	// bounds what one key can cost.
-	if msg := protocol.CheckDepth(field+"resource_path", p); msg != "" {
+	if msg := protocol.CheckDepth(name, p); msg != "" {
 		return "", &Error{Code: protocol.CodeInvalidArgument, Message: msg}
 	}
 	return p, nil
