@@ -10,15 +10,16 @@ import (
 // grows by doubling at 7/8 full, so an entry costs 28 to 55 bytes: 52 at
 // 1,000,000 keys, more than any other index of a lease but the lease and
 // its resource. This table keeps only the pointer (the key is the
-// resource's own) and a one-byte tag: 9 bytes a slot, 10 to 21 an entry.
+// resource's own) and a one-byte tag: 9 bytes a slot (10 with a bucket's
+// rounding to whole pages, below), 11 to 23 an entry.
 //
 // It is extendible hashing: a directory of 1<<depth bucket pointers,
 // indexed by a key hash's top depth bits, each bucket an open-addressed
 // table of resBucketSlots slots (linear probing from the hash's low bits)
 // shared by the directory entries that agree on its own depth's top bits.
 // A full bucket splits in two by its next top bit, doubling the directory
-// when it was as deep, so growing rehashes one bucket (under a thousand
-// keys), never the whole table: no pause grows with the table. A lookup
+// when it was as deep, so growing rehashes one bucket (under four thousand
+// keys, ~0.2 ms), never the whole table: no pause grows with the table. A lookup
 // reads tags, contiguous bytes, and follows a pointer only where the tag
 // matches (1 in 254 for another key).
 //
@@ -33,8 +34,19 @@ type resTable struct {
 	n     int
 }
 
+// A bucket is a large object (over 32 KiB: resBucketSize), which Go
+// gives a span of its own. Buckets of 1,024 slots were 9,232 bytes, in the
+// 9,472-byte size class that also holds garbage of the same size (the
+// Lease slice an acquire_many of 64 answers with): each live bucket then
+// pinned a span of dead ones that the runtime could not give back, ~14 B
+// per lease of RSS at a million leases, ~18 MiB still held after every
+// lease was released (BENCHMARKS.md "Scale (issue 18)", session 7 (rss7)).
+// A bucket of 4,096 slots is 36,880 bytes, 40,960 with its pages: the
+// pages cost 11%, under 2 B an entry, and come back whole when it goes.
 const (
-	resBucketSlots = 1024                   // a power of two
+	resSlotBits    = 12
+	resBucketSlots = 1 << resSlotBits
+	resBucketSize  = 16 + resBucketSlots*9  // depth, n, gone, then 9 bytes a slot
 	resBucketMax   = resBucketSlots * 7 / 8 // live and deleted slots that make a bucket full
 	resTagEmpty    = 0
 	resTagDeleted  = 0xff // a removed entry: probes step over it, inserts reuse it
@@ -54,7 +66,7 @@ func newResTable() resTable {
 
 // tagOf returns a live entry's tag, from hash bits that choose neither the
 // bucket nor the first slot: 1..254.
-func tagOf(h uint64) uint8 { return uint8((h>>10)%254) + 1 }
+func tagOf(h uint64) uint8 { return uint8((h>>resSlotBits)%254) + 1 }
 
 func (t *resTable) bucket(h uint64) *resBucket {
 	return t.dir[h>>(64-uint(t.depth))&(1<<t.depth-1)] // a shift by 64 is 0 in Go
@@ -131,7 +143,7 @@ func (t *resTable) del(r *resource) {
 // (doubling the directory when b is as deep as it), else copies b's live
 // entries into a fresh bucket, which drops the deleted slots.
 func (t *resTable) rebuild(b *resBucket, h uint64) {
-	split := 2*b.n >= resBucketMax && b.depth < 64-10-8 // bits left above the slot and tag bits
+	split := 2*b.n >= resBucketMax && b.depth < 64-resSlotBits-8 // bits left above the slot and tag bits
 	if split && b.depth == t.depth {
 		dir := make([]*resBucket, 2*len(t.dir))
 		for i, x := range t.dir {

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -60,16 +61,16 @@ func TestResTableAgreesWithAMap(t *testing.T) {
 			delete(ref, k)
 		}
 	}
-	add(50_000)
+	add(49 * resBucketSlots)
 	check()
-	require.Greater(t, tab.depth, uint8(4), "50,000 keys need many buckets")
-	del(30_000)
+	require.Greater(t, tab.depth, uint8(4), "49 buckets' worth of keys need many buckets")
+	del(29 * resBucketSlots)
 	check()
 	// Churn in place: deleted slots must be reused or dropped, never
 	// fill a bucket.
 	for range 20 {
-		add(rng.IntN(5000))
-		del(rng.IntN(5000))
+		add(rng.IntN(5 * resBucketSlots))
+		del(rng.IntN(5 * resBucketSlots))
 	}
 	check()
 	// A resource that is not the table's entry for its key is not
@@ -79,6 +80,15 @@ func TestResTableAgreesWithAMap(t *testing.T) {
 	require.Same(t, ref[k], tab.get(k))
 	del(len(ref))
 	check()
-	add(2000)
+	add(2 * resBucketSlots)
 	check()
+}
+
+// TestResBucketIsALargeObject keeps a bucket over Go's largest small size
+// class (32 KiB, runtime/sizeclasses.go's _MaxSmallSize), so that it has a
+// span of its own and never pins garbage of its size class (restable.go).
+func TestResBucketIsALargeObject(t *testing.T) {
+	size := unsafe.Sizeof(resBucket{})
+	require.Equal(t, uintptr(resBucketSize), size, "resBucketSize is a bucket's size")
+	require.Greater(t, size, uintptr(32<<10), "a bucket must be a large object")
 }
