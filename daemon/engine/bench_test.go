@@ -332,3 +332,59 @@ func fillClient(b *testing.B, e *Engine, c Caller, n int) {
 		}
 	}
 }
+
+// BenchmarkAcquireReleaseAgents is BenchmarkAcquireReleaseClient in the
+// shape of klock-bench's klock-conn uncontended workload at W=64: 64
+// agents (priorities 1..64), each in its own session "bench", bound to
+// the bench process, acquiring and releasing its own resource
+// /bench/uncontended/w<i> with a fresh idempotency key each time. Each
+// agent holds its lease while the next 32 agents acquire, as the bench's
+// workers hold theirs about half the time, so the summaries above those
+// resources list 64 agents each, half of them holding. One op is one
+// acquire plus one release; the clock advances a millisecond every 64 ops.
+func BenchmarkAcquireReleaseAgents(b *testing.B) {
+	const agents, holding = 64, 32
+	e := New(Config{})
+	c := Caller{UID: 1000}
+	proc := Process{PID: 4242, Boot: 1, Start: 100}
+	reqs := make([]AcquireRequest, agents)
+	for i := range reqs {
+		id := "w" + strconv.Itoa(i)
+		if _, err := e.Register(t0, c, id, int64(i+1), true); err != nil {
+			b.Fatal(err)
+		}
+		reqs[i] = req1(id, "bench", "FILE", "/bench/uncontended/"+id, "MUTATES", 30_000)
+		reqs[i].Bind = &proc
+	}
+	keys := make([]string, 4096) // the clients' keys: a prefix and a counter
+	for i := range keys {
+		keys[i] = "k1a2b3c4d5e6f7g8-" + strconv.FormatUint(uint64(i), 36)
+	}
+	held := make([]string, agents)
+	step := func(i int) {
+		now := t0 + int64(i/agents)
+		k := i % agents
+		req := &reqs[k]
+		req.Idem = keys[i%len(keys)]
+		r, err := e.Acquire(now, c, *req)
+		if err != nil || !r.Granted {
+			b.Fatal(err, r.Denial)
+		}
+		held[k] = r.Leases[0].ID
+		k = (k + agents - holding) % agents
+		if held[k] != "" {
+			if ok, _, _ := e.Release(now, c, held[k]); !ok {
+				b.Fatal("not released")
+			}
+			held[k] = ""
+		}
+	}
+	for i := range holding {
+		step(i)
+	}
+	cpu := startCPU(b)
+	for i := 0; i < b.N; i++ {
+		step(holding + i)
+	}
+	cpu.stop(b)
+}

@@ -220,7 +220,7 @@ func (m *treeModel) requireVerdict(what func() string, ref refVerdict, v *verdic
 			if r.below() != nil {
 				for c := range r.below().held {
 					for _, h := range r.below().held[c] {
-						m.t.Logf("state: below %s class %d: %s/%s prio %d exp %d items %d soft %v", r.key, c, h.agent.id, h.session, h.prio, h.exp, len(h.leases)+len(h.kids), r.below().soft[c] == h)
+						m.t.Logf("state: below %s class %d: %s/%s prio %d exp %d items %d soft %v", r.key, c, h.agent.id, h.session, h.prio, h.exp, len(h.leases)+len(h.kids), r.below().isSoft(h))
 					}
 				}
 			}
@@ -478,6 +478,7 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 		if r.below().empty() {
 			t.Fatalf("empty summary kept at %s", r.key)
 		}
+		nSoft := 0
 		for c := range numClasses {
 			list, heap := r.below().held[c], r.below().latest[c]
 			if !slices.IsSortedFunc(list, func(x, y *heldBy) int { return heldOrder(x, y.prio, y.agent, y.session) }) || len(heap) != len(list) {
@@ -497,14 +498,15 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 					t.Fatalf("lease heap of %s/%s class %d below %s broken at %d", h.agent.id, h.session, c, r.key, i)
 				}
 				if h.soft() {
-					if r.below().soft[c] != h || h.exp != math.MinInt64 || len(h.leases) > 0 {
-						t.Fatalf("entry %s/%s class %d below %s holds nothing but is not its soft entry", h.agent.id, h.session, c, r.key)
+					if !r.below().isSoft(h) || h.exp != math.MinInt64 || len(h.leases) > 0 {
+						t.Fatalf("entry %s/%s class %d below %s holds nothing but is not a soft entry (exp %d, leases %d, kids %d, listed %v, idx %d of %d)", h.agent.id, h.session, c, r.key, h.exp, len(h.leases), len(h.kids), r.below().isSoft(h), h.softIdx, len(r.below().soft))
 					}
+					nSoft++
 					continue
 				}
-				if h.prio != h.agent.priority || r.below().soft[c] == h {
+				if h.prio != h.agent.priority || r.below().isSoft(h) {
 					t.Fatalf("entry %s/%s class %d below %s: filed at priority %d (agent's %d), soft %v, up %v",
-						h.agent.id, h.session, c, r.key, h.prio, h.agent.priority, r.below().soft[c] == h, h.up != nil)
+						h.agent.id, h.session, c, r.key, h.prio, h.agent.priority, r.below().isSoft(h), h.up != nil)
 				}
 				want, ok := latest[sumKey{r, h.agent, h.session, c}]
 				if !ok || h.latest() != want || h.exp != want || h.node != r {
@@ -522,6 +524,9 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 				}
 				nQueued++
 			}
+		}
+		if s := r.below(); nSoft != len(s.soft) || nSoft > s.maxSoft() {
+			t.Fatalf("summary of %s has %d soft entries, lists %d, allows %d", r.key, nSoft, len(s.soft), s.maxSoft())
 		}
 	}
 	if len(latest) != nHeld || len(queued) != nQueued {

@@ -48,7 +48,7 @@ func conflictsClass(p Predicate, c class) bool { return Conflicts(p, classMember
 type summary struct {
 	held   [numClasses][]*heldBy         // sorted by heldOrder
 	latest [numClasses]expHeap[byLatest] // the same entries by their latest expiry
-	soft   [numClasses]*heldBy           // the one entry per class kept empty, for reuse (see soften)
+	soft   []*heldBy                     // the soft entries of every class, each at its softIdx (see setExp)
 	queued [numClasses][]queuedBy        // sorted by agent priority, agent id
 }
 
@@ -71,10 +71,10 @@ func (s *summary) empty() bool {
 // An entry whose last lease below has gone is soft: it stays where it is
 // (in its summary, in its parent's kids), with latest() = math.MinInt64,
 // which every decision skips, until the same agent session holds something
-// below it again, or another entry of its class and key goes soft and
-// takes its place (see setExp): each summary keeps at most one soft entry
-// per class. Taking and releasing one file again and again then moves no
-// entry in or out of the summaries above it.
+// below it again, or the summary has too many soft entries and drops one
+// (see setExp). Taking and releasing one file again and again, as many
+// agents do side by side, then moves no entry in or out of the summaries
+// above it.
 type heldBy struct {
 	agent   *agent
 	session string
@@ -86,6 +86,7 @@ type heldBy struct {
 	exp     int64 // latest() as last filed in node's latest heap and up.kids
 	upIdx   int32 // index in up.kids
 	expIdx  int32 // index in node.below.latest[class]
+	softIdx int32 // index in node.below.soft while soft
 	class   class
 }
 
@@ -238,21 +239,58 @@ func (e *Engine) propagate(h *heldBy) {
 }
 
 // setExp files h's new latest expiry m in its summary. An entry that goes
-// soft takes its class's soft place there, and the one that had it is
-// dropped.
+// soft joins the summary's soft entries, and while they are more than
+// maxSoft, the first of them other than h is dropped: the one that went
+// soft first, unless one that came back since moved the last into its
+// place. Going soft lowers maxSoft by two, so up to three may go.
 func (e *Engine) setExp(h *heldBy, m int64) {
 	s := h.node.below()
-	if h.exp == math.MinInt64 && s.soft[h.class] == h {
-		s.soft[h.class] = nil
+	if h.exp == math.MinInt64 && s.isSoft(h) {
+		s.unsoft(h)
 	}
 	h.exp = m
 	s.latest[h.class].fix(int(h.expIdx))
 	if m == math.MinInt64 {
-		if old := s.soft[h.class]; old != nil {
-			e.dropHeld(old)
+		h.softIdx = int32(len(s.soft))
+		s.soft = append(s.soft, h)
+		for len(s.soft) > s.maxSoft() { // then len(s.soft) > numClasses
+			o := s.soft[0]
+			if o == h { // moved there by an earlier drop
+				o = s.soft[1]
+			}
+			e.dropHeld(o)
 		}
-		s.soft[h.class] = h
 	}
+}
+
+// maxSoft bounds a summary's soft entries: twice its other entries, plus
+// one per class. So soft entries at most triple what the entries of the
+// active leases below a key cost, and a key with nothing active below
+// keeps as many as before (one per class); yet with many agents each
+// taking and releasing a file below the key in turn, as klock-bench's
+// workers do, the entry of an agent that released stays until it takes
+// its next file, instead of being dropped and made again (issue 18).
+func (s *summary) maxSoft() int {
+	n := 0
+	for c := range s.held {
+		n += len(s.held[c])
+	}
+	return 2*(n-len(s.soft)) + int(numClasses)
+}
+
+// isSoft reports whether h is one of the summary's soft entries.
+func (s *summary) isSoft(h *heldBy) bool {
+	return int(h.softIdx) < len(s.soft) && s.soft[h.softIdx] == h
+}
+
+// unsoft takes h out of the summary's soft entries, moving the last one
+// into its place.
+func (s *summary) unsoft(h *heldBy) {
+	i, last := h.softIdx, len(s.soft)-1
+	s.soft[i] = s.soft[last]
+	s.soft[i].softIdx = i
+	s.soft[last] = nil
+	s.soft = s.soft[:last]
 }
 
 // dropHeld removes a soft entry, and the soft entries under it, from the
@@ -271,8 +309,8 @@ func (e *Engine) dropHeld(h *heldBy) {
 		s.held[h.class] = slices.Delete(list, i, i+1)
 	}
 	s.latest[h.class].remove(int(h.expIdx))
-	if s.soft[h.class] == h {
-		s.soft[h.class] = nil
+	if s.isSoft(h) {
+		s.unsoft(h)
 	}
 	e.dropIfEmpty(h.node)
 	if len(e.freeHeld) < maxFreeHeld {
@@ -285,10 +323,8 @@ func (e *Engine) dropHeld(h *heldBy) {
 // nothing is held or queued below it any more, so they are all soft.
 func (e *Engine) dropSoft(n *resource) {
 	if s := n.below(); s != nil {
-		for c := range s.soft {
-			if h := s.soft[c]; h != nil {
-				e.dropHeld(h)
-			}
+		for len(s.soft) > 0 {
+			e.dropHeld(s.soft[len(s.soft)-1]) // the last drop may put s in freeSummaries, emptied
 		}
 	}
 }
