@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -198,6 +199,23 @@ func TestInvalidArguments(t *testing.T) {
 	many.Intents[2].Predicate = "nope"
 	_, err = e.AcquireMany(t0, alice, many)
 	requireCode(t, err, protocol.CodeInvalidArgument, `intents[2].predicate "nope"`)
+	many.Intents[2].Predicate = "CONSUMES"
+	for _, c := range []struct {
+		in   Intent
+		want string
+	}{
+		{Intent{ResourceType: "DIR", ResourcePath: "/x", Predicate: "CONSUMES"}, `intents[1].resource_type "DIR"`},
+		{Intent{ResourceType: "FILE", ResourcePath: "x", Predicate: "CONSUMES"}, `intents[1].resource_path "x" is relative`},
+		{Intent{ResourceType: "FILE", ResourcePath: "", Predicate: "CONSUMES"}, `intents[1].resource_path is required`},
+		{Intent{ResourceType: "FILE", ResourcePath: strings.Repeat("/a", MaxPathDepth+1), Predicate: "CONSUMES"}, fmt.Sprintf("intents[1].resource_path has %d levels", MaxPathDepth+1)},
+		{Intent{ResourceType: "FILE", ResourcePath: "/x", Predicate: "CONSUMES", ClientPath: "a\x01"}, `intents[1].client_path contains control character`},
+	} {
+		in := many.Intents[1]
+		many.Intents[1] = c.in
+		_, err = e.AcquireMany(t0, alice, many)
+		requireCode(t, err, protocol.CodeInvalidArgument, c.want)
+		many.Intents[1] = in
+	}
 
 	_, err = e.Register(t0, alice, "", 1, true)
 	requireCode(t, err, protocol.CodeInvalidArgument, "agent_id")
@@ -561,4 +579,25 @@ func TestLeaseIDsAreUUIDv4(t *testing.T) {
 	ok, _, err := e.Release(t0, alice, l.ID)
 	require.NoError(t, err)
 	require.True(t, ok)
+}
+
+// TestCheckAcquireManyAllocs: checking acquire_many's intents formats no
+// argument name ("intents[i].resource_path") unless one is wrong; the keys
+// here are known, so checking allocates nothing.
+func TestCheckAcquireManyAllocs(t *testing.T) {
+	e := New(Config{})
+	mustRegister(t, e, "a", 1)
+	req := AcquireRequest{AgentID: "a", SessionID: "s", TTL: 1000}
+	for i := range 8 {
+		p := "/d/" + strconv.Itoa(i)
+		mustGrant(t, e, t0, "a", "s", p, "CONSUMES")
+		req.Intents = append(req.Intents, Intent{ResourceType: "FILE", ResourcePath: p, Predicate: "CONSUMES", ClientPath: "c" + p})
+	}
+	dst := make([]target, 0, len(req.Intents))
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := e.checkAcquire(&req, false, dst); err != nil {
+			t.Fatal(err)
+		}
+	})
+	require.Zero(t, allocs)
 }

@@ -89,13 +89,13 @@ func (e *Engine) explain(now int64, req *ExplainRequest) (Explanation, *Error) {
 			return Explanation{}, err
 		}
 	}
-	key, r, err := e.internKey("", req.ResourceType, req.ResourcePath)
+	key, r, err := e.internKey(-1, req.ResourceType, req.ResourcePath)
 	if err != nil {
 		return Explanation{}, err
 	}
 	pred := Mutates
 	if req.Predicate != "" {
-		if pred, err = parsePredicate("", req.Predicate); err != nil {
+		if pred, err = parsePredicate(-1, req.Predicate); err != nil {
 			return Explanation{}, err
 		}
 	}

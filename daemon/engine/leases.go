@@ -191,7 +191,7 @@ func (e *Engine) EndSessionStep(now int64, c Caller, agentID, sessionID string, 
 // requests queued there are answered so; leases already held keep
 // running. It returns the state after the call (true).
 func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, error) {
-	key, err := resourceKey("", typ, path)
+	key, err := resourceKey(-1, typ, path)
 	if err != nil {
 		return false, nil, err
 	}
@@ -216,7 +216,7 @@ func (e *Engine) Freeze(now int64, c Caller, typ, path string) (bool, []Wakeup, 
 
 // Thaw ends a freeze (admin) and returns the state after the call (false).
 func (e *Engine) Thaw(now int64, c Caller, typ, path string) (bool, error) {
-	key, err := resourceKey("", typ, path)
+	key, err := resourceKey(-1, typ, path)
 	if err != nil {
 		return false, err
 	}

@@ -50,6 +50,15 @@ func checkText(name, s string, max int) *Error {
 	return nil
 }
 
+// checkArg is checkText for the argument n, its name formatted only when
+// there is an error to report.
+func checkArg(n protocol.ArgName, s string, max int) *Error {
+	if protocol.CheckText(n.Key, s, max) == "" {
+		return nil
+	}
+	return checkText(n.String(), s, max)
+}
+
 func (e *Engine) checkTTL(name string, ttl int64) *Error {
 	if ttl < 1 || ttl > e.cfg.MaxTTL {
 		return invalidf("klock: %s %d is out of range; allowed 1..%d ms", name, ttl, e.cfg.MaxTTL)
@@ -84,21 +93,21 @@ func checkLimit(limit int) (int, *Error) {
 // FILE path, or a path that is empty, too long or holds control characters,
 // is an INVALID_ARGUMENT *Error.
 func ResourceKey(typ, p string) (string, error) {
-	k, err := resourceKey("", typ, p)
+	k, err := resourceKey(-1, typ, p)
 	if err != nil {
 		return "", err
 	}
 	return k, nil
 }
 
-// resourceKey is ResourceKey with the argument names prefixed by field
-// (e.g. "intents[2].") and a typed error.
-func resourceKey(field, typ, p string) (string, *Error) {
-	t, err := parseResourceType(field, typ)
+// resourceKey is ResourceKey with the arguments named as those of
+// intents[in] (for in >= 0; see protocol.ArgName) and a typed error.
+func resourceKey(in int, typ, p string) (string, *Error) {
+	t, err := parseResourceType(in, typ)
 	if err != nil {
 		return "", err
 	}
-	p, err = checkPath(field, t, p)
+	p, err = checkPath(in, t, p)
 	if err != nil {
 		return "", err
 	}
@@ -109,26 +118,23 @@ func resourceKey(field, typ, p string) (string, *Error) {
 // must be absolute and is cleaned, keeping a trailing '/' (see
 // protocol.CleanFilePath); other types are taken as given. Either may
 // have at most MaxPathDepth levels.
-func checkPath(field string, t ResourceType, p string) (string, *Error) {
-	name := "resource_path" // not concatenated when field is "": a request's one intent
-	if field != "" {
-		name = field + name
-	}
-	if err := checkText(name, p, MaxPathLen); err != nil {
+func checkPath(in int, t ResourceType, p string) (string, *Error) {
+	name := protocol.ArgName{Intent: in, Key: "resource_path"}
+	if err := checkArg(name, p, MaxPathLen); err != nil {
 		return "", err
 	}
 	if t == File {
 		if p[0] != '/' {
-			return "", invalidf("klock: %sresource_path %q is relative; a FILE path must be absolute: "+
-				"the client makes it absolute against its own working directory, which klockd cannot know", field, p)
+			return "", invalidf("klock: %s %q is relative; a FILE path must be absolute: "+
+				"the client makes it absolute against its own working directory, which klockd cannot know", name, p)
 		}
 		p = protocol.CleanFilePath(p)
 	}
 	// Every '/' but a trailing one ends a subtree key above the path, which
 	// klockd keeps a summary for while something is below it: the limit
 	// bounds what one key can cost.
-	if msg := protocol.CheckDepth(name, p); msg != "" {
-		return "", &Error{Code: protocol.CodeInvalidArgument, Message: msg}
+	if protocol.CheckDepth(name.Key, p) != "" {
+		return "", &Error{Code: protocol.CodeInvalidArgument, Message: protocol.CheckDepth(name.String(), p)}
 	}
 	return p, nil
 }
@@ -136,12 +142,12 @@ func checkPath(field string, t ResourceType, p string) (string, *Error) {
 // internKey is resourceKey without allocating when the key's resource is
 // already known: it builds the key in a scratch buffer and returns the
 // resource and its own copy of the key.
-func (e *Engine) internKey(field, typ, p string) (string, *resource, *Error) {
-	t, err := parseResourceType(field, typ)
+func (e *Engine) internKey(in int, typ, p string) (string, *resource, *Error) {
+	t, err := parseResourceType(in, typ)
 	if err != nil {
 		return "", nil, err
 	}
-	p, err = checkPath(field, t, p)
+	p, err = checkPath(in, t, p)
 	if err != nil {
 		return "", nil, err
 	}
@@ -155,7 +161,7 @@ func (e *Engine) internKey(field, typ, p string) (string, *resource, *Error) {
 	return string(b), nil, nil
 }
 
-func parseResourceType(field, s string) (ResourceType, *Error) {
+func parseResourceType(in int, s string) (ResourceType, *Error) {
 	// Fast path: the wire normally carries upper-case names.
 	for t := File; t <= ConfigKey; t++ {
 		if s == resourceTypeNames[t] {
@@ -164,12 +170,12 @@ func parseResourceType(field, s string) (ResourceType, *Error) {
 	}
 	t, err := ParseResourceType(s)
 	if err != nil {
-		return 0, invalidf("klock: %sresource_type %q is not one of %s", field, s, resourceTypeList)
+		return 0, invalidf("klock: %s %q is not one of %s", protocol.ArgName{Intent: in, Key: "resource_type"}, s, resourceTypeList)
 	}
 	return t, nil
 }
 
-func parsePredicate(field, s string) (Predicate, *Error) {
+func parsePredicate(in int, s string) (Predicate, *Error) {
 	for p := Provides; p <= Renames; p++ {
 		if s == predicateNames[p] {
 			return p, nil
@@ -177,7 +183,7 @@ func parsePredicate(field, s string) (Predicate, *Error) {
 	}
 	p, err := ParsePredicate(s)
 	if err != nil {
-		return 0, invalidf("klock: %spredicate %q is not one of %s", field, s, predicateList)
+		return 0, invalidf("klock: %s %q is not one of %s", protocol.ArgName{Intent: in, Key: "predicate"}, s, predicateList)
 	}
 	return p, nil
 }
@@ -225,20 +231,20 @@ func (e *Engine) checkAcquire(req *AcquireRequest, single bool, dst []target) ([
 	}
 	for i := range req.Intents {
 		in := &req.Intents[i]
-		field := ""
-		if !single {
-			field = fmt.Sprintf("intents[%d].", i)
+		at := i // its arguments are named intents[i].*, a single intent's plainly
+		if single {
+			at = -1
 		}
-		key, r, err := e.internKey(field, in.ResourceType, in.ResourcePath)
+		key, r, err := e.internKey(at, in.ResourceType, in.ResourcePath)
 		if err != nil {
 			return nil, err
 		}
-		p, err := parsePredicate(field, in.Predicate)
+		p, err := parsePredicate(at, in.Predicate)
 		if err != nil {
 			return nil, err
 		}
 		if in.ClientPath != "" {
-			if err := checkText(field+"client_path", in.ClientPath, MaxPathLen); err != nil {
+			if err := checkArg(protocol.ArgName{Intent: at, Key: "client_path"}, in.ClientPath, MaxPathLen); err != nil {
 				return nil, err
 			}
 		}
