@@ -71,6 +71,7 @@ type agent struct {
 	waiters       []*waiter                 // queued requests
 	idem          map[string]*idemEntry
 	ended         endedSessions // the last maxEndedSessions sessions ended
+	held          *heldBy       // the summary entry last found for one of its leases (see holdBelow)
 }
 
 // lease is a lease with its places in the indexes. It keeps only what is

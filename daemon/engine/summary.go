@@ -179,28 +179,48 @@ func (e *Engine) heldAt(n *resource, a *agent, session string, c class) *heldBy 
 }
 
 // holdBelow files a new lease in the summaries of the subtree keys above
-// it.
+// it. The lease's agent remembers the entry it went in (agent.held): an
+// agent that takes and releases one file again and again, or several in
+// one directory, finds its entry there instead of searching a list that
+// holds one for every agent below the directory.
 func (e *Engine) holdBelow(x *lease) {
 	p := x.res.parent
 	if p == nil {
 		return
 	}
-	h := e.heldAt(p, x.agent(), x.sess.name, classOf(x.Predicate))
+	a, c := x.agent(), classOf(x.Predicate)
+	h := a.held
+	if !h.is(p, a, x.sess.name, c) {
+		h = e.heldAt(p, a, x.sess.name, c)
+		a.held = h
+	}
 	h.leases.push(x)
 	e.propagate(h)
+}
+
+// is reports whether h (nil or not) is the entry of (a, session, c) at
+// the subtree key n, filed at a's priority: a summary lists one such
+// entry at most, and a dropped entry's fields are cleared.
+func (h *heldBy) is(n *resource, a *agent, session string, c class) bool {
+	return h != nil && h.node == n && h.agent == a && h.class == c && h.prio == a.priority && h.session == session
 }
 
 // upOf returns the summary entry that lists a lease: its agent session's,
 // of its class, at its key's parent (nil at a root). Looking it up instead
 // of keeping a pointer in every lease saves the lease 16 bytes (its size
-// class); the list is short, and scanned.
+// class); it is mostly the one its agent remembers (see holdBelow).
 func upOf(x *lease) *heldBy {
 	p := x.res.parent
 	if p == nil {
 		return nil
 	}
-	list := p.below().held[classOf(x.Predicate)]
-	i, _ := findHeld(list, x.agent(), x.sess.name)
+	a, c := x.agent(), classOf(x.Predicate)
+	if h := a.held; h.is(p, a, x.sess.name, c) {
+		return h
+	}
+	list := p.below().held[c]
+	i, _ := findHeld(list, a, x.sess.name)
+	a.held = list[i]
 	return list[i]
 }
 
@@ -316,6 +336,8 @@ func (e *Engine) dropHeld(h *heldBy) {
 	if len(e.freeHeld) < maxFreeHeld {
 		*h = heldBy{leases: h.leases[:0], kids: h.kids[:0]}
 		e.freeHeld = append(e.freeHeld, h)
+	} else {
+		*h = heldBy{} // its agent may still point to it (agent.held)
 	}
 }
 

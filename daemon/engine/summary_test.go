@@ -92,3 +92,29 @@ func TestSoftEntriesBounded(t *testing.T) {
 	}
 	checkIndex(t, e)
 }
+
+// TestDroppedEntryNotRemembered: an agent remembers the summary entry its
+// last lease went in (agent.held); once that entry is dropped, and not kept
+// for reuse, the agent's next lease must not go in it.
+func TestDroppedEntryNotRemembered(t *testing.T) {
+	e := New(Config{})
+	var ids []string
+	for _, id := range []string{"a", "b1", "b2", "b3"} {
+		mustRegister(t, e, id, 1)
+		ids = append(ids, mustGrant(t, e, t0, id, "s", "/d/"+id, "MUTATES").ID)
+	}
+	for len(e.freeHeld) < maxFreeHeld { // so that the dropped entry is not kept
+		e.freeHeld = append(e.freeHeld, new(heldBy))
+	}
+	for _, id := range ids {
+		ok, _, err := e.Release(t0, alice, id)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	// Four soft entries below /d/, three allowed: a's went first.
+	list := summaryAt(t, e, "/d/").held[classExclusive]
+	_, ok := findHeld(list, e.agents["a"], "s")
+	require.False(t, ok, "a's entry below /d/ was kept")
+	mustGrant(t, e, t0, "a", "s", "/d/a", "MUTATES")
+	checkIndex(t, e)
+}
