@@ -1,9 +1,12 @@
 package tests
 
 import (
+	"errors"
+	"io"
 	"net"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/klockd/klock/protocol"
 	"github.com/klockd/klock/tests/harness"
@@ -123,4 +126,68 @@ func TestMaxConnsRefusesTheExcess(t *testing.T) {
 		ok = err == nil && resp.OK
 		return ok
 	})
+}
+
+// TestHalfClosedConnectionsGetAnswersThenEOF: clients that pipeline
+// requests and then shut down their writing side get every answer, then
+// the end of stream. The daemon waits for a request without reading after
+// a short read, so it learns of a peer's shutdown that came with the last
+// requests from an epoll instance of its own (daemon/server, poller.go).
+// The answers are read only once the daemon has ended every connection:
+// a client reading them would wake the daemon's reader too.
+func TestHalfClosedConnectionsGetAnswersThenEOF(t *testing.T) {
+	d := harness.Start(t, harness.Options{StateDir: "none"})
+	const conns, perConn = 50, 20
+	var burst []byte
+	for id := uint64(1); id <= perConn; id++ {
+		burst, _ = protocol.AppendRequest(burst, id, protocol.OpHello, nil)
+	}
+	cs := make([]*net.UnixConn, conns)
+	for i := range cs {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: d.Socket, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cs[i] = c
+	}
+	for _, c := range cs {
+		c.SetDeadline(time.Now().Add(harness.RawTimeout))
+		if _, err := c.Write(burst); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r := d.Raw(t)
+	deadline := time.Now().Add(harness.RawTimeout)
+	for id := uint64(1); ; id++ {
+		var st protocol.StatsResult
+		mustOK(t, "stats", r.Call(id, protocol.OpStats, nil), &st)
+		if st.Connections == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats.connections = %d after the clients shut down; want 1", st.Connections)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	for i, c := range cs {
+		for id := uint64(1); id <= perConn; id++ {
+			body, err := protocol.ReadFrame(c, nil, protocol.DefaultMaxFrame)
+			if err != nil {
+				t.Fatalf("connection %d, answer %d: %v", i, id, err)
+			}
+			var resp protocol.Response
+			if err := protocol.DecodeResponse(body, &resp); err != nil || resp.ID != id || !resp.OK {
+				t.Fatalf("connection %d, answer %d: %+v, %v", i, id, resp, err)
+			}
+		}
+		if _, err := protocol.ReadFrame(c, nil, protocol.DefaultMaxFrame); !errors.Is(err, io.EOF) {
+			t.Fatalf("connection %d, after the last answer: %v; want EOF", i, err)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/klockd/klock/daemon/engine"
@@ -17,7 +18,7 @@ import (
 // readBufSize is the size of a connection's read buffer: a hundred or more
 // pipelined requests fit, so they are decoded and answered as one batch,
 // while thousands of idle connections stay cheap. A frame larger than that
-// gets a buffer of its size (nextFrame).
+// gets a buffer of its size (makeRoom).
 const readBufSize = 16 << 10
 
 // keepBufCap is the largest buffer a connection keeps for reuse; a bigger
@@ -34,11 +35,20 @@ type conn struct {
 	sk     *sock // nc's reads and writes (sock.go)
 	caller engine.Caller
 	// in is the read buffer: in[inR:inW] is read and not decoded yet.
-	// Frames are decoded where they lie (nextFrame), without a copy.
+	// Frames are decoded where they lie (bufferedFrame), without a copy.
 	in       []byte
 	inR, inW int
 	req      protocol.Request // decoded request, reused
 	ch       change           // the change req asks for, reused (newChange)
+	// The reader's state in step: stepFn is step bound once; started is
+	// set at its first call; skipRead when a short read may be followed by
+	// a wait without a read (a hupPoller took the socket); drained when the
+	// last read was short; rerr is why the reader stopped.
+	stepFn   func(fd uintptr) bool
+	started  bool
+	skipRead bool
+	drained  bool
+	rerr     error
 
 	// waiters are this connection's parked acquires, watches its watch
 	// streams by watch id; both guarded by Server.mu.
@@ -78,75 +88,123 @@ type conn struct {
 }
 
 func newConn(s *Server, nc *net.UnixConn, p Peer) *conn {
-	sk := newSock(nc)
-	return &conn{
+	c := &conn{
 		s:      s,
 		nc:     nc,
-		sk:     sk,
+		sk:     newSock(nc),
 		caller: engine.Caller{UID: p.UID, PID: p.PID},
 		in:     make([]byte, readBufSize),
 		pidfd:  -1,
 	}
+	c.stepFn = c.step
+	return c
 }
 
-// serve is the connection's reader loop.
+// serve is the connection's reader: it reads requests and answers them
+// inside one RawConn.Read, so that it waits for the next request without
+// the read(2) that would find nothing (step).
 func (c *conn) serve() {
 	defer c.finish()
-	for {
-		body, err := c.nextFrame()
-		if err != nil {
-			var fe *protocol.FrameError
-			switch {
-			case errors.As(err, &fe):
-				c.s.log.Warn("bad frame; closing connection", "uid", c.caller.UID, "pid", c.caller.PID, "err", err)
-				c.appendError(0, protocol.CodeBadFrame, fe.Error(), 0)
-			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-			default:
-				c.s.log.Debug("connection read ended", "uid", c.caller.UID, "pid", c.caller.PID, "err", err)
-			}
-			return
-		}
-		c.s.handle(c, body)
-		if !c.frameBuffered() {
-			if err := c.flush(); err != nil {
-				return
-			}
-		}
+	err := c.sk.rc.Read(c.stepFn)
+	if err == nil {
+		err = c.rerr
+	}
+	var fe *protocol.FrameError
+	switch {
+	case errors.As(err, &fe):
+		c.s.log.Warn("bad frame; closing connection", "uid", c.caller.UID, "pid", c.caller.PID, "err", err)
+		c.appendError(0, protocol.CodeBadFrame, fe.Error(), 0)
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	default:
+		c.s.log.Debug("connection read ended", "uid", c.caller.UID, "pid", c.caller.PID, "err", err)
 	}
 }
 
-// nextFrame returns the body of the next request frame, reading from the
-// socket while the buffer does not hold all of it. The body lies in c.in
-// and is valid until the next call (the decoder copies what it keeps).
-// Its errors are protocol.ReadFrame's: a *protocol.FrameError for a length
-// of 0 or over MaxFrame (checked before the body is read), io.EOF when
-// the peer closed between frames, io.ErrUnexpectedEOF inside one, or the
-// read's error.
-func (c *conn) nextFrame() ([]byte, error) {
-	need := protocol.HeaderSize
+// step is serve's RawConn.Read callback, on the socket's descriptor fd: it
+// answers the requests buffered, reading when it needs more, until it has
+// to wait (false: Go's poller waits for the socket to be readable) or the
+// connection ends (true, with the reason in c.rerr).
+//
+// After a short read it waits without reading again: the read took all
+// there was, and what arrives since is an edge that Go's poller keeps for
+// the wait, as the reader never leaves this RawConn.Read (hupPoller says
+// why, and covers the peer's shutdown). Without a hupPoller, and after a
+// read that filled the buffer, it reads until EAGAIN. A read of a Unix
+// stream socket takes all that is queued, up to the buffer's size, unless
+// data sent with descriptors or out of band stops it (the kernel's
+// unix_stream_read_generic); the protocol sends neither, and a peer that
+// does only delays its own requests, until it sends more or shuts down.
+func (c *conn) step(fd uintptr) bool {
+	if !c.started {
+		c.started = true
+		c.skipRead = c.sk.register(c.s.hupPoller(), fd)
+	}
 	for {
-		if n := c.inW - c.inR; n >= protocol.HeaderSize {
-			size := binary.BigEndian.Uint32(c.in[c.inR:])
-			if size == 0 || uint64(size) > uint64(c.s.cfg.MaxFrame) {
-				return nil, &protocol.FrameError{Length: size, Max: c.s.cfg.MaxFrame}
+		if c.sk.closing.Load() {
+			c.rerr = net.ErrClosed
+			return true
+		}
+		body, need, err := c.bufferedFrame()
+		if err != nil {
+			c.rerr = err
+			return true
+		}
+		if body != nil {
+			c.s.handle(c, body)
+			if !c.frameBuffered() {
+				if err := c.flush(); err != nil {
+					c.rerr = err
+					return true
+				}
 			}
-			need = protocol.HeaderSize + int(size)
-			if n >= need {
-				body := c.in[c.inR+protocol.HeaderSize : c.inR+need]
-				c.inR += need
-				return body, nil
-			}
+			continue
+		}
+		if c.drained {
+			c.drained = false
+			return false
 		}
 		c.makeRoom(need)
-		m, err := c.sk.Read(c.in[c.inW:])
-		c.inW += m
-		if err != nil {
-			if errors.Is(err, io.EOF) && c.inW > c.inR {
-				err = io.ErrUnexpectedEOF
+		space := len(c.in) - c.inW
+		n, errno := protocol.ReadRaw(fd, c.in[c.inW:])
+		switch {
+		case errno == syscall.EAGAIN:
+			return false
+		case errno != 0:
+			c.rerr = errno
+			return true
+		case n == 0:
+			c.rerr = io.EOF
+			if c.inW > c.inR {
+				c.rerr = io.ErrUnexpectedEOF
 			}
-			return nil, err
+			return true
 		}
+		c.inW += n
+		c.drained = c.skipRead && n < space
 	}
+}
+
+// bufferedFrame returns the body of the next request frame if c.in holds
+// all of it, or else the size it needs, header included (at least the
+// header's). The body lies in c.in and is valid until the next read (the
+// decoder copies what it keeps). A length of 0 or over MaxFrame is a
+// *protocol.FrameError, found before the body is read.
+func (c *conn) bufferedFrame() (body []byte, need int, err error) {
+	n := c.inW - c.inR
+	if n < protocol.HeaderSize {
+		return nil, protocol.HeaderSize, nil
+	}
+	size := binary.BigEndian.Uint32(c.in[c.inR:])
+	if size == 0 || uint64(size) > uint64(c.s.cfg.MaxFrame) {
+		return nil, 0, &protocol.FrameError{Length: size, Max: c.s.cfg.MaxFrame}
+	}
+	need = protocol.HeaderSize + int(size)
+	if n < need {
+		return nil, need, nil
+	}
+	body = c.in[c.inR+protocol.HeaderSize : c.inR+need]
+	c.inR += need
+	return body, need, nil
 }
 
 // makeRoom readies c.in for a read that completes a frame of need bytes,
@@ -201,6 +259,7 @@ func (c *conn) finish() {
 	c.dead = true
 	c.out, c.spare, c.marks, c.spareM = nil, nil, nil, nil
 	c.outMu.Unlock()
+	c.sk.release()
 	c.nc.Close()
 	c.waitWatches()
 	s.forget(c)
@@ -311,7 +370,7 @@ func (c *conn) storeLocked(out []byte, m answerMark) {
 			"uid", c.caller.UID, "pid", c.caller.PID, "unsent_bytes", len(c.out))
 		c.dead = true
 		c.out, c.marks = nil, nil
-		c.nc.Close()
+		c.sk.Close()
 	}
 }
 
@@ -476,5 +535,5 @@ func (c *conn) kill() {
 	c.dead = true
 	c.out, c.marks = nil, nil
 	c.outMu.Unlock()
-	c.nc.Close()
+	c.sk.Close()
 }

@@ -13,7 +13,7 @@ import (
 
 // TestFramesAcrossReadsAndBuffers feeds a connection requests one byte at a
 // time, then a frame larger than keepBufCap: every request is answered in
-// order (nextFrame completes frames that span reads, and grows its buffer
+// order (conn.step completes frames that span reads, and grows its buffer
 // for one that does not fit), and once the large frame is decoded the
 // connection is back to a buffer of readBufSize.
 func TestFramesAcrossReadsAndBuffers(t *testing.T) {

@@ -83,6 +83,13 @@ type Server struct {
 	healWG    sync.WaitGroup // the heal loop (degraded.go)
 	connsDone sync.WaitGroup
 
+	// pol watches connections for peer shutdowns (poller.go), made at the
+	// first connection; polStop is set once it has been stopped, or could
+	// not be made. Guarded by polMu.
+	polMu   sync.Mutex
+	pol     *hupPoller
+	polStop bool
+
 	// steps and listSteps size the holds of mu by long changes and by
 	// list ops (stepsize.go).
 	steps, listSteps stepSizer
@@ -367,11 +374,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.healWG.Wait()
+		s.stopHupPoller()
 		return nil
 	case <-ctx.Done():
 		s.closeConns()
 		<-done
 		s.healWG.Wait()
+		s.stopHupPoller()
 		return ctx.Err()
 	}
 }
@@ -392,6 +401,7 @@ func (s *Server) Close() error {
 	s.closeConns()
 	s.connsDone.Wait()
 	s.healWG.Wait()
+	s.stopHupPoller()
 	return nil
 }
 
@@ -410,7 +420,7 @@ func (s *Server) beginShutdown() {
 func (s *Server) closeConns() {
 	s.lnMu.Lock()
 	for c := range s.conns {
-		c.nc.Close()
+		c.sk.Close()
 	}
 	s.lnMu.Unlock()
 }

@@ -1,29 +1,33 @@
 package server
 
 import (
-	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/klockd/klock/protocol"
 )
 
-// sock reads and writes a connection's socket with raw system calls
-// (protocol.ReadRaw and WriteRaw, which say what that saves), waiting in
-// Go's poller as any net.Conn does (deadlines and Close work the same).
+// sock writes a connection's socket with raw system calls (protocol.WriteRaw,
+// which says what that saves), waiting in Go's poller as any net.Conn does
+// (deadlines work the same); the reader reads it with raw calls too, inside
+// one RawConn.Read (conn.serve).
 //
 // The functions handed to RawConn are bound once, in newSock, with their
 // arguments and results in the sock: a closure made per call would be two
-// allocations per read and per write. Reads are made by the connection's
-// reader alone and writes under its writeMu, so each set of fields has one
-// user at a time.
+// allocations per write. Writes are made under the connection's writeMu,
+// so those fields have one user at a time.
 type sock struct {
+	nc *net.UnixConn
 	rc syscall.RawConn
 
-	rbuf   []byte
-	rn     int
-	rerrno syscall.Errno
-	readFn func(fd uintptr) bool
+	// hp is the server's hupPoller and id the socket's registration there,
+	// made by the reader (register); hp is nil until then, and when the
+	// server has none.
+	hp *hupPoller
+	id uint64
+	// closing is set by Close: the reader stops at its next step.
+	closing atomic.Bool
 
 	wbuf    []byte
 	wdone   int
@@ -35,36 +39,49 @@ type sock struct {
 func newSock(nc *net.UnixConn) *sock {
 	// SyscallConn fails only for a nil connection.
 	rc, _ := nc.SyscallConn()
-	s := &sock{rc: rc}
-	s.readFn, s.writeFn = s.read, s.write
+	s := &sock{nc: nc, rc: rc}
+	s.writeFn = s.write
 	return s
 }
 
-// Read reads into p, waiting in the poller until something can be read.
-// It returns io.EOF when the peer has closed its end.
-func (s *sock) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+// register registers the socket, whose descriptor is fd, with hp; the
+// reader calls it inside its RawConn.Read, so that a shutdown already
+// reported is a new edge for it (hupPoller). It reports whether hp took it.
+func (s *sock) register(hp *hupPoller, fd uintptr) bool {
+	if hp == nil {
+		return false
 	}
-	s.rbuf, s.rn, s.rerrno = p, 0, 0
-	err := s.rc.Read(s.readFn)
-	n, errno := s.rn, s.rerrno
-	s.rbuf = nil
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, errno
-	case n == 0:
-		return 0, io.EOF
+	id, err := hp.add(fd, s)
+	if err != nil {
+		return false
 	}
-	return n, nil
+	s.hp, s.id = hp, id
+	return true
 }
 
-// read is one raw read(2) into s.rbuf; false asks the poller to wait.
-func (s *sock) read(fd uintptr) bool {
-	s.rn, s.rerrno = protocol.ReadRaw(fd, s.rbuf)
-	return s.rerrno != syscall.EAGAIN
+// release unregisters the socket; the reader calls it when it is done,
+// before the socket is closed.
+func (s *sock) release() {
+	if s.hp == nil {
+		return
+	}
+	err := s.rc.Control(func(fd uintptr) { s.hp.remove(fd, s.id) })
+	if err != nil { // closed already, which unregistered it
+		s.hp.forget(s.id)
+	}
+	s.hp = nil
+}
+
+// Close stops the connection: the reader stops, and writes fail with
+// net.ErrClosed from now on; the reader's end (conn.finish) closes the
+// descriptor. It
+// does not close it here: a close waits for the RawConn.Read the reader
+// is in (internal/poll FD.Close waits until the descriptor is released),
+// and Close is called by the reader itself and under locks it may take.
+// shutdown(2) of both sides is an edge that wakes the reader if it waits.
+func (s *sock) Close() {
+	s.closing.Store(true)
+	s.rc.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 }
 
 // Write writes all of p, waiting in the poller while the socket's buffer
@@ -79,6 +96,9 @@ func (s *sock) TryWrite(p []byte) (int, error) {
 }
 
 func (s *sock) writeAll(p []byte, wait bool) (int, error) {
+	if s.closing.Load() {
+		return 0, net.ErrClosed
+	}
 	s.wbuf, s.wdone, s.wwait, s.werrno = p, 0, wait, 0
 	err := s.rc.Write(s.writeFn)
 	done, errno := s.wdone, s.werrno
