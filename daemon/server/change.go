@@ -23,17 +23,26 @@ type change struct {
 	bind *engine.Process
 	proc engine.Process
 
-	// Room the acquire path fills instead of allocating: the engine
-	// request's one intent (the engine keeps none of it), and the grant
-	// answered, which lives as long as the change (applyAcquire).
-	one   [1]engine.Intent
-	grant protocol.Grant
+	// room is where the acquire path puts what it would allocate
+	// (applyAcquire): a connection's own, reused by each of its changes
+	// (newChange); nil for the others, which get one when they need it.
+	room *acquireRoom
 
 	// step is the work of the next step of a long change (sized in
 	// time, stepsize.go); 0 = stepWork. The local driver sets it; a
 	// change from the cluster log has none, so every node applies the
 	// same steps.
 	step int
+}
+
+// acquireRoom is room the acquire path fills instead of allocating: the
+// engine request's one intent (the engine keeps none of it), and the grant
+// answered, which lives until the answer is encoded. What it holds is
+// written before it is read; a change that reuses it leaves it as it was,
+// which saves copying it with every change (newChange).
+type acquireRoom struct {
+	one   [1]engine.Intent
+	grant protocol.Grant
 }
 
 // steps reports whether ch is made in steps (outcome.more).
@@ -168,7 +177,11 @@ func answer(result any, wakes []engine.Wakeup, err error) outcome {
 // acquire_many. A WAIT verdict with wait_timeout is parked: its answer
 // comes later as a wake-up.
 func applyAcquire(eng *engine.Engine, ch *change) outcome {
-	req, many := acquireRequest(ch, ch.one[:0])
+	room := ch.room
+	if room == nil {
+		room = new(acquireRoom)
+	}
+	req, many := acquireRequest(ch, room.one[:0])
 	var res engine.Result
 	var err error
 	if many {
@@ -183,8 +196,8 @@ func applyAcquire(eng *engine.Engine, ch *change) outcome {
 		return outcome{parked: res.Waiter}
 	}
 	if res.Granted && !many && len(res.Leases) > 0 {
-		ch.grant = grant(&res.Leases[0])
-		return outcome{result: &ch.grant}
+		room.grant = grant(&res.Leases[0])
+		return outcome{result: &room.grant}
 	}
 	return outcome{result: acquireAnswer(&res, many)}
 }

@@ -40,6 +40,7 @@ type conn struct {
 	inR, inW int
 	req      protocol.Request // decoded request, reused
 	ch       change           // the change req asks for, reused (newChange)
+	room     acquireRoom      // ch's room
 	// The reader's state in step: stepFn is step bound once; started is
 	// set at its first call; skipRead when a short read may be followed by
 	// a wait without a read (a hupPoller took the socket); drained when the

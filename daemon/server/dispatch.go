@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"runtime/debug"
 	"runtime/trace"
 	"slices"
@@ -35,7 +34,7 @@ func (s *Server) handle(c *conn, body []byte) {
 		c.appendError(req.ID, pe.Code, pe.Message, 0)
 		return
 	}
-	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+	if s.logRequests {
 		s.log.Debug("request", "op", req.Op, "id", req.ID, "uid", c.caller.UID, "pid", c.caller.PID)
 	}
 	if trace.IsEnabled() {
@@ -101,18 +100,18 @@ func (s *Server) dispatch(c *conn, req *protocol.Request) {
 
 // newChange returns the change a request of c asks for. A single daemon
 // has made and answered it before c's reader decodes the next request
-// (commit), so c's own is reused, arguments included. In cluster mode a
-// change lives until the log applies it, and a long one is proposed again
-// for each step from the log's callback (proposeStep), while c's reader
-// decodes further requests into a: each change is a new one, with its own
-// copy of the arguments.
+// (commit), so c's own is reused, arguments and room included. In
+// cluster mode a change lives until the log applies it, and a long one is
+// proposed again for each step from the log's callback (proposeStep),
+// while c's reader decodes further requests into a: each change is a new
+// one, with its own copy of the arguments.
 func (c *conn) newChange(op string, a *protocol.Args) *change {
 	if c.s.rep.log != nil {
 		own := *a
 		own.Intents = slices.Clone(a.Intents)
 		return &change{op: op, args: &own, caller: c.caller}
 	}
-	c.ch = change{op: op, args: a, caller: c.caller}
+	c.ch = change{op: op, args: a, caller: c.caller, room: &c.room}
 	return &c.ch
 }
 

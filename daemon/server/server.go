@@ -52,7 +52,7 @@ type Config struct {
 	MaxPidfds    int          // processes watched for bound leases (a pidfd each); 0 = no limit
 	WatchBuffer  int          // events a watch may fall behind before it is cut off; 0 = DefaultWatchBuffer
 	MaxWatches   int          // watch streams open at once (socket and HTTP); 0 = DefaultMaxWatches
-	Logger       *slog.Logger // nil = slog.Default()
+	Logger       *slog.Logger // nil = slog.Default(); whether it logs at debug level is read once, by New
 	Clock        Clock        // nil = SystemClock()
 	// OnDegraded, when set, is called when the server starts refusing
 	// changes because the journal cannot make them durable (with the
@@ -72,6 +72,10 @@ type Server struct {
 	startedAt time.Time     // Clock.Wall at start
 	startMono time.Duration // Clock.Mono at start
 	startNS   int64         // startedAt in Unix ns: the engine's time at start
+
+	// logRequests says log logs at debug level, where every request is
+	// logged: asked once, by New, rather than per request.
+	logRequests bool
 
 	ops       atomic.Uint64             // requests answered on connections since closed (opsTotal)
 	nconns    atomic.Int64              // open connections
@@ -175,6 +179,7 @@ func New(cfg Config) *Server {
 		conns:   make(map[*conn]struct{}),
 		stopc:   make(chan struct{}),
 	}
+	s.logRequests = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	s.steps.max, s.listSteps.max = stepWork, listWork
 	s.fj, _ = cfg.Journal.(faultyJournal)
 	if aj, ok := cfg.Journal.(answeringJournal); ok {
