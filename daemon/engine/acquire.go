@@ -131,9 +131,9 @@ func (e *Engine) idemAnswer(en *idemEntry, key string, targets []target, bind *P
 	ls := make([]Lease, 0, len(targets))
 	for l := range en.all() {
 		t := targets[len(ls)]
-		if l.res.key != t.key || l.Predicate != t.pred {
+		if l.res.key != t.key || l.pred() != t.pred {
 			return Result{}, invalidf("klock: idem %q was used for %s %s, not %s %s; use a new key for a different request",
-				key, l.Predicate, l.res.key, t.pred, t.key)
+				key, l.pred(), l.res.key, t.pred, t.key)
 		}
 		if !sameProcess(l.Bound(), bind) {
 			return Result{}, invalidf("klock: idem %q was used for a lease %s, not %s; use a new key for a different request",

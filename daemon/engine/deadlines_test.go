@@ -139,7 +139,7 @@ func TestQueuesShrinkWhenLeasesGo(t *testing.T) {
 	h := upOf(x)
 	require.GreaterOrEqual(t, cap(e.leaseDeadlines), n)
 	require.GreaterOrEqual(t, cap(h.leases), n)
-	require.GreaterOrEqual(t, cap(x.sess.ls), n)
+	require.GreaterOrEqual(t, cap(x.sess().ls), n)
 	for _, i := range rand.New(rand.NewPCG(1, 2)).Perm(n - kept) { // not in fence order
 		ok, _, err := e.Release(t0, alice, ids[kept+i])
 		require.NoError(t, err)
@@ -148,11 +148,11 @@ func TestQueuesShrinkWhenLeasesGo(t *testing.T) {
 	require.Equal(t, kept, e.leases.len())
 	require.Less(t, cap(e.leaseDeadlines), shrinkMin*2)
 	require.Less(t, cap(h.leases), shrinkMin*2)
-	require.Less(t, cap(x.sess.ls), shrinkMin*2)
+	require.Less(t, cap(x.sess().ls), shrinkMin*2)
 	for _, id := range ids[:kept] {
 		ok, _, err := e.Release(t0, alice, id)
 		require.NoError(t, err)
 		require.True(t, ok)
 	}
-	require.Less(t, cap(x.sess.ls), shrinkMin)
+	require.Less(t, cap(x.sess().ls), shrinkMin)
 }

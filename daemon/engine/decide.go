@@ -179,8 +179,8 @@ func (c *candidate) into(v *verdict) {
 }
 
 func (d *decision) leaseCandidate(l *lease) candidate {
-	c := candidate{agent: l.agent(), session: l.sess.name, pred: l.Predicate, key: l.res.key, order: l.Fence, expires: l.ExpiresAt}
-	if l.hasPath {
+	c := candidate{agent: l.agent(), session: l.sess().name, pred: l.pred(), key: l.res.key, order: l.Fence, expires: l.ExpiresAt}
+	if l.hasPath() {
 		c.path = d.paths[l]
 	}
 	return c
@@ -190,11 +190,11 @@ func (d *decision) leaseCandidate(l *lease) candidate {
 // request: the key itself or a subtree key above it.
 func (d *decision) atKey(r *resource) {
 	for _, l := range r.holders() {
-		if l.ExpiresAt <= d.now || !Conflicts(l.Predicate, d.pred) {
+		if l.ExpiresAt <= d.now || !Conflicts(l.pred(), d.pred) {
 			continue
 		}
 		if l.agent() == d.a {
-			if l.sess.name == d.session {
+			if l.sess().name == d.session {
 				continue // re-entrant
 			}
 			if d.conflict.agent == nil {

@@ -76,44 +76,77 @@ type agent struct {
 
 // lease is a lease with its places in the indexes. It keeps only what is
 // its own: its id lives in key, its agent, session and resource key are
-// those of sess and res, what the leases of a grant share (owner uid and
-// pid, ttl, binding) is in one owner they point to, and the rare ClientPath
-// is kept aside (Engine.clientPaths), so a lease is 96 bytes (with the
-// public Lease embedded, its four strings made it 208; an agent pointer of
-// its own and its index in an agent-wide list made it 128; the owner's
-// fields of its own, 112). public makes the Lease callers see.
+// those of its owner's session and of res, what the leases of a grant
+// share (session, owner uid and pid, ttl, binding) is in one owner they
+// point to, its predicate and whether it has a ClientPath share one word
+// with its index in its process's list (bits), it keeps no index in its
+// resource's list (see resource.unhold), and the rare ClientPath is kept
+// aside (Engine.clientPaths), so a lease is 80 bytes (with the public
+// Lease embedded, its four strings made it 208; an agent pointer of its
+// own and its index in an agent-wide list made it 128; the owner's fields
+// of its own, 112; its session pointer, its index among its resource's
+// holders and two bytes of its own, 96). public makes the Lease callers
+// see.
 type lease struct {
 	res  *resource
-	sess *sessionLeases // its session's list, which knows the agent; kept once removed
 	idem *idemEntry
-	own  *owner // uid, pid, ttl and binding, shared with the leases granted alongside
+	own  *owner // its session, uid, pid, ttl and binding, shared with the leases granted alongside
 
 	AcquiredAt int64 // as in Lease
 	ExpiresAt  int64
 	Fence      uint64
 	key        leaseKey
 	// The indexes are int32 and together, with no padding between them.
-	resIdx    int32 // index in res.holders()
-	heapIdx   int32 // index in Engine.leaseDeadlines; -1 without a ttl
-	procIdx   int32 // index in its boundProc's leases, when Bound
-	upIdx     int32 // index in the items of its agent session's summary entry at res.parent (see upOf)
-	sessIdx   int32 // index in sess.ls
-	Predicate Predicate
-	hasPath   bool // its ClientPath is in Engine.clientPaths
+	heapIdx int32  // index in Engine.leaseDeadlines; -1 without a ttl
+	upIdx   int32  // index in the items of its agent session's summary entry at res.parent (see upOf)
+	sessIdx int32  // index in its session's ls
+	bits    uint32 // its index in its boundProc's leases, predicate and hasPath: see procIdx, pred, hasPath
 }
+
+// A lease's bits: its index in its boundProc's leases, when Bound, in the
+// low 28 (a process never has 2^28 leases at once: that many would take
+// over 50 GB; see setProcIdx), whether it has a ClientPath in the next,
+// its predicate (1 to 6) in the top 3.
+const (
+	procIdxBits = 28
+	procIdxMask = 1<<procIdxBits - 1
+	hasPathBit  = 1 << procIdxBits
+	predShift   = procIdxBits + 1
+)
+
+// procIdx returns the lease's index in its boundProc's leases.
+func (x *lease) procIdx() int32 { return int32(x.bits & procIdxMask) }
+
+// setProcIdx sets the lease's index in its boundProc's leases. An index
+// that does not fit stops the daemon rather than corrupt the lease's other
+// bits.
+func (x *lease) setProcIdx(i int32) {
+	if uint32(i) > procIdxMask {
+		panic("klock: a process has 2^28 leases")
+	}
+	x.bits = x.bits&^procIdxMask | uint32(i)
+}
+
+// pred returns the lease's predicate.
+func (x *lease) pred() Predicate { return Predicate(x.bits >> predShift) }
+
+// hasPath reports whether the lease's ClientPath is in Engine.clientPaths.
+func (x *lease) hasPath() bool { return x.bits&hasPathBit != 0 }
 
 // owner is what a lease shares with the others its session was granted
 // under the same caller, ttl and binding: a batch of acquire_many, or the
 // leases one process takes one at a time, point at one owner (each
 // session keeps the last it made, see sessionLeases.ownerFor). It is never
 // changed once made: a heartbeat that changes a lease's ttl gives it
-// another. A lease granted alone under an owner of its own pays 24 bytes
-// for it, 8 more than the fields cost in the lease.
+// another. A lease granted alone under an owner of its own pays 32 bytes
+// for it: with its 80, 112 bytes (120 when the session pointer was the
+// lease's).
 type owner struct {
-	bound *Process // as Lease.Bound: a process table entry's Process (that entry's or an earlier one's for the same process)
-	ttl   int64    // as Lease.TTL
-	uid   uint32   // as Lease.OwnerUID
-	pid   int32    // as Lease.OwnerPID
+	sess  *sessionLeases // the leases' session's list, which knows the agent; kept once they are removed
+	bound *Process       // as Lease.Bound: a process table entry's Process (that entry's or an earlier one's for the same process)
+	ttl   int64          // as Lease.TTL
+	uid   uint32         // as Lease.OwnerUID
+	pid   int32          // as Lease.OwnerPID
 }
 
 // Bound returns the process the lease is bound to, nil when none.
@@ -122,24 +155,27 @@ func (x *lease) Bound() *Process { return x.own.bound }
 // TTL returns the lease's ttl, 0 for none.
 func (x *lease) TTL() int64 { return x.own.ttl }
 
+// sess returns the lease's session's list.
+func (x *lease) sess() *sessionLeases { return x.own.sess }
+
 // agent returns the lease's agent.
-func (x *lease) agent() *agent { return x.sess.agent }
+func (x *lease) agent() *agent { return x.own.sess.agent }
 
 // id returns the lease's id as text.
 func (x *lease) id() string { return uuid.UUID(x.key).String() }
 
 // agentID returns the id of the lease's agent.
-func (x *lease) agentID() string { return x.sess.agent.id }
+func (x *lease) agentID() string { return x.own.sess.agent.id }
 
 // sessionID returns the lease's session.
-func (x *lease) sessionID() string { return x.sess.name }
+func (x *lease) sessionID() string { return x.own.sess.name }
 
 // resource returns the lease's resource key.
 func (x *lease) resource() string { return x.res.key }
 
 // clientPath returns the path the holder named, if not the key's.
 func (e *Engine) clientPath(x *lease) string {
-	if !x.hasPath {
+	if !x.hasPath() {
 		return ""
 	}
 	return e.clientPaths[x]
@@ -148,8 +184,8 @@ func (e *Engine) clientPath(x *lease) string {
 // public returns the lease as callers see it.
 func (e *Engine) public(x *lease) Lease {
 	return Lease{
-		ID: x.id(), AgentID: x.sess.agent.id, SessionID: x.sess.name, Resource: x.res.key,
-		Predicate: x.Predicate, AcquiredAt: x.AcquiredAt, ExpiresAt: x.ExpiresAt, TTL: x.own.ttl,
+		ID: x.id(), AgentID: x.own.sess.agent.id, SessionID: x.own.sess.name, Resource: x.res.key,
+		Predicate: x.pred(), AcquiredAt: x.AcquiredAt, ExpiresAt: x.ExpiresAt, TTL: x.own.ttl,
 		Fence: x.Fence, OwnerUID: x.own.uid, OwnerPID: x.own.pid, Bound: x.own.bound,
 		ClientPath: e.clientPath(x),
 	}
@@ -174,7 +210,7 @@ func (en *idemEntry) all() iter.Seq[*lease] {
 		if en.n == 0 {
 			return
 		}
-		ls := en.first.sess.ls
+		ls := en.first.sess().ls
 		for i, k := en.first.sessIdx, 0; k < en.n; i++ {
 			if l := ls[i]; l != nil {
 				k++
@@ -248,21 +284,23 @@ func (r *resource) holders() []*lease {
 func (r *resource) hold(x *lease) {
 	switch {
 	case r.many:
-		x.resIdx = int32(len(r.x.more))
 		r.x.more = append(r.x.more, x)
 	case r.one[0] == nil:
-		x.resIdx = 0
 		r.one[0] = x
 	default:
 		more := make([]*lease, 2, 4)
 		more[0], more[1] = r.one[0], x
 		r.one[0] = nil
 		r.extra().more, r.many = more, true
-		x.resIdx = 1
 	}
 }
 
-// unhold takes a lease out of r's leases.
+// unhold takes a lease out of r's leases. A key with more than one is
+// searched, from the newest: a lease keeps no index of its own there (4
+// bytes each, and the last 4 of the 16 that brought a lease into the
+// 80-byte size class), since every decision on the key visits all its
+// leases anyway (decision.atKey), so ending one costs no more than any
+// acquire on the key.
 func (r *resource) unhold(x *lease) {
 	if !r.many {
 		r.one[0] = nil
@@ -270,8 +308,11 @@ func (r *resource) unhold(x *lease) {
 	}
 	ls := r.x.more
 	last := len(ls) - 1
-	ls[x.resIdx] = ls[last]
-	ls[x.resIdx].resIdx = x.resIdx
+	i := last
+	for ls[i] != x {
+		i--
+	}
+	ls[i] = ls[last]
 	ls[last] = nil
 	r.x.more = ls[:last]
 }

@@ -136,9 +136,9 @@ func (e *Engine) holders(now int64, a *agent, session string, t target) []Holder
 		if l.ExpiresAt <= now {
 			return
 		}
-		reentrant := l.agent() == a && l.sess.name == session
+		reentrant := l.agent() == a && l.sess().name == session
 		out = append(out, Holder{Lease: e.public(l), Priority: l.agent().priority,
-			Conflicts: !reentrant && Conflicts(l.Predicate, t.pred)})
+			Conflicts: !reentrant && Conflicts(l.pred(), t.pred)})
 	}
 	e.eachOverlapping(t, func(r *resource) {
 		for _, l := range r.holders() {

@@ -47,7 +47,7 @@ func (m *treeModel) explainProbe() {
 	slices.SortFunc(active, func(p, q *lease) int { return cmp.Compare(p.Fence, q.Fence) })
 	for _, l := range active {
 		own := a != nil && l.agent() == a && l.sessionID() == req.SessionID
-		want = append(want, fmt.Sprintf("%s %s %s/%s conflicts=%v", l.id(), l.resource(), l.agentID(), l.sessionID(), !own && Conflicts(l.Predicate, pred)))
+		want = append(want, fmt.Sprintf("%s %s %s/%s conflicts=%v", l.id(), l.resource(), l.agentID(), l.sessionID(), !own && Conflicts(l.pred(), pred)))
 	}
 	var got []string
 	for _, h := range x.Holders {

@@ -69,7 +69,7 @@ func (e *Engine) Heartbeat(now int64, c Caller, leaseID string, ttl int64) (Leas
 // had no ttl (bound) joins the expiry queue.
 func (e *Engine) heartbeat(l *lease, now, ttl int64) {
 	if o := l.own; o.ttl != ttl {
-		l.own = l.sess.ownerFor(o.uid, o.pid, ttl, o.bound)
+		l.own = l.sess().ownerFor(o.uid, o.pid, ttl, o.bound)
 	}
 	l.ExpiresAt = expiry(now, ttl)
 	switch {

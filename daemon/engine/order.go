@@ -69,7 +69,7 @@ func (s *sessionLeases) ownerFor(uid uint32, pid int32, ttl int64, bound *Proces
 	if o := s.own; o != nil && o.uid == uid && o.pid == pid && o.ttl == ttl && sameProcess(o.bound, bound) {
 		return o
 	}
-	s.own = &owner{bound: bound, ttl: ttl, uid: uid, pid: pid}
+	s.own = &owner{sess: s, bound: bound, ttl: ttl, uid: uid, pid: pid}
 	return s.own
 }
 
@@ -105,10 +105,10 @@ func (a *agent) session(name string) *sessionLeases {
 	return s
 }
 
-// add appends a lease, which normally has the highest fence so far; one
-// that does not (a state not in fence order) is put in its place.
+// add appends a lease, whose owner is one of s's (see ownerFor), which
+// normally has the highest fence so far; one that does not (a state not in
+// fence order) is put in its place.
 func (s *sessionLeases) add(x *lease) {
-	x.sess = s
 	s.n++
 	if x.Fence > s.last || len(s.ls) == s.head {
 		s.last = max(s.last, x.Fence)

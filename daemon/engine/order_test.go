@@ -47,9 +47,9 @@ func checkOrders(t require.TestingT, e *Engine) {
 					continue
 				}
 				live++
-				require.Same(t, s, x.sess)
+				require.Same(t, s, x.sess())
 				require.Equal(t, int32(i), x.sessIdx)
-				require.Equal(t, name, x.sess.name)
+				require.Equal(t, name, x.sess().name)
 				require.Same(t, a, x.agent())
 				require.Greater(t, x.Fence, last, "session %q of %q out of fence order", name, a.id)
 				last = x.Fence

@@ -7,10 +7,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestLeaseStructSize keeps a lease in the 96-byte size class: a million
-// leases are a million of them.
+// TestLeaseStructSize keeps a lease in the 80-byte size class, and an
+// owner in the 32-byte one: a million leases are a million leases, and as
+// many owners when each has its own.
 func TestLeaseStructSize(t *testing.T) {
-	require.LessOrEqual(t, unsafe.Sizeof(lease{}), uintptr(96))
+	require.LessOrEqual(t, unsafe.Sizeof(lease{}), uintptr(80))
+	require.LessOrEqual(t, unsafe.Sizeof(owner{}), uintptr(32))
 }
 
 // TestLeasesShareTheirOwner checks that the leases a session is granted
@@ -89,4 +91,21 @@ func TestBoundOwnerOutlivesItsTableEntry(t *testing.T) {
 	l = mustGrantReq(t, e, t0, req)
 	require.Same(t, own, e.lookup(l.ID).own)
 	require.Equal(t, procA, *l.Bound)
+}
+
+// TestRestoreRefusesAnUnknownPredicate checks that a state whose lease has
+// no valid predicate is refused: a lease keeps its predicate in 3 bits.
+func TestRestoreRefusesAnUnknownPredicate(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	mustGrantReq(t, e, t0, req1("a", "s", "FILE", "/x", "MUTATES", 60_000))
+	s := e.Snapshot()
+	for _, p := range []Predicate{0, Renames + 1, 8 | Mutates} {
+		s.Leases[0].Lease.Predicate = p
+		require.Error(t, newTestEngine(t).Restore(s), "predicate %d", p)
+	}
+	s.Leases[0].Lease.Predicate = Consumes
+	r := newTestEngine(t)
+	require.NoError(t, r.Restore(s))
+	require.Equal(t, Consumes, r.lookup(s.Leases[0].Lease.ID).pred())
 }

@@ -38,7 +38,7 @@ func (e *Engine) procFor(p Process) *boundProc {
 // bindLease files a lease under its process, bp (whose proc is the
 // lease's Bound).
 func (e *Engine) bindLease(x *lease, bp *boundProc) {
-	x.procIdx = int32(len(bp.leases))
+	x.setProcIdx(int32(len(bp.leases)))
 	bp.leases = append(bp.leases, x)
 }
 
@@ -47,8 +47,9 @@ func (e *Engine) bindLease(x *lease, bp *boundProc) {
 func (e *Engine) unbindLease(x *lease) {
 	bp := e.procs[*x.own.bound]
 	last := len(bp.leases) - 1
-	bp.leases[x.procIdx] = bp.leases[last]
-	bp.leases[x.procIdx].procIdx = x.procIdx
+	i := x.procIdx()
+	bp.leases[i] = bp.leases[last]
+	bp.leases[i].setProcIdx(i)
 	bp.leases[last] = nil
 	bp.leases = bp.leases[:last]
 	e.dropProcIfUnused(bp)

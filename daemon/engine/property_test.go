@@ -218,14 +218,14 @@ func (m *model) check() {
 		key := r.key
 		for i, x := range r.holders() {
 			require.Equal(m.t, key, x.resource())
-			require.Equal(m.t, int32(i), x.resIdx, "%s: a lease's index in its resource's leases", key)
+			require.NotContains(m.t, r.holders()[i+1:], x, "%s: a lease listed twice in its resource's leases", key)
 			for _, y := range r.holders()[i+1:] {
-				if x.ExpiresAt <= now || y.ExpiresAt <= now || !Conflicts(x.Predicate, y.Predicate) {
+				if x.ExpiresAt <= now || y.ExpiresAt <= now || !Conflicts(x.pred(), y.pred()) {
 					continue
 				}
 				if x.agentID() != y.agentID() || x.sessionID() != y.sessionID() {
 					m.t.Fatalf("unsafe: %s holds %s (%s/%s) and %s (%s/%s)", key,
-						x.Predicate, x.agentID(), x.sessionID(), y.Predicate, y.agentID(), y.sessionID())
+						x.pred(), x.agentID(), x.sessionID(), y.pred(), y.agentID(), y.sessionID())
 				}
 			}
 		}
@@ -236,7 +236,7 @@ func (m *model) check() {
 		for _, w := range e.waiters {
 			for i, t := range w.targets {
 				for _, l := range w.res[i].holders() {
-					if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) ||
+					if l.ExpiresAt <= now || !Conflicts(l.pred(), t.pred) ||
 						(l.agent() == w.agent && l.sessionID() == w.session) {
 						continue
 					}
@@ -263,7 +263,7 @@ func (m *model) check() {
 			k, fence := 0, uint64(0)
 			for l := range en.all() {
 				require.Same(m.t, en, l.idem, "idem %q lists a lease filed elsewhere", key)
-				require.Same(m.t, en.first.sess, l.sess)
+				require.Same(m.t, en.first.sess(), l.sess())
 				require.Greater(m.t, l.Fence, fence)
 				k, fence = k+1, l.Fence
 			}
@@ -287,9 +287,15 @@ func (m *model) check() {
 			bound++
 			bp := e.procs[*b]
 			require.NotNil(m.t, bp, "lease bound to %+v, which is not in the table", *b)
-			require.Same(m.t, l, bp.leases[l.procIdx])
+			require.Same(m.t, l, bp.leases[l.procIdx()])
 			require.Equal(m.t, bp.proc, *b)
 		}
+		// What shares a word with procIdx, and the session in the owner.
+		require.True(m.t, l.pred() >= Provides && l.pred() <= Renames, "lease %s has predicate %d", l.id(), l.pred())
+		_, hasPath := e.clientPaths[l]
+		require.Equal(m.t, hasPath, l.hasPath(), "lease %s: hasPath", l.id())
+		require.Same(m.t, l.sess(), l.agent().sessions[l.sessionID()])
+		require.Same(m.t, l, l.sess().ls[l.sessIdx])
 	})
 	require.Equal(m.t, withTTL, len(e.leaseDeadlines))
 	require.Equal(m.t, withIdem, filed, "leases filed under an idem key that is not their agent's")

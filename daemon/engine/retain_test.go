@@ -31,7 +31,7 @@ func TestLeaseKeepsNoRequestBytes(t *testing.T) {
 	x := e.lookup(r.Leases[0].ID)
 	require.NotNil(t, x)
 	require.Equal(t, r.Leases[0], e.public(x))
-	for name, s := range map[string]string{"agent": x.agentID(), "session": x.sessionID(), "resource": x.resource(), "client path": e.clientPath(x), "agent's id": x.agent().id, "session list": x.sess.name} {
+	for name, s := range map[string]string{"agent": x.agentID(), "session": x.sessionID(), "resource": x.resource(), "client path": e.clientPath(x), "agent's id": x.agent().id, "session list": x.sess().name} {
 		require.False(t, inFrame(s), "the lease's %s %q points into the request's bytes", name, s)
 	}
 

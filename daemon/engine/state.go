@@ -27,6 +27,9 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	if a == nil {
 		return nil, errorf(protocol.CodeInternal, "klock: lease %s for unknown agent %q", l.ID, l.AgentID)
 	}
+	if l.Predicate < Provides || l.Predicate > Renames { // it has 3 bits in lease.bits
+		return nil, errorf(protocol.CodeInternal, "klock: lease %s has predicate %d", l.ID, l.Predicate)
+	}
 	var x *lease
 	if n := len(e.freeLeases); n > 0 {
 		x = e.freeLeases[n-1]
@@ -53,17 +56,17 @@ func (e *Engine) addLease(l Lease, r *resource, key *leaseKey) (*lease, *Error) 
 	// (a request's strings share the bytes of its whole frame).
 	*x = lease{res: r, own: sl.ownerFor(l.OwnerUID, l.OwnerPID, l.TTL, bound),
 		AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Fence: l.Fence, key: k,
-		Predicate: l.Predicate, heapIdx: -1}
+		heapIdx: -1, bits: uint32(l.Predicate) << predShift}
 	if l.ClientPath != "" {
 		if e.clientPaths == nil {
 			e.clientPaths = make(map[*lease]string)
 		}
 		e.clientPaths[x] = strings.Clone(l.ClientPath)
-		x.hasPath = true
+		x.bits |= hasPathBit
 	}
 	r.hold(x)
 	a.nLeases++
-	sl.add(x) // sets x.sess, through which x knows its agent
+	sl.add(x) // x's owner is sl's, through which x knows its agent
 	if l.ExpiresAt != Never {
 		e.leaseDeadlines.push(x)
 	}
@@ -104,13 +107,13 @@ func (e *Engine) removeLease(x *lease) {
 		}
 		x.idem = nil
 	}
-	sl := x.sess
+	sl := x.sess()
 	sl.remove(x)
 	if sl.n == 0 {
 		a.sessionEmptied()
 	}
 
-	if x.hasPath {
+	if x.hasPath() {
 		delete(e.clientPaths, x)
 	}
 	e.markOverlapping(r, nil)
@@ -134,7 +137,7 @@ func (en *idemEntry) remove(x *lease) {
 	case en.n == 0:
 		en.first = nil
 	case x == en.first:
-		ls := x.sess.ls
+		ls := x.sess().ls
 		i := x.sessIdx + 1
 		for ls[i] == nil {
 			i++
@@ -178,12 +181,12 @@ func (e *Engine) bindIdemRead(key string, xs []*lease) {
 	if len(xs) == 0 {
 		return
 	}
-	s, i := xs[0].sess, xs[0].sessIdx
+	s, i := xs[0].sess(), xs[0].sessIdx
 	for _, x := range xs {
 		for int(i) < len(s.ls) && s.ls[i] == nil {
 			i++
 		}
-		if x.sess != s || int(i) == len(s.ls) || s.ls[i] != x {
+		if x.sess() != s || int(i) == len(s.ls) || s.ls[i] != x {
 			return
 		}
 		i++

@@ -73,7 +73,7 @@ func refDecideOne(e *Engine, now int64, a *agent, session string, prio int64, t 
 	conflict := false
 	var holder, queued *refCandidate
 	e.leases.each(func(l *lease) {
-		if l.ExpiresAt <= now || !Conflicts(l.Predicate, t.pred) || !protocol.Overlaps(l.resource(), t.key) {
+		if l.ExpiresAt <= now || !Conflicts(l.pred(), t.pred) || !protocol.Overlaps(l.resource(), t.key) {
 			return
 		}
 		if l.agent() == a && l.sessionID() == session {
@@ -214,7 +214,7 @@ func (m *treeModel) requireVerdict(what func() string, ref refVerdict, v *verdic
 	}
 	if ref.reason != v.reason || ref.heldBy != by || ref.maxExp != v.maxExpiry {
 		m.e.leases.each(func(l *lease) {
-			m.t.Logf("state: lease %s %s %s/%s exp %d", l.resource(), l.Predicate, l.agentID(), l.sessionID(), l.ExpiresAt)
+			m.t.Logf("state: lease %s %s %s/%s exp %d", l.resource(), l.pred(), l.agentID(), l.sessionID(), l.ExpiresAt)
 		})
 		for r := range m.e.resources.all() {
 			if r.below() != nil {
@@ -392,10 +392,10 @@ func (m *treeModel) check() {
 	})
 	for i, x := range active {
 		for _, y := range active[i+1:] {
-			if Conflicts(x.Predicate, y.Predicate) && protocol.Overlaps(x.resource(), y.resource()) &&
+			if Conflicts(x.pred(), y.pred()) && protocol.Overlaps(x.resource(), y.resource()) &&
 				(x.agent() != y.agent() || x.sessionID() != y.sessionID()) {
-				m.t.Fatalf("unsafe: %s %s (%s/%s) and %s %s (%s/%s) both active", x.Predicate, x.resource(), x.agentID(), x.sessionID(),
-					y.Predicate, y.resource(), y.agentID(), y.sessionID())
+				m.t.Fatalf("unsafe: %s %s (%s/%s) and %s %s (%s/%s) both active", x.pred(), x.resource(), x.agentID(), x.sessionID(),
+					y.pred(), y.resource(), y.agentID(), y.sessionID())
 			}
 		}
 	}
@@ -448,7 +448,7 @@ func checkIndex(t interface{ Fatalf(string, ...any) }, e *Engine) {
 	latest := make(map[sumKey]int64)
 	e.leases.each(func(l *lease) {
 		for n := l.res.parent; n != nil; n = n.parent {
-			k := sumKey{n, l.agent(), l.sessionID(), classOf(l.Predicate)}
+			k := sumKey{n, l.agent(), l.sessionID(), classOf(l.pred())}
 			if v, ok := latest[k]; !ok || l.ExpiresAt > v {
 				latest[k] = l.ExpiresAt
 			}

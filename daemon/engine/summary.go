@@ -188,10 +188,10 @@ func (e *Engine) holdBelow(x *lease) {
 	if p == nil {
 		return
 	}
-	a, c := x.agent(), classOf(x.Predicate)
+	a, c := x.agent(), classOf(x.pred())
 	h := a.held
-	if !h.is(p, a, x.sess.name, c) {
-		h = e.heldAt(p, a, x.sess.name, c)
+	if !h.is(p, a, x.sess().name, c) {
+		h = e.heldAt(p, a, x.sess().name, c)
 		a.held = h
 	}
 	h.leases.push(x)
@@ -214,12 +214,12 @@ func upOf(x *lease) *heldBy {
 	if p == nil {
 		return nil
 	}
-	a, c := x.agent(), classOf(x.Predicate)
-	if h := a.held; h.is(p, a, x.sess.name, c) {
+	a, c := x.agent(), classOf(x.pred())
+	if h := a.held; h.is(p, a, x.sess().name, c) {
 		return h
 	}
 	list := p.below().held[c]
-	i, _ := findHeld(list, a, x.sess.name)
+	i, _ := findHeld(list, a, x.sess().name)
 	a.held = list[i]
 	return list[i]
 }
