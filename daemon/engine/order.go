@@ -112,6 +112,15 @@ func (s *sessionLeases) add(x *lease) {
 	s.n++
 	if x.Fence > s.last || len(s.ls) == s.head {
 		s.last = max(s.last, x.Fence)
+		if len(s.ls) == cap(s.ls) && s.head > 0 && 2*s.head >= len(s.ls) {
+			// Drop the nils before head rather than copy them into a
+			// larger array: a session that always holds a lease while it
+			// takes and releases others, oldest first, would otherwise
+			// keep an entry for every lease it was ever granted (remove
+			// compacts on the nils after head only). O(1) amortised: the
+			// leases moved are at most the removals that made the nils.
+			s.compact()
+		}
 		x.sessIdx = int32(len(s.ls))
 		s.ls = append(s.ls, x)
 		return

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -372,4 +373,25 @@ func TestExpireTiesInFenceOrder(t *testing.T) {
 		}
 	}
 	require.Equal(t, ids, got)
+}
+
+// TestSessionListStaysShort checks that a session that always holds a
+// lease while it takes and releases others one at a time, oldest first,
+// keeps a short list: the nils its released leases leave before head are
+// dropped too, not kept for every lease it was ever granted.
+func TestSessionListStaysShort(t *testing.T) {
+	e := newTestEngine(t)
+	mustRegister(t, e, "a", 1)
+	prev := mustGrantReq(t, e, t0, req1("a", "s", "FILE", "/x0", "MUTATES", 60_000))
+	for i := 1; i <= 1000; i++ {
+		l := mustGrantReq(t, e, t0, req1("a", "s", "FILE", "/x"+strconv.Itoa(i), "MUTATES", 60_000))
+		ok, _, err := e.Release(t0, alice, prev.ID)
+		require.NoError(t, err)
+		require.True(t, ok)
+		prev = l
+	}
+	s := e.agents["a"].sessions["s"]
+	require.Equal(t, 1, s.n)
+	require.Less(t, len(s.ls), 64)
+	require.Same(t, e.lookup(prev.ID), s.ls[s.head])
 }
