@@ -175,3 +175,30 @@ func FuzzDecodeRecordFast(f *testing.F) {
 		}
 	})
 }
+
+// TestAppendAllocs: appending a change's records (here a grant's and a
+// release's) allocates nothing once the pending buffer has room: the
+// records are encoded in place, and Append's copy of each (the one a long
+// removal is split from) stays on the stack.
+func TestAppendAllocs(t *testing.T) {
+	if !fastEncode {
+		t.Skip("the library encoder allocates")
+	}
+	w := newWorld(t, t.TempDir(), Options{Fsync: FsyncNever, CompactMinBytes: -1})
+	grant := []engine.Record{{Kind: engine.RecGrant, Time: baseTime, Leases: []engine.Lease{{
+		ID: "7f0c1b8e-0000-4000-8000-000000000001", AgentID: "agent", SessionID: "s", Resource: "FILE:/src/main.go",
+		Predicate: engine.Mutates, AcquiredAt: baseTime, ExpiresAt: baseTime + 60_000, TTL: 60_000, Fence: 1,
+	}}}}
+	release := []engine.Record{{Kind: engine.RecRelease, Time: baseTime, LeaseIDs: []string{"7f0c1b8e-0000-4000-8000-000000000001"}}}
+	w.st.Wait(w.st.Append(grant)) // the buffers grow once
+	allocs := testing.AllocsPerRun(100, func() {
+		w.st.mu.Lock()
+		w.st.pending = w.st.pending[:0]
+		w.st.mu.Unlock()
+		w.st.Append(grant)
+		w.st.Append(release)
+	})
+	if allocs != 0 {
+		t.Errorf("appending a grant and a release allocated %.1f times; want 0", allocs)
+	}
+}

@@ -84,7 +84,11 @@ func (s *Store) encodeLocked(r *engine.Record) {
 		s.pending = appendRecord(append(s.pending, make([]byte, frameHeaderSize)...), r)
 	} else {
 		s.encBuf.Reset()
-		if err := s.enc.Encode(r); err != nil {
+		// A copy for the library, which keeps r on the heap: r itself is
+		// Append's local, and must not escape, or every record of every
+		// change would cost an allocation on the fast path too.
+		rec := *r
+		if err := s.enc.Encode(&rec); err != nil {
 			s.failLocked(fmt.Errorf("klock: encoding a kind %d record: %w", r.Kind, err))
 			return
 		}
