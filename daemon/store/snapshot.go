@@ -135,7 +135,7 @@ func writeSnapshot(f *os.File, gen uint64, src stateSource) (int64, error) {
 		return 0, err
 	}
 	body := &countingWriter{w: fileWriter{f}}
-	bw := bufio.NewWriterSize(body, 1<<20)
+	bw := bufio.NewWriterSize(body, snapshotBufSize(src))
 	if err := encodeState(bw, src); err != nil {
 		return 0, fmt.Errorf("klock: encoding snapshot: %w", err)
 	}
@@ -162,6 +162,22 @@ func writeSnapshot(f *os.File, gen uint64, src stateSource) (int64, error) {
 	}
 	return snapshotHeaderSize + body.n, nil
 }
+
+// snapshotBufSize is the write buffer for src's snapshot: 1 MiB for a
+// large state, few write(2) calls for it; for a small one (the state a busy
+// daemon with few leases snapshots every CompactMinBytes of log, a second
+// or less apart) a buffer of about its size. A fresh 1 MiB each time was
+// zeroed, faulted in, collected and handed back to the kernel each time,
+// several per cent of klockd's CPU under a durable load
+// (BENCHMARKS.md, "Session 9 (dur9)").
+func snapshotBufSize(src stateSource) int {
+	n := 4<<10 + snapshotBytesPerEntry*(src.n+len(src.head.Agents))
+	return min(n, 1<<20)
+}
+
+// snapshotBytesPerEntry is more than a lease or an agent usually takes in
+// a snapshot (a lease with its ids and path: 150-250 bytes).
+const snapshotBytesPerEntry = 512
 
 // readState decodes a state written by encodeState (or msgpack.Marshal)
 // from r and hands it to restore as engine.Engine.RestoreStream takes it:

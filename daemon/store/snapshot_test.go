@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -98,6 +99,41 @@ func TestWriteSnapshotIsTheWholeFile(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("the snapshot file (%d bytes) differs from header+body (%d bytes)", len(got), len(want))
+	}
+	eng := engine.New(engine.Config{})
+	if _, err := restoreSnapshot(eng, filepath.Join(dir, snapshotName(5)), 5); err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, eng.Snapshot(), st)
+}
+
+// TestSmallSnapshotAllocatesLittle: writing the snapshot of a small state,
+// which a busy daemon with few leases does every CompactMinBytes of log,
+// allocates a buffer of about the state's size, not the 1 MiB a large
+// state writes through; and the file is still the whole state.
+func TestSmallSnapshotAllocatesLittle(t *testing.T) {
+	w := richWorld(t)
+	st := w.snapshot()
+	body, err := msgpack.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := copiedState(st)
+	if size := snapshotBufSize(src); size < len(body) || size >= 1<<20 {
+		t.Fatalf("buffer of %d bytes for a state of %d; want at least the state, under 1 MiB", size, len(body))
+	}
+	if size := snapshotBufSize(stateSource{head: &engine.State{}, n: 1_000_000}); size != 1<<20 {
+		t.Errorf("buffer of %d bytes for a million leases; want 1 MiB", size)
+	}
+	dir := t.TempDir()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := saveSnapshot(dir, 5, src); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 256<<10 {
+		t.Errorf("writing a %d-byte snapshot allocated %d bytes; want at most 256 KiB", len(body), n)
 	}
 	eng := engine.New(engine.Config{})
 	if _, err := restoreSnapshot(eng, filepath.Join(dir, snapshotName(5)), 5); err != nil {
